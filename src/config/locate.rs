@@ -1,0 +1,138 @@
+//! Maps a config path such as `routes[2].match.path_regex` to its line and column in the
+//! file, so semantic errors found after serde can still point at `file:line:col`.
+
+use std::collections::HashMap;
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+/// 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    pub line: usize,
+    pub col: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Locator {
+    values: HashMap<String, Pos>,
+}
+
+impl Locator {
+    /// Indexes every node of the document; a text that does not parse yields an empty index
+    /// (serde reports the syntax error itself).
+    pub fn new(text: &str) -> Self {
+        let mut builder = Builder::default();
+        let _ = Parser::new_from_str(text).load(&mut builder, false);
+        Locator {
+            values: builder.values,
+        }
+    }
+
+    /// Position of the node at `path`, or of its nearest ancestor that exists in the file.
+    pub fn find(&self, path: &str) -> Pos {
+        let mut path = path;
+        loop {
+            if let Some(pos) = self.values.get(path) {
+                return *pos;
+            }
+            match path.rfind(['.', '[']) {
+                Some(cut) => path = &path[..cut],
+                None => {
+                    return self
+                        .values
+                        .get("")
+                        .copied()
+                        .unwrap_or(Pos { line: 1, col: 1 })
+                }
+            }
+        }
+    }
+}
+
+enum Frame {
+    Map { key: Option<String> },
+    Seq { next: usize },
+}
+
+#[derive(Default)]
+struct Builder {
+    values: HashMap<String, Pos>,
+    frames: Vec<(String, Frame)>,
+}
+
+impl Builder {
+    /// Path of the node that starts now, or None when it is a mapping key.
+    fn node_path(&mut self, ev: &Event) -> Option<String> {
+        let Some((base, frame)) = self.frames.last_mut() else {
+            return Some(String::new());
+        };
+        match frame {
+            Frame::Map { key } => match key.take() {
+                Some(k) if base.is_empty() => Some(k),
+                Some(k) => Some(format!("{base}.{k}")),
+                None => {
+                    *key = Some(match ev {
+                        Event::Scalar(s, ..) => s.clone(),
+                        _ => String::new(),
+                    });
+                    None
+                }
+            },
+            Frame::Seq { next } => {
+                *next += 1;
+                Some(format!("{base}[{}]", *next - 1))
+            }
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        match ev {
+            Event::Scalar(..)
+            | Event::Alias(_)
+            | Event::MappingStart(..)
+            | Event::SequenceStart(..) => {
+                let pos = Pos {
+                    line: mark.line(),
+                    col: mark.col() + 1,
+                };
+                let Some(path) = self.node_path(&ev) else {
+                    // A key: a block mapping is located at its first key (its own marker
+                    // points past it).
+                    if let Some((base, _)) = self.frames.last() {
+                        self.values.entry(base.clone()).or_insert(pos);
+                    }
+                    return;
+                };
+                if !matches!(ev, Event::MappingStart(..)) {
+                    self.values.entry(path.clone()).or_insert(pos);
+                }
+                match ev {
+                    Event::MappingStart(..) => self.frames.push((path, Frame::Map { key: None })),
+                    Event::SequenceStart(..) => self.frames.push((path, Frame::Seq { next: 0 })),
+                    _ => {}
+                }
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.frames.pop();
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_nested_values_and_falls_back_to_parents() {
+        let text = "version: 1\nroutes:\n  - name: a\n    match: { path: /x }\n  - name: b\n";
+        let loc = Locator::new(text);
+        assert_eq!(loc.find("version"), Pos { line: 1, col: 10 });
+        assert_eq!(loc.find("routes[0].match.path"), Pos { line: 4, col: 20 });
+        assert_eq!(loc.find("routes[1].name"), Pos { line: 5, col: 11 });
+        assert_eq!(loc.find("routes[1].upstream"), Pos { line: 5, col: 5 });
+    }
+}

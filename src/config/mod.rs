@@ -1,0 +1,137 @@
+//! Loading gateway.yaml: env expansion, YAML → file model, with every error located.
+
+pub mod diag;
+pub mod env;
+pub mod locate;
+pub mod model;
+
+pub use diag::{ConfigError, Diagnostic, Diags, Severity};
+pub use model::RawConfig;
+
+use locate::{Locator, Pos};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// A parsed config file, ready to be checked and compiled.
+pub struct Source {
+    pub path: PathBuf,
+    pub raw: RawConfig,
+    pub locator: Locator,
+    /// Short hex digest of the expanded text; identifies the active config.
+    pub hash: String,
+}
+
+impl Source {
+    /// Reads and parses `path` with the process environment.
+    pub fn load(path: &Path) -> Result<Source, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            single(
+                path,
+                Pos { line: 1, col: 1 },
+                format!("cannot read config: {e}"),
+                None,
+            )
+        })?;
+        Source::parse(path, &text, |name| std::env::var(name).ok())
+    }
+
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Source, ConfigError> {
+        let text = env::expand(text, env).map_err(|unset| {
+            let diags = unset.into_iter().map(|u| Diagnostic {
+                severity: Severity::Error,
+                file: path.to_path_buf(),
+                pos: Pos {
+                    line: u.line,
+                    col: u.col,
+                },
+                message: format!("environment variable `{}` is not set", u.name),
+                help: Some(format!(
+                    "export {0}=..., or give a default: ${{{0}:-value}}",
+                    u.name
+                )),
+            });
+            ConfigError(diags.collect())
+        })?;
+        let raw: RawConfig = serde_yaml::from_str(&text).map_err(|e| yaml_error(path, &e))?;
+        let hash = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
+        Ok(Source {
+            path: path.to_path_buf(),
+            locator: Locator::new(&text),
+            raw,
+            hash,
+        })
+    }
+}
+
+fn single(path: &Path, pos: Pos, message: String, help: Option<String>) -> ConfigError {
+    ConfigError(vec![Diagnostic {
+        severity: Severity::Error,
+        file: path.to_path_buf(),
+        pos,
+        message,
+        help,
+    }])
+}
+
+fn yaml_error(path: &Path, e: &serde_yaml::Error) -> ConfigError {
+    let pos = e
+        .location()
+        .map(|l| Pos {
+            line: l.line(),
+            col: l.column(),
+        })
+        .unwrap_or(Pos { line: 1, col: 1 });
+    let full = e.to_string();
+    let message = match full.find(" at line ") {
+        Some(cut) => full[..cut].to_string(),
+        None => full,
+    };
+    let help = yaml_help(&message);
+    single(path, pos, message, help)
+}
+
+/// Hints for the serde messages users meet most.
+fn yaml_help(message: &str) -> Option<String> {
+    if message.contains("unknown field") {
+        Some("check the spelling against the config reference in README.md".into())
+    } else if message.contains("missing field") {
+        Some(
+            "add the field; the config reference in README.md lists what each section needs".into(),
+        )
+    } else if message.contains("invalid type") {
+        Some(
+            "quote strings, write numbers without quotes, and durations like 500ms, 2s or 1m"
+                .into(),
+        )
+    } else if message.contains("duplicate") {
+        Some("each key may appear once in a mapping; remove or rename one".into())
+    } else if message.contains("time unit") || message.contains("duration") {
+        Some("durations look like 250ms, 2s, 1m or 1h 30m".into())
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Source, ConfigError> {
+        Source::parse(Path::new("g.yaml"), text, |_| None)
+    }
+
+    #[test]
+    fn unknown_field_is_located() {
+        let err =
+            parse("version: 1\nlisten:\n  proxy: 127.0.0.1:1\n  admin: 127.0.0.1:2\n  extra: 3\n")
+                .err()
+                .unwrap();
+        let d = &err.0[0];
+        assert_eq!((d.pos.line, d.pos.col), (5, 3), "{d}");
+        assert!(d.message.contains("unknown field `extra`"), "{d}");
+    }
+}

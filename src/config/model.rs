@@ -1,0 +1,258 @@
+//! The file model of gateway.yaml: exactly what a user writes, nothing compiled yet.
+//! Every struct denies unknown fields so a typo is an error, never a silent default.
+
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub version: u32,
+    pub listen: Listen,
+    #[serde(default)]
+    pub server: ServerSettings,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    pub proxy: String,
+    pub admin: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Pingora worker threads; defaults to the number of CPUs.
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub grace_period: Duration,
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+    #[serde(default = "default_resolve_interval", with = "humantime_serde")]
+    pub resolve_interval: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            threads: None,
+            trusted_proxies: Vec::new(),
+            grace_period: default_grace(),
+            shutdown_timeout: default_shutdown_timeout(),
+            max_body: default_max_body(),
+            resolve_interval: default_resolve_interval(),
+        }
+    }
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_body() -> ByteSize {
+    ByteSize(100 * 1024 * 1024)
+}
+fn default_resolve_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub targets: Vec<String>,
+    #[serde(default = "default_balance")]
+    pub balance: String,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub retries: Retries,
+}
+
+fn default_balance() -> String {
+    "round_robin".to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default = "default_connect", with = "humantime_serde")]
+    pub connect: Duration,
+    #[serde(default = "default_read", with = "humantime_serde")]
+    pub read: Duration,
+    #[serde(default = "default_read", with = "humantime_serde")]
+    pub write: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: default_connect(),
+            read: default_read(),
+            write: default_read(),
+        }
+    }
+}
+
+fn default_connect() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_read() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    /// Extra tries after the first one.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryOn>,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries {
+            attempts: default_attempts(),
+            on: default_retry_on(),
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    1
+}
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::ConnectFailure]
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    ConnectFailure,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: RawMatch,
+    pub upstream: Option<String>,
+    pub respond: Option<RawRespond>,
+    pub strip_prefix: Option<String>,
+    pub rewrite: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    pub max_body: Option<ByteSize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    pub path_regex: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub host: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderCond>,
+}
+
+/// `X-Env: staging` requires that value; `X-Debug: { present: true }` only its presence
+/// (`present: false`: its absence).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum HeaderCond {
+    Equals(String),
+    Present { present: bool },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRespond {
+    #[serde(default = "default_status")]
+    pub status: u16,
+    pub json: Option<serde_json::Value>,
+    pub text: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_status() -> u16 {
+    200
+}
+
+/// A size in bytes, written as a number or with a unit: `512KiB`, `10MB`, `1GiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("invalid size `{text}`: expected e.g. 1048576, 512KiB or 10MB"))?;
+        let mult: u64 =
+            match unit.trim() {
+                "" | "B" => 1,
+                "KB" | "kB" => 1000,
+                "KiB" => 1024,
+                "MB" => 1000 * 1000,
+                "MiB" => 1024 * 1024,
+                "GB" => 1000 * 1000 * 1000,
+                "GiB" => 1024 * 1024 * 1024,
+                other => return Err(format!(
+                    "unknown size unit `{other}` in `{text}`: use B, KB, KiB, MB, MiB, GB or GiB"
+                )),
+            };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size `{text}` is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Num(u64),
+            Text(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Num(n) => Ok(ByteSize(n)),
+            Repr::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ByteSize;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(ByteSize::parse("10MiB"), Ok(ByteSize(10 << 20)));
+        assert_eq!(ByteSize::parse("5 KB"), Ok(ByteSize(5000)));
+        assert_eq!(ByteSize::parse("42"), Ok(ByteSize(42)));
+        assert!(ByteSize::parse("10 parsecs").is_err());
+        assert!(ByteSize::parse("MiB").is_err());
+    }
+}

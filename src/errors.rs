@@ -1,0 +1,113 @@
+//! Errors the gateway itself answers with, always as JSON with the request id:
+//! `{"error": {"status": 404, "code": "route_not_found", "message": "...", "request_id": "..."}}`.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::{Error, ErrorSource, ErrorType};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    BadPath(String),
+    BadRequest,
+    RouteNotFound,
+    MethodNotAllowed { allow: String },
+    BodyTooLarge { limit: u64 },
+    NoUpstreamAvailable,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    RouteTimeout,
+    Internal,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::BadPath(_) | GatewayError::BadRequest => 400,
+            GatewayError::RouteNotFound => 404,
+            GatewayError::MethodNotAllowed { .. } => 405,
+            GatewayError::BodyTooLarge { .. } => 413,
+            GatewayError::UpstreamUnreachable => 502,
+            GatewayError::NoUpstreamAvailable => 503,
+            GatewayError::UpstreamTimeout | GatewayError::RouteTimeout => 504,
+            GatewayError::Internal => 500,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::BadPath(_) => "bad_path",
+            GatewayError::BadRequest => "bad_request",
+            GatewayError::RouteNotFound => "route_not_found",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
+            GatewayError::BodyTooLarge { .. } => "body_too_large",
+            GatewayError::NoUpstreamAvailable => "no_upstream_available",
+            GatewayError::UpstreamUnreachable => "upstream_unreachable",
+            GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::RouteTimeout => "route_timeout",
+            GatewayError::Internal => "internal_error",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            GatewayError::BadPath(why) => format!("the request path cannot be routed: {why}"),
+            GatewayError::BadRequest => "the request is malformed".into(),
+            GatewayError::RouteNotFound => "no route matches this request".into(),
+            GatewayError::MethodNotAllowed { allow } => format!("this path accepts only {allow}"),
+            GatewayError::BodyTooLarge { limit } => {
+                format!("the request body exceeds the limit of {limit} bytes")
+            }
+            GatewayError::NoUpstreamAvailable => "no upstream target is available".into(),
+            GatewayError::UpstreamUnreachable => {
+                "the upstream could not be reached or closed the connection".into()
+            }
+            GatewayError::UpstreamTimeout => "the upstream did not answer in time".into(),
+            GatewayError::RouteTimeout => "the request exceeded the route's time limit".into(),
+            GatewayError::Internal => "the gateway failed to handle the request".into(),
+        }
+    }
+
+    /// Maps a Pingora error that has no gateway error attached; None when the client is gone.
+    pub fn from_pingora(e: &Error) -> Option<GatewayError> {
+        use ErrorType::*;
+        match (e.esource(), e.etype()) {
+            (_, HTTPStatus(413)) => Some(GatewayError::BodyTooLarge { limit: 0 }),
+            (_, HTTPStatus(504)) => Some(GatewayError::RouteTimeout),
+            (_, ConnectTimedout | ReadTimedout | WriteTimedout)
+                if e.esource() != &ErrorSource::Downstream =>
+            {
+                Some(GatewayError::UpstreamTimeout)
+            }
+            (ErrorSource::Upstream, _) => Some(GatewayError::UpstreamUnreachable),
+            (_, ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure) => {
+                Some(GatewayError::UpstreamUnreachable)
+            }
+            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
+            (ErrorSource::Downstream, _) => Some(GatewayError::BadRequest),
+            (_, HTTPStatus(code)) if (400..500).contains(code) => Some(GatewayError::BadRequest),
+            _ => Some(GatewayError::Internal),
+        }
+    }
+
+    /// The response header and JSON body for this error.
+    pub fn response(&self, request_id: &str) -> (ResponseHeader, Bytes) {
+        let body = serde_json::json!({
+            "error": {
+                "status": self.status(),
+                "code": self.code(),
+                "message": self.message(),
+                "request_id": request_id,
+            }
+        });
+        let body = Bytes::from(body.to_string());
+        let mut header = ResponseHeader::build(self.status(), Some(5)).expect("valid status");
+        let _ = header.insert_header(http::header::CONTENT_TYPE, "application/json");
+        let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
+        let _ = header.insert_header(http::header::CACHE_CONTROL, "no-store");
+        let _ = header.insert_header(crate::forwarding::X_REQUEST_ID, request_id);
+        if let GatewayError::MethodNotAllowed { allow } = self {
+            let _ = header.insert_header(http::header::ALLOW, allow.as_str());
+        }
+        (header, body)
+    }
+}

@@ -1,0 +1,262 @@
+//! `portico route`: which route a request takes and why, and `--test` tables of expected
+//! matches so a team can test its route table in CI.
+
+use crate::config::model::{HeaderCond, RawMatch};
+use crate::config::Source;
+use crate::router::{Action, Match};
+use crate::snapshot::Snapshot;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use serde::Deserialize;
+use std::fmt::Write;
+
+/// A request to explain: method, path (with query) and headers.
+pub struct Probe {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+}
+
+impl Probe {
+    pub fn parse(method: &str, path: &str, headers: &[String]) -> Result<Probe, String> {
+        let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| format!("`{method}` is not an HTTP method"))?;
+        let uri: Uri = path
+            .parse()
+            .map_err(|_| format!("`{path}` is not a request path"))?;
+        let mut map = HeaderMap::new();
+        for h in headers {
+            let (name, value) = h
+                .split_once(':')
+                .ok_or_else(|| format!("header `{h}` must look like `Name: value`"))?;
+            let name = HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| format!("invalid header name in `{h}`"))?;
+            let value = HeaderValue::from_str(value.trim())
+                .map_err(|_| format!("invalid header value in `{h}`"))?;
+            map.append(name, value);
+        }
+        Ok(Probe {
+            method,
+            uri,
+            headers: map,
+        })
+    }
+}
+
+/// What the gateway would do with a probe.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Route {
+        index: usize,
+        upstream_path: Option<String>,
+    },
+    Status(u16, String),
+}
+
+pub fn outcome(snapshot: &Snapshot, probe: &Probe) -> Outcome {
+    match snapshot
+        .router
+        .route(&probe.method, &probe.uri, &probe.headers)
+    {
+        Err(e) => Outcome::Status(400, e.to_string()),
+        Ok((Match::NotFound, _)) => Outcome::Status(404, "no route matches".into()),
+        Ok((Match::MethodNotAllowed(allow), _)) => {
+            Outcome::Status(405, format!("allowed: {allow}"))
+        }
+        Ok((Match::Route(index), path)) => {
+            let route = &snapshot.router.routes()[index];
+            let upstream_path = match route.action {
+                Action::Proxy(_) => Some(route.rewrite.apply(&path)),
+                Action::Respond(_) => None,
+            };
+            Outcome::Route {
+                index,
+                upstream_path,
+            }
+        }
+    }
+}
+
+fn describe_match(m: &RawMatch) -> String {
+    let mut parts = Vec::new();
+    if let Some(p) = &m.path {
+        parts.push(format!("path = {p}"));
+    }
+    if let Some(p) = &m.path_prefix {
+        parts.push(format!("path_prefix = {p}"));
+    }
+    if let Some(p) = &m.path_regex {
+        parts.push(format!("path_regex = {p}"));
+    }
+    if let Some(methods) = &m.methods {
+        parts.push(format!("methods = {}", methods.join(", ")));
+    }
+    if let Some(h) = &m.host {
+        parts.push(format!("host = {h}"));
+    }
+    for (name, cond) in &m.headers {
+        parts.push(match cond {
+            HeaderCond::Equals(v) => format!("header {name} = {v}"),
+            HeaderCond::Present { present: true } => format!("header {name} present"),
+            HeaderCond::Present { present: false } => format!("header {name} absent"),
+        });
+    }
+    if parts.is_empty() {
+        "any request".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// A human explanation of how `probe` is routed.
+pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
+    let mut out = String::new();
+    let head = format!("{} {}", probe.method, probe.uri);
+    match outcome(snapshot, probe) {
+        Outcome::Status(status, why) => {
+            let _ = writeln!(out, "{head} → {status} ({why})");
+        }
+        Outcome::Route {
+            index,
+            upstream_path,
+        } => {
+            let route = &snapshot.router.routes()[index];
+            let raw = &src.raw.routes[index];
+            let pos = src.locator.find(&format!("routes[{index}]"));
+            let _ = writeln!(
+                out,
+                "{head} → route `{}` ({}:{}:{})",
+                route.name,
+                src.path.display(),
+                pos.line,
+                pos.col
+            );
+            let _ = writeln!(out, "  matched because: {}", describe_match(&raw.matcher));
+            match &route.action {
+                Action::Respond(resp) => {
+                    let _ = writeln!(
+                        out,
+                        "  responds directly: status {}, {} bytes of {}",
+                        resp.status,
+                        resp.body.len(),
+                        resp.content_type
+                    );
+                }
+                Action::Proxy(up) => {
+                    let targets: Vec<&str> = up.targets.iter().map(|t| t.label.as_str()).collect();
+                    let _ = writeln!(
+                        out,
+                        "  upstream: {} ({:?}) → {}",
+                        up.name,
+                        up.balance,
+                        targets.join(", ")
+                    );
+                    let _ = writeln!(
+                        out,
+                        "  upstream path: {}",
+                        upstream_path.unwrap_or_default()
+                    );
+                    let _ = writeln!(
+                        out,
+                        "  timeouts: connect {:?}, read {:?}, route total {}",
+                        up.connect_timeout,
+                        up.read_timeout,
+                        route.timeout.map_or("none".into(), |t| format!("{t:?}"))
+                    );
+                    let _ = writeln!(
+                        out,
+                        "  retries: {} on connect failure (idempotent methods)",
+                        up.retry_attempts
+                    );
+                }
+            }
+            let _ = writeln!(out, "  max body: {} bytes", route.max_body);
+        }
+    }
+    out
+}
+
+/// One row of a `--test` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// `METHOD /path?query`
+    pub request: String,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Expected route name...
+    pub route: Option<String>,
+    /// ...or expected status when no route takes it (400, 404, 405).
+    pub status: Option<u16>,
+    pub upstream_path: Option<String>,
+}
+
+/// Runs a table of cases; returns the report and whether all passed.
+pub fn run_cases(snapshot: &Snapshot, cases_yaml: &str) -> Result<(String, bool), String> {
+    let cases: Vec<Case> =
+        serde_yaml::from_str(cases_yaml).map_err(|e| format!("cases file: {e}"))?;
+    let mut report = String::new();
+    let mut failed = 0;
+    for (i, case) in cases.iter().enumerate() {
+        let result = check_case(snapshot, case);
+        match &result {
+            Ok(()) => {
+                let _ = writeln!(report, "ok   {}", case.request);
+            }
+            Err(why) => {
+                failed += 1;
+                let _ = writeln!(report, "FAIL {} (case {}): {why}", case.request, i + 1);
+            }
+        }
+    }
+    let _ = writeln!(
+        report,
+        "{} cases, {} passed, {failed} failed",
+        cases.len(),
+        cases.len() - failed
+    );
+    Ok((report, failed == 0))
+}
+
+fn check_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
+    let (method, path) = case
+        .request
+        .split_once(' ')
+        .ok_or_else(|| "request must look like `GET /path`".to_string())?;
+    let headers: Vec<String> = case
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    let probe = Probe::parse(method, path.trim(), &headers)?;
+    let got = outcome(snapshot, &probe);
+    let got_text = match &got {
+        Outcome::Route { index, .. } => {
+            format!("route `{}`", snapshot.router.routes()[*index].name)
+        }
+        Outcome::Status(s, why) => format!("status {s} ({why})"),
+    };
+    match (&case.route, case.status, &got) {
+        (
+            Some(want),
+            None,
+            Outcome::Route {
+                index,
+                upstream_path,
+            },
+        ) => {
+            if snapshot.router.routes()[*index].name.as_ref() != want {
+                return Err(format!("expected route `{want}`, got {got_text}"));
+            }
+            match (&case.upstream_path, upstream_path) {
+                (Some(want), Some(got)) if want != got => {
+                    Err(format!("expected upstream path `{want}`, got `{got}`"))
+                }
+                _ => Ok(()),
+            }
+        }
+        (None, Some(want), Outcome::Status(status, _)) if want == *status => Ok(()),
+        (Some(want), None, _) => Err(format!("expected route `{want}`, got {got_text}")),
+        (None, Some(want), _) => Err(format!("expected status {want}, got {got_text}")),
+        _ => Err("a case expects exactly one of `route` or `status`".into()),
+    }
+}

@@ -1,0 +1,153 @@
+//! What a proxy owes the upstream about the original request: the client's IP (believing
+//! `X-Forwarded-For` only from trusted proxies), `X-Forwarded-*`, a request id, and no
+//! hop-by-hop headers.
+
+use crate::snapshot::Settings;
+use http::header::{HeaderMap, HeaderName, CONNECTION};
+use std::net::IpAddr;
+
+pub const X_REQUEST_ID: &str = "x-request-id";
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
+/// Keeps a client's request id when it is sane (≤128 chars of `[A-Za-z0-9._:-]`), else
+/// makes a new random one.
+pub fn request_id(incoming: Option<&[u8]>) -> String {
+    match incoming {
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b)) =>
+        {
+            String::from_utf8_lossy(id).into_owned()
+        }
+        _ => format!("{:032x}", fastrand::u128(..)),
+    }
+}
+
+/// The client's IP: the connection peer, or — when the peer is a trusted proxy — the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub fn client_ip(peer: Option<IpAddr>, xff: Option<&str>, settings: &Settings) -> Option<IpAddr> {
+    let peer = peer?;
+    let Some(xff) = xff.filter(|_| settings.is_trusted(peer)) else {
+        return Some(peer);
+    };
+    let mut client = peer;
+    for hop in xff.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !settings.is_trusted(ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Some(client)
+}
+
+/// `X-Forwarded-For` to send: appended to when the peer is trusted, replaced otherwise
+/// (an untrusted client must not be able to forge the chain).
+pub fn forwarded_for(peer: IpAddr, xff: Option<&str>, settings: &Settings) -> String {
+    match xff.filter(|x| !x.trim().is_empty() && settings.is_trusted(peer)) {
+        Some(existing) => format!("{existing}, {peer}"),
+        None => peer.to_string(),
+    }
+}
+
+const HOP_BY_HOP: [&str; 7] = [
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "upgrade",
+];
+
+/// Hop-by-hop headers to drop: the fixed list plus those named in `Connection`. An upgrade
+/// (e.g. WebSocket) keeps `Connection`/`Upgrade` so Pingora can tunnel it.
+pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
+    let upgrade = headers.contains_key(http::header::UPGRADE)
+        && headers.get_all(CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.to_ascii_lowercase().contains("upgrade"))
+        });
+    if upgrade {
+        return Vec::new();
+    }
+    let mut names: Vec<HeaderName> = HOP_BY_HOP
+        .iter()
+        .map(|n| HeaderName::from_static(n))
+        .filter(|n| headers.contains_key(n))
+        .collect();
+    for value in headers.get_all(CONNECTION) {
+        let listed = value.to_str().unwrap_or_default().split(',');
+        names.extend(listed.filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()));
+    }
+    if headers.contains_key(CONNECTION) {
+        names.push(CONNECTION);
+    }
+    names.retain(|n| n != http::header::CONTENT_LENGTH && n != http::header::TRANSFER_ENCODING);
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn settings(trusted: &[&str]) -> Settings {
+        Settings {
+            proxy_addr: "127.0.0.1:1".parse().unwrap(),
+            admin_addr: "127.0.0.1:2".parse().unwrap(),
+            threads: 1,
+            trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
+            grace_period: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(1),
+            resolve_interval: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn client_ip_believes_only_trusted_hops() {
+        let s = settings(&["10.0.0.0/8"]);
+        let ip = |x: &str| x.parse::<IpAddr>().ok();
+        assert_eq!(client_ip(ip("1.2.3.4"), Some("9.9.9.9"), &s), ip("1.2.3.4"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some("9.9.9.9, 5.5.5.5, 10.1.1.1"), &s),
+            ip("5.5.5.5")
+        );
+        assert_eq!(client_ip(ip("10.0.0.1"), None, &s), ip("10.0.0.1"));
+        assert_eq!(
+            forwarded_for("1.2.3.4".parse().unwrap(), Some("6.6.6.6"), &s),
+            "1.2.3.4"
+        );
+        assert_eq!(
+            forwarded_for("10.0.0.2".parse().unwrap(), Some("6.6.6.6"), &s),
+            "6.6.6.6, 10.0.0.2"
+        );
+    }
+
+    #[test]
+    fn request_ids_and_hosts() {
+        assert_eq!(request_id(Some(b"abc-123")), "abc-123");
+        assert_eq!(request_id(Some(b"bad id\n")).len(), 32);
+    }
+
+    #[test]
+    fn hop_by_hop_includes_connection_listed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        let names: Vec<_> = hop_by_hop(&h).iter().map(|n| n.to_string()).collect();
+        assert!(
+            names.contains(&"x-secret".to_string()) && names.contains(&"connection".to_string())
+        );
+    }
+}

@@ -1,0 +1,172 @@
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use portico::config::{Severity, Source};
+use portico::explain::{self, Probe};
+use portico::{demo, server, snapshot, telemetry};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Portico: a declarative API gateway driven by one gateway.yaml.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        #[arg(short, long, env = "PORTICO_CONFIG", default_value = "gateway.yaml")]
+        config: PathBuf,
+        /// Take over the listening sockets of a running Portico (graceful binary upgrade).
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Check a config file: every problem with file:line:col; exit 1 when it is refused.
+    Check {
+        file: PathBuf,
+        /// Treat warnings (shadowed routes, unused upstreams) as errors.
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Explain which route a request takes, or test a table of expected matches.
+    Route {
+        #[arg(short, long, env = "PORTICO_CONFIG", default_value = "gateway.yaml")]
+        config: PathBuf,
+        /// A YAML list of cases: {request: "GET /path", headers: {...}, route: NAME | status: 404, upstream_path: ...}
+        #[arg(long, conflicts_with_all = ["method", "path"])]
+        test: Option<PathBuf>,
+        method: Option<String>,
+        path: Option<String>,
+        /// A request header, `Name: value` (repeatable); `-H 'Host: api.example.com'` sets the host.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
+    /// Run the gateway on a config together with sample services on its loopback targets.
+    Demo {
+        #[arg(short, long, default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    telemetry::init();
+    match dispatch(Cli::parse().command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config, upgrade } => {
+            server::run(server::RunOptions {
+                config: &config,
+                upgrade,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check {
+            file,
+            deny_warnings,
+        } => Ok(check(&file, deny_warnings)),
+        Command::Route {
+            config,
+            test,
+            method,
+            path,
+            headers,
+        } => route(&config, test, method, path, &headers),
+        Command::Demo { config } => demo(&config),
+        Command::Version => {
+            println!("portico {}", portico::admin::VERSION);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check(file: &Path, deny_warnings: bool) -> ExitCode {
+    let result = Source::load(file).and_then(|src| snapshot::compile(&src));
+    match result {
+        Ok(snap) => {
+            for w in &snap.warnings {
+                eprintln!("{w}");
+            }
+            let routes = snap.router.routes().len();
+            let failed = deny_warnings && !snap.warnings.is_empty();
+            let verdict = if failed {
+                "refused (warnings denied)"
+            } else {
+                "OK"
+            };
+            println!(
+                "{}: {verdict}: {routes} routes, {} upstreams, {} warnings",
+                file.display(),
+                snap.upstreams.len(),
+                snap.warnings.len()
+            );
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            let errors = e.0.iter().filter(|d| d.severity == Severity::Error).count();
+            eprintln!("{e}");
+            eprintln!("{}: refused: {errors} errors", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn route(
+    config: &Path,
+    test: Option<PathBuf>,
+    method: Option<String>,
+    path: Option<String>,
+    headers: &[String],
+) -> anyhow::Result<ExitCode> {
+    let src = Source::load(config)?;
+    let snap = snapshot::compile(&src)?;
+    if let Some(cases) = test {
+        let text = std::fs::read_to_string(&cases)
+            .with_context(|| format!("reading {}", cases.display()))?;
+        let (report, ok) = explain::run_cases(&snap, &text).map_err(anyhow::Error::msg)?;
+        print!("{report}");
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let (Some(method), Some(path)) = (method, path) else {
+        anyhow::bail!(
+            "give METHOD and PATH (e.g. `portico route GET /users/1`), or --test cases.yaml"
+        );
+    };
+    let probe = Probe::parse(&method, &path, headers).map_err(anyhow::Error::msg)?;
+    print!("{}", explain::explain(&src, &snap, &probe));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo(config: &Path) -> anyhow::Result<ExitCode> {
+    let snap = server::load_config(config)?;
+    let proxy = snap.settings.proxy_addr;
+    let (mut server, holder) = server::build(snap, false);
+    for started in demo::add_sample_services(&mut server, &holder.load()) {
+        tracing::info!("demo: sample service {started}");
+    }
+    tracing::info!("demo ready: try `curl http://{proxy}/users/1` (Ctrl-C stops)");
+    server.run_forever()
+}

@@ -1,0 +1,368 @@
+//! The `ProxyHttp` implementation: each phase reads the snapshot the request loaded once
+//! and calls into router/, upstream/ and forwarding; errors become JSON via `errors`.
+
+use crate::errors::GatewayError;
+use crate::forwarding::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
+use crate::router::{Action, Match, Route, StaticResponse};
+use crate::snapshot::{Snapshot, SnapshotHolder};
+use crate::upstream::{Balance, Pick, Upstream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorType, Result};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Gateway {
+    pub holder: SnapshotHolder,
+}
+
+/// Per-request state; `snapshot` is loaded once in `new_ctx` and used by every phase.
+pub struct Ctx {
+    snapshot: Arc<Snapshot>,
+    request_id: String,
+    client_ip: Option<IpAddr>,
+    route: Option<usize>,
+    upstream_uri: Option<http::Uri>,
+    tried: Vec<usize>,
+    pick: Option<Pick>,
+    deadline: Option<Instant>,
+    body_seen: u64,
+    failure: Option<GatewayError>,
+}
+
+impl Ctx {
+    fn route(&self) -> Option<&Route> {
+        self.route.map(|i| &self.snapshot.router.routes()[i])
+    }
+
+    fn upstream(&self) -> Option<&Arc<Upstream>> {
+        match &self.route()?.action {
+            Action::Proxy(up) => Some(up),
+            Action::Respond(_) => None,
+        }
+    }
+
+    fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.remaining().is_some_and(|r| r.is_zero())
+    }
+
+    /// Records why the request fails, for `fail_to_proxy`, and returns the Pingora error.
+    fn fail(&mut self, failure: GatewayError) -> Box<Error> {
+        let status = failure.status();
+        self.failure = Some(failure);
+        Error::new(ErrorType::HTTPStatus(status))
+    }
+}
+
+fn may_have_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+fn content_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Sends a complete response the gateway produced itself.
+async fn send(session: &mut Session, header: ResponseHeader, body: Bytes) -> Result<bool> {
+    if may_have_body(session.req_header()) {
+        // The body was not read: the connection cannot carry another request.
+        session.set_keepalive(None);
+    }
+    let empty = body.is_empty();
+    session
+        .write_response_header(Box::new(header), empty)
+        .await?;
+    if !empty {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(true)
+}
+
+async fn reject(session: &mut Session, ctx: &Ctx, error: GatewayError) -> Result<bool> {
+    let (header, body) = error.response(&ctx.request_id);
+    send(session, header, body).await
+}
+
+async fn respond_static(session: &mut Session, ctx: &Ctx, resp: &StaticResponse) -> Result<bool> {
+    let mut header = ResponseHeader::build(resp.status, Some(4 + resp.headers.len()))?;
+    header.insert_header(CONTENT_TYPE, resp.content_type)?;
+    header.insert_header(CONTENT_LENGTH, resp.body.len())?;
+    for (name, value) in &resp.headers {
+        header.insert_header(name.clone(), value.clone())?;
+    }
+    header.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+    send(session, header, resp.body.clone()).await
+}
+
+impl Gateway {
+    /// Normalizes and routes the request; returns Ok(true) when it was answered here.
+    async fn route_request(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let snapshot = ctx.snapshot.clone();
+        let req = session.req_header();
+        let (found, path) = match snapshot.router.route(&req.method, &req.uri, &req.headers) {
+            Ok(found) => found,
+            Err(e) => return reject(session, ctx, GatewayError::BadPath(e.to_string())).await,
+        };
+        let index = match found {
+            Match::Route(i) => i,
+            Match::NotFound => return reject(session, ctx, GatewayError::RouteNotFound).await,
+            Match::MethodNotAllowed(allow) => {
+                return reject(session, ctx, GatewayError::MethodNotAllowed { allow }).await
+            }
+        };
+        ctx.route = Some(index);
+        let route = &snapshot.router.routes()[index];
+        if let Action::Respond(resp) = &route.action {
+            return respond_static(session, ctx, resp).await;
+        }
+        if content_length(req).is_some_and(|len| len > route.max_body) {
+            let limit = route.max_body;
+            return reject(session, ctx, GatewayError::BodyTooLarge { limit }).await;
+        }
+        let upstream_path = route.rewrite.apply(&path);
+        if upstream_path != req.uri.path() {
+            let uri = match req.uri.query() {
+                Some(q) => format!("{upstream_path}?{q}"),
+                None => upstream_path,
+            };
+            ctx.upstream_uri = Some(
+                uri.parse()
+                    .map_err(|_| ctx.fail(GatewayError::BadRequest))?,
+            );
+        }
+        ctx.deadline = route.timeout.map(|t| Instant::now() + t);
+        Ok(false)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            snapshot: self.holder.load(),
+            request_id: String::new(),
+            client_ip: None,
+            route: None,
+            upstream_uri: None,
+            tried: Vec::new(),
+            pick: None,
+            deadline: None,
+            body_seen: 0,
+            failure: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id =
+            forwarding::request_id(req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes()));
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let xff = req
+            .headers
+            .get(X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok());
+        ctx.client_ip = forwarding::client_ip(peer, xff, &ctx.snapshot.settings);
+        self.route_request(session, ctx).await
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_seen += chunk.len() as u64;
+            let limit = ctx.route().map_or(u64::MAX, |r| r.max_body);
+            if ctx.body_seen > limit {
+                return Err(ctx.fail(GatewayError::BodyTooLarge { limit }));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(upstream) = ctx.upstream().cloned() else {
+            return Err(ctx.fail(GatewayError::Internal));
+        };
+        if ctx.past_deadline() {
+            return Err(ctx.fail(GatewayError::RouteTimeout));
+        }
+        let ip_key;
+        let key = match &upstream.balance {
+            Balance::HashHeader(name) => {
+                session.req_header().headers.get(name).map(|v| v.as_bytes())
+            }
+            Balance::HashClientIp => {
+                ip_key = ctx.client_ip.map(|ip| match ip {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                    IpAddr::V6(v6) => v6.octets(),
+                });
+                ip_key.as_ref().map(|k| &k[..])
+            }
+            _ => None,
+        };
+        let Some(pick) = upstream.pick(key, &ctx.tried) else {
+            let failure = if ctx.tried.is_empty() {
+                GatewayError::NoUpstreamAvailable
+            } else {
+                GatewayError::UpstreamUnreachable
+            };
+            return Err(ctx.fail(failure));
+        };
+        let mut peer = HttpPeer::new(pick.addr, false, String::new());
+        let cap = |t: Duration| Some(ctx.remaining().map_or(t, |r| r.min(t)));
+        peer.options.connection_timeout = cap(upstream.connect_timeout);
+        peer.options.read_timeout = cap(upstream.read_timeout);
+        peer.options.write_timeout = cap(upstream.write_timeout);
+        ctx.tried.push(pick.index);
+        ctx.pick = Some(pick);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let attempts = ctx.upstream().map_or(0, |u| u.retry_attempts as usize);
+        let idempotent = session.req_header().method.is_idempotent();
+        if idempotent && ctx.tried.len() <= attempts && !ctx.past_deadline() {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(uri) = &ctx.upstream_uri {
+            upstream_request.set_uri(uri.clone());
+        }
+        for name in forwarding::hop_by_hop(&upstream_request.headers) {
+            upstream_request.remove_header(&name);
+        }
+        let settings = &ctx.snapshot.settings;
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let trusted = peer.is_some_and(|p| settings.is_trusted(p));
+        if let Some(peer) = peer {
+            let xff = upstream_request
+                .headers
+                .get(X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok());
+            let value = forwarding::forwarded_for(peer, xff, settings);
+            upstream_request.insert_header(X_FORWARDED_FOR, value)?;
+        }
+        if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_PROTO)) {
+            upstream_request.insert_header(X_FORWARDED_PROTO, "http")?;
+        }
+        if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_HOST)) {
+            match upstream_request.headers.get(HOST).cloned() {
+                Some(host) => upstream_request.insert_header(X_FORWARDED_HOST, host)?,
+                None => {
+                    upstream_request.remove_header(X_FORWARDED_HOST);
+                }
+            }
+        }
+        upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.past_deadline() {
+            return Err(ctx.fail(GatewayError::RouteTimeout));
+        }
+        for name in forwarding::hop_by_hop(&upstream_response.headers) {
+            upstream_response.remove_header(&name);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if ctx.past_deadline() {
+            return Err(ctx.fail(GatewayError::RouteTimeout));
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let failure = match ctx.failure.take() {
+            Some(f) => Some(f),
+            None if ctx.past_deadline() => Some(GatewayError::RouteTimeout),
+            None => GatewayError::from_pingora(e),
+        };
+        let Some(failure) = failure else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if ctx.request_id.is_empty() {
+            ctx.request_id = forwarding::request_id(None);
+        }
+        let (header, body) = failure.response(&ctx.request_id);
+        let downstream = session.as_downstream_mut();
+        if let Err(err) = downstream.write_error_response(header, body).await {
+            tracing::debug!(error = %err, "could not send the error response");
+        }
+        FailToProxy {
+            error_code: failure.status(),
+            can_reuse_downstream: false,
+        }
+    }
+}

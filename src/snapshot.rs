@@ -1,0 +1,682 @@
+//! Compiles the file model into the immutable runtime snapshot, gathering every problem
+//! with its location; and the `ArcSwap` holder each request loads the snapshot from.
+
+use crate::config::model::{
+    HeaderCond as RawCond, RawMatch, RawRespond, RawRoute, RawUpstream, RetryOn,
+};
+use crate::config::{ConfigError, Diagnostic, Diags, Source};
+use crate::router::normalize::normalize;
+use crate::router::{
+    Action, HeaderCond, HeaderMatch, HostMatch, Matcher, PathMatch, PathRewrite, Route, Router,
+    StaticResponse,
+};
+use crate::upstream::{Balance, Target, Upstream};
+use arc_swap::ArcSwap;
+use http::{HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Settings {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub threads: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub grace_period: Duration,
+    pub shutdown_timeout: Duration,
+    pub resolve_interval: Duration,
+}
+
+impl Settings {
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}
+
+pub struct Snapshot {
+    pub hash: String,
+    pub path: PathBuf,
+    pub settings: Settings,
+    pub router: Router,
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Snapshot {
+    /// Loads, checks and compiles a config file.
+    pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
+        compile(&Source::load(path)?)
+    }
+}
+
+/// The active snapshot, shared by all phases and swapped whole on reload.
+#[derive(Clone)]
+pub struct SnapshotHolder(Arc<ArcSwap<Snapshot>>);
+
+impl SnapshotHolder {
+    pub fn new(snapshot: Snapshot) -> Self {
+        SnapshotHolder(Arc::new(ArcSwap::from_pointee(snapshot)))
+    }
+
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+
+    pub fn store(&self, snapshot: Snapshot) {
+        self.0.store(Arc::new(snapshot));
+    }
+}
+
+pub fn compile(src: &Source) -> Result<Snapshot, ConfigError> {
+    let mut d = Diags::new(&src.path, &src.locator);
+    let raw = &src.raw;
+    if raw.version != 1 {
+        d.error(
+            "version",
+            format!("unsupported config version {}", raw.version),
+            Some("this Portico reads `version: 1`".into()),
+        );
+    }
+    let proxy_addr = socket_addr(&mut d, "listen.proxy", &raw.listen.proxy);
+    let admin_addr = socket_addr(&mut d, "listen.admin", &raw.listen.admin);
+    if raw.listen.proxy == raw.listen.admin {
+        d.error(
+            "listen.admin",
+            "the admin listener uses the same address as the proxy",
+            Some("give /health and /metrics their own port".into()),
+        );
+    }
+    let server = &raw.server;
+    if server.threads == Some(0) {
+        d.error("server.threads", "threads must be at least 1", None);
+    }
+    let trusted_proxies = server
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, text)| cidr(&mut d, &format!("server.trusted_proxies[{i}]"), text))
+        .collect();
+    let upstreams: BTreeMap<String, Arc<Upstream>> = raw
+        .upstreams
+        .iter()
+        .filter_map(|(name, up)| {
+            compile_upstream(&mut d, name, up).map(|u| (name.clone(), Arc::new(u)))
+        })
+        .collect();
+    let routes = compile_routes(&mut d, &raw.routes, &upstreams, server.max_body.0, raw);
+    warn_unused_upstreams(&mut d, raw);
+    if d.has_errors() {
+        return Err(ConfigError(d.items));
+    }
+    let settings = Settings {
+        proxy_addr: proxy_addr.expect("checked above"),
+        admin_addr: admin_addr.expect("checked above"),
+        threads: server
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        trusted_proxies,
+        grace_period: server.grace_period,
+        shutdown_timeout: server.shutdown_timeout,
+        resolve_interval: server.resolve_interval,
+    };
+    Ok(Snapshot {
+        hash: src.hash.clone(),
+        path: src.path.clone(),
+        settings,
+        router: Router::new(routes),
+        upstreams,
+        warnings: d.items,
+    })
+}
+
+fn socket_addr(d: &mut Diags, path: &str, text: &str) -> Option<SocketAddr> {
+    let parsed = text.parse();
+    if parsed.is_err() {
+        d.error(
+            path,
+            format!("`{text}` is not a listen address"),
+            Some("write IP:PORT, e.g. 0.0.0.0:8080 or [::]:8080".into()),
+        );
+    }
+    parsed.ok()
+}
+
+fn cidr(d: &mut Diags, path: &str, text: &str) -> Option<IpNet> {
+    let parsed = text
+        .parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
+    if parsed.is_err() {
+        d.error(
+            path,
+            format!("`{text}` is not an IP network"),
+            Some("write a CIDR such as 10.0.0.0/8 or a single IP".into()),
+        );
+    }
+    parsed.ok()
+}
+
+fn compile_upstream(d: &mut Diags, name: &str, up: &RawUpstream) -> Option<Upstream> {
+    let at = format!("upstreams.{name}");
+    if !is_name(name) {
+        d.error(
+            &at,
+            format!("upstream name `{name}` is not allowed"),
+            Some("use letters, digits, `-` and `_`".into()),
+        );
+    }
+    if up.targets.is_empty() {
+        d.error(
+            &format!("{at}.targets"),
+            format!("upstream `{name}` has no targets"),
+            Some("list at least one HOST:PORT".into()),
+        );
+    }
+    let mut targets = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, text) in up.targets.iter().enumerate() {
+        let path = format!("{at}.targets[{i}]");
+        match Target::parse(text) {
+            Ok(t) => targets.push(t),
+            Err(e) => d.error(
+                &path,
+                e,
+                Some("write HOST:PORT, e.g. user-service:8000 or 10.0.0.5:8000".into()),
+            ),
+        }
+        if !seen.insert(text) {
+            d.warn(
+                &path,
+                format!("target `{text}` is listed twice"),
+                Some(
+                    "it will get twice the share of traffic; remove the copy if unintended".into(),
+                ),
+            );
+        }
+    }
+    let balance = Balance::parse(&up.balance)
+        .map_err(|e| {
+            d.error(
+                &format!("{at}.balance"),
+                e,
+                Some(
+                    "use round_robin, random, least_requests, hash(header:NAME) or hash(client_ip)"
+                        .into(),
+                ),
+            )
+        })
+        .ok();
+    for (field, value) in [
+        ("connect", up.timeouts.connect),
+        ("read", up.timeouts.read),
+        ("write", up.timeouts.write),
+    ] {
+        if value.is_zero() {
+            d.error(
+                &format!("{at}.timeouts.{field}"),
+                format!("the {field} timeout must be longer than 0"),
+                None,
+            );
+        }
+    }
+    let retry_attempts = if up.retries.on.contains(&RetryOn::ConnectFailure) {
+        up.retries.attempts
+    } else {
+        0
+    };
+    let timeouts = (up.timeouts.connect, up.timeouts.read, up.timeouts.write);
+    Some(Upstream::new(
+        name,
+        targets,
+        balance?,
+        timeouts,
+        retry_attempts,
+    ))
+}
+
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn compile_routes(
+    d: &mut Diags,
+    raw_routes: &[RawRoute],
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    default_max_body: u64,
+    raw: &crate::config::RawConfig,
+) -> Vec<Route> {
+    let mut names = HashSet::new();
+    let mut routes = Vec::new();
+    for (i, r) in raw_routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if !is_name(&r.name) {
+            d.error(
+                &format!("{at}.name"),
+                format!("route name `{}` is not allowed", r.name),
+                Some("use letters, digits, `-` and `_`; names label metrics and logs".into()),
+            );
+        }
+        if !names.insert(r.name.as_str()) {
+            d.error(
+                &format!("{at}.name"),
+                format!("duplicate route name `{}`", r.name),
+                Some("route names must be unique; rename one of them".into()),
+            );
+        }
+        let matcher = compile_matcher(d, &format!("{at}.match"), &r.matcher);
+        let action = compile_action(d, &at, r, upstreams, raw);
+        let rewrite = compile_rewrite(d, &at, r);
+        if r.timeout.is_some_and(|t| t.is_zero()) {
+            d.error(
+                &format!("{at}.timeout"),
+                "the route timeout must be longer than 0",
+                None,
+            );
+        }
+        if let (Some(matcher), Some(action), Some(rewrite)) = (matcher, action, rewrite) {
+            routes.push(Route {
+                name: r.name.as_str().into(),
+                matcher,
+                action,
+                rewrite,
+                timeout: r.timeout,
+                max_body: r.max_body.map_or(default_max_body, |b| b.0),
+            });
+        }
+    }
+    warn_shadowed(d, raw_routes);
+    routes
+}
+
+fn compile_matcher(d: &mut Diags, at: &str, m: &RawMatch) -> Option<Matcher> {
+    let errors_before = d.items.len();
+    let kinds = [
+        m.path.is_some(),
+        m.path_prefix.is_some(),
+        m.path_regex.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() > 1 {
+        d.error(
+            at,
+            "a route matches on one of path, path_prefix or path_regex, not several",
+            Some("keep one; add another route for the other paths".into()),
+        );
+    }
+    let path = if let Some(p) = &m.path {
+        check_path(d, &format!("{at}.path"), p).map(PathMatch::Exact)
+    } else if let Some(p) = &m.path_prefix {
+        check_path(d, &format!("{at}.path_prefix"), p).map(PathMatch::Prefix)
+    } else if let Some(re) = &m.path_regex {
+        match regex::Regex::new(&format!("^(?:{re})$")) {
+            Ok(re) => Some(PathMatch::Regex(re)),
+            Err(e) => {
+                let detail = e.to_string().lines().last().unwrap_or_default().to_string();
+                d.error(&format!("{at}.path_regex"), format!("invalid regex `{re}`: {detail}"), Some("the regex must match the whole normalized path; see https://docs.rs/regex for the syntax".into()));
+                None
+            }
+        }
+    } else {
+        Some(PathMatch::Any)
+    };
+    let methods = m.methods.as_ref().map(|list| {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, text)| {
+                let ok =
+                    !text.is_empty() && text.bytes().all(|b| b.is_ascii_uppercase() || b == b'-');
+                let method = Method::from_bytes(text.as_bytes()).ok().filter(|_| ok);
+                if method.is_none() {
+                    d.error(
+                        &format!("{at}.methods[{i}]"),
+                        format!("`{text}` is not an HTTP method"),
+                        Some(
+                            "write methods in upper case: GET, POST, PUT, PATCH, DELETE, ..."
+                                .into(),
+                        ),
+                    );
+                }
+                method
+            })
+            .collect::<Vec<_>>()
+    });
+    if methods.as_ref().is_some_and(|m| m.is_empty()) && d.items.len() == errors_before {
+        d.error(
+            &format!("{at}.methods"),
+            "an empty method list matches nothing",
+            Some("remove `methods` to match any method".into()),
+        );
+    }
+    let host = m
+        .host
+        .as_deref()
+        .and_then(|h| compile_host(d, &format!("{at}.host"), h));
+    let headers = m
+        .headers
+        .iter()
+        .filter_map(|(name, cond)| {
+            compile_header_match(d, &format!("{at}.headers.{name}"), name, cond)
+        })
+        .collect();
+    if d.items[errors_before..]
+        .iter()
+        .any(|x| x.severity == crate::config::Severity::Error)
+    {
+        return None;
+    }
+    Some(Matcher {
+        path: path?,
+        methods,
+        host,
+        headers,
+    })
+}
+
+fn check_path(d: &mut Diags, at: &str, p: &str) -> Option<String> {
+    match normalize(p) {
+        Ok(n) if n == p => Some(n),
+        Ok(n) => {
+            d.error(
+                at,
+                format!("path `{p}` is not in normalized form, so no request could match it"),
+                Some(format!("write it as `{n}`")),
+            );
+            None
+        }
+        Err(e) => {
+            d.error(
+                at,
+                format!("invalid path `{p}`: {e}"),
+                Some("paths start with `/`; write unreserved characters unescaped".into()),
+            );
+            None
+        }
+    }
+}
+
+fn compile_host(d: &mut Diags, at: &str, host: &str) -> Option<HostMatch> {
+    let lower = host.to_ascii_lowercase();
+    let (suffix, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let valid = !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !valid {
+        d.error(
+            at,
+            format!("`{host}` is not a host name or pattern"),
+            Some(
+                "write api.example.com, or *.example.com for any subdomain; no port, no scheme"
+                    .into(),
+            ),
+        );
+        return None;
+    }
+    Some(if suffix {
+        HostMatch::Suffix(format!(".{name}"))
+    } else {
+        HostMatch::Exact(lower)
+    })
+}
+
+fn compile_header_match(
+    d: &mut Diags,
+    at: &str,
+    name: &str,
+    cond: &RawCond,
+) -> Option<HeaderMatch> {
+    let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+        d.error(at, format!("`{name}` is not a valid header name"), None);
+        return None;
+    };
+    let cond = match cond {
+        RawCond::Present { present } => HeaderCond::Present(*present),
+        RawCond::Equals(v) => match HeaderValue::from_str(v) {
+            Ok(v) => HeaderCond::Equals(v),
+            Err(_) => {
+                d.error(at, format!("`{v}` is not a valid header value"), None);
+                return None;
+            }
+        },
+    };
+    Some(HeaderMatch { name, cond })
+}
+
+fn compile_action(
+    d: &mut Diags,
+    at: &str,
+    r: &RawRoute,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    raw: &crate::config::RawConfig,
+) -> Option<Action> {
+    match (&r.upstream, &r.respond) {
+        (Some(_), Some(_)) => {
+            d.error(
+                at,
+                format!("route `{}` has both `upstream` and `respond`", r.name),
+                Some("a route either proxies to an upstream or responds directly; keep one".into()),
+            );
+            None
+        }
+        (None, None) => {
+            d.error(
+                at,
+                format!("route `{}` has neither `upstream` nor `respond`", r.name),
+                Some("add `upstream: NAME` or `respond: {status: 200, json: ...}`".into()),
+            );
+            None
+        }
+        (Some(name), None) => match upstreams.get(name) {
+            Some(u) => Some(Action::Proxy(u.clone())),
+            None => {
+                if !raw.upstreams.contains_key(name) {
+                    let known: Vec<&str> = raw.upstreams.keys().map(String::as_str).collect();
+                    d.error(
+                        &format!("{at}.upstream"),
+                        format!("unknown upstream `{name}`"),
+                        Some(format!(
+                            "defined upstreams: {}",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        )),
+                    );
+                }
+                None
+            }
+        },
+        (None, Some(resp)) => {
+            if r.strip_prefix.is_some() || r.rewrite.is_some() {
+                d.error(
+                    at,
+                    "`strip_prefix`/`rewrite` have no effect on a `respond` route",
+                    Some("remove them".into()),
+                );
+            }
+            compile_respond(d, &format!("{at}.respond"), resp).map(|s| Action::Respond(Arc::new(s)))
+        }
+    }
+}
+
+fn compile_respond(d: &mut Diags, at: &str, r: &RawRespond) -> Option<StaticResponse> {
+    let mut ok = true;
+    if !(100..=599).contains(&r.status) {
+        d.error(
+            &format!("{at}.status"),
+            format!("{} is not an HTTP status", r.status),
+            Some("use a status between 100 and 599".into()),
+        );
+        ok = false;
+    }
+    let (content_type, body) = match (&r.json, &r.text) {
+        (Some(_), Some(_)) => {
+            d.error(at, "a response has `json` or `text`, not both", None);
+            ok = false;
+            ("", Vec::new())
+        }
+        (Some(json), None) => (
+            "application/json",
+            serde_json::to_vec(json).unwrap_or_default(),
+        ),
+        (None, Some(text)) => ("text/plain; charset=utf-8", text.clone().into_bytes()),
+        (None, None) => ("text/plain; charset=utf-8", Vec::new()),
+    };
+    let mut headers = Vec::new();
+    for (name, value) in &r.headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            _ => {
+                d.error(
+                    &format!("{at}.headers.{name}"),
+                    format!("invalid header `{name}: {value}`"),
+                    None,
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then(|| StaticResponse {
+        status: r.status,
+        content_type,
+        body: body.into(),
+        headers,
+    })
+}
+
+fn compile_rewrite(d: &mut Diags, at: &str, r: &RawRoute) -> Option<PathRewrite> {
+    match (&r.strip_prefix, &r.rewrite) {
+        (Some(_), Some(_)) => {
+            d.error(
+                at,
+                "use either `strip_prefix` or `rewrite`, not both",
+                Some(
+                    "`rewrite: /new/` replaces the matched prefix; `strip_prefix` removes one"
+                        .into(),
+                ),
+            );
+            None
+        }
+        (Some(p), None) => {
+            if !p.starts_with('/') {
+                d.error(
+                    &format!("{at}.strip_prefix"),
+                    format!("`{p}` must start with `/`"),
+                    None,
+                );
+                return None;
+            }
+            if let Some(prefix) = r.matcher.path_prefix.as_ref().or(r.matcher.path.as_ref()) {
+                if !prefix.starts_with(p.as_str()) {
+                    d.warn(&format!("{at}.strip_prefix"), format!("`{p}` is not a prefix of the matched path `{prefix}`, so it never applies"), None);
+                }
+            }
+            Some(PathRewrite::Strip(p.clone()))
+        }
+        (None, Some(to)) => {
+            let Some(from) = r.matcher.path_prefix.as_ref().or(r.matcher.path.as_ref()) else {
+                d.error(&format!("{at}.rewrite"), "`rewrite` replaces the matched prefix, but this route has no `path_prefix` or `path`", Some("match with path_prefix, or remove rewrite".into()));
+                return None;
+            };
+            if !to.starts_with('/') {
+                d.error(
+                    &format!("{at}.rewrite"),
+                    format!("`{to}` must start with `/`"),
+                    None,
+                );
+                return None;
+            }
+            Some(PathRewrite::Replace {
+                from: from.clone(),
+                to: to.clone(),
+            })
+        }
+        (None, None) => Some(PathRewrite::None),
+    }
+}
+
+/// Warns about routes that can never match because an earlier route takes all their requests.
+fn warn_shadowed(d: &mut Diags, routes: &[RawRoute]) {
+    for (j, later) in routes.iter().enumerate() {
+        if let Some(earlier) = routes[..j]
+            .iter()
+            .find(|e| covers(&e.matcher, &later.matcher))
+        {
+            d.warn(
+                &format!("routes[{j}].match"),
+                format!(
+                    "route `{}` is shadowed by the earlier route `{}` and never matches",
+                    later.name, earlier.name
+                ),
+                Some("move it above that route or narrow the earlier one".into()),
+            );
+        }
+    }
+}
+
+/// Whether every request matching `b` also matches `a` (conservative: regexes never cover).
+fn covers(a: &RawMatch, b: &RawMatch) -> bool {
+    let path = match (&a.path, &a.path_prefix, &a.path_regex) {
+        (None, None, None) => true,
+        (Some(p), _, _) => b.path.as_ref() == Some(p),
+        (_, Some(p), _) => b
+            .path
+            .as_ref()
+            .or(b.path_prefix.as_ref())
+            .is_some_and(|bp| bp.starts_with(p.as_str())),
+        _ => false,
+    };
+    let methods = match (&a.methods, &b.methods) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(am), Some(bm)) => bm.iter().all(|m| am.contains(m)),
+    };
+    let host = a.host.is_none()
+        || a.host.as_ref().map(|h| h.to_ascii_lowercase())
+            == b.host.as_ref().map(|h| h.to_ascii_lowercase());
+    let headers = a.headers.iter().all(|(name, cond)| {
+        b.headers
+            .iter()
+            .any(|(bn, bc)| bn.eq_ignore_ascii_case(name) && same_cond(cond, bc))
+    });
+    path && methods && host && headers
+}
+
+fn same_cond(a: &RawCond, b: &RawCond) -> bool {
+    match (a, b) {
+        (RawCond::Equals(x), RawCond::Equals(y)) => x == y,
+        (RawCond::Present { present: true }, RawCond::Equals(_)) => true,
+        (RawCond::Present { present: x }, RawCond::Present { present: y }) => x == y,
+        _ => false,
+    }
+}
+
+fn warn_unused_upstreams(d: &mut Diags, raw: &crate::config::RawConfig) {
+    for name in raw.upstreams.keys() {
+        if !raw
+            .routes
+            .iter()
+            .any(|r| r.upstream.as_deref() == Some(name))
+        {
+            d.warn(
+                &format!("upstreams.{name}"),
+                format!("upstream `{name}` is not used by any route"),
+                None,
+            );
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Upstream pools: targets with their resolved addresses, and the balancer that picks one.
+
+pub mod resolve;
+
+use arc_swap::ArcSwap;
+use http::HeaderName;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    Random,
+    LeastRequests,
+    HashHeader(HeaderName),
+    HashClientIp,
+}
+
+impl Balance {
+    /// Parses `round_robin`, `random`, `least_requests`, `hash(header:NAME)`, `hash(client_ip)`.
+    pub fn parse(text: &str) -> Result<Balance, String> {
+        match text.trim() {
+            "round_robin" => Ok(Balance::RoundRobin),
+            "random" => Ok(Balance::Random),
+            "least_requests" => Ok(Balance::LeastRequests),
+            "hash(client_ip)" => Ok(Balance::HashClientIp),
+            other => {
+                let header = other
+                    .strip_prefix("hash(header:")
+                    .and_then(|h| h.strip_suffix(')'))
+                    .ok_or_else(|| format!("unknown balance `{other}`"))?;
+                HeaderName::from_bytes(header.trim().as_bytes())
+                    .map(Balance::HashHeader)
+                    .map_err(|_| format!("`{header}` is not a valid header name"))
+            }
+        }
+    }
+}
+
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    /// `host:port` as written in the config.
+    pub label: String,
+    addrs: ArcSwap<Vec<SocketAddr>>,
+    next_addr: AtomicUsize,
+    in_flight: AtomicUsize,
+}
+
+impl Target {
+    /// Parses `host:port`; an IP literal is resolved at once, a DNS name by [`resolve`].
+    pub fn parse(text: &str) -> Result<Target, String> {
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("target `{text}` has no port"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("target `{text}` has an invalid port `{port}`"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(['/', ' ', '@']) {
+            return Err(format!("target `{text}` has an invalid host"));
+        }
+        let addrs = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => Vec::new(),
+        };
+        Ok(Target {
+            host: host.to_string(),
+            port,
+            label: text.to_string(),
+            addrs: ArcSwap::from_pointee(addrs),
+            next_addr: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn is_dns(&self) -> bool {
+        self.host.parse::<IpAddr>().is_err()
+    }
+
+    pub fn addrs(&self) -> Arc<Vec<SocketAddr>> {
+        self.addrs.load_full()
+    }
+
+    pub fn set_addrs(&self, addrs: Vec<SocketAddr>) {
+        self.addrs.store(Arc::new(addrs));
+    }
+
+    /// One of the target's addresses, rotating when DNS returned several.
+    fn addr(&self) -> Option<SocketAddr> {
+        let addrs = self.addrs.load();
+        match addrs.len() {
+            0 => None,
+            1 => Some(addrs[0]),
+            n => Some(addrs[self.next_addr.fetch_add(1, Ordering::Relaxed) % n]),
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request against a target until dropped (for `least_requests`).
+pub struct InFlight(Arc<Target>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub targets: Vec<Arc<Target>>,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Extra tries on connect failure (idempotent methods only).
+    pub retry_attempts: u32,
+    next: AtomicUsize,
+}
+
+/// The target chosen for one try.
+pub struct Pick {
+    pub index: usize,
+    pub addr: SocketAddr,
+    pub target: Arc<Target>,
+    pub guard: InFlight,
+}
+
+impl Upstream {
+    pub fn new(
+        name: &str,
+        targets: Vec<Target>,
+        balance: Balance,
+        timeouts: (Duration, Duration, Duration),
+        retry_attempts: u32,
+    ) -> Upstream {
+        Upstream {
+            name: name.into(),
+            targets: targets.into_iter().map(Arc::new).collect(),
+            balance,
+            connect_timeout: timeouts.0,
+            read_timeout: timeouts.1,
+            write_timeout: timeouts.2,
+            retry_attempts,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Picks a target with an address, skipping `tried` ones. `key` is the hash input for
+    /// hash balancing (header value or client IP).
+    pub fn pick(&self, key: Option<&[u8]>, tried: &[usize]) -> Option<Pick> {
+        let n = self.targets.len();
+        let eligible = |i: &usize| !tried.contains(i) && !self.targets[*i].addrs.load().is_empty();
+        let start = match &self.balance {
+            Balance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed),
+            Balance::Random => fastrand::usize(..n.max(1)),
+            Balance::HashHeader(_) | Balance::HashClientIp => match key {
+                Some(k) => hash(k) as usize,
+                None => self.next.fetch_add(1, Ordering::Relaxed),
+            },
+            Balance::LeastRequests => {
+                let offset = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|i| (i + offset) % n)
+                    .filter(eligible)
+                    .min_by_key(|i| self.targets[*i].in_flight())
+                    .unwrap_or(0)
+            }
+        };
+        let index = (0..n).map(|i| (start + i) % n).find(eligible)?;
+        let target = self.targets[index].clone();
+        let addr = target.addr()?;
+        target.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Pick {
+            index,
+            addr,
+            guard: InFlight(target.clone()),
+            target,
+        })
+    }
+}
+
+/// FNV-1a: stable across processes and restarts, so hash balancing keeps keys on a target.
+fn hash(key: &[u8]) -> u64 {
+    key.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(balance: Balance) -> Upstream {
+        let targets = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+            .iter()
+            .map(|t| Target::parse(t).unwrap())
+            .collect();
+        let t = Duration::from_secs(1);
+        Upstream::new("u", targets, balance, (t, t, t), 1)
+    }
+
+    #[test]
+    fn round_robin_cycles_and_skips_tried() {
+        let up = pool(Balance::RoundRobin);
+        let ports: Vec<u16> = (0..3)
+            .map(|_| up.pick(None, &[]).unwrap().addr.port())
+            .collect();
+        assert_eq!(ports, vec![1, 2, 3]);
+        assert_eq!(up.pick(None, &[0, 1]).unwrap().addr.port(), 3);
+        assert!(up.pick(None, &[0, 1, 2]).is_none());
+    }
+
+    #[test]
+    fn hash_is_sticky_and_least_requests_prefers_idle() {
+        let up = pool(Balance::HashClientIp);
+        let a = up.pick(Some(b"10.0.0.1"), &[]).unwrap().index;
+        assert!((0..10).all(|_| up.pick(Some(b"10.0.0.1"), &[]).unwrap().index == a));
+
+        let up = pool(Balance::LeastRequests);
+        let busy = up.pick(None, &[]).unwrap();
+        let next = up.pick(None, &[]).unwrap();
+        assert_ne!(busy.index, next.index);
+    }
+
+    #[test]
+    fn parses_targets_and_balance() {
+        assert!(Target::parse("users:8000").unwrap().is_dns());
+        assert!(Target::parse("users").is_err());
+        assert!(Target::parse("users:0").is_err());
+        assert!(Target::parse("[::1]:80").is_ok());
+        assert_eq!(
+            Balance::parse("hash(header:x-user-id)").unwrap(),
+            Balance::HashHeader(HeaderName::from_static("x-user-id"))
+        );
+        assert!(Balance::parse("sticky").is_err());
+    }
+}
