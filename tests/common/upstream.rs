@@ -1,0 +1,170 @@
+//! A real HTTP/1.1 upstream (hyper) that records what it receives and answers with JSON.
+//! Query parameters steer it: `sleep_ms=N`, `status=N`, `download=BYTES`.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: BTreeMap<String, Vec<String>>,
+    pub body_len: u64,
+}
+
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestUpstream {
+    pub fn start(name: &str) -> TestUpstream {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (name_c, seen_c) = (Arc::<str>::from(name), seen.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let (name, seen) = (name_c.clone(), seen_c.clone());
+                            tokio::spawn(async move {
+                                let svc = service_fn(move |req| handle(name.clone(), seen.clone(), req));
+                                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                            });
+                        }
+                    }
+                }
+            });
+        });
+        TestUpstream { addr, name: name.to_string(), seen, stop: Some(stop), thread: Some(thread) }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().last().cloned().expect("upstream saw no request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+type Reply = Response<http_body_util::combinators::BoxBody<Bytes, Infallible>>;
+
+fn query(uri: &hyper::Uri) -> BTreeMap<String, String> {
+    uri.query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+async fn handle(name: Arc<str>, seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+    let q = query(req.uri());
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        headers.entry(k.to_string()).or_default().push(v.to_str().unwrap_or("?").to_string());
+    }
+    let (method, uri) = (req.method().to_string(), req.uri().to_string());
+    let mut body = req.into_body();
+    let (mut len, mut hasher) = (0u64, Sha256::new());
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            len += data.len() as u64;
+            hasher.update(&data);
+        }
+    }
+    seen.lock().unwrap().push(Seen { method: method.clone(), uri: uri.clone(), headers: headers.clone(), body_len: len });
+    if let Some(ms) = q.get("sleep_ms").and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(n) = q.get("download").and_then(|v| v.parse().ok()) {
+        let body = Pattern { left: n };
+        return Ok(Response::builder()
+            .header("content-type", "application/octet-stream")
+            .header("content-length", n)
+            .body(body.boxed())
+            .unwrap());
+    }
+    let status: u16 = q.get("status").and_then(|v| v.parse().ok()).unwrap_or(200);
+    let reply = serde_json::json!({
+        "server": &*name,
+        "method": method,
+        "uri": uri,
+        "headers": headers,
+        "body_len": len,
+        "body_sha256": hex::encode(hasher.finalize()),
+    });
+    Ok(Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-upstream", &*name)
+        .header("keep-alive", "timeout=5")
+        .body(Full::new(Bytes::from(reply.to_string())).boxed())
+        .unwrap())
+}
+
+/// The download body: `left` bytes in 64 KiB chunks; byte `o` is `pattern_byte(o)`.
+pub struct Pattern {
+    pub left: u64,
+}
+
+pub fn pattern_byte(offset: u64) -> u8 {
+    ((offset % CHUNK) % 251) as u8
+}
+
+const CHUNK: u64 = 64 * 1024;
+
+impl Body for Pattern {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.left.min(CHUNK);
+        let chunk: Vec<u8> = (0..n).map(pattern_byte).collect();
+        self.left -= n;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+    }
+}

@@ -1,0 +1,307 @@
+//! Proxying to real upstreams: balancing, retries, timeouts, JSON errors, forwarded
+//! headers and large streaming bodies.
+
+mod common;
+use common::upstream::pattern_byte;
+use common::*;
+use std::collections::HashMap;
+use std::io::Read;
+use std::time::Duration;
+
+fn served_by(resp: reqwest::blocking::Response) -> String {
+    assert_eq!(resp.status(), 200);
+    resp.headers()["x-upstream"].to_str().unwrap().to_string()
+}
+
+fn pool(balance: &str, ups: &[&TestUpstream]) -> String {
+    let targets: Vec<String> = ups.iter().map(|u| format!("\"{}\"", u.addr)).collect();
+    format!(
+        "server: {{ threads: 2 }}\nupstreams:\n  pool: {{ targets: [{}], balance: \"{balance}\" }}\nroutes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: pool\n",
+        targets.join(", ")
+    )
+}
+
+#[test]
+fn round_robin_spreads_evenly_over_three_targets() {
+    let ups = [TestUpstream::start("a"), TestUpstream::start("b"), TestUpstream::start("c")];
+    let gw = Gateway::start(&pool("round_robin", &ups.iter().collect::<Vec<_>>()));
+    let c = client();
+    for _ in 0..30 {
+        served_by(c.get(gw.url("/x")).send().unwrap());
+    }
+    assert_eq!(ups.iter().map(|u| u.count()).collect::<Vec<_>>(), vec![10, 10, 10]);
+}
+
+#[test]
+fn random_reaches_every_target() {
+    let ups = [TestUpstream::start("a"), TestUpstream::start("b"), TestUpstream::start("c")];
+    let gw = Gateway::start(&pool("random", &ups.iter().collect::<Vec<_>>()));
+    let c = client();
+    for _ in 0..150 {
+        served_by(c.get(gw.url("/x")).send().unwrap());
+    }
+    let counts: Vec<usize> = ups.iter().map(|u| u.count()).collect();
+    assert_eq!(counts.iter().sum::<usize>(), 150);
+    assert!(counts.iter().all(|n| *n > 10), "{counts:?}");
+}
+
+#[test]
+fn hash_balancing_is_sticky_per_key() {
+    let ups = [TestUpstream::start("a"), TestUpstream::start("b"), TestUpstream::start("c")];
+    let gw = Gateway::start(&pool("hash(header:x-user-id)", &ups.iter().collect::<Vec<_>>()));
+    let c = client();
+    let mut homes: HashMap<String, String> = HashMap::new();
+    for round in 0..3 {
+        for user in 0..20 {
+            let got = served_by(c.get(gw.url("/x")).header("x-user-id", format!("user-{user}")).send().unwrap());
+            let home = homes.entry(format!("user-{user}")).or_insert(got.clone());
+            assert_eq!(*home, got, "user-{user} moved in round {round}");
+        }
+    }
+    let distinct: std::collections::HashSet<_> = homes.values().collect();
+    assert!(distinct.len() >= 2, "20 keys all landed on one target");
+
+    let gw = Gateway::start(&pool("hash(client_ip)", &ups.iter().collect::<Vec<_>>()));
+    let first = served_by(c.get(gw.url("/x")).send().unwrap());
+    for _ in 0..10 {
+        assert_eq!(served_by(c.get(gw.url("/x")).send().unwrap()), first);
+    }
+}
+
+#[test]
+fn least_requests_avoids_the_busy_target() {
+    let ups = [TestUpstream::start("a"), TestUpstream::start("b"), TestUpstream::start("c")];
+    let gw = Gateway::start(&pool("least_requests", &ups.iter().collect::<Vec<_>>()));
+    let slow_url = gw.url("/slow?sleep_ms=1500");
+    let slow = std::thread::spawn(move || served_by(client().get(slow_url).send().unwrap()));
+    // Wait until the slow request reached its upstream.
+    while ups.iter().map(|u| u.count()).sum::<usize>() == 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let c = client();
+    let fast: Vec<String> = (0..12).map(|_| served_by(c.get(gw.url("/fast")).send().unwrap())).collect();
+    let busy = slow.join().unwrap();
+    assert!(!fast.contains(&busy), "fast requests went to busy {busy}: {fast:?}");
+}
+
+#[test]
+fn connect_failures_retry_idempotent_requests_on_another_target() {
+    let live = TestUpstream::start("live");
+    let dead = dead_addr();
+    let gw = Gateway::start(&format!(
+        "server: {{ threads: 1 }}\nupstreams:\n  pool:\n    targets: [\"{dead}\", \"{}\"]\n    retries: {{ attempts: 1, on: [connect_failure] }}\n  noretry:\n    targets: [\"{dead}\", \"{}\"]\n    retries: {{ attempts: 0 }}\nroutes:\n  - name: r\n    match: {{ path_prefix: /r/ }}\n    upstream: pool\n  - name: n\n    match: {{ path_prefix: /n/ }}\n    upstream: noretry\n",
+        live.addr, live.addr
+    ));
+    let c = client();
+    for _ in 0..10 {
+        assert_eq!(served_by(c.get(gw.url("/r/x")).send().unwrap()), "live");
+    }
+    let post_statuses: Vec<u16> = (0..10).map(|_| c.post(gw.url("/r/x")).body("x").send().unwrap().status().as_u16()).collect();
+    assert!(post_statuses.contains(&502) && post_statuses.contains(&200), "POST is never retried: {post_statuses:?}");
+    let get_statuses: Vec<u16> = (0..10).map(|_| c.get(gw.url("/n/x")).send().unwrap().status().as_u16()).collect();
+    assert!(get_statuses.contains(&502), "attempts: 0 disables retries: {get_statuses:?}");
+    let resp = (0..4).map(|_| c.get(gw.url("/n/x")).send().unwrap()).find(|r| r.status() == 502).unwrap();
+    assert_json_error(resp, 502, "upstream_unreachable");
+}
+
+#[test]
+fn errors_are_json_with_the_right_status() {
+    let up = TestUpstream::start("svc");
+    // An upstream that accepts and immediately closes: a reset mid-request.
+    let closer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closer_addr = closer.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in closer.incoming().flatten() {
+            drop(s);
+        }
+    });
+    let gw = Gateway::start(&format!(
+        r#"
+server: {{ threads: 1, max_body: 1KiB }}
+upstreams:
+  svc: {{ targets: ["{up}"], timeouts: {{ read: 300ms }} }}
+  dead: {{ targets: ["{dead}"] }}
+  closer: {{ targets: ["{closer_addr}"], retries: {{ attempts: 0 }} }}
+  nowhere: {{ targets: ["nowhere.invalid:80"] }}
+routes:
+  - name: timed
+    match: {{ path_prefix: /timed/ }}
+    upstream: svc
+    timeout: 200ms
+  - name: svc
+    match: {{ path_prefix: /svc/, methods: [GET, POST] }}
+    upstream: svc
+    max_body: 100
+  - name: dead
+    match: {{ path_prefix: /dead/ }}
+    upstream: dead
+  - name: closer
+    match: {{ path_prefix: /closer/ }}
+    upstream: closer
+  - name: nowhere
+    match: {{ path_prefix: /nowhere/ }}
+    upstream: nowhere
+"#,
+        up = up.addr,
+        dead = dead_addr()
+    ));
+    let c = client();
+    assert_json_error(c.get(gw.url("/missing")).send().unwrap(), 404, "route_not_found");
+    assert_json_error(c.delete(gw.url("/svc/x")).send().unwrap(), 405, "method_not_allowed");
+    assert_json_error(c.post(gw.url("/svc/x")).body(vec![b'x'; 101]).send().unwrap(), 413, "body_too_large");
+    assert_eq!(up.count(), 0, "an oversized body never reaches the upstream");
+    assert_eq!(c.post(gw.url("/svc/x")).body(vec![b'x'; 100]).send().unwrap().status(), 200);
+    assert_json_error(c.get(gw.url("/dead/x")).send().unwrap(), 502, "upstream_unreachable");
+    assert_json_error(c.get(gw.url("/closer/x")).send().unwrap(), 502, "upstream_unreachable");
+    assert_json_error(c.get(gw.url("/nowhere/x")).send().unwrap(), 503, "no_upstream_available");
+    let started = std::time::Instant::now();
+    assert_json_error(c.get(gw.url("/svc/x?sleep_ms=3000")).send().unwrap(), 504, "upstream_timeout");
+    assert_json_error(c.get(gw.url("/timed/x?sleep_ms=3000")).send().unwrap(), 504, "route_timeout");
+    assert!(started.elapsed() < Duration::from_secs(3), "timeouts cut the wait short");
+    let bad = raw_request(gw.proxy, "GET /svc/x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").unwrap();
+    assert_eq!(bad.status, 400, "{}", bad.head);
+}
+
+#[test]
+fn chunked_body_over_the_limit_gets_413() {
+    let up = TestUpstream::start("svc");
+    let gw = Gateway::start(&format!(
+        "server: {{ threads: 1 }}\nupstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - name: svc\n    match: {{ path_prefix: / }}\n    upstream: svc\n    max_body: 1000\n",
+        up.addr
+    ));
+    let chunk = format!("{:x}\r\n{}\r\n", 600, "y".repeat(600));
+    let req = format!("POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunk}{chunk}0\r\n\r\n");
+    let resp = raw_request(gw.proxy, &req).unwrap();
+    assert_eq!(resp.status, 413, "{}", resp.head);
+    let body: serde_json::Value = serde_json::from_str(&resp.body).unwrap();
+    assert_eq!(body["error"]["code"], "body_too_large");
+}
+
+#[test]
+fn forwarded_headers_request_id_and_hop_by_hop() {
+    let up = TestUpstream::start("svc");
+    let cfg = |trusted: &str| {
+        format!(
+            "server: {{ threads: 1, trusted_proxies: [{trusted}] }}\nupstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - name: svc\n    match: {{ path_prefix: / }}\n    upstream: svc\n",
+            up.addr
+        )
+    };
+    let c = client();
+    let header = |seen: &common::upstream::Seen, name: &str| seen.headers.get(name).map(|v| v.join(","));
+
+    let gw = Gateway::start(&cfg("10.0.0.0/8"));
+    let resp = c
+        .get(gw.url("/x"))
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .header("x-request-id", "req-123")
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "hop")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .send()
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "req-123");
+    assert!(resp.headers().get("keep-alive").is_none(), "hop-by-hop response headers are dropped");
+    let seen = up.last();
+    assert_eq!(header(&seen, "x-forwarded-for").as_deref(), Some("127.0.0.1"), "untrusted peers cannot forge XFF");
+    assert_eq!(header(&seen, "x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(header(&seen, "x-forwarded-host"), header(&seen, "host"));
+    assert_eq!(header(&seen, "x-request-id").as_deref(), Some("req-123"));
+    for hop in ["x-secret", "te", "proxy-authorization"] {
+        assert!(header(&seen, hop).is_none(), "{hop} must not reach the upstream");
+    }
+
+    let resp = c.get(gw.url("/x")).header("x-request-id", "bad id with spaces").send().unwrap();
+    let generated = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(generated.len(), 32);
+    assert_eq!(header(&up.last(), "x-request-id"), Some(generated));
+
+    let gw = Gateway::start(&cfg("127.0.0.1/32"));
+    c.get(gw.url("/x")).header("x-forwarded-for", "6.6.6.6").header("x-forwarded-proto", "https").send().unwrap();
+    let seen = up.last();
+    assert_eq!(header(&seen, "x-forwarded-for").as_deref(), Some("6.6.6.6, 127.0.0.1"), "trusted peers are appended to");
+    assert_eq!(header(&seen, "x-forwarded-proto").as_deref(), Some("https"));
+}
+
+#[test]
+fn dns_named_targets_are_resolved() {
+    let up = TestUpstream::start("named");
+    let gw = Gateway::start(&format!(
+        "server: {{ threads: 1, resolve_interval: 1s }}\nupstreams:\n  svc: {{ targets: [\"localhost:{}\"] }}\nroutes:\n  - name: svc\n    match: {{ path_prefix: / }}\n    upstream: svc\n",
+        up.addr.port()
+    ));
+    let resp = client().get(gw.url("/x")).send().unwrap();
+    // localhost may resolve to ::1 first; the target rotates over its addresses.
+    let ok = resp.status() == 200 || (0..3).any(|_| client().get(gw.url("/x")).send().unwrap().status() == 200);
+    assert!(ok);
+    assert!(up.count() >= 1);
+}
+
+const FIFTY_MB: u64 = 50 * 1024 * 1024;
+
+#[test]
+fn fifty_megabyte_bodies_stream_both_ways_with_bounded_memory() {
+    let up = TestUpstream::start("svc");
+    let gw = Gateway::start(&format!(
+        "server: {{ threads: 1, max_body: 60MiB }}\nupstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - name: svc\n    match: {{ path_prefix: / }}\n    upstream: svc\n",
+        up.addr
+    ));
+    let before = gw.peak_rss_kib();
+    let c = client();
+
+    let upload = reqwest::blocking::Body::sized(PatternReader { offset: 0, len: FIFTY_MB }, FIFTY_MB);
+    let resp: serde_json::Value = c.post(gw.url("/upload")).body(upload).send().unwrap().json().unwrap();
+    assert_eq!(resp["body_len"], FIFTY_MB);
+    let mut expect = PatternReader { offset: 0, len: FIFTY_MB };
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    std::io::copy(&mut expect, &mut HashWriter(&mut hasher)).unwrap();
+    assert_eq!(resp["body_sha256"], hex::encode(sha2::Digest::finalize(hasher)));
+
+    let mut resp = c.get(gw.url(&format!("/download?download={FIFTY_MB}"))).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    let (mut offset, mut buf) = (0u64, vec![0u8; 256 * 1024]);
+    loop {
+        let n = resp.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        for b in &buf[..n] {
+            assert_eq!(*b, pattern_byte(offset), "byte {offset} differs");
+            offset += 1;
+        }
+    }
+    assert_eq!(offset, FIFTY_MB);
+    let growth_mib = (gw.peak_rss_kib() - before) / 1024;
+    eprintln!("peak before {before} KiB, growth {growth_mib} MiB");
+    assert!(growth_mib < 30, "gateway peak memory grew by {growth_mib} MiB moving 100 MiB");
+}
+
+/// Streams the upstream's download pattern without holding it in memory.
+struct PatternReader {
+    offset: u64,
+    len: u64,
+}
+
+impl Read for PatternReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (self.len - self.offset).min(buf.len() as u64) as usize;
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            *b = pattern_byte(self.offset + i as u64);
+        }
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+struct HashWriter<'a>(&'a mut sha2::Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(self.0, buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
