@@ -108,6 +108,7 @@ pub fn compile(src: &Source) -> Result<Snapshot, ConfigError> {
         .collect();
     let routes = compile_routes(&mut d, &raw.routes, &upstreams, server.max_body.0, raw);
     warn_unused_upstreams(&mut d, raw);
+    d.items.sort_by_key(|x| (x.pos.line, x.pos.col));
     if d.has_errors() {
         return Err(ConfigError(d.items));
     }
@@ -315,7 +316,7 @@ fn compile_matcher(d: &mut Diags, at: &str, m: &RawMatch) -> Option<Matcher> {
         match regex::Regex::new(&format!("^(?:{re})$")) {
             Ok(re) => Some(PathMatch::Regex(re)),
             Err(e) => {
-                let detail = e.to_string().lines().last().unwrap_or_default().to_string();
+                let detail = e.to_string().lines().last().unwrap_or_default().trim_start_matches("error: ").to_string();
                 d.error(&format!("{at}.path_regex"), format!("invalid regex `{re}`: {detail}"), Some("the regex must match the whole normalized path; see https://docs.rs/regex for the syntax".into()));
                 None
             }

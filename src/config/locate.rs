@@ -1,7 +1,7 @@
 //! Maps a config path such as `routes[2].match.path_regex` to its line and column in the
 //! file, so semantic errors found after serde can still point at `file:line:col`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
@@ -15,6 +15,8 @@ pub struct Pos {
 #[derive(Debug, Default)]
 pub struct Locator {
     values: HashMap<String, Pos>,
+    /// Keys that appear twice in one mapping: (path of the second one, its position).
+    pub duplicates: Vec<(String, Pos)>,
 }
 
 impl Locator {
@@ -25,6 +27,7 @@ impl Locator {
         let _ = Parser::new_from_str(text).load(&mut builder, false);
         Locator {
             values: builder.values,
+            duplicates: builder.duplicates,
         }
     }
 
@@ -50,13 +53,17 @@ impl Locator {
 }
 
 enum Frame {
-    Map { key: Option<String> },
+    Map {
+        key: Option<String>,
+        seen: HashSet<String>,
+    },
     Seq { next: usize },
 }
 
 #[derive(Default)]
 struct Builder {
     values: HashMap<String, Pos>,
+    duplicates: Vec<(String, Pos)>,
     frames: Vec<(String, Frame)>,
 }
 
@@ -67,7 +74,7 @@ impl Builder {
             return Some(String::new());
         };
         match frame {
-            Frame::Map { key } => match key.take() {
+            Frame::Map { key, .. } => match key.take() {
                 Some(k) if base.is_empty() => Some(k),
                 Some(k) => Some(format!("{base}.{k}")),
                 None => {
@@ -86,6 +93,23 @@ impl Builder {
     }
 }
 
+impl Builder {
+    /// A block mapping is located at its first key (its own marker points past it); a key
+    /// seen before in the same mapping is recorded as a duplicate.
+    fn on_key(&mut self, ev: &Event, pos: Pos) {
+        let Some((base, Frame::Map { seen, .. })) = self.frames.last_mut() else {
+            return;
+        };
+        self.values.entry(base.clone()).or_insert(pos);
+        if let Event::Scalar(k, ..) = ev {
+            if !seen.insert(k.clone()) {
+                let path = if base.is_empty() { k.clone() } else { format!("{base}.{k}") };
+                self.duplicates.push((path, pos));
+            }
+        }
+    }
+}
+
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
@@ -98,18 +122,20 @@ impl MarkedEventReceiver for Builder {
                     col: mark.col() + 1,
                 };
                 let Some(path) = self.node_path(&ev) else {
-                    // A key: a block mapping is located at its first key (its own marker
-                    // points past it).
-                    if let Some((base, _)) = self.frames.last() {
-                        self.values.entry(base.clone()).or_insert(pos);
-                    }
+                    self.on_key(&ev, pos);
                     return;
                 };
                 if !matches!(ev, Event::MappingStart(..)) {
                     self.values.entry(path.clone()).or_insert(pos);
                 }
                 match ev {
-                    Event::MappingStart(..) => self.frames.push((path, Frame::Map { key: None })),
+                    Event::MappingStart(..) => self.frames.push((
+                        path,
+                        Frame::Map {
+                            key: None,
+                            seen: HashSet::new(),
+                        },
+                    )),
                     Event::SequenceStart(..) => self.frames.push((path, Frame::Seq { next: 0 })),
                     _ => {}
                 }
@@ -134,5 +160,12 @@ mod tests {
         assert_eq!(loc.find("routes[0].match.path"), Pos { line: 4, col: 20 });
         assert_eq!(loc.find("routes[1].name"), Pos { line: 5, col: 11 });
         assert_eq!(loc.find("routes[1].upstream"), Pos { line: 5, col: 5 });
+        assert!(loc.duplicates.is_empty());
+    }
+
+    #[test]
+    fn records_duplicate_keys() {
+        let loc = Locator::new("a: 1\nb:\n  c: 1\n  c: 2\n");
+        assert_eq!(loc.duplicates, vec![("b.c".to_string(), Pos { line: 4, col: 3 })]);
     }
 }

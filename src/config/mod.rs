@@ -56,11 +56,22 @@ impl Source {
             });
             ConfigError(diags.collect())
         })?;
+        let locator = Locator::new(&text);
+        if !locator.duplicates.is_empty() {
+            let diags = locator.duplicates.iter().map(|(key, pos)| Diagnostic {
+                severity: Severity::Error,
+                file: path.to_path_buf(),
+                pos: *pos,
+                message: format!("duplicate key `{key}`"),
+                help: Some("each key may appear once in a mapping; YAML would silently keep only one, so merge or rename them".into()),
+            });
+            return Err(ConfigError(diags.collect()));
+        }
         let raw: RawConfig = serde_yaml::from_str(&text).map_err(|e| yaml_error(path, &e))?;
         let hash = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
         Ok(Source {
             path: path.to_path_buf(),
-            locator: Locator::new(&text),
+            locator,
             raw,
             hash,
         })

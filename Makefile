@@ -1,0 +1,22 @@
+# The README's two commands: `make demo` and `make test`. Both install what a fresh
+# Debian machine lacks first (cmake, which Pingora's zlib-ng build needs).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := cmake
+
+.PHONY: deps demo test bench
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+demo: deps
+	cargo run --release -- demo
+
+test: deps
+	cargo test
+
+bench: deps
+	bench/load.sh
