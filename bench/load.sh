@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Load benchmark: nginx, haproxy and Portico (one worker each) in front of the same
+# loopback origin; wrk against each in one run; requests/s, p99 and Portico's ratios.
+# Loopback only; every server is stopped on exit. Usage: bench/load.sh [SECONDS] [CONNECTIONS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-10}
+CONNS=${2:-64}
+SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+
+for pkg in nginx-light haproxy wrk; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing="${missing:-} $pkg"
+done
+if [ -n "${missing:-}" ]; then
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
+fi
+cargo build --release --quiet
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ORIGIN=$(port); NGINX=$(port); HAPROXY=$(port); PORTICO=$(port); ADMIN=$(port)
+
+cat > "$work/origin.conf" <<CONF
+worker_processes 1;
+daemon off; pid $work/origin.pid; error_log $work/origin.err;
+events { worker_connections 4096; }
+http { access_log off;
+  server { listen 127.0.0.1:$ORIGIN; keepalive_requests 100000;
+    location / { default_type text/plain; return 200 "hello from origin\n"; } } }
+CONF
+cat > "$work/nginx.conf" <<CONF
+worker_processes 1;
+daemon off; pid $work/nginx.pid; error_log $work/nginx.err;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 128; keepalive_requests 100000; }
+  server { listen 127.0.0.1:$NGINX; keepalive_requests 100000;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+cat > "$work/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend f
+  bind 127.0.0.1:$HAPROXY
+  default_backend b
+backend b
+  server origin 127.0.0.1:$ORIGIN
+CONF
+cat > "$work/gateway.yaml" <<CONF
+version: 1
+listen: { proxy: 127.0.0.1:$PORTICO, admin: 127.0.0.1:$ADMIN }
+server: { threads: 1 }
+upstreams:
+  origin: { targets: ["127.0.0.1:$ORIGIN"] }
+routes:
+  - name: all
+    match: { path_prefix: / }
+    upstream: origin
+CONF
+
+nginx -c "$work/origin.conf" & pids+=($!)
+nginx -c "$work/nginx.conf" & pids+=($!)
+haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
+PORTICO_LOG=warn target/release/portico run -c "$work/gateway.yaml" 2>"$work/portico.err" & pids+=($!)
+
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; for f in "$work"/*.err; do echo "== $f"; tail -n 5 "$f"; done >&2; exit 1; }
+for p in $ORIGIN $NGINX $HAPROXY $PORTICO; do wait_port "$p"; done
+
+# wrk prints latency with units; normalize p99 to milliseconds.
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.3f", v}'; }
+declare -A RPS P99
+for name in nginx haproxy portico; do
+  case $name in nginx) p=$NGINX;; haproxy) p=$HAPROXY;; portico) p=$PORTICO;; esac
+  wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p/" >/dev/null   # warm-up
+  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$p/")
+  errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}')
+  [ -z "$errors" ] || echo "$name: $errors" >&2
+  RPS[$name]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  P99[$name]=$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)
+done
+
+printf '%-8s %12s %10s\n' server 'requests/s' 'p99 ms'
+for name in nginx haproxy portico; do printf '%-8s %12s %10s\n' "$name" "${RPS[$name]}" "${P99[$name]}"; done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+echo "portico/nginx:   requests/s $(ratio "${RPS[portico]}" "${RPS[nginx]}")x, p99 $(ratio "${P99[portico]}" "${P99[nginx]}")x"
+echo "portico/haproxy: requests/s $(ratio "${RPS[portico]}" "${RPS[haproxy]}")x, p99 $(ratio "${P99[portico]}" "${P99[haproxy]}")x"
