@@ -31,16 +31,30 @@ fn matching(c: &mut Criterion) {
         let last = format!("/svc{}/users/42", n - 1);
         group.bench_with_input(BenchmarkId::new("last_route", n), &last, |b, path| {
             b.iter(|| {
-                let req = RequestView { method: &Method::GET, host: None, path: black_box(path), headers: &headers };
+                let req = RequestView {
+                    method: &Method::GET,
+                    host: None,
+                    path: black_box(path),
+                    headers: &headers,
+                };
                 black_box(snap.router.find(&req))
             })
         });
-        group.bench_with_input(BenchmarkId::new("no_route", n), "/nothing/here", |b, path| {
-            b.iter(|| {
-                let req = RequestView { method: &Method::GET, host: None, path: black_box(path), headers: &headers };
-                black_box(snap.router.find(&req))
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("no_route", n),
+            "/nothing/here",
+            |b, path| {
+                b.iter(|| {
+                    let req = RequestView {
+                        method: &Method::GET,
+                        host: None,
+                        path: black_box(path),
+                        headers: &headers,
+                    };
+                    black_box(snap.router.find(&req))
+                })
+            },
+        );
     }
     group.finish();
 }

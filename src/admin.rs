@@ -1,5 +1,7 @@
-//! The admin listener: `/health` (liveness, version, config hash) and `/ready`.
+//! The admin listener: `/health` (liveness, version, config hash, last reload), `/ready`
+//! and `/config` (the active config's identity and reload status).
 
+use crate::reload::Reloader;
 use crate::snapshot::SnapshotHolder;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -37,6 +39,7 @@ impl BackgroundService for Readiness {
 pub struct Admin {
     pub holder: SnapshotHolder,
     pub readiness: Readiness,
+    pub reloader: Reloader,
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
@@ -60,6 +63,22 @@ impl Admin {
                 "version": VERSION,
                 "config_hash": snapshot.hash,
                 "config_path": snapshot.path.display().to_string(),
+                "last_reload": self.reloader.status(),
+            }),
+        )
+    }
+
+    fn config(&self) -> Response<Vec<u8>> {
+        let snapshot = self.holder.load();
+        let routes: Vec<&str> = snapshot.router.routes().iter().map(|r| &*r.name).collect();
+        json_response(
+            StatusCode::OK,
+            json!({
+                "config_hash": snapshot.hash,
+                "config_path": snapshot.path.display().to_string(),
+                "routes": routes,
+                "upstreams": snapshot.upstreams.keys().collect::<Vec<_>>(),
+                "last_reload": self.reloader.status(),
             }),
         )
     }
@@ -89,9 +108,10 @@ impl ServeHttp for Admin {
         match req.uri.path() {
             "/health" => self.health(),
             "/ready" => self.ready(),
+            "/config" => self.config(),
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                json!({"error": {"status": 404, "code": "not_found", "message": "admin endpoints: /health, /ready"}}),
+                json!({"error": {"status": 404, "code": "not_found", "message": "admin endpoints: /health, /ready, /config"}}),
             ),
         }
     }

@@ -10,6 +10,7 @@ pub mod errors;
 pub mod explain;
 pub mod forwarding;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;

@@ -26,6 +26,9 @@ enum Command {
         /// Take over the listening sockets of a running Portico (graceful binary upgrade).
         #[arg(long)]
         upgrade: bool,
+        /// Do not watch the config for changes; reload only on SIGHUP.
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Check a config file: every problem with file:line:col; exit 1 when it is refused.
     Check {
@@ -69,10 +72,15 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config, upgrade } => {
+        Command::Run {
+            config,
+            upgrade,
+            no_watch,
+        } => {
             server::run(server::RunOptions {
                 config: &config,
                 upgrade,
+                watch: !no_watch,
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -163,7 +171,12 @@ fn route(
 fn demo(config: &Path) -> anyhow::Result<ExitCode> {
     let snap = server::load_config(config)?;
     let proxy = snap.settings.proxy_addr;
-    let (mut server, holder) = server::build(snap, false);
+    let opts = server::RunOptions {
+        config,
+        upgrade: false,
+        watch: true,
+    };
+    let (mut server, holder) = server::build(snap, &opts);
     for started in demo::add_sample_services(&mut server, &holder.load()) {
         tracing::info!("demo: sample service {started}");
     }

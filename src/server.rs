@@ -3,16 +3,20 @@
 use crate::admin::{Admin, Readiness};
 use crate::config::ConfigError;
 use crate::proxy::Gateway;
-use crate::snapshot::{Snapshot, SnapshotHolder};
+use crate::reload::Reloader;
+use crate::snapshot::{Snapshot, SnapshotHolder, Stores};
 use crate::upstream::resolve::{resolve_all, Resolver};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::path::Path;
+use std::sync::Arc;
 
 pub struct RunOptions<'a> {
     pub config: &'a Path,
+    /// Reload when the config's directory changes (SIGHUP always reloads).
+    pub watch: bool,
     /// Take over the listeners of a running Portico (Pingora graceful upgrade).
     pub upgrade: bool,
 }
@@ -40,15 +44,17 @@ fn server_conf(snapshot: &Snapshot) -> ServerConf {
 
 /// Builds the server for a loaded snapshot; extra services (the demo's) can be added before
 /// `run_forever`.
-pub fn build(snapshot: Snapshot, upgrade: bool) -> (Server, SnapshotHolder) {
+pub fn build(snapshot: Snapshot, opts: &RunOptions) -> (Server, SnapshotHolder) {
     let conf = server_conf(&snapshot);
+    let stores = Arc::new(Stores::default());
+    stores.remember(&snapshot);
     let proxy_addr = snapshot.settings.proxy_addr.to_string();
     let admin_addr = snapshot.settings.admin_addr.to_string();
     let holder = SnapshotHolder::new(snapshot);
     resolve_now(&holder);
 
     let opt = Opt {
-        upgrade,
+        upgrade: opts.upgrade,
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
@@ -62,9 +68,11 @@ pub fn build(snapshot: Snapshot, upgrade: bool) -> (Server, SnapshotHolder) {
     proxy.add_tcp(&proxy_addr);
 
     let readiness = Readiness::default();
+    let reloader = Reloader::new(opts.config, holder.clone(), stores, opts.watch);
     let admin = Admin {
         holder: holder.clone(),
         readiness: readiness.clone(),
+        reloader: reloader.clone(),
     };
     let mut admin = Service::new("admin".to_string(), admin);
     admin.threads = Some(1);
@@ -79,6 +87,7 @@ pub fn build(snapshot: Snapshot, upgrade: bool) -> (Server, SnapshotHolder) {
             holder: holder.clone(),
         },
     ));
+    server.add_service(background_service("reload", reloader));
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "portico listening");
     (server, holder)
 }
@@ -96,6 +105,6 @@ fn resolve_now(holder: &SnapshotHolder) {
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let snapshot = load_config(opts.config)?;
-    let (server, _holder) = build(snapshot, opts.upgrade);
+    let (server, _holder) = build(snapshot, &opts);
     server.run_forever()
 }

@@ -14,10 +14,10 @@ use crate::upstream::{Balance, Target, Upstream};
 use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub struct Settings {
@@ -50,6 +50,25 @@ impl Snapshot {
     pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
         compile(&Source::load(path)?)
     }
+
+    /// Settings that only take effect on restart and differ from `other`'s.
+    pub fn restart_needed(&self, other: &Snapshot) -> Vec<String> {
+        let (a, b) = (&self.settings, &other.settings);
+        let mut out = Vec::new();
+        if a.proxy_addr != b.proxy_addr {
+            out.push(format!("listen.proxy: {} → {}", a.proxy_addr, b.proxy_addr));
+        }
+        if a.admin_addr != b.admin_addr {
+            out.push(format!("listen.admin: {} → {}", a.admin_addr, b.admin_addr));
+        }
+        if a.threads != b.threads {
+            out.push(format!("server.threads: {} → {}", a.threads, b.threads));
+        }
+        if a.grace_period != b.grace_period || a.shutdown_timeout != b.shutdown_timeout {
+            out.push("server.grace_period/shutdown_timeout".to_string());
+        }
+        out
+    }
 }
 
 /// The active snapshot, shared by all phases and swapped whole on reload.
@@ -70,7 +89,36 @@ impl SnapshotHolder {
     }
 }
 
+/// Long-lived state keyed by stable config names, reused by a new snapshot where the
+/// definition did not change, so a reload does not reset counters, DNS results or (later)
+/// health and limits.
+#[derive(Default)]
+pub struct Stores {
+    upstreams: Mutex<HashMap<String, Arc<Upstream>>>,
+}
+
+impl Stores {
+    fn upstream(&self, name: &str, fingerprint: &str) -> Option<Arc<Upstream>> {
+        let map = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(name)
+            .filter(|u| u.fingerprint == fingerprint)
+            .cloned()
+    }
+
+    /// Keeps exactly the state the active snapshot uses.
+    pub fn remember(&self, snapshot: &Snapshot) {
+        let mut map = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
+        *map = snapshot.upstreams.clone().into_iter().collect();
+    }
+}
+
+/// Checks and compiles with fresh state (for `check` and tools).
 pub fn compile(src: &Source) -> Result<Snapshot, ConfigError> {
+    compile_with(src, &Stores::default())
+}
+
+/// Checks and compiles, reusing unchanged state from `stores`.
+pub fn compile_with(src: &Source, stores: &Stores) -> Result<Snapshot, ConfigError> {
     let mut d = Diags::new(&src.path, &src.locator);
     let raw = &src.raw;
     if raw.version != 1 {
@@ -103,7 +151,13 @@ pub fn compile(src: &Source) -> Result<Snapshot, ConfigError> {
         .upstreams
         .iter()
         .filter_map(|(name, up)| {
-            compile_upstream(&mut d, name, up).map(|u| (name.clone(), Arc::new(u)))
+            // Always compiled, for its diagnostics; the stored one wins when unchanged.
+            let fingerprint = format!("{up:?}");
+            let fresh = compile_upstream(&mut d, name, up, fingerprint.clone())?;
+            let upstream = stores
+                .upstream(name, &fingerprint)
+                .unwrap_or_else(|| Arc::new(fresh));
+            Some((name.clone(), upstream))
         })
         .collect();
     let routes = compile_routes(&mut d, &raw.routes, &upstreams, server.max_body.0, raw);
@@ -159,7 +213,12 @@ fn cidr(d: &mut Diags, path: &str, text: &str) -> Option<IpNet> {
     parsed.ok()
 }
 
-fn compile_upstream(d: &mut Diags, name: &str, up: &RawUpstream) -> Option<Upstream> {
+fn compile_upstream(
+    d: &mut Diags,
+    name: &str,
+    up: &RawUpstream,
+    fingerprint: String,
+) -> Option<Upstream> {
     let at = format!("upstreams.{name}");
     if !is_name(name) {
         d.error(
@@ -228,13 +287,9 @@ fn compile_upstream(d: &mut Diags, name: &str, up: &RawUpstream) -> Option<Upstr
         0
     };
     let timeouts = (up.timeouts.connect, up.timeouts.read, up.timeouts.write);
-    Some(Upstream::new(
-        name,
-        targets,
-        balance?,
-        timeouts,
-        retry_attempts,
-    ))
+    let mut upstream = Upstream::new(name, targets, balance?, timeouts, retry_attempts);
+    upstream.fingerprint = fingerprint;
+    Some(upstream)
 }
 
 fn is_name(name: &str) -> bool {
@@ -316,7 +371,13 @@ fn compile_matcher(d: &mut Diags, at: &str, m: &RawMatch) -> Option<Matcher> {
         match regex::Regex::new(&format!("^(?:{re})$")) {
             Ok(re) => Some(PathMatch::Regex(re)),
             Err(e) => {
-                let detail = e.to_string().lines().last().unwrap_or_default().trim_start_matches("error: ").to_string();
+                let detail = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ")
+                    .to_string();
                 d.error(&format!("{at}.path_regex"), format!("invalid regex `{re}`: {detail}"), Some("the regex must match the whole normalized path; see https://docs.rs/regex for the syntax".into()));
                 None
             }

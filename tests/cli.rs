@@ -19,7 +19,8 @@ fn refused(body: &str, line: usize, col: usize, what: &str) {
     assert_eq!(code, 1, "expected refusal:\n{out}");
     let prefix = format!("g.yaml:{line}:{col}: error: ");
     assert!(
-        out.lines().any(|l| l.starts_with(&prefix) && l.contains(what)),
+        out.lines()
+            .any(|l| l.starts_with(&prefix) && l.contains(what)),
         "expected `{prefix}...{what}` in:\n{out}"
     );
 }
@@ -33,17 +34,32 @@ fn yaml_syntax_error() {
 
 #[test]
 fn unknown_field() {
-    refused(&format!("{UPSTREAM}routes:\n  - name: a\n    mach: {{ path: / }}\n    upstream: users\n"), 9, 5, "unknown field `mach`");
+    refused(
+        &format!("{UPSTREAM}routes:\n  - name: a\n    mach: {{ path: / }}\n    upstream: users\n"),
+        9,
+        5,
+        "unknown field `mach`",
+    );
 }
 
 #[test]
 fn invalid_duration() {
-    refused("server:\n  grace_period: 10 parsecs\n", 6, 17, "expected a duration");
+    refused(
+        "server:\n  grace_period: 10 parsecs\n",
+        6,
+        17,
+        "expected a duration",
+    );
 }
 
 #[test]
 fn unknown_upstream() {
-    refused(&format!("{UPSTREAM}routes:\n  - name: a\n    match: {{ path: / }}\n    upstream: userz\n"), 10, 15, "unknown upstream `userz`");
+    refused(
+        &format!("{UPSTREAM}routes:\n  - name: a\n    match: {{ path: / }}\n    upstream: userz\n"),
+        10,
+        15,
+        "unknown upstream `userz`",
+    );
 }
 
 #[test]
@@ -59,26 +75,48 @@ fn invalid_regex() {
 
 #[test]
 fn invalid_cidr() {
-    refused("server:\n  trusted_proxies: [10.0.0.0/8, 10.0.0.0/33]\n", 6, 33, "`10.0.0.0/33` is not an IP network");
+    refused(
+        "server:\n  trusted_proxies: [10.0.0.0/8, 10.0.0.0/33]\n",
+        6,
+        33,
+        "`10.0.0.0/33` is not an IP network",
+    );
 }
 
 #[test]
 fn invalid_listen_address() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("g.yaml"), "version: 1\nlisten:\n  proxy: localhost\n  admin: 127.0.0.1:9\n").unwrap();
+    std::fs::write(
+        dir.path().join("g.yaml"),
+        "version: 1\nlisten:\n  proxy: localhost\n  admin: 127.0.0.1:9\n",
+    )
+    .unwrap();
     let (code, _, err) = portico(&["check", "g.yaml"], dir.path());
     assert_eq!(code, 1);
-    assert!(err.contains("g.yaml:3:10: error: `localhost` is not a listen address"), "{err}");
+    assert!(
+        err.contains("g.yaml:3:10: error: `localhost` is not a listen address"),
+        "{err}"
+    );
 }
 
 #[test]
 fn target_without_port() {
-    refused("upstreams:\n  users: { targets: [users-service] }\n", 6, 22, "has no port");
+    refused(
+        "upstreams:\n  users: { targets: [users-service] }\n",
+        6,
+        22,
+        "has no port",
+    );
 }
 
 #[test]
 fn unset_environment_variable() {
-    refused("upstreams:\n  users: { targets: [\"${PORTICO_TEST_SURELY_UNSET}:80\"] }\n", 6, 23, "`PORTICO_TEST_SURELY_UNSET` is not set");
+    refused(
+        "upstreams:\n  users: { targets: [\"${PORTICO_TEST_SURELY_UNSET}:80\"] }\n",
+        6,
+        23,
+        "`PORTICO_TEST_SURELY_UNSET` is not set",
+    );
 }
 
 #[test]
@@ -93,37 +131,74 @@ fn lower_case_method() {
 
 #[test]
 fn bad_host_pattern() {
-    refused("routes:\n  - name: a\n    match: { host: \"api.*.com\" }\n    respond: { text: hi }\n", 7, 20, "not a host name or pattern");
+    refused(
+        "routes:\n  - name: a\n    match: { host: \"api.*.com\" }\n    respond: { text: hi }\n",
+        7,
+        20,
+        "not a host name or pattern",
+    );
 }
 
 #[test]
 fn unknown_balance() {
-    refused("upstreams:\n  users:\n    targets: [\"127.0.0.1:1\"]\n    balance: sticky\n", 8, 14, "unknown balance `sticky`");
+    refused(
+        "upstreams:\n  users:\n    targets: [\"127.0.0.1:1\"]\n    balance: sticky\n",
+        8,
+        14,
+        "unknown balance `sticky`",
+    );
 }
 
 #[test]
 fn unnormalized_path() {
-    refused("routes:\n  - name: a\n    match: { path_prefix: /a/../b }\n    respond: { text: hi }\n", 7, 27, "`/a/../b` is not in normalized form");
+    refused(
+        "routes:\n  - name: a\n    match: { path_prefix: /a/../b }\n    respond: { text: hi }\n",
+        7,
+        27,
+        "`/a/../b` is not in normalized form",
+    );
 }
 
 #[test]
 fn status_out_of_range() {
-    refused("routes:\n  - name: a\n    match: { path: / }\n    respond: { status: 700 }\n", 8, 24, "700 is not an HTTP status");
+    refused(
+        "routes:\n  - name: a\n    match: { path: / }\n    respond: { status: 700 }\n",
+        8,
+        24,
+        "700 is not an HTTP status",
+    );
 }
 
 #[test]
 fn duplicate_key() {
-    refused(&format!("{UPSTREAM}{UPSTREAM}"), 7, 1, "duplicate key `upstreams`");
-    refused("upstreams:\n  a: { targets: [\"127.0.0.1:1\"] }\n  a: { targets: [\"127.0.0.1:2\"] }\n", 7, 3, "duplicate key `upstreams.a`");
+    refused(
+        &format!("{UPSTREAM}{UPSTREAM}"),
+        7,
+        1,
+        "duplicate key `upstreams`",
+    );
+    refused(
+        "upstreams:\n  a: { targets: [\"127.0.0.1:1\"] }\n  a: { targets: [\"127.0.0.1:2\"] }\n",
+        7,
+        3,
+        "duplicate key `upstreams.a`",
+    );
 }
 
 #[test]
 fn unsupported_version() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("g.yaml"), HEAD.replace("version: 1", "version: 2")).unwrap();
+    std::fs::write(
+        dir.path().join("g.yaml"),
+        HEAD.replace("version: 1", "version: 2"),
+    )
+    .unwrap();
     let (code, _, err) = portico(&["check", "g.yaml"], dir.path());
     assert_eq!(code, 1);
-    assert!(err.contains("g.yaml:1:10: error: unsupported config version 2"), "{err}");
+    assert!(
+        err.contains("g.yaml:1:10: error: unsupported config version 2"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -131,7 +206,11 @@ fn every_error_is_reported_at_once() {
     let body = format!("server:\n  trusted_proxies: [nope]\n{UPSTREAM}routes:\n  - name: a\n    match: {{ path_regex: \"(\" }}\n    upstream: ghost\n");
     let (code, out) = check(&body);
     assert_eq!(code, 1);
-    for want in ["g.yaml:6:21: error", "g.yaml:11:26: error: invalid regex", "g.yaml:12:15: error: unknown upstream `ghost`"] {
+    for want in [
+        "g.yaml:6:21: error",
+        "g.yaml:11:26: error: invalid regex",
+        "g.yaml:12:15: error: unknown upstream `ghost`",
+    ] {
         assert!(out.contains(want), "missing `{want}` in:\n{out}");
     }
     assert!(out.contains("refused: 3 errors"), "{out}");
@@ -142,7 +221,10 @@ fn shadowed_route_is_a_warning() {
     let body = "routes:\n  - name: all\n    match: { path_prefix: /api/ }\n    respond: { text: a }\n  - name: users\n    match: { path_prefix: /api/users/, methods: [GET] }\n    respond: { text: b }\n";
     let (code, out) = check(body);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("g.yaml:10:14: warning: route `users` is shadowed by the earlier route `all`"), "{out}");
+    assert!(
+        out.contains("g.yaml:10:14: warning: route `users` is shadowed by the earlier route `all`"),
+        "{out}"
+    );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("g.yaml"), format!("{HEAD}{body}")).unwrap();
     let (code, _, _) = portico(&["check", "--deny-warnings", "g.yaml"], dir.path());
@@ -160,10 +242,22 @@ fn bundled_config_is_valid() {
 #[test]
 fn route_explains_and_tests_a_route_table() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (code, out, err) = portico(&["route", "-c", "gateway.yaml", "GET", "/api/messages/../messages/1?x=1"], root);
+    let (code, out, err) = portico(
+        &[
+            "route",
+            "-c",
+            "gateway.yaml",
+            "GET",
+            "/api/messages/../messages/1?x=1",
+        ],
+        root,
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("→ route `messages` (gateway.yaml:"), "{out}");
-    assert!(out.contains("matched because: path_prefix = /api/messages/; methods = GET, POST"), "{out}");
+    assert!(
+        out.contains("matched because: path_prefix = /api/messages/; methods = GET, POST"),
+        "{out}"
+    );
     assert!(out.contains("upstream path: /messages/1"), "{out}");
     assert!(out.contains("127.0.0.1:8003"), "{out}");
 
@@ -177,15 +271,39 @@ fn route_explains_and_tests_a_route_table() {
         "- { request: GET /ping, route: ping }\n- { request: GET //users/1, route: users, upstream_path: /users/1 }\n- { request: GET /api/messages/7, route: messages, upstream_path: /messages/7 }\n- { request: GET /nope, status: 404 }\n- { request: DELETE /api/messages/1, status: 405 }\n",
     )
     .unwrap();
-    let (code, out, err) = portico(&["route", "-c", "gateway.yaml", "--test", cases.to_str().unwrap()], root);
+    let (code, out, err) = portico(
+        &[
+            "route",
+            "-c",
+            "gateway.yaml",
+            "--test",
+            cases.to_str().unwrap(),
+        ],
+        root,
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("5 cases, 5 passed, 0 failed"), "{out}");
 
     std::fs::write(&cases, "- { request: GET /ping, route: users }\n- { request: GET /users/1, route: users, upstream_path: /1 }\n").unwrap();
-    let (code, out, _) = portico(&["route", "-c", "gateway.yaml", "--test", cases.to_str().unwrap()], root);
+    let (code, out, _) = portico(
+        &[
+            "route",
+            "-c",
+            "gateway.yaml",
+            "--test",
+            cases.to_str().unwrap(),
+        ],
+        root,
+    );
     assert_eq!(code, 1);
-    assert!(out.contains("FAIL GET /ping (case 1): expected route `users`, got route `ping`"), "{out}");
-    assert!(out.contains("expected upstream path `/1`, got `/users/1`"), "{out}");
+    assert!(
+        out.contains("FAIL GET /ping (case 1): expected route `users`, got route `ping`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("expected upstream path `/1`, got `/users/1`"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -205,6 +323,11 @@ fn demo_serves_sample_services_through_the_gateway() {
         servers.insert(body["served_by"].as_str().unwrap().to_string());
     }
     assert_eq!(servers.len(), 2, "both users instances serve: {servers:?}");
-    let body: serde_json::Value = c.get(gw.url("/api/messages/1")).send().unwrap().json().unwrap();
+    let body: serde_json::Value = c
+        .get(gw.url("/api/messages/1"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(body["request"]["path"], "/messages/1");
 }

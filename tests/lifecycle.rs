@@ -16,7 +16,12 @@ fn health_and_ready_report_version_and_config_hash() {
     let up = TestUpstream::start("svc");
     let gw = Gateway::start(&config(&up));
     let c = client();
-    let health: serde_json::Value = c.get(gw.admin_url("/health")).send().unwrap().json().unwrap();
+    let health: serde_json::Value = c
+        .get(gw.admin_url("/health"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(health["status"], "ok");
     assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(health["config_hash"].as_str().unwrap().len(), 16);
@@ -24,7 +29,10 @@ fn health_and_ready_report_version_and_config_hash() {
     assert_eq!(ready.status(), 200);
     let missing = c.get(gw.admin_url("/nope")).send().unwrap();
     assert_eq!(missing.status(), 404);
-    assert_eq!(c.post(gw.admin_url("/health")).send().unwrap().status(), 405);
+    assert_eq!(
+        c.post(gw.admin_url("/health")).send().unwrap().status(),
+        405
+    );
 }
 
 #[test]
@@ -32,16 +40,27 @@ fn sigterm_drains_in_flight_requests_then_exits() {
     let up = TestUpstream::start("svc");
     let mut gw = Gateway::start(&config(&up));
     let url = gw.url("/slow?sleep_ms=1000");
-    let in_flight = std::thread::spawn(move || client().get(url).send().map(|r| r.status().as_u16()));
+    let in_flight =
+        std::thread::spawn(move || client().get(url).send().map(|r| r.status().as_u16()));
     while up.count() == 0 {
         std::thread::sleep(Duration::from_millis(10));
     }
     gw.signal("TERM");
-    assert_eq!(in_flight.join().unwrap().unwrap(), 200, "the in-flight request completes");
+    assert_eq!(
+        in_flight.join().unwrap().unwrap(),
+        200,
+        "the in-flight request completes"
+    );
     let started = Instant::now();
     while gw.child.try_wait().unwrap().is_none() {
-        assert!(started.elapsed() < Duration::from_secs(15), "gateway did not exit after its grace period");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "gateway did not exit after its grace period"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(std::net::TcpStream::connect(gw.proxy).is_err(), "no new connections after shutdown");
+    assert!(
+        std::net::TcpStream::connect(gw.proxy).is_err(),
+        "no new connections after shutdown"
+    );
 }

@@ -23,18 +23,29 @@ fn pool(balance: &str, ups: &[&TestUpstream]) -> String {
 
 #[test]
 fn round_robin_spreads_evenly_over_three_targets() {
-    let ups = [TestUpstream::start("a"), TestUpstream::start("b"), TestUpstream::start("c")];
+    let ups = [
+        TestUpstream::start("a"),
+        TestUpstream::start("b"),
+        TestUpstream::start("c"),
+    ];
     let gw = Gateway::start(&pool("round_robin", &ups.iter().collect::<Vec<_>>()));
     let c = client();
     for _ in 0..30 {
         served_by(c.get(gw.url("/x")).send().unwrap());
     }
-    assert_eq!(ups.iter().map(|u| u.count()).collect::<Vec<_>>(), vec![10, 10, 10]);
+    assert_eq!(
+        ups.iter().map(|u| u.count()).collect::<Vec<_>>(),
+        vec![10, 10, 10]
+    );
 }
 
 #[test]
 fn random_reaches_every_target() {
-    let ups = [TestUpstream::start("a"), TestUpstream::start("b"), TestUpstream::start("c")];
+    let ups = [
+        TestUpstream::start("a"),
+        TestUpstream::start("b"),
+        TestUpstream::start("c"),
+    ];
     let gw = Gateway::start(&pool("random", &ups.iter().collect::<Vec<_>>()));
     let c = client();
     for _ in 0..150 {
@@ -47,13 +58,25 @@ fn random_reaches_every_target() {
 
 #[test]
 fn hash_balancing_is_sticky_per_key() {
-    let ups = [TestUpstream::start("a"), TestUpstream::start("b"), TestUpstream::start("c")];
-    let gw = Gateway::start(&pool("hash(header:x-user-id)", &ups.iter().collect::<Vec<_>>()));
+    let ups = [
+        TestUpstream::start("a"),
+        TestUpstream::start("b"),
+        TestUpstream::start("c"),
+    ];
+    let gw = Gateway::start(&pool(
+        "hash(header:x-user-id)",
+        &ups.iter().collect::<Vec<_>>(),
+    ));
     let c = client();
     let mut homes: HashMap<String, String> = HashMap::new();
     for round in 0..3 {
         for user in 0..20 {
-            let got = served_by(c.get(gw.url("/x")).header("x-user-id", format!("user-{user}")).send().unwrap());
+            let got = served_by(
+                c.get(gw.url("/x"))
+                    .header("x-user-id", format!("user-{user}"))
+                    .send()
+                    .unwrap(),
+            );
             let home = homes.entry(format!("user-{user}")).or_insert(got.clone());
             assert_eq!(*home, got, "user-{user} moved in round {round}");
         }
@@ -70,7 +93,11 @@ fn hash_balancing_is_sticky_per_key() {
 
 #[test]
 fn least_requests_avoids_the_busy_target() {
-    let ups = [TestUpstream::start("a"), TestUpstream::start("b"), TestUpstream::start("c")];
+    let ups = [
+        TestUpstream::start("a"),
+        TestUpstream::start("b"),
+        TestUpstream::start("c"),
+    ];
     let gw = Gateway::start(&pool("least_requests", &ups.iter().collect::<Vec<_>>()));
     let slow_url = gw.url("/slow?sleep_ms=1500");
     let slow = std::thread::spawn(move || served_by(client().get(slow_url).send().unwrap()));
@@ -79,9 +106,14 @@ fn least_requests_avoids_the_busy_target() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let c = client();
-    let fast: Vec<String> = (0..12).map(|_| served_by(c.get(gw.url("/fast")).send().unwrap())).collect();
+    let fast: Vec<String> = (0..12)
+        .map(|_| served_by(c.get(gw.url("/fast")).send().unwrap()))
+        .collect();
     let busy = slow.join().unwrap();
-    assert!(!fast.contains(&busy), "fast requests went to busy {busy}: {fast:?}");
+    assert!(
+        !fast.contains(&busy),
+        "fast requests went to busy {busy}: {fast:?}"
+    );
 }
 
 #[test]
@@ -96,11 +128,31 @@ fn connect_failures_retry_idempotent_requests_on_another_target() {
     for _ in 0..10 {
         assert_eq!(served_by(c.get(gw.url("/r/x")).send().unwrap()), "live");
     }
-    let post_statuses: Vec<u16> = (0..10).map(|_| c.post(gw.url("/r/x")).body("x").send().unwrap().status().as_u16()).collect();
-    assert!(post_statuses.contains(&502) && post_statuses.contains(&200), "POST is never retried: {post_statuses:?}");
-    let get_statuses: Vec<u16> = (0..10).map(|_| c.get(gw.url("/n/x")).send().unwrap().status().as_u16()).collect();
-    assert!(get_statuses.contains(&502), "attempts: 0 disables retries: {get_statuses:?}");
-    let resp = (0..4).map(|_| c.get(gw.url("/n/x")).send().unwrap()).find(|r| r.status() == 502).unwrap();
+    let post_statuses: Vec<u16> = (0..10)
+        .map(|_| {
+            c.post(gw.url("/r/x"))
+                .body("x")
+                .send()
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+        .collect();
+    assert!(
+        post_statuses.contains(&502) && post_statuses.contains(&200),
+        "POST is never retried: {post_statuses:?}"
+    );
+    let get_statuses: Vec<u16> = (0..10)
+        .map(|_| c.get(gw.url("/n/x")).send().unwrap().status().as_u16())
+        .collect();
+    assert!(
+        get_statuses.contains(&502),
+        "attempts: 0 disables retries: {get_statuses:?}"
+    );
+    let resp = (0..4)
+        .map(|_| c.get(gw.url("/n/x")).send().unwrap())
+        .find(|r| r.status() == 502)
+        .unwrap();
     assert_json_error(resp, 502, "upstream_unreachable");
 }
 
@@ -146,18 +198,67 @@ routes:
         dead = dead_addr()
     ));
     let c = client();
-    assert_json_error(c.get(gw.url("/missing")).send().unwrap(), 404, "route_not_found");
-    assert_json_error(c.delete(gw.url("/svc/x")).send().unwrap(), 405, "method_not_allowed");
-    assert_json_error(c.post(gw.url("/svc/x")).body(vec![b'x'; 101]).send().unwrap(), 413, "body_too_large");
-    assert_eq!(up.count(), 0, "an oversized body never reaches the upstream");
-    assert_eq!(c.post(gw.url("/svc/x")).body(vec![b'x'; 100]).send().unwrap().status(), 200);
-    assert_json_error(c.get(gw.url("/dead/x")).send().unwrap(), 502, "upstream_unreachable");
-    assert_json_error(c.get(gw.url("/closer/x")).send().unwrap(), 502, "upstream_unreachable");
-    assert_json_error(c.get(gw.url("/nowhere/x")).send().unwrap(), 503, "no_upstream_available");
+    assert_json_error(
+        c.get(gw.url("/missing")).send().unwrap(),
+        404,
+        "route_not_found",
+    );
+    assert_json_error(
+        c.delete(gw.url("/svc/x")).send().unwrap(),
+        405,
+        "method_not_allowed",
+    );
+    assert_json_error(
+        c.post(gw.url("/svc/x"))
+            .body(vec![b'x'; 101])
+            .send()
+            .unwrap(),
+        413,
+        "body_too_large",
+    );
+    assert_eq!(
+        up.count(),
+        0,
+        "an oversized body never reaches the upstream"
+    );
+    assert_eq!(
+        c.post(gw.url("/svc/x"))
+            .body(vec![b'x'; 100])
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_json_error(
+        c.get(gw.url("/dead/x")).send().unwrap(),
+        502,
+        "upstream_unreachable",
+    );
+    assert_json_error(
+        c.get(gw.url("/closer/x")).send().unwrap(),
+        502,
+        "upstream_unreachable",
+    );
+    assert_json_error(
+        c.get(gw.url("/nowhere/x")).send().unwrap(),
+        503,
+        "no_upstream_available",
+    );
     let started = std::time::Instant::now();
-    assert_json_error(c.get(gw.url("/svc/x?sleep_ms=3000")).send().unwrap(), 504, "upstream_timeout");
-    assert_json_error(c.get(gw.url("/timed/x?sleep_ms=3000")).send().unwrap(), 504, "route_timeout");
-    assert!(started.elapsed() < Duration::from_secs(3), "timeouts cut the wait short");
+    assert_json_error(
+        c.get(gw.url("/svc/x?sleep_ms=3000")).send().unwrap(),
+        504,
+        "upstream_timeout",
+    );
+    assert_json_error(
+        c.get(gw.url("/timed/x?sleep_ms=3000")).send().unwrap(),
+        504,
+        "route_timeout",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "timeouts cut the wait short"
+    );
     let bad = raw_request(gw.proxy, "GET /svc/x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").unwrap();
     assert_eq!(bad.status, 400, "{}", bad.head);
 }
@@ -187,7 +288,8 @@ fn forwarded_headers_request_id_and_hop_by_hop() {
         )
     };
     let c = client();
-    let header = |seen: &common::upstream::Seen, name: &str| seen.headers.get(name).map(|v| v.join(","));
+    let header =
+        |seen: &common::upstream::Seen, name: &str| seen.headers.get(name).map(|v| v.join(","));
 
     let gw = Gateway::start(&cfg("10.0.0.0/8"));
     let resp = c
@@ -202,25 +304,47 @@ fn forwarded_headers_request_id_and_hop_by_hop() {
         .send()
         .unwrap();
     assert_eq!(resp.headers()["x-request-id"], "req-123");
-    assert!(resp.headers().get("keep-alive").is_none(), "hop-by-hop response headers are dropped");
+    assert!(
+        resp.headers().get("keep-alive").is_none(),
+        "hop-by-hop response headers are dropped"
+    );
     let seen = up.last();
-    assert_eq!(header(&seen, "x-forwarded-for").as_deref(), Some("127.0.0.1"), "untrusted peers cannot forge XFF");
+    assert_eq!(
+        header(&seen, "x-forwarded-for").as_deref(),
+        Some("127.0.0.1"),
+        "untrusted peers cannot forge XFF"
+    );
     assert_eq!(header(&seen, "x-forwarded-proto").as_deref(), Some("http"));
     assert_eq!(header(&seen, "x-forwarded-host"), header(&seen, "host"));
     assert_eq!(header(&seen, "x-request-id").as_deref(), Some("req-123"));
     for hop in ["x-secret", "te", "proxy-authorization"] {
-        assert!(header(&seen, hop).is_none(), "{hop} must not reach the upstream");
+        assert!(
+            header(&seen, hop).is_none(),
+            "{hop} must not reach the upstream"
+        );
     }
 
-    let resp = c.get(gw.url("/x")).header("x-request-id", "bad id with spaces").send().unwrap();
+    let resp = c
+        .get(gw.url("/x"))
+        .header("x-request-id", "bad id with spaces")
+        .send()
+        .unwrap();
     let generated = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(generated.len(), 32);
     assert_eq!(header(&up.last(), "x-request-id"), Some(generated));
 
     let gw = Gateway::start(&cfg("127.0.0.1/32"));
-    c.get(gw.url("/x")).header("x-forwarded-for", "6.6.6.6").header("x-forwarded-proto", "https").send().unwrap();
+    c.get(gw.url("/x"))
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .unwrap();
     let seen = up.last();
-    assert_eq!(header(&seen, "x-forwarded-for").as_deref(), Some("6.6.6.6, 127.0.0.1"), "trusted peers are appended to");
+    assert_eq!(
+        header(&seen, "x-forwarded-for").as_deref(),
+        Some("6.6.6.6, 127.0.0.1"),
+        "trusted peers are appended to"
+    );
     assert_eq!(header(&seen, "x-forwarded-proto").as_deref(), Some("https"));
 }
 
@@ -233,7 +357,8 @@ fn dns_named_targets_are_resolved() {
     ));
     let resp = client().get(gw.url("/x")).send().unwrap();
     // localhost may resolve to ::1 first; the target rotates over its addresses.
-    let ok = resp.status() == 200 || (0..3).any(|_| client().get(gw.url("/x")).send().unwrap().status() == 200);
+    let ok = resp.status() == 200
+        || (0..3).any(|_| client().get(gw.url("/x")).send().unwrap().status() == 200);
     assert!(ok);
     assert!(up.count() >= 1);
 }
@@ -250,15 +375,36 @@ fn fifty_megabyte_bodies_stream_both_ways_with_bounded_memory() {
     let before = gw.peak_rss_kib();
     let c = client();
 
-    let upload = reqwest::blocking::Body::sized(PatternReader { offset: 0, len: FIFTY_MB }, FIFTY_MB);
-    let resp: serde_json::Value = c.post(gw.url("/upload")).body(upload).send().unwrap().json().unwrap();
+    let upload = reqwest::blocking::Body::sized(
+        PatternReader {
+            offset: 0,
+            len: FIFTY_MB,
+        },
+        FIFTY_MB,
+    );
+    let resp: serde_json::Value = c
+        .post(gw.url("/upload"))
+        .body(upload)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(resp["body_len"], FIFTY_MB);
-    let mut expect = PatternReader { offset: 0, len: FIFTY_MB };
+    let mut expect = PatternReader {
+        offset: 0,
+        len: FIFTY_MB,
+    };
     let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
     std::io::copy(&mut expect, &mut HashWriter(&mut hasher)).unwrap();
-    assert_eq!(resp["body_sha256"], hex::encode(sha2::Digest::finalize(hasher)));
+    assert_eq!(
+        resp["body_sha256"],
+        hex::encode(sha2::Digest::finalize(hasher))
+    );
 
-    let mut resp = c.get(gw.url(&format!("/download?download={FIFTY_MB}"))).send().unwrap();
+    let mut resp = c
+        .get(gw.url(&format!("/download?download={FIFTY_MB}")))
+        .send()
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let (mut offset, mut buf) = (0u64, vec![0u8; 256 * 1024]);
     loop {
@@ -274,7 +420,10 @@ fn fifty_megabyte_bodies_stream_both_ways_with_bounded_memory() {
     assert_eq!(offset, FIFTY_MB);
     let growth_mib = (gw.peak_rss_kib() - before) / 1024;
     eprintln!("peak before {before} KiB, growth {growth_mib} MiB");
-    assert!(growth_mib < 30, "gateway peak memory grew by {growth_mib} MiB moving 100 MiB");
+    assert!(
+        growth_mib < 30,
+        "gateway peak memory grew by {growth_mib} MiB moving 100 MiB"
+    );
 }
 
 /// Streams the upstream's download pattern without holding it in memory.

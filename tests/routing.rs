@@ -47,17 +47,78 @@ fn every_matcher_selects_the_first_matching_route() {
     let gw = Gateway::start(MATCHERS);
     let c = client();
     assert_eq!(text(c.get(gw.url("/exact")).send().unwrap()), "exact");
-    assert_json_error(c.get(gw.url("/exact/more")).send().unwrap(), 404, "route_not_found");
+    assert_json_error(
+        c.get(gw.url("/exact/more")).send().unwrap(),
+        404,
+        "route_not_found",
+    );
     assert_eq!(text(c.get(gw.url("/items/42")).send().unwrap()), "regex");
     let prefix: serde_json::Value = c.get(gw.url("/items/abc")).send().unwrap().json().unwrap();
     assert_eq!(prefix["route"], "prefix");
-    assert_eq!(text(c.get(gw.url("/h/x")).header("host", "API.example.com:8080").send().unwrap()), "host-exact");
-    assert_eq!(text(c.get(gw.url("/h/x")).header("host", "eu.api.example.com").send().unwrap()), "host-wild");
-    assert_json_error(c.get(gw.url("/h/x")).header("host", "example.com").send().unwrap(), 404, "route_not_found");
-    assert_eq!(text(c.get(gw.url("/hdr/")).header("x-env", "staging").header("x-block", "1").send().unwrap()), "header-equals");
-    assert_eq!(text(c.get(gw.url("/hdr/")).header("x-env", "prod").header("x-debug", "").header("x-block", "1").send().unwrap()), "header-present");
-    assert_eq!(text(c.get(gw.url("/hdr/")).header("x-env", "prod").send().unwrap()), "header-absent");
-    assert_json_error(c.get(gw.url("/hdr/")).header("x-block", "1").send().unwrap(), 404, "route_not_found");
+    assert_eq!(
+        text(
+            c.get(gw.url("/h/x"))
+                .header("host", "API.example.com:8080")
+                .send()
+                .unwrap()
+        ),
+        "host-exact"
+    );
+    assert_eq!(
+        text(
+            c.get(gw.url("/h/x"))
+                .header("host", "eu.api.example.com")
+                .send()
+                .unwrap()
+        ),
+        "host-wild"
+    );
+    assert_json_error(
+        c.get(gw.url("/h/x"))
+            .header("host", "example.com")
+            .send()
+            .unwrap(),
+        404,
+        "route_not_found",
+    );
+    assert_eq!(
+        text(
+            c.get(gw.url("/hdr/"))
+                .header("x-env", "staging")
+                .header("x-block", "1")
+                .send()
+                .unwrap()
+        ),
+        "header-equals"
+    );
+    assert_eq!(
+        text(
+            c.get(gw.url("/hdr/"))
+                .header("x-env", "prod")
+                .header("x-debug", "")
+                .header("x-block", "1")
+                .send()
+                .unwrap()
+        ),
+        "header-present"
+    );
+    assert_eq!(
+        text(
+            c.get(gw.url("/hdr/"))
+                .header("x-env", "prod")
+                .send()
+                .unwrap()
+        ),
+        "header-absent"
+    );
+    assert_json_error(
+        c.get(gw.url("/hdr/"))
+            .header("x-block", "1")
+            .send()
+            .unwrap(),
+        404,
+        "route_not_found",
+    );
     let write = c.put(gw.url("/m/1")).send().unwrap();
     assert_eq!(write.status(), 201);
     assert_eq!(write.headers()["x-route"], "write");
@@ -84,30 +145,55 @@ routes:
 "#;
 
 fn raw_get(gw: &Gateway, path: &str) -> RawResponse {
-    raw_request(gw.proxy, &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")).unwrap()
+    raw_request(
+        gw.proxy,
+        &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+    )
+    .unwrap()
 }
 
 #[test]
 fn equivalent_paths_match_exactly_what_the_canonical_path_matches() {
     let gw = Gateway::start(NORMALIZE);
-    for path in ["/admin", "//admin", "/public/../admin", "/%61dmin", "/%2e%2e/admin", "/public/./../admin", "/./admin", "///public/..//admin"] {
+    for path in [
+        "/admin",
+        "//admin",
+        "/public/../admin",
+        "/%61dmin",
+        "/%2e%2e/admin",
+        "/public/./../admin",
+        "/./admin",
+        "///public/..//admin",
+    ] {
         let resp = raw_get(&gw, path);
         assert_eq!((resp.status, resp.body.as_str()), (200, "admin"), "{path}");
     }
     assert_eq!(raw_get(&gw, "/public/x").body, "public");
-    assert_eq!(raw_get(&gw, "/public/%2e%2e").body, "fallback", "`/public/..` is `/`");
+    assert_eq!(
+        raw_get(&gw, "/public/%2e%2e").body,
+        "fallback",
+        "`/public/..` is `/`"
+    );
     assert_eq!(raw_get(&gw, "/admin/").body, "fallback");
 }
 
 #[test]
 fn unsafe_paths_get_400_json() {
     let gw = Gateway::start(NORMALIZE);
-    for path in ["/admin%2Fx", "/public%2f..%2fadmin", "/a%00", "/a%5Cb", "/bad%zz"] {
+    for path in [
+        "/admin%2Fx",
+        "/public%2f..%2fadmin",
+        "/a%00",
+        "/a%5Cb",
+        "/bad%zz",
+    ] {
         let resp = raw_get(&gw, path);
         assert_eq!(resp.status, 400, "{path}: {}", resp.head);
         let body: serde_json::Value = serde_json::from_str(&resp.body).unwrap();
         assert_eq!(body["error"]["code"], "bad_path", "{path}");
-        assert!(body["error"]["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+        assert!(body["error"]["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()));
     }
 }
 
@@ -135,11 +221,21 @@ routes:
         up.addr
     ));
     let c = client();
-    c.get(gw.url("/api/users/7?fields=name&x=%2F")).send().unwrap();
+    c.get(gw.url("/api/users/7?fields=name&x=%2F"))
+        .send()
+        .unwrap();
     assert_eq!(up.last().uri, "/users/7?fields=name&x=%2F");
     c.get(gw.url("/v1/orders/9")).send().unwrap();
     assert_eq!(up.last().uri, "/internal/v2/orders/9");
-    let raw = raw_request(gw.proxy, "GET /a//b/../c HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let raw = raw_request(
+        gw.proxy,
+        "GET /a//b/../c HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
     assert_eq!(raw.status, 200);
-    assert_eq!(up.last().uri, "/a/c", "the upstream sees the normalized path");
+    assert_eq!(
+        up.last().uri,
+        "/a/c",
+        "the upstream sees the normalized path"
+    );
 }

@@ -57,7 +57,9 @@ enum Frame {
         key: Option<String>,
         seen: HashSet<String>,
     },
-    Seq { next: usize },
+    Seq {
+        next: usize,
+    },
 }
 
 #[derive(Default)]
@@ -103,7 +105,11 @@ impl Builder {
         self.values.entry(base.clone()).or_insert(pos);
         if let Event::Scalar(k, ..) = ev {
             if !seen.insert(k.clone()) {
-                let path = if base.is_empty() { k.clone() } else { format!("{base}.{k}") };
+                let path = if base.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{base}.{k}")
+                };
                 self.duplicates.push((path, pos));
             }
         }
@@ -166,6 +172,9 @@ mod tests {
     #[test]
     fn records_duplicate_keys() {
         let loc = Locator::new("a: 1\nb:\n  c: 1\n  c: 2\n");
-        assert_eq!(loc.duplicates, vec![("b.c".to_string(), Pos { line: 4, col: 3 })]);
+        assert_eq!(
+            loc.duplicates,
+            vec![("b.c".to_string(), Pos { line: 4, col: 3 })]
+        );
     }
 }

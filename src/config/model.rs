@@ -209,19 +209,20 @@ impl ByteSize {
         let n: u64 = digits
             .parse()
             .map_err(|_| format!("invalid size `{text}`: expected e.g. 1048576, 512KiB or 10MB"))?;
-        let mult: u64 =
-            match unit.trim() {
-                "" | "B" => 1,
-                "KB" | "kB" => 1000,
-                "KiB" => 1024,
-                "MB" => 1000 * 1000,
-                "MiB" => 1024 * 1024,
-                "GB" => 1000 * 1000 * 1000,
-                "GiB" => 1024 * 1024 * 1024,
-                other => return Err(format!(
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KB" | "kB" => 1000,
+            "KiB" => 1024,
+            "MB" => 1000 * 1000,
+            "MiB" => 1024 * 1024,
+            "GB" => 1000 * 1000 * 1000,
+            "GiB" => 1024 * 1024 * 1024,
+            other => {
+                return Err(format!(
                     "unknown size unit `{other}` in `{text}`: use B, KB, KiB, MB, MiB, GB or GiB"
-                )),
-            };
+                ))
+            }
+        };
         n.checked_mul(mult)
             .map(ByteSize)
             .ok_or_else(|| format!("size `{text}` is too large"))

@@ -123,6 +123,8 @@ pub struct Upstream {
     pub write_timeout: Duration,
     /// Extra tries on connect failure (idempotent methods only).
     pub retry_attempts: u32,
+    /// The definition this was built from; a reload reuses the upstream while it is equal.
+    pub fingerprint: String,
     next: AtomicUsize,
 }
 
@@ -150,6 +152,7 @@ impl Upstream {
             read_timeout: timeouts.1,
             write_timeout: timeouts.2,
             retry_attempts,
+            fingerprint: String::new(),
             next: AtomicUsize::new(0),
         }
     }

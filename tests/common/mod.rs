@@ -9,11 +9,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
 pub use upstream::TestUpstream;
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes; returns the time it took.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
 
 /// A port that was free a moment ago (for the gateway's own listeners).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A loopback address where nothing listens.
@@ -40,23 +57,73 @@ impl Gateway {
         Gateway::start_cmd("run", body)
     }
 
+    /// The full config text for `body` with this gateway's listeners.
+    pub fn config_text(&self, body: &str) -> String {
+        format!(
+            "version: 1\nlisten:\n  proxy: {}\n  admin: {}\n{body}",
+            self.proxy, self.admin
+        )
+    }
+
+    /// Replaces the config the way editors and `mv` do: write aside, rename over.
+    pub fn write_config(&self, body: &str) {
+        let tmp = self.dir.path().join(".gateway.yaml.tmp");
+        std::fs::write(&tmp, self.config_text(body)).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    /// Rewrites the config file in place (truncate + write), as `cp` or `>` do.
+    pub fn overwrite_config(&self, body: &str) {
+        std::fs::write(&self.config, self.config_text(body)).unwrap();
+    }
+
+    /// The admin `/config` document.
+    pub fn admin_config(&self) -> serde_json::Value {
+        client()
+            .get(self.admin_url("/config"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
     pub fn start_cmd(cmd: &str, body: &str) -> Gateway {
+        Gateway::start_with(&[cmd], body, |dir, text| {
+            let config = dir.join("gateway.yaml");
+            std::fs::write(&config, text).unwrap();
+            config
+        })
+    }
+
+    /// Starts `portico ARGS -c CONFIG`, where `place` writes the config text into the
+    /// gateway's directory and returns the path to pass.
+    pub fn start_with(
+        args: &[&str],
+        body: &str,
+        place: impl FnOnce(&Path, &str) -> PathBuf,
+    ) -> Gateway {
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("gateway.yaml");
         let text = format!("version: 1\nlisten:\n  proxy: {proxy}\n  admin: {admin}\n{body}");
-        std::fs::write(&config, text).unwrap();
+        let config = place(dir.path(), &text);
         let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
         let child = Command::new(bin())
-            .args([cmd, "-c"])
+            .args(args)
+            .arg("-c")
             .arg(&config)
             .env("PORTICO_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut gw = Gateway { child, proxy, admin, dir, config };
+        let mut gw = Gateway {
+            child,
+            proxy,
+            admin,
+            dir,
+            config,
+        };
         gw.wait_healthy();
         gw
     }
@@ -67,8 +134,11 @@ impl Gateway {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("gateway exited with {status}:\n{}", self.log());
             }
-            let ready = raw_request(self.admin, "GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-                .is_ok_and(|r| r.status == 200);
+            let ready = raw_request(
+                self.admin,
+                "GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            )
+            .is_ok_and(|r| r.status == 200);
             let proxy_up = TcpStream::connect(self.proxy).is_ok();
             if ready && proxy_up {
                 return;
@@ -105,7 +175,10 @@ impl Gateway {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 }
@@ -125,10 +198,23 @@ pub fn client() -> reqwest::blocking::Client {
 }
 
 /// Asserts the gateway's JSON error shape and returns the body.
-pub fn assert_json_error(resp: reqwest::blocking::Response, status: u16, code: &str) -> serde_json::Value {
+pub fn assert_json_error(
+    resp: reqwest::blocking::Response,
+    status: u16,
+    code: &str,
+) -> serde_json::Value {
     assert_eq!(resp.status().as_u16(), status);
-    let header_id = resp.headers().get("x-request-id").expect("x-request-id header").to_str().unwrap().to_string();
-    assert_eq!(resp.headers().get("content-type").unwrap(), "application/json");
+    let header_id = resp
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id header")
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        resp.headers().get("content-type").unwrap(),
+        "application/json"
+    );
     let body: serde_json::Value = resp.json().unwrap();
     assert_eq!(body["error"]["status"], status, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
@@ -152,13 +238,26 @@ pub fn raw_request(addr: SocketAddr, request: &str) -> std::io::Result<RawRespon
     let _ = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok(RawResponse { status, head: head.to_string(), body: body.to_string() })
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok(RawResponse {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    })
 }
 
 /// `portico ARGS...`: (exit code, stdout, stderr).
 pub fn portico(args: &[&str], cwd: &Path) -> (i32, String, String) {
-    let out = Command::new(bin()).args(args).current_dir(cwd).stdin(Stdio::null()).output().unwrap();
+    let out = Command::new(bin())
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).to_string(),

@@ -42,7 +42,11 @@ impl TestUpstream {
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let (name_c, seen_c) = (Arc::<str>::from(name), seen.clone());
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
                 loop {
@@ -60,7 +64,13 @@ impl TestUpstream {
                 }
             });
         });
-        TestUpstream { addr, name: name.to_string(), seen, stop: Some(stop), thread: Some(thread) }
+        TestUpstream {
+            addr,
+            name: name.to_string(),
+            seen,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -68,7 +78,10 @@ impl TestUpstream {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen().last().cloned().expect("upstream saw no request")
+        self.seen()
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
     }
 
     pub fn count(&self) -> usize {
@@ -98,11 +111,18 @@ fn query(uri: &hyper::Uri) -> BTreeMap<String, String> {
         .collect()
 }
 
-async fn handle(name: Arc<str>, seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+async fn handle(
+    name: Arc<str>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    req: Request<Incoming>,
+) -> Result<Reply, Infallible> {
     let q = query(req.uri());
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in req.headers() {
-        headers.entry(k.to_string()).or_default().push(v.to_str().unwrap_or("?").to_string());
+        headers
+            .entry(k.to_string())
+            .or_default()
+            .push(v.to_str().unwrap_or("?").to_string());
     }
     let (method, uri) = (req.method().to_string(), req.uri().to_string());
     let mut body = req.into_body();
@@ -113,7 +133,12 @@ async fn handle(name: Arc<str>, seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incomi
             hasher.update(&data);
         }
     }
-    seen.lock().unwrap().push(Seen { method: method.clone(), uri: uri.clone(), headers: headers.clone(), body_len: len });
+    seen.lock().unwrap().push(Seen {
+        method: method.clone(),
+        uri: uri.clone(),
+        headers: headers.clone(),
+        body_len: len,
+    });
     if let Some(ms) = q.get("sleep_ms").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -158,7 +183,10 @@ impl Body for Pattern {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if self.left == 0 {
             return Poll::Ready(None);
         }

@@ -1,0 +1,217 @@
+//! Live reload: the config's directory is watched (so editor renames, `cp`/`mv` and the
+//! Kubernetes ConfigMap `..data` symlink swap all count) and SIGHUP forces a reload. A new
+//! config is loaded, checked and compiled off the request path, then swapped in whole; a
+//! refused one leaves the running snapshot serving.
+
+use crate::config::{ConfigError, Source};
+use crate::snapshot::{compile_with, SnapshotHolder, Stores};
+use crate::upstream::resolve::resolve_target;
+use async_trait::async_trait;
+use notify::{EventKind, RecursiveMode, Watcher};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// Bursts of file events closer than this are one change.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ReloadStatus {
+    /// "ok", "failed" or "unchanged"; empty before the first reload.
+    pub result: String,
+    pub trigger: String,
+    /// Unix seconds.
+    pub at: u64,
+    pub error: Option<String>,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Changed settings that the running process cannot apply without a restart.
+    pub pending_restart: Vec<String>,
+    /// Unix seconds of the last successful load (the startup load counts).
+    pub last_success_at: u64,
+}
+
+struct Inner {
+    path: PathBuf,
+    holder: SnapshotHolder,
+    stores: Arc<Stores>,
+    status: Mutex<ReloadStatus>,
+    busy: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone)]
+pub struct Reloader {
+    inner: Arc<Inner>,
+    watch: bool,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Reloader {
+    pub fn new(path: &Path, holder: SnapshotHolder, stores: Arc<Stores>, watch: bool) -> Reloader {
+        let status = ReloadStatus {
+            last_success_at: now(),
+            ..ReloadStatus::default()
+        };
+        Reloader {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                holder,
+                stores,
+                status: Mutex::new(status),
+                busy: tokio::sync::Mutex::new(()),
+            }),
+            watch,
+        }
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        self.inner
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Loads, checks and compiles the file, then swaps it in. `force` reloads even when the
+    /// text did not change (SIGHUP: referenced files may have).
+    pub async fn reload(&self, trigger: &str, force: bool) -> Result<(), ConfigError> {
+        let _one_at_a_time = self.inner.busy.lock().await;
+        let current = self.inner.holder.load();
+        let outcome = Source::load(&self.inner.path).and_then(|src| {
+            if !force && src.hash == current.hash {
+                return Ok(None);
+            }
+            compile_with(&src, &self.inner.stores).map(Some)
+        });
+        let mut status = self.status();
+        status.trigger = trigger.to_string();
+        status.at = now();
+        match outcome {
+            Ok(None) => {
+                status.result = "unchanged".into();
+                self.set_status(status);
+                Ok(())
+            }
+            Ok(Some(snapshot)) => {
+                for target in snapshot.upstreams.values().flat_map(|u| &u.targets) {
+                    if target.is_dns() && target.addrs().is_empty() {
+                        resolve_target(target).await;
+                    }
+                }
+                for w in &snapshot.warnings {
+                    tracing::warn!("{w}");
+                }
+                let pending = current.restart_needed(&snapshot);
+                for p in &pending {
+                    tracing::warn!("config change needs a restart to take effect: {p}");
+                }
+                tracing::info!(trigger, hash = %snapshot.hash, routes = snapshot.router.routes().len(), "config reloaded");
+                self.inner.stores.remember(&snapshot);
+                self.inner.holder.store(snapshot);
+                status.result = "ok".into();
+                status.error = None;
+                status.succeeded += 1;
+                status.last_success_at = status.at;
+                status.pending_restart = pending;
+                self.set_status(status);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(trigger, "config refused, the running config stays:\n{e}");
+                status.result = "failed".into();
+                status.error = Some(e.to_string());
+                status.failed += 1;
+                self.set_status(status);
+                Err(e)
+            }
+        }
+    }
+
+    fn set_status(&self, status: ReloadStatus) {
+        *self.inner.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+
+    /// Directories whose changes may change the config: the config file's own.
+    fn watched_dirs(&self) -> Vec<PathBuf> {
+        let dir = match self.inner.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        vec![dir]
+    }
+
+    fn start_watcher(&self, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+        let handler = move |event: notify::Result<notify::Event>| {
+            if let Ok(ev) = event {
+                if !matches!(ev.kind, EventKind::Access(_)) {
+                    let _ = tx.send(());
+                }
+            }
+        };
+        let mut watcher = match notify::recommended_watcher(handler) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch the config; reload with SIGHUP");
+                return None;
+            }
+        };
+        for dir in self.watched_dirs() {
+            if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot watch directory; reload with SIGHUP");
+            }
+        }
+        Some(watcher)
+    }
+}
+
+/// Waits until events stop arriving for [`DEBOUNCE`]; false when the channel closed.
+async fn settle(rx: &mut mpsc::UnboundedReceiver<()>) -> bool {
+    loop {
+        match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+            Ok(Some(())) => continue,
+            Ok(None) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP");
+                None
+            }
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _watcher = if self.watch {
+            self.start_watcher(tx)
+        } else {
+            None
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    let _ = self.reload("sighup", true).await;
+                }
+                Some(()) = rx.recv() => {
+                    if settle(&mut rx).await {
+                        let _ = self.reload("file_change", false).await;
+                    }
+                }
+            }
+        }
+    }
+}
