@@ -1,15 +1,16 @@
 //! Route matching cost at 10, 1,000 and 10,000 prefix routes (plus a regex and header
-//! route), for a request that matches the last route and one that matches none.
+//! route), for a request that matches the last route and one that matches none; and the
+//! cost of a reload (parse + check + compile + swap) at 10,000 routes.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, Method};
 use portico::config::Source;
 use portico::router::RequestView;
-use portico::snapshot::{compile, Snapshot};
+use portico::snapshot::{compile, compile_with, Snapshot, SnapshotHolder, Stores};
 use std::hint::black_box;
 use std::path::Path;
 
-fn snapshot(routes: usize) -> Snapshot {
+fn config_text(routes: usize) -> String {
     let mut text = String::from(
         "version: 1\nlisten: { proxy: 127.0.0.1:1, admin: 127.0.0.1:2 }\nupstreams:\n  svc: { targets: [\"127.0.0.1:3\"] }\nroutes:\n",
     );
@@ -20,7 +21,28 @@ fn snapshot(routes: usize) -> Snapshot {
             "  - {{ name: r{i}, match: {{ path_prefix: /svc{i}/, methods: [GET, POST] }}, upstream: svc }}\n"
         ));
     }
-    compile(&Source::parse(Path::new("bench.yaml"), &text, |_| None).unwrap()).unwrap()
+    text
+}
+
+fn snapshot(routes: usize) -> Snapshot {
+    compile(&Source::parse(Path::new("bench.yaml"), &config_text(routes), |_| None).unwrap())
+        .unwrap()
+}
+
+/// What a reload costs: parse, check and compile a 10,000-route config, then swap it in.
+fn reload(c: &mut Criterion) {
+    let text = config_text(10_000);
+    let holder = SnapshotHolder::new(snapshot(10));
+    let stores = Stores::default();
+    let mut group = c.benchmark_group("reload");
+    group.sample_size(10);
+    group.bench_function("parse_compile_swap_10000_routes", |b| {
+        b.iter(|| {
+            let src = Source::parse(Path::new("bench.yaml"), black_box(&text), |_| None).unwrap();
+            holder.store(compile_with(&src, &stores).unwrap());
+        })
+    });
+    group.finish();
 }
 
 fn matching(c: &mut Criterion) {
@@ -59,5 +81,5 @@ fn matching(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matching);
+criterion_group!(benches, matching, reload);
 criterion_main!(benches);

@@ -673,19 +673,38 @@ fn compile_rewrite(d: &mut Diags, at: &str, r: &RawRoute) -> Option<PathRewrite>
 
 /// Warns about routes that can never match because an earlier route takes all their requests.
 fn warn_shadowed(d: &mut Diags, routes: &[RawRoute]) {
+    // Only earlier routes whose path could cover a later one are compared: those without a
+    // path matcher, those whose prefix starts the later path, and equal exact paths.
+    let mut any: Vec<usize> = Vec::new();
+    let mut prefixes: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut exacts: HashMap<&str, Vec<usize>> = HashMap::new();
     for (j, later) in routes.iter().enumerate() {
-        if let Some(earlier) = routes[..j]
-            .iter()
-            .find(|e| covers(&e.matcher, &later.matcher))
-        {
+        let m = &later.matcher;
+        let mut candidates = any.clone();
+        if let Some(p) = m.path.as_deref().or(m.path_prefix.as_deref()) {
+            for (k, _) in p.char_indices().skip(1).chain([(p.len(), ' ')]) {
+                candidates.extend(prefixes.get(&p[..k]).into_iter().flatten());
+            }
+        }
+        if let Some(p) = m.path.as_deref() {
+            candidates.extend(exacts.get(p).into_iter().flatten());
+        }
+        candidates.sort_unstable();
+        if let Some(&i) = candidates.iter().find(|&&i| covers(&routes[i].matcher, m)) {
             d.warn(
                 &format!("routes[{j}].match"),
                 format!(
                     "route `{}` is shadowed by the earlier route `{}` and never matches",
-                    later.name, earlier.name
+                    later.name, routes[i].name
                 ),
                 Some("move it above that route or narrow the earlier one".into()),
             );
+        }
+        match (&m.path, &m.path_prefix, &m.path_regex) {
+            (Some(p), _, _) => exacts.entry(p).or_default().push(j),
+            (_, Some(p), _) => prefixes.entry(p).or_default().push(j),
+            (None, None, None) => any.push(j),
+            _ => {}
         }
     }
 }
