@@ -12,7 +12,11 @@ pub enum GatewayError {
     RouteNotFound,
     MethodNotAllowed { allow: String },
     BodyTooLarge { limit: u64 },
+    RateLimited { retry_after: u64 },
+    RateLimitUnavailable,
     NoUpstreamAvailable,
+    NoHealthyUpstream,
+    CircuitOpen,
     UpstreamUnreachable,
     UpstreamTimeout,
     RouteTimeout,
@@ -26,8 +30,12 @@ impl GatewayError {
             GatewayError::RouteNotFound => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::BodyTooLarge { .. } => 413,
+            GatewayError::RateLimited { .. } => 429,
             GatewayError::UpstreamUnreachable => 502,
-            GatewayError::NoUpstreamAvailable => 503,
+            GatewayError::NoUpstreamAvailable
+            | GatewayError::NoHealthyUpstream
+            | GatewayError::CircuitOpen
+            | GatewayError::RateLimitUnavailable => 503,
             GatewayError::UpstreamTimeout | GatewayError::RouteTimeout => 504,
             GatewayError::Internal => 500,
         }
@@ -40,7 +48,11 @@ impl GatewayError {
             GatewayError::RouteNotFound => "route_not_found",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::BodyTooLarge { .. } => "body_too_large",
+            GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::RateLimitUnavailable => "rate_limit_unavailable",
             GatewayError::NoUpstreamAvailable => "no_upstream_available",
+            GatewayError::NoHealthyUpstream => "no_healthy_upstream",
+            GatewayError::CircuitOpen => "circuit_open",
             GatewayError::UpstreamUnreachable => "upstream_unreachable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::RouteTimeout => "route_timeout",
@@ -57,7 +69,17 @@ impl GatewayError {
             GatewayError::BodyTooLarge { limit } => {
                 format!("the request body exceeds the limit of {limit} bytes")
             }
-            GatewayError::NoUpstreamAvailable => "no upstream target is available".into(),
+            GatewayError::RateLimited { retry_after } => {
+                format!("too many requests; retry in {retry_after} s")
+            }
+            GatewayError::RateLimitUnavailable => {
+                "the rate limiter is unavailable and this route denies unchecked requests".into()
+            }
+            GatewayError::NoUpstreamAvailable => "no upstream target has an address".into(),
+            GatewayError::NoHealthyUpstream => "every upstream target failed its health checks".into(),
+            GatewayError::CircuitOpen => {
+                "the upstream is failing; its circuit breaker is open".into()
+            }
             GatewayError::UpstreamUnreachable => {
                 "the upstream could not be reached or closed the connection".into()
             }
@@ -105,8 +127,14 @@ impl GatewayError {
         let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
         let _ = header.insert_header(http::header::CACHE_CONTROL, "no-store");
         let _ = header.insert_header(crate::forwarding::X_REQUEST_ID, request_id);
-        if let GatewayError::MethodNotAllowed { allow } = self {
-            let _ = header.insert_header(http::header::ALLOW, allow.as_str());
+        match self {
+            GatewayError::MethodNotAllowed { allow } => {
+                let _ = header.insert_header(http::header::ALLOW, allow.as_str());
+            }
+            GatewayError::RateLimited { retry_after } => {
+                let _ = header.insert_header(http::header::RETRY_AFTER, *retry_after);
+            }
+            _ => {}
         }
         (header, body)
     }

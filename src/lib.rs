@@ -9,6 +9,7 @@ pub mod demo;
 pub mod errors;
 pub mod explain;
 pub mod forwarding;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod router;

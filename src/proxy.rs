@@ -5,7 +5,8 @@ use crate::errors::GatewayError;
 use crate::forwarding::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::router::{Action, Match, Route, StaticResponse};
 use crate::snapshot::{Snapshot, SnapshotHolder};
-use crate::upstream::{Balance, Pick, Upstream};
+use crate::policy::ratelimit::{ceil_secs, Decision, LimitKey, RateLimit, Verdict};
+use crate::upstream::{Balance, Pick, PickError, Upstream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
@@ -33,6 +34,9 @@ pub struct Ctx {
     deadline: Option<Instant>,
     body_seen: u64,
     failure: Option<GatewayError>,
+    /// The rate-limit decision, reported in `RateLimit-*` headers on the response.
+    rate: Option<Decision>,
+    upstream_status: Option<u16>,
 }
 
 impl Ctx {
@@ -98,8 +102,19 @@ async fn send(session: &mut Session, header: ResponseHeader, body: Bytes) -> Res
     Ok(true)
 }
 
+/// `RateLimit-Limit/Remaining/Reset` (IETF draft) for a checked request.
+fn add_rate_headers(header: &mut ResponseHeader, rate: Option<&Decision>) -> Result<()> {
+    if let Some(d) = rate {
+        header.insert_header("ratelimit-limit", d.limit)?;
+        header.insert_header("ratelimit-remaining", d.remaining)?;
+        header.insert_header("ratelimit-reset", ceil_secs(d.reset))?;
+    }
+    Ok(())
+}
+
 async fn reject(session: &mut Session, ctx: &Ctx, error: GatewayError) -> Result<bool> {
-    let (header, body) = error.response(&ctx.request_id);
+    let (mut header, body) = error.response(&ctx.request_id);
+    add_rate_headers(&mut header, ctx.rate.as_ref())?;
     send(session, header, body).await
 }
 
@@ -111,7 +126,49 @@ async fn respond_static(session: &mut Session, ctx: &Ctx, resp: &StaticResponse)
         header.insert_header(name.clone(), value.clone())?;
     }
     header.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+    add_rate_headers(&mut header, ctx.rate.as_ref())?;
     send(session, header, resp.body.clone()).await
+}
+
+/// The key a request is counted by under `limit`.
+fn limit_key(limit: &RateLimit, session: &Session, ctx: &Ctx, route: &Route) -> String {
+    let ip = || ctx.client_ip.map_or_else(String::new, |ip| ip.to_string());
+    match &limit.key {
+        LimitKey::ClientIp => ip(),
+        LimitKey::Route => route.name.to_string(),
+        LimitKey::Header(name) => match session.req_header().headers.get(name) {
+            // Long values are hashed so a key never costs more than a few bytes.
+            Some(v) if v.len() <= 128 => format!("h:{}", String::from_utf8_lossy(v.as_bytes())),
+            Some(v) => format!("h#{:x}", fnv(v.as_bytes())),
+            None => format!("ip:{}", ip()),
+        },
+        LimitKey::Claim(_) => format!("ip:{}", ip()),
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Checks the route's rate limit; Some(error) when the request must be refused.
+async fn check_rate_limit(session: &Session, ctx: &mut Ctx, route: &Route) -> Option<GatewayError> {
+    let limit = route.rate_limit.as_ref()?;
+    let key = limit_key(limit, session, ctx, route);
+    match limit.check(&key).await {
+        Verdict::Allow(d) => {
+            ctx.rate = Some(d);
+            None
+        }
+        Verdict::AllowUnchecked => None,
+        Verdict::Reject(d) => {
+            ctx.rate = Some(d);
+            Some(GatewayError::RateLimited { retry_after: ceil_secs(d.retry_after).max(1) })
+        }
+        Verdict::Unavailable(why) => {
+            tracing::warn!(limit = %limit.name, error = %why, "rate limit unavailable: denying");
+            Some(GatewayError::RateLimitUnavailable)
+        }
+    }
 }
 
 impl Gateway {
@@ -132,6 +189,10 @@ impl Gateway {
         };
         ctx.route = Some(index);
         let route = &snapshot.router.routes()[index];
+        if let Some(refusal) = check_rate_limit(session, ctx, route).await {
+            return reject(session, ctx, refusal).await;
+        }
+        let req = session.req_header();
         if let Action::Respond(resp) = &route.action {
             return respond_static(session, ctx, resp).await;
         }
@@ -174,6 +235,8 @@ impl ProxyHttp for Gateway {
             deadline: None,
             body_seen: 0,
             failure: None,
+            rate: None,
+            upstream_status: None,
         }
     }
 
@@ -231,13 +294,17 @@ impl ProxyHttp for Gateway {
             }
             _ => None,
         };
-        let Some(pick) = upstream.pick(key, &ctx.tried) else {
-            let failure = if ctx.tried.is_empty() {
-                GatewayError::NoUpstreamAvailable
-            } else {
-                GatewayError::UpstreamUnreachable
-            };
-            return Err(ctx.fail(failure));
+        let pick = match upstream.pick(key, &ctx.tried) {
+            Ok(pick) => pick,
+            Err(why) => {
+                let failure = match why {
+                    PickError::Exhausted => GatewayError::UpstreamUnreachable,
+                    PickError::CircuitOpen => GatewayError::CircuitOpen,
+                    PickError::Unhealthy => GatewayError::NoHealthyUpstream,
+                    PickError::NoAddress => GatewayError::NoUpstreamAvailable,
+                };
+                return Err(ctx.fail(failure));
+            }
         };
         let mut peer = HttpPeer::new(pick.addr, false, String::new());
         let cap = |t: Duration| Some(ctx.remaining().map_or(t, |r| r.min(t)));
@@ -256,6 +323,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(pick) = ctx.pick.take() {
+            pick.finish(Some(false));
+        }
         let attempts = ctx.upstream().map_or(0, |u| u.retry_attempts as usize);
         let idempotent = session.req_header().method.is_idempotent();
         if idempotent && ctx.tried.len() <= attempts && !ctx.past_deadline() {
@@ -311,6 +381,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
         if ctx.past_deadline() {
             return Err(ctx.fail(GatewayError::RouteTimeout));
         }
@@ -327,7 +398,22 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        add_rate_headers(upstream_response, ctx.rate.as_ref())?;
         Ok(())
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(pick) = ctx.pick.take() {
+            // 5xx, resets and timeouts count against the target; a client that went away
+            // says nothing about it.
+            let outcome = match (ctx.upstream_status, e) {
+                (Some(status), _) => Some(status < 500),
+                (None, Some(e)) if e.esource() == &pingora::ErrorSource::Downstream => None,
+                (None, Some(_)) => Some(false),
+                (None, None) => None,
+            };
+            pick.finish(outcome);
+        }
     }
 
     fn upstream_response_body_filter(

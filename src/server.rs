@@ -5,6 +5,7 @@ use crate::config::ConfigError;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::snapshot::{Snapshot, SnapshotHolder, Stores};
+use crate::upstream::health::HealthChecker;
 use crate::upstream::resolve::{resolve_all, Resolver};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -88,6 +89,12 @@ pub fn build(snapshot: Snapshot, opts: &RunOptions) -> (Server, SnapshotHolder) 
         },
     ));
     server.add_service(background_service("reload", reloader));
+    server.add_service(background_service(
+        "health-checks",
+        HealthChecker {
+            holder: holder.clone(),
+        },
+    ));
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "portico listening");
     (server, holder)
 }

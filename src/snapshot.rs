@@ -2,6 +2,7 @@
 //! with its location; and the `ArcSwap` holder each request loads the snapshot from.
 
 use crate::config::model::{
+    LimitBackend, OnRedisError, RawBreaker, RawHealthCheck, RawRateLimit,
     HeaderCond as RawCond, RawMatch, RawRespond, RawRoute, RawUpstream, RetryOn,
 };
 use crate::config::{ConfigError, Diagnostic, Diags, Source};
@@ -10,6 +11,9 @@ use crate::router::{
     Action, HeaderCond, HeaderMatch, HostMatch, Matcher, PathMatch, PathRewrite, Route, Router,
     StaticResponse,
 };
+use crate::policy::ratelimit::{Backend, LimitKey, LocalStore, RateLimit, RedisLink};
+use crate::upstream::breaker::BreakerConfig;
+use crate::upstream::health::HealthConfig;
 use crate::upstream::{Balance, Target, Upstream};
 use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue, Method};
@@ -42,6 +46,9 @@ pub struct Snapshot {
     pub settings: Settings,
     pub router: Router,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    pub rate_limits: BTreeMap<String, Arc<RateLimit>>,
+    /// The shared Redis link (with the fingerprint of its settings).
+    pub redis: Option<(String, Arc<RedisLink>)>,
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -95,20 +102,34 @@ impl SnapshotHolder {
 #[derive(Default)]
 pub struct Stores {
     upstreams: Mutex<HashMap<String, Arc<Upstream>>>,
+    rate_limits: Mutex<HashMap<String, Arc<RateLimit>>>,
+    redis: Mutex<Option<(String, Arc<RedisLink>)>>,
+}
+
+fn reuse<T>(map: &Mutex<HashMap<String, Arc<T>>>, name: &str, same: impl Fn(&T) -> bool) -> Option<Arc<T>> {
+    let map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.get(name).filter(|t| same(t)).cloned()
 }
 
 impl Stores {
     fn upstream(&self, name: &str, fingerprint: &str) -> Option<Arc<Upstream>> {
-        let map = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(name)
-            .filter(|u| u.fingerprint == fingerprint)
-            .cloned()
+        reuse(&self.upstreams, name, |u| u.fingerprint == fingerprint)
+    }
+
+    fn rate_limit(&self, name: &str, fingerprint: &str) -> Option<Arc<RateLimit>> {
+        reuse(&self.rate_limits, name, |r| r.fingerprint == fingerprint)
+    }
+
+    fn redis(&self, fingerprint: &str) -> Option<Arc<RedisLink>> {
+        let slot = self.redis.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref().filter(|(f, _)| f == fingerprint).map(|(_, link)| link.clone())
     }
 
     /// Keeps exactly the state the active snapshot uses.
     pub fn remember(&self, snapshot: &Snapshot) {
-        let mut map = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
-        *map = snapshot.upstreams.clone().into_iter().collect();
+        *self.upstreams.lock().unwrap_or_else(|e| e.into_inner()) = snapshot.upstreams.clone().into_iter().collect();
+        *self.rate_limits.lock().unwrap_or_else(|e| e.into_inner()) = snapshot.rate_limits.clone().into_iter().collect();
+        *self.redis.lock().unwrap_or_else(|e| e.into_inner()) = snapshot.redis.clone();
     }
 }
 
@@ -160,7 +181,18 @@ pub fn compile_with(src: &Source, stores: &Stores) -> Result<Snapshot, ConfigErr
             Some((name.clone(), upstream))
         })
         .collect();
-    let routes = compile_routes(&mut d, &raw.routes, &upstreams, server.max_body.0, raw);
+    let redis = compile_redis(&mut d, raw, stores);
+    let rate_limits: BTreeMap<String, Arc<RateLimit>> = raw
+        .rate_limits
+        .iter()
+        .filter_map(|(name, rl)| {
+            let fingerprint = format!("{rl:?}{:?}", redis.as_ref().map(|r| &r.0));
+            let fresh = compile_rate_limit(&mut d, name, rl, redis.as_ref().map(|r| r.1.clone()), fingerprint.clone())?;
+            Some((name.clone(), stores.rate_limit(name, &fingerprint).unwrap_or_else(|| Arc::new(fresh))))
+        })
+        .collect();
+    let named = Named { upstreams: &upstreams, rate_limits: &rate_limits, raw };
+    let routes = compile_routes(&mut d, &named, server.max_body.0);
     warn_unused_upstreams(&mut d, raw);
     d.items.sort_by_key(|x| (x.pos.line, x.pos.col));
     if d.has_errors() {
@@ -183,6 +215,8 @@ pub fn compile_with(src: &Source, stores: &Stores) -> Result<Snapshot, ConfigErr
         settings,
         router: Router::new(routes),
         upstreams,
+        rate_limits,
+        redis,
         warnings: d.items,
     })
 }
@@ -289,7 +323,56 @@ fn compile_upstream(
     let timeouts = (up.timeouts.connect, up.timeouts.read, up.timeouts.write);
     let mut upstream = Upstream::new(name, targets, balance?, timeouts, retry_attempts);
     upstream.fingerprint = fingerprint;
+    upstream.health_check = up.health_check.as_ref().and_then(|hc| compile_health(d, &at, hc));
+    upstream.breaker = up.breaker.as_ref().and_then(|b| compile_breaker(d, &at, b));
     Some(upstream)
+}
+
+fn compile_health(d: &mut Diags, at: &str, hc: &RawHealthCheck) -> Option<HealthConfig> {
+    let at = format!("{at}.health_check");
+    let valid_path = hc.path.starts_with('/') && hc.path.bytes().all(|b| b.is_ascii_graphic());
+    if !valid_path {
+        d.error(&format!("{at}.path"), format!("`{}` is not a request path", hc.path), Some("e.g. /health".into()));
+    }
+    if hc.interval.is_zero() || hc.timeout.is_zero() {
+        d.error(&at, "interval and timeout must be longer than 0", None);
+    }
+    if hc.unhealthy_after == 0 || hc.healthy_after == 0 {
+        d.error(&at, "unhealthy_after and healthy_after must be at least 1", None);
+    }
+    if hc.timeout > hc.interval {
+        d.warn(&format!("{at}.timeout"), "the timeout is longer than the interval", None);
+    }
+    valid_path.then(|| HealthConfig {
+        path: hc.path.clone(),
+        interval: hc.interval,
+        timeout: hc.timeout,
+        unhealthy_after: hc.unhealthy_after.max(1),
+        healthy_after: hc.healthy_after.max(1),
+    })
+}
+
+fn compile_breaker(d: &mut Diags, at: &str, b: &RawBreaker) -> Option<BreakerConfig> {
+    let at = format!("{at}.breaker");
+    let mut ok = true;
+    if b.consecutive_failures == 0 {
+        d.error(&format!("{at}.consecutive_failures"), "consecutive_failures must be at least 1", None);
+        ok = false;
+    }
+    if b.failure_ratio.is_some_and(|r| !(r > 0.0 && r <= 1.0)) {
+        d.error(&format!("{at}.failure_ratio"), "failure_ratio is a share between 0 and 1, e.g. 0.5", None);
+        ok = false;
+    }
+    if b.half_open_requests == 0 || b.open_for.is_zero() {
+        d.error(&at, "half_open_requests must be at least 1 and open_for longer than 0", None);
+        ok = false;
+    }
+    ok.then(|| BreakerConfig {
+        consecutive_failures: b.consecutive_failures,
+        failure_ratio: b.failure_ratio.map(|r| (r, b.window, b.min_requests)),
+        open_for: b.open_for,
+        half_open_requests: b.half_open_requests,
+    })
 }
 
 fn is_name(name: &str) -> bool {
@@ -299,13 +382,86 @@ fn is_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn compile_routes(
+/// The named objects routes refer to, compiled; plus the file model for messages.
+struct Named<'a> {
+    upstreams: &'a BTreeMap<String, Arc<Upstream>>,
+    rate_limits: &'a BTreeMap<String, Arc<RateLimit>>,
+    raw: &'a crate::config::RawConfig,
+}
+
+/// Resolves a route's reference to a named policy; an unknown name is an error listing the
+/// defined ones. (A name that is defined but failed to compile was reported already.)
+fn lookup<T: Clone>(d: &mut Diags, path: &str, kind: &str, name: &str, compiled: &BTreeMap<String, T>, defined: Vec<&String>) -> Option<T> {
+    if let Some(found) = compiled.get(name) {
+        return Some(found.clone());
+    }
+    if !defined.iter().any(|n| *n == name) {
+        let list: Vec<&str> = defined.iter().map(|s| s.as_str()).collect();
+        let list = if list.is_empty() { "none".to_string() } else { list.join(", ") };
+        d.error(path, format!("unknown {kind} `{name}`"), Some(format!("defined: {list}")));
+    }
+    None
+}
+
+fn compile_redis(d: &mut Diags, raw: &crate::config::RawConfig, stores: &Stores) -> Option<(String, Arc<RedisLink>)> {
+    let r = raw.redis.as_ref()?;
+    let fingerprint = format!("{r:?}");
+    if let Some(link) = stores.redis(&fingerprint) {
+        return Some((fingerprint, link));
+    }
+    match RedisLink::new(&r.url, r.timeout) {
+        Ok(link) => Some((fingerprint, Arc::new(link))),
+        Err(e) => {
+            d.error("redis.url", e, Some("write redis://HOST:PORT/DB".into()));
+            None
+        }
+    }
+}
+
+fn compile_rate_limit(
     d: &mut Diags,
-    raw_routes: &[RawRoute],
-    upstreams: &BTreeMap<String, Arc<Upstream>>,
-    default_max_body: u64,
-    raw: &crate::config::RawConfig,
-) -> Vec<Route> {
+    name: &str,
+    rl: &RawRateLimit,
+    redis: Option<Arc<RedisLink>>,
+    fingerprint: String,
+) -> Option<RateLimit> {
+    let at = format!("rate_limits.{name}");
+    let mut ok = true;
+    if rl.requests == 0 {
+        d.error(&format!("{at}.requests"), "requests must be at least 1", Some("to block a route, remove it or respond with 403".into()));
+        ok = false;
+    }
+    if rl.per.is_zero() {
+        d.error(&format!("{at}.per"), "the period must be longer than 0", Some("e.g. per: 1s or per: 1m".into()));
+        ok = false;
+    }
+    let key = LimitKey::parse(&rl.key)
+        .map_err(|e| d.error(&format!("{at}.key"), e, Some("use client_ip, route, header:NAME or claim:NAME".into())))
+        .ok();
+    let backend = match (rl.backend, redis) {
+        (LimitBackend::Local, _) => Some(Backend::Local(LocalStore::new(rl.max_keys))),
+        (LimitBackend::Redis, Some(link)) => Some(Backend::Redis { link, deny_on_error: rl.on_redis_error == OnRedisError::Deny }),
+        (LimitBackend::Redis, None) => {
+            d.error(&format!("{at}.backend"), "`backend: redis` needs a top-level `redis:` section", Some("add `redis: { url: redis://HOST:6379 }`".into()));
+            None
+        }
+    };
+    let interval = (rl.per.as_nanos() / u128::from(rl.requests.max(1))) as u64;
+    if !ok {
+        return None;
+    }
+    Some(RateLimit {
+        name: name.into(),
+        key: key?,
+        capacity: rl.requests + rl.burst,
+        interval: interval.max(1),
+        backend: backend?,
+        fingerprint,
+    })
+}
+
+fn compile_routes(d: &mut Diags, named: &Named, default_max_body: u64) -> Vec<Route> {
+    let (raw_routes, upstreams, raw) = (&named.raw.routes, named.upstreams, named.raw);
     let mut names = HashSet::new();
     let mut routes = Vec::new();
     for (i, r) in raw_routes.iter().enumerate() {
@@ -327,6 +483,10 @@ fn compile_routes(
         let matcher = compile_matcher(d, &format!("{at}.match"), &r.matcher);
         let action = compile_action(d, &at, r, upstreams, raw);
         let rewrite = compile_rewrite(d, &at, r);
+        let rate_limit = r.rate_limit.as_ref().map(|name| {
+            let defined = raw.rate_limits.keys().collect();
+            lookup(d, &format!("{at}.rate_limit"), "rate limit", name, named.rate_limits, defined)
+        });
         if r.timeout.is_some_and(|t| t.is_zero()) {
             d.error(
                 &format!("{at}.timeout"),
@@ -335,11 +495,13 @@ fn compile_routes(
             );
         }
         if let (Some(matcher), Some(action), Some(rewrite)) = (matcher, action, rewrite) {
+            let Some(rate_limit) = rate_limit.map_or(Some(None), |rl| rl.map(Some)) else { continue };
             routes.push(Route {
                 name: r.name.as_str().into(),
                 matcher,
                 action,
                 rewrite,
+                rate_limit,
                 timeout: r.timeout,
                 max_body: r.max_body.map_or(default_max_body, |b| b.0),
             });

@@ -14,8 +14,65 @@ pub struct RawConfig {
     pub server: ServerSettings,
     #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
+    pub redis: Option<RawRedis>,
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RawRateLimit>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: String,
+    /// Longest a request waits for Redis before `on_redis_error` applies.
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub requests: u64,
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+    #[serde(default)]
+    pub burst: u64,
+    #[serde(default = "default_limit_key")]
+    pub key: String,
+    #[serde(default)]
+    pub backend: LimitBackend,
+    #[serde(default)]
+    pub on_redis_error: OnRedisError,
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_limit_key() -> String {
+    "client_ip".to_string()
+}
+fn default_max_keys() -> usize {
+    100_000
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitBackend {
+    #[default]
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRedisError {
+    #[default]
+    Allow,
+    Deny,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +135,68 @@ pub struct RawUpstream {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub retries: Retries,
+    pub health_check: Option<RawHealthCheck>,
+    pub breaker: Option<RawBreaker>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: String,
+    #[serde(default = "default_hc_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_hc_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after: u32,
+    #[serde(default = "default_healthy_after")]
+    pub healthy_after: u32,
+}
+
+fn default_hc_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_hc_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_unhealthy_after() -> u32 {
+    3
+}
+fn default_healthy_after() -> u32 {
+    2
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    #[serde(default = "default_consecutive")]
+    pub consecutive_failures: u32,
+    /// Also open when this share of requests in `window` failed (at least `min_requests`).
+    pub failure_ratio: Option<f64>,
+    #[serde(default = "default_window", with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u32,
+    #[serde(default = "default_open_for", with = "humantime_serde")]
+    pub open_for: Duration,
+    #[serde(default = "default_half_open")]
+    pub half_open_requests: u32,
+}
+
+fn default_consecutive() -> u32 {
+    5
+}
+fn default_window() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_min_requests() -> u32 {
+    10
+}
+fn default_open_for() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_half_open() -> u32 {
+    1
 }
 
 fn default_balance() -> String {
@@ -157,6 +276,7 @@ pub struct RawRoute {
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
     pub max_body: Option<ByteSize>,
+    pub rate_limit: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

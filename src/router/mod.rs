@@ -17,6 +17,7 @@ pub struct Route {
     pub matcher: Matcher,
     pub action: Action,
     pub rewrite: PathRewrite,
+    pub rate_limit: Option<Arc<crate::policy::ratelimit::RateLimit>>,
     /// Total time for the request, across retries.
     pub timeout: Option<Duration>,
     pub max_body: u64,
@@ -330,6 +331,7 @@ mod tests {
                 headers: Vec::new(),
             })),
             rewrite: PathRewrite::None,
+            rate_limit: None,
             timeout: None,
             max_body: 0,
         }

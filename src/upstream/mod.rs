@@ -1,6 +1,11 @@
 //! Upstream pools: targets with their resolved addresses, and the balancer that picks one.
 
+pub mod breaker;
+pub mod health;
 pub mod resolve;
+
+use breaker::{Admission, Breaker, BreakerConfig};
+use health::{Health, HealthConfig};
 
 use arc_swap::ArcSwap;
 use http::HeaderName;
@@ -47,6 +52,8 @@ pub struct Target {
     addrs: ArcSwap<Vec<SocketAddr>>,
     next_addr: AtomicUsize,
     in_flight: AtomicUsize,
+    pub health: Health,
+    pub breaker: Breaker,
 }
 
 impl Target {
@@ -75,6 +82,8 @@ impl Target {
             addrs: ArcSwap::from_pointee(addrs),
             next_addr: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
+            health: Health::default(),
+            breaker: Breaker::default(),
         })
     }
 
@@ -105,13 +114,17 @@ impl Target {
     }
 }
 
-/// Counts a request against a target until dropped (for `least_requests`).
-pub struct InFlight(Arc<Target>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
+/// Why no target could be picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickError {
+    /// Every target was tried already (retries exhausted).
+    Exhausted,
+    /// The remaining targets' circuits are open.
+    CircuitOpen,
+    /// Health checks took every target out.
+    Unhealthy,
+    /// No target has an address (DNS).
+    NoAddress,
 }
 
 pub struct Upstream {
@@ -123,17 +136,43 @@ pub struct Upstream {
     pub write_timeout: Duration,
     /// Extra tries on connect failure (idempotent methods only).
     pub retry_attempts: u32,
+    pub health_check: Option<HealthConfig>,
+    pub breaker: Option<BreakerConfig>,
     /// The definition this was built from; a reload reuses the upstream while it is equal.
     pub fingerprint: String,
     next: AtomicUsize,
 }
 
-/// The target chosen for one try.
+/// The target chosen for one try. It counts as in flight (for `least_requests`) until
+/// dropped; `finish` reports the outcome to the target's breaker.
 pub struct Pick {
     pub index: usize,
     pub addr: SocketAddr,
     pub target: Arc<Target>,
-    pub guard: InFlight,
+    admission: Admission,
+    breaker: Option<BreakerConfig>,
+    finished: bool,
+}
+
+impl Pick {
+    /// `Some(success)`, or None when the try ended for reasons not the target's.
+    pub fn finish(mut self, success: Option<bool>) {
+        if let Some(cfg) = &self.breaker {
+            self.target.breaker.record(cfg, self.admission, success);
+        }
+        self.finished = true;
+    }
+}
+
+impl Drop for Pick {
+    fn drop(&mut self) {
+        self.target.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.finished {
+            if let Some(cfg) = &self.breaker {
+                self.target.breaker.record(cfg, self.admission, None);
+            }
+        }
+    }
 }
 
 impl Upstream {
@@ -152,16 +191,27 @@ impl Upstream {
             read_timeout: timeouts.1,
             write_timeout: timeouts.2,
             retry_attempts,
+            health_check: None,
+            breaker: None,
             fingerprint: String::new(),
             next: AtomicUsize::new(0),
         }
     }
 
-    /// Picks a target with an address, skipping `tried` ones. `key` is the hash input for
-    /// hash balancing (header value or client IP).
-    pub fn pick(&self, key: Option<&[u8]>, tried: &[usize]) -> Option<Pick> {
+    /// Whether target `i` can take a try now (not tried, has an address, healthy, circuit
+    /// not open), without side effects.
+    fn available(&self, i: usize, tried: &[usize]) -> bool {
+        let t = &self.targets[i];
+        !tried.contains(&i)
+            && !t.addrs.load().is_empty()
+            && t.health.is_healthy()
+            && self.breaker.as_ref().is_none_or(|cfg| t.breaker.may_admit(cfg))
+    }
+
+    /// Picks a target, skipping `tried` ones. `key` is the hash input for hash balancing
+    /// (header value or client IP).
+    pub fn pick(&self, key: Option<&[u8]>, tried: &[usize]) -> Result<Pick, PickError> {
         let n = self.targets.len();
-        let eligible = |i: &usize| !tried.contains(i) && !self.targets[*i].addrs.load().is_empty();
         let start = match &self.balance {
             Balance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed),
             Balance::Random => fastrand::usize(..n.max(1)),
@@ -173,21 +223,47 @@ impl Upstream {
                 let offset = self.next.fetch_add(1, Ordering::Relaxed);
                 (0..n)
                     .map(|i| (i + offset) % n)
-                    .filter(eligible)
+                    .filter(|i| self.available(*i, tried))
                     .min_by_key(|i| self.targets[*i].in_flight())
-                    .unwrap_or(0)
+                    .unwrap_or(offset)
             }
         };
-        let index = (0..n).map(|i| (start + i) % n).find(eligible)?;
-        let target = self.targets[index].clone();
-        let addr = target.addr()?;
-        target.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(Pick {
-            index,
-            addr,
-            guard: InFlight(target.clone()),
-            target,
-        })
+        for index in (0..n).map(|i| (start + i) % n) {
+            if !self.available(index, tried) {
+                continue;
+            }
+            let target = &self.targets[index];
+            let admission = match &self.breaker {
+                Some(cfg) => target.breaker.admit(cfg),
+                None => Admission::Normal,
+            };
+            let Some(addr) = target.addr().filter(|_| admission != Admission::Rejected) else {
+                continue;
+            };
+            target.in_flight.fetch_add(1, Ordering::Relaxed);
+            return Ok(Pick {
+                index,
+                addr,
+                target: target.clone(),
+                admission,
+                breaker: self.breaker.clone(),
+                finished: false,
+            });
+        }
+        Err(self.why_none(tried))
+    }
+
+    fn why_none(&self, tried: &[usize]) -> PickError {
+        let untried = || (0..self.targets.len()).filter(|i| !tried.contains(i)).map(|i| &self.targets[i]);
+        if !tried.is_empty() {
+            PickError::Exhausted
+        } else if untried().all(|t| t.addrs.load().is_empty()) {
+            PickError::NoAddress
+        } else if untried().any(|t| t.health.is_healthy()) {
+            PickError::CircuitOpen
+        } else {
+            PickError::Unhealthy
+        }
     }
 }
 
@@ -219,7 +295,7 @@ mod tests {
             .collect();
         assert_eq!(ports, vec![1, 2, 3]);
         assert_eq!(up.pick(None, &[0, 1]).unwrap().addr.port(), 3);
-        assert!(up.pick(None, &[0, 1, 2]).is_none());
+        assert_eq!(up.pick(None, &[0, 1, 2]).err(), Some(PickError::Exhausted));
     }
 
     #[test]

@@ -1,0 +1,3 @@
+//! Per-route policies, each behind a narrow interface the proxy phases call.
+
+pub mod ratelimit;
