@@ -76,7 +76,9 @@ impl GatewayError {
                 "the rate limiter is unavailable and this route denies unchecked requests".into()
             }
             GatewayError::NoUpstreamAvailable => "no upstream target has an address".into(),
-            GatewayError::NoHealthyUpstream => "every upstream target failed its health checks".into(),
+            GatewayError::NoHealthyUpstream => {
+                "every upstream target failed its health checks".into()
+            }
             GatewayError::CircuitOpen => {
                 "the upstream is failing; its circuit breaker is open".into()
             }

@@ -3,9 +3,9 @@
 
 use crate::errors::GatewayError;
 use crate::forwarding::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
+use crate::policy::ratelimit::{ceil_secs, Decision, LimitKey, RateLimit, Verdict};
 use crate::router::{Action, Match, Route, StaticResponse};
 use crate::snapshot::{Snapshot, SnapshotHolder};
-use crate::policy::ratelimit::{ceil_secs, Decision, LimitKey, RateLimit, Verdict};
 use crate::upstream::{Balance, Pick, PickError, Upstream};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -147,7 +147,9 @@ fn limit_key(limit: &RateLimit, session: &Session, ctx: &Ctx, route: &Route) -> 
 }
 
 fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Checks the route's rate limit; Some(error) when the request must be refused.
@@ -162,7 +164,9 @@ async fn check_rate_limit(session: &Session, ctx: &mut Ctx, route: &Route) -> Op
         Verdict::AllowUnchecked => None,
         Verdict::Reject(d) => {
             ctx.rate = Some(d);
-            Some(GatewayError::RateLimited { retry_after: ceil_secs(d.retry_after).max(1) })
+            Some(GatewayError::RateLimited {
+                retry_after: ceil_secs(d.retry_after).max(1),
+            })
         }
         Verdict::Unavailable(why) => {
             tracing::warn!(limit = %limit.name, error = %why, "rate limit unavailable: denying");

@@ -2,16 +2,16 @@
 //! with its location; and the `ArcSwap` holder each request loads the snapshot from.
 
 use crate::config::model::{
-    LimitBackend, OnRedisError, RawBreaker, RawHealthCheck, RawRateLimit,
-    HeaderCond as RawCond, RawMatch, RawRespond, RawRoute, RawUpstream, RetryOn,
+    HeaderCond as RawCond, LimitBackend, OnRedisError, RawBreaker, RawHealthCheck, RawMatch,
+    RawRateLimit, RawRespond, RawRoute, RawUpstream, RetryOn,
 };
 use crate::config::{ConfigError, Diagnostic, Diags, Source};
+use crate::policy::ratelimit::{Backend, LimitKey, LocalStore, RateLimit, RedisLink};
 use crate::router::normalize::normalize;
 use crate::router::{
     Action, HeaderCond, HeaderMatch, HostMatch, Matcher, PathMatch, PathRewrite, Route, Router,
     StaticResponse,
 };
-use crate::policy::ratelimit::{Backend, LimitKey, LocalStore, RateLimit, RedisLink};
 use crate::upstream::breaker::BreakerConfig;
 use crate::upstream::health::HealthConfig;
 use crate::upstream::{Balance, Target, Upstream};
@@ -106,7 +106,11 @@ pub struct Stores {
     redis: Mutex<Option<(String, Arc<RedisLink>)>>,
 }
 
-fn reuse<T>(map: &Mutex<HashMap<String, Arc<T>>>, name: &str, same: impl Fn(&T) -> bool) -> Option<Arc<T>> {
+fn reuse<T>(
+    map: &Mutex<HashMap<String, Arc<T>>>,
+    name: &str,
+    same: impl Fn(&T) -> bool,
+) -> Option<Arc<T>> {
     let map = map.lock().unwrap_or_else(|e| e.into_inner());
     map.get(name).filter(|t| same(t)).cloned()
 }
@@ -122,13 +126,17 @@ impl Stores {
 
     fn redis(&self, fingerprint: &str) -> Option<Arc<RedisLink>> {
         let slot = self.redis.lock().unwrap_or_else(|e| e.into_inner());
-        slot.as_ref().filter(|(f, _)| f == fingerprint).map(|(_, link)| link.clone())
+        slot.as_ref()
+            .filter(|(f, _)| f == fingerprint)
+            .map(|(_, link)| link.clone())
     }
 
     /// Keeps exactly the state the active snapshot uses.
     pub fn remember(&self, snapshot: &Snapshot) {
-        *self.upstreams.lock().unwrap_or_else(|e| e.into_inner()) = snapshot.upstreams.clone().into_iter().collect();
-        *self.rate_limits.lock().unwrap_or_else(|e| e.into_inner()) = snapshot.rate_limits.clone().into_iter().collect();
+        *self.upstreams.lock().unwrap_or_else(|e| e.into_inner()) =
+            snapshot.upstreams.clone().into_iter().collect();
+        *self.rate_limits.lock().unwrap_or_else(|e| e.into_inner()) =
+            snapshot.rate_limits.clone().into_iter().collect();
         *self.redis.lock().unwrap_or_else(|e| e.into_inner()) = snapshot.redis.clone();
     }
 }
@@ -187,11 +195,26 @@ pub fn compile_with(src: &Source, stores: &Stores) -> Result<Snapshot, ConfigErr
         .iter()
         .filter_map(|(name, rl)| {
             let fingerprint = format!("{rl:?}{:?}", redis.as_ref().map(|r| &r.0));
-            let fresh = compile_rate_limit(&mut d, name, rl, redis.as_ref().map(|r| r.1.clone()), fingerprint.clone())?;
-            Some((name.clone(), stores.rate_limit(name, &fingerprint).unwrap_or_else(|| Arc::new(fresh))))
+            let fresh = compile_rate_limit(
+                &mut d,
+                name,
+                rl,
+                redis.as_ref().map(|r| r.1.clone()),
+                fingerprint.clone(),
+            )?;
+            Some((
+                name.clone(),
+                stores
+                    .rate_limit(name, &fingerprint)
+                    .unwrap_or_else(|| Arc::new(fresh)),
+            ))
         })
         .collect();
-    let named = Named { upstreams: &upstreams, rate_limits: &rate_limits, raw };
+    let named = Named {
+        upstreams: &upstreams,
+        rate_limits: &rate_limits,
+        raw,
+    };
     let routes = compile_routes(&mut d, &named, server.max_body.0);
     warn_unused_upstreams(&mut d, raw);
     d.items.sort_by_key(|x| (x.pos.line, x.pos.col));
@@ -323,7 +346,10 @@ fn compile_upstream(
     let timeouts = (up.timeouts.connect, up.timeouts.read, up.timeouts.write);
     let mut upstream = Upstream::new(name, targets, balance?, timeouts, retry_attempts);
     upstream.fingerprint = fingerprint;
-    upstream.health_check = up.health_check.as_ref().and_then(|hc| compile_health(d, &at, hc));
+    upstream.health_check = up
+        .health_check
+        .as_ref()
+        .and_then(|hc| compile_health(d, &at, hc));
     upstream.breaker = up.breaker.as_ref().and_then(|b| compile_breaker(d, &at, b));
     Some(upstream)
 }
@@ -332,16 +358,28 @@ fn compile_health(d: &mut Diags, at: &str, hc: &RawHealthCheck) -> Option<Health
     let at = format!("{at}.health_check");
     let valid_path = hc.path.starts_with('/') && hc.path.bytes().all(|b| b.is_ascii_graphic());
     if !valid_path {
-        d.error(&format!("{at}.path"), format!("`{}` is not a request path", hc.path), Some("e.g. /health".into()));
+        d.error(
+            &format!("{at}.path"),
+            format!("`{}` is not a request path", hc.path),
+            Some("e.g. /health".into()),
+        );
     }
     if hc.interval.is_zero() || hc.timeout.is_zero() {
         d.error(&at, "interval and timeout must be longer than 0", None);
     }
     if hc.unhealthy_after == 0 || hc.healthy_after == 0 {
-        d.error(&at, "unhealthy_after and healthy_after must be at least 1", None);
+        d.error(
+            &at,
+            "unhealthy_after and healthy_after must be at least 1",
+            None,
+        );
     }
     if hc.timeout > hc.interval {
-        d.warn(&format!("{at}.timeout"), "the timeout is longer than the interval", None);
+        d.warn(
+            &format!("{at}.timeout"),
+            "the timeout is longer than the interval",
+            None,
+        );
     }
     valid_path.then(|| HealthConfig {
         path: hc.path.clone(),
@@ -356,15 +394,27 @@ fn compile_breaker(d: &mut Diags, at: &str, b: &RawBreaker) -> Option<BreakerCon
     let at = format!("{at}.breaker");
     let mut ok = true;
     if b.consecutive_failures == 0 {
-        d.error(&format!("{at}.consecutive_failures"), "consecutive_failures must be at least 1", None);
+        d.error(
+            &format!("{at}.consecutive_failures"),
+            "consecutive_failures must be at least 1",
+            None,
+        );
         ok = false;
     }
     if b.failure_ratio.is_some_and(|r| !(r > 0.0 && r <= 1.0)) {
-        d.error(&format!("{at}.failure_ratio"), "failure_ratio is a share between 0 and 1, e.g. 0.5", None);
+        d.error(
+            &format!("{at}.failure_ratio"),
+            "failure_ratio is a share between 0 and 1, e.g. 0.5",
+            None,
+        );
         ok = false;
     }
     if b.half_open_requests == 0 || b.open_for.is_zero() {
-        d.error(&at, "half_open_requests must be at least 1 and open_for longer than 0", None);
+        d.error(
+            &at,
+            "half_open_requests must be at least 1 and open_for longer than 0",
+            None,
+        );
         ok = false;
     }
     ok.then(|| BreakerConfig {
@@ -391,19 +441,38 @@ struct Named<'a> {
 
 /// Resolves a route's reference to a named policy; an unknown name is an error listing the
 /// defined ones. (A name that is defined but failed to compile was reported already.)
-fn lookup<T: Clone>(d: &mut Diags, path: &str, kind: &str, name: &str, compiled: &BTreeMap<String, T>, defined: Vec<&String>) -> Option<T> {
+fn lookup<T: Clone>(
+    d: &mut Diags,
+    path: &str,
+    kind: &str,
+    name: &str,
+    compiled: &BTreeMap<String, T>,
+    defined: Vec<&String>,
+) -> Option<T> {
     if let Some(found) = compiled.get(name) {
         return Some(found.clone());
     }
     if !defined.iter().any(|n| *n == name) {
         let list: Vec<&str> = defined.iter().map(|s| s.as_str()).collect();
-        let list = if list.is_empty() { "none".to_string() } else { list.join(", ") };
-        d.error(path, format!("unknown {kind} `{name}`"), Some(format!("defined: {list}")));
+        let list = if list.is_empty() {
+            "none".to_string()
+        } else {
+            list.join(", ")
+        };
+        d.error(
+            path,
+            format!("unknown {kind} `{name}`"),
+            Some(format!("defined: {list}")),
+        );
     }
     None
 }
 
-fn compile_redis(d: &mut Diags, raw: &crate::config::RawConfig, stores: &Stores) -> Option<(String, Arc<RedisLink>)> {
+fn compile_redis(
+    d: &mut Diags,
+    raw: &crate::config::RawConfig,
+    stores: &Stores,
+) -> Option<(String, Arc<RedisLink>)> {
     let r = raw.redis.as_ref()?;
     let fingerprint = format!("{r:?}");
     if let Some(link) = stores.redis(&fingerprint) {
@@ -428,21 +497,42 @@ fn compile_rate_limit(
     let at = format!("rate_limits.{name}");
     let mut ok = true;
     if rl.requests == 0 {
-        d.error(&format!("{at}.requests"), "requests must be at least 1", Some("to block a route, remove it or respond with 403".into()));
+        d.error(
+            &format!("{at}.requests"),
+            "requests must be at least 1",
+            Some("to block a route, remove it or respond with 403".into()),
+        );
         ok = false;
     }
     if rl.per.is_zero() {
-        d.error(&format!("{at}.per"), "the period must be longer than 0", Some("e.g. per: 1s or per: 1m".into()));
+        d.error(
+            &format!("{at}.per"),
+            "the period must be longer than 0",
+            Some("e.g. per: 1s or per: 1m".into()),
+        );
         ok = false;
     }
     let key = LimitKey::parse(&rl.key)
-        .map_err(|e| d.error(&format!("{at}.key"), e, Some("use client_ip, route, header:NAME or claim:NAME".into())))
+        .map_err(|e| {
+            d.error(
+                &format!("{at}.key"),
+                e,
+                Some("use client_ip, route, header:NAME or claim:NAME".into()),
+            )
+        })
         .ok();
     let backend = match (rl.backend, redis) {
         (LimitBackend::Local, _) => Some(Backend::Local(LocalStore::new(rl.max_keys))),
-        (LimitBackend::Redis, Some(link)) => Some(Backend::Redis { link, deny_on_error: rl.on_redis_error == OnRedisError::Deny }),
+        (LimitBackend::Redis, Some(link)) => Some(Backend::Redis {
+            link,
+            deny_on_error: rl.on_redis_error == OnRedisError::Deny,
+        }),
         (LimitBackend::Redis, None) => {
-            d.error(&format!("{at}.backend"), "`backend: redis` needs a top-level `redis:` section", Some("add `redis: { url: redis://HOST:6379 }`".into()));
+            d.error(
+                &format!("{at}.backend"),
+                "`backend: redis` needs a top-level `redis:` section",
+                Some("add `redis: { url: redis://HOST:6379 }`".into()),
+            );
             None
         }
     };
@@ -485,7 +575,14 @@ fn compile_routes(d: &mut Diags, named: &Named, default_max_body: u64) -> Vec<Ro
         let rewrite = compile_rewrite(d, &at, r);
         let rate_limit = r.rate_limit.as_ref().map(|name| {
             let defined = raw.rate_limits.keys().collect();
-            lookup(d, &format!("{at}.rate_limit"), "rate limit", name, named.rate_limits, defined)
+            lookup(
+                d,
+                &format!("{at}.rate_limit"),
+                "rate limit",
+                name,
+                named.rate_limits,
+                defined,
+            )
         });
         if r.timeout.is_some_and(|t| t.is_zero()) {
             d.error(
@@ -495,7 +592,9 @@ fn compile_routes(d: &mut Diags, named: &Named, default_max_body: u64) -> Vec<Ro
             );
         }
         if let (Some(matcher), Some(action), Some(rewrite)) = (matcher, action, rewrite) {
-            let Some(rate_limit) = rate_limit.map_or(Some(None), |rl| rl.map(Some)) else { continue };
+            let Some(rate_limit) = rate_limit.map_or(Some(None), |rl| rl.map(Some)) else {
+                continue;
+            };
             routes.push(Route {
                 name: r.name.as_str().into(),
                 matcher,

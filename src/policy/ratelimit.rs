@@ -108,22 +108,30 @@ impl LocalStore {
         let tat = map.get(key).copied().unwrap_or(now);
         let (decision, store) = gcra(tat, now, interval, capacity);
         if let Some(new_tat) = store {
-            if !map.contains_key(key) && map.len() >= self.per_shard {
-                map.retain(|_, t| *t > now);
-                if map.len() >= self.per_shard {
-                    // All keys are active: forget one (it gets a fresh bucket) to stay bounded.
-                    if let Some(victim) = map.keys().next().cloned() {
-                        map.remove(&victim);
+            match map.get_mut(key) {
+                Some(t) => *t = new_tat,
+                None => {
+                    if map.len() >= self.per_shard {
+                        map.retain(|_, t| *t > now);
                     }
+                    if map.len() >= self.per_shard {
+                        // All keys are active: forget one (it gets a fresh bucket) to stay bounded.
+                        if let Some(victim) = map.keys().next().cloned() {
+                            map.remove(&victim);
+                        }
+                    }
+                    map.insert(key.to_string(), new_tat);
                 }
             }
-            map.insert(key.to_string(), new_tat);
         }
         decision
     }
 
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map_or(0, |m| m.len())).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().map_or(0, |m| m.len()))
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -132,7 +140,9 @@ impl LocalStore {
 }
 
 fn fnv(key: &[u8]) -> u64 {
-    key.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    key.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// GCRA in Redis, on Redis' clock so every replica agrees. Times in microseconds.
@@ -173,7 +183,9 @@ pub enum LimitError {
 }
 
 fn unix_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl RedisLink {
@@ -192,7 +204,12 @@ impl RedisLink {
     fn connect_in_background(self: &Arc<Self>) {
         let now = unix_secs();
         let last = self.last_attempt.load(Ordering::Relaxed);
-        if now <= last || self.last_attempt.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        if now <= last
+            || self
+                .last_attempt
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
             return;
         }
         let link = self.clone();
@@ -208,7 +225,12 @@ impl RedisLink {
         });
     }
 
-    async fn check(self: &Arc<Self>, key: &str, interval: u64, capacity: u64) -> Result<Decision, LimitError> {
+    async fn check(
+        self: &Arc<Self>,
+        key: &str,
+        interval: u64,
+        capacity: u64,
+    ) -> Result<Decision, LimitError> {
         let Some(conn) = self.conn.load_full() else {
             self.connect_in_background();
             return Err(LimitError::NotConnected);
@@ -218,9 +240,10 @@ impl RedisLink {
         let mut invocation = self.script.key(key);
         invocation.arg(micros).arg(capacity);
         let call = invocation.invoke_async::<(u64, u64, u64, u64)>(&mut conn);
-        let (allowed, remaining, reset, retry) = tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| LimitError::Timeout(self.timeout))??;
+        let (allowed, remaining, reset, retry) =
+            tokio::time::timeout(self.timeout, call)
+                .await
+                .map_err(|_| LimitError::Timeout(self.timeout))??;
         Ok(Decision {
             allowed: allowed == 1,
             limit: capacity,
@@ -233,7 +256,10 @@ impl RedisLink {
 
 pub enum Backend {
     Local(LocalStore),
-    Redis { link: Arc<RedisLink>, deny_on_error: bool },
+    Redis {
+        link: Arc<RedisLink>,
+        deny_on_error: bool,
+    },
 }
 
 pub struct RateLimit {
@@ -261,7 +287,10 @@ impl RateLimit {
     pub async fn check(&self, key: &str) -> Verdict {
         let decision = match &self.backend {
             Backend::Local(store) => store.check(key, self.interval, self.capacity),
-            Backend::Redis { link, deny_on_error } => {
+            Backend::Redis {
+                link,
+                deny_on_error,
+            } => {
                 let redis_key = format!("portico:rl:{}:{key}", self.name);
                 match link.check(&redis_key, self.interval, self.capacity).await {
                     Ok(d) => d,
@@ -322,7 +351,10 @@ mod tests {
     #[test]
     fn parses_keys() {
         assert_eq!(LimitKey::parse("client_ip"), Ok(LimitKey::ClientIp));
-        assert_eq!(LimitKey::parse("claim:sub"), Ok(LimitKey::Claim("sub".into())));
+        assert_eq!(
+            LimitKey::parse("claim:sub"),
+            Ok(LimitKey::Claim("sub".into()))
+        );
         assert!(LimitKey::parse("cookie:x").is_err());
     }
 }

@@ -64,7 +64,11 @@ impl Default for Breaker {
             consecutive: AtomicU32::new(0),
             opened_at: AtomicU64::new(0),
             probes: AtomicU32::new(0),
-            window: Mutex::new(Window { start: now, total: 0, failures: 0 }),
+            window: Mutex::new(Window {
+                start: now,
+                total: 0,
+                failures: 0,
+            }),
             transition: Mutex::new(()),
             epoch: now,
         }
@@ -88,7 +92,10 @@ impl Breaker {
     pub fn may_admit(&self, cfg: &BreakerConfig) -> bool {
         match self.state() {
             State::Closed => true,
-            State::Open => self.millis() >= self.opened_at.load(Ordering::Relaxed) + cfg.open_for.as_millis() as u64,
+            State::Open => {
+                self.millis()
+                    >= self.opened_at.load(Ordering::Relaxed) + cfg.open_for.as_millis() as u64
+            }
             State::HalfOpen => self.probes.load(Ordering::Relaxed) < cfg.half_open_requests,
         }
     }
@@ -153,7 +160,11 @@ impl Breaker {
     fn window_trips(&self, success: bool, ratio: f64, window: Duration, min: u32) -> bool {
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
         if w.start.elapsed() >= window {
-            *w = Window { start: Instant::now(), total: 0, failures: 0 };
+            *w = Window {
+                start: Instant::now(),
+                total: 0,
+                failures: 0,
+            };
         }
         w.total += 1;
         w.failures += u32::from(!success);
@@ -170,7 +181,11 @@ impl Breaker {
 
     fn close(&self) {
         self.consecutive.store(0, Ordering::Relaxed);
-        *self.window.lock().unwrap_or_else(|e| e.into_inner()) = Window { start: Instant::now(), total: 0, failures: 0 };
+        *self.window.lock().unwrap_or_else(|e| e.into_inner()) = Window {
+            start: Instant::now(),
+            total: 0,
+            failures: 0,
+        };
         self.state.store(State::Closed as u8, Ordering::Release);
         tracing::info!("circuit closed");
     }
@@ -181,7 +196,12 @@ mod tests {
     use super::*;
 
     fn cfg() -> BreakerConfig {
-        BreakerConfig { consecutive_failures: 3, failure_ratio: None, open_for: Duration::from_millis(50), half_open_requests: 1 }
+        BreakerConfig {
+            consecutive_failures: 3,
+            failure_ratio: None,
+            open_for: Duration::from_millis(50),
+            half_open_requests: 1,
+        }
     }
 
     #[test]
@@ -210,7 +230,11 @@ mod tests {
 
     #[test]
     fn failure_ratio_opens() {
-        let c = BreakerConfig { consecutive_failures: 100, failure_ratio: Some((0.5, Duration::from_secs(10), 4)), ..cfg() };
+        let c = BreakerConfig {
+            consecutive_failures: 100,
+            failure_ratio: Some((0.5, Duration::from_secs(10), 4)),
+            ..cfg()
+        };
         let b = Breaker::default();
         for ok in [true, false, true, false] {
             b.record(&c, Admission::Normal, Some(ok));

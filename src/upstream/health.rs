@@ -30,7 +30,11 @@ pub struct Health {
 
 impl Default for Health {
     fn default() -> Self {
-        Health { healthy: AtomicBool::new(true), ok_streak: AtomicU32::new(0), fail_streak: AtomicU32::new(0) }
+        Health {
+            healthy: AtomicBool::new(true),
+            ok_streak: AtomicU32::new(0),
+            fail_streak: AtomicU32::new(0),
+        }
     }
 }
 
@@ -60,7 +64,9 @@ impl Health {
 
 /// One probe: 2xx/3xx within the timeout is healthy.
 async fn probe(target: &Target, cfg: &HealthConfig) -> bool {
-    let Some(addr) = target.addrs().first().copied() else { return false };
+    let Some(addr) = target.addrs().first().copied() else {
+        return false;
+    };
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
         let request = format!(
@@ -81,7 +87,10 @@ async fn probe(target: &Target, cfg: &HealthConfig) -> bool {
         let status: u16 = line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()?;
         Some((200..400).contains(&status))
     };
-    matches!(tokio::time::timeout(cfg.timeout, attempt).await, Ok(Some(true)))
+    matches!(
+        tokio::time::timeout(cfg.timeout, attempt).await,
+        Ok(Some(true))
+    )
 }
 
 pub struct HealthChecker {
@@ -96,8 +105,12 @@ impl BackgroundService for HealthChecker {
             let snapshot = self.holder.load();
             let mut checks = tokio::task::JoinSet::new();
             for upstream in snapshot.upstreams.values() {
-                let Some(cfg) = upstream.health_check.clone() else { continue };
-                let due = last_run.get(&*upstream.name).is_none_or(|t| t.elapsed() >= cfg.interval);
+                let Some(cfg) = upstream.health_check.clone() else {
+                    continue;
+                };
+                let due = last_run
+                    .get(&*upstream.name)
+                    .is_none_or(|t| t.elapsed() >= cfg.interval);
                 if !due {
                     continue;
                 }

@@ -205,7 +205,10 @@ impl Upstream {
         !tried.contains(&i)
             && !t.addrs.load().is_empty()
             && t.health.is_healthy()
-            && self.breaker.as_ref().is_none_or(|cfg| t.breaker.may_admit(cfg))
+            && self
+                .breaker
+                .as_ref()
+                .is_none_or(|cfg| t.breaker.may_admit(cfg))
     }
 
     /// Picks a target, skipping `tried` ones. `key` is the hash input for hash balancing
@@ -254,7 +257,11 @@ impl Upstream {
     }
 
     fn why_none(&self, tried: &[usize]) -> PickError {
-        let untried = || (0..self.targets.len()).filter(|i| !tried.contains(i)).map(|i| &self.targets[i]);
+        let untried = || {
+            (0..self.targets.len())
+                .filter(|i| !tried.contains(i))
+                .map(|i| &self.targets[i])
+        };
         if !tried.is_empty() {
             PickError::Exhausted
         } else if untried().all(|t| t.addrs.load().is_empty()) {

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,16 +30,25 @@ pub struct TestUpstream {
     pub addr: SocketAddr,
     pub name: String,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// What `GET /health` answers (200 unless set).
+    pub health: Arc<AtomicU16>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl TestUpstream {
     pub fn start(name: &str) -> TestUpstream {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        TestUpstream::start_on(name, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Starts on a given address (e.g. to bring a stopped upstream back on its port).
+    pub fn start_on(name: &str, addr: SocketAddr) -> TestUpstream {
+        let std_listener = std::net::TcpListener::bind(addr).unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let health = Arc::new(AtomicU16::new(200));
+        let health_c = health.clone();
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let (name_c, seen_c) = (Arc::<str>::from(name), seen.clone());
         let thread = std::thread::spawn(move || {
@@ -54,9 +64,9 @@ impl TestUpstream {
                         _ = &mut stopped => return,
                         accepted = listener.accept() => {
                             let Ok((stream, _)) = accepted else { continue };
-                            let (name, seen) = (name_c.clone(), seen_c.clone());
+                            let (name, seen, health) = (name_c.clone(), seen_c.clone(), health_c.clone());
                             tokio::spawn(async move {
-                                let svc = service_fn(move |req| handle(name.clone(), seen.clone(), req));
+                                let svc = service_fn(move |req| handle(name.clone(), seen.clone(), health.clone(), req));
                                 let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                             });
                         }
@@ -68,6 +78,7 @@ impl TestUpstream {
             addr,
             name: name.to_string(),
             seen,
+            health,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -86,6 +97,10 @@ impl TestUpstream {
 
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+
+    pub fn set_health(&self, status: u16) {
+        self.health.store(status, Ordering::Relaxed);
     }
 }
 
@@ -114,8 +129,16 @@ fn query(uri: &hyper::Uri) -> BTreeMap<String, String> {
 async fn handle(
     name: Arc<str>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    health: Arc<AtomicU16>,
     req: Request<Incoming>,
 ) -> Result<Reply, Infallible> {
+    if req.uri().path() == "/health" {
+        let status = health.load(Ordering::Relaxed);
+        return Ok(Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap());
+    }
     let q = query(req.uri());
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in req.headers() {
