@@ -10,7 +10,9 @@ fn rate_limit(c: &mut Criterion) {
     c.bench_function("ratelimit_local/same_key", |b| {
         b.iter(|| black_box(store.check(black_box("ip:10.0.0.1"), interval, 1_000_000)))
     });
-    let keys: Vec<String> = (0..10_000).map(|i| format!("ip:10.0.{}.{}", i / 256, i % 256)).collect();
+    let keys: Vec<String> = (0..10_000)
+        .map(|i| format!("ip:10.0.{}.{}", i / 256, i % 256))
+        .collect();
     let mut i = 0;
     c.bench_function("ratelimit_local/10k_keys", |b| {
         b.iter(|| {
