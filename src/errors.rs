@@ -1,6 +1,7 @@
 //! Errors the gateway itself answers with, always as JSON with the request id:
 //! `{"error": {"status": 404, "code": "route_not_found", "message": "...", "request_id": "..."}}`.
 
+use crate::policy::auth::AuthError;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -12,6 +13,9 @@ pub enum GatewayError {
     RouteNotFound,
     MethodNotAllowed { allow: String },
     BodyTooLarge { limit: u64 },
+    Unauthorized(AuthError),
+    Forbidden,
+    CorsRejected,
     RateLimited { retry_after: u64 },
     RateLimitUnavailable,
     NoUpstreamAvailable,
@@ -29,6 +33,8 @@ impl GatewayError {
             GatewayError::BadPath(_) | GatewayError::BadRequest => 400,
             GatewayError::RouteNotFound => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
+            GatewayError::Unauthorized(_) => 401,
+            GatewayError::Forbidden | GatewayError::CorsRejected => 403,
             GatewayError::BodyTooLarge { .. } => 413,
             GatewayError::RateLimited { .. } => 429,
             GatewayError::UpstreamUnreachable => 502,
@@ -47,6 +53,9 @@ impl GatewayError {
             GatewayError::BadRequest => "bad_request",
             GatewayError::RouteNotFound => "route_not_found",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
+            GatewayError::Unauthorized(e) => e.code(),
+            GatewayError::Forbidden => "insufficient_claims",
+            GatewayError::CorsRejected => "cors_rejected",
             GatewayError::BodyTooLarge { .. } => "body_too_large",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::RateLimitUnavailable => "rate_limit_unavailable",
@@ -68,6 +77,11 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { allow } => format!("this path accepts only {allow}"),
             GatewayError::BodyTooLarge { limit } => {
                 format!("the request body exceeds the limit of {limit} bytes")
+            }
+            GatewayError::Unauthorized(e) => e.message(),
+            GatewayError::Forbidden => "the token lacks the claims this route requires".into(),
+            GatewayError::CorsRejected => {
+                "this origin, method or header is not allowed by the route's CORS policy".into()
             }
             GatewayError::RateLimited { retry_after } => {
                 format!("too many requests; retry in {retry_after} s")
@@ -135,6 +149,13 @@ impl GatewayError {
             }
             GatewayError::RateLimited { retry_after } => {
                 let _ = header.insert_header(http::header::RETRY_AFTER, *retry_after);
+            }
+            GatewayError::Unauthorized(AuthError::Missing) => {
+                let _ = header.insert_header(http::header::WWW_AUTHENTICATE, "Bearer realm=\"portico\"");
+            }
+            GatewayError::Unauthorized(e) => {
+                let value = format!("Bearer realm=\"portico\", error=\"invalid_token\", error_description=\"{}\"", e.message());
+                let _ = header.insert_header(http::header::WWW_AUTHENTICATE, value);
             }
             _ => {}
         }

@@ -3,13 +3,18 @@
 
 use crate::errors::GatewayError;
 use crate::forwarding::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
+use crate::policy::auth::{claim, header_text, AuthError};
 use crate::policy::ratelimit::{ceil_secs, Decision, LimitKey, RateLimit, Verdict};
 use crate::router::{Action, Match, Route, StaticResponse};
 use crate::snapshot::{Snapshot, SnapshotHolder};
 use crate::upstream::{Balance, Pick, PickError, Upstream};
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
+use http::header::{
+    ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, CONTENT_LENGTH, CONTENT_TYPE,
+    HOST, ORIGIN, TRANSFER_ENCODING, VARY,
+};
+use http::{HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -37,6 +42,12 @@ pub struct Ctx {
     /// The rate-limit decision, reported in `RateLimit-*` headers on the response.
     rate: Option<Decision>,
     upstream_status: Option<u16>,
+    /// The verified token's claims.
+    claims: Option<serde_json::Value>,
+    /// The request's Origin, when the route's CORS policy allows it.
+    cors_origin: Option<HeaderValue>,
+    /// The route has a CORS policy, so responses vary by Origin.
+    cors_vary: bool,
 }
 
 impl Ctx {
@@ -102,19 +113,29 @@ async fn send(session: &mut Session, header: ResponseHeader, body: Bytes) -> Res
     Ok(true)
 }
 
-/// `RateLimit-Limit/Remaining/Reset` (IETF draft) for a checked request.
-fn add_rate_headers(header: &mut ResponseHeader, rate: Option<&Decision>) -> Result<()> {
-    if let Some(d) = rate {
+/// What every response gets: the request id, `RateLimit-*` (IETF draft) when a limit was
+/// checked, and CORS headers for an allowed origin (`Vary: Origin` on CORS routes).
+fn decorate(header: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+    header.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+    if let Some(d) = &ctx.rate {
         header.insert_header("ratelimit-limit", d.limit)?;
         header.insert_header("ratelimit-remaining", d.remaining)?;
         header.insert_header("ratelimit-reset", ceil_secs(d.reset))?;
+    }
+    if ctx.cors_vary {
+        header.append_header(VARY, "Origin")?;
+    }
+    if let (Some(origin), Some(cors)) = (&ctx.cors_origin, ctx.route().and_then(|r| r.cors.as_ref())) {
+        for (name, value) in cors.response_headers(origin) {
+            header.insert_header(name, value)?;
+        }
     }
     Ok(())
 }
 
 async fn reject(session: &mut Session, ctx: &Ctx, error: GatewayError) -> Result<bool> {
     let (mut header, body) = error.response(&ctx.request_id);
-    add_rate_headers(&mut header, ctx.rate.as_ref())?;
+    decorate(&mut header, ctx)?;
     send(session, header, body).await
 }
 
@@ -125,8 +146,7 @@ async fn respond_static(session: &mut Session, ctx: &Ctx, resp: &StaticResponse)
     for (name, value) in &resp.headers {
         header.insert_header(name.clone(), value.clone())?;
     }
-    header.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
-    add_rate_headers(&mut header, ctx.rate.as_ref())?;
+    decorate(&mut header, ctx)?;
     send(session, header, resp.body.clone()).await
 }
 
@@ -142,7 +162,10 @@ fn limit_key(limit: &RateLimit, session: &Session, ctx: &Ctx, route: &Route) -> 
             Some(v) => format!("h#{:x}", fnv(v.as_bytes())),
             None => format!("ip:{}", ip()),
         },
-        LimitKey::Claim(_) => format!("ip:{}", ip()),
+        LimitKey::Claim(name) => match ctx.claims.as_ref().and_then(|c| claim(c, name)) {
+            Some(v) => format!("c:{}", header_text(v)),
+            None => format!("ip:{}", ip()),
+        },
     }
 }
 
@@ -175,10 +198,71 @@ async fn check_rate_limit(session: &Session, ctx: &mut Ctx, route: &Route) -> Op
     }
 }
 
+/// The method a CORS preflight asks about, when this request is one.
+fn preflight_method(req: &RequestHeader) -> Option<Method> {
+    if req.method != Method::OPTIONS || !req.headers.contains_key(ORIGIN) {
+        return None;
+    }
+    let acrm = req.headers.get(ACCESS_CONTROL_REQUEST_METHOD)?;
+    Method::from_bytes(acrm.as_bytes()).ok()
+}
+
+/// Verifies the route's token and claims; Some(error) when the request must be refused.
+async fn authenticate(session: &Session, ctx: &mut Ctx, route: &Route) -> Option<GatewayError> {
+    let auth = route.auth.as_ref()?;
+    let Some(token) = auth.token(&session.req_header().headers) else {
+        return Some(GatewayError::Unauthorized(AuthError::Missing));
+    };
+    match auth.verify(token).await {
+        Err(e) => {
+            tracing::debug!(policy = %auth.name, reason = e.code(), "token refused");
+            Some(GatewayError::Unauthorized(e))
+        }
+        Ok(claims) if !route.require.iter().all(|rule| rule.holds(&claims)) => Some(GatewayError::Forbidden),
+        Ok(claims) => {
+            ctx.claims = Some(claims);
+            None
+        }
+    }
+}
+
 impl Gateway {
+    /// Answers a CORS preflight for a route with a CORS policy (before auth: browsers send
+    /// preflights without credentials). None when this is not such a preflight.
+    async fn preflight(&self, session: &mut Session, ctx: &mut Ctx, snapshot: &Snapshot) -> Option<Result<bool>> {
+        let req = session.req_header();
+        let method = preflight_method(req)?;
+        let Ok((Match::Route(index), _)) = snapshot.router.route(&method, &req.uri, &req.headers) else {
+            return None;
+        };
+        let route = &snapshot.router.routes()[index];
+        let cors = route.cors.as_ref()?;
+        ctx.route = Some(index);
+        let origin = req.headers.get(ORIGIN)?.clone();
+        let requested = req.headers.get(ACCESS_CONTROL_REQUEST_HEADERS).and_then(|v| v.to_str().ok());
+        let allowed = origin.to_str().is_ok_and(|o| cors.allows_origin(o));
+        let headers = allowed.then(|| cors.preflight(&origin, &method, requested)).flatten();
+        let Some(headers) = headers else {
+            return Some(reject(session, ctx, GatewayError::CorsRejected).await);
+        };
+        let answer = async {
+            let mut header = ResponseHeader::build(204, Some(8))?;
+            for (name, value) in headers {
+                header.insert_header(name, value)?;
+            }
+            header.insert_header(VARY, "Origin, Access-Control-Request-Method, Access-Control-Request-Headers")?;
+            header.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+            send(session, header, Bytes::new()).await
+        };
+        Some(answer.await)
+    }
+
     /// Normalizes and routes the request; returns Ok(true) when it was answered here.
     async fn route_request(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snapshot = ctx.snapshot.clone();
+        if let Some(answered) = self.preflight(session, ctx, &snapshot).await {
+            return answered;
+        }
         let req = session.req_header();
         let (found, path) = match snapshot.router.route(&req.method, &req.uri, &req.headers) {
             Ok(found) => found,
@@ -193,6 +277,13 @@ impl Gateway {
         };
         ctx.route = Some(index);
         let route = &snapshot.router.routes()[index];
+        if let Some(cors) = &route.cors {
+            ctx.cors_vary = true;
+            ctx.cors_origin = req.headers.get(ORIGIN).filter(|o| o.to_str().is_ok_and(|o| cors.allows_origin(o))).cloned();
+        }
+        if let Some(refusal) = authenticate(session, ctx, route).await {
+            return reject(session, ctx, refusal).await;
+        }
         if let Some(refusal) = check_rate_limit(session, ctx, route).await {
             return reject(session, ctx, refusal).await;
         }
@@ -241,6 +332,9 @@ impl ProxyHttp for Gateway {
             failure: None,
             rate: None,
             upstream_status: None,
+            claims: None,
+            cors_origin: None,
+            cors_vary: false,
         }
     }
 
@@ -376,6 +470,18 @@ impl ProxyHttp for Gateway {
             }
         }
         upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        // Identity headers come only from a verified token, never from the client.
+        for name in &ctx.snapshot.identity_headers {
+            upstream_request.remove_header(name);
+        }
+        if let (Some(claims), Some(auth)) = (&ctx.claims, ctx.route().and_then(|r| r.auth.as_ref())) {
+            for (name, header) in &auth.forward {
+                let value = claim(claims, name).map(header_text).and_then(|v| HeaderValue::from_str(&v).ok());
+                if let Some(value) = value {
+                    upstream_request.insert_header(header.clone(), value)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -401,8 +507,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
-        add_rate_headers(upstream_response, ctx.rate.as_ref())?;
+        decorate(upstream_response, ctx)?;
         Ok(())
     }
 

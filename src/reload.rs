@@ -4,7 +4,7 @@
 //! refused one leaves the running snapshot serving.
 
 use crate::config::{ConfigError, Source};
-use crate::snapshot::{compile_with, SnapshotHolder, Stores};
+use crate::snapshot::{compile_with, inputs_digest, SnapshotHolder, Stores};
 use crate::upstream::resolve::resolve_target;
 use async_trait::async_trait;
 use notify::{EventKind, RecursiveMode, Watcher};
@@ -87,7 +87,8 @@ impl Reloader {
         let _one_at_a_time = self.inner.busy.lock().await;
         let current = self.inner.holder.load();
         let outcome = Source::load(&self.inner.path).and_then(|src| {
-            if !force && src.hash == current.hash {
+            let inputs_same = inputs_digest(&current.inputs) == current.inputs_digest;
+            if !force && src.hash == current.hash && inputs_same {
                 return Ok(None);
             }
             compile_with(&src, &self.inner.stores).map(Some)
@@ -140,13 +141,33 @@ impl Reloader {
         *self.inner.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
     }
 
-    /// Directories whose changes may change the config: the config file's own.
+    /// Directories whose changes may change the config: the config file's own and those of
+    /// the files it refers to (keys, JWKS, schemas).
     fn watched_dirs(&self) -> Vec<PathBuf> {
-        let dir = match self.inner.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        vec![dir]
+        let snapshot = self.inner.holder.load();
+        let mut dirs: Vec<PathBuf> = std::iter::once(&self.inner.path)
+            .chain(&snapshot.inputs)
+            .map(|f| match f.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
+    /// Adds watches for directories not watched yet (after a reload brought new inputs).
+    fn watch_new_dirs(&self, watcher: &mut notify::RecommendedWatcher, watched: &mut Vec<PathBuf>) {
+        for dir in self.watched_dirs() {
+            if watched.contains(&dir) {
+                continue;
+            }
+            match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => watched.push(dir),
+                Err(e) => tracing::error!(dir = %dir.display(), error = %e, "cannot watch directory; reload with SIGHUP"),
+            }
+        }
     }
 
     fn start_watcher(&self, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
@@ -157,19 +178,13 @@ impl Reloader {
                 }
             }
         };
-        let mut watcher = match notify::recommended_watcher(handler) {
-            Ok(w) => w,
+        match notify::recommended_watcher(handler) {
+            Ok(w) => Some(w),
             Err(e) => {
                 tracing::error!(error = %e, "cannot watch the config; reload with SIGHUP");
-                return None;
-            }
-        };
-        for dir in self.watched_dirs() {
-            if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                tracing::error!(dir = %dir.display(), error = %e, "cannot watch directory; reload with SIGHUP");
+                None
             }
         }
-        Some(watcher)
     }
 }
 
@@ -195,12 +210,16 @@ impl BackgroundService for Reloader {
             }
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let _watcher = if self.watch {
+        let mut watcher = if self.watch {
             self.start_watcher(tx)
         } else {
             None
         };
+        let mut watched = Vec::new();
         loop {
+            if let Some(w) = watcher.as_mut() {
+                self.watch_new_dirs(w, &mut watched);
+            }
             tokio::select! {
                 _ = shutdown.changed() => return,
                 Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {

@@ -2,6 +2,7 @@
 
 use crate::admin::{Admin, Readiness};
 use crate::config::ConfigError;
+use crate::policy::auth::JwksRefresher;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::snapshot::{Snapshot, SnapshotHolder, Stores};
@@ -89,6 +90,12 @@ pub fn build(snapshot: Snapshot, opts: &RunOptions) -> (Server, SnapshotHolder) 
         },
     ));
     server.add_service(background_service("reload", reloader));
+    server.add_service(background_service(
+        "jwks",
+        JwksRefresher {
+            holder: holder.clone(),
+        },
+    ));
     server.add_service(background_service(
         "health-checks",
         HealthChecker {

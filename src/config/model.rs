@@ -18,7 +18,115 @@ pub struct RawConfig {
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RawRateLimit>,
     #[serde(default)]
+    pub auth: BTreeMap<String, RawAuth>,
+    #[serde(default)]
+    pub cors: BTreeMap<String, RawCors>,
+    #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub algorithms: Vec<String>,
+    pub jwks_file: Option<String>,
+    pub jwks_url: Option<String>,
+    #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    pub public_key_file: Option<String>,
+    /// HMAC secret from this environment variable (never inline in the file).
+    pub secret_env: Option<String>,
+    pub secret_file: Option<String>,
+    pub issuer: Option<OneOrMany>,
+    pub audience: Option<OneOrMany>,
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// `bearer` (default), `cookie:NAME` or `header:NAME`.
+    #[serde(default = "default_token_source")]
+    pub token: String,
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+}
+
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_token_source() -> String {
+    "bearer".to_string()
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn items(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    pub allow_origins: Vec<String>,
+    pub allow_methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+}
+
+/// `require: { claims: { role: [admin, user], amr: { all_of: [pwd, mfa] } } }`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequire {
+    #[serde(default)]
+    pub claims: BTreeMap<String, RawClaimRule>,
+}
+
+/// A list or a single value means "any of"; `{all_of: [...]}` needs every value.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RawClaimRule {
+    AnyList(Vec<Scalar>),
+    AnyOf { any_of: Vec<Scalar> },
+    AllOf { all_of: Vec<Scalar> },
+    One(Scalar),
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum Scalar {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl std::fmt::Display for Scalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::Text(s) => f.write_str(s),
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Float(x) => write!(f, "{x}"),
+            Scalar::Bool(b) => write!(f, "{b}"),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -277,6 +385,9 @@ pub struct RawRoute {
     pub timeout: Option<Duration>,
     pub max_body: Option<ByteSize>,
     pub rate_limit: Option<String>,
+    pub auth: Option<String>,
+    pub require: Option<RawRequire>,
+    pub cors: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

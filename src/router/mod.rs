@@ -18,6 +18,10 @@ pub struct Route {
     pub action: Action,
     pub rewrite: PathRewrite,
     pub rate_limit: Option<Arc<crate::policy::ratelimit::RateLimit>>,
+    pub auth: Option<Arc<crate::policy::auth::AuthPolicy>>,
+    /// Claim conditions a valid token must meet (403 otherwise).
+    pub require: Vec<crate::policy::auth::ClaimRule>,
+    pub cors: Option<Arc<crate::policy::cors::CorsPolicy>>,
     /// Total time for the request, across retries.
     pub timeout: Option<Duration>,
     pub max_body: u64,
@@ -332,6 +336,9 @@ mod tests {
             })),
             rewrite: PathRewrite::None,
             rate_limit: None,
+            auth: None,
+            require: Vec::new(),
+            cors: None,
             timeout: None,
             max_body: 0,
         }

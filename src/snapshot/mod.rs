@@ -1,11 +1,16 @@
 //! Compiles the file model into the immutable runtime snapshot, gathering every problem
 //! with its location; and the `ArcSwap` holder each request loads the snapshot from.
 
+mod policies;
+
 use crate::config::model::{
     HeaderCond as RawCond, LimitBackend, OnRedisError, RawBreaker, RawHealthCheck, RawMatch,
     RawRateLimit, RawRespond, RawRoute, RawUpstream, RetryOn,
 };
 use crate::config::{ConfigError, Diagnostic, Diags, Source};
+use sha2::{Digest, Sha256};
+use crate::policy::auth::{AuthPolicy, Keys, RemoteJwks};
+use crate::policy::cors::CorsPolicy;
 use crate::policy::ratelimit::{Backend, LimitKey, LocalStore, RateLimit, RedisLink};
 use crate::router::normalize::normalize;
 use crate::router::{
@@ -40,6 +45,45 @@ impl Settings {
     }
 }
 
+/// Files a config refers to (keys, JWKS, schemas): read once at compile time, and watched
+/// so that changing one reloads the config.
+pub struct Inputs {
+    base: PathBuf,
+    pub files: Vec<PathBuf>,
+}
+
+impl Inputs {
+    fn new(config: &Path) -> Inputs {
+        let base = config.parent().map(Path::to_path_buf).unwrap_or_default();
+        Inputs { base, files: Vec::new() }
+    }
+
+    /// Reads `file` (relative to the config's directory), reporting failures at `at`.
+    pub fn read(&mut self, d: &mut Diags, at: &str, file: &str) -> Option<String> {
+        let path = self.base.join(file);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                self.files.push(path);
+                Some(text)
+            }
+            Err(e) => {
+                d.error(at, format!("cannot read `{}`: {e}", path.display()), Some("paths are relative to the config file's directory".into()));
+                None
+            }
+        }
+    }
+}
+
+/// A digest of the current contents of `files` (a missing file counts as empty).
+pub fn inputs_digest(files: &[PathBuf]) -> String {
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.as_os_str().as_encoded_bytes());
+        h.update(std::fs::read(f).unwrap_or_default());
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
 pub struct Snapshot {
     pub hash: String,
     pub path: PathBuf,
@@ -47,8 +91,15 @@ pub struct Snapshot {
     pub router: Router,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub rate_limits: BTreeMap<String, Arc<RateLimit>>,
+    pub auth: BTreeMap<String, Arc<AuthPolicy>>,
+    pub cors: BTreeMap<String, Arc<CorsPolicy>>,
+    /// Every header some auth policy forwards claims in: removed from every client request.
+    pub identity_headers: Vec<HeaderName>,
     /// The shared Redis link (with the fingerprint of its settings).
     pub redis: Option<(String, Arc<RedisLink>)>,
+    /// Referenced files, and the digest of their contents when compiled.
+    pub inputs: Vec<PathBuf>,
+    pub inputs_digest: String,
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -104,6 +155,7 @@ pub struct Stores {
     upstreams: Mutex<HashMap<String, Arc<Upstream>>>,
     rate_limits: Mutex<HashMap<String, Arc<RateLimit>>>,
     redis: Mutex<Option<(String, Arc<RedisLink>)>>,
+    remote_jwks: Mutex<HashMap<String, Arc<RemoteJwks>>>,
 }
 
 fn reuse<T>(
@@ -124,6 +176,16 @@ impl Stores {
         reuse(&self.rate_limits, name, |r| r.fingerprint == fingerprint)
     }
 
+    /// The cached JWKS for a URL, shared across reloads while the URL and refresh stay.
+    fn remote_jwks(&self, url: &str, refresh: std::time::Duration) -> Arc<RemoteJwks> {
+        let mut map = self.remote_jwks.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(url.to_string()).or_insert_with(|| Arc::new(RemoteJwks::new(url, refresh)));
+        if entry.refresh != refresh {
+            *entry = Arc::new(RemoteJwks::new(url, refresh));
+        }
+        entry.clone()
+    }
+
     fn redis(&self, fingerprint: &str) -> Option<Arc<RedisLink>> {
         let slot = self.redis.lock().unwrap_or_else(|e| e.into_inner());
         slot.as_ref()
@@ -138,6 +200,15 @@ impl Stores {
         *self.rate_limits.lock().unwrap_or_else(|e| e.into_inner()) =
             snapshot.rate_limits.clone().into_iter().collect();
         *self.redis.lock().unwrap_or_else(|e| e.into_inner()) = snapshot.redis.clone();
+        let urls: Vec<&str> = snapshot
+            .auth
+            .values()
+            .filter_map(|a| match &a.keys {
+                Keys::Remote(r) => Some(r.url.as_str()),
+                _ => None,
+            })
+            .collect();
+        self.remote_jwks.lock().unwrap_or_else(|e| e.into_inner()).retain(|url, _| urls.contains(&url.as_str()));
     }
 }
 
@@ -210,11 +281,24 @@ pub fn compile_with(src: &Source, stores: &Stores) -> Result<Snapshot, ConfigErr
             ))
         })
         .collect();
-    let named = Named {
-        upstreams: &upstreams,
-        rate_limits: &rate_limits,
-        raw,
-    };
+    let mut inputs = Inputs::new(&src.path);
+    let auth: BTreeMap<String, Arc<AuthPolicy>> = raw
+        .auth
+        .iter()
+        .filter_map(|(name, a)| {
+            let policy = policies::compile_auth(&mut d, name, a, &mut inputs, |url, refresh| stores.remote_jwks(url, refresh))?;
+            Some((name.clone(), Arc::new(policy)))
+        })
+        .collect();
+    let cors: BTreeMap<String, Arc<CorsPolicy>> = raw
+        .cors
+        .iter()
+        .filter_map(|(name, c)| Some((name.clone(), Arc::new(policies::compile_cors(&mut d, name, c)?))))
+        .collect();
+    let mut identity_headers: Vec<HeaderName> = auth.values().flat_map(|a| a.forward.iter().map(|(_, h)| h.clone())).collect();
+    identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    identity_headers.dedup();
+    let named = Named { upstreams: &upstreams, rate_limits: &rate_limits, auth: &auth, cors: &cors, raw };
     let routes = compile_routes(&mut d, &named, server.max_body.0);
     warn_unused_upstreams(&mut d, raw);
     d.items.sort_by_key(|x| (x.pos.line, x.pos.col));
@@ -239,7 +323,12 @@ pub fn compile_with(src: &Source, stores: &Stores) -> Result<Snapshot, ConfigErr
         router: Router::new(routes),
         upstreams,
         rate_limits,
+        auth,
+        cors,
+        identity_headers,
         redis,
+        inputs_digest: inputs_digest(&inputs.files),
+        inputs: inputs.files,
         warnings: d.items,
     })
 }
@@ -436,6 +525,8 @@ fn is_name(name: &str) -> bool {
 struct Named<'a> {
     upstreams: &'a BTreeMap<String, Arc<Upstream>>,
     rate_limits: &'a BTreeMap<String, Arc<RateLimit>>,
+    auth: &'a BTreeMap<String, Arc<AuthPolicy>>,
+    cors: &'a BTreeMap<String, Arc<CorsPolicy>>,
     raw: &'a crate::config::RawConfig,
 }
 
@@ -550,6 +641,14 @@ fn compile_rate_limit(
     })
 }
 
+/// An optional reference that failed to resolve is None; an absent one Some(None).
+fn transpose<T>(reference: Option<Option<T>>) -> Option<Option<T>> {
+    match reference {
+        None => Some(None),
+        Some(found) => found.map(Some),
+    }
+}
+
 fn compile_routes(d: &mut Diags, named: &Named, default_max_body: u64) -> Vec<Route> {
     let (raw_routes, upstreams, raw) = (&named.raw.routes, named.upstreams, named.raw);
     let mut names = HashSet::new();
@@ -573,6 +672,22 @@ fn compile_routes(d: &mut Diags, named: &Named, default_max_body: u64) -> Vec<Ro
         let matcher = compile_matcher(d, &format!("{at}.match"), &r.matcher);
         let action = compile_action(d, &at, r, upstreams, raw);
         let rewrite = compile_rewrite(d, &at, r);
+        let auth = r.auth.as_ref().map(|name| {
+            let defined = raw.auth.keys().collect();
+            lookup(d, &format!("{at}.auth"), "auth policy", name, named.auth, defined)
+        });
+        let cors = r.cors.as_ref().map(|name| {
+            let defined = raw.cors.keys().collect();
+            lookup(d, &format!("{at}.cors"), "CORS policy", name, named.cors, defined)
+        });
+        let require = match (&r.require, &r.auth) {
+            (Some(req), Some(_)) => policies::compile_require(d, &format!("{at}.require"), req),
+            (Some(_), None) => {
+                d.error(&format!("{at}.require"), "`require` checks token claims, but this route has no `auth`", Some("add `auth: POLICY` to the route".into()));
+                Vec::new()
+            }
+            (None, _) => Vec::new(),
+        };
         let rate_limit = r.rate_limit.as_ref().map(|name| {
             let defined = raw.rate_limits.keys().collect();
             lookup(
@@ -592,7 +707,9 @@ fn compile_routes(d: &mut Diags, named: &Named, default_max_body: u64) -> Vec<Ro
             );
         }
         if let (Some(matcher), Some(action), Some(rewrite)) = (matcher, action, rewrite) {
-            let Some(rate_limit) = rate_limit.map_or(Some(None), |rl| rl.map(Some)) else {
+            let (Some(rate_limit), Some(auth), Some(cors)) =
+                (transpose(rate_limit), transpose(auth), transpose(cors))
+            else {
                 continue;
             };
             routes.push(Route {
@@ -601,6 +718,9 @@ fn compile_routes(d: &mut Diags, named: &Named, default_max_body: u64) -> Vec<Ro
                 action,
                 rewrite,
                 rate_limit,
+                auth,
+                require,
+                cors,
                 timeout: r.timeout,
                 max_body: r.max_body.map_or(default_max_body, |b| b.0),
             });

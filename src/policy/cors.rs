@@ -1,0 +1,175 @@
+//! CORS: preflights are answered by the gateway (before auth, never reaching the upstream);
+//! actual requests from allowed origins get the CORS response headers. A disallowed origin
+//! gets no CORS headers at all.
+
+use http::{HeaderName, HeaderValue, Method};
+use std::collections::HashSet;
+
+pub struct CorsPolicy {
+    pub name: String,
+    any_origin: bool,
+    exact: HashSet<String>,
+    /// `https://*.example.com` as ("https://", ".example.com").
+    wildcards: Vec<(String, String)>,
+    methods: Vec<Method>,
+    allow_methods: HeaderValue,
+    allow_headers: Option<HeaderValue>,
+    allowed_headers: Vec<String>,
+    expose_headers: Option<HeaderValue>,
+    credentials: bool,
+    max_age: Option<HeaderValue>,
+}
+
+pub struct CorsSpec<'a> {
+    pub origins: &'a [String],
+    pub methods: &'a [Method],
+    pub headers: &'a [String],
+    pub expose: &'a [String],
+    pub credentials: bool,
+    pub max_age: Option<u64>,
+}
+
+fn joined(items: &[String]) -> Option<HeaderValue> {
+    (!items.is_empty()).then(|| HeaderValue::from_str(&items.join(", ")).ok()).flatten()
+}
+
+/// Splits `https://*.example.com` into its scheme part and host suffix.
+pub fn wildcard(origin: &str) -> Option<(String, String)> {
+    let (scheme, rest) = origin.split_once("://")?;
+    let suffix = rest.strip_prefix('*')?;
+    (suffix.starts_with('.') && suffix.len() > 1).then(|| (format!("{scheme}://"), suffix.to_ascii_lowercase()))
+}
+
+impl CorsPolicy {
+    pub fn new(name: &str, spec: CorsSpec) -> Result<CorsPolicy, String> {
+        let any_origin = spec.origins.iter().any(|o| o == "*");
+        if any_origin && spec.credentials {
+            return Err("`*` cannot be combined with allow_credentials: browsers refuse it".into());
+        }
+        let mut exact = HashSet::new();
+        let mut wildcards = Vec::new();
+        for o in spec.origins.iter().filter(|o| *o != "*") {
+            if o.contains('*') {
+                wildcards.push(wildcard(o).ok_or_else(|| format!("origin pattern `{o}` must look like https://*.example.com"))?);
+            } else if o.contains("://") && !o.ends_with('/') {
+                exact.insert(o.to_ascii_lowercase());
+            } else {
+                return Err(format!("origin `{o}` must be scheme://host[:port] without a path"));
+            }
+        }
+        let names: Vec<String> = spec.methods.iter().map(|m| m.to_string()).collect();
+        Ok(CorsPolicy {
+            name: name.to_string(),
+            any_origin,
+            exact,
+            wildcards,
+            methods: spec.methods.to_vec(),
+            allow_methods: joined(&names).unwrap_or(HeaderValue::from_static("GET, HEAD, POST")),
+            allow_headers: joined(spec.headers),
+            allowed_headers: spec.headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            expose_headers: joined(spec.expose),
+            credentials: spec.credentials,
+            max_age: spec.max_age.map(HeaderValue::from),
+        })
+    }
+
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        let origin = origin.to_ascii_lowercase();
+        self.any_origin
+            || self.exact.contains(&origin)
+            || self.wildcards.iter().any(|(scheme, suffix)| {
+                origin.strip_prefix(scheme.as_str()).is_some_and(|host| {
+                    let host = host.split(':').next().unwrap_or(host);
+                    host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                })
+            })
+    }
+
+    fn allow_origin_value(&self, origin: &HeaderValue) -> HeaderValue {
+        if self.any_origin {
+            HeaderValue::from_static("*")
+        } else {
+            origin.clone()
+        }
+    }
+
+    /// Headers for an actual (non-preflight) response to an allowed origin.
+    pub fn response_headers(&self, origin: &HeaderValue) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = vec![(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, self.allow_origin_value(origin))];
+        if self.credentials {
+            out.push((http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true")));
+        }
+        if let Some(expose) = &self.expose_headers {
+            out.push((http::header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone()));
+        }
+        out
+    }
+
+    /// Headers answering a preflight, or None when the method or a header is not allowed.
+    pub fn preflight(&self, origin: &HeaderValue, method: &Method, requested_headers: Option<&str>) -> Option<Vec<(HeaderName, HeaderValue)>> {
+        if !self.methods.contains(method) {
+            return None;
+        }
+        let requested = requested_headers.unwrap_or_default();
+        let headers_ok = requested
+            .split(',')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .all(|h| self.allowed_headers.contains(&h));
+        if !headers_ok {
+            return None;
+        }
+        let mut out = vec![
+            (http::header::ACCESS_CONTROL_ALLOW_ORIGIN, self.allow_origin_value(origin)),
+            (http::header::ACCESS_CONTROL_ALLOW_METHODS, self.allow_methods.clone()),
+        ];
+        if let Some(h) = &self.allow_headers {
+            out.push((http::header::ACCESS_CONTROL_ALLOW_HEADERS, h.clone()));
+        }
+        if self.credentials {
+            out.push((http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true")));
+        }
+        if let Some(age) = &self.max_age {
+            out.push((http::header::ACCESS_CONTROL_MAX_AGE, age.clone()));
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(origins: &[&str], credentials: bool) -> Result<CorsPolicy, String> {
+        let origins: Vec<String> = origins.iter().map(|s| s.to_string()).collect();
+        CorsPolicy::new("t", CorsSpec { origins: &origins, methods: &[Method::GET], headers: &["Authorization".into()], expose: &[], credentials, max_age: Some(600) })
+    }
+
+    #[test]
+    fn origin_matching() {
+        let p = policy(&["https://app.example.com", "https://*.example.org"], true).unwrap();
+        assert!(p.allows_origin("https://app.example.com"));
+        assert!(p.allows_origin("https://eu.example.org"));
+        assert!(p.allows_origin("https://a.b.example.org:8443"));
+        assert!(!p.allows_origin("https://example.org"));
+        assert!(!p.allows_origin("http://eu.example.org"));
+        assert!(!p.allows_origin("https://evilexample.org"));
+        assert!(!p.allows_origin("https://app.example.com.evil.io"));
+    }
+
+    #[test]
+    fn star_with_credentials_is_refused() {
+        assert!(policy(&["*"], true).is_err());
+        assert!(policy(&["*"], false).is_ok());
+        assert!(policy(&["https://app.example.com/"], false).is_err());
+    }
+
+    #[test]
+    fn preflight_checks_method_and_headers() {
+        let p = policy(&["https://app.example.com"], false).unwrap();
+        let origin = HeaderValue::from_static("https://app.example.com");
+        assert!(p.preflight(&origin, &Method::GET, Some("authorization")).is_some());
+        assert!(p.preflight(&origin, &Method::DELETE, None).is_none());
+        assert!(p.preflight(&origin, &Method::GET, Some("x-other")).is_none());
+    }
+}
