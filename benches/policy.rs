@@ -1,8 +1,14 @@
-//! Per-request cost of policies: a local rate-limit check (hot key and spread keys).
+//! Per-request cost of policies: a local rate-limit check (hot key and spread keys) and JWT
+//! verification (HS256, RS256) through the compiled auth policy.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use portico::config::Source;
+use portico::policy::auth::AuthPolicy;
 use portico::policy::ratelimit::LocalStore;
+use portico::snapshot::compile;
 use std::hint::black_box;
+use std::path::Path;
 
 fn rate_limit(c: &mut Criterion) {
     let store = LocalStore::new(100_000);
@@ -22,5 +28,51 @@ fn rate_limit(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, rate_limit);
+fn policy(kind: &str) -> std::sync::Arc<AuthPolicy> {
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+    let auth = match kind {
+        "hs" => format!("{{ algorithms: [HS256], secret_file: \"{keys}/hs.secret\" }}"),
+        _ => format!("{{ algorithms: [RS256], public_key_file: \"{keys}/rsa1.pub.pem\" }}"),
+    };
+    let text = format!(
+        "version: 1\nlisten: {{ proxy: 127.0.0.1:1, admin: 127.0.0.1:2 }}\nauth:\n  p: {auth}\n"
+    );
+    let snap = compile(&Source::parse(Path::new("bench.yaml"), &text, |_| None).unwrap()).unwrap();
+    snap.auth["p"].clone()
+}
+
+fn jwt(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let claims = serde_json::json!({"sub": "u1", "exp": 4_000_000_000u64, "role": "user"});
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+    let secret = std::fs::read(format!("{keys}/hs.secret")).unwrap();
+    let hs = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&secret),
+    )
+    .unwrap();
+    let rsa = std::fs::read(format!("{keys}/rsa1.key.pem")).unwrap();
+    let rs = encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(&rsa).unwrap(),
+    )
+    .unwrap();
+    for (name, token) in [("hs", hs), ("rs", rs)] {
+        let p = policy(name);
+        assert!(rt.block_on(p.verify(&token)).is_ok());
+        c.bench_function(
+            &format!(
+                "jwt_verify/{}",
+                if name == "hs" { "HS256" } else { "RS256" }
+            ),
+            |b| b.iter(|| black_box(rt.block_on(p.verify(black_box(&token))).is_ok())),
+        );
+    }
+}
+
+criterion_group!(benches, rate_limit, jwt);
 criterion_main!(benches);

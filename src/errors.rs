@@ -151,10 +151,14 @@ impl GatewayError {
                 let _ = header.insert_header(http::header::RETRY_AFTER, *retry_after);
             }
             GatewayError::Unauthorized(AuthError::Missing) => {
-                let _ = header.insert_header(http::header::WWW_AUTHENTICATE, "Bearer realm=\"portico\"");
+                let _ = header
+                    .insert_header(http::header::WWW_AUTHENTICATE, "Bearer realm=\"portico\"");
             }
             GatewayError::Unauthorized(e) => {
-                let value = format!("Bearer realm=\"portico\", error=\"invalid_token\", error_description=\"{}\"", e.message());
+                let value = format!(
+                    "Bearer realm=\"portico\", error=\"invalid_token\", error_description=\"{}\"",
+                    e.message()
+                );
                 let _ = header.insert_header(http::header::WWW_AUTHENTICATE, value);
             }
             _ => {}

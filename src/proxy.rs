@@ -125,7 +125,9 @@ fn decorate(header: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
     if ctx.cors_vary {
         header.append_header(VARY, "Origin")?;
     }
-    if let (Some(origin), Some(cors)) = (&ctx.cors_origin, ctx.route().and_then(|r| r.cors.as_ref())) {
+    if let (Some(origin), Some(cors)) =
+        (&ctx.cors_origin, ctx.route().and_then(|r| r.cors.as_ref()))
+    {
         for (name, value) in cors.response_headers(origin) {
             header.insert_header(name, value)?;
         }
@@ -218,7 +220,9 @@ async fn authenticate(session: &Session, ctx: &mut Ctx, route: &Route) -> Option
             tracing::debug!(policy = %auth.name, reason = e.code(), "token refused");
             Some(GatewayError::Unauthorized(e))
         }
-        Ok(claims) if !route.require.iter().all(|rule| rule.holds(&claims)) => Some(GatewayError::Forbidden),
+        Ok(claims) if !route.require.iter().all(|rule| rule.holds(&claims)) => {
+            Some(GatewayError::Forbidden)
+        }
         Ok(claims) => {
             ctx.claims = Some(claims);
             None
@@ -229,19 +233,30 @@ async fn authenticate(session: &Session, ctx: &mut Ctx, route: &Route) -> Option
 impl Gateway {
     /// Answers a CORS preflight for a route with a CORS policy (before auth: browsers send
     /// preflights without credentials). None when this is not such a preflight.
-    async fn preflight(&self, session: &mut Session, ctx: &mut Ctx, snapshot: &Snapshot) -> Option<Result<bool>> {
+    async fn preflight(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        snapshot: &Snapshot,
+    ) -> Option<Result<bool>> {
         let req = session.req_header();
         let method = preflight_method(req)?;
-        let Ok((Match::Route(index), _)) = snapshot.router.route(&method, &req.uri, &req.headers) else {
+        let Ok((Match::Route(index), _)) = snapshot.router.route(&method, &req.uri, &req.headers)
+        else {
             return None;
         };
         let route = &snapshot.router.routes()[index];
         let cors = route.cors.as_ref()?;
         ctx.route = Some(index);
         let origin = req.headers.get(ORIGIN)?.clone();
-        let requested = req.headers.get(ACCESS_CONTROL_REQUEST_HEADERS).and_then(|v| v.to_str().ok());
+        let requested = req
+            .headers
+            .get(ACCESS_CONTROL_REQUEST_HEADERS)
+            .and_then(|v| v.to_str().ok());
         let allowed = origin.to_str().is_ok_and(|o| cors.allows_origin(o));
-        let headers = allowed.then(|| cors.preflight(&origin, &method, requested)).flatten();
+        let headers = allowed
+            .then(|| cors.preflight(&origin, &method, requested))
+            .flatten();
         let Some(headers) = headers else {
             return Some(reject(session, ctx, GatewayError::CorsRejected).await);
         };
@@ -250,7 +265,10 @@ impl Gateway {
             for (name, value) in headers {
                 header.insert_header(name, value)?;
             }
-            header.insert_header(VARY, "Origin, Access-Control-Request-Method, Access-Control-Request-Headers")?;
+            header.insert_header(
+                VARY,
+                "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+            )?;
             header.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
             send(session, header, Bytes::new()).await
         };
@@ -279,7 +297,11 @@ impl Gateway {
         let route = &snapshot.router.routes()[index];
         if let Some(cors) = &route.cors {
             ctx.cors_vary = true;
-            ctx.cors_origin = req.headers.get(ORIGIN).filter(|o| o.to_str().is_ok_and(|o| cors.allows_origin(o))).cloned();
+            ctx.cors_origin = req
+                .headers
+                .get(ORIGIN)
+                .filter(|o| o.to_str().is_ok_and(|o| cors.allows_origin(o)))
+                .cloned();
         }
         if let Some(refusal) = authenticate(session, ctx, route).await {
             return reject(session, ctx, refusal).await;
@@ -474,9 +496,12 @@ impl ProxyHttp for Gateway {
         for name in &ctx.snapshot.identity_headers {
             upstream_request.remove_header(name);
         }
-        if let (Some(claims), Some(auth)) = (&ctx.claims, ctx.route().and_then(|r| r.auth.as_ref())) {
+        if let (Some(claims), Some(auth)) = (&ctx.claims, ctx.route().and_then(|r| r.auth.as_ref()))
+        {
             for (name, header) in &auth.forward {
-                let value = claim(claims, name).map(header_text).and_then(|v| HeaderValue::from_str(&v).ok());
+                let value = claim(claims, name)
+                    .map(header_text)
+                    .and_then(|v| HeaderValue::from_str(&v).ok());
                 if let Some(value) = value {
                     upstream_request.insert_header(header.clone(), value)?;
                 }

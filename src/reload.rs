@@ -165,7 +165,9 @@ impl Reloader {
             }
             match watcher.watch(&dir, RecursiveMode::NonRecursive) {
                 Ok(()) => watched.push(dir),
-                Err(e) => tracing::error!(dir = %dir.display(), error = %e, "cannot watch directory; reload with SIGHUP"),
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot watch directory; reload with SIGHUP")
+                }
             }
         }
     }

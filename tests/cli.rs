@@ -331,3 +331,51 @@ fn demo_serves_sample_services_through_the_gateway() {
         .unwrap();
     assert_eq!(body["request"]["path"], "/messages/1");
 }
+
+#[test]
+fn cors_star_with_credentials_is_refused() {
+    let body = "cors:\n  web: { allow_origins: [\"*\"], allow_credentials: true }\n";
+    refused(body, 6, 25, "`*` cannot be combined with allow_credentials");
+}
+
+#[test]
+fn auth_policies_are_checked() {
+    refused(
+        "auth:\n  a: { algorithms: [HS256, RS256], secret_env: X }\n",
+        6,
+        20,
+        "HS* and public-key algorithms cannot share a policy",
+    );
+    refused(
+        "auth:\n  a: { algorithms: [none], secret_env: X }\n",
+        6,
+        21,
+        "`none` is not a supported JWT algorithm",
+    );
+    refused(
+        "auth:\n  a: { algorithms: [HS256], secret_env: PORTICO_TEST_SURELY_UNSET_SECRET }\n",
+        6,
+        41,
+        "`PORTICO_TEST_SURELY_UNSET_SECRET` is not set",
+    );
+    refused(
+        "auth:\n  a: { algorithms: [RS256], public_key_file: keys/missing.pem }\n",
+        6,
+        46,
+        "cannot read",
+    );
+    refused(
+        "auth:\n  a: { algorithms: [RS256], secret_file: keys/hs.secret }\n",
+        6,
+        8,
+        "the key source does not fit the algorithms",
+    );
+    let routes = "routes:\n  - { name: a, match: { path: /a }, respond: { text: a }, require: { claims: { role: admin } } }\n  - { name: b, match: { path: /b }, respond: { text: b }, auth: ghost }\n";
+    refused(
+        routes,
+        6,
+        70,
+        "`require` checks token claims, but this route has no `auth`",
+    );
+    refused(routes, 7, 65, "unknown auth policy `ghost`");
+}

@@ -116,18 +116,22 @@ fn map_jwt_error(e: &jsonwebtoken::errors::Error) -> AuthError {
         ErrorKind::ImmatureSignature => AuthError::NotYetValid,
         ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
         ErrorKind::InvalidAudience => AuthError::WrongAudience,
-        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthError::AlgorithmNotAllowed,
-        ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
-        ErrorKind::InvalidSignature | ErrorKind::Crypto(_) | ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidRsaKey(_) => {
-            AuthError::BadSignature
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            AuthError::AlgorithmNotAllowed
         }
+        ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
+        ErrorKind::InvalidSignature
+        | ErrorKind::Crypto(_)
+        | ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidRsaKey(_) => AuthError::BadSignature,
         _ => AuthError::Malformed,
     }
 }
 
 /// Keys by `kid`, from a JWKS document; keys of unsupported types are skipped.
 pub fn parse_jwks(text: &str) -> Result<HashMap<String, DecodingKey>, String> {
-    let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let set: JwkSet =
+        serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut keys = HashMap::new();
     for (i, jwk) in set.keys.iter().enumerate() {
         let kid = jwk.common.key_id.clone().unwrap_or_else(|| format!("#{i}"));
@@ -163,7 +167,10 @@ impl RemoteJwks {
             refresh,
             keys: ArcSwap::from_pointee(HashMap::new()),
             last_fetch: Mutex::new(None),
-            client: reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap_or_default(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .unwrap_or_default(),
         }
     }
 
@@ -176,14 +183,26 @@ impl RemoteJwks {
     pub async fn fetch(&self) {
         *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let result = async {
-            let resp = self.client.get(&self.url).send().await.map_err(|e| e.to_string())?;
-            let text = resp.error_for_status().map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
+            let resp = self
+                .client
+                .get(&self.url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let text = resp
+                .error_for_status()
+                .map_err(|e| e.to_string())?
+                .text()
+                .await
+                .map_err(|e| e.to_string())?;
             parse_jwks(&text)
         }
         .await;
         match result {
             Ok(keys) => self.keys.store(Arc::new(keys)),
-            Err(e) => tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed; keeping the cached keys"),
+            Err(e) => {
+                tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed; keeping the cached keys")
+            }
         }
     }
 
@@ -232,7 +251,10 @@ impl pingora::services::background::BackgroundService for JwksRefresher {
     }
 }
 
-fn pick_key<'a>(keys: &'a HashMap<String, DecodingKey>, kid: Option<&str>) -> Option<&'a DecodingKey> {
+fn pick_key<'a>(
+    keys: &'a HashMap<String, DecodingKey>,
+    kid: Option<&str>,
+) -> Option<&'a DecodingKey> {
     match kid {
         Some(kid) => keys.get(kid),
         None if keys.len() == 1 => keys.values().next(),
@@ -270,7 +292,9 @@ impl ClaimRule {
 /// A claim by name: the whole name first (namespaced claims contain dots), then a dotted
 /// path into nested objects.
 pub fn claim<'a>(claims: &'a Value, name: &str) -> Option<&'a Value> {
-    claims.get(name).or_else(|| name.split('.').try_fold(claims, |v, part| v.get(part)))
+    claims
+        .get(name)
+        .or_else(|| name.split('.').try_fold(claims, |v, part| v.get(part)))
 }
 
 /// A claim's values as strings: a scalar, or the scalars of an array.
@@ -314,7 +338,9 @@ pub struct AuthPolicy {
 /// The `alg` of a token whose header jsonwebtoken refuses (e.g. `none`).
 fn raw_alg(token: &str) -> Option<String> {
     let header = token.split('.').next()?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header.trim_end_matches('=')).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()?;
     let json: Value = serde_json::from_slice(&bytes).ok()?;
     json.get("alg")?.as_str().map(str::to_string)
 }
@@ -342,8 +368,13 @@ impl AuthPolicy {
             Keys::Set(keys) => pick_key(keys, kid).cloned().ok_or(AuthError::UnknownKey)?,
             Keys::Remote(remote) => remote.key(kid).await?,
         };
-        let data = jsonwebtoken::decode::<Value>(token, &key, validation).map_err(|e| map_jwt_error(&e))?;
-        if let Some(missing) = self.required_claims.iter().find(|c| claim(&data.claims, c).is_none()) {
+        let data = jsonwebtoken::decode::<Value>(token, &key, validation)
+            .map_err(|e| map_jwt_error(&e))?;
+        if let Some(missing) = self
+            .required_claims
+            .iter()
+            .find(|c| claim(&data.claims, c).is_none())
+        {
             return Err(AuthError::MissingClaim(missing.clone()));
         }
         Ok(data.claims)
@@ -360,7 +391,11 @@ mod tests {
         let claims = json!({"role": "admin", "amr": ["pwd", "mfa"], "realm": {"roles": ["a", "b"]}, "https://x.io/tier": 3});
         assert_eq!(claim(&claims, "realm.roles"), Some(&json!(["a", "b"])));
         assert_eq!(claim(&claims, "https://x.io/tier"), Some(&json!(3)));
-        let rule = |c: &str, v: &[&str], all| ClaimRule { claim: c.into(), values: v.iter().map(|s| s.to_string()).collect(), all };
+        let rule = |c: &str, v: &[&str], all| ClaimRule {
+            claim: c.into(),
+            values: v.iter().map(|s| s.to_string()).collect(),
+            all,
+        };
         assert!(rule("role", &["user", "admin"], false).holds(&claims));
         assert!(rule("amr", &["mfa"], false).holds(&claims));
         assert!(rule("realm.roles", &["a", "b"], true).holds(&claims));
@@ -376,7 +411,10 @@ mod tests {
         h.insert("authorization", "Bearer abc".parse().unwrap());
         h.insert("cookie", "a=1; session=tok; b=2".parse().unwrap());
         assert_eq!(TokenSource::Bearer.find(&h), Some("abc"));
-        assert_eq!(TokenSource::parse("cookie:session").unwrap().find(&h), Some("tok"));
+        assert_eq!(
+            TokenSource::parse("cookie:session").unwrap().find(&h),
+            Some("tok")
+        );
         assert_eq!(TokenSource::parse("header:x-token").unwrap().find(&h), None);
     }
 }

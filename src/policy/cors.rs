@@ -30,14 +30,17 @@ pub struct CorsSpec<'a> {
 }
 
 fn joined(items: &[String]) -> Option<HeaderValue> {
-    (!items.is_empty()).then(|| HeaderValue::from_str(&items.join(", ")).ok()).flatten()
+    (!items.is_empty())
+        .then(|| HeaderValue::from_str(&items.join(", ")).ok())
+        .flatten()
 }
 
 /// Splits `https://*.example.com` into its scheme part and host suffix.
 pub fn wildcard(origin: &str) -> Option<(String, String)> {
     let (scheme, rest) = origin.split_once("://")?;
     let suffix = rest.strip_prefix('*')?;
-    (suffix.starts_with('.') && suffix.len() > 1).then(|| (format!("{scheme}://"), suffix.to_ascii_lowercase()))
+    (suffix.starts_with('.') && suffix.len() > 1)
+        .then(|| (format!("{scheme}://"), suffix.to_ascii_lowercase()))
 }
 
 impl CorsPolicy {
@@ -50,11 +53,15 @@ impl CorsPolicy {
         let mut wildcards = Vec::new();
         for o in spec.origins.iter().filter(|o| *o != "*") {
             if o.contains('*') {
-                wildcards.push(wildcard(o).ok_or_else(|| format!("origin pattern `{o}` must look like https://*.example.com"))?);
+                wildcards.push(wildcard(o).ok_or_else(|| {
+                    format!("origin pattern `{o}` must look like https://*.example.com")
+                })?);
             } else if o.contains("://") && !o.ends_with('/') {
                 exact.insert(o.to_ascii_lowercase());
             } else {
-                return Err(format!("origin `{o}` must be scheme://host[:port] without a path"));
+                return Err(format!(
+                    "origin `{o}` must be scheme://host[:port] without a path"
+                ));
             }
         }
         let names: Vec<String> = spec.methods.iter().map(|m| m.to_string()).collect();
@@ -66,7 +73,11 @@ impl CorsPolicy {
             methods: spec.methods.to_vec(),
             allow_methods: joined(&names).unwrap_or(HeaderValue::from_static("GET, HEAD, POST")),
             allow_headers: joined(spec.headers),
-            allowed_headers: spec.headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            allowed_headers: spec
+                .headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
             expose_headers: joined(spec.expose),
             credentials: spec.credentials,
             max_age: spec.max_age.map(HeaderValue::from),
@@ -95,9 +106,15 @@ impl CorsPolicy {
 
     /// Headers for an actual (non-preflight) response to an allowed origin.
     pub fn response_headers(&self, origin: &HeaderValue) -> Vec<(HeaderName, HeaderValue)> {
-        let mut out = vec![(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, self.allow_origin_value(origin))];
+        let mut out = vec![(
+            http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            self.allow_origin_value(origin),
+        )];
         if self.credentials {
-            out.push((http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true")));
+            out.push((
+                http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            ));
         }
         if let Some(expose) = &self.expose_headers {
             out.push((http::header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone()));
@@ -106,7 +123,12 @@ impl CorsPolicy {
     }
 
     /// Headers answering a preflight, or None when the method or a header is not allowed.
-    pub fn preflight(&self, origin: &HeaderValue, method: &Method, requested_headers: Option<&str>) -> Option<Vec<(HeaderName, HeaderValue)>> {
+    pub fn preflight(
+        &self,
+        origin: &HeaderValue,
+        method: &Method,
+        requested_headers: Option<&str>,
+    ) -> Option<Vec<(HeaderName, HeaderValue)>> {
         if !self.methods.contains(method) {
             return None;
         }
@@ -120,14 +142,23 @@ impl CorsPolicy {
             return None;
         }
         let mut out = vec![
-            (http::header::ACCESS_CONTROL_ALLOW_ORIGIN, self.allow_origin_value(origin)),
-            (http::header::ACCESS_CONTROL_ALLOW_METHODS, self.allow_methods.clone()),
+            (
+                http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                self.allow_origin_value(origin),
+            ),
+            (
+                http::header::ACCESS_CONTROL_ALLOW_METHODS,
+                self.allow_methods.clone(),
+            ),
         ];
         if let Some(h) = &self.allow_headers {
             out.push((http::header::ACCESS_CONTROL_ALLOW_HEADERS, h.clone()));
         }
         if self.credentials {
-            out.push((http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true")));
+            out.push((
+                http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            ));
         }
         if let Some(age) = &self.max_age {
             out.push((http::header::ACCESS_CONTROL_MAX_AGE, age.clone()));
@@ -142,7 +173,17 @@ mod tests {
 
     fn policy(origins: &[&str], credentials: bool) -> Result<CorsPolicy, String> {
         let origins: Vec<String> = origins.iter().map(|s| s.to_string()).collect();
-        CorsPolicy::new("t", CorsSpec { origins: &origins, methods: &[Method::GET], headers: &["Authorization".into()], expose: &[], credentials, max_age: Some(600) })
+        CorsPolicy::new(
+            "t",
+            CorsSpec {
+                origins: &origins,
+                methods: &[Method::GET],
+                headers: &["Authorization".into()],
+                expose: &[],
+                credentials,
+                max_age: Some(600),
+            },
+        )
     }
 
     #[test]
@@ -168,8 +209,12 @@ mod tests {
     fn preflight_checks_method_and_headers() {
         let p = policy(&["https://app.example.com"], false).unwrap();
         let origin = HeaderValue::from_static("https://app.example.com");
-        assert!(p.preflight(&origin, &Method::GET, Some("authorization")).is_some());
+        assert!(p
+            .preflight(&origin, &Method::GET, Some("authorization"))
+            .is_some());
         assert!(p.preflight(&origin, &Method::DELETE, None).is_none());
-        assert!(p.preflight(&origin, &Method::GET, Some("x-other")).is_none());
+        assert!(p
+            .preflight(&origin, &Method::GET, Some("x-other"))
+            .is_none());
     }
 }

@@ -8,7 +8,6 @@ use crate::config::model::{
     RawRateLimit, RawRespond, RawRoute, RawUpstream, RetryOn,
 };
 use crate::config::{ConfigError, Diagnostic, Diags, Source};
-use sha2::{Digest, Sha256};
 use crate::policy::auth::{AuthPolicy, Keys, RemoteJwks};
 use crate::policy::cors::CorsPolicy;
 use crate::policy::ratelimit::{Backend, LimitKey, LocalStore, RateLimit, RedisLink};
@@ -23,6 +22,7 @@ use crate::upstream::{Balance, Target, Upstream};
 use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -55,7 +55,10 @@ pub struct Inputs {
 impl Inputs {
     fn new(config: &Path) -> Inputs {
         let base = config.parent().map(Path::to_path_buf).unwrap_or_default();
-        Inputs { base, files: Vec::new() }
+        Inputs {
+            base,
+            files: Vec::new(),
+        }
     }
 
     /// Reads `file` (relative to the config's directory), reporting failures at `at`.
@@ -67,7 +70,11 @@ impl Inputs {
                 Some(text)
             }
             Err(e) => {
-                d.error(at, format!("cannot read `{}`: {e}", path.display()), Some("paths are relative to the config file's directory".into()));
+                d.error(
+                    at,
+                    format!("cannot read `{}`: {e}", path.display()),
+                    Some("paths are relative to the config file's directory".into()),
+                );
                 None
             }
         }
@@ -179,7 +186,9 @@ impl Stores {
     /// The cached JWKS for a URL, shared across reloads while the URL and refresh stay.
     fn remote_jwks(&self, url: &str, refresh: std::time::Duration) -> Arc<RemoteJwks> {
         let mut map = self.remote_jwks.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = map.entry(url.to_string()).or_insert_with(|| Arc::new(RemoteJwks::new(url, refresh)));
+        let entry = map
+            .entry(url.to_string())
+            .or_insert_with(|| Arc::new(RemoteJwks::new(url, refresh)));
         if entry.refresh != refresh {
             *entry = Arc::new(RemoteJwks::new(url, refresh));
         }
@@ -208,7 +217,10 @@ impl Stores {
                 _ => None,
             })
             .collect();
-        self.remote_jwks.lock().unwrap_or_else(|e| e.into_inner()).retain(|url, _| urls.contains(&url.as_str()));
+        self.remote_jwks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|url, _| urls.contains(&url.as_str()));
     }
 }
 
@@ -286,19 +298,35 @@ pub fn compile_with(src: &Source, stores: &Stores) -> Result<Snapshot, ConfigErr
         .auth
         .iter()
         .filter_map(|(name, a)| {
-            let policy = policies::compile_auth(&mut d, name, a, &mut inputs, |url, refresh| stores.remote_jwks(url, refresh))?;
+            let policy = policies::compile_auth(&mut d, name, a, &mut inputs, |url, refresh| {
+                stores.remote_jwks(url, refresh)
+            })?;
             Some((name.clone(), Arc::new(policy)))
         })
         .collect();
     let cors: BTreeMap<String, Arc<CorsPolicy>> = raw
         .cors
         .iter()
-        .filter_map(|(name, c)| Some((name.clone(), Arc::new(policies::compile_cors(&mut d, name, c)?))))
+        .filter_map(|(name, c)| {
+            Some((
+                name.clone(),
+                Arc::new(policies::compile_cors(&mut d, name, c)?),
+            ))
+        })
         .collect();
-    let mut identity_headers: Vec<HeaderName> = auth.values().flat_map(|a| a.forward.iter().map(|(_, h)| h.clone())).collect();
+    let mut identity_headers: Vec<HeaderName> = auth
+        .values()
+        .flat_map(|a| a.forward.iter().map(|(_, h)| h.clone()))
+        .collect();
     identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     identity_headers.dedup();
-    let named = Named { upstreams: &upstreams, rate_limits: &rate_limits, auth: &auth, cors: &cors, raw };
+    let named = Named {
+        upstreams: &upstreams,
+        rate_limits: &rate_limits,
+        auth: &auth,
+        cors: &cors,
+        raw,
+    };
     let routes = compile_routes(&mut d, &named, server.max_body.0);
     warn_unused_upstreams(&mut d, raw);
     d.items.sort_by_key(|x| (x.pos.line, x.pos.col));
@@ -674,16 +702,34 @@ fn compile_routes(d: &mut Diags, named: &Named, default_max_body: u64) -> Vec<Ro
         let rewrite = compile_rewrite(d, &at, r);
         let auth = r.auth.as_ref().map(|name| {
             let defined = raw.auth.keys().collect();
-            lookup(d, &format!("{at}.auth"), "auth policy", name, named.auth, defined)
+            lookup(
+                d,
+                &format!("{at}.auth"),
+                "auth policy",
+                name,
+                named.auth,
+                defined,
+            )
         });
         let cors = r.cors.as_ref().map(|name| {
             let defined = raw.cors.keys().collect();
-            lookup(d, &format!("{at}.cors"), "CORS policy", name, named.cors, defined)
+            lookup(
+                d,
+                &format!("{at}.cors"),
+                "CORS policy",
+                name,
+                named.cors,
+                defined,
+            )
         });
         let require = match (&r.require, &r.auth) {
             (Some(req), Some(_)) => policies::compile_require(d, &format!("{at}.require"), req),
             (Some(_), None) => {
-                d.error(&format!("{at}.require"), "`require` checks token claims, but this route has no `auth`", Some("add `auth: POLICY` to the route".into()));
+                d.error(
+                    &format!("{at}.require"),
+                    "`require` checks token claims, but this route has no `auth`",
+                    Some("add `auth: POLICY` to the route".into()),
+                );
                 Vec::new()
             }
             (None, _) => Vec::new(),

@@ -31,7 +31,13 @@ fn family(alg: Algorithm) -> Family {
 
 const KEY_HELP: &str = "HS* algorithms take `secret_env` or `secret_file`; RS/PS/ES/EdDSA take one of `public_key_file`, `jwks_file`, `jwks_url`";
 
-pub(super) fn compile_auth(d: &mut Diags, name: &str, a: &RawAuth, inputs: &mut Inputs, remote: impl Fn(&str, std::time::Duration) -> Arc<RemoteJwks>) -> Option<AuthPolicy> {
+pub(super) fn compile_auth(
+    d: &mut Diags,
+    name: &str,
+    a: &RawAuth,
+    inputs: &mut Inputs,
+    remote: impl Fn(&str, std::time::Duration) -> Arc<RemoteJwks>,
+) -> Option<AuthPolicy> {
     let at = format!("auth.{name}");
     let algorithms: Vec<Algorithm> = a
         .algorithms
@@ -46,31 +52,61 @@ pub(super) fn compile_auth(d: &mut Diags, name: &str, a: &RawAuth, inputs: &mut 
         })
         .collect();
     if a.algorithms.is_empty() {
-        d.error(&format!("{at}.algorithms"), "list the accepted algorithms, e.g. [RS256]", Some("pinning the algorithms is what stops alg-confusion attacks".into()));
+        d.error(
+            &format!("{at}.algorithms"),
+            "list the accepted algorithms, e.g. [RS256]",
+            Some("pinning the algorithms is what stops alg-confusion attacks".into()),
+        );
     }
     let families: Vec<Family> = algorithms.iter().map(|a| family(*a)).collect();
     let hmac = families.contains(&Family::Hmac);
     if hmac && families.iter().any(|f| *f != Family::Hmac) {
-        d.error(&format!("{at}.algorithms"), "HS* and public-key algorithms cannot share a policy", Some("make two policies: mixing them invites HS/RS key confusion".into()));
+        d.error(
+            &format!("{at}.algorithms"),
+            "HS* and public-key algorithms cannot share a policy",
+            Some("make two policies: mixing them invites HS/RS key confusion".into()),
+        );
         return None;
     }
     let keys = compile_keys(d, &at, a, hmac, &families, inputs, remote)?;
     let source = TokenSource::parse(&a.token)
-        .map_err(|e| d.error(&format!("{at}.token"), e, Some("use bearer, cookie:NAME or header:NAME".into())))
+        .map_err(|e| {
+            d.error(
+                &format!("{at}.token"),
+                e,
+                Some("use bearer, cookie:NAME or header:NAME".into()),
+            )
+        })
         .ok()?;
     let forward = a
         .forward_claims
         .iter()
-        .filter_map(|(claim, header)| match HeaderName::from_bytes(header.as_bytes()) {
-            Ok(h) => Some((claim.clone(), h)),
-            Err(_) => {
-                d.error(&format!("{at}.forward_claims.{claim}"), format!("`{header}` is not a valid header name"), None);
-                None
-            }
-        })
+        .filter_map(
+            |(claim, header)| match HeaderName::from_bytes(header.as_bytes()) {
+                Ok(h) => Some((claim.clone(), h)),
+                Err(_) => {
+                    d.error(
+                        &format!("{at}.forward_claims.{claim}"),
+                        format!("`{header}` is not a valid header name"),
+                        None,
+                    );
+                    None
+                }
+            },
+        )
         .collect();
-    let validations = algorithms.iter().map(|alg| (*alg, validation(*alg, a))).collect();
-    Some(AuthPolicy { name: name.into(), source, keys, validations, required_claims: a.required_claims.clone(), forward })
+    let validations = algorithms
+        .iter()
+        .map(|alg| (*alg, validation(*alg, a)))
+        .collect();
+    Some(AuthPolicy {
+        name: name.into(),
+        source,
+        keys,
+        validations,
+        required_claims: a.required_claims.clone(),
+        forward,
+    })
 }
 
 fn validation(alg: Algorithm, a: &RawAuth) -> Validation {
@@ -105,32 +141,60 @@ fn compile_keys(
     inputs: &mut Inputs,
     remote: impl Fn(&str, std::time::Duration) -> Arc<RemoteJwks>,
 ) -> Option<Keys> {
-    let sources = [a.secret_env.is_some(), a.secret_file.is_some(), a.public_key_file.is_some(), a.jwks_file.is_some(), a.jwks_url.is_some()];
+    let sources = [
+        a.secret_env.is_some(),
+        a.secret_file.is_some(),
+        a.public_key_file.is_some(),
+        a.jwks_file.is_some(),
+        a.jwks_url.is_some(),
+    ];
     if sources.iter().filter(|s| **s).count() != 1 {
         d.error(at, "give exactly one key source", Some(KEY_HELP.into()));
         return None;
     }
-    let wrong = if hmac { a.secret_env.is_none() && a.secret_file.is_none() } else { a.secret_env.is_some() || a.secret_file.is_some() };
+    let wrong = if hmac {
+        a.secret_env.is_none() && a.secret_file.is_none()
+    } else {
+        a.secret_env.is_some() || a.secret_file.is_some()
+    };
     if wrong {
-        d.error(at, "the key source does not fit the algorithms", Some(KEY_HELP.into()));
+        d.error(
+            at,
+            "the key source does not fit the algorithms",
+            Some(KEY_HELP.into()),
+        );
         return None;
     }
     if let Some(var) = &a.secret_env {
         return match std::env::var(var) {
-            Ok(secret) if !secret.is_empty() => Some(Keys::Single(DecodingKey::from_secret(secret.as_bytes()))),
+            Ok(secret) if !secret.is_empty() => {
+                Some(Keys::Single(DecodingKey::from_secret(secret.as_bytes())))
+            }
             _ => {
-                d.error(&format!("{at}.secret_env"), format!("environment variable `{var}` is not set"), Some(format!("export {var}=... (the secret itself never goes in the file)")));
+                d.error(
+                    &format!("{at}.secret_env"),
+                    format!("environment variable `{var}` is not set"),
+                    Some(format!(
+                        "export {var}=... (the secret itself never goes in the file)"
+                    )),
+                );
                 None
             }
         };
     }
     if let Some(file) = &a.secret_file {
         let secret = inputs.read(d, &format!("{at}.secret_file"), file)?;
-        return Some(Keys::Single(DecodingKey::from_secret(secret.trim_end_matches(['\n', '\r']).as_bytes())));
+        return Some(Keys::Single(DecodingKey::from_secret(
+            secret.trim_end_matches(['\n', '\r']).as_bytes(),
+        )));
     }
     if let Some(url) = &a.jwks_url {
         if !(url.starts_with("https://") || url.starts_with("http://")) {
-            d.error(&format!("{at}.jwks_url"), format!("`{url}` is not an http(s) URL"), None);
+            d.error(
+                &format!("{at}.jwks_url"),
+                format!("`{url}` is not an http(s) URL"),
+                None,
+            );
             return None;
         }
         return Some(Keys::Remote(remote(url, a.jwks_refresh)));
@@ -155,14 +219,22 @@ fn compile_keys(
         [Family::Ec] => DecodingKey::from_ec_pem(pem.as_bytes()),
         [Family::Ed] => DecodingKey::from_ed_pem(pem.as_bytes()),
         _ => {
-            d.error(&format!("{at}.algorithms"), "one public key serves one algorithm family", Some("use a JWKS to accept several key types".into()));
+            d.error(
+                &format!("{at}.algorithms"),
+                "one public key serves one algorithm family",
+                Some("use a JWKS to accept several key types".into()),
+            );
             return None;
         }
     };
     match key {
         Ok(k) => Some(Keys::Single(k)),
         Err(e) => {
-            d.error(&path, format!("{file} is not a PEM public key for {:?}: {e}", distinct[0]), None);
+            d.error(
+                &path,
+                format!("{file} is not a PEM public key for {:?}: {e}", distinct[0]),
+                None,
+            );
             None
         }
     }
@@ -178,25 +250,41 @@ pub(super) fn compile_require(d: &mut Diags, at: &str, r: &RawRequire) -> Vec<Cl
                 RawClaimRule::One(v) => (vec![v.clone()], false),
             };
             if values.is_empty() {
-                d.error(&format!("{at}.claims.{claim}"), "an empty list can never be satisfied", None);
+                d.error(
+                    &format!("{at}.claims.{claim}"),
+                    "an empty list can never be satisfied",
+                    None,
+                );
             }
-            ClaimRule { claim: claim.clone(), values: values.iter().map(ToString::to_string).collect(), all }
+            ClaimRule {
+                claim: claim.clone(),
+                values: values.iter().map(ToString::to_string).collect(),
+                all,
+            }
         })
         .collect()
 }
 
 pub(super) fn compile_cors(d: &mut Diags, name: &str, c: &RawCors) -> Option<CorsPolicy> {
     let at = format!("cors.{name}");
-    let default_methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"].map(String::from).to_vec();
+    let default_methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+        .map(String::from)
+        .to_vec();
     let methods: Vec<Method> = c
         .allow_methods
         .as_ref()
         .unwrap_or(&default_methods)
         .iter()
         .filter_map(|m| {
-            let parsed = Method::from_bytes(m.as_bytes()).ok().filter(|_| m.bytes().all(|b| b.is_ascii_uppercase()));
+            let parsed = Method::from_bytes(m.as_bytes())
+                .ok()
+                .filter(|_| m.bytes().all(|b| b.is_ascii_uppercase()));
             if parsed.is_none() {
-                d.error(&format!("{at}.allow_methods"), format!("`{m}` is not an HTTP method"), Some("write methods in upper case".into()));
+                d.error(
+                    &format!("{at}.allow_methods"),
+                    format!("`{m}` is not an HTTP method"),
+                    Some("write methods in upper case".into()),
+                );
             }
             parsed
         })

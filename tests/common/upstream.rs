@@ -32,6 +32,8 @@ pub struct TestUpstream {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// What `GET /health` answers (200 unless set).
     pub health: Arc<AtomicU16>,
+    /// Fixed bodies served at given paths (e.g. a JWKS document).
+    pub files: Arc<Mutex<BTreeMap<String, String>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -49,6 +51,8 @@ impl TestUpstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let health = Arc::new(AtomicU16::new(200));
         let health_c = health.clone();
+        let files = Arc::new(Mutex::new(BTreeMap::new()));
+        let files_c = files.clone();
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let (name_c, seen_c) = (Arc::<str>::from(name), seen.clone());
         let thread = std::thread::spawn(move || {
@@ -64,9 +68,12 @@ impl TestUpstream {
                         _ = &mut stopped => return,
                         accepted = listener.accept() => {
                             let Ok((stream, _)) = accepted else { continue };
-                            let (name, seen, health) = (name_c.clone(), seen_c.clone(), health_c.clone());
+                            let (name, seen, health, files) = (name_c.clone(), seen_c.clone(), health_c.clone(), files_c.clone());
                             tokio::spawn(async move {
-                                let svc = service_fn(move |req| handle(name.clone(), seen.clone(), health.clone(), req));
+                                let svc = service_fn(move |req| {
+                                    let served = files.lock().unwrap().get(req.uri().path()).cloned();
+                                    handle(name.clone(), seen.clone(), health.clone(), served, req)
+                                });
                                 let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                             });
                         }
@@ -79,6 +86,7 @@ impl TestUpstream {
             name: name.to_string(),
             seen,
             health,
+            files,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -97,6 +105,13 @@ impl TestUpstream {
 
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+
+    pub fn serve(&self, path: &str, body: &str) {
+        self.files
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), body.to_string());
     }
 
     pub fn set_health(&self, status: u16) {
@@ -130,8 +145,13 @@ async fn handle(
     name: Arc<str>,
     seen: Arc<Mutex<Vec<Seen>>>,
     health: Arc<AtomicU16>,
+    served: Option<String>,
     req: Request<Incoming>,
 ) -> Result<Reply, Infallible> {
+    if let Some(body) = served {
+        let reply = Response::builder().header("content-type", "application/json");
+        return Ok(reply.body(Full::new(Bytes::from(body)).boxed()).unwrap());
+    }
     if req.uri().path() == "/health" {
         let status = health.load(Ordering::Relaxed);
         return Ok(Response::builder()
