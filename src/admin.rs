@@ -1,7 +1,9 @@
 //! The admin listener: `/health` (liveness, version, config hash, last reload), `/ready`
-//! and `/config` (the active config's identity and reload status).
+//! `/config` (the active config, redacted, and reload status), `/routes`, `/upstreams` and
+//! `/metrics` (Prometheus).
 
 use crate::reload::Reloader;
+use crate::router::Action;
 use crate::snapshot::SnapshotHolder;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -68,19 +70,85 @@ impl Admin {
         )
     }
 
+    /// The active config (credentials in URLs redacted), its hash and the reload status.
     fn config(&self) -> Response<Vec<u8>> {
         let snapshot = self.holder.load();
-        let routes: Vec<&str> = snapshot.router.routes().iter().map(|r| &*r.name).collect();
         json_response(
             StatusCode::OK,
             json!({
                 "config_hash": snapshot.hash,
                 "config_path": snapshot.path.display().to_string(),
-                "routes": routes,
-                "upstreams": snapshot.upstreams.keys().collect::<Vec<_>>(),
                 "last_reload": self.reloader.status(),
+                "config": snapshot.redacted,
             }),
         )
+    }
+
+    /// The compiled route table, in match order.
+    fn routes(&self) -> Response<Vec<u8>> {
+        let snapshot = self.holder.load();
+        let routes: Vec<serde_json::Value> = snapshot
+            .router
+            .routes()
+            .iter()
+            .zip(snapshot.redacted["routes"].as_array().into_iter().flatten())
+            .map(|(route, raw)| {
+                let action = match &route.action {
+                    Action::Proxy(up) => json!({"upstream": &*up.name}),
+                    Action::Respond(r) => json!({"respond": r.status}),
+                };
+                json!({
+                    "name": &*route.name,
+                    "match": raw["match"],
+                    "action": action,
+                    "auth": route.auth.as_ref().map(|a| &*a.name),
+                    "rate_limit": route.rate_limit.as_ref().map(|r| &*r.name),
+                    "cors": route.cors.as_ref().map(|c| c.name.as_str()),
+                    "timeout_ms": route.timeout.map(|t| t.as_millis() as u64),
+                    "max_body": route.max_body,
+                })
+            })
+            .collect();
+        json_response(
+            StatusCode::OK,
+            json!({"config_hash": snapshot.hash, "routes": routes}),
+        )
+    }
+
+    /// Upstream targets with their addresses, health, breaker state and load.
+    fn upstreams(&self) -> Response<Vec<u8>> {
+        let snapshot = self.holder.load();
+        let upstreams: serde_json::Map<String, serde_json::Value> = snapshot
+            .upstreams
+            .iter()
+            .map(|(name, up)| {
+                let targets: Vec<serde_json::Value> = up
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        json!({
+                            "target": t.label,
+                            "addresses": t.addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                            "healthy": t.health.is_healthy(),
+                            "breaker": t.breaker.state().as_str(),
+                            "in_flight": t.in_flight(),
+                        })
+                    })
+                    .collect();
+                (name.clone(), json!({"balance": format!("{:?}", up.balance), "targets": targets}))
+            })
+            .collect();
+        json_response(StatusCode::OK, json!({"upstreams": upstreams}))
+    }
+
+    fn metrics(&self) -> Response<Vec<u8>> {
+        let body = crate::telemetry::render(&self.holder.load()).into_bytes();
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(body)
+            .expect("static parts are valid")
     }
 
     fn ready(&self) -> Response<Vec<u8>> {
@@ -109,9 +177,12 @@ impl ServeHttp for Admin {
             "/health" => self.health(),
             "/ready" => self.ready(),
             "/config" => self.config(),
+            "/routes" => self.routes(),
+            "/upstreams" => self.upstreams(),
+            "/metrics" => self.metrics(),
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                json!({"error": {"status": 404, "code": "not_found", "message": "admin endpoints: /health, /ready, /config"}}),
+                json!({"error": {"status": 404, "code": "not_found", "message": "admin endpoints: /health, /ready, /config, /routes, /upstreams, /metrics"}}),
             ),
         }
     }

@@ -59,6 +59,34 @@ pub fn forwarded_for(peer: IpAddr, xff: Option<&str>, settings: &Settings) -> St
     }
 }
 
+/// W3C trace context for the upstream hop: keeps the trace id of a valid incoming
+/// `traceparent` (else starts a trace) and gives this hop a new span id. Returns the trace
+/// id and the `traceparent` to send.
+pub fn traceparent(incoming: Option<&str>) -> (String, String) {
+    let parsed = incoming.and_then(|tp| {
+        let parts: Vec<&str> = tp.trim().split('-').collect();
+        let hex = |s: &str, n: usize| {
+            s.len() == n
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        let valid = parts.len() >= 4
+            && hex(parts[0], 2)
+            && parts[0] != "ff"
+            && hex(parts[1], 32)
+            && parts[1].bytes().any(|b| b != b'0')
+            && hex(parts[2], 16)
+            && parts[2].bytes().any(|b| b != b'0')
+            && hex(parts[3], 2);
+        valid.then(|| (parts[1].to_string(), parts[3].to_string()))
+    });
+    let (trace_id, flags) =
+        parsed.unwrap_or_else(|| (format!("{:032x}", fastrand::u128(1..)), "01".to_string()));
+    let span_id = format!("{:016x}", fastrand::u64(1..));
+    let header = format!("00-{trace_id}-{span_id}-{flags}");
+    (trace_id, header)
+}
+
 const HOP_BY_HOP: [&str; 7] = [
     "keep-alive",
     "proxy-connection",
@@ -131,6 +159,25 @@ mod tests {
             forwarded_for("10.0.0.2".parse().unwrap(), Some("6.6.6.6"), &s),
             "6.6.6.6, 10.0.0.2"
         );
+    }
+
+    #[test]
+    fn traceparent_keeps_valid_trace_ids() {
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (trace, header) = traceparent(Some(incoming));
+        assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(
+            header.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && header.ends_with("-01")
+        );
+        assert!(
+            !header.contains("00f067aa0ba902b7"),
+            "a new span id for this hop"
+        );
+        let (fresh, _) = traceparent(Some(
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ));
+        assert_ne!(fresh, "00000000000000000000000000000000");
+        assert_eq!(traceparent(None).1.len(), 55);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use crate::policy::auth::{claim, header_text, AuthError};
 use crate::policy::ratelimit::{ceil_secs, Decision, LimitKey, RateLimit, Verdict};
 use crate::router::{Action, Match, Route, StaticResponse};
 use crate::snapshot::{Snapshot, SnapshotHolder};
-use crate::upstream::{Balance, Pick, PickError, Upstream};
+use crate::telemetry::{method_label, ACCESS_TARGET, METRICS};
+use crate::upstream::{Balance, Pick, PickError, Target, Upstream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{
@@ -15,6 +16,8 @@ use http::header::{
     HOST, ORIGIN, TRANSFER_ENCODING, VARY,
 };
 use http::{HeaderValue, Method};
+
+const TRACEPARENT: &str = "traceparent";
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -48,6 +51,13 @@ pub struct Ctx {
     cors_origin: Option<HeaderValue>,
     /// The route has a CORS policy, so responses vary by Origin.
     cors_vary: bool,
+    started: Instant,
+    trace_id: String,
+    traceparent: String,
+    upstream_sent: Option<Instant>,
+    upstream_time: Option<Duration>,
+    target: Option<Arc<Target>>,
+    error_code: Option<&'static str>,
 }
 
 impl Ctx {
@@ -135,7 +145,21 @@ fn decorate(header: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-async fn reject(session: &mut Session, ctx: &Ctx, error: GatewayError) -> Result<bool> {
+async fn reject(session: &mut Session, ctx: &mut Ctx, error: GatewayError) -> Result<bool> {
+    ctx.error_code = Some(error.code());
+    if ctx.snapshot.metrics {
+        let route = ctx.route().map_or("none", |r| &*r.name);
+        match &error {
+            GatewayError::RateLimited { .. } => {
+                METRICS.rate_limited.with_label_values(&[route]).inc()
+            }
+            GatewayError::Unauthorized(_) | GatewayError::Forbidden => METRICS
+                .auth_failures
+                .with_label_values(&[route, error.code()])
+                .inc(),
+            _ => {}
+        }
+    }
     let (mut header, body) = error.response(&ctx.request_id);
     decorate(&mut header, ctx)?;
     send(session, header, body).await
@@ -228,6 +252,78 @@ async fn authenticate(session: &Session, ctx: &mut Ctx, route: &Route) -> Option
             None
         }
     }
+}
+
+fn record_metrics(session: &Session, ctx: &Ctx, status: u16) {
+    let m = &*METRICS;
+    m.in_flight.dec();
+    let route = ctx.route().map_or("none", |r| &*r.name);
+    let upstream = ctx.upstream().map_or("none", |u| &*u.name);
+    let method = method_label(&session.req_header().method);
+    let mut code = itoa::Buffer::new();
+    m.requests
+        .with_label_values(&[route, upstream, method, code.format(status)])
+        .inc();
+    m.duration
+        .with_label_values(&[route])
+        .observe(ctx.started.elapsed().as_secs_f64());
+    if let Some(t) = ctx.upstream_time {
+        m.upstream_duration
+            .with_label_values(&[route])
+            .observe(t.as_secs_f64());
+    }
+}
+
+/// One access-log line: a JSON object with the fields not excluded by the config.
+fn access_line(session: &Session, ctx: &Ctx, status: u16) -> String {
+    use serde_json::Value;
+    let settings = &ctx.snapshot.access_log;
+    let req = session.req_header();
+    let path = match (settings.query, req.uri.query()) {
+        (true, Some(q)) => format!("{}?{q}", req.uri.path()),
+        _ => req.uri.path().to_string(),
+    };
+    let ms = |d: Duration| Value::from((d.as_secs_f64() * 1e6).round() / 1e3);
+    let user = ctx
+        .claims
+        .as_ref()
+        .and_then(|c| c.get("sub"))
+        .map(|s| Value::from(header_text(s)));
+    let fields: [(&str, Option<Value>); 16] = [
+        (
+            "time",
+            Some(
+                humantime::format_rfc3339_millis(std::time::SystemTime::now())
+                    .to_string()
+                    .into(),
+            ),
+        ),
+        ("request_id", Some(ctx.request_id.as_str().into())),
+        ("trace_id", Some(ctx.trace_id.as_str().into())),
+        ("client_ip", ctx.client_ip.map(|ip| ip.to_string().into())),
+        ("method", Some(req.method.as_str().into())),
+        ("path", Some(path.into())),
+        ("route", ctx.route().map(|r| (*r.name).into())),
+        ("upstream", ctx.upstream().map(|u| (*u.name).into())),
+        (
+            "target",
+            ctx.target.as_ref().map(|t| t.label.as_str().into()),
+        ),
+        ("status", Some(status.into())),
+        ("duration_ms", Some(ms(ctx.started.elapsed()))),
+        ("upstream_ms", ctx.upstream_time.map(ms)),
+        ("bytes_in", Some(ctx.body_seen.into())),
+        ("bytes_out", Some(session.body_bytes_sent().into())),
+        ("user", user),
+        ("error", ctx.error_code.map(Value::from)),
+    ];
+    let mut map = serde_json::Map::with_capacity(fields.len());
+    for (name, value) in fields {
+        if let Some(value) = value.filter(|_| !settings.exclude.iter().any(|x| x == name)) {
+            map.insert(name.to_string(), value);
+        }
+    }
+    Value::Object(map).to_string()
 }
 
 impl Gateway {
@@ -341,8 +437,12 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
+        let snapshot = self.holder.load();
+        if snapshot.metrics {
+            METRICS.in_flight.inc();
+        }
         Ctx {
-            snapshot: self.holder.load(),
+            snapshot,
             request_id: String::new(),
             client_ip: None,
             route: None,
@@ -357,6 +457,13 @@ impl ProxyHttp for Gateway {
             claims: None,
             cors_origin: None,
             cors_vary: false,
+            started: Instant::now(),
+            trace_id: String::new(),
+            traceparent: String::new(),
+            upstream_sent: None,
+            upstream_time: None,
+            target: None,
+            error_code: None,
         }
     }
 
@@ -373,6 +480,8 @@ impl ProxyHttp for Gateway {
             .get(X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok());
         ctx.client_ip = forwarding::client_ip(peer, xff, &ctx.snapshot.settings);
+        let incoming = req.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
+        (ctx.trace_id, ctx.traceparent) = forwarding::traceparent(incoming);
         self.route_request(session, ctx).await
     }
 
@@ -432,6 +541,7 @@ impl ProxyHttp for Gateway {
         peer.options.read_timeout = cap(upstream.read_timeout);
         peer.options.write_timeout = cap(upstream.write_timeout);
         ctx.tried.push(pick.index);
+        ctx.target = Some(pick.target.clone());
         ctx.pick = Some(pick);
         Ok(Box::new(peer))
     }
@@ -492,6 +602,8 @@ impl ProxyHttp for Gateway {
             }
         }
         upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        upstream_request.insert_header(TRACEPARENT, ctx.traceparent.as_str())?;
+        ctx.upstream_sent = Some(Instant::now());
         // Identity headers come only from a verified token, never from the client.
         for name in &ctx.snapshot.identity_headers {
             upstream_request.remove_header(name);
@@ -517,6 +629,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.upstream_status = Some(upstream_response.status.as_u16());
+        ctx.upstream_time = ctx.upstream_sent.map(|t| t.elapsed());
         if ctx.past_deadline() {
             return Err(ctx.fail(GatewayError::RouteTimeout));
         }
@@ -536,7 +649,7 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         if let Some(pick) = ctx.pick.take() {
             // 5xx, resets and timeouts count against the target; a client that went away
             // says nothing about it.
@@ -547,6 +660,15 @@ impl ProxyHttp for Gateway {
                 (None, None) => None,
             };
             pick.finish(outcome);
+        }
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if ctx.snapshot.metrics {
+            record_metrics(session, ctx, status);
+        }
+        let log = &ctx.snapshot.access_log;
+        if log.enabled && (log.sample >= 1.0 || fastrand::f64() < log.sample) {
+            let line = access_line(session, ctx, status);
+            tracing::info!(target: ACCESS_TARGET, "{line}");
         }
     }
 
@@ -569,6 +691,7 @@ impl ProxyHttp for Gateway {
             None if ctx.past_deadline() => Some(GatewayError::RouteTimeout),
             None => GatewayError::from_pingora(e),
         };
+        ctx.error_code = failure.as_ref().map(GatewayError::code);
         let Some(failure) = failure else {
             return FailToProxy {
                 error_code: 0,

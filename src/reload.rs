@@ -5,7 +5,9 @@
 
 use crate::config::{ConfigError, Source};
 use crate::snapshot::{compile_with, inputs_digest, SnapshotHolder, Stores};
+use crate::telemetry::METRICS;
 use crate::upstream::resolve::resolve_target;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use notify::{EventKind, RecursiveMode, Watcher};
 use pingora::server::ShutdownWatch;
@@ -18,6 +20,7 @@ use tokio::sync::mpsc;
 
 /// Bursts of file events closer than this are one change.
 const DEBOUNCE: Duration = Duration::from_millis(200);
+const MAX_SETTLE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct ReloadStatus {
@@ -98,6 +101,10 @@ impl Reloader {
         status.at = now();
         match outcome {
             Ok(None) => {
+                tracing::debug!(
+                    trigger,
+                    "config and referenced files unchanged; nothing to reload"
+                );
                 status.result = "unchanged".into();
                 self.set_status(status);
                 Ok(())
@@ -118,6 +125,8 @@ impl Reloader {
                 tracing::info!(trigger, hash = %snapshot.hash, routes = snapshot.router.routes().len(), "config reloaded");
                 self.inner.stores.remember(&snapshot);
                 self.inner.holder.store(snapshot);
+                METRICS.reloads.with_label_values(&["ok"]).inc();
+                METRICS.last_reload_success.set(status.at as f64);
                 status.result = "ok".into();
                 status.error = None;
                 status.succeeded += 1;
@@ -128,6 +137,7 @@ impl Reloader {
             }
             Err(e) => {
                 tracing::error!(trigger, "config refused, the running config stays:\n{e}");
+                METRICS.reloads.with_label_values(&["failed"]).inc();
                 status.result = "failed".into();
                 status.error = Some(e.to_string());
                 status.failed += 1;
@@ -172,12 +182,28 @@ impl Reloader {
         }
     }
 
-    fn start_watcher(&self, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+    /// The files whose changes matter: the config and the files it refers to.
+    fn relevant_files(&self) -> Vec<PathBuf> {
+        let snapshot = self.inner.holder.load();
+        std::iter::once(self.inner.path.clone())
+            .chain(snapshot.inputs.iter().cloned())
+            .collect()
+    }
+
+    fn start_watcher(
+        &self,
+        tx: mpsc::UnboundedSender<()>,
+        relevant: Arc<ArcSwap<Vec<PathBuf>>>,
+    ) -> Option<notify::RecommendedWatcher> {
         let handler = move |event: notify::Result<notify::Event>| {
-            if let Ok(ev) = event {
-                if !matches!(ev.kind, EventKind::Access(_)) {
-                    let _ = tx.send(());
-                }
+            let Ok(ev) = event else { return };
+            if matches!(ev.kind, EventKind::Access(_)) {
+                return;
+            }
+            let files = relevant.load();
+            if ev.paths.iter().any(|p| is_relevant(p, &files)) {
+                tracing::debug!(kind = ?ev.kind, paths = ?ev.paths, "config change seen");
+                let _ = tx.send(());
             }
         };
         match notify::recommended_watcher(handler) {
@@ -190,9 +216,35 @@ impl Reloader {
     }
 }
 
-/// Waits until events stop arriving for [`DEBOUNCE`]; false when the channel closed.
+/// A change to one of `files` (compared by name within the same directory, so a file
+/// replaced by rename counts), or to a Kubernetes volume's `..data`-style entry.
+fn is_relevant(path: &Path, files: &[PathBuf]) -> bool {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    name.starts_with("..")
+        || files
+            .iter()
+            .any(|f| f == path || (f.file_name() == path.file_name() && same_dir(f, path)))
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let dir = |p: &Path| {
+        p.parent()
+            .map(|d| d.canonicalize().unwrap_or_else(|_| d.to_path_buf()))
+    };
+    dir(a) == dir(b)
+}
+
+/// Waits until events stop arriving for [`DEBOUNCE`] (at most [`MAX_SETTLE`], so a
+/// steady stream of changes cannot postpone a reload forever); false when the channel closed.
 async fn settle(rx: &mut mpsc::UnboundedReceiver<()>) -> bool {
+    let started = tokio::time::Instant::now();
     loop {
+        if started.elapsed() >= MAX_SETTLE {
+            return true;
+        }
         match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
             Ok(Some(())) => continue,
             Ok(None) => return false,
@@ -212,13 +264,15 @@ impl BackgroundService for Reloader {
             }
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let relevant = Arc::new(ArcSwap::from_pointee(self.relevant_files()));
         let mut watcher = if self.watch {
-            self.start_watcher(tx)
+            self.start_watcher(tx, relevant.clone())
         } else {
             None
         };
         let mut watched = Vec::new();
         loop {
+            relevant.store(Arc::new(self.relevant_files()));
             if let Some(w) = watcher.as_mut() {
                 self.watch_new_dirs(w, &mut watched);
             }

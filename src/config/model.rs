@@ -1,11 +1,11 @@
 //! The file model of gateway.yaml: exactly what a user writes, nothing compiled yet.
 //! Every struct denies unknown fields so a typo is an error, never a silent default.
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub version: u32,
@@ -22,10 +22,64 @@ pub struct RawConfig {
     #[serde(default)]
     pub cors: BTreeMap<String, RawCors>,
     #[serde(default)]
+    pub telemetry: RawTelemetry,
+    #[serde(default)]
     pub routes: Vec<RawRoute>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    #[serde(default = "yes")]
+    pub metrics: bool,
+    #[serde(default)]
+    pub access_log: RawAccessLog,
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        RawTelemetry {
+            metrics: true,
+            access_log: RawAccessLog::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Share of requests logged, 0.0 to 1.0.
+    #[serde(default = "one")]
+    pub sample: f64,
+    /// Fields left out of every line.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Log the query string too (off by default: queries often carry tokens).
+    #[serde(default)]
+    pub query: bool,
+}
+
+impl Default for RawAccessLog {
+    fn default() -> Self {
+        RawAccessLog {
+            enabled: true,
+            sample: 1.0,
+            exclude: Vec::new(),
+            query: false,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
     pub algorithms: Vec<String>,
@@ -60,7 +114,7 @@ fn default_token_source() -> String {
     "bearer".to_string()
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -76,7 +130,7 @@ impl OneOrMany {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCors {
     pub allow_origins: Vec<String>,
@@ -92,7 +146,7 @@ pub struct RawCors {
 }
 
 /// `require: { claims: { role: [admin, user], amr: { all_of: [pwd, mfa] } } }`
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawRequire {
     #[serde(default)]
@@ -100,7 +154,7 @@ pub struct RawRequire {
 }
 
 /// A list or a single value means "any of"; `{all_of: [...]}` needs every value.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(untagged)]
 pub enum RawClaimRule {
     AnyList(Vec<Scalar>),
@@ -109,7 +163,7 @@ pub enum RawClaimRule {
     One(Scalar),
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(untagged)]
 pub enum Scalar {
     Text(String),
@@ -129,7 +183,7 @@ impl std::fmt::Display for Scalar {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
     pub url: String,
@@ -142,7 +196,7 @@ fn default_redis_timeout() -> Duration {
     Duration::from_millis(50)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
     pub requests: u64,
@@ -167,7 +221,7 @@ fn default_max_keys() -> usize {
     100_000
 }
 
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, Default, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitBackend {
     #[default]
@@ -175,7 +229,7 @@ pub enum LimitBackend {
     Redis,
 }
 
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, Default, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum OnRedisError {
     #[default]
@@ -183,14 +237,14 @@ pub enum OnRedisError {
     Deny,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
     pub proxy: String,
     pub admin: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Pingora worker threads; defaults to the number of CPUs.
@@ -233,7 +287,7 @@ fn default_resolve_interval() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub targets: Vec<String>,
@@ -247,7 +301,7 @@ pub struct RawUpstream {
     pub breaker: Option<RawBreaker>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
     pub path: String,
@@ -274,7 +328,7 @@ fn default_healthy_after() -> u32 {
     2
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBreaker {
     #[serde(default = "default_consecutive")]
@@ -311,7 +365,7 @@ fn default_balance() -> String {
     "round_robin".to_string()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     #[serde(default = "default_connect", with = "humantime_serde")]
@@ -339,7 +393,7 @@ fn default_read() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Retries {
     /// Extra tries after the first one.
@@ -365,13 +419,13 @@ fn default_retry_on() -> Vec<RetryOn> {
     vec![RetryOn::ConnectFailure]
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RetryOn {
     ConnectFailure,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub name: String,
@@ -390,7 +444,7 @@ pub struct RawRoute {
     pub cors: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     pub path: Option<String>,
@@ -404,14 +458,14 @@ pub struct RawMatch {
 
 /// `X-Env: staging` requires that value; `X-Debug: { present: true }` only its presence
 /// (`present: false`: its absence).
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(untagged)]
 pub enum HeaderCond {
     Equals(String),
     Present { present: bool },
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRespond {
     #[serde(default = "default_status")]
@@ -457,6 +511,12 @@ impl ByteSize {
         n.checked_mul(mult)
             .map(ByteSize)
             .ok_or_else(|| format!("size `{text}` is too large"))
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
     }
 }
 

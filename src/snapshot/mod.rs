@@ -91,6 +91,33 @@ pub fn inputs_digest(files: &[PathBuf]) -> String {
     hex::encode(&h.finalize()[..8])
 }
 
+/// Fields an access-log line can carry (any may be excluded).
+pub const ACCESS_FIELDS: [&str; 16] = [
+    "time",
+    "request_id",
+    "trace_id",
+    "client_ip",
+    "method",
+    "path",
+    "route",
+    "upstream",
+    "target",
+    "status",
+    "duration_ms",
+    "upstream_ms",
+    "bytes_in",
+    "bytes_out",
+    "user",
+    "error",
+];
+
+pub struct AccessLogSettings {
+    pub enabled: bool,
+    pub sample: f64,
+    pub exclude: Vec<String>,
+    pub query: bool,
+}
+
 pub struct Snapshot {
     pub hash: String,
     pub path: PathBuf,
@@ -107,6 +134,10 @@ pub struct Snapshot {
     /// Referenced files, and the digest of their contents when compiled.
     pub inputs: Vec<PathBuf>,
     pub inputs_digest: String,
+    pub metrics: bool,
+    pub access_log: AccessLogSettings,
+    /// The config as loaded, with credentials in URLs redacted (for the admin `/config`).
+    pub redacted: serde_json::Value,
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -329,6 +360,7 @@ pub fn compile_with(src: &Source, stores: &Stores) -> Result<Snapshot, ConfigErr
     };
     let routes = compile_routes(&mut d, &named, server.max_body.0);
     warn_unused_upstreams(&mut d, raw);
+    let access_log = compile_access_log(&mut d, &raw.telemetry.access_log);
     d.items.sort_by_key(|x| (x.pos.line, x.pos.col));
     if d.has_errors() {
         return Err(ConfigError(d.items));
@@ -357,6 +389,9 @@ pub fn compile_with(src: &Source, stores: &Stores) -> Result<Snapshot, ConfigErr
         redis,
         inputs_digest: inputs_digest(&inputs.files),
         inputs: inputs.files,
+        metrics: raw.telemetry.metrics,
+        access_log,
+        redacted: redacted(raw),
         warnings: d.items,
     })
 }
@@ -667,6 +702,62 @@ fn compile_rate_limit(
         backend: backend?,
         fingerprint,
     })
+}
+
+fn compile_access_log(d: &mut Diags, a: &crate::config::model::RawAccessLog) -> AccessLogSettings {
+    if !(0.0..=1.0).contains(&a.sample) {
+        d.error(
+            "telemetry.access_log.sample",
+            format!("sample {} is not a share between 0 and 1", a.sample),
+            Some("1.0 logs every request, 0.1 one in ten".into()),
+        );
+    }
+    for (i, field) in a.exclude.iter().enumerate() {
+        if !ACCESS_FIELDS.contains(&field.as_str()) {
+            d.error(
+                &format!("telemetry.access_log.exclude[{i}]"),
+                format!("unknown access-log field `{field}`"),
+                Some(format!("fields: {}", ACCESS_FIELDS.join(", "))),
+            );
+        }
+    }
+    AccessLogSettings {
+        enabled: a.enabled,
+        sample: a.sample,
+        exclude: a.exclude.clone(),
+        query: a.query,
+    }
+}
+
+/// The config as JSON with the credentials that URLs may carry (Redis password, JWKS URL
+/// user info and query) replaced by `***`. Secrets themselves are never in the file: they
+/// come from env vars and files, which are named, not shown.
+fn redacted(raw: &crate::config::RawConfig) -> serde_json::Value {
+    let mut value = serde_json::to_value(raw).unwrap_or_default();
+    if let Some(url) = value.pointer_mut("/redis/url") {
+        *url = redact_url(url.as_str().unwrap_or_default()).into();
+    }
+    if let Some(policies) = value.get_mut("auth").and_then(|a| a.as_object_mut()) {
+        for policy in policies.values_mut() {
+            if let Some(url) = policy.get_mut("jwks_url").filter(|u| u.is_string()) {
+                *url = redact_url(url.as_str().unwrap_or_default()).into();
+            }
+        }
+    }
+    value
+}
+
+fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = match rest.split_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => rest.to_string(),
+    };
+    let rest = match rest.split_once('?') {
+        Some((path, _)) => format!("{path}?***"),
+        None => rest,
+    };
+    format!("{scheme}://{rest}")
 }
 
 /// An optional reference that failed to resolve is None; an absent one Some(None).

@@ -112,7 +112,10 @@ impl Gateway {
             .args(args)
             .arg("-c")
             .arg(&config)
-            .env("PORTICO_LOG", "info")
+            .env(
+                "PORTICO_LOG",
+                std::env::var("TEST_PORTICO_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
