@@ -274,56 +274,102 @@ fn record_metrics(session: &Session, ctx: &Ctx, status: u16) {
     }
 }
 
-/// One access-log line: a JSON object with the fields not excluded by the config.
+/// One access-log line: a JSON object with the fields not excluded by the config, written
+/// directly (no intermediate JSON tree) since it runs for every request.
 fn access_line(session: &Session, ctx: &Ctx, status: u16) -> String {
-    use serde_json::Value;
     let settings = &ctx.snapshot.access_log;
     let req = session.req_header();
-    let path = match (settings.query, req.uri.query()) {
-        (true, Some(q)) => format!("{}?{q}", req.uri.path()),
-        _ => req.uri.path().to_string(),
-    };
-    let ms = |d: Duration| Value::from((d.as_secs_f64() * 1e6).round() / 1e3);
-    let user = ctx
-        .claims
-        .as_ref()
-        .and_then(|c| c.get("sub"))
-        .map(|s| Value::from(header_text(s)));
-    let fields: [(&str, Option<Value>); 16] = [
-        (
-            "time",
-            Some(
-                humantime::format_rfc3339_millis(std::time::SystemTime::now())
-                    .to_string()
-                    .into(),
-            ),
-        ),
-        ("request_id", Some(ctx.request_id.as_str().into())),
-        ("trace_id", Some(ctx.trace_id.as_str().into())),
-        ("client_ip", ctx.client_ip.map(|ip| ip.to_string().into())),
-        ("method", Some(req.method.as_str().into())),
-        ("path", Some(path.into())),
-        ("route", ctx.route().map(|r| (*r.name).into())),
-        ("upstream", ctx.upstream().map(|u| (*u.name).into())),
-        (
-            "target",
-            ctx.target.as_ref().map(|t| t.label.as_str().into()),
-        ),
-        ("status", Some(status.into())),
-        ("duration_ms", Some(ms(ctx.started.elapsed()))),
-        ("upstream_ms", ctx.upstream_time.map(ms)),
-        ("bytes_in", Some(ctx.body_seen.into())),
-        ("bytes_out", Some(session.body_bytes_sent().into())),
-        ("user", user),
-        ("error", ctx.error_code.map(Value::from)),
-    ];
-    let mut map = serde_json::Map::with_capacity(fields.len());
-    for (name, value) in fields {
-        if let Some(value) = value.filter(|_| !settings.exclude.iter().any(|x| x == name)) {
-            map.insert(name.to_string(), value);
+    let mut line = JsonLine::new(&settings.exclude);
+    line.str(
+        "time",
+        &humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+    );
+    line.str("request_id", &ctx.request_id);
+    line.str("trace_id", &ctx.trace_id);
+    if let Some(ip) = ctx.client_ip {
+        line.str("client_ip", &ip.to_string());
+    }
+    line.str("method", req.method.as_str());
+    match (settings.query, req.uri.query()) {
+        (true, Some(q)) => line.str("path", &format!("{}?{q}", req.uri.path())),
+        _ => line.str("path", req.uri.path()),
+    }
+    if let Some(route) = ctx.route() {
+        line.str("route", &route.name);
+    }
+    if let Some(upstream) = ctx.upstream() {
+        line.str("upstream", &upstream.name);
+    }
+    if let Some(target) = &ctx.target {
+        line.str("target", &target.label);
+    }
+    line.num("status", status);
+    line.millis("duration_ms", ctx.started.elapsed());
+    if let Some(t) = ctx.upstream_time {
+        line.millis("upstream_ms", t);
+    }
+    line.num("bytes_in", ctx.body_seen);
+    line.num("bytes_out", session.body_bytes_sent());
+    if let Some(sub) = ctx.claims.as_ref().and_then(|c| c.get("sub")) {
+        line.str("user", &header_text(sub));
+    }
+    if let Some(code) = ctx.error_code {
+        line.str("error", code);
+    }
+    line.finish()
+}
+
+/// Builds one JSON object, skipping excluded fields.
+struct JsonLine<'a> {
+    out: String,
+    exclude: &'a [String],
+}
+
+impl<'a> JsonLine<'a> {
+    fn new(exclude: &'a [String]) -> Self {
+        JsonLine {
+            out: String::with_capacity(384),
+            exclude,
         }
     }
-    Value::Object(map).to_string()
+
+    fn key(&mut self, name: &str) -> bool {
+        if self.exclude.iter().any(|x| x == name) {
+            return false;
+        }
+        self.out.push(if self.out.is_empty() { '{' } else { ',' });
+        self.out.push('"');
+        self.out.push_str(name);
+        self.out.push_str("\":");
+        true
+    }
+
+    fn str(&mut self, name: &str, value: &str) {
+        if self.key(name) {
+            // serde_json escapes quotes, backslashes and control characters.
+            self.out
+                .push_str(&serde_json::to_string(value).unwrap_or_default());
+        }
+    }
+
+    fn num(&mut self, name: &str, value: impl std::fmt::Display) {
+        if self.key(name) {
+            use std::fmt::Write;
+            let _ = write!(self.out, "{value}");
+        }
+    }
+
+    fn millis(&mut self, name: &str, d: Duration) {
+        self.num(name, format_args!("{:.3}", d.as_secs_f64() * 1e3));
+    }
+
+    fn finish(mut self) -> String {
+        self.out.push(if self.out.is_empty() { '{' } else { '}' });
+        if self.out == "{" {
+            self.out.push('}');
+        }
+        self.out
+    }
 }
 
 impl Gateway {

@@ -3,15 +3,17 @@
 //! Logs go to stderr through `tracing` (Pingora's `log` records are captured too); the level
 //! comes from `PORTICO_LOG` (e.g. `debug`, `portico=debug,pingora=warn`). Access-log lines
 //! are `tracing` events with target `portico::access`, written as one JSON object per line
-//! to stdout by a dedicated writer thread, so a request never waits on the terminal or pipe.
+//! to stdout by a dedicated writer thread in batches, so a request never waits on the
+//! terminal or pipe.
 
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
+use std::fmt::Write as _;
 use std::io::Write;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
@@ -34,53 +36,64 @@ pub fn init() {
         .try_init();
 }
 
-/// Hands access-log lines to a writer thread; drops (and counts) lines when it falls behind.
+/// Appends access-log lines to a shared buffer that a writer thread flushes every
+/// [`FLUSH_EVERY`]: a request never makes a syscall or wakes a thread for its line. When
+/// the buffer is full (the output is stuck), lines are dropped and counted.
 struct AccessLayer {
-    tx: SyncSender<String>,
+    buffer: Arc<Mutex<String>>,
 }
+
+const FLUSH_EVERY: Duration = Duration::from_millis(25);
+const MAX_BUFFER: usize = 16 * 1024 * 1024;
 
 impl AccessLayer {
     fn spawn() -> AccessLayer {
-        let (tx, rx) = sync_channel(65_536);
+        let buffer = Arc::new(Mutex::new(String::with_capacity(64 * 1024)));
+        let shared = buffer.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(rx))
+            .spawn(move || write_lines(&shared))
             .expect("spawn the access-log writer");
-        AccessLayer { tx }
+        AccessLayer { buffer }
     }
 }
 
-fn write_lines(rx: Receiver<String>) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
-    while let Ok(line) = rx.recv() {
-        let _ = writeln!(out, "{line}");
-        // Batch what is already queued, then flush so lines appear promptly.
-        while let Ok(line) = rx.try_recv() {
-            let _ = writeln!(out, "{line}");
+fn write_lines(buffer: &Mutex<String>) {
+    let mut spare = String::with_capacity(64 * 1024);
+    let mut out = std::io::stdout();
+    loop {
+        std::thread::sleep(FLUSH_EVERY);
+        {
+            let mut shared = buffer.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::swap(&mut *shared, &mut spare);
         }
-        let _ = out.flush();
+        if !spare.is_empty() {
+            let _ = out.write_all(spare.as_bytes());
+            let _ = out.flush();
+            spare.clear();
+        }
     }
 }
 
-struct Message(Option<String>);
+/// Writes an event's message straight into the buffer, followed by a newline.
+struct Append<'a>(&'a mut String);
 
-impl Visit for Message {
+impl Visit for Append<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
-            self.0 = Some(format!("{value:?}"));
+            let _ = writeln!(self.0, "{value:?}");
         }
     }
 }
 
 impl<S: Subscriber> Layer<S> for AccessLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let mut message = Message(None);
-        event.record(&mut message);
-        if let Some(line) = message.0 {
-            if let Err(TrySendError::Full(_)) = self.tx.try_send(line) {
-                METRICS.access_log_dropped.inc();
-            }
+        let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        if buffer.len() >= MAX_BUFFER {
+            METRICS.access_log_dropped.inc();
+            return;
         }
+        event.record(&mut Append(&mut buffer));
     }
 }
 
