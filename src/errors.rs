@@ -2,6 +2,7 @@
 //! `{"error": {"status": 404, "code": "route_not_found", "message": "...", "request_id": "..."}}`.
 
 use crate::policy::auth::AuthError;
+use crate::policy::validate::Violation;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -18,6 +19,9 @@ pub enum GatewayError {
     CorsRejected,
     RateLimited { retry_after: u64 },
     RateLimitUnavailable,
+    UnsupportedMediaType,
+    InvalidJson(String),
+    ValidationFailed(Vec<Violation>),
     NoUpstreamAvailable,
     NoHealthyUpstream,
     CircuitOpen,
@@ -30,7 +34,11 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
-            GatewayError::BadPath(_) | GatewayError::BadRequest => 400,
+            GatewayError::BadPath(_)
+            | GatewayError::BadRequest
+            | GatewayError::InvalidJson(_)
+            | GatewayError::ValidationFailed(_) => 400,
+            GatewayError::UnsupportedMediaType => 415,
             GatewayError::RouteNotFound => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::Unauthorized(_) => 401,
@@ -51,6 +59,9 @@ impl GatewayError {
         match self {
             GatewayError::BadPath(_) => "bad_path",
             GatewayError::BadRequest => "bad_request",
+            GatewayError::UnsupportedMediaType => "unsupported_media_type",
+            GatewayError::InvalidJson(_) => "invalid_json",
+            GatewayError::ValidationFailed(_) => "validation_failed",
             GatewayError::RouteNotFound => "route_not_found",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::Unauthorized(e) => e.code(),
@@ -73,6 +84,9 @@ impl GatewayError {
         match self {
             GatewayError::BadPath(why) => format!("the request path cannot be routed: {why}"),
             GatewayError::BadRequest => "the request is malformed".into(),
+            GatewayError::UnsupportedMediaType => "this route takes a JSON body (Content-Type: application/json)".into(),
+            GatewayError::InvalidJson(why) => format!("the body is not valid JSON: {why}"),
+            GatewayError::ValidationFailed(v) => format!("the request breaks {} rule(s) of the route's schema", v.len()),
             GatewayError::RouteNotFound => "no route matches this request".into(),
             GatewayError::MethodNotAllowed { allow } => format!("this path accepts only {allow}"),
             GatewayError::BodyTooLarge { limit } => {
@@ -129,7 +143,7 @@ impl GatewayError {
 
     /// The response header and JSON body for this error.
     pub fn response(&self, request_id: &str) -> (ResponseHeader, Bytes) {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": {
                 "status": self.status(),
                 "code": self.code(),
@@ -137,6 +151,9 @@ impl GatewayError {
                 "request_id": request_id,
             }
         });
+        if let GatewayError::ValidationFailed(violations) = self {
+            body["error"]["violations"] = serde_json::to_value(violations).unwrap_or_default();
+        }
         let body = Bytes::from(body.to_string());
         let mut header = ResponseHeader::build(self.status(), Some(5)).expect("valid status");
         let _ = header.insert_header(http::header::CONTENT_TYPE, "application/json");

@@ -4,6 +4,7 @@
 use crate::errors::GatewayError;
 use crate::forwarding::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::policy::auth::{claim, header_text, AuthError};
+use crate::policy::validate::{is_json, BodyError};
 use crate::policy::ratelimit::{ceil_secs, Decision, LimitKey, RateLimit, Verdict};
 use crate::router::{Action, Match, Route, StaticResponse};
 use crate::snapshot::{Snapshot, SnapshotHolder};
@@ -372,6 +373,42 @@ impl<'a> JsonLine<'a> {
     }
 }
 
+/// Applies the route's `validate` rules. A body to check is read whole (bounded) into
+/// Pingora's retry buffer, which is what gets sent upstream once it passed.
+async fn validate_request(session: &mut Session, ctx: &mut Ctx, route: &Route) -> Result<Option<GatewayError>> {
+    let Some(rules) = route.validate.as_ref().filter(|v| v.applies(&session.req_header().method)) else {
+        return Ok(None);
+    };
+    let req = session.req_header();
+    let missing = rules.check_head(&req.headers, req.uri.query());
+    if !missing.is_empty() {
+        return Ok(Some(GatewayError::ValidationFailed(missing)));
+    }
+    if rules.schema.is_none() {
+        return Ok(None);
+    }
+    let content_type = req.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if !is_json(content_type) {
+        return Ok(Some(GatewayError::UnsupportedMediaType));
+    }
+    if content_length(req).is_some_and(|len| len > rules.max_body) {
+        return Ok(Some(GatewayError::BodyTooLarge { limit: rules.max_body }));
+    }
+    session.enable_retry_buffering();
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        body.extend_from_slice(&chunk);
+        if body.len() as u64 > rules.max_body {
+            return Ok(Some(GatewayError::BodyTooLarge { limit: rules.max_body }));
+        }
+    }
+    Ok(match rules.check_body(&body) {
+        Ok(()) => None,
+        Err(BodyError::InvalidJson(why)) => Some(GatewayError::InvalidJson(why)),
+        Err(BodyError::Invalid(violations)) => Some(GatewayError::ValidationFailed(violations)),
+    })
+}
+
 impl Gateway {
     /// Answers a CORS preflight for a route with a CORS policy (before auth: browsers send
     /// preflights without credentials). None when this is not such a preflight.
@@ -449,6 +486,9 @@ impl Gateway {
             return reject(session, ctx, refusal).await;
         }
         if let Some(refusal) = check_rate_limit(session, ctx, route).await {
+            return reject(session, ctx, refusal).await;
+        }
+        if let Some(refusal) = validate_request(session, ctx, route).await? {
             return reject(session, ctx, refusal).await;
         }
         let req = session.req_header();

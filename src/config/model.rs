@@ -442,6 +442,26 @@ pub struct RawRoute {
     pub auth: Option<String>,
     pub require: Option<RawRequire>,
     pub cors: Option<String>,
+    pub validate: Option<RawValidate>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawValidate {
+    /// A JSON Schema file for the request body (relative to the config's directory).
+    pub body: Option<String>,
+    /// Methods validated (default POST, PUT, PATCH).
+    pub methods: Option<Vec<String>>,
+    #[serde(default = "default_validate_max")]
+    pub max_body_bytes: ByteSize,
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default)]
+    pub query: Vec<String>,
+}
+
+fn default_validate_max() -> ByteSize {
+    ByteSize(64 * 1024)
 }
 
 #[derive(Debug, Deserialize, Serialize, Default)]

@@ -3,3 +3,4 @@
 pub mod auth;
 pub mod cors;
 pub mod ratelimit;
+pub mod validate;

@@ -22,6 +22,7 @@ pub struct Route {
     /// Claim conditions a valid token must meet (403 otherwise).
     pub require: Vec<crate::policy::auth::ClaimRule>,
     pub cors: Option<Arc<crate::policy::cors::CorsPolicy>>,
+    pub validate: Option<Arc<crate::policy::validate::RequestValidation>>,
     /// Total time for the request, across retries.
     pub timeout: Option<Duration>,
     pub max_body: u64,
@@ -339,6 +340,7 @@ mod tests {
             auth: None,
             require: Vec::new(),
             cors: None,
+            validate: None,
             timeout: None,
             max_body: 0,
         }

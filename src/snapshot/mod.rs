@@ -358,7 +358,7 @@ pub fn compile_with(src: &Source, stores: &Stores) -> Result<Snapshot, ConfigErr
         cors: &cors,
         raw,
     };
-    let routes = compile_routes(&mut d, &named, server.max_body.0);
+    let routes = compile_routes(&mut d, &named, server.max_body.0, &mut inputs);
     warn_unused_upstreams(&mut d, raw);
     let access_log = compile_access_log(&mut d, &raw.telemetry.access_log);
     d.items.sort_by_key(|x| (x.pos.line, x.pos.col));
@@ -768,7 +768,7 @@ fn transpose<T>(reference: Option<Option<T>>) -> Option<Option<T>> {
     }
 }
 
-fn compile_routes(d: &mut Diags, named: &Named, default_max_body: u64) -> Vec<Route> {
+fn compile_routes(d: &mut Diags, named: &Named, default_max_body: u64, inputs: &mut Inputs) -> Vec<Route> {
     let (raw_routes, upstreams, raw) = (&named.raw.routes, named.upstreams, named.raw);
     let mut names = HashSet::new();
     let mut routes = Vec::new();
@@ -825,6 +825,7 @@ fn compile_routes(d: &mut Diags, named: &Named, default_max_body: u64) -> Vec<Ro
             }
             (None, _) => Vec::new(),
         };
+        let validate = r.validate.as_ref().map(|v| policies::compile_validate(d, &at, v, inputs));
         let rate_limit = r.rate_limit.as_ref().map(|name| {
             let defined = raw.rate_limits.keys().collect();
             lookup(
@@ -844,9 +845,12 @@ fn compile_routes(d: &mut Diags, named: &Named, default_max_body: u64) -> Vec<Ro
             );
         }
         if let (Some(matcher), Some(action), Some(rewrite)) = (matcher, action, rewrite) {
-            let (Some(rate_limit), Some(auth), Some(cors)) =
-                (transpose(rate_limit), transpose(auth), transpose(cors))
-            else {
+            let (Some(rate_limit), Some(auth), Some(cors), Some(validate)) = (
+                transpose(rate_limit),
+                transpose(auth),
+                transpose(cors),
+                transpose(validate),
+            ) else {
                 continue;
             };
             routes.push(Route {
@@ -858,6 +862,7 @@ fn compile_routes(d: &mut Diags, named: &Named, default_max_body: u64) -> Vec<Ro
                 auth,
                 require,
                 cors,
+                validate: validate.map(Arc::new),
                 timeout: r.timeout,
                 max_body: r.max_body.map_or(default_max_body, |b| b.0),
             });

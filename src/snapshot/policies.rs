@@ -2,10 +2,11 @@
 //! the request path only looks them up.
 
 use super::Inputs;
-use crate::config::model::{RawAuth, RawClaimRule, RawCors, RawRequire};
+use crate::config::model::{RawAuth, RawClaimRule, RawCors, RawRequire, RawValidate};
 use crate::config::Diags;
 use crate::policy::auth::{parse_jwks, AuthPolicy, ClaimRule, Keys, RemoteJwks, TokenSource};
 use crate::policy::cors::{CorsPolicy, CorsSpec};
+use crate::policy::validate::{compile_schema, RequestValidation, MAX_BUFFERED_BODY};
 use http::{HeaderName, Method};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use std::str::FromStr;
@@ -304,4 +305,55 @@ pub(super) fn compile_cors(d: &mut Diags, name: &str, c: &RawCors) -> Option<Cor
             None
         }
     }
+}
+
+pub(super) fn compile_validate(d: &mut Diags, at: &str, v: &RawValidate, inputs: &mut Inputs) -> Option<RequestValidation> {
+    let at = format!("{at}.validate");
+    if v.max_body_bytes.0 > MAX_BUFFERED_BODY || v.max_body_bytes.0 == 0 {
+        d.error(&format!("{at}.max_body_bytes"), format!("max_body_bytes must be between 1 and {MAX_BUFFERED_BODY} (64KiB)"), Some("a validated body is held whole before the upstream sees the request; larger bodies cannot be replayed".into()));
+    }
+    let methods: Vec<Method> = match &v.methods {
+        None => vec![Method::POST, Method::PUT, Method::PATCH],
+        Some(list) => list
+            .iter()
+            .filter_map(|m| {
+                let parsed = Method::from_bytes(m.as_bytes()).ok().filter(|_| m.bytes().all(|b| b.is_ascii_uppercase()));
+                if parsed.is_none() {
+                    d.error(&format!("{at}.methods"), format!("`{m}` is not an HTTP method"), Some("write methods in upper case".into()));
+                }
+                parsed
+            })
+            .collect(),
+    };
+    let headers = v
+        .headers
+        .iter()
+        .filter_map(|h| {
+            let name = HeaderName::from_bytes(h.as_bytes()).ok();
+            if name.is_none() {
+                d.error(&format!("{at}.headers"), format!("`{h}` is not a valid header name"), None);
+            }
+            name
+        })
+        .collect();
+    let schema = match &v.body {
+        None => None,
+        Some(file) => {
+            let path = format!("{at}.body");
+            let text = inputs.read(d, &path, file)?;
+            let full = inputs.files.last().cloned().unwrap_or_default();
+            let absolute = std::path::absolute(&full).unwrap_or(full);
+            match compile_schema(&absolute, &text) {
+                Ok((validator, referenced)) => {
+                    inputs.files.extend(referenced);
+                    Some(validator)
+                }
+                Err(e) => {
+                    d.error(&path, format!("schema `{file}` does not compile: {e}"), Some("check it with a JSON Schema validator; $ref paths are relative to the schema file".into()));
+                    return None;
+                }
+            }
+        }
+    };
+    Some(RequestValidation { methods, schema, max_body: v.max_body_bytes.0, headers, query: v.query.clone() })
 }
