@@ -93,13 +93,16 @@ impl ServeHttp for SampleService {
     }
 }
 
-/// Adds a sample service on every loopback target of the config's upstreams.
+/// Adds a sample service on every loopback (or 0.0.0.0) target of the config's upstreams.
 pub fn add_sample_services(server: &mut Server, snapshot: &Snapshot) -> Vec<String> {
     let mut started = Vec::new();
     for (name, upstream) in &snapshot.upstreams {
         for target in &upstream.targets {
-            let loopback = target.addrs().first().is_some_and(|a| a.ip().is_loopback());
-            if !loopback {
+            let local = target
+                .addrs()
+                .first()
+                .is_some_and(|a| a.ip().is_loopback() || a.ip().is_unspecified());
+            if !local {
                 continue;
             }
             let app = SampleService {

@@ -84,9 +84,14 @@ impl GatewayError {
         match self {
             GatewayError::BadPath(why) => format!("the request path cannot be routed: {why}"),
             GatewayError::BadRequest => "the request is malformed".into(),
-            GatewayError::UnsupportedMediaType => "this route takes a JSON body (Content-Type: application/json)".into(),
+            GatewayError::UnsupportedMediaType => {
+                "this route takes a JSON body (Content-Type: application/json)".into()
+            }
             GatewayError::InvalidJson(why) => format!("the body is not valid JSON: {why}"),
-            GatewayError::ValidationFailed(v) => format!("the request breaks {} rule(s) of the route's schema", v.len()),
+            GatewayError::ValidationFailed(v) => format!(
+                "the request breaks {} rule(s) of the route's schema",
+                v.len()
+            ),
             GatewayError::RouteNotFound => "no route matches this request".into(),
             GatewayError::MethodNotAllowed { allow } => format!("this path accepts only {allow}"),
             GatewayError::BodyTooLarge { limit } => {

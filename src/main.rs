@@ -55,6 +55,8 @@ enum Command {
         #[arg(short, long, default_value = "gateway.yaml")]
         config: PathBuf,
     },
+    /// Print the JSON Schema of gateway.yaml (committed as schemas/gateway.schema.json).
+    Schema,
     /// Print the version.
     Version,
 }
@@ -96,6 +98,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             headers,
         } => route(&config, test, method, path, &headers),
         Command::Demo { config } => demo(&config),
+        Command::Schema => {
+            print!("{}", portico::config::json_schema());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Version => {
             println!("portico {}", portico::admin::VERSION);
             Ok(ExitCode::SUCCESS)

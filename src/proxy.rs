@@ -4,8 +4,8 @@
 use crate::errors::GatewayError;
 use crate::forwarding::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::policy::auth::{claim, header_text, AuthError};
-use crate::policy::validate::{is_json, BodyError};
 use crate::policy::ratelimit::{ceil_secs, Decision, LimitKey, RateLimit, Verdict};
+use crate::policy::validate::{is_json, BodyError};
 use crate::router::{Action, Match, Route, StaticResponse};
 use crate::snapshot::{Snapshot, SnapshotHolder};
 use crate::telemetry::{method_label, ACCESS_TARGET, METRICS};
@@ -375,8 +375,12 @@ impl<'a> JsonLine<'a> {
 
 /// Applies the route's `validate` rules. A body to check is read whole (bounded) into
 /// Pingora's retry buffer, which is what gets sent upstream once it passed.
-async fn validate_request(session: &mut Session, ctx: &mut Ctx, route: &Route) -> Result<Option<GatewayError>> {
-    let Some(rules) = route.validate.as_ref().filter(|v| v.applies(&session.req_header().method)) else {
+async fn validate_request(session: &mut Session, route: &Route) -> Result<Option<GatewayError>> {
+    let Some(rules) = route
+        .validate
+        .as_ref()
+        .filter(|v| v.applies(&session.req_header().method))
+    else {
         return Ok(None);
     };
     let req = session.req_header();
@@ -392,14 +396,18 @@ async fn validate_request(session: &mut Session, ctx: &mut Ctx, route: &Route) -
         return Ok(Some(GatewayError::UnsupportedMediaType));
     }
     if content_length(req).is_some_and(|len| len > rules.max_body) {
-        return Ok(Some(GatewayError::BodyTooLarge { limit: rules.max_body }));
+        return Ok(Some(GatewayError::BodyTooLarge {
+            limit: rules.max_body,
+        }));
     }
     session.enable_retry_buffering();
     let mut body = bytes::BytesMut::new();
     while let Some(chunk) = session.read_request_body().await? {
         body.extend_from_slice(&chunk);
         if body.len() as u64 > rules.max_body {
-            return Ok(Some(GatewayError::BodyTooLarge { limit: rules.max_body }));
+            return Ok(Some(GatewayError::BodyTooLarge {
+                limit: rules.max_body,
+            }));
         }
     }
     Ok(match rules.check_body(&body) {
@@ -488,7 +496,7 @@ impl Gateway {
         if let Some(refusal) = check_rate_limit(session, ctx, route).await {
             return reject(session, ctx, refusal).await;
         }
-        if let Some(refusal) = validate_request(session, ctx, route).await? {
+        if let Some(refusal) = validate_request(session, route).await? {
             return reject(session, ctx, refusal).await;
         }
         let req = session.req_header();

@@ -379,3 +379,48 @@ fn auth_policies_are_checked() {
     );
     refused(routes, 7, 65, "unknown auth policy `ghost`");
 }
+
+#[test]
+fn broken_schemas_and_limits_are_reported_with_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.json"),
+        r#"{"type": "object", "properties": {"a": {"type": "strin"}}}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("refs.json"), r#"{"$ref": "missing.json"}"#).unwrap();
+    let route = |validate: &str| {
+        format!("{HEAD}routes:\n  - name: a\n    match: {{ path: /a }}\n    respond: {{ text: a }}\n    validate: {validate}\n")
+    };
+    for (validate, line, col, what) in [
+        (
+            "{ body: bad.json }",
+            9,
+            23,
+            "schema `bad.json` does not compile",
+        ),
+        (
+            "{ body: refs.json }",
+            9,
+            23,
+            "schema `refs.json` does not compile",
+        ),
+        ("{ body: nope.json }", 9, 23, "cannot read"),
+        (
+            "{ body: bad.json, max_body_bytes: 1MiB }",
+            9,
+            49,
+            "max_body_bytes must be between 1 and 65536",
+        ),
+    ] {
+        std::fs::write(dir.path().join("g.yaml"), route(validate)).unwrap();
+        let (code, out, err) = portico(&["check", "g.yaml"], dir.path());
+        assert_eq!(code, 1, "{validate}: {out}{err}");
+        let want = format!("g.yaml:{line}:{col}: error: ");
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&want) && l.contains(what)),
+            "{validate}: expected `{want}...{what}` in:\n{err}"
+        );
+    }
+}

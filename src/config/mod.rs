@@ -127,6 +127,15 @@ fn yaml_help(message: &str) -> Option<String> {
     }
 }
 
+/// The JSON Schema of gateway.yaml, generated from the file model (`portico schema`).
+pub fn json_schema() -> String {
+    let mut schema = schemars::schema_for!(RawConfig);
+    schema.insert("title".into(), "Portico gateway.yaml".into());
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

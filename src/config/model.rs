@@ -1,11 +1,12 @@
 //! The file model of gateway.yaml: exactly what a user writes, nothing compiled yet.
 //! Every struct denies unknown fields so a typo is an error, never a silent default.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub version: u32,
@@ -27,7 +28,7 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTelemetry {
     #[serde(default = "yes")]
@@ -45,7 +46,7 @@ impl Default for RawTelemetry {
     }
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAccessLog {
     #[serde(default = "yes")]
@@ -79,12 +80,13 @@ fn one() -> f64 {
     1.0
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
     pub algorithms: Vec<String>,
     pub jwks_file: Option<String>,
     pub jwks_url: Option<String>,
+    #[schemars(with = "String")]
     #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
     pub jwks_refresh: Duration,
     pub public_key_file: Option<String>,
@@ -93,6 +95,7 @@ pub struct RawAuth {
     pub secret_file: Option<String>,
     pub issuer: Option<OneOrMany>,
     pub audience: Option<OneOrMany>,
+    #[schemars(with = "String")]
     #[serde(default = "default_leeway", with = "humantime_serde")]
     pub leeway: Duration,
     #[serde(default)]
@@ -114,7 +117,7 @@ fn default_token_source() -> String {
     "bearer".to_string()
 }
 
-#[derive(Debug, Deserialize, Serialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema, Clone)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -130,7 +133,7 @@ impl OneOrMany {
     }
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCors {
     pub allow_origins: Vec<String>,
@@ -141,12 +144,13 @@ pub struct RawCors {
     pub expose_headers: Vec<String>,
     #[serde(default)]
     pub allow_credentials: bool,
+    #[schemars(with = "Option<String>")]
     #[serde(default, with = "humantime_serde")]
     pub max_age: Option<Duration>,
 }
 
 /// `require: { claims: { role: [admin, user], amr: { all_of: [pwd, mfa] } } }`
-#[derive(Debug, Deserialize, Serialize, Default)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawRequire {
     #[serde(default)]
@@ -154,7 +158,7 @@ pub struct RawRequire {
 }
 
 /// A list or a single value means "any of"; `{all_of: [...]}` needs every value.
-#[derive(Debug, Deserialize, Serialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema, Clone)]
 #[serde(untagged)]
 pub enum RawClaimRule {
     AnyList(Vec<Scalar>),
@@ -163,7 +167,7 @@ pub enum RawClaimRule {
     One(Scalar),
 }
 
-#[derive(Debug, Deserialize, Serialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema, Clone)]
 #[serde(untagged)]
 pub enum Scalar {
     Text(String),
@@ -183,11 +187,12 @@ impl std::fmt::Display for Scalar {
     }
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
     pub url: String,
     /// Longest a request waits for Redis before `on_redis_error` applies.
+    #[schemars(with = "String")]
     #[serde(default = "default_redis_timeout", with = "humantime_serde")]
     pub timeout: Duration,
 }
@@ -196,10 +201,11 @@ fn default_redis_timeout() -> Duration {
     Duration::from_millis(50)
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
     pub requests: u64,
+    #[schemars(with = "String")]
     #[serde(with = "humantime_serde")]
     pub per: Duration,
     #[serde(default)]
@@ -221,7 +227,7 @@ fn default_max_keys() -> usize {
     100_000
 }
 
-#[derive(Debug, Deserialize, Serialize, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema, Default, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitBackend {
     #[default]
@@ -229,7 +235,7 @@ pub enum LimitBackend {
     Redis,
 }
 
-#[derive(Debug, Deserialize, Serialize, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema, Default, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum OnRedisError {
     #[default]
@@ -237,26 +243,29 @@ pub enum OnRedisError {
     Deny,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
     pub proxy: String,
     pub admin: String,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Pingora worker threads; defaults to the number of CPUs.
     pub threads: Option<usize>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    #[schemars(with = "String")]
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub grace_period: Duration,
+    #[schemars(with = "String")]
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     #[serde(default = "default_max_body")]
     pub max_body: ByteSize,
+    #[schemars(with = "String")]
     #[serde(default = "default_resolve_interval", with = "humantime_serde")]
     pub resolve_interval: Duration,
 }
@@ -287,7 +296,7 @@ fn default_resolve_interval() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub targets: Vec<String>,
@@ -301,12 +310,14 @@ pub struct RawUpstream {
     pub breaker: Option<RawBreaker>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
     pub path: String,
+    #[schemars(with = "String")]
     #[serde(default = "default_hc_interval", with = "humantime_serde")]
     pub interval: Duration,
+    #[schemars(with = "String")]
     #[serde(default = "default_hc_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     #[serde(default = "default_unhealthy_after")]
@@ -328,17 +339,19 @@ fn default_healthy_after() -> u32 {
     2
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBreaker {
     #[serde(default = "default_consecutive")]
     pub consecutive_failures: u32,
     /// Also open when this share of requests in `window` failed (at least `min_requests`).
     pub failure_ratio: Option<f64>,
+    #[schemars(with = "String")]
     #[serde(default = "default_window", with = "humantime_serde")]
     pub window: Duration,
     #[serde(default = "default_min_requests")]
     pub min_requests: u32,
+    #[schemars(with = "String")]
     #[serde(default = "default_open_for", with = "humantime_serde")]
     pub open_for: Duration,
     #[serde(default = "default_half_open")]
@@ -365,13 +378,16 @@ fn default_balance() -> String {
     "round_robin".to_string()
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
+    #[schemars(with = "String")]
     #[serde(default = "default_connect", with = "humantime_serde")]
     pub connect: Duration,
+    #[schemars(with = "String")]
     #[serde(default = "default_read", with = "humantime_serde")]
     pub read: Duration,
+    #[schemars(with = "String")]
     #[serde(default = "default_read", with = "humantime_serde")]
     pub write: Duration,
 }
@@ -393,7 +409,7 @@ fn default_read() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retries {
     /// Extra tries after the first one.
@@ -419,13 +435,13 @@ fn default_retry_on() -> Vec<RetryOn> {
     vec![RetryOn::ConnectFailure]
 }
 
-#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RetryOn {
     ConnectFailure,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub name: String,
@@ -435,6 +451,7 @@ pub struct RawRoute {
     pub respond: Option<RawRespond>,
     pub strip_prefix: Option<String>,
     pub rewrite: Option<String>,
+    #[schemars(with = "Option<String>")]
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
     pub max_body: Option<ByteSize>,
@@ -445,7 +462,7 @@ pub struct RawRoute {
     pub validate: Option<RawValidate>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawValidate {
     /// A JSON Schema file for the request body (relative to the config's directory).
@@ -464,7 +481,7 @@ fn default_validate_max() -> ByteSize {
     ByteSize(64 * 1024)
 }
 
-#[derive(Debug, Deserialize, Serialize, Default)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     pub path: Option<String>,
@@ -478,14 +495,14 @@ pub struct RawMatch {
 
 /// `X-Env: staging` requires that value; `X-Debug: { present: true }` only its presence
 /// (`present: false`: its absence).
-#[derive(Debug, Deserialize, Serialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema, Clone)]
 #[serde(untagged)]
 pub enum HeaderCond {
     Equals(String),
     Present { present: bool },
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRespond {
     #[serde(default = "default_status")]
@@ -531,6 +548,22 @@ impl ByteSize {
         n.checked_mul(mult)
             .map(ByteSize)
             .ok_or_else(|| format!("size `{text}` is too large"))
+    }
+}
+
+impl JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Bytes, as a number or with a unit: 512KiB, 10MB, 1GiB",
+            "anyOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": "^[0-9]+ *(B|KB|kB|KiB|MB|MiB|GB|GiB)?$" }
+            ]
+        })
     }
 }
 

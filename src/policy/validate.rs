@@ -45,25 +45,41 @@ impl RequestValidation {
             .headers
             .iter()
             .filter(|h| !headers.contains_key(*h))
-            .map(|h| Violation { path: format!("header:{h}"), message: format!("the header `{h}` is required") })
+            .map(|h| Violation {
+                path: format!("header:{h}"),
+                message: format!("the header `{h}` is required"),
+            })
             .collect();
-        let present: Vec<&str> = query.unwrap_or_default().split('&').map(|kv| kv.split('=').next().unwrap_or_default()).collect();
+        let present: Vec<&str> = query
+            .unwrap_or_default()
+            .split('&')
+            .map(|kv| kv.split('=').next().unwrap_or_default())
+            .collect();
         missing.extend(
             self.query
                 .iter()
                 .filter(|q| !present.contains(&q.as_str()))
-                .map(|q| Violation { path: format!("query:{q}"), message: format!("the query parameter `{q}` is required") }),
+                .map(|q| Violation {
+                    path: format!("query:{q}"),
+                    message: format!("the query parameter `{q}` is required"),
+                }),
         );
         missing
     }
 
     /// Checks a complete body against the schema.
     pub fn check_body(&self, body: &[u8]) -> Result<(), BodyError> {
-        let Some(schema) = &self.schema else { return Ok(()) };
-        let value: Value = serde_json::from_slice(body).map_err(|e| BodyError::InvalidJson(e.to_string()))?;
+        let Some(schema) = &self.schema else {
+            return Ok(());
+        };
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| BodyError::InvalidJson(e.to_string()))?;
         let violations: Vec<Violation> = schema
             .iter_errors(&value)
-            .map(|e| Violation { path: e.instance_path.to_string(), message: e.to_string() })
+            .map(|e| Violation {
+                path: e.instance_path.to_string(),
+                message: e.to_string(),
+            })
             .collect();
         if violations.is_empty() {
             Ok(())
@@ -76,8 +92,14 @@ impl RequestValidation {
 /// `application/json` or any `+json` type.
 pub fn is_json(content_type: Option<&str>) -> bool {
     content_type.is_some_and(|ct| {
-        let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-        essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json"))
     })
 }
 
@@ -87,13 +109,20 @@ struct FileRetriever {
 }
 
 impl Retrieve for FileRetriever {
-    fn retrieve(&self, uri: &Uri<String>) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+    fn retrieve(
+        &self,
+        uri: &Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
         if uri.scheme().as_str() != "file" {
             return Err(format!("only file references are allowed, not `{uri}`").into());
         }
         let path = PathBuf::from(uri.path().as_str());
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        self.read.lock().unwrap_or_else(|e| e.into_inner()).push(path);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        self.read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path);
         Ok(serde_json::from_str(&text)?)
     }
 }
@@ -126,9 +155,25 @@ mod tests {
 
     #[test]
     fn required_headers_and_query() {
-        let v = RequestValidation { methods: vec![Method::GET], schema: None, max_body: 1, headers: vec![HeaderName::from_static("x-tenant")], query: vec!["page".into()] };
+        let v = RequestValidation {
+            methods: vec![Method::GET],
+            schema: None,
+            max_body: 1,
+            headers: vec![HeaderName::from_static("x-tenant")],
+            query: vec!["page".into()],
+        };
         let missing = v.check_head(&HeaderMap::new(), Some("size=2"));
-        assert_eq!(missing.iter().map(|m| m.path.as_str()).collect::<Vec<_>>(), ["header:x-tenant", "query:page"]);
-        assert!(v.check_head(&[(HeaderName::from_static("x-tenant"), "a".parse().unwrap())].into_iter().collect(), Some("page=1")).is_empty());
+        assert_eq!(
+            missing.iter().map(|m| m.path.as_str()).collect::<Vec<_>>(),
+            ["header:x-tenant", "query:page"]
+        );
+        assert!(v
+            .check_head(
+                &[(HeaderName::from_static("x-tenant"), "a".parse().unwrap())]
+                    .into_iter()
+                    .collect(),
+                Some("page=1")
+            )
+            .is_empty());
     }
 }

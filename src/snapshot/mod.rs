@@ -768,7 +768,12 @@ fn transpose<T>(reference: Option<Option<T>>) -> Option<Option<T>> {
     }
 }
 
-fn compile_routes(d: &mut Diags, named: &Named, default_max_body: u64, inputs: &mut Inputs) -> Vec<Route> {
+fn compile_routes(
+    d: &mut Diags,
+    named: &Named,
+    default_max_body: u64,
+    inputs: &mut Inputs,
+) -> Vec<Route> {
     let (raw_routes, upstreams, raw) = (&named.raw.routes, named.upstreams, named.raw);
     let mut names = HashSet::new();
     let mut routes = Vec::new();
@@ -825,7 +830,10 @@ fn compile_routes(d: &mut Diags, named: &Named, default_max_body: u64, inputs: &
             }
             (None, _) => Vec::new(),
         };
-        let validate = r.validate.as_ref().map(|v| policies::compile_validate(d, &at, v, inputs));
+        let validate = r
+            .validate
+            .as_ref()
+            .map(|v| policies::compile_validate(d, &at, v, inputs));
         let rate_limit = r.rate_limit.as_ref().map(|name| {
             let defined = raw.rate_limits.keys().collect();
             lookup(

@@ -307,7 +307,12 @@ pub(super) fn compile_cors(d: &mut Diags, name: &str, c: &RawCors) -> Option<Cor
     }
 }
 
-pub(super) fn compile_validate(d: &mut Diags, at: &str, v: &RawValidate, inputs: &mut Inputs) -> Option<RequestValidation> {
+pub(super) fn compile_validate(
+    d: &mut Diags,
+    at: &str,
+    v: &RawValidate,
+    inputs: &mut Inputs,
+) -> Option<RequestValidation> {
     let at = format!("{at}.validate");
     if v.max_body_bytes.0 > MAX_BUFFERED_BODY || v.max_body_bytes.0 == 0 {
         d.error(&format!("{at}.max_body_bytes"), format!("max_body_bytes must be between 1 and {MAX_BUFFERED_BODY} (64KiB)"), Some("a validated body is held whole before the upstream sees the request; larger bodies cannot be replayed".into()));
@@ -317,9 +322,15 @@ pub(super) fn compile_validate(d: &mut Diags, at: &str, v: &RawValidate, inputs:
         Some(list) => list
             .iter()
             .filter_map(|m| {
-                let parsed = Method::from_bytes(m.as_bytes()).ok().filter(|_| m.bytes().all(|b| b.is_ascii_uppercase()));
+                let parsed = Method::from_bytes(m.as_bytes())
+                    .ok()
+                    .filter(|_| m.bytes().all(|b| b.is_ascii_uppercase()));
                 if parsed.is_none() {
-                    d.error(&format!("{at}.methods"), format!("`{m}` is not an HTTP method"), Some("write methods in upper case".into()));
+                    d.error(
+                        &format!("{at}.methods"),
+                        format!("`{m}` is not an HTTP method"),
+                        Some("write methods in upper case".into()),
+                    );
                 }
                 parsed
             })
@@ -331,7 +342,11 @@ pub(super) fn compile_validate(d: &mut Diags, at: &str, v: &RawValidate, inputs:
         .filter_map(|h| {
             let name = HeaderName::from_bytes(h.as_bytes()).ok();
             if name.is_none() {
-                d.error(&format!("{at}.headers"), format!("`{h}` is not a valid header name"), None);
+                d.error(
+                    &format!("{at}.headers"),
+                    format!("`{h}` is not a valid header name"),
+                    None,
+                );
             }
             name
         })
@@ -355,5 +370,11 @@ pub(super) fn compile_validate(d: &mut Diags, at: &str, v: &RawValidate, inputs:
             }
         }
     };
-    Some(RequestValidation { methods, schema, max_body: v.max_body_bytes.0, headers, query: v.query.clone() })
+    Some(RequestValidation {
+        methods,
+        schema,
+        max_body: v.max_body_bytes.0,
+        headers,
+        query: v.query.clone(),
+    })
 }

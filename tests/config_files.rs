@@ -1,0 +1,200 @@
+//! Every config shipped in the repo: it matches the JSON Schema generated from the code,
+//! passes `portico check`, and the deployment manifests are wired as documented.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn yaml_to_json(text: &str) -> serde_json::Value {
+    let expanded = portico::config::env::expand(text, |n| std::env::var(n).ok()).unwrap();
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&expanded).unwrap();
+    serde_json::to_value(yaml).unwrap()
+}
+
+#[test]
+fn the_committed_schema_matches_the_code() {
+    let (code, out, err) = portico(&["schema"], &root());
+    assert_eq!(code, 0, "{err}");
+    let committed = std::fs::read_to_string(root().join("schemas/gateway.schema.json")).unwrap();
+    assert!(out == committed, "schemas/gateway.schema.json is stale: run `cargo run -- schema > schemas/gateway.schema.json`");
+}
+
+/// Validates `config` (a file on disk) against the schema and runs `portico check` on it.
+fn assert_valid(config: &Path, env: &[(&str, &str)]) {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("schemas/gateway.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(
+        text.starts_with("# yaml-language-server: $schema="),
+        "{} starts with the $schema modeline",
+        config.display()
+    );
+    let value = yaml_to_json(&text);
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|e| format!("{}: {e}", e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} breaks the schema: {errors:?}",
+        config.display()
+    );
+    let out = std::process::Command::new(bin())
+        .arg("check")
+        .arg(config)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} fails check:\n{}",
+        config.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_example_config_validates_and_passes_check() {
+    assert_valid(&root().join("gateway.yaml"), &[]);
+    assert_valid(
+        &root().join("deploy/compose/samples.yaml"),
+        &[("SAMPLE", "messages")],
+    );
+
+    // The container layout: /etc/portico/{gateway.yaml,schemas/}.
+    let etc = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root().join("deploy/gateway.yaml"),
+        etc.path().join("gateway.yaml"),
+    )
+    .unwrap();
+    std::fs::create_dir(etc.path().join("schemas")).unwrap();
+    for f in ["user.create.json", "address.json"] {
+        std::fs::copy(
+            root().join("schemas").join(f),
+            etc.path().join("schemas").join(f),
+        )
+        .unwrap();
+    }
+    assert_valid(&etc.path().join("gateway.yaml"), &[]);
+
+    // The ConfigMap, as Kubernetes mounts it: one file per data key.
+    let cm: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("deploy/kubernetes/configmap.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mount = tempfile::tempdir().unwrap();
+    for (key, value) in cm["data"].as_mapping().unwrap() {
+        std::fs::write(
+            mount.path().join(key.as_str().unwrap()),
+            value.as_str().unwrap(),
+        )
+        .unwrap();
+    }
+    assert_valid(
+        &mount.path().join("gateway.yaml"),
+        &[("JWT_SECRET", "test")],
+    );
+}
+
+fn docs(file: &str) -> Vec<serde_yaml::Value> {
+    let text = std::fs::read_to_string(root().join(file)).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
+}
+
+#[test]
+fn manifests_parse_and_mount_the_configmap_as_a_directory() {
+    for entry in std::fs::read_dir(root().join("deploy/kubernetes")).unwrap() {
+        let path = entry.unwrap().path();
+        let docs = docs(path.strip_prefix(root()).unwrap().to_str().unwrap());
+        assert!(
+            docs.iter()
+                .all(|d| d["apiVersion"].is_string() && d["kind"].is_string()),
+            "{}",
+            path.display()
+        );
+    }
+    let deployment = &docs("deploy/kubernetes/deployment.yaml")[0];
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "config")
+        .unwrap();
+    assert!(
+        mount.get("subPath").is_none(),
+        "subPath mounts never receive ConfigMap updates"
+    );
+    assert_eq!(mount["mountPath"], "/etc/portico");
+    assert_eq!(container["args"][2], "/etc/portico/gateway.yaml");
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "config")
+        .unwrap();
+    let configmap = &docs("deploy/kubernetes/configmap.yaml")[0];
+    assert_eq!(volume["configMap"]["name"], configmap["metadata"]["name"]);
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert!(
+        container["resources"]["requests"].is_mapping()
+            && container["resources"]["limits"].is_mapping()
+    );
+    let secret = &docs("deploy/kubernetes/secret.yaml")[0];
+    let env = &container["env"][0]["valueFrom"]["secretKeyRef"];
+    assert_eq!(env["name"], secret["metadata"]["name"]);
+
+    // Termination must outlast the drain: preStop sleep + grace_period + shutdown_timeout.
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(configmap["data"]["gateway.yaml"].as_str().unwrap()).unwrap();
+    let secs = |v: &serde_yaml::Value| {
+        humantime::parse_duration(v.as_str().unwrap())
+            .unwrap()
+            .as_secs()
+    };
+    let drain =
+        5 + secs(&config["server"]["grace_period"]) + secs(&config["server"]["shutdown_timeout"]);
+    assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() > drain);
+
+    let compose = &docs("deploy/docker-compose.yml")[0];
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        for volume in service["volumes"].as_sequence().into_iter().flatten() {
+            let host = volume.as_str().unwrap().split(':').next().unwrap();
+            assert!(
+                root().join("deploy").join(host).exists(),
+                "{name:?}: {host} does not exist"
+            );
+        }
+    }
+    assert!(compose["services"]["redis"].is_mapping());
+}
+
+#[test]
+fn the_dockerfile_runs_as_non_root_with_a_healthcheck() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    for needle in [
+        "cmake",
+        "USER 10001",
+        "HEALTHCHECK",
+        "/health",
+        "/etc/portico/gateway.yaml",
+        "AS build",
+    ] {
+        assert!(dockerfile.contains(needle), "Dockerfile lacks {needle}");
+    }
+    for copied in ["deploy/gateway.yaml", "schemas"] {
+        assert!(root().join(copied).exists());
+    }
+}
