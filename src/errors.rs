@@ -188,3 +188,47 @@ impl GatewayError {
         (header, body)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pingora_errors_map_to_statuses() {
+        let map = |source, etype| {
+            let mut e = Error::new(etype);
+            e.esource = source;
+            GatewayError::from_pingora(&e).map(|g| g.status())
+        };
+        assert_eq!(
+            map(ErrorSource::Internal, ErrorType::InternalError),
+            Some(500)
+        );
+        assert_eq!(
+            map(ErrorSource::Upstream, ErrorType::ReadTimedout),
+            Some(504)
+        );
+        assert_eq!(
+            map(ErrorSource::Upstream, ErrorType::ConnectRefused),
+            Some(502)
+        );
+        assert_eq!(
+            map(ErrorSource::Downstream, ErrorType::InvalidHTTPHeader),
+            Some(400)
+        );
+        assert_eq!(
+            map(ErrorSource::Downstream, ErrorType::ConnectionClosed),
+            None
+        );
+    }
+
+    #[test]
+    fn internal_errors_are_json_with_the_request_id() {
+        let (header, body) = GatewayError::Internal.response("req-1");
+        assert_eq!(header.status.as_u16(), 500);
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"]["code"], "internal_error");
+        assert_eq!(json["error"]["request_id"], "req-1");
+        assert_eq!(header.headers["x-request-id"], "req-1");
+    }
+}

@@ -64,3 +64,44 @@ fn sigterm_drains_in_flight_requests_then_exits() {
         "no new connections after shutdown"
     );
 }
+
+#[test]
+fn graceful_binary_upgrade_hands_over_the_sockets_without_failing_a_request() {
+    let up = TestUpstream::start("svc");
+    let mut old = Gateway::start(&config(&up));
+    let url = old.url("/x");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let load = std::thread::spawn(move || {
+        let c = client();
+        let mut statuses = Vec::new();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) && statuses.len() < 5_000 {
+            statuses.push(c.get(&url).send().map_or(0, |r| r.status().as_u16()));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        statuses
+    });
+    let mut new = std::process::Command::new(bin())
+        .args(["run", "--upgrade", "-c"])
+        .arg(&old.config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    old.signal("QUIT");
+    let exited = wait_until(Duration::from_secs(15), || {
+        old.child.try_wait().unwrap().is_some()
+    });
+    assert!(exited.is_some(), "the old process hands over and exits");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = load.join().unwrap();
+    let _ = new.kill();
+    let _ = new.wait();
+    assert!(statuses.len() > 20);
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "requests failed during the upgrade: {statuses:?}"
+    );
+}
