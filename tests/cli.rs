@@ -7,8 +7,13 @@ use common::*;
 const HEAD: &str = "version: 1\nlisten:\n  proxy: 127.0.0.1:18080\n  admin: 127.0.0.1:19901\n";
 
 fn check(body: &str) -> (i32, String) {
+    check_text(&format!("{HEAD}{body}"))
+}
+
+/// `portico check` on a whole config text: (exit code, stdout + stderr).
+fn check_text(text: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("g.yaml"), format!("{HEAD}{body}")).unwrap();
+    std::fs::write(dir.path().join("g.yaml"), text).unwrap();
     let (code, out, err) = portico(&["check", "g.yaml"], dir.path());
     (code, format!("{out}{err}"))
 }
@@ -85,17 +90,11 @@ fn invalid_cidr() {
 
 #[test]
 fn invalid_listen_address() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("g.yaml"),
-        "version: 1\nlisten:\n  proxy: localhost\n  admin: 127.0.0.1:9\n",
-    )
-    .unwrap();
-    let (code, _, err) = portico(&["check", "g.yaml"], dir.path());
+    let (code, out) = check_text("version: 1\nlisten:\n  proxy: localhost\n  admin: 127.0.0.1:9\n");
     assert_eq!(code, 1);
     assert!(
-        err.contains("g.yaml:3:10: error: `localhost` is not a listen address"),
-        "{err}"
+        out.contains("g.yaml:3:10: error: `localhost` is not a listen address"),
+        "{out}"
     );
 }
 
@@ -187,17 +186,11 @@ fn duplicate_key() {
 
 #[test]
 fn unsupported_version() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("g.yaml"),
-        HEAD.replace("version: 1", "version: 2"),
-    )
-    .unwrap();
-    let (code, _, err) = portico(&["check", "g.yaml"], dir.path());
+    let (code, out) = check_text(&HEAD.replace("version: 1", "version: 2"));
     assert_eq!(code, 1);
     assert!(
-        err.contains("g.yaml:1:10: error: unsupported config version 2"),
-        "{err}"
+        out.contains("g.yaml:1:10: error: unsupported config version 2"),
+        "{out}"
     );
 }
 

@@ -760,6 +760,25 @@ fn redact_url(url: &str) -> String {
     format!("{scheme}://{rest}")
 }
 
+/// Parses a list of upper-case method names, reporting each invalid one at `at[i]`.
+fn parse_methods(d: &mut Diags, at: &str, list: &[String]) -> Vec<Method> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, text)| {
+            let ok = !text.is_empty() && text.bytes().all(|b| b.is_ascii_uppercase() || b == b'-');
+            let method = Method::from_bytes(text.as_bytes()).ok().filter(|_| ok);
+            if method.is_none() {
+                d.error(
+                    &format!("{at}[{i}]"),
+                    format!("`{text}` is not an HTTP method"),
+                    Some("write methods in upper case: GET, POST, PUT, PATCH, DELETE, ...".into()),
+                );
+            }
+            method
+        })
+        .collect()
+}
+
 /// An optional reference that failed to resolve is None; an absent one Some(None).
 fn transpose<T>(reference: Option<Option<T>>) -> Option<Option<T>> {
     match reference {
@@ -916,27 +935,10 @@ fn compile_matcher(d: &mut Diags, at: &str, m: &RawMatch) -> Option<Matcher> {
     } else {
         Some(PathMatch::Any)
     };
-    let methods = m.methods.as_ref().map(|list| {
-        list.iter()
-            .enumerate()
-            .filter_map(|(i, text)| {
-                let ok =
-                    !text.is_empty() && text.bytes().all(|b| b.is_ascii_uppercase() || b == b'-');
-                let method = Method::from_bytes(text.as_bytes()).ok().filter(|_| ok);
-                if method.is_none() {
-                    d.error(
-                        &format!("{at}.methods[{i}]"),
-                        format!("`{text}` is not an HTTP method"),
-                        Some(
-                            "write methods in upper case: GET, POST, PUT, PATCH, DELETE, ..."
-                                .into(),
-                        ),
-                    );
-                }
-                method
-            })
-            .collect::<Vec<_>>()
-    });
+    let methods = m
+        .methods
+        .as_ref()
+        .map(|list| parse_methods(d, &format!("{at}.methods"), list));
     if methods.as_ref().is_some_and(|m| m.is_empty()) && d.items.len() == errors_before {
         d.error(
             &format!("{at}.methods"),

@@ -271,25 +271,11 @@ pub(super) fn compile_cors(d: &mut Diags, name: &str, c: &RawCors) -> Option<Cor
     let default_methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
         .map(String::from)
         .to_vec();
-    let methods: Vec<Method> = c
-        .allow_methods
-        .as_ref()
-        .unwrap_or(&default_methods)
-        .iter()
-        .filter_map(|m| {
-            let parsed = Method::from_bytes(m.as_bytes())
-                .ok()
-                .filter(|_| m.bytes().all(|b| b.is_ascii_uppercase()));
-            if parsed.is_none() {
-                d.error(
-                    &format!("{at}.allow_methods"),
-                    format!("`{m}` is not an HTTP method"),
-                    Some("write methods in upper case".into()),
-                );
-            }
-            parsed
-        })
-        .collect();
+    let methods = super::parse_methods(
+        d,
+        &format!("{at}.allow_methods"),
+        c.allow_methods.as_ref().unwrap_or(&default_methods),
+    );
     let spec = CorsSpec {
         origins: &c.allow_origins,
         methods: &methods,
@@ -317,24 +303,9 @@ pub(super) fn compile_validate(
     if v.max_body_bytes.0 > MAX_BUFFERED_BODY || v.max_body_bytes.0 == 0 {
         d.error(&format!("{at}.max_body_bytes"), format!("max_body_bytes must be between 1 and {MAX_BUFFERED_BODY} (64KiB)"), Some("a validated body is held whole before the upstream sees the request; larger bodies cannot be replayed".into()));
     }
-    let methods: Vec<Method> = match &v.methods {
+    let methods = match &v.methods {
         None => vec![Method::POST, Method::PUT, Method::PATCH],
-        Some(list) => list
-            .iter()
-            .filter_map(|m| {
-                let parsed = Method::from_bytes(m.as_bytes())
-                    .ok()
-                    .filter(|_| m.bytes().all(|b| b.is_ascii_uppercase()));
-                if parsed.is_none() {
-                    d.error(
-                        &format!("{at}.methods"),
-                        format!("`{m}` is not an HTTP method"),
-                        Some("write methods in upper case".into()),
-                    );
-                }
-                parsed
-            })
-            .collect(),
+        Some(list) => super::parse_methods(d, &format!("{at}.methods"), list),
     };
     let headers = v
         .headers
