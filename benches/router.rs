@@ -10,6 +10,10 @@ use portico::snapshot::{compile, compile_with, Snapshot, SnapshotHolder, Stores}
 use std::hint::black_box;
 use std::path::Path;
 
+// The allocator the `portico` binary ships with, so compile times match the real thing.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn config_text(routes: usize) -> String {
     let mut text = String::from(
         "version: 1\nlisten: { proxy: 127.0.0.1:1, admin: 127.0.0.1:2 }\nupstreams:\n  svc: { targets: [\"127.0.0.1:3\"] }\nroutes:\n",
