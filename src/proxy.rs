@@ -735,10 +735,14 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if session.is_process_shutting_down() {
+            // Draining: tell the client to open its next connection elsewhere.
+            session.set_keepalive(None);
+        }
         decorate(upstream_response, ctx)?;
         Ok(())
     }

@@ -73,7 +73,13 @@ fn graceful_binary_upgrade_hands_over_the_sockets_without_failing_a_request() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
     let load = std::thread::spawn(move || {
-        let c = client();
+        // A new connection per request: idle keep-alive connections are closed at shutdown
+        // (as nginx does), and a client racing that close must retry; what the handover
+        // guarantees is that no connection is refused and no request is cut off.
+        let c = reqwest::blocking::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
         let mut statuses = Vec::new();
         while !flag.load(std::sync::atomic::Ordering::Relaxed) && statuses.len() < 5_000 {
             statuses.push(c.get(&url).send().map_or(0, |r| r.status().as_u16()));
