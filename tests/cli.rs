@@ -18,6 +18,13 @@ fn check_text(text: &str) -> (i32, String) {
     (code, format!("{out}{err}"))
 }
 
+/// Asserts that `check` refuses a whole config text with an error containing `what`.
+fn refused_whole(text: &str, what: &str) {
+    let (code, out) = check_text(text);
+    assert_eq!(code, 1, "expected refusal:\n{out}");
+    assert!(out.contains(what), "expected `{what}` in:\n{out}");
+}
+
 /// Asserts that `check` refuses `body` with an error at line:col containing `what`.
 fn refused(body: &str, line: usize, col: usize, what: &str) {
     let (code, out) = check(body);
@@ -90,11 +97,14 @@ fn invalid_cidr() {
 
 #[test]
 fn invalid_listen_address() {
-    let (code, out) = check_text("version: 1\nlisten:\n  proxy: localhost\n  admin: 127.0.0.1:9\n");
-    assert_eq!(code, 1);
-    assert!(
-        out.contains("g.yaml:3:10: error: `localhost` is not a listen address"),
-        "{out}"
+    let text = "version: 1
+listen:
+  proxy: localhost
+  admin: 127.0.0.1:9
+";
+    refused_whole(
+        text,
+        "g.yaml:3:10: error: `localhost` is not a listen address",
     );
 }
 
@@ -186,12 +196,8 @@ fn duplicate_key() {
 
 #[test]
 fn unsupported_version() {
-    let (code, out) = check_text(&HEAD.replace("version: 1", "version: 2"));
-    assert_eq!(code, 1);
-    assert!(
-        out.contains("g.yaml:1:10: error: unsupported config version 2"),
-        "{out}"
-    );
+    let text = HEAD.replace("version: 1", "version: 2");
+    refused_whole(&text, "g.yaml:1:10: error: unsupported config version 2");
 }
 
 #[test]

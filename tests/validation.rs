@@ -25,6 +25,16 @@ routes:
     ))
 }
 
+/// The `path` of every violation in a `validation_failed` body.
+fn violation_paths(body: &serde_json::Value) -> Vec<&str> {
+    body["error"]["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["path"].as_str().unwrap())
+        .collect()
+}
+
 fn sha(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -103,12 +113,7 @@ fn invalid_requests_get_the_right_error_and_never_reach_the_upstream() {
         400,
         "validation_failed",
     );
-    let paths: Vec<&str> = body["error"]["violations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["path"].as_str().unwrap())
-        .collect();
+    let paths = violation_paths(&body);
     for want in ["/name", "/email", "/address/zip", ""] {
         assert!(paths.contains(&want), "{want} missing from {paths:?}");
     }
@@ -157,12 +162,7 @@ fn invalid_requests_get_the_right_error_and_never_reach_the_upstream() {
         400,
         "validation_failed",
     );
-    let paths: Vec<&str> = body["error"]["violations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["path"].as_str().unwrap())
-        .collect();
+    let paths = violation_paths(&body);
     assert_eq!(paths, ["header:x-tenant", "query:channel"]);
     assert_eq!(up.count(), 0, "nothing invalid reached the upstream");
 }
