@@ -24,19 +24,32 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Dur
     None
 }
 
-/// A port that was free a moment ago (for the gateway's own listeners).
+/// A free port for a listener that a child process (gateway, Redis) binds itself.
+///
+/// Ports come from below the kernel's ephemeral range (32768+), so no `bind(0)` in a
+/// parallel test can take one between this check and the child's bind, and each is
+/// handed out once per test process. (A port released by `bind(0)` is not safe: Pingora
+/// retries a busy address instead of failing, so two gateways could share a port and a
+/// test would talk to the wrong one.)
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: std::sync::Mutex<Option<u32>> = std::sync::Mutex::new(None);
+    let mut next = NEXT.lock().unwrap();
+    // Each test binary starts elsewhere, so a lingering child of the last one is no clash.
+    let n = next.get_or_insert_with(|| std::process::id().wrapping_mul(7919) % SPAN);
+    loop {
+        let port = (LOW + *n % SPAN) as u16;
+        *n += 1;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A loopback address where nothing listens.
 pub fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
 pub fn bin() -> &'static str {
