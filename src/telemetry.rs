@@ -24,12 +24,13 @@ pub const ACCESS_TARGET: &str = "portico::access";
 
 pub fn init() {
     let env = EnvFilter::try_from_env("PORTICO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Every filter states its most verbose level, so `log` records (Pingora's `debug!` and
+    // `trace!` calls on the hot path) below it are dropped by a level check, never dispatched.
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_filter(env)
-        .with_filter(filter::filter_fn(|meta| meta.target() != ACCESS_TARGET));
-    let access =
-        AccessLayer::spawn().with_filter(filter::filter_fn(|meta| meta.target() == ACCESS_TARGET));
+        .with_filter(env.add_directive(format!("{ACCESS_TARGET}=off").parse().expect("valid")));
+    let access = AccessLayer::spawn()
+        .with_filter(filter::Targets::new().with_target(ACCESS_TARGET, tracing::Level::INFO));
     let _ = tracing_subscriber::registry()
         .with(logs)
         .with(access)
