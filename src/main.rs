@@ -187,5 +187,6 @@ fn demo(config: &Path) -> anyhow::Result<ExitCode> {
         tracing::info!("demo: sample service {started}");
     }
     tracing::info!("demo ready: try `curl http://{proxy}/users/1` (Ctrl-C stops)");
-    server.run_forever()
+    server::serve(server);
+    Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,7 @@ use crate::policy::ratelimit::{ceil_secs, Decision, LimitKey, RateLimit, Verdict
 use crate::policy::validate::{is_json, BodyError};
 use crate::router::{Action, Match, Route, StaticResponse};
 use crate::snapshot::{Snapshot, SnapshotHolder};
-use crate::telemetry::{method_label, ACCESS_TARGET, METRICS};
+use crate::telemetry::{self, method_label, METRICS};
 use crate::upstream::{Balance, Pick, PickError, Target, Upstream};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -275,20 +275,19 @@ fn record_metrics(session: &Session, ctx: &Ctx, status: u16) {
     }
 }
 
-/// One access-log line: a JSON object with the fields not excluded by the config, written
-/// directly (no intermediate JSON tree) since it runs for every request.
-fn access_line(session: &Session, ctx: &Ctx, status: u16) -> String {
+/// Writes one access-log line: a JSON object with the fields not excluded by the config,
+/// written straight into the log buffer (no intermediate JSON tree or strings) since it
+/// runs for every request.
+fn access_line(out: &mut Vec<u8>, session: &Session, ctx: &Ctx, status: u16) {
     let settings = &ctx.snapshot.access_log;
     let req = session.req_header();
-    let mut line = JsonLine::new(&settings.exclude);
-    line.str(
-        "time",
-        &humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-    );
+    let mut line = JsonLine::new(out, &settings.exclude);
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+    line.display("time", now);
     line.str("request_id", &ctx.request_id);
     line.str("trace_id", &ctx.trace_id);
     if let Some(ip) = ctx.client_ip {
-        line.str("client_ip", &ip.to_string());
+        line.display("client_ip", ip);
     }
     line.str("method", req.method.as_str());
     match (settings.query, req.uri.query()) {
@@ -317,20 +316,22 @@ fn access_line(session: &Session, ctx: &Ctx, status: u16) -> String {
     if let Some(code) = ctx.error_code {
         line.str("error", code);
     }
-    line.finish()
+    line.finish();
 }
 
-/// Builds one JSON object, skipping excluded fields.
+/// Writes one JSON object, skipping excluded fields.
 struct JsonLine<'a> {
-    out: String,
+    out: &'a mut Vec<u8>,
     exclude: &'a [String],
+    empty: bool,
 }
 
 impl<'a> JsonLine<'a> {
-    fn new(exclude: &'a [String]) -> Self {
+    fn new(out: &'a mut Vec<u8>, exclude: &'a [String]) -> Self {
         JsonLine {
-            out: String::with_capacity(384),
+            out,
             exclude,
+            empty: true,
         }
     }
 
@@ -338,24 +339,32 @@ impl<'a> JsonLine<'a> {
         if self.exclude.iter().any(|x| x == name) {
             return false;
         }
-        self.out.push(if self.out.is_empty() { '{' } else { ',' });
-        self.out.push('"');
-        self.out.push_str(name);
-        self.out.push_str("\":");
+        self.out.push(if self.empty { b'{' } else { b',' });
+        self.empty = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b"\":");
         true
     }
 
     fn str(&mut self, name: &str, value: &str) {
         if self.key(name) {
             // serde_json escapes quotes, backslashes and control characters.
-            self.out
-                .push_str(&serde_json::to_string(value).unwrap_or_default());
+            let _ = serde_json::to_writer(&mut *self.out, value);
+        }
+    }
+
+    /// A string field from a value whose text needs no escaping (times, addresses).
+    fn display(&mut self, name: &str, value: impl std::fmt::Display) {
+        if self.key(name) {
+            use std::io::Write;
+            let _ = write!(self.out, "\"{value}\"");
         }
     }
 
     fn num(&mut self, name: &str, value: impl std::fmt::Display) {
         if self.key(name) {
-            use std::fmt::Write;
+            use std::io::Write;
             let _ = write!(self.out, "{value}");
         }
     }
@@ -364,12 +373,11 @@ impl<'a> JsonLine<'a> {
         self.num(name, format_args!("{:.3}", d.as_secs_f64() * 1e3));
     }
 
-    fn finish(mut self) -> String {
-        self.out.push(if self.out.is_empty() { '{' } else { '}' });
-        if self.out == "{" {
-            self.out.push('}');
+    fn finish(self) {
+        if self.empty {
+            self.out.push(b'{');
         }
-        self.out
+        self.out.push(b'}');
     }
 }
 
@@ -765,8 +773,7 @@ impl ProxyHttp for Gateway {
         }
         let log = &ctx.snapshot.access_log;
         if log.enabled && (log.sample >= 1.0 || fastrand::f64() < log.sample) {
-            let line = access_line(session, ctx, status);
-            tracing::info!(target: ACCESS_TARGET, "{line}");
+            telemetry::access_log(|out| access_line(out, session, ctx, status));
         }
     }
 

@@ -9,7 +9,7 @@ use crate::snapshot::{Snapshot, SnapshotHolder, Stores};
 use crate::upstream::health::HealthChecker;
 use crate::upstream::resolve::{resolve_all, Resolver};
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::path::Path;
@@ -45,7 +45,7 @@ fn server_conf(snapshot: &Snapshot) -> ServerConf {
 }
 
 /// Builds the server for a loaded snapshot; extra services (the demo's) can be added before
-/// `run_forever`.
+/// [`serve`].
 pub fn build(snapshot: Snapshot, opts: &RunOptions) -> (Server, SnapshotHolder) {
     let conf = server_conf(&snapshot);
     let stores = Arc::new(Stores::default());
@@ -120,5 +120,13 @@ fn resolve_now(holder: &SnapshotHolder) {
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let snapshot = load_config(opts.config)?;
     let (server, _holder) = build(snapshot, &opts);
-    server.run_forever()
+    serve(server);
+    Ok(())
+}
+
+/// Runs until shut down (SIGTERM drains, SIGQUIT hands over to an upgrade), then writes out
+/// the access-log lines still buffered.
+pub fn serve(server: Server) {
+    server.run(RunArgs::default());
+    crate::telemetry::flush_access_log();
 }

@@ -1,100 +1,80 @@
 //! Logging setup, Prometheus metrics and the access log.
 //!
 //! Logs go to stderr through `tracing` (Pingora's `log` records are captured too); the level
-//! comes from `PORTICO_LOG` (e.g. `debug`, `portico=debug,pingora=warn`). Access-log lines
-//! are `tracing` events with target `portico::access`, written as one JSON object per line
-//! to stdout by a dedicated writer thread in batches, so a request never waits on the
-//! terminal or pipe.
+//! comes from `PORTICO_LOG` (e.g. `debug`, `portico=debug,pingora=warn`). The access log is
+//! one JSON object per line on stdout, written by a dedicated thread in batches, so a
+//! request never waits on the terminal or pipe.
 
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
-use std::fmt::Write as _;
 use std::io::Write;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{LazyLock, Mutex, MutexGuard, Once};
 use std::time::Duration;
-use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::layer::{Context, Layer};
-use tracing_subscriber::prelude::*;
-use tracing_subscriber::{filter, EnvFilter};
-
-pub const ACCESS_TARGET: &str = "portico::access";
+use tracing_subscriber::EnvFilter;
 
 pub fn init() {
     let env = EnvFilter::try_from_env("PORTICO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Every filter states its most verbose level, so `log` records (Pingora's `debug!` and
+    // The filter states its most verbose level, so `log` records (Pingora's `debug!` and
     // `trace!` calls on the hot path) below it are dropped by a level check, never dispatched.
-    let logs = tracing_subscriber::fmt::layer()
+    let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_filter(env.add_directive(format!("{ACCESS_TARGET}=off").parse().expect("valid")));
-    let access = AccessLayer::spawn()
-        .with_filter(filter::Targets::new().with_target(ACCESS_TARGET, tracing::Level::INFO));
-    let _ = tracing_subscriber::registry()
-        .with(logs)
-        .with(access)
+        .with_env_filter(env)
         .try_init();
 }
 
-/// Appends access-log lines to a shared buffer that a writer thread flushes every
-/// [`FLUSH_EVERY`]: a request never makes a syscall or wakes a thread for its line. When
-/// the buffer is full (the output is stuck), lines are dropped and counted.
-struct AccessLayer {
-    buffer: Arc<Mutex<String>>,
-}
+/// Access-log lines go to a shared buffer that a writer thread flushes every
+/// [`FLUSH_EVERY`]: a request never makes a syscall or wakes a thread for its line. When the
+/// buffer is full (the output is stuck), lines are dropped and counted.
+static ACCESS_BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+static ACCESS_WRITER: Once = Once::new();
 
 const FLUSH_EVERY: Duration = Duration::from_millis(25);
 const MAX_BUFFER: usize = 16 * 1024 * 1024;
 
-impl AccessLayer {
-    fn spawn() -> AccessLayer {
-        let buffer = Arc::new(Mutex::new(String::with_capacity(64 * 1024)));
-        let shared = buffer.clone();
+fn access_buffer() -> MutexGuard<'static, Vec<u8>> {
+    ACCESS_BUFFER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Appends one line, which `write` puts into the buffer, to the access log on stdout.
+pub fn access_log(write: impl FnOnce(&mut Vec<u8>)) {
+    ACCESS_WRITER.call_once(|| {
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(&shared))
+            .spawn(write_lines)
             .expect("spawn the access-log writer");
-        AccessLayer { buffer }
+    });
+    let mut buffer = access_buffer();
+    if buffer.len() >= MAX_BUFFER {
+        METRICS.access_log_dropped.inc();
+        return;
     }
+    write(&mut buffer);
+    buffer.push(b'\n');
 }
 
-fn write_lines(buffer: &Mutex<String>) {
-    let mut spare = String::with_capacity(64 * 1024);
-    let mut out = std::io::stdout();
+fn write_lines() {
+    let mut spare = Vec::with_capacity(64 * 1024);
     loop {
         std::thread::sleep(FLUSH_EVERY);
-        {
-            let mut shared = buffer.lock().unwrap_or_else(|e| e.into_inner());
-            std::mem::swap(&mut *shared, &mut spare);
-        }
-        if !spare.is_empty() {
-            let _ = out.write_all(spare.as_bytes());
-            let _ = out.flush();
-            spare.clear();
-        }
+        std::mem::swap(&mut *access_buffer(), &mut spare);
+        write_out(&mut spare);
     }
 }
 
-/// Writes an event's message straight into the buffer, followed by a newline.
-struct Append<'a>(&'a mut String);
-
-impl Visit for Append<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            let _ = writeln!(self.0, "{value:?}");
-        }
-    }
+/// Writes out what is buffered; called at exit so the last requests are logged too.
+pub fn flush_access_log() {
+    let mut pending = std::mem::take(&mut *access_buffer());
+    write_out(&mut pending);
 }
 
-impl<S: Subscriber> Layer<S> for AccessLayer {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
-        if buffer.len() >= MAX_BUFFER {
-            METRICS.access_log_dropped.inc();
-            return;
-        }
-        event.record(&mut Append(&mut buffer));
+fn write_out(lines: &mut Vec<u8>) {
+    if !lines.is_empty() {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(lines);
+        let _ = out.flush();
+        lines.clear();
     }
 }
 
