@@ -3,7 +3,7 @@
 //! hop-by-hop headers.
 
 use crate::snapshot::Settings;
-use http::header::{HeaderMap, HeaderName, CONNECTION};
+use http::header::{HeaderMap, HeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use std::net::IpAddr;
 
 pub const X_REQUEST_ID: &str = "x-request-id";
@@ -98,29 +98,29 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 /// Hop-by-hop headers to drop: the fixed list plus those named in `Connection`. An upgrade
-/// (e.g. WebSocket) keeps `Connection`/`Upgrade` so Pingora can tunnel it.
+/// (e.g. WebSocket) keeps `Connection`/`Upgrade` so Pingora can tunnel it. One pass over
+/// the names, since it runs twice per request.
 pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
-    let upgrade = headers.contains_key(http::header::UPGRADE)
-        && headers.get_all(CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.to_ascii_lowercase().contains("upgrade"))
-        });
-    if upgrade {
+    let mut names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| HOP_BY_HOP.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    if !headers.contains_key(CONNECTION) {
+        return names;
+    }
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or_default().split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    if listed.contains(&UPGRADE) && headers.contains_key(UPGRADE) {
         return Vec::new();
     }
-    let mut names: Vec<HeaderName> = HOP_BY_HOP
-        .iter()
-        .map(|n| HeaderName::from_static(n))
-        .filter(|n| headers.contains_key(n))
-        .collect();
-    for value in headers.get_all(CONNECTION) {
-        let listed = value.to_str().unwrap_or_default().split(',');
-        names.extend(listed.filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()));
-    }
-    if headers.contains_key(CONNECTION) {
-        names.push(CONNECTION);
-    }
-    names.retain(|n| n != http::header::CONTENT_LENGTH && n != http::header::TRANSFER_ENCODING);
+    names.extend(listed);
+    names.push(CONNECTION);
+    names.retain(|n| n != CONTENT_LENGTH && n != TRANSFER_ENCODING);
     names
 }
 
@@ -196,5 +196,18 @@ mod tests {
         assert!(
             names.contains(&"x-secret".to_string()) && names.contains(&"connection".to_string())
         );
+    }
+
+    #[test]
+    fn an_upgrade_keeps_connection_and_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, "Upgrade".parse().unwrap());
+        h.insert(UPGRADE, "websocket".parse().unwrap());
+        assert!(hop_by_hop(&h).is_empty());
+        h.insert(CONNECTION, "close".parse().unwrap());
+        let names = hop_by_hop(&h);
+        assert!(names.contains(&UPGRADE) && names.contains(&CONNECTION));
+        h.remove(CONNECTION);
+        assert_eq!(hop_by_hop(&h), vec![UPGRADE]);
     }
 }

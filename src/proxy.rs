@@ -369,8 +369,10 @@ impl<'a> JsonLine<'a> {
         }
     }
 
+    /// Milliseconds with three decimals, from integer microseconds (no float formatting).
     fn millis(&mut self, name: &str, d: Duration) {
-        self.num(name, format_args!("{:.3}", d.as_secs_f64() * 1e3));
+        let micros = d.as_micros();
+        self.num(name, format_args!("{}.{:03}", micros / 1000, micros % 1000));
     }
 
     fn finish(self) {
