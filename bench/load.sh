@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load benchmark: nginx, haproxy and Portico (one worker each) in front of the same
 # loopback origin; wrk against each in one run; requests/s, p99 and Portico's ratios.
-# "bare" is Portico with metrics and access log off (the access log goes to /dev/null).
+# "pingora" is the smallest Pingora proxy (examples/bare_pingora.rs), the floor Portico
+# builds on; "quiet" is Portico with metrics and access log off.
 # Loopback only; every server is stopped on exit. Usage: bench/load.sh [SECONDS] [CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ done
 if [ -n "${missing:-}" ]; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
 fi
-cargo build --release --quiet
+cargo build --release --quiet --bin portico --example bare_pingora
 
 work=$(mktemp -d)
 pids=()
@@ -23,7 +24,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-ORIGIN=$(port); NGINX=$(port); HAPROXY=$(port); PORTICO=$(port); ADMIN=$(port); BARE=$(port); BARE_ADMIN=$(port)
+ORIGIN=$(port); NGINX=$(port); HAPROXY=$(port); PORTICO=$(port); ADMIN=$(port); QUIET=$(port); QUIET_ADMIN=$(port); PINGORA=$(port)
 
 cat > "$work/origin.conf" <<CONF
 worker_processes 1;
@@ -71,23 +72,25 @@ routes:
 CONF
 
 # The same gateway with metrics and access log off, to measure what telemetry costs.
-sed -e "s/$PORTICO/$BARE/; s/$ADMIN/$BARE_ADMIN/" -e 's/^routes:/telemetry: { metrics: false, access_log: { enabled: false } }\nroutes:/' \
-  "$work/gateway.yaml" > "$work/bare.yaml"
+sed -e "s/$PORTICO/$QUIET/; s/$ADMIN/$QUIET_ADMIN/" -e 's/^routes:/telemetry: { metrics: false, access_log: { enabled: false } }\nroutes:/' \
+  "$work/gateway.yaml" > "$work/quiet.yaml"
 
 nginx -c "$work/origin.conf" & pids+=($!)
 nginx -c "$work/nginx.conf" & pids+=($!)
 haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
 PORTICO_LOG=warn target/release/portico run -c "$work/gateway.yaml" 2>"$work/portico.err" >/dev/null & pids+=($!)
-PORTICO_LOG=warn target/release/portico run -c "$work/bare.yaml" 2>"$work/bare.err" >/dev/null & pids+=($!)
+PORTICO_LOG=warn target/release/portico run -c "$work/quiet.yaml" 2>"$work/quiet.err" >/dev/null & pids+=($!)
+target/release/examples/bare_pingora "127.0.0.1:$PINGORA" "127.0.0.1:$ORIGIN" 2>"$work/pingora.err" >/dev/null & pids+=($!)
 
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; for f in "$work"/*.err; do echo "== $f"; tail -n 5 "$f"; done >&2; exit 1; }
-for p in $ORIGIN $NGINX $HAPROXY $PORTICO $BARE; do wait_port "$p"; done
+for p in $ORIGIN $NGINX $HAPROXY $PORTICO $QUIET $PINGORA; do wait_port "$p"; done
 
 # wrk prints latency with units; normalize p99 to milliseconds.
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.3f", v}'; }
 declare -A RPS P99
-for name in nginx haproxy portico bare; do
-  case $name in nginx) p=$NGINX;; haproxy) p=$HAPROXY;; portico) p=$PORTICO;; bare) p=$BARE;; esac
+SERVERS="nginx haproxy pingora portico quiet"
+for name in $SERVERS; do
+  case $name in nginx) p=$NGINX;; haproxy) p=$HAPROXY;; pingora) p=$PINGORA;; portico) p=$PORTICO;; quiet) p=$QUIET;; esac
   wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p/" >/dev/null   # warm-up
   out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$p/")
   errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}')
@@ -97,8 +100,9 @@ for name in nginx haproxy portico bare; do
 done
 
 printf '%-8s %12s %10s\n' server 'requests/s' 'p99 ms'
-for name in nginx haproxy portico bare; do printf '%-8s %12s %10s\n' "$name" "${RPS[$name]}" "${P99[$name]}"; done
+for name in $SERVERS; do printf '%-8s %12s %10s\n' "$name" "${RPS[$name]}" "${P99[$name]}"; done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 echo "portico/nginx:   requests/s $(ratio "${RPS[portico]}" "${RPS[nginx]}")x, p99 $(ratio "${P99[portico]}" "${P99[nginx]}")x"
 echo "portico/haproxy: requests/s $(ratio "${RPS[portico]}" "${RPS[haproxy]}")x, p99 $(ratio "${P99[portico]}" "${P99[haproxy]}")x"
-echo "telemetry cost:  requests/s with metrics+access log / without: $(ratio "${RPS[portico]}" "${RPS[bare]}")x"
+echo "portico/pingora: requests/s $(ratio "${RPS[portico]}" "${RPS[pingora]}")x (the smallest Pingora proxy; pingora/nginx $(ratio "${RPS[pingora]}" "${RPS[nginx]}")x)"
+echo "telemetry cost:  requests/s with metrics+access log / without: $(ratio "${RPS[portico]}" "${RPS[quiet]}")x"
