@@ -24,7 +24,7 @@ pub fn request_id(incoming: Option<&[u8]>) -> String {
         {
             String::from_utf8_lossy(id).into_owned()
         }
-        _ => format!("{:032x}", fastrand::u128(..)),
+        _ => hex_string(fastrand::u128(..), 32),
     }
 }
 
@@ -64,27 +64,51 @@ pub fn forwarded_for(peer: IpAddr, xff: Option<&str>, settings: &Settings) -> St
 /// id and the `traceparent` to send.
 pub fn traceparent(incoming: Option<&str>) -> (String, String) {
     let parsed = incoming.and_then(|tp| {
-        let parts: Vec<&str> = tp.trim().split('-').collect();
+        let mut parts = tp.trim().split('-');
+        let (version, trace_id, parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         let hex = |s: &str, n: usize| {
             s.len() == n
                 && s.bytes()
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         };
-        let valid = parts.len() >= 4
-            && hex(parts[0], 2)
-            && parts[0] != "ff"
-            && hex(parts[1], 32)
-            && parts[1].bytes().any(|b| b != b'0')
-            && hex(parts[2], 16)
-            && parts[2].bytes().any(|b| b != b'0')
-            && hex(parts[3], 2);
-        valid.then(|| (parts[1].to_string(), parts[3].to_string()))
+        let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+        let valid = hex(version, 2)
+            && version != "ff"
+            && hex(trace_id, 32)
+            && nonzero(trace_id)
+            && hex(parent, 16)
+            && nonzero(parent)
+            && hex(flags, 2);
+        valid.then_some((trace_id, flags))
     });
-    let (trace_id, flags) =
-        parsed.unwrap_or_else(|| (format!("{:032x}", fastrand::u128(1..)), "01".to_string()));
-    let span_id = format!("{:016x}", fastrand::u64(1..));
-    let header = format!("00-{trace_id}-{span_id}-{flags}");
+    let trace_id = match parsed {
+        Some((id, _)) => id.to_string(),
+        None => hex_string(fastrand::u128(1..), 32),
+    };
+    let mut header = String::with_capacity(55);
+    header.push_str("00-");
+    header.push_str(&trace_id);
+    header.push('-');
+    push_hex(&mut header, fastrand::u64(1..).into(), 16);
+    header.push('-');
+    header.push_str(parsed.map_or("01", |(_, flags)| flags));
     (trace_id, header)
+}
+
+/// `value`'s low `digits` hex digits, zero-padded (ids are made per request, so this
+/// avoids the formatting machinery).
+fn hex_string(value: u128, digits: usize) -> String {
+    let mut s = String::with_capacity(digits);
+    push_hex(&mut s, value, digits);
+    s
+}
+
+fn push_hex(out: &mut String, value: u128, digits: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(HEX[((value >> (i * 4)) & 0xf) as usize] as char);
+    }
 }
 
 const HOP_BY_HOP: [&str; 7] = [
@@ -178,6 +202,13 @@ mod tests {
         ));
         assert_ne!(fresh, "00000000000000000000000000000000");
         assert_eq!(traceparent(None).1.len(), 55);
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert!(
+            traceparent(Some(unsampled)).1.ends_with("-00"),
+            "flags kept"
+        );
+        assert_eq!(hex_string(0xab, 4), "00ab");
+        assert_eq!(hex_string(u128::MAX, 32), "f".repeat(32));
     }
 
     #[test]
