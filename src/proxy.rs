@@ -362,17 +362,24 @@ impl<'a> JsonLine<'a> {
         }
     }
 
-    fn num(&mut self, name: &str, value: impl std::fmt::Display) {
+    fn num(&mut self, name: &str, value: impl itoa::Integer) {
         if self.key(name) {
-            use std::io::Write;
-            let _ = write!(self.out, "{value}");
+            self.out
+                .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
         }
     }
 
     /// Milliseconds with three decimals, from integer microseconds (no float formatting).
     fn millis(&mut self, name: &str, d: Duration) {
-        let micros = d.as_micros();
-        self.num(name, format_args!("{}.{:03}", micros / 1000, micros % 1000));
+        if self.key(name) {
+            let micros = d.as_micros();
+            let frac = (micros % 1000) as u16 + 1000; // "1xyz": keeps the leading zeros
+            self.out
+                .extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
+            self.out.push(b'.');
+            self.out
+                .extend_from_slice(&itoa::Buffer::new().format(frac).as_bytes()[1..]);
+        }
     }
 
     fn finish(self) {
@@ -817,5 +824,30 @@ impl ProxyHttp for Gateway {
             error_code: failure.status(),
             can_reuse_downstream: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_line_writes_escaped_fields_and_skips_excluded_ones() {
+        let mut out = Vec::new();
+        let exclude = ["client_ip".to_string()];
+        let mut line = JsonLine::new(&mut out, &exclude);
+        line.str("path", "/a\"b");
+        line.display("client_ip", "10.0.0.1");
+        line.num("status", 200u16);
+        line.millis("duration_ms", Duration::from_micros(1_002_003));
+        line.millis("upstream_ms", Duration::from_micros(7));
+        line.finish();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"path":"/a\"b","status":200,"duration_ms":1002.003,"upstream_ms":0.007}"#
+        );
+        let mut empty = Vec::new();
+        JsonLine::new(&mut empty, &[]).finish();
+        assert_eq!(empty, b"{}");
     }
 }
