@@ -2,8 +2,8 @@
 # Instructions per proxied request (user space, counted by valgrind's callgrind), for nginx,
 # the smallest Pingora proxy and Portico in front of the same loopback origin. Unlike
 # requests/s, instruction counts do not depend on what else the machine is doing.
-# Loopback only; every server is stopped on exit (SIGINT: Pingora's fast shutdown, no
-# drain). Usage: bench/instructions.sh [SECONDS]
+# Loopback only; every server is stopped on exit (SIGINT, then SIGKILL: no drain to wait
+# for). Usage: bench/instructions.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-5}
@@ -19,7 +19,13 @@ cargo build --release --quiet --bin portico --example bare_pingora
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  sleep 1
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -3,8 +3,8 @@
 # loopback origin; wrk against each in one run; requests/s, p99 and Portico's ratios.
 # "pingora" is the smallest Pingora proxy (examples/bare_pingora.rs), the floor Portico
 # builds on; "quiet" is Portico with metrics and access log off.
-# Loopback only; every server is stopped on exit (SIGINT: Pingora's fast shutdown, no
-# drain). Usage: bench/load.sh [SECONDS] [CONNECTIONS]
+# Loopback only; every server is stopped on exit (SIGINT, then SIGKILL: no drain to wait
+# for). Usage: bench/load.sh [SECONDS] [CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
@@ -21,7 +21,13 @@ cargo build --release --quiet --bin portico --example bare_pingora
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  sleep 1
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
