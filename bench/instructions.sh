@@ -7,59 +7,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-5}
-SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+. bench/common.sh
 
-for pkg in nginx-light wrk valgrind; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing="${missing:-} $pkg"
-done
-if [ -n "${missing:-}" ]; then
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
-fi
+install_missing nginx-light wrk valgrind
 cargo build --release --quiet --bin portico --example bare_pingora
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  sleep 1
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ORIGIN=$(port); NGINX=$(port); PINGORA=$(port); PORTICO=$(port); ADMIN=$(port)
-
-cat > "$work/origin.conf" <<CONF
-worker_processes 1;
-daemon off; pid $work/origin.pid; error_log $work/origin.err;
-events { worker_connections 4096; }
-http { access_log off;
-  server { listen 127.0.0.1:$ORIGIN; keepalive_requests 100000;
-    location / { default_type text/plain; return 200 "hello from origin\n"; } } }
-CONF
+origin_conf "$ORIGIN"
 # One process (no master), so callgrind counts the worker itself.
-cat > "$work/nginx.conf" <<CONF
-worker_processes 1; master_process off;
-daemon off; pid $work/nginx.pid; error_log $work/nginx.err;
-events { worker_connections 4096; }
-http { access_log off;
-  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 128; keepalive_requests 100000; }
-  server { listen 127.0.0.1:$NGINX; keepalive_requests 100000;
-    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-CONF
-cat > "$work/gateway.yaml" <<CONF
-version: 1
-listen: { proxy: 127.0.0.1:$PORTICO, admin: 127.0.0.1:$ADMIN }
-server: { threads: 1 }
-upstreams:
-  origin: { targets: ["127.0.0.1:$ORIGIN"] }
-routes:
-  - name: all
-    match: { path_prefix: / }
-    upstream: origin
-CONF
+nginx_conf "$NGINX" "$ORIGIN" "master_process off;"
+gateway_yaml "$PORTICO" "$ADMIN" "$ORIGIN"
 
 nginx -c "$work/origin.conf" & pids+=($!)
 grind() { valgrind --tool=callgrind --callgrind-out-file="$work/cg.$1" "${@:2}" >/dev/null 2>"$work/$1.err" & pids+=($!); }

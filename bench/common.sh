@@ -1,0 +1,67 @@
+# Shared by the benchmark scripts (sourced from the repository root): packages, a scratch
+# directory, servers stopped on exit, free ports, and the origin/proxy configs they share.
+
+SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+
+# Installs the Debian packages given that are missing.
+install_missing() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+  fi
+}
+
+work=$(mktemp -d)
+pids=()
+# Servers are stopped with SIGINT, then SIGKILL: there is no drain to wait for.
+cleanup() {
+  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  sleep 1
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# origin_conf PORT: the nginx origin every proxy is measured against.
+origin_conf() {
+  cat > "$work/origin.conf" <<CONF
+worker_processes 1;
+daemon off; pid $work/origin.pid; error_log $work/origin.err;
+events { worker_connections 4096; }
+http { access_log off;
+  server { listen 127.0.0.1:$1; keepalive_requests 100000;
+    location / { default_type text/plain; return 200 "hello from origin\n"; } } }
+CONF
+}
+
+# nginx_conf PORT ORIGIN [DIRECTIVES]: nginx as a keep-alive reverse proxy, one worker.
+nginx_conf() {
+  cat > "$work/nginx.conf" <<CONF
+worker_processes 1; ${3:-}
+daemon off; pid $work/nginx.pid; error_log $work/nginx.err;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream origin { server 127.0.0.1:$2; keepalive 128; keepalive_requests 100000; }
+  server { listen 127.0.0.1:$1; keepalive_requests 100000;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+}
+
+# gateway_yaml PORT ADMIN ORIGIN: Portico with one thread and one catch-all route.
+gateway_yaml() {
+  cat > "$work/gateway.yaml" <<CONF
+version: 1
+listen: { proxy: 127.0.0.1:$1, admin: 127.0.0.1:$2 }
+server: { threads: 1 }
+upstreams:
+  origin: { targets: ["127.0.0.1:$3"] }
+routes:
+  - name: all
+    match: { path_prefix: / }
+    upstream: origin
+CONF
+}
