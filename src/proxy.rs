@@ -177,6 +177,21 @@ async fn respond_static(session: &mut Session, ctx: &Ctx, resp: &StaticResponse)
     send(session, header, resp.body.clone()).await
 }
 
+const NOT_A_PATH: &str = "the request target must be a path (`/...`) or an http(s) URL";
+
+/// Whether a request target is absolute-form (`http://host/path`), which Pingora routes by
+/// its path. Any other target that is not a path (`GET svc`) is refused: Pingora would
+/// route it as `/` but send its bytes upstream verbatim, so the upstream would see a
+/// request other than the one that was routed.
+fn is_absolute_http(target: &[u8]) -> bool {
+    let scheme = |s: &[u8]| {
+        target
+            .get(..s.len())
+            .is_some_and(|t| t.eq_ignore_ascii_case(s))
+    };
+    scheme(b"http://") || scheme(b"https://")
+}
+
 /// The key a request is counted by under `limit`.
 fn limit_key(limit: &RateLimit, session: &Session, ctx: &Ctx, route: &Route) -> String {
     let ip = || ctx.client_ip.map_or_else(String::new, |ip| ip.to_string());
@@ -482,6 +497,11 @@ impl Gateway {
     /// Normalizes and routes the request; returns Ok(true) when it was answered here.
     async fn route_request(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snapshot = ctx.snapshot.clone();
+        let raw_target = session.req_header().raw_path();
+        let origin_form = raw_target.starts_with(b"/");
+        if !origin_form && !is_absolute_http(raw_target) {
+            return reject(session, ctx, GatewayError::BadPath(NOT_A_PATH.into())).await;
+        }
         if let Some(answered) = self.preflight(session, ctx, &snapshot).await {
             return answered;
         }
@@ -525,7 +545,8 @@ impl Gateway {
             return reject(session, ctx, GatewayError::BodyTooLarge { limit }).await;
         }
         let upstream_path = route.rewrite.apply(&path);
-        if upstream_path != req.uri.path() {
+        // An absolute-form target goes upstream in origin-form, as it was routed.
+        if upstream_path != req.uri.path() || !origin_form {
             let uri = match req.uri.query() {
                 Some(q) => format!("{upstream_path}?{q}"),
                 None => upstream_path,

@@ -454,3 +454,94 @@ impl std::io::Write for HashWriter<'_> {
         Ok(())
     }
 }
+
+/// Raw request bytes for `raw_request` (which takes text): a request line, headers, and
+/// an empty line.
+fn raw(line: &str, headers: &[&str]) -> String {
+    let mut req = format!("{line}\r\nHost: t\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req + "\r\n"
+}
+
+/// What the gateway answers: a JSON error of its own, a plain 400 from Pingora's HTTP
+/// parser (for bytes that are not a valid HTTP/1.1 request head), or the upstream.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Json(u16),
+    Parser400,
+    Upstream,
+}
+
+#[test]
+fn hostile_requests_get_a_4xx_and_the_gateway_keeps_serving() {
+    let up = TestUpstream::start("svc");
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  svc: {{ targets: ["{}"] }}
+routes:
+  - name: svc
+    match: {{ path_prefix: /svc/ }}
+    upstream: svc
+"#,
+        up.addr
+    ));
+    let long_path = format!("/svc/{}", "a".repeat(20_000));
+    let huge_header = format!("X-Big: {}", "b".repeat(2_000_000));
+    let get = |headers: &[&str]| raw("GET /svc/x HTTP/1.1", headers);
+    let cases = [
+        (raw("GET /svc/%zz HTTP/1.1", &[]), Answer::Json(400)),
+        (
+            raw("GET /svc/%2f..%2fadmin HTTP/1.1", &[]),
+            Answer::Json(400),
+        ),
+        (raw("GET /svc/%00 HTTP/1.1", &[]), Answer::Json(400)),
+        (
+            raw("GET /../../../etc/passwd HTTP/1.1", &[]),
+            Answer::Json(404),
+        ),
+        (raw("GET svc/x HTTP/1.1", &[]), Answer::Json(400)),
+        (raw("GET ?svc HTTP/1.1", &[]), Answer::Json(400)),
+        (raw("GET http://t/svc/x HTTP/1.1", &[]), Answer::Upstream),
+        (raw("BREW /svc/x HTTP/1.1", &[]), Answer::Upstream),
+        (
+            raw(&format!("GET {long_path} HTTP/1.1"), &[]),
+            Answer::Upstream,
+        ),
+        (get(&["X-Forwarded-For: ::::, not-an-ip"]), Answer::Upstream),
+        (
+            get(&["traceparent: zz-zz", "X-Request-Id: ../x"]),
+            Answer::Upstream,
+        ),
+        (get(&["Content-Length: abc"]), Answer::Parser400),
+        (
+            get(&["Content-Length: 1", "Content-Length: 2"]),
+            Answer::Parser400,
+        ),
+        (get(&[&huge_header]), Answer::Parser400),
+        (get(&["X-Request-Id: \u{7f}\u{1}"]), Answer::Parser400),
+        (raw("GET /svc/x HTTP/9.9", &[]), Answer::Parser400),
+        ("\u{1}\u{2}garbage\r\n\r\n".to_string(), Answer::Parser400),
+    ];
+    for (request, expected) in &cases {
+        let resp = raw_request(gw.proxy, request).unwrap();
+        let answer = match resp.status {
+            200 if resp.head.contains("x-upstream: svc") => Answer::Upstream,
+            400 if resp.head.contains("Server: Pingora") => Answer::Parser400,
+            status if resp.body.contains("\"request_id\"") => Answer::Json(status),
+            status => panic!("unexpected answer {status}:\n{}\n{}", resp.head, resp.body),
+        };
+        assert_eq!(&answer, expected, "{:?}", &request[..request.len().min(60)]);
+    }
+    let paths: Vec<String> = up.seen().iter().map(|r| r.uri.clone()).collect();
+    assert!(paths.contains(&"/svc/x".to_string()), "{paths:?}");
+    assert!(
+        !paths.iter().any(|p| p.starts_with("http")),
+        "absolute-form goes upstream as a path: {paths:?}"
+    );
+    let ok = client().get(gw.url("/svc/after")).send().unwrap();
+    assert_eq!(ok.status(), 200, "still serving after hostile input");
+}
