@@ -524,6 +524,12 @@ routes:
         (get(&[&huge_header]), Answer::Parser400),
         (get(&["X-Request-Id: \u{7f}\u{1}"]), Answer::Parser400),
         (raw("GET /svc/x HTTP/9.9", &[]), Answer::Parser400),
+        (get(&["Host: other"]), Answer::Parser400),
+        // Chunked wins over Content-Length (RFC 9112 §6.3), and only one framing goes on.
+        (
+            get(&["Transfer-Encoding: chunked", "Content-Length: 5"]) + "0\r\n\r\n",
+            Answer::Upstream,
+        ),
         ("\u{1}\u{2}garbage\r\n\r\n".to_string(), Answer::Parser400),
     ];
     for (request, expected) in &cases {
@@ -536,7 +542,14 @@ routes:
         };
         assert_eq!(&answer, expected, "{:?}", &request[..request.len().min(60)]);
     }
-    let paths: Vec<String> = up.seen().iter().map(|r| r.uri.clone()).collect();
+    let seen = up.seen();
+    assert!(
+        seen.iter()
+            .all(|r| !(r.headers.contains_key("content-length")
+                && r.headers.contains_key("transfer-encoding"))),
+        "never both framings upstream"
+    );
+    let paths: Vec<String> = seen.iter().map(|r| r.uri.clone()).collect();
     assert!(paths.contains(&"/svc/x".to_string()), "{paths:?}");
     assert!(
         !paths.iter().any(|p| p.starts_with("http")),
