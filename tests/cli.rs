@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use std::path::Path;
 
 const HEAD: &str = "version: 1\nlisten:\n  proxy: 127.0.0.1:18080\n  admin: 127.0.0.1:19901\n";
 
@@ -270,30 +271,12 @@ fn route_explains_and_tests_a_route_table() {
         "- { request: GET /ping, route: ping }\n- { request: GET //users/1, route: users, upstream_path: /users/1 }\n- { request: GET /api/messages/7, route: messages, upstream_path: /messages/7 }\n- { request: GET /nope, status: 404 }\n- { request: DELETE /api/messages/1, status: 405 }\n",
     )
     .unwrap();
-    let (code, out, err) = portico(
-        &[
-            "route",
-            "-c",
-            "gateway.yaml",
-            "--test",
-            cases.to_str().unwrap(),
-        ],
-        root,
-    );
+    let (code, out, err) = route_test(&cases, root);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("5 cases, 5 passed, 0 failed"), "{out}");
 
     std::fs::write(&cases, "- { request: GET /ping, route: users }\n- { request: GET /users/1, route: users, upstream_path: /1 }\n").unwrap();
-    let (code, out, _) = portico(
-        &[
-            "route",
-            "-c",
-            "gateway.yaml",
-            "--test",
-            cases.to_str().unwrap(),
-        ],
-        root,
-    );
+    let (code, out, _) = route_test(&cases, root);
     assert_eq!(code, 1);
     assert!(
         out.contains("FAIL GET /ping (case 1): expected route `users`, got route `ping`"),
@@ -303,6 +286,20 @@ fn route_explains_and_tests_a_route_table() {
         out.contains("expected upstream path `/1`, got `/users/1`"),
         "{out}"
     );
+}
+
+/// `portico route -c gateway.yaml --test CASES` in `root`.
+fn route_test(cases: &Path, root: &Path) -> (i32, String, String) {
+    portico(
+        &[
+            "route",
+            "-c",
+            "gateway.yaml",
+            "--test",
+            cases.to_str().unwrap(),
+        ],
+        root,
+    )
 }
 
 #[test]

@@ -90,6 +90,9 @@ fn token(sub: &str) -> String {
     .unwrap()
 }
 
+/// A metric, its labels and the value it should have (None: no such series).
+type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<f64>);
+
 fn access_lines(gw: &Gateway) -> Vec<Value> {
     gw.log()
         .lines()
@@ -151,68 +154,46 @@ fn metrics_count_exactly_with_bounded_labels() {
     assert_eq!(req("limited", "none", "GET", "200"), Some(1.0));
     assert_eq!(req("limited", "none", "GET", "429"), Some(1.0));
     assert_eq!(req("secure", "svc", "GET", "401"), Some(2.0));
-    assert_eq!(
-        value(&m, "portico_rate_limited_total", &[("route", "limited")]),
-        Some(1.0)
-    );
-    assert_eq!(
-        value(
-            &m,
-            "portico_auth_failures_total",
-            &[("route", "secure"), ("reason", "token_missing")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        value(
-            &m,
-            "portico_auth_failures_total",
-            &[("route", "secure"), ("reason", "token_malformed")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        value(
-            &m,
-            "portico_request_duration_seconds_count",
-            &[("route", "api")]
-        ),
-        Some(6.0)
-    );
-    assert_eq!(
-        value(
-            &m,
-            "portico_upstream_duration_seconds_count",
-            &[("route", "api")]
-        ),
-        Some(6.0)
-    );
-    assert_eq!(
-        value(
-            &m,
-            "portico_upstream_duration_seconds_count",
-            &[("route", "limited")]
-        ),
-        None
-    );
-    assert_eq!(value(&m, "portico_requests_in_flight", &[]), Some(0.0));
     let target = up.addr.to_string();
-    assert_eq!(
-        value(
-            &m,
-            "portico_upstream_target_healthy",
-            &[("upstream", "svc"), ("target", &target)]
+    let target_labels = [("upstream", "svc"), ("target", target.as_str())];
+    let expected: [Expected; 9] = [
+        (
+            "portico_rate_limited_total",
+            &[("route", "limited")],
+            Some(1.0),
         ),
-        Some(1.0)
-    );
-    assert_eq!(
-        value(
-            &m,
-            "portico_upstream_breaker_state",
-            &[("upstream", "svc"), ("target", &target)]
+        (
+            "portico_auth_failures_total",
+            &[("route", "secure"), ("reason", "token_missing")],
+            Some(1.0),
         ),
-        Some(0.0)
-    );
+        (
+            "portico_auth_failures_total",
+            &[("route", "secure"), ("reason", "token_malformed")],
+            Some(1.0),
+        ),
+        (
+            "portico_request_duration_seconds_count",
+            &[("route", "api")],
+            Some(6.0),
+        ),
+        (
+            "portico_upstream_duration_seconds_count",
+            &[("route", "api")],
+            Some(6.0),
+        ),
+        (
+            "portico_upstream_duration_seconds_count",
+            &[("route", "limited")],
+            None,
+        ),
+        ("portico_requests_in_flight", &[], Some(0.0)),
+        ("portico_upstream_target_healthy", &target_labels, Some(1.0)),
+        ("portico_upstream_breaker_state", &target_labels, Some(0.0)),
+    ];
+    for (metric, labels, want) in expected {
+        assert_eq!(value(&m, metric, labels), want, "{metric} {labels:?}");
+    }
     let hash = gw.admin_config()["config_hash"]
         .as_str()
         .unwrap()
