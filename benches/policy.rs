@@ -3,10 +3,11 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use portico::compile::compile;
 use portico::config::Source;
 use portico::policy::auth::AuthPolicy;
 use portico::policy::ratelimit::LocalStore;
-use portico::snapshot::compile;
+use portico::policy::Policy;
 use std::hint::black_box;
 use std::path::Path;
 
@@ -35,10 +36,13 @@ fn policy(kind: &str) -> std::sync::Arc<AuthPolicy> {
         _ => format!("{{ algorithms: [RS256], public_key_file: \"{keys}/rsa1.pub.pem\" }}"),
     };
     let text = format!(
-        "version: 1\nlisten: {{ proxy: 127.0.0.1:1, admin: 127.0.0.1:2 }}\nauth:\n  p: {auth}\n"
+        "version: 1\nlisten: {{ proxy: 127.0.0.1:1, admin: 127.0.0.1:2 }}\nauth:\n  p: {auth}\nroutes:\n  - {{ name: r, match: {{ path_prefix: / }}, respond: {{ status: 200 }}, auth: p }}\n"
     );
     let snap = compile(&Source::parse(Path::new("bench.yaml"), &text, |_| None).unwrap()).unwrap();
-    snap.auth["p"].clone()
+    match &snap.routes[0].policies[0] {
+        Policy::Auth(a) => a.policy.clone(),
+        _ => unreachable!("the route has one policy: auth"),
+    }
 }
 
 fn jwt(c: &mut Criterion) {

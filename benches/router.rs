@@ -4,9 +4,12 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, Method};
+use portico::compile::{compile, compile_with};
 use portico::config::Source;
 use portico::router::RequestView;
-use portico::snapshot::{compile, compile_with, Snapshot, SnapshotHolder, Stores};
+use portico::snapshot::{Snapshot, SnapshotHolder};
+use portico::state::Stores;
+use portico::telemetry::Metrics;
 use std::hint::black_box;
 use std::path::Path;
 
@@ -38,12 +41,13 @@ fn reload(c: &mut Criterion) {
     let text = config_text(10_000);
     let holder = SnapshotHolder::new(snapshot(10));
     let stores = Stores::default();
+    let metrics = Metrics::new();
     let mut group = c.benchmark_group("reload");
     group.sample_size(10);
     group.bench_function("parse_compile_swap_10000_routes", |b| {
         b.iter(|| {
             let src = Source::parse(Path::new("bench.yaml"), black_box(&text), |_| None).unwrap();
-            holder.store(compile_with(&src, &stores).unwrap());
+            holder.store(compile_with(&src, &stores, &metrics).unwrap());
         })
     });
     group.finish();

@@ -1,14 +1,82 @@
 //! Errors the gateway itself answers with, always as JSON with the request id:
 //! `{"error": {"status": 404, "code": "route_not_found", "message": "...", "request_id": "..."}}`.
 
-use crate::policy::auth::AuthError;
-use crate::policy::validate::Violation;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorSource, ErrorType};
+use serde::Serialize;
+
+pub const X_REQUEST_ID: &str = "x-request-id";
+
+/// Why a request was not authenticated; each maps to a 401 with a reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    Missing,
+    Malformed,
+    AlgorithmNotAllowed,
+    UnknownKey,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongIssuer,
+    WrongAudience,
+    MissingClaim(String),
+    KeysUnavailable,
+}
+
+impl AuthError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "token_missing",
+            AuthError::Malformed => "token_malformed",
+            AuthError::AlgorithmNotAllowed => "token_algorithm_not_allowed",
+            AuthError::UnknownKey => "token_unknown_key",
+            AuthError::BadSignature => "token_bad_signature",
+            AuthError::Expired => "token_expired",
+            AuthError::NotYetValid => "token_not_yet_valid",
+            AuthError::WrongIssuer => "token_wrong_issuer",
+            AuthError::WrongAudience => "token_wrong_audience",
+            AuthError::MissingClaim(_) => "token_missing_claim",
+            AuthError::KeysUnavailable => "token_keys_unavailable",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            AuthError::Missing => "no token was sent".into(),
+            AuthError::Malformed => "the token is not a well-formed JWT".into(),
+            AuthError::AlgorithmNotAllowed => "the token's algorithm is not accepted here".into(),
+            AuthError::UnknownKey => "the token was signed with an unknown key".into(),
+            AuthError::BadSignature => "the token's signature is invalid".into(),
+            AuthError::Expired => "the token has expired".into(),
+            AuthError::NotYetValid => "the token is not valid yet".into(),
+            AuthError::WrongIssuer => "the token has the wrong issuer".into(),
+            AuthError::WrongAudience => "the token has the wrong audience".into(),
+            AuthError::MissingClaim(c) => format!("the token lacks the required claim `{c}`"),
+            AuthError::KeysUnavailable => "the signing keys could not be fetched".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// JSON pointer into the body (`/address/zip`), or `header:NAME` / `query:NAME`.
+    pub path: String,
+    pub message: String,
+}
+
+/// A refusal a policy defines itself (its status, code and message), so a new policy adds
+/// no variant here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: &'static str,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {
+    Refused(Refusal),
     BadPath(String),
     BadRequest,
     RouteNotFound,
@@ -34,6 +102,7 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
+            GatewayError::Refused(r) => r.status,
             GatewayError::BadPath(_)
             | GatewayError::BadRequest
             | GatewayError::InvalidJson(_)
@@ -57,6 +126,7 @@ impl GatewayError {
 
     pub fn code(&self) -> &'static str {
         match self {
+            GatewayError::Refused(r) => r.code,
             GatewayError::BadPath(_) => "bad_path",
             GatewayError::BadRequest => "bad_request",
             GatewayError::UnsupportedMediaType => "unsupported_media_type",
@@ -82,6 +152,7 @@ impl GatewayError {
 
     pub fn message(&self) -> String {
         match self {
+            GatewayError::Refused(r) => r.message.into(),
             GatewayError::BadPath(why) => format!("the request path cannot be routed: {why}"),
             GatewayError::BadRequest => "the request is malformed".into(),
             GatewayError::UnsupportedMediaType => {
@@ -164,7 +235,7 @@ impl GatewayError {
         let _ = header.insert_header(http::header::CONTENT_TYPE, "application/json");
         let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
         let _ = header.insert_header(http::header::CACHE_CONTROL, "no-store");
-        let _ = header.insert_header(crate::forwarding::X_REQUEST_ID, request_id);
+        let _ = header.insert_header(X_REQUEST_ID, request_id);
         match self {
             GatewayError::MethodNotAllowed { allow } => {
                 let _ = header.insert_header(http::header::ALLOW, allow.as_str());

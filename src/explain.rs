@@ -3,8 +3,8 @@
 
 use crate::config::model::{HeaderCond, RawMatch};
 use crate::config::Source;
-use crate::router::{Action, Match};
-use crate::snapshot::Snapshot;
+use crate::router::Match;
+use crate::snapshot::{Action, Snapshot};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use serde::Deserialize;
 use std::fmt::Write;
@@ -63,9 +63,9 @@ pub fn outcome(snapshot: &Snapshot, probe: &Probe) -> Outcome {
             Outcome::Status(405, format!("allowed: {allow}"))
         }
         Ok((Match::Route(index), path)) => {
-            let route = &snapshot.router.routes()[index];
+            let route = &snapshot.routes[index];
             let upstream_path = match route.action {
-                Action::Proxy(_) => Some(route.rewrite.apply(&path)),
+                Action::Proxy(_) => Some(route.rewrite.apply(&path).into_owned()),
                 Action::Respond(_) => None,
             };
             Outcome::Route {
@@ -119,7 +119,7 @@ pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
             index,
             upstream_path,
         } => {
-            let route = &snapshot.router.routes()[index];
+            let route = &snapshot.routes[index];
             let raw = &src.raw.routes[index];
             let pos = src.locator.find(&format!("routes[{index}]"));
             let _ = writeln!(
@@ -131,6 +131,10 @@ pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
                 pos.col
             );
             let _ = writeln!(out, "  matched because: {}", describe_match(&raw.matcher));
+            if !route.policies.is_empty() {
+                let chain: Vec<String> = route.policies.iter().map(|p| p.label()).collect();
+                let _ = writeln!(out, "  policies, in order: {}", chain.join(" → "));
+            }
             match &route.action {
                 Action::Respond(resp) => {
                     let _ = writeln!(
@@ -231,7 +235,7 @@ fn check_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
     let got = outcome(snapshot, &probe);
     let got_text = match &got {
         Outcome::Route { index, .. } => {
-            format!("route `{}`", snapshot.router.routes()[*index].name)
+            format!("route `{}`", snapshot.routes[*index].name)
         }
         Outcome::Status(s, why) => format!("status {s} ({why})"),
     };
@@ -244,7 +248,7 @@ fn check_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
                 upstream_path,
             },
         ) => {
-            if snapshot.router.routes()[*index].name.as_ref() != want {
+            if snapshot.routes[*index].name.as_ref() != want {
                 return Err(format!("expected route `{want}`, got {got_text}"));
             }
             match (&case.upstream_path, upstream_path) {

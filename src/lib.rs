@@ -1,19 +1,24 @@
 //! Portico: a declarative API gateway on Pingora, driven by one `gateway.yaml`.
 //!
-//! Data flow: `config` (file model, located errors) → `snapshot` (compiled, immutable,
-//! swapped whole) → `proxy` (Pingora phases reading one snapshot per request).
+//! Data flow: `config` (file model, located errors) → `compile` → `snapshot` (immutable,
+//! swapped whole) → `proxy` (Pingora phases reading one snapshot per request, running each
+//! route's `policy` chain). `app` assembles the server and runs every background loop.
+//! See docs/ARCHITECTURE.md.
 
-pub mod admin;
+pub mod app;
+pub mod compile;
 pub mod config;
-pub mod demo;
+pub mod diag;
 pub mod errors;
 pub mod explain;
-pub mod forwarding;
+pub mod hashing;
 pub mod policy;
 pub mod proxy;
-pub mod reload;
 pub mod router;
-pub mod server;
 pub mod snapshot;
+pub mod state;
 pub mod telemetry;
+pub mod units;
 pub mod upstream;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,8 +1,9 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use portico::app::{self, demo};
 use portico::config::{Severity, Source};
 use portico::explain::{self, Probe};
-use portico::{demo, server, snapshot, telemetry};
+use portico::{compile, telemetry};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -79,7 +80,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             upgrade,
             no_watch,
         } => {
-            server::run(server::RunOptions {
+            app::run(app::RunOptions {
                 config: &config,
                 upgrade,
                 watch: !no_watch,
@@ -103,20 +104,20 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Version => {
-            println!("portico {}", portico::admin::VERSION);
+            println!("portico {}", portico::VERSION);
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 fn check(file: &Path, deny_warnings: bool) -> ExitCode {
-    let result = Source::load(file).and_then(|src| snapshot::compile(&src));
+    let result = compile::load(file);
     match result {
         Ok(snap) => {
             for w in &snap.warnings {
                 eprintln!("{w}");
             }
-            let routes = snap.router.routes().len();
+            let routes = snap.routes.len();
             let failed = deny_warnings && !snap.warnings.is_empty();
             let verdict = if failed {
                 "refused (warnings denied)"
@@ -152,7 +153,7 @@ fn route(
     headers: &[String],
 ) -> anyhow::Result<ExitCode> {
     let src = Source::load(config)?;
-    let snap = snapshot::compile(&src)?;
+    let snap = compile::compile(&src)?;
     if let Some(cases) = test {
         let text = std::fs::read_to_string(&cases)
             .with_context(|| format!("reading {}", cases.display()))?;
@@ -175,18 +176,18 @@ fn route(
 }
 
 fn demo(config: &Path) -> anyhow::Result<ExitCode> {
-    let snap = server::load_config(config)?;
-    let proxy = snap.settings.proxy_addr;
-    let opts = server::RunOptions {
+    let opts = app::RunOptions {
         config,
         upgrade: false,
         watch: true,
     };
-    let (mut server, holder) = server::build(snap, &opts);
-    for started in demo::add_sample_services(&mut server, &holder.load()) {
+    let mut built = app::build(&opts)?;
+    let snapshot = built.holder.load();
+    for started in demo::add_sample_services(&mut built.server, &snapshot) {
         tracing::info!("demo: sample service {started}");
     }
+    let proxy = snapshot.settings.proxy_addr;
     tracing::info!("demo ready: try `curl http://{proxy}/users/1` (Ctrl-C stops)");
-    server::serve(server);
+    app::serve(built);
     Ok(ExitCode::SUCCESS)
 }

@@ -6,11 +6,11 @@
 //! request never waits on the terminal or pipe.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::io::Write;
-use std::sync::{LazyLock, Mutex, MutexGuard, Once};
+use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock};
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
@@ -24,49 +24,63 @@ pub fn init() {
         .try_init();
 }
 
-/// Access-log lines go to a shared buffer that a writer thread flushes every
-/// [`FLUSH_EVERY`]: a request never makes a syscall or wakes a thread for its line. When the
-/// buffer is full (the output is stuck), lines are dropped and counted.
-static ACCESS_BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-static ACCESS_WRITER: Once = Once::new();
+/// Access-log lines go to a buffer that a writer thread flushes every [`FLUSH_EVERY`]: a
+/// request never makes a syscall or wakes a thread for its line. When the buffer is full
+/// (the output is stuck), lines are dropped and counted.
+pub struct AccessLog {
+    buffer: Arc<Mutex<Vec<u8>>>,
+    writer: Once,
+    dropped: IntCounter,
+}
 
 const FLUSH_EVERY: Duration = Duration::from_millis(25);
 const MAX_BUFFER: usize = 16 * 1024 * 1024;
 
-fn access_buffer() -> MutexGuard<'static, Vec<u8>> {
-    ACCESS_BUFFER.lock().unwrap_or_else(|e| e.into_inner())
+fn lock(buffer: &Mutex<Vec<u8>>) -> MutexGuard<'_, Vec<u8>> {
+    buffer.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Appends one line, which `write` puts into the buffer, to the access log on stdout.
-pub fn access_log(write: impl FnOnce(&mut Vec<u8>)) {
-    ACCESS_WRITER.call_once(|| {
-        std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(write_lines)
-            .expect("spawn the access-log writer");
-    });
-    let mut buffer = access_buffer();
-    if buffer.len() >= MAX_BUFFER {
-        METRICS.access_log_dropped.inc();
-        return;
+impl AccessLog {
+    pub fn new(metrics: &Metrics) -> AccessLog {
+        AccessLog {
+            buffer: Arc::default(),
+            writer: Once::new(),
+            dropped: metrics.access_log_dropped.clone(),
+        }
     }
-    write(&mut buffer);
-    buffer.push(b'\n');
+
+    /// Appends one line, which `write` puts into the buffer, to the access log on stdout.
+    pub fn line(&self, write: impl FnOnce(&mut Vec<u8>)) {
+        self.writer.call_once(|| {
+            let buffer = self.buffer.clone();
+            std::thread::Builder::new()
+                .name("access-log".into())
+                .spawn(move || write_lines(&buffer))
+                .expect("spawn the access-log writer");
+        });
+        let mut buffer = lock(&self.buffer);
+        if buffer.len() >= MAX_BUFFER {
+            self.dropped.inc();
+            return;
+        }
+        write(&mut buffer);
+        buffer.push(b'\n');
+    }
+
+    /// Writes out what is buffered; called at exit so the last requests are logged too.
+    pub fn flush(&self) {
+        let mut pending = std::mem::take(&mut *lock(&self.buffer));
+        write_out(&mut pending);
+    }
 }
 
-fn write_lines() {
+fn write_lines(buffer: &Mutex<Vec<u8>>) {
     let mut spare = Vec::with_capacity(64 * 1024);
     loop {
         std::thread::sleep(FLUSH_EVERY);
-        std::mem::swap(&mut *access_buffer(), &mut spare);
+        std::mem::swap(&mut *lock(buffer), &mut spare);
         write_out(&mut spare);
     }
-}
-
-/// Writes out what is buffered; called at exit so the last requests are logged too.
-pub fn flush_access_log() {
-    let mut pending = std::mem::take(&mut *access_buffer());
-    write_out(&mut pending);
 }
 
 fn write_out(lines: &mut Vec<u8>) {
@@ -78,7 +92,25 @@ fn write_out(lines: &mut Vec<u8>) {
     }
 }
 
-/// The process-wide metrics; label values come from config names, never raw request data.
+/// Metrics and the access log of one gateway (no process globals: two gateways in one
+/// process keep their own).
+pub struct Telemetry {
+    pub metrics: Metrics,
+    pub access_log: AccessLog,
+}
+
+impl Telemetry {
+    pub fn new() -> Arc<Telemetry> {
+        let metrics = Metrics::new();
+        let access_log = AccessLog::new(&metrics);
+        Arc::new(Telemetry {
+            metrics,
+            access_log,
+        })
+    }
+}
+
+/// A gateway's metrics; label values come from config names, never raw request data.
 pub struct Metrics {
     pub registry: Registry,
     pub requests: IntCounterVec,
@@ -106,125 +138,220 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let r = Registry::new();
-    let counter = |name: &str, help: &str, labels: &[&str]| {
-        register(
-            &r,
-            IntCounterVec::new(Opts::new(name, help), labels).expect("valid"),
-        )
-    };
-    let gauge = |name: &str, help: &str, labels: &[&str]| {
-        register(
-            &r,
-            IntGaugeVec::new(Opts::new(name, help), labels).expect("valid"),
-        )
-    };
-    let histogram = |name: &str, help: &str| {
-        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
-        register(&r, HistogramVec::new(opts, &["route"]).expect("valid"))
-    };
-    Metrics {
-        requests: counter(
-            "portico_requests_total",
-            "Requests by route, upstream, method and status code.",
-            &["route", "upstream", "method", "status"],
-        ),
-        duration: histogram(
-            "portico_request_duration_seconds",
-            "Whole-request time, from the request head to the last response byte.",
-        ),
-        upstream_duration: histogram(
-            "portico_upstream_duration_seconds",
-            "Time from sending the request upstream to its response head.",
-        ),
-        in_flight: register(
-            &r,
-            IntGauge::new("portico_requests_in_flight", "Requests being handled.").expect("valid"),
-        ),
-        target_healthy: gauge(
-            "portico_upstream_target_healthy",
-            "1 when the target passes its health checks (or has none).",
-            &["upstream", "target"],
-        ),
-        breaker_state: gauge(
-            "portico_upstream_breaker_state",
-            "Circuit state per target: 0 closed, 1 open, 2 half-open.",
-            &["upstream", "target"],
-        ),
-        rate_limited: counter(
-            "portico_rate_limited_total",
-            "Requests refused by a rate limit, by route.",
-            &["route"],
-        ),
-        auth_failures: counter(
-            "portico_auth_failures_total",
-            "Requests refused by authentication or authorization, by route and reason.",
-            &["route", "reason"],
-        ),
-        reloads: counter(
-            "portico_config_reloads_total",
-            "Config reloads by result (ok, failed).",
-            &["result"],
-        ),
-        last_reload_success: register(
-            &r,
-            Gauge::new(
-                "portico_config_last_reload_success_timestamp_seconds",
-                "Unix time of the last successful config load.",
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid"),
             )
-            .expect("valid"),
-        ),
-        build_info: gauge(
-            "portico_build_info",
-            "Always 1; labels carry the version and active config hash.",
-            &["version", "config_hash"],
-        ),
-        access_log_dropped: register(
-            &r,
-            IntCounter::new(
-                "portico_access_log_dropped_total",
-                "Access-log lines dropped because the writer fell behind.",
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid"),
             )
-            .expect("valid"),
-        ),
-        registry: r,
-    }
-});
-
-/// Label value for a method: the standard ones as they are, anything else `OTHER`.
-pub fn method_label(method: &http::Method) -> &'static str {
-    const KNOWN: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ];
-    KNOWN
-        .iter()
-        .find(|m| **m == method.as_str())
-        .copied()
-        .unwrap_or("OTHER")
-}
-
-/// Refreshes the state gauges from the active snapshot and renders the text format.
-pub fn render(snapshot: &crate::snapshot::Snapshot) -> String {
-    let m = &*METRICS;
-    m.target_healthy.reset();
-    m.breaker_state.reset();
-    m.build_info.reset();
-    m.build_info
-        .with_label_values(&[crate::admin::VERSION, snapshot.hash.as_str()])
-        .set(1);
-    for (name, upstream) in &snapshot.upstreams {
-        for t in &upstream.targets {
-            let labels = [name.as_str(), t.label.as_str()];
-            m.target_healthy
-                .with_label_values(&labels)
-                .set(i64::from(t.health.is_healthy()));
-            m.breaker_state
-                .with_label_values(&labels)
-                .set(t.breaker.state() as i64);
+        };
+        let histogram = |name: &str, help: &str| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            register(&r, HistogramVec::new(opts, &["route"]).expect("valid"))
+        };
+        Metrics {
+            requests: counter(
+                "portico_requests_total",
+                "Requests by route, upstream, method and status code.",
+                &["route", "upstream", "method", "status"],
+            ),
+            duration: histogram(
+                "portico_request_duration_seconds",
+                "Whole-request time, from the request head to the last response byte.",
+            ),
+            upstream_duration: histogram(
+                "portico_upstream_duration_seconds",
+                "Time from sending the request upstream to its response head.",
+            ),
+            in_flight: register(
+                &r,
+                IntGauge::new("portico_requests_in_flight", "Requests being handled.")
+                    .expect("valid"),
+            ),
+            target_healthy: gauge(
+                "portico_upstream_target_healthy",
+                "1 when the target passes its health checks (or has none).",
+                &["upstream", "target"],
+            ),
+            breaker_state: gauge(
+                "portico_upstream_breaker_state",
+                "Circuit state per target: 0 closed, 1 open, 2 half-open.",
+                &["upstream", "target"],
+            ),
+            rate_limited: counter(
+                "portico_rate_limited_total",
+                "Requests refused by a rate limit, by route.",
+                &["route"],
+            ),
+            auth_failures: counter(
+                "portico_auth_failures_total",
+                "Requests refused by authentication or authorization, by route and reason.",
+                &["route", "reason"],
+            ),
+            reloads: counter(
+                "portico_config_reloads_total",
+                "Config reloads by result (ok, failed).",
+                &["result"],
+            ),
+            last_reload_success: register(
+                &r,
+                Gauge::new(
+                    "portico_config_last_reload_success_timestamp_seconds",
+                    "Unix time of the last successful config load.",
+                )
+                .expect("valid"),
+            ),
+            build_info: gauge(
+                "portico_build_info",
+                "Always 1; labels carry the version and active config hash.",
+                &["version", "config_hash"],
+            ),
+            access_log_dropped: register(
+                &r,
+                IntCounter::new(
+                    "portico_access_log_dropped_total",
+                    "Access-log lines dropped because the writer fell behind.",
+                )
+                .expect("valid"),
+            ),
+            registry: r,
         }
     }
-    let mut out = Vec::new();
-    let _ = TextEncoder::new().encode(&m.registry.gather(), &mut out);
-    String::from_utf8(out).unwrap_or_default()
+
+    /// Renders the text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "OTHER",
+];
+
+/// Index of a method's label: the standard ones as they are, anything else `OTHER`.
+fn method_index(method: &http::Method) -> usize {
+    METHODS[..9]
+        .iter()
+        .position(|m| *m == method.as_str())
+        .unwrap_or(9)
+}
+
+/// Statuses whose request counters a route keeps at hand; others are looked up by label.
+const STATUSES: [u16; 26] = [
+    200, 201, 202, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409, 413, 415,
+    422, 429, 500, 502, 503, 504, 0,
+];
+
+/// One route's metric handles, resolved when the config is compiled so a request only
+/// indexes them.
+pub struct RouteMetrics {
+    route: Arc<str>,
+    upstream: Arc<str>,
+    requests: IntCounterVec,
+    /// Request counters by (method, status), created on first use.
+    counters: OnceLock<Box<[OnceLock<IntCounter>]>>,
+    /// Resolved on first use, so a route that never saw an upstream has no such series.
+    duration: Lazy<Histogram>,
+    upstream_duration: Lazy<Histogram>,
+    rate_limited: Lazy<IntCounter>,
+    auth_failures: IntCounterVec,
+    histograms: (HistogramVec, HistogramVec),
+    limited: IntCounterVec,
+}
+
+type Lazy<T> = OnceLock<T>;
+
+impl RouteMetrics {
+    pub fn new(m: &Metrics, route: &str, upstream: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: route.into(),
+            upstream: upstream.into(),
+            requests: m.requests.clone(),
+            counters: OnceLock::new(),
+            duration: OnceLock::new(),
+            upstream_duration: OnceLock::new(),
+            rate_limited: OnceLock::new(),
+            auth_failures: m.auth_failures.clone(),
+            histograms: (m.duration.clone(), m.upstream_duration.clone()),
+            limited: m.rate_limited.clone(),
+        }
+    }
+
+    /// Whole-request time.
+    pub fn duration(&self, secs: f64) {
+        let h = self
+            .duration
+            .get_or_init(|| self.histograms.0.with_label_values(&[&*self.route]));
+        h.observe(secs);
+    }
+
+    /// Time from sending the request upstream to its response head.
+    pub fn upstream_duration(&self, secs: f64) {
+        let h = self
+            .upstream_duration
+            .get_or_init(|| self.histograms.1.with_label_values(&[&*self.route]));
+        h.observe(secs);
+    }
+
+    /// Counts a refusal by a rate limit.
+    pub fn rate_limited(&self) {
+        self.rate_limited
+            .get_or_init(|| self.limited.with_label_values(&[&*self.route]))
+            .inc();
+    }
+
+    /// Counts a finished request.
+    pub fn request(&self, method: &http::Method, status: u16) {
+        let method = method_index(method);
+        let Some(slot) = STATUSES.iter().position(|s| *s == status) else {
+            let mut code = itoa::Buffer::new();
+            let labels = [
+                &*self.route,
+                &*self.upstream,
+                METHODS[method],
+                code.format(status),
+            ];
+            return self.requests.with_label_values(&labels).inc();
+        };
+        let counters = self.counters.get_or_init(|| {
+            (0..METHODS.len() * STATUSES.len())
+                .map(|_| OnceLock::new())
+                .collect()
+        });
+        counters[method * STATUSES.len() + slot]
+            .get_or_init(|| {
+                let mut code = itoa::Buffer::new();
+                let labels = [
+                    &*self.route,
+                    &*self.upstream,
+                    METHODS[method],
+                    code.format(status),
+                ];
+                self.requests.with_label_values(&labels)
+            })
+            .inc();
+    }
+
+    /// Counts a refusal by authentication or authorization (rare: looked up by label).
+    pub fn auth_failure(&self, reason: &str) {
+        self.auth_failures
+            .with_label_values(&[&*self.route, reason])
+            .inc();
+    }
 }

@@ -1,14 +1,12 @@
 //! Loading gateway.yaml: env expansion, YAML → file model, with every error located.
 
-pub mod diag;
 pub mod env;
-pub mod locate;
 pub mod model;
 
-pub use diag::{ConfigError, Diagnostic, Diags, Severity};
+pub use crate::diag::{ConfigError, Diagnostic, Severity};
 pub use model::RawConfig;
 
-use locate::{Locator, Pos};
+use crate::diag::{Locator, Pos};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 

@@ -1,8 +1,15 @@
 //! The file model of gateway.yaml: exactly what a user writes, nothing compiled yet.
 //! Every struct denies unknown fields so a typo is an error, never a silent default.
 
+use crate::policy::auth::RawAuth;
+use crate::policy::cors::RawCors;
+use crate::policy::headers::RawHeaders;
+use crate::policy::ip_access::RawIpAccess;
+use crate::policy::ratelimit::RawRateLimit;
+use crate::policy::validate::RawValidate;
+use crate::units::ByteSize;
 use schemars::JsonSchema;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -22,6 +29,8 @@ pub struct RawConfig {
     pub auth: BTreeMap<String, RawAuth>,
     #[serde(default)]
     pub cors: BTreeMap<String, RawCors>,
+    #[serde(default)]
+    pub ip_access: BTreeMap<String, RawIpAccess>,
     #[serde(default)]
     pub telemetry: RawTelemetry,
     #[serde(default)]
@@ -82,113 +91,6 @@ fn one() -> f64 {
 
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RawAuth {
-    pub algorithms: Vec<String>,
-    pub jwks_file: Option<String>,
-    pub jwks_url: Option<String>,
-    #[schemars(with = "String")]
-    #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
-    pub jwks_refresh: Duration,
-    pub public_key_file: Option<String>,
-    /// HMAC secret from this environment variable (never inline in the file).
-    pub secret_env: Option<String>,
-    pub secret_file: Option<String>,
-    pub issuer: Option<OneOrMany>,
-    pub audience: Option<OneOrMany>,
-    #[schemars(with = "String")]
-    #[serde(default = "default_leeway", with = "humantime_serde")]
-    pub leeway: Duration,
-    #[serde(default)]
-    pub required_claims: Vec<String>,
-    /// `bearer` (default), `cookie:NAME` or `header:NAME`.
-    #[serde(default = "default_token_source")]
-    pub token: String,
-    #[serde(default)]
-    pub forward_claims: BTreeMap<String, String>,
-}
-
-fn default_jwks_refresh() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_leeway() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_token_source() -> String {
-    "bearer".to_string()
-}
-
-#[derive(Debug, Deserialize, Serialize, JsonSchema, Clone)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    pub fn items(&self) -> Vec<String> {
-        match self {
-            OneOrMany::One(s) => vec![s.clone()],
-            OneOrMany::Many(v) => v.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawCors {
-    pub allow_origins: Vec<String>,
-    pub allow_methods: Option<Vec<String>>,
-    #[serde(default)]
-    pub allow_headers: Vec<String>,
-    #[serde(default)]
-    pub expose_headers: Vec<String>,
-    #[serde(default)]
-    pub allow_credentials: bool,
-    #[schemars(with = "Option<String>")]
-    #[serde(default, with = "humantime_serde")]
-    pub max_age: Option<Duration>,
-}
-
-/// `require: { claims: { role: [admin, user], amr: { all_of: [pwd, mfa] } } }`
-#[derive(Debug, Deserialize, Serialize, JsonSchema, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RawRequire {
-    #[serde(default)]
-    pub claims: BTreeMap<String, RawClaimRule>,
-}
-
-/// A list or a single value means "any of"; `{all_of: [...]}` needs every value.
-#[derive(Debug, Deserialize, Serialize, JsonSchema, Clone)]
-#[serde(untagged)]
-pub enum RawClaimRule {
-    AnyList(Vec<Scalar>),
-    AnyOf { any_of: Vec<Scalar> },
-    AllOf { all_of: Vec<Scalar> },
-    One(Scalar),
-}
-
-#[derive(Debug, Deserialize, Serialize, JsonSchema, Clone)]
-#[serde(untagged)]
-pub enum Scalar {
-    Text(String),
-    Int(i64),
-    Float(f64),
-    Bool(bool),
-}
-
-impl std::fmt::Display for Scalar {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Scalar::Text(s) => f.write_str(s),
-            Scalar::Int(i) => write!(f, "{i}"),
-            Scalar::Float(x) => write!(f, "{x}"),
-            Scalar::Bool(b) => write!(f, "{b}"),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct RawRedis {
     pub url: String,
     /// Longest a request waits for Redis before `on_redis_error` applies.
@@ -199,48 +101,6 @@ pub struct RawRedis {
 
 fn default_redis_timeout() -> Duration {
     Duration::from_millis(50)
-}
-
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawRateLimit {
-    pub requests: u64,
-    #[schemars(with = "String")]
-    #[serde(with = "humantime_serde")]
-    pub per: Duration,
-    #[serde(default)]
-    pub burst: u64,
-    #[serde(default = "default_limit_key")]
-    pub key: String,
-    #[serde(default)]
-    pub backend: LimitBackend,
-    #[serde(default)]
-    pub on_redis_error: OnRedisError,
-    #[serde(default = "default_max_keys")]
-    pub max_keys: usize,
-}
-
-fn default_limit_key() -> String {
-    "client_ip".to_string()
-}
-fn default_max_keys() -> usize {
-    100_000
-}
-
-#[derive(Debug, Deserialize, Serialize, JsonSchema, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum LimitBackend {
-    #[default]
-    Local,
-    Redis,
-}
-
-#[derive(Debug, Deserialize, Serialize, JsonSchema, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum OnRedisError {
-    #[default]
-    Allow,
-    Deny,
 }
 
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
@@ -268,6 +128,11 @@ pub struct ServerSettings {
     #[schemars(with = "String")]
     #[serde(default = "default_resolve_interval", with = "humantime_serde")]
     pub resolve_interval: Duration,
+    /// Where a new process (`run --upgrade`) takes over the listening sockets.
+    #[serde(default = "default_upgrade_socket")]
+    pub upgrade_socket: String,
+    #[serde(default = "default_pid_file")]
+    pub pid_file: String,
 }
 
 impl Default for ServerSettings {
@@ -279,6 +144,8 @@ impl Default for ServerSettings {
             shutdown_timeout: default_shutdown_timeout(),
             max_body: default_max_body(),
             resolve_interval: default_resolve_interval(),
+            upgrade_socket: default_upgrade_socket(),
+            pid_file: default_pid_file(),
         }
     }
 }
@@ -291,6 +158,12 @@ fn default_shutdown_timeout() -> Duration {
 }
 fn default_max_body() -> ByteSize {
     ByteSize(100 * 1024 * 1024)
+}
+fn default_upgrade_socket() -> String {
+    "/tmp/portico_upgrade.sock".into()
+}
+fn default_pid_file() -> String {
+    "/tmp/portico.pid".into()
 }
 fn default_resolve_interval() -> Duration {
     Duration::from_secs(30)
@@ -457,28 +330,11 @@ pub struct RawRoute {
     pub max_body: Option<ByteSize>,
     pub rate_limit: Option<String>,
     pub auth: Option<String>,
-    pub require: Option<RawRequire>,
+    pub require: Option<crate::policy::auth::RawRequire>,
     pub cors: Option<String>,
     pub validate: Option<RawValidate>,
-}
-
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawValidate {
-    /// A JSON Schema file for the request body (relative to the config's directory).
-    pub body: Option<String>,
-    /// Methods validated (default POST, PUT, PATCH).
-    pub methods: Option<Vec<String>>,
-    #[serde(default = "default_validate_max")]
-    pub max_body_bytes: ByteSize,
-    #[serde(default)]
-    pub headers: Vec<String>,
-    #[serde(default)]
-    pub query: Vec<String>,
-}
-
-fn default_validate_max() -> ByteSize {
-    ByteSize(64 * 1024)
+    pub ip_access: Option<String>,
+    pub headers: Option<RawHeaders>,
 }
 
 #[derive(Debug, Deserialize, Serialize, JsonSchema, Default)]
@@ -515,89 +371,4 @@ pub struct RawRespond {
 
 fn default_status() -> u16 {
     200
-}
-
-/// A size in bytes, written as a number or with a unit: `512KiB`, `10MB`, `1GiB`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl ByteSize {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (digits, unit) = text.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("invalid size `{text}`: expected e.g. 1048576, 512KiB or 10MB"))?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KB" | "kB" => 1000,
-            "KiB" => 1024,
-            "MB" => 1000 * 1000,
-            "MiB" => 1024 * 1024,
-            "GB" => 1000 * 1000 * 1000,
-            "GiB" => 1024 * 1024 * 1024,
-            other => {
-                return Err(format!(
-                    "unknown size unit `{other}` in `{text}`: use B, KB, KiB, MB, MiB, GB or GiB"
-                ))
-            }
-        };
-        n.checked_mul(mult)
-            .map(ByteSize)
-            .ok_or_else(|| format!("size `{text}` is too large"))
-    }
-}
-
-impl JsonSchema for ByteSize {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "ByteSize".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "Bytes, as a number or with a unit: 512KiB, 10MB, 1GiB",
-            "anyOf": [
-                { "type": "integer", "minimum": 0 },
-                { "type": "string", "pattern": "^[0-9]+ *(B|KB|kB|KiB|MB|MiB|GB|GiB)?$" }
-            ]
-        })
-    }
-}
-
-impl Serialize for ByteSize {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr {
-            Num(u64),
-            Text(String),
-        }
-        match Repr::deserialize(d)? {
-            Repr::Num(n) => Ok(ByteSize(n)),
-            Repr::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ByteSize;
-
-    #[test]
-    fn byte_sizes() {
-        assert_eq!(ByteSize::parse("10MiB"), Ok(ByteSize(10 << 20)));
-        assert_eq!(ByteSize::parse("5 KB"), Ok(ByteSize(5000)));
-        assert_eq!(ByteSize::parse("42"), Ok(ByteSize(42)));
-        assert!(ByteSize::parse("10 parsecs").is_err());
-        assert!(ByteSize::parse("MiB").is_err());
-    }
 }

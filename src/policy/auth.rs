@@ -2,16 +2,116 @@
 //! come from PEM files, a JWKS file or URL (chosen by `kid`), or an HMAC secret from an env
 //! var or file. The token itself is never logged.
 
+use super::PolicyState;
+use crate::diag::{Diags, Inputs};
+pub use crate::errors::AuthError;
+use crate::errors::GatewayError;
+use crate::state::StateCx;
 use arc_swap::ArcSwap;
 use base64::Engine;
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use pingora::http::RequestHeader;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub algorithms: Vec<String>,
+    pub jwks_file: Option<String>,
+    pub jwks_url: Option<String>,
+    #[schemars(with = "String")]
+    #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    pub public_key_file: Option<String>,
+    /// HMAC secret from this environment variable (never inline in the file).
+    pub secret_env: Option<String>,
+    pub secret_file: Option<String>,
+    pub issuer: Option<OneOrMany>,
+    pub audience: Option<OneOrMany>,
+    #[schemars(with = "String")]
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// `bearer` (default), `cookie:NAME` or `header:NAME`.
+    #[serde(default = "default_token_source")]
+    pub token: String,
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+}
+
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_token_source() -> String {
+    "bearer".to_string()
+}
+
+#[derive(Debug, Deserialize, Serialize, JsonSchema, Clone)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn items(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `require: { claims: { role: [admin, user], amr: { all_of: [pwd, mfa] } } }`
+#[derive(Debug, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequire {
+    #[serde(default)]
+    pub claims: BTreeMap<String, RawClaimRule>,
+}
+
+/// A list or a single value means "any of"; `{all_of: [...]}` needs every value.
+#[derive(Debug, Deserialize, Serialize, JsonSchema, Clone)]
+#[serde(untagged)]
+pub enum RawClaimRule {
+    AnyList(Vec<Scalar>),
+    AnyOf { any_of: Vec<Scalar> },
+    AllOf { all_of: Vec<Scalar> },
+    One(Scalar),
+}
+
+#[derive(Debug, Deserialize, Serialize, JsonSchema, Clone)]
+#[serde(untagged)]
+pub enum Scalar {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl std::fmt::Display for Scalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::Text(s) => f.write_str(s),
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Float(x) => write!(f, "{x}"),
+            Scalar::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
 
 /// Where the token is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,56 +157,6 @@ impl TokenSource {
                 .map(|(_, v)| v),
         }
         .filter(|t| !t.is_empty())
-    }
-}
-
-/// Why a request was not authenticated; each maps to a 401 with a reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthError {
-    Missing,
-    Malformed,
-    AlgorithmNotAllowed,
-    UnknownKey,
-    BadSignature,
-    Expired,
-    NotYetValid,
-    WrongIssuer,
-    WrongAudience,
-    MissingClaim(String),
-    KeysUnavailable,
-}
-
-impl AuthError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            AuthError::Missing => "token_missing",
-            AuthError::Malformed => "token_malformed",
-            AuthError::AlgorithmNotAllowed => "token_algorithm_not_allowed",
-            AuthError::UnknownKey => "token_unknown_key",
-            AuthError::BadSignature => "token_bad_signature",
-            AuthError::Expired => "token_expired",
-            AuthError::NotYetValid => "token_not_yet_valid",
-            AuthError::WrongIssuer => "token_wrong_issuer",
-            AuthError::WrongAudience => "token_wrong_audience",
-            AuthError::MissingClaim(_) => "token_missing_claim",
-            AuthError::KeysUnavailable => "token_keys_unavailable",
-        }
-    }
-
-    pub fn message(&self) -> String {
-        match self {
-            AuthError::Missing => "no token was sent".into(),
-            AuthError::Malformed => "the token is not a well-formed JWT".into(),
-            AuthError::AlgorithmNotAllowed => "the token's algorithm is not accepted here".into(),
-            AuthError::UnknownKey => "the token was signed with an unknown key".into(),
-            AuthError::BadSignature => "the token's signature is invalid".into(),
-            AuthError::Expired => "the token has expired".into(),
-            AuthError::NotYetValid => "the token is not valid yet".into(),
-            AuthError::WrongIssuer => "the token has the wrong issuer".into(),
-            AuthError::WrongAudience => "the token has the wrong audience".into(),
-            AuthError::MissingClaim(c) => format!("the token lacks the required claim `{c}`"),
-            AuthError::KeysUnavailable => "the signing keys could not be fetched".into(),
-        }
     }
 }
 
@@ -213,41 +263,23 @@ impl RemoteJwks {
         }
     }
 
-    async fn key(&self, kid: Option<&str>) -> Result<DecodingKey, AuthError> {
-        if let Some(key) = pick_key(&self.keys.load(), kid) {
-            return Ok(key.clone());
+    /// The key set holding `kid`, refetched (rate-limited) when it does not.
+    async fn keys_for(
+        &self,
+        kid: Option<&str>,
+    ) -> Result<Arc<HashMap<String, DecodingKey>>, AuthError> {
+        let keys = self.keys.load_full();
+        if pick_key(&keys, kid).is_some() {
+            return Ok(keys);
         }
         if self.due(MIN_REFETCH) {
             self.fetch().await;
         }
-        let keys = self.keys.load();
+        let keys = self.keys.load_full();
         if keys.is_empty() {
             return Err(AuthError::KeysUnavailable);
         }
-        pick_key(&keys, kid).cloned().ok_or(AuthError::UnknownKey)
-    }
-}
-
-/// Refreshes every remote JWKS of the active snapshot when its interval has passed.
-pub struct JwksRefresher {
-    pub holder: crate::snapshot::SnapshotHolder,
-}
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for JwksRefresher {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        loop {
-            let snapshot = self.holder.load();
-            for policy in snapshot.auth.values() {
-                if let Keys::Remote(remote) = &policy.keys {
-                    remote.refresh_if_due().await;
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
+        Ok(keys)
     }
 }
 
@@ -363,13 +395,15 @@ impl AuthPolicy {
             .map(|(_, v)| v)
             .ok_or(AuthError::AlgorithmNotAllowed)?;
         let kid = header.kid.as_deref();
-        let key = match &self.keys {
-            Keys::Single(key) => key.clone(),
-            Keys::Set(keys) => pick_key(keys, kid).cloned().ok_or(AuthError::UnknownKey)?,
-            Keys::Remote(remote) => remote.key(kid).await?,
+        let decode = |key: Option<&DecodingKey>| {
+            let key = key.ok_or(AuthError::UnknownKey)?;
+            jsonwebtoken::decode::<Value>(token, key, validation).map_err(|e| map_jwt_error(&e))
         };
-        let data = jsonwebtoken::decode::<Value>(token, &key, validation)
-            .map_err(|e| map_jwt_error(&e))?;
+        let data = match &self.keys {
+            Keys::Single(key) => decode(Some(key)),
+            Keys::Set(keys) => decode(pick_key(keys, kid)),
+            Keys::Remote(remote) => decode(pick_key(&*remote.keys_for(kid).await?, kid)),
+        }?;
         if let Some(missing) = self
             .required_claims
             .iter()
@@ -379,6 +413,341 @@ impl AuthPolicy {
         }
         Ok(data.claims)
     }
+}
+
+/// An auth policy as a route applies it: the token check plus the route's claim rules.
+pub struct RouteAuth {
+    pub policy: Arc<AuthPolicy>,
+    /// Claim conditions a valid token must meet (403 otherwise).
+    pub require: Vec<ClaimRule>,
+}
+
+impl RouteAuth {
+    /// Verifies the token and the claim rules; the claims are kept for later phases.
+    pub async fn on_request(
+        &self,
+        req: &RequestHeader,
+        state: &mut PolicyState,
+    ) -> Result<(), GatewayError> {
+        let auth = &self.policy;
+        let Some(token) = auth.token(&req.headers) else {
+            return Err(GatewayError::Unauthorized(AuthError::Missing));
+        };
+        match auth.verify(token).await {
+            Err(e) => {
+                tracing::debug!(policy = %auth.name, reason = e.code(), "token refused");
+                Err(GatewayError::Unauthorized(e))
+            }
+            Ok(claims) if !self.require.iter().all(|rule| rule.holds(&claims)) => {
+                Err(GatewayError::Forbidden)
+            }
+            Ok(claims) => {
+                state.claims = Some(claims);
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends the configured claims upstream as headers (the client's copies were removed).
+    pub fn forward_claims(
+        &self,
+        req: &mut RequestHeader,
+        state: &PolicyState,
+    ) -> pingora::Result<()> {
+        let Some(claims) = &state.claims else {
+            return Ok(());
+        };
+        for (name, header) in &self.policy.forward {
+            let value = claim(claims, name)
+                .map(header_text)
+                .and_then(|v| HeaderValue::from_str(&v).ok());
+            if let Some(value) = value {
+                req.insert_header(header.clone(), value)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies `auth: NAME` (and `require`) on a route.
+pub fn compile_route(
+    d: &mut Diags,
+    at: &str,
+    policy: Option<Arc<AuthPolicy>>,
+    named: bool,
+    require: Option<&RawRequire>,
+) -> Option<RouteAuth> {
+    let require = match (require, named) {
+        (Some(req), true) => compile_require(d, &format!("{at}.require"), req),
+        (Some(_), false) => {
+            d.error(
+                &format!("{at}.require"),
+                "`require` checks token claims, but this route has no `auth`",
+                Some("add `auth: POLICY` to the route".into()),
+            );
+            Vec::new()
+        }
+        (None, _) => Vec::new(),
+    };
+    policy.map(|policy| RouteAuth { policy, require })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Family {
+    Hmac,
+    Rsa,
+    Ec,
+    Ed,
+}
+
+fn family(alg: Algorithm) -> Family {
+    use Algorithm::*;
+    match alg {
+        HS256 | HS384 | HS512 => Family::Hmac,
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => Family::Rsa,
+        ES256 | ES384 => Family::Ec,
+        EdDSA => Family::Ed,
+    }
+}
+
+const KEY_HELP: &str = "HS* algorithms take `secret_env` or `secret_file`; RS/PS/ES/EdDSA take one of `public_key_file`, `jwks_file`, `jwks_url`";
+
+/// Compiles the named policy `auth.NAME`: keys are read and decoded here, once, so a
+/// request only looks them up. A remote JWKS cache is kept across reloads per URL.
+pub fn compile(
+    d: &mut Diags,
+    state: &mut StateCx,
+    inputs: &mut Inputs,
+    name: &str,
+    a: &RawAuth,
+) -> Option<AuthPolicy> {
+    let at = format!("auth.{name}");
+    let algorithms: Vec<Algorithm> = a
+        .algorithms
+        .iter()
+        .enumerate()
+        .filter_map(|(i, text)| {
+            let alg = Algorithm::from_str(text).ok();
+            if alg.is_none() {
+                d.error(&format!("{at}.algorithms[{i}]"), format!("`{text}` is not a supported JWT algorithm"), Some("use HS256/384/512, RS256/384/512, PS256/384/512, ES256/384 or EdDSA; `none` is never accepted".into()));
+            }
+            alg
+        })
+        .collect();
+    if a.algorithms.is_empty() {
+        d.error(
+            &format!("{at}.algorithms"),
+            "list the accepted algorithms, e.g. [RS256]",
+            Some("pinning the algorithms is what stops alg-confusion attacks".into()),
+        );
+    }
+    let families: Vec<Family> = algorithms.iter().map(|a| family(*a)).collect();
+    let hmac = families.contains(&Family::Hmac);
+    if hmac && families.iter().any(|f| *f != Family::Hmac) {
+        d.error(
+            &format!("{at}.algorithms"),
+            "HS* and public-key algorithms cannot share a policy",
+            Some("make two policies: mixing them invites HS/RS key confusion".into()),
+        );
+        return None;
+    }
+    let keys = compile_keys(d, &at, a, hmac, &families, inputs, state)?;
+    let source = TokenSource::parse(&a.token)
+        .map_err(|e| {
+            d.error(
+                &format!("{at}.token"),
+                e,
+                Some("use bearer, cookie:NAME or header:NAME".into()),
+            )
+        })
+        .ok()?;
+    let forward = a
+        .forward_claims
+        .iter()
+        .filter_map(
+            |(claim, header)| match HeaderName::from_bytes(header.as_bytes()) {
+                Ok(h) => Some((claim.clone(), h)),
+                Err(_) => {
+                    d.error(
+                        &format!("{at}.forward_claims.{claim}"),
+                        format!("`{header}` is not a valid header name"),
+                        None,
+                    );
+                    None
+                }
+            },
+        )
+        .collect();
+    let validations = algorithms
+        .iter()
+        .map(|alg| (*alg, validation(*alg, a)))
+        .collect();
+    Some(AuthPolicy {
+        name: name.into(),
+        source,
+        keys,
+        validations,
+        required_claims: a.required_claims.clone(),
+        forward,
+    })
+}
+
+fn validation(alg: Algorithm, a: &RawAuth) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = a.leeway.as_secs();
+    v.validate_nbf = true;
+    let mut required = vec!["exp"];
+    match &a.issuer {
+        Some(iss) => {
+            v.set_issuer(&iss.items());
+            required.push("iss");
+        }
+        None => v.iss = None,
+    }
+    match &a.audience {
+        Some(aud) => {
+            v.set_audience(&aud.items());
+            required.push("aud");
+        }
+        None => v.validate_aud = false,
+    }
+    v.set_required_spec_claims(&required);
+    v
+}
+
+fn compile_keys(
+    d: &mut Diags,
+    at: &str,
+    a: &RawAuth,
+    hmac: bool,
+    families: &[Family],
+    inputs: &mut Inputs,
+    state: &mut StateCx,
+) -> Option<Keys> {
+    let sources = [
+        a.secret_env.is_some(),
+        a.secret_file.is_some(),
+        a.public_key_file.is_some(),
+        a.jwks_file.is_some(),
+        a.jwks_url.is_some(),
+    ];
+    if sources.iter().filter(|s| **s).count() != 1 {
+        d.error(at, "give exactly one key source", Some(KEY_HELP.into()));
+        return None;
+    }
+    let wrong = if hmac {
+        a.secret_env.is_none() && a.secret_file.is_none()
+    } else {
+        a.secret_env.is_some() || a.secret_file.is_some()
+    };
+    if wrong {
+        d.error(
+            at,
+            "the key source does not fit the algorithms",
+            Some(KEY_HELP.into()),
+        );
+        return None;
+    }
+    if let Some(var) = &a.secret_env {
+        return match std::env::var(var) {
+            Ok(secret) if !secret.is_empty() => {
+                Some(Keys::Single(DecodingKey::from_secret(secret.as_bytes())))
+            }
+            _ => {
+                d.error(
+                    &format!("{at}.secret_env"),
+                    format!("environment variable `{var}` is not set"),
+                    Some(format!(
+                        "export {var}=... (the secret itself never goes in the file)"
+                    )),
+                );
+                None
+            }
+        };
+    }
+    if let Some(file) = &a.secret_file {
+        let secret = inputs.read(d, &format!("{at}.secret_file"), file)?;
+        return Some(Keys::Single(DecodingKey::from_secret(
+            secret.trim_end_matches(['\n', '\r']).as_bytes(),
+        )));
+    }
+    if let Some(url) = &a.jwks_url {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            d.error(
+                &format!("{at}.jwks_url"),
+                format!("`{url}` is not an http(s) URL"),
+                None,
+            );
+            return None;
+        }
+        let refresh = a.jwks_refresh;
+        let cache = state.keep("jwks", url, &refresh, || RemoteJwks::new(url, refresh));
+        return Some(Keys::Remote(cache));
+    }
+    if let Some(file) = &a.jwks_file {
+        let text = inputs.read(d, &format!("{at}.jwks_file"), file)?;
+        return match parse_jwks(&text) {
+            Ok(keys) => Some(Keys::Set(keys)),
+            Err(e) => {
+                d.error(&format!("{at}.jwks_file"), format!("{file}: {e}"), None);
+                None
+            }
+        };
+    }
+    let file = a.public_key_file.as_ref()?;
+    let path = format!("{at}.public_key_file");
+    let pem = inputs.read(d, &path, file)?;
+    let mut distinct = families.to_vec();
+    distinct.dedup();
+    let key = match distinct.as_slice() {
+        [Family::Rsa] => DecodingKey::from_rsa_pem(pem.as_bytes()),
+        [Family::Ec] => DecodingKey::from_ec_pem(pem.as_bytes()),
+        [Family::Ed] => DecodingKey::from_ed_pem(pem.as_bytes()),
+        _ => {
+            d.error(
+                &format!("{at}.algorithms"),
+                "one public key serves one algorithm family",
+                Some("use a JWKS to accept several key types".into()),
+            );
+            return None;
+        }
+    };
+    match key {
+        Ok(k) => Some(Keys::Single(k)),
+        Err(e) => {
+            d.error(
+                &path,
+                format!("{file} is not a PEM public key for {:?}: {e}", distinct[0]),
+                None,
+            );
+            None
+        }
+    }
+}
+
+fn compile_require(d: &mut Diags, at: &str, r: &RawRequire) -> Vec<ClaimRule> {
+    r.claims
+        .iter()
+        .map(|(claim, rule)| {
+            let (values, all) = match rule {
+                RawClaimRule::AnyList(v) | RawClaimRule::AnyOf { any_of: v } => (v.clone(), false),
+                RawClaimRule::AllOf { all_of: v } => (v.clone(), true),
+                RawClaimRule::One(v) => (vec![v.clone()], false),
+            };
+            if values.is_empty() {
+                d.error(
+                    &format!("{at}.claims.{claim}"),
+                    "an empty list can never be satisfied",
+                    None,
+                );
+            }
+            ClaimRule {
+                claim: claim.clone(),
+                values: values.iter().map(ToString::to_string).collect(),
+                all,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

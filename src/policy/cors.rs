@@ -2,8 +2,31 @@
 //! actual requests from allowed origins get the CORS response headers. A disallowed origin
 //! gets no CORS headers at all.
 
+use super::PolicyState;
+use crate::diag::{parse_methods, Diags};
+use http::header::{ORIGIN, VARY};
 use http::{HeaderName, HeaderValue, Method};
+use pingora::http::{RequestHeader, ResponseHeader};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
+use std::time::Duration;
+
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    pub allow_origins: Vec<String>,
+    pub allow_methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    #[schemars(with = "Option<String>")]
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+}
 
 pub struct CorsPolicy {
     pub name: String,
@@ -104,6 +127,30 @@ impl CorsPolicy {
         }
     }
 
+    /// Notes the request's Origin when this policy allows it.
+    pub fn on_request(&self, req: &RequestHeader, state: &mut PolicyState) {
+        state.cors_origin = req
+            .headers
+            .get(ORIGIN)
+            .filter(|o| o.to_str().is_ok_and(|o| self.allows_origin(o)))
+            .cloned();
+    }
+
+    /// Every answer on a CORS route varies by Origin; an allowed origin gets its headers.
+    pub fn on_response(
+        &self,
+        resp: &mut ResponseHeader,
+        state: &PolicyState,
+    ) -> pingora::Result<()> {
+        resp.append_header(VARY, "Origin")?;
+        if let Some(origin) = &state.cors_origin {
+            for (name, value) in self.response_headers(origin) {
+                resp.insert_header(name, value)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Headers for an actual (non-preflight) response to an allowed origin.
     pub fn response_headers(&self, origin: &HeaderValue) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = vec![(
@@ -164,6 +211,34 @@ impl CorsPolicy {
             out.push((http::header::ACCESS_CONTROL_MAX_AGE, age.clone()));
         }
         Some(out)
+    }
+}
+
+/// Compiles the named policy `cors.NAME`.
+pub fn compile(d: &mut Diags, name: &str, c: &RawCors) -> Option<CorsPolicy> {
+    let at = format!("cors.{name}");
+    let default_methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+        .map(String::from)
+        .to_vec();
+    let methods = parse_methods(
+        d,
+        &format!("{at}.allow_methods"),
+        c.allow_methods.as_ref().unwrap_or(&default_methods),
+    );
+    let spec = CorsSpec {
+        origins: &c.allow_origins,
+        methods: &methods,
+        headers: &c.allow_headers,
+        expose: &c.expose_headers,
+        credentials: c.allow_credentials,
+        max_age: c.max_age.map(|d| d.as_secs()),
+    };
+    match CorsPolicy::new(name, spec) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            d.error(&format!("{at}.allow_origins"), e, Some("list exact origins such as https://app.example.com, or patterns like https://*.example.com".into()));
+            None
+        }
     }
 }
 

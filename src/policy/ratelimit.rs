@@ -3,12 +3,61 @@
 //! `per / requests`. Local state is sharded and bounded; the Redis backend runs the same
 //! algorithm atomically in a server-side script so replicas share one limit.
 
+use super::{PolicyState, RequestInfo};
+use crate::diag::Diags;
+use crate::errors::GatewayError;
+use crate::hashing::fnv1a;
+use crate::state::StateCx;
 use arc_swap::ArcSwapOption;
+use pingora::http::{RequestHeader, ResponseHeader};
 use redis::aio::ConnectionManager;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub requests: u64,
+    #[schemars(with = "String")]
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+    #[serde(default)]
+    pub burst: u64,
+    #[serde(default = "default_limit_key")]
+    pub key: String,
+    #[serde(default)]
+    pub backend: LimitBackend,
+    #[serde(default)]
+    pub on_redis_error: OnRedisError,
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_limit_key() -> String {
+    "client_ip".to_string()
+}
+fn default_max_keys() -> usize {
+    100_000
+}
+
+#[derive(Debug, Deserialize, Serialize, JsonSchema, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitBackend {
+    #[default]
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Deserialize, Serialize, JsonSchema, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRedisError {
+    #[default]
+    Allow,
+    Deny,
+}
 
 /// What a request is counted by.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +151,7 @@ impl LocalStore {
     }
 
     pub fn check(&self, key: &str, interval: u64, capacity: u64) -> Decision {
-        let shard = &self.shards[fnv(key.as_bytes()) as usize % SHARDS];
+        let shard = &self.shards[fnv1a(key.as_bytes()) as usize % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.now();
         let tat = map.get(key).copied().unwrap_or(now);
@@ -139,12 +188,6 @@ impl LocalStore {
     }
 }
 
-fn fnv(key: &[u8]) -> u64 {
-    key.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// GCRA in Redis, on Redis' clock so every replica agrees. Times in microseconds.
 const SCRIPT: &str = r"
 local interval = tonumber(ARGV[1])
@@ -168,7 +211,7 @@ pub struct RedisLink {
     client: redis::Client,
     timeout: Duration,
     conn: ArcSwapOption<ConnectionManager>,
-    last_attempt: AtomicU64,
+    last_attempt: Mutex<Option<Instant>>,
     script: redis::Script,
 }
 
@@ -182,12 +225,6 @@ pub enum LimitError {
     Redis(#[from] redis::RedisError),
 }
 
-fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl RedisLink {
     pub fn new(url: &str, timeout: Duration) -> Result<RedisLink, String> {
         let client = redis::Client::open(url).map_err(|e| format!("invalid redis url: {e}"))?;
@@ -195,22 +232,19 @@ impl RedisLink {
             client,
             timeout,
             conn: ArcSwapOption::empty(),
-            last_attempt: AtomicU64::new(0),
+            last_attempt: Mutex::new(None),
             script: redis::Script::new(SCRIPT),
         })
     }
 
     /// Starts a connection attempt (at most one a second) without waiting for it.
     fn connect_in_background(self: &Arc<Self>) {
-        let now = unix_secs();
-        let last = self.last_attempt.load(Ordering::Relaxed);
-        if now <= last
-            || self
-                .last_attempt
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
         {
-            return;
+            let mut last = self.last_attempt.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(Instant::now());
         }
         let link = self.clone();
         tokio::spawn(async move {
@@ -255,7 +289,7 @@ impl RedisLink {
 }
 
 pub enum Backend {
-    Local(LocalStore),
+    Local(Arc<LocalStore>),
     Redis {
         link: Arc<RedisLink>,
         deny_on_error: bool,
@@ -269,8 +303,6 @@ pub struct RateLimit {
     /// Nanoseconds between two refilled requests.
     pub interval: u64,
     pub backend: Backend,
-    /// The definition this was built from; a reload keeps the limiter while it is equal.
-    pub fingerprint: String,
 }
 
 /// What to do with a request after its limit was checked.
@@ -284,6 +316,66 @@ pub enum Verdict {
 }
 
 impl RateLimit {
+    /// Keyed by a claim, so it runs after authentication.
+    pub fn by_identity(&self) -> bool {
+        matches!(self.key, LimitKey::Claim(_))
+    }
+
+    /// The key a request is counted by.
+    fn key_for(&self, req: &RequestHeader, info: &RequestInfo, state: &PolicyState) -> String {
+        let ip = || info.client_ip.map_or_else(String::new, |ip| ip.to_string());
+        match &self.key {
+            LimitKey::ClientIp => ip(),
+            LimitKey::Route => info.route.to_string(),
+            LimitKey::Header(name) => match req.headers.get(name) {
+                // Long values are hashed so a key never costs more than a few bytes.
+                Some(v) if v.len() <= 128 => {
+                    format!("h:{}", String::from_utf8_lossy(v.as_bytes()))
+                }
+                Some(v) => format!("h#{:x}", fnv1a(v.as_bytes())),
+                None => format!("ip:{}", ip()),
+            },
+            LimitKey::Claim(name) => {
+                match state
+                    .claims
+                    .as_ref()
+                    .and_then(|c| super::auth::claim(c, name))
+                {
+                    Some(v) => format!("c:{}", super::auth::header_text(v)),
+                    None => format!("ip:{}", ip()),
+                }
+            }
+        }
+    }
+
+    /// Counts the request; refuses it over the limit (or when Redis fails and the policy
+    /// denies unchecked requests).
+    pub async fn on_request(
+        &self,
+        req: &RequestHeader,
+        info: &RequestInfo<'_>,
+        state: &mut PolicyState,
+    ) -> Result<(), GatewayError> {
+        let key = self.key_for(req, info, state);
+        match self.check(&key).await {
+            Verdict::Allow(d) => {
+                state.rate = Some(d);
+                Ok(())
+            }
+            Verdict::AllowUnchecked => Ok(()),
+            Verdict::Reject(d) => {
+                state.rate = Some(d);
+                Err(GatewayError::RateLimited {
+                    retry_after: ceil_secs(d.retry_after).max(1),
+                })
+            }
+            Verdict::Unavailable(why) => {
+                tracing::warn!(limit = %self.name, error = %why, "rate limit unavailable: denying");
+                Err(GatewayError::RateLimitUnavailable)
+            }
+        }
+    }
+
     pub async fn check(&self, key: &str) -> Verdict {
         let decision = match &self.backend {
             Backend::Local(store) => store.check(key, self.interval, self.capacity),
@@ -308,6 +400,86 @@ impl RateLimit {
             Verdict::Reject(decision)
         }
     }
+}
+
+/// `RateLimit-*` headers (IETF draft) on every answer to a request a limit was checked for.
+pub fn on_response(resp: &mut ResponseHeader, state: &PolicyState) -> pingora::Result<()> {
+    if let Some(d) = &state.rate {
+        resp.insert_header("ratelimit-limit", d.limit)?;
+        resp.insert_header("ratelimit-remaining", d.remaining)?;
+        resp.insert_header("ratelimit-reset", ceil_secs(d.reset))?;
+    }
+    Ok(())
+}
+
+/// Compiles the named limit `rate_limits.NAME`. Its buckets are kept across reloads while
+/// the fields that define them (rate, burst, key, size) stay the same.
+pub fn compile(
+    d: &mut Diags,
+    state: &mut StateCx,
+    name: &str,
+    rl: &RawRateLimit,
+    redis: Option<Arc<RedisLink>>,
+) -> Option<RateLimit> {
+    let at = format!("rate_limits.{name}");
+    let mut ok = true;
+    if rl.requests == 0 {
+        d.error(
+            &format!("{at}.requests"),
+            "requests must be at least 1",
+            Some("to block a route, remove it or respond with 403".into()),
+        );
+        ok = false;
+    }
+    if rl.per.is_zero() {
+        d.error(
+            &format!("{at}.per"),
+            "the period must be longer than 0",
+            Some("e.g. per: 1s or per: 1m".into()),
+        );
+        ok = false;
+    }
+    let key = LimitKey::parse(&rl.key)
+        .map_err(|e| {
+            d.error(
+                &format!("{at}.key"),
+                e,
+                Some("use client_ip, route, header:NAME or claim:NAME".into()),
+            )
+        })
+        .ok();
+    let defining = (rl.requests, rl.per, rl.burst, &rl.key, rl.max_keys);
+    let backend = match (rl.backend, redis) {
+        (LimitBackend::Local, _) => Some(Backend::Local(state.keep(
+            "rate_limit",
+            name,
+            &defining,
+            || LocalStore::new(rl.max_keys),
+        ))),
+        (LimitBackend::Redis, Some(link)) => Some(Backend::Redis {
+            link,
+            deny_on_error: rl.on_redis_error == OnRedisError::Deny,
+        }),
+        (LimitBackend::Redis, None) => {
+            d.error(
+                &format!("{at}.backend"),
+                "`backend: redis` needs a top-level `redis:` section",
+                Some("add `redis: { url: redis://HOST:6379 }`".into()),
+            );
+            None
+        }
+    };
+    let interval = (rl.per.as_nanos() / u128::from(rl.requests.max(1))) as u64;
+    if !ok {
+        return None;
+    }
+    Some(RateLimit {
+        name: name.into(),
+        key: key?,
+        capacity: rl.requests + rl.burst,
+        interval: interval.max(1),
+        backend: backend?,
+    })
 }
 
 /// Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.

@@ -3,9 +3,36 @@
 //! config loads; a validated body is read whole (up to `max_body_bytes`) before the
 //! upstream is contacted, so an invalid one never reaches it.
 
+use crate::diag::{parse_methods, Diags, Inputs};
+use crate::errors::GatewayError;
+use crate::units::ByteSize;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, Method};
 use jsonschema::{Retrieve, Uri, Validator};
+use pingora::proxy::Session;
+use schemars::JsonSchema;
+use serde::Deserialize;
 use serde::Serialize;
+
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawValidate {
+    /// A JSON Schema file for the request body (relative to the config's directory).
+    pub body: Option<String>,
+    /// Methods validated (default POST, PUT, PATCH).
+    pub methods: Option<Vec<String>>,
+    #[serde(default = "default_validate_max")]
+    pub max_body_bytes: ByteSize,
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default)]
+    pub query: Vec<String>,
+}
+
+fn default_validate_max() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -13,12 +40,7 @@ use std::sync::{Arc, Mutex};
 /// Pingora can replay at most this much of a request body it has already read.
 pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Violation {
-    /// JSON pointer into the body (`/address/zip`), or `header:NAME` / `query:NAME`.
-    pub path: String,
-    pub message: String,
-}
+pub use crate::errors::Violation;
 
 pub struct RequestValidation {
     pub methods: Vec<Method>,
@@ -37,6 +59,51 @@ pub enum BodyError {
 impl RequestValidation {
     pub fn applies(&self, method: &Method) -> bool {
         self.methods.contains(method)
+    }
+
+    /// Applies the rules. A body to check is read whole (bounded) into Pingora's retry
+    /// buffer, which is what gets sent upstream once it passed.
+    pub async fn on_request(&self, session: &mut Session) -> Result<(), GatewayError> {
+        if !self.applies(&session.req_header().method) {
+            return Ok(());
+        }
+        let req = session.req_header();
+        let missing = self.check_head(&req.headers, req.uri.query());
+        if !missing.is_empty() {
+            return Err(GatewayError::ValidationFailed(missing));
+        }
+        if self.schema.is_none() {
+            return Ok(());
+        }
+        let content_type = req.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        if !is_json(content_type) {
+            return Err(GatewayError::UnsupportedMediaType);
+        }
+        let too_large = GatewayError::BodyTooLarge {
+            limit: self.max_body,
+        };
+        if content_length(req).is_some_and(|len| len > self.max_body) {
+            return Err(too_large);
+        }
+        session.enable_retry_buffering();
+        let mut body = bytes::BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(GatewayError::from_pingora(&e).unwrap_or(GatewayError::BadRequest))
+                }
+            }
+            if body.len() as u64 > self.max_body {
+                return Err(too_large);
+            }
+        }
+        match self.check_body(&body) {
+            Ok(()) => Ok(()),
+            Err(BodyError::InvalidJson(why)) => Err(GatewayError::InvalidJson(why)),
+            Err(BodyError::Invalid(violations)) => Err(GatewayError::ValidationFailed(violations)),
+        }
     }
 
     /// Required headers and query parameters that are missing.
@@ -139,6 +206,75 @@ pub fn compile_schema(path: &Path, text: &str) -> Result<(Validator, Vec<PathBuf
         .map_err(|e| e.to_string())?;
     let files = read.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok((validator, files))
+}
+
+/// The declared body length, when there is one.
+pub fn content_length(req: &pingora::http::RequestHeader) -> Option<u64> {
+    req.headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Compiles a route's `validate` (`at` is the route): the schema is compiled here, once.
+pub fn compile(
+    d: &mut Diags,
+    inputs: &mut Inputs,
+    at: &str,
+    v: &RawValidate,
+) -> Option<RequestValidation> {
+    let at = format!("{at}.validate");
+    if v.max_body_bytes.0 > MAX_BUFFERED_BODY || v.max_body_bytes.0 == 0 {
+        d.error(&format!("{at}.max_body_bytes"), format!("max_body_bytes must be between 1 and {MAX_BUFFERED_BODY} (64KiB)"), Some("a validated body is held whole before the upstream sees the request; larger bodies cannot be replayed".into()));
+    }
+    let methods = match &v.methods {
+        None => vec![Method::POST, Method::PUT, Method::PATCH],
+        Some(list) => parse_methods(d, &format!("{at}.methods"), list),
+    };
+    let headers = v
+        .headers
+        .iter()
+        .filter_map(|h| {
+            let name = HeaderName::from_bytes(h.as_bytes()).ok();
+            if name.is_none() {
+                d.error(
+                    &format!("{at}.headers"),
+                    format!("`{h}` is not a valid header name"),
+                    None,
+                );
+            }
+            name
+        })
+        .collect();
+    let schema = match &v.body {
+        None => None,
+        Some(file) => {
+            let path = format!("{at}.body");
+            let text = inputs.read(d, &path, file)?;
+            let full = inputs.files.last().cloned().unwrap_or_default();
+            let absolute = std::path::absolute(&full).unwrap_or(full);
+            match compile_schema(&absolute, &text) {
+                Ok((validator, referenced)) => {
+                    inputs.files.extend(referenced);
+                    Some(validator)
+                }
+                Err(e) => {
+                    d.error(&path, format!("schema `{file}` does not compile: {e}"), Some("check it with a JSON Schema validator; $ref paths are relative to the schema file".into()));
+                    return None;
+                }
+            }
+        }
+    };
+    Some(RequestValidation {
+        methods,
+        schema,
+        max_body: v.max_body_bytes.0,
+        headers,
+        query: v.query.clone(),
+    })
 }
 
 #[cfg(test)]

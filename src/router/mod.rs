@@ -1,44 +1,16 @@
 //! The compiled route table. Routes match in file order (the first full match wins); a byte
 //! trie over exact paths and prefixes narrows the candidates so a lookup costs about the
-//! path's length, not the number of routes.
+//! path's length, not the number of routes. Each trie node already holds its candidate
+//! list in file order, so a lookup allocates nothing. The router knows matchers only; the
+//! snapshot pairs match `i` with route `i`.
 
 pub mod normalize;
 
 use normalize::{normalize, PathError};
 
-use crate::upstream::Upstream;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::Regex;
-use std::sync::Arc;
-use std::time::Duration;
-
-pub struct Route {
-    pub name: Arc<str>,
-    pub matcher: Matcher,
-    pub action: Action,
-    pub rewrite: PathRewrite,
-    pub rate_limit: Option<Arc<crate::policy::ratelimit::RateLimit>>,
-    pub auth: Option<Arc<crate::policy::auth::AuthPolicy>>,
-    /// Claim conditions a valid token must meet (403 otherwise).
-    pub require: Vec<crate::policy::auth::ClaimRule>,
-    pub cors: Option<Arc<crate::policy::cors::CorsPolicy>>,
-    pub validate: Option<Arc<crate::policy::validate::RequestValidation>>,
-    /// Total time for the request, across retries.
-    pub timeout: Option<Duration>,
-    pub max_body: u64,
-}
-
-pub enum Action {
-    Proxy(Arc<Upstream>),
-    Respond(Arc<StaticResponse>),
-}
-
-pub struct StaticResponse {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: bytes::Bytes,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-}
+use std::borrow::Cow;
 
 pub enum PathRewrite {
     None,
@@ -53,17 +25,17 @@ pub enum PathRewrite {
 
 impl PathRewrite {
     /// The path sent upstream for a normalized request path.
-    pub fn apply(&self, path: &str) -> String {
+    pub fn apply<'a>(&self, path: &'a str) -> Cow<'a, str> {
         match self {
-            PathRewrite::None => path.to_string(),
+            PathRewrite::None => Cow::Borrowed(path),
             PathRewrite::Strip(prefix) => match path.strip_prefix(prefix.as_str()) {
-                Some(rest) if rest.starts_with('/') => rest.to_string(),
-                Some(rest) => format!("/{rest}"),
-                None => path.to_string(),
+                Some(rest) if rest.starts_with('/') => Cow::Borrowed(rest),
+                Some(rest) => Cow::Owned(format!("/{rest}")),
+                None => Cow::Borrowed(path),
             },
             PathRewrite::Replace { from, to } => match path.strip_prefix(from.as_str()) {
-                Some(rest) => format!("{to}{rest}"),
-                None => path.to_string(),
+                Some(rest) => Cow::Owned(format!("{to}{rest}")),
+                None => Cow::Borrowed(path),
             },
         }
     }
@@ -123,6 +95,45 @@ impl Matcher {
         }
     }
 
+    /// Whether every request this matcher's `other` takes, this one takes too
+    /// (conservative: a regex never covers another matcher).
+    pub fn covers(&self, other: &Matcher) -> bool {
+        let path = match (&self.path, &other.path) {
+            (PathMatch::Any, _) => true,
+            (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
+            (PathMatch::Prefix(a), PathMatch::Exact(b) | PathMatch::Prefix(b)) => {
+                b.starts_with(a.as_str())
+            }
+            _ => false,
+        };
+        let methods = match (&self.methods, &other.methods) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(_), Some(theirs)) => theirs.iter().all(|m| self.method_ok(m)),
+        };
+        let host = match (&self.host, &other.host) {
+            (None, _) => true,
+            (Some(HostMatch::Exact(a)), Some(HostMatch::Exact(b))) => a == b,
+            (Some(HostMatch::Suffix(a)), Some(HostMatch::Exact(b))) => {
+                b.len() > a.len() && b.ends_with(a.as_str())
+            }
+            (Some(HostMatch::Suffix(a)), Some(HostMatch::Suffix(b))) => b.ends_with(a.as_str()),
+            _ => false,
+        };
+        let headers = self.headers.iter().all(|mine| {
+            other.headers.iter().any(|theirs| {
+                theirs.name == mine.name
+                    && match (&mine.cond, &theirs.cond) {
+                        (HeaderCond::Equals(a), HeaderCond::Equals(b)) => a == b,
+                        (HeaderCond::Present(true), HeaderCond::Equals(_)) => true,
+                        (HeaderCond::Present(a), HeaderCond::Present(b)) => a == b,
+                        _ => false,
+                    }
+            })
+        });
+        path && methods && host && headers
+    }
+
     /// Everything but the method (the path's trie part is already known to match).
     fn rest_ok(&self, req: &RequestView) -> bool {
         if let PathMatch::Regex(re) = &self.path {
@@ -165,27 +176,41 @@ pub enum Match {
 #[derive(Default)]
 struct Node {
     edges: Vec<(u8, u32)>,
+    parent: u32,
     prefix_routes: Vec<u32>,
     exact_routes: Vec<u32>,
+    /// Candidates for a path that starts with this node's key: index into `lists`.
+    prefix_list: u32,
+    /// Candidates for a path equal to this node's key, when it has exact routes.
+    exact_list: Option<u32>,
 }
 
 pub struct Router {
-    routes: Vec<Route>,
+    matchers: Vec<Matcher>,
     nodes: Vec<Node>,
-    /// Routes the trie cannot narrow (regex or no path matcher): always candidates.
-    always: Vec<u32>,
+    /// Candidate lists in file order, shared by the nodes that have the same candidates.
+    lists: Vec<Vec<u32>>,
+}
+
+/// Merges two ascending lists.
+fn merged(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let mut out: Vec<u32> = a.iter().chain(b).copied().collect();
+    out.sort_unstable();
+    out
 }
 
 impl Router {
-    pub fn new(routes: Vec<Route>) -> Router {
+    pub fn new(matchers: Vec<Matcher>) -> Router {
         let mut router = Router {
-            routes: Vec::new(),
+            matchers: Vec::new(),
             nodes: vec![Node::default()],
-            always: Vec::new(),
+            lists: Vec::new(),
         };
-        for (i, route) in routes.iter().enumerate() {
+        // Routes the trie cannot narrow (regex or no path matcher) are always candidates.
+        let mut always = Vec::new();
+        for (i, m) in matchers.iter().enumerate() {
             let i = i as u32;
-            match &route.matcher.path {
+            match &m.path {
                 PathMatch::Exact(p) => {
                     let n = router.insert(p);
                     router.nodes[n].exact_routes.push(i);
@@ -194,15 +219,38 @@ impl Router {
                     let n = router.insert(p);
                     router.nodes[n].prefix_routes.push(i);
                 }
-                PathMatch::Regex(_) | PathMatch::Any => router.always.push(i),
+                PathMatch::Regex(_) | PathMatch::Any => always.push(i),
             }
         }
-        router.routes = routes;
+        router.lists.push(always);
+        // Parents come before children, so one pass in index order sees every parent done.
+        for n in 0..router.nodes.len() {
+            let inherited = match n {
+                0 => 0,
+                _ => router.nodes[router.nodes[n].parent as usize].prefix_list,
+            };
+            let node = &router.nodes[n];
+            let prefix_list = if node.prefix_routes.is_empty() {
+                inherited
+            } else {
+                let list = merged(&router.lists[inherited as usize], &node.prefix_routes);
+                router.lists.push(list);
+                (router.lists.len() - 1) as u32
+            };
+            let exact_list = (!node.exact_routes.is_empty()).then(|| {
+                let list = merged(&router.lists[prefix_list as usize], &node.exact_routes);
+                router.lists.push(list);
+                (router.lists.len() - 1) as u32
+            });
+            router.nodes[n].prefix_list = prefix_list;
+            router.nodes[n].exact_list = exact_list;
+        }
+        router.matchers = matchers;
         router
     }
 
-    pub fn routes(&self) -> &[Route] {
-        &self.routes
+    pub fn matchers(&self) -> &[Matcher] {
+        &self.matchers
     }
 
     fn insert(&mut self, key: &str) -> usize {
@@ -212,7 +260,10 @@ impl Router {
                 Ok(i) => self.nodes[node].edges[i].1 as usize,
                 Err(i) => {
                     let child = self.nodes.len();
-                    self.nodes.push(Node::default());
+                    self.nodes.push(Node {
+                        parent: node as u32,
+                        ..Node::default()
+                    });
                     self.nodes[node].edges.insert(i, (b, child as u32));
                     child
                 }
@@ -222,38 +273,25 @@ impl Router {
     }
 
     /// Route indices whose path part matches, in file order.
-    fn candidates(&self, path: &str) -> Vec<u32> {
-        let mut out = self.always.clone();
+    fn candidates(&self, path: &str) -> &[u32] {
         let mut node = &self.nodes[0];
-        out.extend_from_slice(&node.prefix_routes);
-        let mut complete = true;
         for &b in path.as_bytes() {
             match node.edges.binary_search_by_key(&b, |e| e.0) {
-                Ok(i) => {
-                    node = &self.nodes[node.edges[i].1 as usize];
-                    out.extend_from_slice(&node.prefix_routes);
-                }
-                Err(_) => {
-                    complete = false;
-                    break;
-                }
+                Ok(i) => node = &self.nodes[node.edges[i].1 as usize],
+                Err(_) => return &self.lists[node.prefix_list as usize],
             }
         }
-        if complete {
-            out.extend_from_slice(&node.exact_routes);
-        }
-        out.sort_unstable();
-        out
+        &self.lists[node.exact_list.unwrap_or(node.prefix_list) as usize]
     }
 
     /// Routes a raw request: normalizes the path, takes the host from `Host` (or the URI),
     /// and finds the route. Returns the match and the normalized path.
-    pub fn route(
+    pub fn route<'a>(
         &self,
         method: &Method,
-        uri: &http::Uri,
-        headers: &HeaderMap,
-    ) -> Result<(Match, String), PathError> {
+        uri: &'a http::Uri,
+        headers: &'a HeaderMap,
+    ) -> Result<(Match, Cow<'a, str>), PathError> {
         let path = normalize(uri.path())?;
         let host = headers
             .get(http::header::HOST)
@@ -271,19 +309,19 @@ impl Router {
 
     pub fn find(&self, req: &RequestView) -> Match {
         let candidates = self.candidates(req.path);
-        for &i in &candidates {
-            let route = &self.routes[i as usize];
-            if route.matcher.method_ok(req.method) && route.matcher.rest_ok(req) {
+        for &i in candidates {
+            let m = &self.matchers[i as usize];
+            if m.method_ok(req.method) && m.rest_ok(req) {
                 return Match::Route(i as usize);
             }
         }
-        self.method_not_allowed(&candidates, req)
+        self.method_not_allowed(candidates, req)
     }
 
     fn method_not_allowed(&self, candidates: &[u32], req: &RequestView) -> Match {
         let mut allowed: Vec<&str> = Vec::new();
         for &i in candidates {
-            let m = &self.routes[i as usize].matcher;
+            let m = &self.matchers[i as usize];
             if let (Some(methods), true) = (&m.methods, m.rest_ok(req)) {
                 for method in methods {
                     if !allowed.contains(&method.as_str()) {
@@ -301,10 +339,36 @@ impl Router {
             Match::MethodNotAllowed(allowed.join(", "))
         }
     }
+
+    /// The first earlier route that takes every request route `j` would take, if any: the
+    /// shadowing lint, on the same candidate lists requests are routed by.
+    pub fn shadowed_by(&self, j: usize) -> Option<usize> {
+        let later = &self.matchers[j];
+        let candidates = match &later.path {
+            PathMatch::Exact(p) | PathMatch::Prefix(p) => {
+                let mut node = &self.nodes[0];
+                for &b in p.as_bytes() {
+                    let i = node.edges.binary_search_by_key(&b, |e| e.0).ok()?;
+                    node = &self.nodes[node.edges[i].1 as usize];
+                }
+                let list = match later.path {
+                    PathMatch::Exact(_) => node.exact_list.unwrap_or(node.prefix_list),
+                    _ => node.prefix_list,
+                };
+                &self.lists[list as usize]
+            }
+            PathMatch::Any | PathMatch::Regex(_) => &self.lists[0],
+        };
+        candidates
+            .iter()
+            .map(|&i| i as usize)
+            .take_while(|&i| i < j)
+            .find(|&i| self.matchers[i].covers(later))
+    }
 }
 
-/// The request's host, lower-cased and without port.
-pub fn host_of(raw: &str) -> String {
+/// The request's host, lower-cased and without port (borrowed when already lower-case).
+pub fn host_of(raw: &str) -> Cow<'_, str> {
     let host = if raw.starts_with('[') {
         raw.split_inclusive(']').next().unwrap_or(raw)
     } else {
@@ -313,40 +377,29 @@ pub fn host_of(raw: &str) -> String {
             _ => raw,
         }
     };
-    host.to_ascii_lowercase()
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn route(name: &str, path: PathMatch, methods: Option<Vec<Method>>) -> Route {
-        Route {
-            name: name.into(),
-            matcher: Matcher {
-                path,
-                methods,
-                host: None,
-                headers: Vec::new(),
-            },
-            action: Action::Respond(Arc::new(StaticResponse {
-                status: 200,
-                content_type: "text/plain",
-                body: bytes::Bytes::new(),
-                headers: Vec::new(),
-            })),
-            rewrite: PathRewrite::None,
-            rate_limit: None,
-            auth: None,
-            require: Vec::new(),
-            cors: None,
-            validate: None,
-            timeout: None,
-            max_body: 0,
+    const NAMES: [&str; 5] = ["exact", "get-users", "regex", "users", "all"];
+
+    fn route(_name: &str, path: PathMatch, methods: Option<Vec<Method>>) -> Matcher {
+        Matcher {
+            path,
+            methods,
+            host: None,
+            headers: Vec::new(),
         }
     }
 
-    fn find<'r>(router: &'r Router, method: Method, path: &str) -> Option<&'r str> {
+    fn find(router: &Router, method: Method, path: &str) -> Option<&'static str> {
         let headers = HeaderMap::new();
         let req = RequestView {
             method: &method,
@@ -355,7 +408,7 @@ mod tests {
             headers: &headers,
         };
         match router.find(&req) {
-            Match::Route(i) => Some(&router.routes()[i].name),
+            Match::Route(i) => Some(NAMES[i]),
             Match::MethodNotAllowed(allow) => panic!("405 {allow}"),
             Match::NotFound => None,
         }
@@ -407,7 +460,47 @@ mod tests {
     #[test]
     fn hosts_lose_port_and_case() {
         assert_eq!(host_of("API.Example.com:8080"), "api.example.com");
+        assert!(matches!(
+            host_of("api.example.com:80"),
+            Cow::Borrowed("api.example.com")
+        ));
         assert_eq!(host_of("[::1]:80"), "[::1]");
+    }
+
+    #[test]
+    fn shadowing_uses_the_compiled_matchers() {
+        let router = Router::new(vec![
+            route("a", PathMatch::Prefix("/api/".into()), None),
+            route(
+                "b",
+                PathMatch::Exact("/api/users".into()),
+                Some(vec![Method::GET]),
+            ),
+            route(
+                "c",
+                PathMatch::Prefix("/other".into()),
+                Some(vec![Method::GET]),
+            ),
+            route("d", PathMatch::Prefix("/other/x".into()), None),
+            route("e", PathMatch::Any, None),
+            route("f", PathMatch::Exact("/late".into()), None),
+        ]);
+        assert_eq!(
+            router.shadowed_by(1),
+            Some(0),
+            "prefix covers the exact path"
+        );
+        assert_eq!(router.shadowed_by(2), None);
+        assert_eq!(
+            router.shadowed_by(3),
+            None,
+            "GET only does not cover any method"
+        );
+        assert_eq!(
+            router.shadowed_by(5),
+            Some(4),
+            "a catch-all covers what follows"
+        );
     }
 
     #[test]

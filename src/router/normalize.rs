@@ -4,6 +4,7 @@
 //! upper-case hex) so nothing is decoded twice; `%2F`, `%5C` and `%00` are refused because
 //! upstreams disagree on what they mean.
 
+use std::borrow::Cow;
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -19,16 +20,17 @@ pub enum PathError {
 }
 
 /// Returns the canonical form of a request path (without query).
-pub fn normalize(path: &str) -> Result<String, PathError> {
+/// A path that is canonical already (the common case) is borrowed, not copied.
+pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
     if is_canonical(bytes) {
-        return Ok(path.to_string());
+        return Ok(Cow::Borrowed(path));
     }
     let decoded = decode_unreserved(bytes)?;
-    Ok(remove_dot_segments(&decoded))
+    Ok(Cow::Owned(remove_dot_segments(&decoded)))
 }
 
 /// Fast path for the common case: nothing to decode, merge or resolve.

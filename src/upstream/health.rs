@@ -2,17 +2,11 @@
 //! failures in a row take a target out, `healthy_after` successes bring it back.
 
 use super::Target;
-use crate::snapshot::SnapshotHolder;
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Hash)]
 pub struct HealthConfig {
     pub path: String,
     pub interval: Duration,
@@ -93,41 +87,9 @@ async fn probe(target: &Target, cfg: &HealthConfig) -> bool {
     )
 }
 
-pub struct HealthChecker {
-    pub holder: SnapshotHolder,
-}
-
-#[async_trait]
-impl BackgroundService for HealthChecker {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut last_run: HashMap<String, Instant> = HashMap::new();
-        loop {
-            let snapshot = self.holder.load();
-            let mut checks = tokio::task::JoinSet::new();
-            for upstream in snapshot.upstreams.values() {
-                let Some(cfg) = upstream.health_check.clone() else {
-                    continue;
-                };
-                let due = last_run
-                    .get(&*upstream.name)
-                    .is_none_or(|t| t.elapsed() >= cfg.interval);
-                if !due {
-                    continue;
-                }
-                last_run.insert(upstream.name.to_string(), Instant::now());
-                for target in &upstream.targets {
-                    let (target, cfg) = (Arc::clone(target), cfg.clone());
-                    checks.spawn(async move {
-                        let ok = probe(&target, &cfg).await;
-                        target.health.observe(ok, &cfg, &target.label);
-                    });
-                }
-            }
-            while checks.join_next().await.is_some() {}
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
+/// One health-check step for a target: probes it and records the result (the loop that
+/// calls this runs in `app`).
+pub async fn check(target: &Target, cfg: &HealthConfig) {
+    let ok = probe(target, cfg).await;
+    target.health.observe(ok, cfg, &target.label);
 }

@@ -138,8 +138,6 @@ pub struct Upstream {
     pub retry_attempts: u32,
     pub health_check: Option<HealthConfig>,
     pub breaker: Option<BreakerConfig>,
-    /// The definition this was built from; a reload reuses the upstream while it is equal.
-    pub fingerprint: String,
     next: AtomicUsize,
 }
 
@@ -178,14 +176,14 @@ impl Drop for Pick {
 impl Upstream {
     pub fn new(
         name: &str,
-        targets: Vec<Target>,
+        targets: Vec<Arc<Target>>,
         balance: Balance,
         timeouts: (Duration, Duration, Duration),
         retry_attempts: u32,
     ) -> Upstream {
         Upstream {
             name: name.into(),
-            targets: targets.into_iter().map(Arc::new).collect(),
+            targets,
             balance,
             connect_timeout: timeouts.0,
             read_timeout: timeouts.1,
@@ -193,7 +191,6 @@ impl Upstream {
             retry_attempts,
             health_check: None,
             breaker: None,
-            fingerprint: String::new(),
             next: AtomicUsize::new(0),
         }
     }
@@ -219,7 +216,7 @@ impl Upstream {
             Balance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed),
             Balance::Random => fastrand::usize(..n.max(1)),
             Balance::HashHeader(_) | Balance::HashClientIp => match key {
-                Some(k) => hash(k) as usize,
+                Some(k) => crate::hashing::fnv1a(k) as usize,
                 None => self.next.fetch_add(1, Ordering::Relaxed),
             },
             Balance::LeastRequests => {
@@ -274,13 +271,6 @@ impl Upstream {
     }
 }
 
-/// FNV-1a: stable across processes and restarts, so hash balancing keeps keys on a target.
-fn hash(key: &[u8]) -> u64 {
-    key.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,7 +278,7 @@ mod tests {
     fn pool(balance: Balance) -> Upstream {
         let targets = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
             .iter()
-            .map(|t| Target::parse(t).unwrap())
+            .map(|t| Arc::new(Target::parse(t).unwrap()))
             .collect();
         let t = Duration::from_secs(1);
         Upstream::new("u", targets, balance, (t, t, t), 1)

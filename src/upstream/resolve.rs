@@ -1,12 +1,7 @@
 //! DNS for targets written as names (e.g. Kubernetes services): resolved at startup and
-//! re-resolved periodically, off the request path.
+//! re-resolved periodically, off the request path (the loop runs in `app`).
 
 use super::Target;
-use crate::snapshot::SnapshotHolder;
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
-use std::time::Duration;
 
 /// Resolves one target; keeps the old addresses when the lookup fails.
 pub async fn resolve_target(target: &Target) {
@@ -23,38 +18,5 @@ pub async fn resolve_target(target: &Target) {
             }
         }
         Err(e) => tracing::warn!(target = %target.label, error = %e, "DNS lookup failed"),
-    }
-}
-
-/// Resolves every DNS target of the active snapshot.
-pub async fn resolve_all(holder: &SnapshotHolder) {
-    let snapshot = holder.load();
-    for upstream in snapshot.upstreams.values() {
-        for target in upstream.targets.iter().filter(|t| t.is_dns()) {
-            resolve_target(target).await;
-        }
-    }
-}
-
-pub struct Resolver {
-    pub holder: SnapshotHolder,
-}
-
-#[async_trait]
-impl BackgroundService for Resolver {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        loop {
-            resolve_all(&self.holder).await;
-            let every = self
-                .holder
-                .load()
-                .settings
-                .resolve_interval
-                .max(Duration::from_secs(1));
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
     }
 }

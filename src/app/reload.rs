@@ -3,9 +3,12 @@
 //! config is loaded, checked and compiled off the request path, then swapped in whole; a
 //! refused one leaves the running snapshot serving.
 
+use crate::compile::compile_with;
 use crate::config::{ConfigError, Source};
-use crate::snapshot::{compile_with, inputs_digest, SnapshotHolder, Stores};
-use crate::telemetry::METRICS;
+use crate::diag::inputs_digest;
+use crate::snapshot::SnapshotHolder;
+use crate::state::Stores;
+use crate::telemetry::Telemetry;
 use crate::upstream::resolve::resolve_target;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -42,6 +45,7 @@ struct Inner {
     path: PathBuf,
     holder: SnapshotHolder,
     stores: Arc<Stores>,
+    telemetry: Arc<Telemetry>,
     status: Mutex<ReloadStatus>,
     busy: tokio::sync::Mutex<()>,
 }
@@ -59,7 +63,13 @@ fn now() -> u64 {
 }
 
 impl Reloader {
-    pub fn new(path: &Path, holder: SnapshotHolder, stores: Arc<Stores>, watch: bool) -> Reloader {
+    pub fn new(
+        path: &Path,
+        holder: SnapshotHolder,
+        stores: Arc<Stores>,
+        telemetry: Arc<Telemetry>,
+        watch: bool,
+    ) -> Reloader {
         let status = ReloadStatus {
             last_success_at: now(),
             ..ReloadStatus::default()
@@ -69,6 +79,7 @@ impl Reloader {
                 path: path.to_path_buf(),
                 holder,
                 stores,
+                telemetry,
                 status: Mutex::new(status),
                 busy: tokio::sync::Mutex::new(()),
             }),
@@ -94,7 +105,7 @@ impl Reloader {
             if !force && src.hash == current.hash && inputs_same {
                 return Ok(None);
             }
-            compile_with(&src, &self.inner.stores).map(Some)
+            compile_with(&src, &self.inner.stores, &self.inner.telemetry.metrics).map(Some)
         });
         let mut status = self.status();
         status.trigger = trigger.to_string();
@@ -122,11 +133,12 @@ impl Reloader {
                 for p in &pending {
                     tracing::warn!("config change needs a restart to take effect: {p}");
                 }
-                tracing::info!(trigger, hash = %snapshot.hash, routes = snapshot.router.routes().len(), "config reloaded");
-                self.inner.stores.remember(&snapshot);
+                tracing::info!(trigger, hash = %snapshot.hash, routes = snapshot.routes.len(), "config reloaded");
+                self.inner.stores.remember(&snapshot.state);
                 self.inner.holder.store(snapshot);
-                METRICS.reloads.with_label_values(&["ok"]).inc();
-                METRICS.last_reload_success.set(status.at as f64);
+                let metrics = &self.inner.telemetry.metrics;
+                metrics.reloads.with_label_values(&["ok"]).inc();
+                metrics.last_reload_success.set(status.at as f64);
                 status.result = "ok".into();
                 status.error = None;
                 status.succeeded += 1;
@@ -137,7 +149,8 @@ impl Reloader {
             }
             Err(e) => {
                 tracing::error!(trigger, "config refused, the running config stays:\n{e}");
-                METRICS.reloads.with_label_values(&["failed"]).inc();
+                let metrics = &self.inner.telemetry.metrics;
+                metrics.reloads.with_label_values(&["failed"]).inc();
                 status.result = "failed".into();
                 status.error = Some(e.to_string());
                 status.failed += 1;

@@ -1,17 +1,25 @@
-//! Assembles the Pingora server: proxy and admin listeners, DNS resolver, readiness.
+//! Assembles the Pingora server: proxy and admin listeners, and every background service
+//! (reload watcher, DNS, health checks, JWKS refresh, readiness). Only this module runs
+//! loops over the snapshot holder.
 
-use crate::admin::{Admin, Readiness};
-use crate::config::ConfigError;
-use crate::policy::auth::JwksRefresher;
+pub mod admin;
+pub mod demo;
+pub mod reload;
+pub mod services;
+
+use crate::compile::compile_with;
+use crate::config::{ConfigError, Source};
 use crate::proxy::Gateway;
-use crate::reload::Reloader;
-use crate::snapshot::{Snapshot, SnapshotHolder, Stores};
-use crate::upstream::health::HealthChecker;
-use crate::upstream::resolve::{resolve_all, Resolver};
+use crate::snapshot::{Snapshot, SnapshotHolder};
+use crate::state::Stores;
+use crate::telemetry::Telemetry;
+use admin::Admin;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use reload::Reloader;
+use services::{HealthChecker, JwksRefresher, Readiness, Resolver};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -23,12 +31,25 @@ pub struct RunOptions<'a> {
     pub upgrade: bool,
 }
 
-/// Loads the config, printing its warnings; a refused config is returned whole.
-pub fn load_config(path: &Path) -> Result<Snapshot, ConfigError> {
-    let snapshot = Snapshot::load(path)?;
+/// A built server, its snapshot holder and its telemetry (flushed by [`serve`]).
+pub struct Built {
+    pub server: Server,
+    pub holder: SnapshotHolder,
+    pub telemetry: Arc<Telemetry>,
+}
+
+/// Loads the config with the gateway's state and metrics, printing its warnings; a refused
+/// config is returned whole.
+fn load_config(
+    path: &Path,
+    stores: &Stores,
+    telemetry: &Telemetry,
+) -> Result<Snapshot, ConfigError> {
+    let snapshot = compile_with(&Source::load(path)?, stores, &telemetry.metrics)?;
     for w in &snapshot.warnings {
         tracing::warn!("{w}");
     }
+    stores.remember(&snapshot.state);
     Ok(snapshot)
 }
 
@@ -38,18 +59,19 @@ fn server_conf(snapshot: &Snapshot) -> ServerConf {
         threads: s.threads,
         grace_period_seconds: Some(s.grace_period.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.as_secs_f64().ceil() as u64),
-        upgrade_sock: "/tmp/portico_upgrade.sock".into(),
-        pid_file: "/tmp/portico.pid".into(),
+        upgrade_sock: s.upgrade_socket.clone(),
+        pid_file: s.pid_file.clone(),
         ..ServerConf::default()
     }
 }
 
-/// Builds the server for a loaded snapshot; extra services (the demo's) can be added before
-/// [`serve`].
-pub fn build(snapshot: Snapshot, opts: &RunOptions) -> (Server, SnapshotHolder) {
-    let conf = server_conf(&snapshot);
+/// Loads the config and builds the server; extra services (the demo's) can be added
+/// before [`serve`].
+pub fn build(opts: &RunOptions) -> Result<Built, ConfigError> {
     let stores = Arc::new(Stores::default());
-    stores.remember(&snapshot);
+    let telemetry = Telemetry::new();
+    let snapshot = load_config(opts.config, &stores, &telemetry)?;
+    let conf = server_conf(&snapshot);
     let proxy_addr = snapshot.settings.proxy_addr.to_string();
     let admin_addr = snapshot.settings.admin_addr.to_string();
     let holder = SnapshotHolder::new(snapshot);
@@ -64,17 +86,25 @@ pub fn build(snapshot: Snapshot, opts: &RunOptions) -> (Server, SnapshotHolder) 
 
     let gateway = Gateway {
         holder: holder.clone(),
+        telemetry: telemetry.clone(),
     };
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "portico");
     proxy.add_tcp(&proxy_addr);
 
     let readiness = Readiness::default();
-    let reloader = Reloader::new(opts.config, holder.clone(), stores, opts.watch);
+    let reloader = Reloader::new(
+        opts.config,
+        holder.clone(),
+        stores,
+        telemetry.clone(),
+        opts.watch,
+    );
     let admin = Admin {
         holder: holder.clone(),
         readiness: readiness.clone(),
         reloader: reloader.clone(),
+        telemetry: telemetry.clone(),
     };
     let mut admin = Service::new("admin".to_string(), admin);
     admin.threads = Some(1);
@@ -83,27 +113,25 @@ pub fn build(snapshot: Snapshot, opts: &RunOptions) -> (Server, SnapshotHolder) 
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(background_service("readiness", readiness));
-    server.add_service(background_service(
-        "dns",
-        Resolver {
-            holder: holder.clone(),
-        },
-    ));
+    let dns = Resolver {
+        holder: holder.clone(),
+    };
+    server.add_service(background_service("dns", dns));
     server.add_service(background_service("reload", reloader));
-    server.add_service(background_service(
-        "jwks",
-        JwksRefresher {
-            holder: holder.clone(),
-        },
-    ));
-    server.add_service(background_service(
-        "health-checks",
-        HealthChecker {
-            holder: holder.clone(),
-        },
-    ));
+    let jwks = JwksRefresher {
+        holder: holder.clone(),
+    };
+    server.add_service(background_service("jwks", jwks));
+    let health = HealthChecker {
+        holder: holder.clone(),
+    };
+    server.add_service(background_service("health-checks", health));
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "portico listening");
-    (server, holder)
+    Ok(Built {
+        server,
+        holder,
+        telemetry,
+    })
 }
 
 /// Resolves DNS targets before the first request so names work from the start.
@@ -112,21 +140,19 @@ fn resolve_now(holder: &SnapshotHolder) {
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(resolve_all(holder)),
+        Ok(rt) => rt.block_on(services::resolve_all(holder)),
         Err(e) => tracing::warn!(error = %e, "could not resolve targets at startup"),
     }
 }
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let snapshot = load_config(opts.config)?;
-    let (server, _holder) = build(snapshot, &opts);
-    serve(server);
+    serve(build(&opts)?);
     Ok(())
 }
 
 /// Runs until shut down (SIGTERM drains, SIGQUIT hands over to an upgrade), then writes out
 /// the access-log lines still buffered.
-pub fn serve(server: Server) {
-    server.run(RunArgs::default());
-    crate::telemetry::flush_access_log();
+pub fn serve(built: Built) {
+    built.server.run(RunArgs::default());
+    built.telemetry.access_log.flush();
 }

@@ -6,7 +6,6 @@ use crate::snapshot::Settings;
 use http::header::{HeaderMap, HeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use std::net::IpAddr;
 
-pub const X_REQUEST_ID: &str = "x-request-id";
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
@@ -162,6 +161,8 @@ mod tests {
             grace_period: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(1),
             resolve_interval: Duration::from_secs(1),
+            upgrade_socket: String::new(),
+            pid_file: String::new(),
         }
     }
 

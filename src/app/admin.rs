@@ -2,46 +2,23 @@
 //! `/config` (the active config, redacted, and reload status), `/routes`, `/upstreams` and
 //! `/metrics` (Prometheus).
 
-use crate::reload::Reloader;
-use crate::router::Action;
-use crate::snapshot::SnapshotHolder;
+use super::reload::Reloader;
+use super::services::Readiness;
+use crate::snapshot::{Action, Route, Snapshot, SnapshotHolder};
+use crate::telemetry::Telemetry;
+use crate::VERSION;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use serde_json::json;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// False once shutdown starts, so load balancers stop sending new work while we drain.
-#[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
-
-impl Readiness {
-    pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Marks the gateway ready when services start and unready when shutdown begins.
-#[async_trait]
-impl BackgroundService for Readiness {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        self.0.store(true, Ordering::Relaxed);
-        let _ = shutdown.changed().await;
-        self.0.store(false, Ordering::Relaxed);
-        tracing::info!("shutdown started: draining in-flight requests");
-    }
-}
 
 pub struct Admin {
     pub holder: SnapshotHolder,
     pub readiness: Readiness,
     pub reloader: Reloader,
+    pub telemetry: Arc<Telemetry>,
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
@@ -88,8 +65,7 @@ impl Admin {
     fn routes(&self) -> Response<Vec<u8>> {
         let snapshot = self.holder.load();
         let routes: Vec<serde_json::Value> = snapshot
-            .router
-            .routes()
+            .routes
             .iter()
             .zip(snapshot.redacted["routes"].as_array().into_iter().flatten())
             .map(|(route, raw)| {
@@ -101,9 +77,10 @@ impl Admin {
                     "name": &*route.name,
                     "match": raw["match"],
                     "action": action,
-                    "auth": route.auth.as_ref().map(|a| &*a.name),
-                    "rate_limit": route.rate_limit.as_ref().map(|r| &*r.name),
-                    "cors": route.cors.as_ref().map(|c| c.name.as_str()),
+                    "auth": named(route, "auth:"),
+                    "rate_limit": named(route, "rate_limit:"),
+                    "cors": named(route, "cors:"),
+                    "policies": route.policies.iter().map(|p| p.label()).collect::<Vec<_>>(),
                     "timeout_ms": route.timeout.map(|t| t.as_millis() as u64),
                     "max_body": route.max_body,
                 })
@@ -142,7 +119,8 @@ impl Admin {
     }
 
     fn metrics(&self) -> Response<Vec<u8>> {
-        let body = crate::telemetry::render(&self.holder.load()).into_bytes();
+        refresh_gauges(&self.telemetry, &self.holder.load());
+        let body = self.telemetry.metrics.render().into_bytes();
         Response::builder()
             .status(StatusCode::OK)
             .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
@@ -159,6 +137,36 @@ impl Admin {
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"ready": false, "reason": "draining"}),
             )
+        }
+    }
+}
+
+/// The name of the route's policy of one kind (`auth:`), if it has one.
+fn named(route: &Route, kind: &str) -> Option<String> {
+    route
+        .policies
+        .iter()
+        .find_map(|p| p.label().strip_prefix(kind).map(str::to_string))
+}
+
+/// Sets the state gauges (target health, breakers, build info) from the active snapshot.
+fn refresh_gauges(telemetry: &Telemetry, snapshot: &Snapshot) {
+    let m = &telemetry.metrics;
+    m.target_healthy.reset();
+    m.breaker_state.reset();
+    m.build_info.reset();
+    m.build_info
+        .with_label_values(&[VERSION, snapshot.hash.as_str()])
+        .set(1);
+    for (name, upstream) in &snapshot.upstreams {
+        for t in &upstream.targets {
+            let labels = [name.as_str(), t.label.as_str()];
+            m.target_healthy
+                .with_label_values(&labels)
+                .set(i64::from(t.health.is_healthy()));
+            m.breaker_state
+                .with_label_values(&labels)
+                .set(t.breaker.state() as i64);
         }
     }
 }

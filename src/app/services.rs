@@ -1,0 +1,128 @@
+//! Every background loop over the active snapshot: DNS re-resolution, health checks, JWKS
+//! refresh and readiness. Domain modules expose the state and one step each
+//! (`resolve_target`, `health::check`, `RemoteJwks::refresh_if_due`); only these loops
+//! hold the snapshot holder.
+
+use crate::snapshot::SnapshotHolder;
+use crate::upstream::health;
+use crate::upstream::resolve::resolve_target;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Resolves every DNS target of the active snapshot.
+pub async fn resolve_all(holder: &SnapshotHolder) {
+    let snapshot = holder.load();
+    for upstream in snapshot.upstreams.values() {
+        for target in upstream.targets.iter().filter(|t| t.is_dns()) {
+            resolve_target(target).await;
+        }
+    }
+}
+
+/// Re-resolves DNS targets every `server.resolve_interval`.
+pub struct Resolver {
+    pub holder: SnapshotHolder,
+}
+
+#[async_trait]
+impl BackgroundService for Resolver {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            resolve_all(&self.holder).await;
+            let every = self
+                .holder
+                .load()
+                .settings
+                .resolve_interval
+                .max(Duration::from_secs(1));
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Probes the targets of every upstream with a health check, each at its interval.
+pub struct HealthChecker {
+    pub holder: SnapshotHolder,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut last_run: HashMap<String, Instant> = HashMap::new();
+        loop {
+            let snapshot = self.holder.load();
+            let mut checks = tokio::task::JoinSet::new();
+            for upstream in snapshot.upstreams.values() {
+                let Some(cfg) = upstream.health_check.clone() else {
+                    continue;
+                };
+                let due = last_run
+                    .get(&*upstream.name)
+                    .is_none_or(|t| t.elapsed() >= cfg.interval);
+                if !due {
+                    continue;
+                }
+                last_run.insert(upstream.name.to_string(), Instant::now());
+                for target in &upstream.targets {
+                    let (target, cfg) = (Arc::clone(target), cfg.clone());
+                    checks.spawn(async move { health::check(&target, &cfg).await });
+                }
+            }
+            while checks.join_next().await.is_some() {}
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Refreshes every remote JWKS of the active snapshot when its interval has passed.
+pub struct JwksRefresher {
+    pub holder: SnapshotHolder,
+}
+
+#[async_trait]
+impl BackgroundService for JwksRefresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let snapshot = self.holder.load();
+            for remote in &snapshot.remote_jwks {
+                remote.refresh_if_due().await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// False once shutdown starts, so load balancers stop sending new work while we drain.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Marks the gateway ready when services start and unready when shutdown begins.
+#[async_trait]
+impl BackgroundService for Readiness {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.0.store(true, Ordering::Relaxed);
+        let _ = shutdown.changed().await;
+        self.0.store(false, Ordering::Relaxed);
+        tracing::info!("shutdown started: draining in-flight requests");
+    }
+}

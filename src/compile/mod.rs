@@ -1,0 +1,251 @@
+//! Compiles the file model into the immutable runtime [`Snapshot`], gathering every
+//! problem with its location. Long-lived state (targets, buckets, links, JWKS caches) is
+//! taken from [`Stores`] where its defining fields did not change.
+
+mod policies;
+mod routes;
+mod upstream;
+
+use crate::config::model::RawAccessLog;
+use crate::config::{RawConfig, Source};
+use crate::diag::{cidr, inputs_digest, ConfigError, Diags, Inputs};
+use crate::policy::ratelimit::RedisLink;
+use crate::router::Router;
+use crate::snapshot::{AccessLogSettings, Settings, Snapshot, ACCESS_FIELDS};
+use crate::state::{StateCx, Stores};
+use crate::telemetry::{Metrics, RouteMetrics};
+use crate::upstream::Upstream;
+use policies::Named;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Loads, checks and compiles a config file with fresh state (for `check` and tools).
+pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
+    compile(&Source::load(path)?)
+}
+
+/// Checks and compiles with fresh state and metrics (for `check` and tools).
+pub fn compile(src: &Source) -> Result<Snapshot, ConfigError> {
+    compile_with(src, &Stores::default(), &Metrics::new())
+}
+
+/// Checks and compiles, reusing unchanged state from `stores`; route metric handles come
+/// from `metrics`.
+pub fn compile_with(
+    src: &Source,
+    stores: &Stores,
+    metrics: &Metrics,
+) -> Result<Snapshot, ConfigError> {
+    let mut d = Diags::new(&src.path, &src.locator);
+    let raw = &src.raw;
+    if raw.version != 1 {
+        d.error(
+            "version",
+            format!("unsupported config version {}", raw.version),
+            Some("this Portico reads `version: 1`".into()),
+        );
+    }
+    let settings = compile_settings(&mut d, raw);
+    let mut state = stores.begin();
+    let upstreams: BTreeMap<String, Arc<Upstream>> = raw
+        .upstreams
+        .iter()
+        .filter_map(|(name, up)| {
+            let upstream = upstream::compile_upstream(&mut d, name, up, &mut state)?;
+            Some((name.clone(), Arc::new(upstream)))
+        })
+        .collect();
+    let redis = compile_redis(&mut d, &mut state, raw);
+    let mut inputs = Inputs::new(&src.path);
+    let named = Named::compile(&mut d, &mut state, &mut inputs, raw, redis);
+    let compiled = routes::compile_routes(&mut d, &mut inputs, &named, &upstreams, raw, metrics);
+    let (mut matchers, mut routes, mut at) = (Vec::new(), Vec::new(), Vec::new());
+    for c in compiled {
+        matchers.push(c.matcher);
+        routes.push(c.route);
+        at.push(c.at);
+    }
+    let router = Router::new(matchers);
+    warn_shadowed(&mut d, &router, raw, &at);
+    warn_unused_upstreams(&mut d, raw);
+    let access_log = compile_access_log(&mut d, &raw.telemetry.access_log);
+    d.items.sort_by_key(|x| (x.pos.line, x.pos.col));
+    let Some(settings) = settings.filter(|_| !d.has_errors()) else {
+        return Err(ConfigError(d.items));
+    };
+    Ok(Snapshot {
+        hash: src.hash.clone(),
+        path: src.path.clone(),
+        settings,
+        router,
+        routes,
+        unrouted: RouteMetrics::new(metrics, "none", "none"),
+        upstreams,
+        remote_jwks: named.remote_jwks(),
+        identity_headers: named.identity_headers(),
+        inputs_digest: inputs_digest(&inputs.files),
+        inputs: inputs.files,
+        metrics: raw.telemetry.metrics,
+        access_log,
+        redacted: redacted(raw),
+        warnings: d.items,
+        state: state.finish(),
+    })
+}
+
+fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
+    let proxy_addr = socket_addr(d, "listen.proxy", &raw.listen.proxy);
+    let admin_addr = socket_addr(d, "listen.admin", &raw.listen.admin);
+    if raw.listen.proxy == raw.listen.admin {
+        d.error(
+            "listen.admin",
+            "the admin listener uses the same address as the proxy",
+            Some("give /health and /metrics their own port".into()),
+        );
+    }
+    let server = &raw.server;
+    if server.threads == Some(0) {
+        d.error("server.threads", "threads must be at least 1", None);
+    }
+    let trusted_proxies = server
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, text)| cidr(d, &format!("server.trusted_proxies[{i}]"), text))
+        .collect();
+    Some(Settings {
+        proxy_addr: proxy_addr?,
+        admin_addr: admin_addr?,
+        threads: server
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        trusted_proxies,
+        grace_period: server.grace_period,
+        shutdown_timeout: server.shutdown_timeout,
+        resolve_interval: server.resolve_interval,
+        upgrade_socket: server.upgrade_socket.clone(),
+        pid_file: server.pid_file.clone(),
+    })
+}
+
+fn socket_addr(d: &mut Diags, path: &str, text: &str) -> Option<SocketAddr> {
+    let parsed = text.parse();
+    if parsed.is_err() {
+        d.error(
+            path,
+            format!("`{text}` is not a listen address"),
+            Some("write IP:PORT, e.g. 0.0.0.0:8080 or [::]:8080".into()),
+        );
+    }
+    parsed.ok()
+}
+
+fn compile_redis(d: &mut Diags, state: &mut StateCx, raw: &RawConfig) -> Option<Arc<RedisLink>> {
+    let r = raw.redis.as_ref()?;
+    match RedisLink::new(&r.url, r.timeout) {
+        Ok(link) => Some(state.keep("redis", "redis", &(&r.url, r.timeout), || link)),
+        Err(e) => {
+            d.error("redis.url", e, Some("write redis://HOST:PORT/DB".into()));
+            None
+        }
+    }
+}
+
+/// Warns about routes that can never match because an earlier route takes all their
+/// requests (checked on the compiled matchers, by the router itself).
+fn warn_shadowed(d: &mut Diags, router: &Router, raw: &RawConfig, at: &[usize]) {
+    for j in 0..router.matchers().len() {
+        if let Some(i) = router.shadowed_by(j) {
+            let (later, earlier) = (&raw.routes[at[j]], &raw.routes[at[i]]);
+            d.warn(
+                &format!("routes[{}].match", at[j]),
+                format!(
+                    "route `{}` is shadowed by the earlier route `{}` and never matches",
+                    later.name, earlier.name
+                ),
+                Some("move it above that route or narrow the earlier one".into()),
+            );
+        }
+    }
+}
+
+fn warn_unused_upstreams(d: &mut Diags, raw: &RawConfig) {
+    for name in raw.upstreams.keys() {
+        if !raw
+            .routes
+            .iter()
+            .any(|r| r.upstream.as_deref() == Some(name))
+        {
+            d.warn(
+                &format!("upstreams.{name}"),
+                format!("upstream `{name}` is not used by any route"),
+                None,
+            );
+        }
+    }
+}
+
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn compile_access_log(d: &mut Diags, a: &RawAccessLog) -> AccessLogSettings {
+    if !(0.0..=1.0).contains(&a.sample) {
+        d.error(
+            "telemetry.access_log.sample",
+            format!("sample {} is not a share between 0 and 1", a.sample),
+            Some("1.0 logs every request, 0.1 one in ten".into()),
+        );
+    }
+    for (i, field) in a.exclude.iter().enumerate() {
+        if !ACCESS_FIELDS.contains(&field.as_str()) {
+            d.error(
+                &format!("telemetry.access_log.exclude[{i}]"),
+                format!("unknown access-log field `{field}`"),
+                Some(format!("fields: {}", ACCESS_FIELDS.join(", "))),
+            );
+        }
+    }
+    AccessLogSettings {
+        enabled: a.enabled,
+        sample: a.sample,
+        exclude: a.exclude.clone(),
+        query: a.query,
+    }
+}
+
+/// The config as JSON with the credentials that URLs may carry (Redis password, JWKS URL
+/// user info and query) replaced by `***`. Secrets themselves are never in the file: they
+/// come from env vars and files, which are named, not shown.
+fn redacted(raw: &RawConfig) -> serde_json::Value {
+    let mut value = serde_json::to_value(raw).unwrap_or_default();
+    if let Some(url) = value.pointer_mut("/redis/url") {
+        *url = redact_url(url.as_str().unwrap_or_default()).into();
+    }
+    if let Some(policies) = value.get_mut("auth").and_then(|a| a.as_object_mut()) {
+        for policy in policies.values_mut() {
+            if let Some(url) = policy.get_mut("jwks_url").filter(|u| u.is_string()) {
+                *url = redact_url(url.as_str().unwrap_or_default()).into();
+            }
+        }
+    }
+    value
+}
+
+fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = match rest.split_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => rest.to_string(),
+    };
+    let rest = match rest.split_once('?') {
+        Some((path, _)) => format!("{path}?***"),
+        None => rest,
+    };
+    format!("{scheme}://{rest}")
+}

@@ -1,0 +1,159 @@
+//! The named policies (`auth:`, `rate_limits:`, `cors:`, `ip_access:`) compiled once, and
+//! the one place that turns a route's policy keys into its ordered policy chain.
+
+use crate::config::model::RawRoute;
+use crate::config::RawConfig;
+use crate::diag::{lookup, Diags, Inputs};
+use crate::policy::auth::{self, AuthPolicy, Keys, RemoteJwks};
+use crate::policy::cors::{self, CorsPolicy};
+use crate::policy::ip_access::{self, IpAccess};
+use crate::policy::ratelimit::{self, RateLimit, RedisLink};
+use crate::policy::{self, headers, validate, Policy};
+use crate::state::StateCx;
+use http::HeaderName;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The named policies, compiled; routes refer to them by name.
+pub(super) struct Named {
+    rate_limits: BTreeMap<String, Arc<RateLimit>>,
+    auth: BTreeMap<String, Arc<AuthPolicy>>,
+    cors: BTreeMap<String, Arc<CorsPolicy>>,
+    ip_access: BTreeMap<String, Arc<IpAccess>>,
+    /// Names as written (a defined name that failed to compile is no unknown name).
+    defined: BTreeMap<&'static str, Vec<String>>,
+}
+
+/// Compiles each entry of a named map, keeping those that compiled.
+fn each<R, T>(
+    d: &mut Diags,
+    map: &BTreeMap<String, R>,
+    mut compile: impl FnMut(&mut Diags, &str, &R) -> Option<T>,
+) -> BTreeMap<String, Arc<T>> {
+    map.iter()
+        .filter_map(|(name, raw)| Some((name.clone(), Arc::new(compile(d, name, raw)?))))
+        .collect()
+}
+
+impl Named {
+    pub(super) fn compile(
+        d: &mut Diags,
+        state: &mut StateCx,
+        inputs: &mut Inputs,
+        raw: &RawConfig,
+        redis: Option<Arc<RedisLink>>,
+    ) -> Named {
+        let names = |keys: Vec<&String>| keys.into_iter().cloned().collect();
+        let defined = BTreeMap::from([
+            ("rate limit", names(raw.rate_limits.keys().collect())),
+            ("auth policy", names(raw.auth.keys().collect())),
+            ("CORS policy", names(raw.cors.keys().collect())),
+            ("ip_access policy", names(raw.ip_access.keys().collect())),
+        ]);
+        Named {
+            rate_limits: each(d, &raw.rate_limits, |d, name, rl| {
+                ratelimit::compile(d, state, name, rl, redis.clone())
+            }),
+            auth: each(d, &raw.auth, |d, name, a| {
+                auth::compile(d, state, inputs, name, a)
+            }),
+            cors: each(d, &raw.cors, cors::compile),
+            ip_access: each(d, &raw.ip_access, ip_access::compile),
+            defined,
+        }
+    }
+
+    fn find<T>(
+        &self,
+        d: &mut Diags,
+        at: &str,
+        kind: &'static str,
+        name: Option<&String>,
+        compiled: &BTreeMap<String, Arc<T>>,
+    ) -> Result<Option<Arc<T>>, ()> {
+        let Some(name) = name else { return Ok(None) };
+        let defined: Vec<&String> = self.defined[kind].iter().collect();
+        lookup(d, at, kind, name, compiled, &defined)
+            .map(Some)
+            .ok_or(())
+    }
+
+    /// The policies route `r` applies, in running order; None when one failed.
+    pub(super) fn for_route(
+        &self,
+        d: &mut Diags,
+        inputs: &mut Inputs,
+        at: &str,
+        r: &RawRoute,
+    ) -> Option<Vec<Policy>> {
+        let key = |k: &str| format!("{at}.{k}");
+        let cors = self.find(d, &key("cors"), "CORS policy", r.cors.as_ref(), &self.cors);
+        let ip = self.find(
+            d,
+            &key("ip_access"),
+            "ip_access policy",
+            r.ip_access.as_ref(),
+            &self.ip_access,
+        );
+        let limit = self.find(
+            d,
+            &key("rate_limit"),
+            "rate limit",
+            r.rate_limit.as_ref(),
+            &self.rate_limits,
+        );
+        let auth = self.find(d, &key("auth"), "auth policy", r.auth.as_ref(), &self.auth);
+        let route_auth = auth::compile_route(
+            d,
+            at,
+            auth.clone().ok().flatten(),
+            r.auth.is_some(),
+            r.require.as_ref(),
+        );
+        let validate = r
+            .validate
+            .as_ref()
+            .map(|v| validate::compile(d, inputs, at, v));
+        let headers = r.headers.as_ref().map(|h| headers::compile(d, at, h));
+        let mut policies: Vec<Policy> = Vec::new();
+        policies.extend(cors.ok()?.map(Policy::Cors));
+        policies.extend(ip.ok()?.map(Policy::IpAccess));
+        policies.extend(limit.ok()?.map(Policy::RateLimit));
+        auth.ok()?;
+        policies.extend(route_auth.map(|a| Policy::Auth(Arc::new(a))));
+        policies.extend(transpose(validate)?.map(|v| Policy::Validate(Arc::new(v))));
+        policies.extend(transpose(headers)?.map(|h| Policy::Headers(Arc::new(h))));
+        policy::order(&mut policies);
+        Some(policies)
+    }
+
+    /// Every header some auth policy forwards claims in.
+    pub(super) fn identity_headers(&self) -> Vec<HeaderName> {
+        let mut names: Vec<HeaderName> = self
+            .auth
+            .values()
+            .flat_map(|a| a.forward.iter().map(|(_, h)| h.clone()))
+            .collect();
+        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.dedup();
+        names
+    }
+
+    pub(super) fn remote_jwks(&self) -> Vec<Arc<RemoteJwks>> {
+        self.auth
+            .values()
+            .filter_map(|a| match &a.keys {
+                Keys::Remote(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// An inline policy that failed to compile is None; an absent one Some(None).
+fn transpose<T>(compiled: Option<Option<T>>) -> Option<Option<T>> {
+    match compiled {
+        None => Some(None),
+        Some(found) => found.map(Some),
+    }
+}

@@ -1,0 +1,392 @@
+//! Compiling `routes`: matchers, actions, rewrites, and the policies each route applies.
+
+use super::is_name;
+use super::policies::Named;
+use crate::config::model::{HeaderCond as RawCond, RawMatch, RawRespond, RawRoute};
+use crate::config::RawConfig;
+use crate::diag::{parse_methods, Diags, Inputs};
+use crate::router::normalize::normalize;
+use crate::router::{HeaderCond, HeaderMatch, HostMatch, Matcher, PathMatch, PathRewrite};
+use crate::snapshot::{Action, Route, StaticResponse};
+use crate::telemetry::{Metrics, RouteMetrics};
+use crate::upstream::Upstream;
+use http::{HeaderName, HeaderValue};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+/// A compiled route with its matcher and its index in the file's `routes`.
+pub(super) struct Compiled {
+    pub at: usize,
+    pub matcher: Matcher,
+    pub route: Route,
+}
+
+pub(super) fn compile_routes(
+    d: &mut Diags,
+    inputs: &mut Inputs,
+    named: &Named,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    raw: &RawConfig,
+    metrics: &Metrics,
+) -> Vec<Compiled> {
+    let default_max_body = raw.server.max_body.0;
+    let raw_routes = &raw.routes;
+    let mut names = HashSet::new();
+    let mut routes = Vec::new();
+    for (i, r) in raw_routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if !is_name(&r.name) {
+            d.error(
+                &format!("{at}.name"),
+                format!("route name `{}` is not allowed", r.name),
+                Some("use letters, digits, `-` and `_`; names label metrics and logs".into()),
+            );
+        }
+        if !names.insert(r.name.as_str()) {
+            d.error(
+                &format!("{at}.name"),
+                format!("duplicate route name `{}`", r.name),
+                Some("route names must be unique; rename one of them".into()),
+            );
+        }
+        let matcher = compile_matcher(d, &format!("{at}.match"), &r.matcher);
+        let action = compile_action(d, &at, r, upstreams, raw);
+        let rewrite = compile_rewrite(d, &at, r);
+        let policies = named.for_route(d, inputs, &at, r);
+        if r.timeout.is_some_and(|t| t.is_zero()) {
+            d.error(
+                &format!("{at}.timeout"),
+                "the route timeout must be longer than 0",
+                None,
+            );
+        }
+        if let (Some(matcher), Some(action), Some(rewrite), Some(policies)) =
+            (matcher, action, rewrite, policies)
+        {
+            let upstream = match &action {
+                Action::Proxy(up) => &*up.name,
+                Action::Respond(_) => "none",
+            };
+            let metrics = RouteMetrics::new(metrics, &r.name, upstream);
+            routes.push(Compiled {
+                at: i,
+                matcher,
+                route: Route {
+                    name: r.name.as_str().into(),
+                    action,
+                    rewrite,
+                    policies,
+                    timeout: r.timeout,
+                    max_body: r.max_body.map_or(default_max_body, |b| b.0),
+                    metrics,
+                },
+            });
+        }
+    }
+    routes
+}
+
+fn compile_matcher(d: &mut Diags, at: &str, m: &RawMatch) -> Option<Matcher> {
+    let errors_before = d.items.len();
+    let kinds = [
+        m.path.is_some(),
+        m.path_prefix.is_some(),
+        m.path_regex.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() > 1 {
+        d.error(
+            at,
+            "a route matches on one of path, path_prefix or path_regex, not several",
+            Some("keep one; add another route for the other paths".into()),
+        );
+    }
+    let path = if let Some(p) = &m.path {
+        check_path(d, &format!("{at}.path"), p).map(PathMatch::Exact)
+    } else if let Some(p) = &m.path_prefix {
+        check_path(d, &format!("{at}.path_prefix"), p).map(PathMatch::Prefix)
+    } else if let Some(re) = &m.path_regex {
+        match regex::Regex::new(&format!("^(?:{re})$")) {
+            Ok(re) => Some(PathMatch::Regex(re)),
+            Err(e) => {
+                let detail = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ")
+                    .to_string();
+                d.error(&format!("{at}.path_regex"), format!("invalid regex `{re}`: {detail}"), Some("the regex must match the whole normalized path; see https://docs.rs/regex for the syntax".into()));
+                None
+            }
+        }
+    } else {
+        Some(PathMatch::Any)
+    };
+    let methods = m
+        .methods
+        .as_ref()
+        .map(|list| parse_methods(d, &format!("{at}.methods"), list));
+    if methods.as_ref().is_some_and(|m| m.is_empty()) && d.items.len() == errors_before {
+        d.error(
+            &format!("{at}.methods"),
+            "an empty method list matches nothing",
+            Some("remove `methods` to match any method".into()),
+        );
+    }
+    let host = m
+        .host
+        .as_deref()
+        .and_then(|h| compile_host(d, &format!("{at}.host"), h));
+    let headers = m
+        .headers
+        .iter()
+        .filter_map(|(name, cond)| {
+            compile_header_match(d, &format!("{at}.headers.{name}"), name, cond)
+        })
+        .collect();
+    if d.items[errors_before..]
+        .iter()
+        .any(|x| x.severity == crate::diag::Severity::Error)
+    {
+        return None;
+    }
+    Some(Matcher {
+        path: path?,
+        methods,
+        host,
+        headers,
+    })
+}
+
+fn check_path(d: &mut Diags, at: &str, p: &str) -> Option<String> {
+    match normalize(p) {
+        Ok(n) if n == p => Some(n.into_owned()),
+        Ok(n) => {
+            d.error(
+                at,
+                format!("path `{p}` is not in normalized form, so no request could match it"),
+                Some(format!("write it as `{n}`")),
+            );
+            None
+        }
+        Err(e) => {
+            d.error(
+                at,
+                format!("invalid path `{p}`: {e}"),
+                Some("paths start with `/`; write unreserved characters unescaped".into()),
+            );
+            None
+        }
+    }
+}
+
+fn compile_host(d: &mut Diags, at: &str, host: &str) -> Option<HostMatch> {
+    let lower = host.to_ascii_lowercase();
+    let (suffix, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let valid = !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !valid {
+        d.error(
+            at,
+            format!("`{host}` is not a host name or pattern"),
+            Some(
+                "write api.example.com, or *.example.com for any subdomain; no port, no scheme"
+                    .into(),
+            ),
+        );
+        return None;
+    }
+    Some(if suffix {
+        HostMatch::Suffix(format!(".{name}"))
+    } else {
+        HostMatch::Exact(lower)
+    })
+}
+
+fn compile_header_match(
+    d: &mut Diags,
+    at: &str,
+    name: &str,
+    cond: &RawCond,
+) -> Option<HeaderMatch> {
+    let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+        d.error(at, format!("`{name}` is not a valid header name"), None);
+        return None;
+    };
+    let cond = match cond {
+        RawCond::Present { present } => HeaderCond::Present(*present),
+        RawCond::Equals(v) => match HeaderValue::from_str(v) {
+            Ok(v) => HeaderCond::Equals(v),
+            Err(_) => {
+                d.error(at, format!("`{v}` is not a valid header value"), None);
+                return None;
+            }
+        },
+    };
+    Some(HeaderMatch { name, cond })
+}
+
+fn compile_action(
+    d: &mut Diags,
+    at: &str,
+    r: &RawRoute,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    raw: &RawConfig,
+) -> Option<Action> {
+    match (&r.upstream, &r.respond) {
+        (Some(_), Some(_)) => {
+            d.error(
+                at,
+                format!("route `{}` has both `upstream` and `respond`", r.name),
+                Some("a route either proxies to an upstream or responds directly; keep one".into()),
+            );
+            None
+        }
+        (None, None) => {
+            d.error(
+                at,
+                format!("route `{}` has neither `upstream` nor `respond`", r.name),
+                Some("add `upstream: NAME` or `respond: {status: 200, json: ...}`".into()),
+            );
+            None
+        }
+        (Some(name), None) => match upstreams.get(name) {
+            Some(u) => Some(Action::Proxy(u.clone())),
+            None => {
+                if !raw.upstreams.contains_key(name) {
+                    let known: Vec<&str> = raw.upstreams.keys().map(String::as_str).collect();
+                    d.error(
+                        &format!("{at}.upstream"),
+                        format!("unknown upstream `{name}`"),
+                        Some(format!(
+                            "defined upstreams: {}",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        )),
+                    );
+                }
+                None
+            }
+        },
+        (None, Some(resp)) => {
+            if r.strip_prefix.is_some() || r.rewrite.is_some() {
+                d.error(
+                    at,
+                    "`strip_prefix`/`rewrite` have no effect on a `respond` route",
+                    Some("remove them".into()),
+                );
+            }
+            compile_respond(d, &format!("{at}.respond"), resp).map(|s| Action::Respond(Arc::new(s)))
+        }
+    }
+}
+
+fn compile_respond(d: &mut Diags, at: &str, r: &RawRespond) -> Option<StaticResponse> {
+    let mut ok = true;
+    if !(100..=599).contains(&r.status) {
+        d.error(
+            &format!("{at}.status"),
+            format!("{} is not an HTTP status", r.status),
+            Some("use a status between 100 and 599".into()),
+        );
+        ok = false;
+    }
+    let (content_type, body) = match (&r.json, &r.text) {
+        (Some(_), Some(_)) => {
+            d.error(at, "a response has `json` or `text`, not both", None);
+            ok = false;
+            ("", Vec::new())
+        }
+        (Some(json), None) => (
+            "application/json",
+            serde_json::to_vec(json).unwrap_or_default(),
+        ),
+        (None, Some(text)) => ("text/plain; charset=utf-8", text.clone().into_bytes()),
+        (None, None) => ("text/plain; charset=utf-8", Vec::new()),
+    };
+    let mut headers = Vec::new();
+    for (name, value) in &r.headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            _ => {
+                d.error(
+                    &format!("{at}.headers.{name}"),
+                    format!("invalid header `{name}: {value}`"),
+                    None,
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then(|| StaticResponse {
+        status: r.status,
+        content_type,
+        body: body.into(),
+        headers,
+    })
+}
+
+fn compile_rewrite(d: &mut Diags, at: &str, r: &RawRoute) -> Option<PathRewrite> {
+    match (&r.strip_prefix, &r.rewrite) {
+        (Some(_), Some(_)) => {
+            d.error(
+                at,
+                "use either `strip_prefix` or `rewrite`, not both",
+                Some(
+                    "`rewrite: /new/` replaces the matched prefix; `strip_prefix` removes one"
+                        .into(),
+                ),
+            );
+            None
+        }
+        (Some(p), None) => {
+            if !p.starts_with('/') {
+                d.error(
+                    &format!("{at}.strip_prefix"),
+                    format!("`{p}` must start with `/`"),
+                    None,
+                );
+                return None;
+            }
+            if let Some(prefix) = r.matcher.path_prefix.as_ref().or(r.matcher.path.as_ref()) {
+                if !prefix.starts_with(p.as_str()) {
+                    d.warn(&format!("{at}.strip_prefix"), format!("`{p}` is not a prefix of the matched path `{prefix}`, so it never applies"), None);
+                }
+            }
+            Some(PathRewrite::Strip(p.clone()))
+        }
+        (None, Some(to)) => {
+            let Some(from) = r.matcher.path_prefix.as_ref().or(r.matcher.path.as_ref()) else {
+                d.error(&format!("{at}.rewrite"), "`rewrite` replaces the matched prefix, but this route has no `path_prefix` or `path`", Some("match with path_prefix, or remove rewrite".into()));
+                return None;
+            };
+            if !to.starts_with('/') {
+                d.error(
+                    &format!("{at}.rewrite"),
+                    format!("`{to}` must start with `/`"),
+                    None,
+                );
+                return None;
+            }
+            Some(PathRewrite::Replace {
+                from: from.clone(),
+                to: to.clone(),
+            })
+        }
+        (None, None) => Some(PathRewrite::None),
+    }
+}

@@ -1,0 +1,224 @@
+//! Config problems with their place in the file (`file:line:col: error: what (help: how)`),
+//! and the files a config refers to. The bottom layer of config checking: every compile
+//! step (the config's own and each policy's) reports through [`Diags`].
+
+pub mod locate;
+
+pub use locate::{Locator, Pos};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub file: PathBuf,
+    pub pos: Pos,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{}:{}:{}: {level}: {}",
+            self.file.display(),
+            self.pos.line,
+            self.pos.col,
+            self.message
+        )?;
+        if let Some(help) = &self.help {
+            write!(f, "\n  help: {help}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A config that was refused, with every problem found.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", render(.0))]
+pub struct ConfigError(pub Vec<Diagnostic>);
+
+fn render(diags: &[Diagnostic]) -> String {
+    let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
+    lines.join("\n")
+}
+
+/// Collects problems during checking/compilation, locating each by its config path.
+pub struct Diags<'a> {
+    file: &'a Path,
+    locator: &'a Locator,
+    pub items: Vec<Diagnostic>,
+}
+
+impl<'a> Diags<'a> {
+    pub fn new(file: &'a Path, locator: &'a Locator) -> Self {
+        Diags {
+            file,
+            locator,
+            items: Vec::new(),
+        }
+    }
+
+    pub fn error(
+        &mut self,
+        path: &str,
+        message: impl Into<String>,
+        help: impl Into<Option<String>>,
+    ) {
+        self.push(Severity::Error, path, message.into(), help.into());
+    }
+
+    pub fn warn(
+        &mut self,
+        path: &str,
+        message: impl Into<String>,
+        help: impl Into<Option<String>>,
+    ) {
+        self.push(Severity::Warning, path, message.into(), help.into());
+    }
+
+    fn push(&mut self, severity: Severity, path: &str, message: String, help: Option<String>) {
+        self.items.push(Diagnostic {
+            severity,
+            file: self.file.to_path_buf(),
+            pos: self.locator.find(path),
+            message,
+            help,
+        });
+    }
+
+    /// How many errors (not warnings) were reported so far.
+    pub fn errors(&self) -> usize {
+        self.items
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.items.iter().any(|d| d.severity == Severity::Error)
+    }
+}
+
+/// Files a config refers to (keys, JWKS, schemas): read once at compile time, and watched
+/// so that changing one reloads the config.
+pub struct Inputs {
+    base: PathBuf,
+    pub files: Vec<PathBuf>,
+}
+
+impl Inputs {
+    pub fn new(config: &Path) -> Inputs {
+        let base = config.parent().map(Path::to_path_buf).unwrap_or_default();
+        Inputs {
+            base,
+            files: Vec::new(),
+        }
+    }
+
+    /// Reads `file` (relative to the config's directory), reporting failures at `at`.
+    pub fn read(&mut self, d: &mut Diags, at: &str, file: &str) -> Option<String> {
+        let path = self.base.join(file);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                self.files.push(path);
+                Some(text)
+            }
+            Err(e) => {
+                d.error(
+                    at,
+                    format!("cannot read `{}`: {e}", path.display()),
+                    Some("paths are relative to the config file's directory".into()),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// A digest of the current contents of `files` (a missing file counts as empty).
+pub fn inputs_digest(files: &[PathBuf]) -> String {
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.as_os_str().as_encoded_bytes());
+        h.update(std::fs::read(f).unwrap_or_default());
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+/// Parses a list of upper-case method names, reporting each invalid one at `at[i]`.
+pub fn parse_methods(d: &mut Diags, at: &str, list: &[String]) -> Vec<http::Method> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, text)| {
+            let ok = !text.is_empty() && text.bytes().all(|b| b.is_ascii_uppercase() || b == b'-');
+            let method = http::Method::from_bytes(text.as_bytes())
+                .ok()
+                .filter(|_| ok);
+            if method.is_none() {
+                d.error(
+                    &format!("{at}[{i}]"),
+                    format!("`{text}` is not an HTTP method"),
+                    Some("write methods in upper case: GET, POST, PUT, PATCH, DELETE, ...".into()),
+                );
+            }
+            method
+        })
+        .collect()
+}
+
+/// Parses a CIDR or a single IP, reporting a bad one at `at`.
+pub fn cidr(d: &mut Diags, at: &str, text: &str) -> Option<ipnet::IpNet> {
+    let parsed = text
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+    if parsed.is_err() {
+        d.error(
+            at,
+            format!("`{text}` is not an IP network"),
+            Some("write a CIDR such as 10.0.0.0/8 or a single IP".into()),
+        );
+    }
+    parsed.ok()
+}
+
+/// Resolves a route's reference to a named, compiled object; an unknown name is an error
+/// listing the defined ones. (A defined name that failed to compile was reported already.)
+pub fn lookup<T: Clone>(
+    d: &mut Diags,
+    at: &str,
+    kind: &str,
+    name: &str,
+    compiled: &std::collections::BTreeMap<String, T>,
+    defined: &[&String],
+) -> Option<T> {
+    if let Some(found) = compiled.get(name) {
+        return Some(found.clone());
+    }
+    if !defined.iter().any(|n| *n == name) {
+        let list: Vec<&str> = defined.iter().map(|s| s.as_str()).collect();
+        let list = if list.is_empty() {
+            "none".to_string()
+        } else {
+            list.join(", ")
+        };
+        d.error(
+            at,
+            format!("unknown {kind} `{name}`"),
+            Some(format!("defined: {list}")),
+        );
+    }
+    None
+}

@@ -1,0 +1,158 @@
+//! What a finished request leaves behind: its metrics and its access-log line.
+
+use super::ctx::Ctx;
+use crate::policy::auth::header_text;
+use crate::telemetry::Metrics;
+use pingora::proxy::Session;
+use std::time::Duration;
+
+/// Counts a finished request on its route's handles (resolved at compile time).
+pub fn record_metrics(metrics: &Metrics, session: &Session, ctx: &Ctx, status: u16) {
+    metrics.in_flight.dec();
+    let route = ctx.route().map_or(&ctx.snapshot.unrouted, |r| &r.metrics);
+    route.request(&session.req_header().method, status);
+    route.duration(ctx.request.started.elapsed().as_secs_f64());
+    if let Some(t) = ctx.upstream.time {
+        route.upstream_duration(t.as_secs_f64());
+    }
+}
+
+/// Writes one access-log line: a JSON object with the fields not excluded by the config,
+/// written straight into the log buffer (no intermediate JSON tree or strings) since it
+/// runs for every request.
+pub fn access_line(out: &mut Vec<u8>, session: &Session, ctx: &Ctx, status: u16) {
+    let settings = &ctx.snapshot.access_log;
+    let req = session.req_header();
+    let mut line = JsonLine::new(out, &settings.exclude);
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+    line.display("time", now);
+    line.str("request_id", &ctx.request.id);
+    line.str("trace_id", &ctx.request.trace_id);
+    if let Some(ip) = ctx.request.client_ip {
+        line.display("client_ip", ip);
+    }
+    line.str("method", req.method.as_str());
+    match (settings.query, req.uri.query()) {
+        (true, Some(q)) => line.str("path", &format!("{}?{q}", req.uri.path())),
+        _ => line.str("path", req.uri.path()),
+    }
+    if let Some(route) = ctx.route() {
+        line.str("route", &route.name);
+    }
+    if let Some(upstream) = ctx.upstream() {
+        line.str("upstream", &upstream.name);
+    }
+    if let Some(target) = &ctx.upstream.target {
+        line.str("target", &target.label);
+    }
+    line.num("status", status);
+    line.millis("duration_ms", ctx.request.started.elapsed());
+    if let Some(t) = ctx.upstream.time {
+        line.millis("upstream_ms", t);
+    }
+    line.num("bytes_in", ctx.request.body_seen);
+    line.num("bytes_out", session.body_bytes_sent());
+    if let Some(sub) = ctx.policy.claims.as_ref().and_then(|c| c.get("sub")) {
+        line.str("user", &header_text(sub));
+    }
+    if let Some(code) = ctx.error_code {
+        line.str("error", code);
+    }
+    line.finish();
+}
+
+/// Writes one JSON object, skipping excluded fields.
+struct JsonLine<'a> {
+    out: &'a mut Vec<u8>,
+    exclude: &'a [String],
+    empty: bool,
+}
+
+impl<'a> JsonLine<'a> {
+    fn new(out: &'a mut Vec<u8>, exclude: &'a [String]) -> Self {
+        JsonLine {
+            out,
+            exclude,
+            empty: true,
+        }
+    }
+
+    fn key(&mut self, name: &str) -> bool {
+        if self.exclude.iter().any(|x| x == name) {
+            return false;
+        }
+        self.out.push(if self.empty { b'{' } else { b',' });
+        self.empty = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        true
+    }
+
+    fn str(&mut self, name: &str, value: &str) {
+        if self.key(name) {
+            // serde_json escapes quotes, backslashes and control characters.
+            let _ = serde_json::to_writer(&mut *self.out, value);
+        }
+    }
+
+    /// A string field from a value whose text needs no escaping (times, addresses).
+    fn display(&mut self, name: &str, value: impl std::fmt::Display) {
+        if self.key(name) {
+            use std::io::Write;
+            let _ = write!(self.out, "\"{value}\"");
+        }
+    }
+
+    fn num(&mut self, name: &str, value: impl itoa::Integer) {
+        if self.key(name) {
+            self.out
+                .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        }
+    }
+
+    /// Milliseconds with three decimals, from integer microseconds (no float formatting).
+    fn millis(&mut self, name: &str, d: Duration) {
+        if self.key(name) {
+            let micros = d.as_micros();
+            let frac = (micros % 1000) as u16 + 1000; // "1xyz": keeps the leading zeros
+            self.out
+                .extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
+            self.out.push(b'.');
+            self.out
+                .extend_from_slice(&itoa::Buffer::new().format(frac).as_bytes()[1..]);
+        }
+    }
+
+    fn finish(self) {
+        if self.empty {
+            self.out.push(b'{');
+        }
+        self.out.push(b'}');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_line_writes_escaped_fields_and_skips_excluded_ones() {
+        let mut out = Vec::new();
+        let exclude = ["client_ip".to_string()];
+        let mut line = JsonLine::new(&mut out, &exclude);
+        line.str("path", "/a\"b");
+        line.display("client_ip", "10.0.0.1");
+        line.num("status", 200u16);
+        line.millis("duration_ms", Duration::from_micros(1_002_003));
+        line.millis("upstream_ms", Duration::from_micros(7));
+        line.finish();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"path":"/a\"b","status":200,"duration_ms":1002.003,"upstream_ms":0.007}"#
+        );
+        let mut empty = Vec::new();
+        JsonLine::new(&mut empty, &[]).finish();
+        assert_eq!(empty, b"{}");
+    }
+}

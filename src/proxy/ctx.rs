@@ -1,0 +1,107 @@
+//! Per-request state, grouped by concern. `snapshot` is loaded once in `new_ctx` and read
+//! by every phase, so a reload never mixes two configs in one request.
+
+use crate::errors::GatewayError;
+use crate::policy::{PolicyState, RequestInfo};
+use crate::snapshot::{Route, Snapshot};
+use crate::upstream::{Pick, Target, Upstream};
+use pingora::{Error, ErrorType};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Facts about the client request, known once its head is read.
+pub struct RequestFacts {
+    pub id: String,
+    /// The connection's peer.
+    pub peer: Option<IpAddr>,
+    /// The client, as `trusted_proxies` decides it.
+    pub client_ip: Option<IpAddr>,
+    pub trace_id: String,
+    pub traceparent: String,
+    pub started: Instant,
+    /// Request body bytes seen so far.
+    pub body_seen: u64,
+}
+
+/// The upstream side: the path sent, the tries made, and their timing.
+#[derive(Default)]
+pub struct UpstreamTry {
+    pub uri: Option<http::Uri>,
+    pub tried: Vec<usize>,
+    pub pick: Option<Pick>,
+    pub target: Option<Arc<Target>>,
+    pub deadline: Option<Instant>,
+    pub sent: Option<Instant>,
+    pub time: Option<Duration>,
+    pub status: Option<u16>,
+}
+
+pub struct Ctx {
+    pub snapshot: Arc<Snapshot>,
+    pub request: RequestFacts,
+    /// Index into `snapshot.routes`, once routed.
+    pub route: Option<usize>,
+    pub policy: PolicyState,
+    pub upstream: UpstreamTry,
+    /// Why the request fails, for `fail_to_proxy`.
+    pub failure: Option<GatewayError>,
+    /// The error code of the answer, for the access log.
+    pub error_code: Option<&'static str>,
+}
+
+impl Ctx {
+    pub fn new(snapshot: Arc<Snapshot>) -> Ctx {
+        Ctx {
+            snapshot,
+            request: RequestFacts {
+                id: String::new(),
+                peer: None,
+                client_ip: None,
+                trace_id: String::new(),
+                traceparent: String::new(),
+                started: Instant::now(),
+                body_seen: 0,
+            },
+            route: None,
+            policy: PolicyState::default(),
+            upstream: UpstreamTry::default(),
+            failure: None,
+            error_code: None,
+        }
+    }
+
+    pub fn route(&self) -> Option<&Route> {
+        self.route.map(|i| &self.snapshot.routes[i])
+    }
+
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.route()?.upstream()
+    }
+
+    /// What policies see of this request.
+    pub fn info<'a>(&'a self, route: &'a Route) -> RequestInfo<'a> {
+        RequestInfo {
+            client_ip: self.request.client_ip,
+            request_id: &self.request.id,
+            route: &route.name,
+        }
+    }
+
+    pub fn remaining(&self) -> Option<Duration> {
+        self.upstream
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    pub fn past_deadline(&self) -> bool {
+        self.remaining().is_some_and(|r| r.is_zero())
+    }
+
+    /// Records why the request fails, for `fail_to_proxy`, and returns the Pingora error.
+    pub fn fail(&mut self, failure: GatewayError) -> Box<Error> {
+        let status = failure.status();
+        self.failure = Some(failure);
+        Error::new(ErrorType::HTTPStatus(status))
+    }
+}

@@ -1,0 +1,447 @@
+//! The `ProxyHttp` implementation. Each phase is short: it reads the snapshot the request
+//! loaded once, runs the route's policy chain (see `policy`) and delegates to the router,
+//! the upstream pool, `forwarding` and the one responder (`respond`).
+
+mod access;
+pub mod ctx;
+pub mod forwarding;
+mod respond;
+
+use crate::errors::{GatewayError, X_REQUEST_ID};
+use crate::policy::validate::content_length;
+use crate::policy::RequestInfo;
+use crate::router::Match;
+use crate::snapshot::{Action, SnapshotHolder, StaticResponse};
+use crate::telemetry::Telemetry;
+use crate::upstream::{Balance, PickError};
+use async_trait::async_trait;
+use bytes::Bytes;
+use ctx::Ctx;
+use forwarding::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use http::header::{
+    ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, CONTENT_LENGTH, CONTENT_TYPE,
+    HOST, ORIGIN, VARY,
+};
+use http::Method;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, Result};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TRACEPARENT: &str = "traceparent";
+
+pub struct Gateway {
+    pub holder: SnapshotHolder,
+    pub telemetry: Arc<Telemetry>,
+}
+
+const NOT_A_PATH: &str = "the request target must be a path (`/...`) or an http(s) URL";
+
+/// Whether a request target is absolute-form (`http://host/path`), which Pingora routes by
+/// its path. Any other target that is not a path (`GET svc`) is refused: Pingora would
+/// route it as `/` but send its bytes upstream verbatim, so the upstream would see a
+/// request other than the one that was routed.
+fn is_absolute_http(target: &[u8]) -> bool {
+    let scheme = |s: &[u8]| {
+        target
+            .get(..s.len())
+            .is_some_and(|t| t.eq_ignore_ascii_case(s))
+    };
+    scheme(b"http://") || scheme(b"https://")
+}
+
+/// The method a CORS preflight asks about, when this request is one.
+fn preflight_method(req: &RequestHeader) -> Option<Method> {
+    if req.method != Method::OPTIONS || !req.headers.contains_key(ORIGIN) {
+        return None;
+    }
+    let acrm = req.headers.get(ACCESS_CONTROL_REQUEST_METHOD)?;
+    Method::from_bytes(acrm.as_bytes()).ok()
+}
+
+/// Answers a gateway error; `Ok(true)` tells Pingora the request was answered.
+async fn refuse(session: &mut Session, ctx: &mut Ctx, error: GatewayError) -> Result<bool> {
+    respond::reject(session, ctx, &error, true).await?;
+    Ok(true)
+}
+
+async fn respond_static(session: &mut Session, ctx: &Ctx, resp: &StaticResponse) -> Result<bool> {
+    let mut header = ResponseHeader::build(resp.status, Some(4 + resp.headers.len()))?;
+    header.insert_header(CONTENT_TYPE, resp.content_type)?;
+    header.insert_header(CONTENT_LENGTH, resp.body.len())?;
+    for (name, value) in &resp.headers {
+        header.insert_header(name.clone(), value.clone())?;
+    }
+    respond::answer(session, ctx, header, resp.body.clone(), true).await?;
+    Ok(true)
+}
+
+impl Gateway {
+    /// Answers a CORS preflight for a route with a CORS policy (before auth: browsers send
+    /// preflights without credentials). None when this is not such a preflight.
+    async fn preflight(&self, session: &mut Session, ctx: &mut Ctx) -> Option<Result<bool>> {
+        let snapshot = ctx.snapshot.clone();
+        let req = session.req_header();
+        let method = preflight_method(req)?;
+        let Ok((Match::Route(index), _)) = snapshot.router.route(&method, &req.uri, &req.headers)
+        else {
+            return None;
+        };
+        let cors = snapshot.routes[index].cors()?;
+        let origin = req.headers.get(ORIGIN)?.clone();
+        let requested = req
+            .headers
+            .get(ACCESS_CONTROL_REQUEST_HEADERS)
+            .and_then(|v| v.to_str().ok());
+        let allowed = origin.to_str().is_ok_and(|o| cors.allows_origin(o));
+        let headers = allowed
+            .then(|| cors.preflight(&origin, &method, requested))
+            .flatten();
+        let Some(headers) = headers else {
+            ctx.route = Some(index);
+            return Some(refuse(session, ctx, GatewayError::CorsRejected).await);
+        };
+        let answer = async {
+            let mut header = ResponseHeader::build(204, Some(8))?;
+            for (name, value) in headers {
+                header.insert_header(name, value)?;
+            }
+            header.insert_header(
+                VARY,
+                "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+            )?;
+            // Not decorated with the route's response policies: a preflight answers for
+            // the method it asks about, not for this OPTIONS request.
+            respond::answer(session, ctx, header, Bytes::new(), true).await?;
+            Ok(true)
+        };
+        Some(answer.await)
+    }
+
+    /// Normalizes and routes the request, then runs the route's policies; returns Ok(true)
+    /// when the request was answered here.
+    async fn route_request(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let snapshot = ctx.snapshot.clone();
+        let raw_target = session.req_header().raw_path();
+        let origin_form = raw_target.starts_with(b"/");
+        if !origin_form && !is_absolute_http(raw_target) {
+            return refuse(session, ctx, GatewayError::BadPath(NOT_A_PATH.into())).await;
+        }
+        if let Some(answered) = self.preflight(session, ctx).await {
+            return answered;
+        }
+        let req = session.req_header();
+        let (found, path) = match snapshot.router.route(&req.method, &req.uri, &req.headers) {
+            Ok(found) => found,
+            Err(e) => return refuse(session, ctx, GatewayError::BadPath(e.to_string())).await,
+        };
+        let index = match found {
+            Match::Route(i) => i,
+            Match::NotFound => return refuse(session, ctx, GatewayError::RouteNotFound).await,
+            Match::MethodNotAllowed(allow) => {
+                return refuse(session, ctx, GatewayError::MethodNotAllowed { allow }).await
+            }
+        };
+        ctx.route = Some(index);
+        let route = &snapshot.routes[index];
+        let upstream_path = match &route.action {
+            Action::Proxy(_) => Some(route.rewrite.apply(&path).into_owned()),
+            Action::Respond(_) => None,
+        };
+        let info = RequestInfo {
+            client_ip: ctx.request.client_ip,
+            request_id: &ctx.request.id,
+            route: &route.name,
+        };
+        let mut refusal = None;
+        for policy in &route.policies {
+            if let Err(r) = policy.on_request(session, &info, &mut ctx.policy).await {
+                refusal = Some(r);
+                break;
+            }
+        }
+        if let Some(refusal) = refusal {
+            return refuse(session, ctx, refusal).await;
+        }
+        let upstream_path = match (&route.action, upstream_path) {
+            (Action::Respond(resp), _) => return respond_static(session, ctx, resp).await,
+            (Action::Proxy(_), path) => path.unwrap_or_default(),
+        };
+        let req = session.req_header();
+        if content_length(req).is_some_and(|len| len > route.max_body) {
+            let limit = route.max_body;
+            return refuse(session, ctx, GatewayError::BodyTooLarge { limit }).await;
+        }
+        // An absolute-form target goes upstream in origin-form, as it was routed.
+        if upstream_path != req.uri.path() || !origin_form {
+            let uri = match req.uri.query() {
+                Some(q) => format!("{upstream_path}?{q}"),
+                None => upstream_path,
+            };
+            ctx.upstream.uri = Some(
+                uri.parse()
+                    .map_err(|_| ctx.fail(GatewayError::BadRequest))?,
+            );
+        }
+        ctx.upstream.deadline = route.timeout.map(|t| Instant::now() + t);
+        Ok(false)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    /// No downstream modules: Portico does not compress, and each module costs per request.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
+    fn new_ctx(&self) -> Ctx {
+        let snapshot = self.holder.load();
+        if snapshot.metrics {
+            self.telemetry.metrics.in_flight.inc();
+        }
+        Ctx::new(snapshot)
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        let facts = &mut ctx.request;
+        facts.id = forwarding::request_id(req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes()));
+        facts.peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let xff = req
+            .headers
+            .get(X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok());
+        facts.client_ip = forwarding::client_ip(facts.peer, xff, &ctx.snapshot.settings);
+        let incoming = req.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
+        (facts.trace_id, facts.traceparent) = forwarding::traceparent(incoming);
+        self.route_request(session, ctx).await
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.request.body_seen += chunk.len() as u64;
+            let limit = ctx.route().map_or(u64::MAX, |r| r.max_body);
+            if ctx.request.body_seen > limit {
+                return Err(ctx.fail(GatewayError::BodyTooLarge { limit }));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(upstream) = ctx.upstream().cloned() else {
+            return Err(ctx.fail(GatewayError::Internal));
+        };
+        if ctx.past_deadline() {
+            return Err(ctx.fail(GatewayError::RouteTimeout));
+        }
+        let ip_key;
+        let key = match &upstream.balance {
+            Balance::HashHeader(name) => {
+                session.req_header().headers.get(name).map(|v| v.as_bytes())
+            }
+            Balance::HashClientIp => {
+                ip_key = ctx.request.client_ip.map(|ip| match ip {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                    IpAddr::V6(v6) => v6.octets(),
+                });
+                ip_key.as_ref().map(|k| &k[..])
+            }
+            _ => None,
+        };
+        let pick = match upstream.pick(key, &ctx.upstream.tried) {
+            Ok(pick) => pick,
+            Err(why) => {
+                let failure = match why {
+                    PickError::Exhausted => GatewayError::UpstreamUnreachable,
+                    PickError::CircuitOpen => GatewayError::CircuitOpen,
+                    PickError::Unhealthy => GatewayError::NoHealthyUpstream,
+                    PickError::NoAddress => GatewayError::NoUpstreamAvailable,
+                };
+                return Err(ctx.fail(failure));
+            }
+        };
+        let mut peer = HttpPeer::new(pick.addr, false, String::new());
+        let cap = |t: Duration| Some(ctx.remaining().map_or(t, |r| r.min(t)));
+        peer.options.connection_timeout = cap(upstream.connect_timeout);
+        peer.options.read_timeout = cap(upstream.read_timeout);
+        peer.options.write_timeout = cap(upstream.write_timeout);
+        ctx.upstream.tried.push(pick.index);
+        ctx.upstream.target = Some(pick.target.clone());
+        ctx.upstream.pick = Some(pick);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(pick) = ctx.upstream.pick.take() {
+            pick.finish(Some(false));
+        }
+        let attempts = ctx.upstream().map_or(0, |u| u.retry_attempts as usize);
+        let idempotent = session.req_header().method.is_idempotent();
+        if idempotent && ctx.upstream.tried.len() <= attempts && !ctx.past_deadline() {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(uri) = &ctx.upstream.uri {
+            upstream_request.set_uri(uri.clone());
+        }
+        for name in forwarding::hop_by_hop(&upstream_request.headers) {
+            upstream_request.remove_header(&name);
+        }
+        let settings = &ctx.snapshot.settings;
+        let peer = ctx.request.peer;
+        let trusted = peer.is_some_and(|p| settings.is_trusted(p));
+        if let Some(peer) = peer {
+            let xff = upstream_request
+                .headers
+                .get(X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok());
+            let value = forwarding::forwarded_for(peer, xff, settings);
+            upstream_request.insert_header(X_FORWARDED_FOR, value)?;
+        }
+        if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_PROTO)) {
+            upstream_request.insert_header(X_FORWARDED_PROTO, "http")?;
+        }
+        if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_HOST)) {
+            match upstream_request.headers.get(HOST).cloned() {
+                Some(host) => upstream_request.insert_header(X_FORWARDED_HOST, host)?,
+                None => {
+                    upstream_request.remove_header(X_FORWARDED_HOST);
+                }
+            }
+        }
+        upstream_request.insert_header(X_REQUEST_ID, ctx.request.id.as_str())?;
+        upstream_request.insert_header(TRACEPARENT, ctx.request.traceparent.as_str())?;
+        ctx.upstream.sent = Some(Instant::now());
+        // Identity headers come only from a verified token, never from the client.
+        for name in &ctx.snapshot.identity_headers {
+            upstream_request.remove_header(name);
+        }
+        if let Some(route) = ctx.route() {
+            let info = ctx.info(route);
+            for policy in &route.policies {
+                policy.on_upstream_request(upstream_request, &info, &ctx.policy)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream.status = Some(upstream_response.status.as_u16());
+        ctx.upstream.time = ctx.upstream.sent.map(|t| t.elapsed());
+        if ctx.past_deadline() {
+            return Err(ctx.fail(GatewayError::RouteTimeout));
+        }
+        for name in forwarding::hop_by_hop(&upstream_response.headers) {
+            upstream_response.remove_header(&name);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if session.is_process_shutting_down() {
+            // Draining: tell the client to open its next connection elsewhere.
+            session.set_keepalive(None);
+        }
+        respond::decorate(upstream_response, ctx)
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(pick) = ctx.upstream.pick.take() {
+            // 5xx, resets and timeouts count against the target; a client that went away
+            // says nothing about it.
+            let outcome = match (ctx.upstream.status, e) {
+                (Some(status), _) => Some(status < 500),
+                (None, Some(e)) if e.esource() == &pingora::ErrorSource::Downstream => None,
+                (None, Some(_)) => Some(false),
+                (None, None) => None,
+            };
+            pick.finish(outcome);
+        }
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if ctx.snapshot.metrics {
+            access::record_metrics(&self.telemetry.metrics, session, ctx, status);
+        }
+        let log = &ctx.snapshot.access_log;
+        if log.enabled && (log.sample >= 1.0 || fastrand::f64() < log.sample) {
+            self.telemetry
+                .access_log
+                .line(|out| access::access_line(out, session, ctx, status));
+        }
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if ctx.past_deadline() {
+            return Err(ctx.fail(GatewayError::RouteTimeout));
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let failure = match ctx.failure.take() {
+            Some(f) => Some(f),
+            None if ctx.past_deadline() => Some(GatewayError::RouteTimeout),
+            None => GatewayError::from_pingora(e),
+        };
+        ctx.error_code = failure.as_ref().map(GatewayError::code);
+        let Some(failure) = failure else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if ctx.request.id.is_empty() {
+            ctx.request.id = forwarding::request_id(None);
+        }
+        if let Err(err) = respond::reject(session, ctx, &failure, false).await {
+            tracing::debug!(error = %err, "could not send the error response");
+        }
+        FailToProxy {
+            error_code: failure.status(),
+            can_reuse_downstream: false,
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The one responder: every answer Portico writes itself (errors of every kind, direct
+//! responses, preflights) goes through [`answer`], which adds what every response gets —
+//! the request id, then each route policy's response headers (CORS, `RateLimit-*`, header
+//! edits) — exactly as [`decorate`] does for upstream responses.
+
+use super::ctx::Ctx;
+use crate::errors::{GatewayError, X_REQUEST_ID};
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::Result;
+
+/// What every response gets, the upstream's and the gateway's own.
+pub fn decorate(header: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+    header.insert_header(X_REQUEST_ID, ctx.request.id.as_str())?;
+    if let Some(route) = ctx.route() {
+        let info = ctx.info(route);
+        for policy in &route.policies {
+            policy.on_response(header, &info, &ctx.policy)?;
+        }
+    }
+    Ok(())
+}
+
+fn may_have_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// Writes a complete answer made by the gateway. `reusable: false` closes the connection
+/// after it (as after a failed proxy attempt); so does a request body that was not read.
+pub async fn answer(
+    session: &mut Session,
+    ctx: &Ctx,
+    mut header: ResponseHeader,
+    body: Bytes,
+    reusable: bool,
+) -> Result<()> {
+    decorate(&mut header, ctx)?;
+    if !reusable || may_have_body(session.req_header()) {
+        session.set_keepalive(None);
+    }
+    if session
+        .response_written()
+        .is_some_and(|r| !r.status.is_informational())
+    {
+        // Part of the upstream's answer is out already: nothing can replace it.
+        return Ok(());
+    }
+    let empty = body.is_empty();
+    session
+        .write_response_header(Box::new(header), empty)
+        .await?;
+    if !empty {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Answers with a gateway error (JSON with the request id), counting refusals by policy.
+pub async fn reject(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    error: &GatewayError,
+    reusable: bool,
+) -> Result<()> {
+    ctx.error_code = Some(error.code());
+    if ctx.snapshot.metrics {
+        if let Some(route) = ctx.route() {
+            match error {
+                GatewayError::RateLimited { .. } => route.metrics.rate_limited(),
+                GatewayError::Unauthorized(_) | GatewayError::Forbidden => {
+                    route.metrics.auth_failure(error.code())
+                }
+                _ => {}
+            }
+        }
+    }
+    let (header, body) = error.response(&ctx.request.id);
+    answer(session, ctx, header, body, reusable).await
+}

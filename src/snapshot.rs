@@ -1,0 +1,171 @@
+//! The compiled, immutable config every request reads (built by `compile`), and the
+//! `ArcSwap` holder it is swapped through whole. Data only: no parsing, no loops.
+
+use crate::diag::Diagnostic;
+use crate::policy::Policy;
+use crate::router::{PathRewrite, Router};
+use crate::state::Kept;
+use crate::telemetry::RouteMetrics;
+use crate::upstream::Upstream;
+use arc_swap::ArcSwap;
+use http::{HeaderName, HeaderValue};
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Settings {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub threads: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub grace_period: Duration,
+    pub shutdown_timeout: Duration,
+    pub resolve_interval: Duration,
+    pub upgrade_socket: String,
+    pub pid_file: String,
+}
+
+impl Settings {
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Fields an access-log line can carry (any may be excluded).
+pub const ACCESS_FIELDS: [&str; 16] = [
+    "time",
+    "request_id",
+    "trace_id",
+    "client_ip",
+    "method",
+    "path",
+    "route",
+    "upstream",
+    "target",
+    "status",
+    "duration_ms",
+    "upstream_ms",
+    "bytes_in",
+    "bytes_out",
+    "user",
+    "error",
+];
+
+pub struct AccessLogSettings {
+    pub enabled: bool,
+    pub sample: f64,
+    pub exclude: Vec<String>,
+    pub query: bool,
+}
+
+/// What a matched route does with the request.
+pub enum Action {
+    Proxy(Arc<Upstream>),
+    Respond(Arc<StaticResponse>),
+}
+
+pub struct StaticResponse {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: bytes::Bytes,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A compiled route; `Snapshot::routes[i]` is the route the router's match `i` names.
+pub struct Route {
+    pub name: Arc<str>,
+    pub action: Action,
+    pub rewrite: PathRewrite,
+    /// In running order (see `policy::Stage`).
+    pub policies: Vec<Policy>,
+    /// Total time for the request, across retries.
+    pub timeout: Option<Duration>,
+    pub max_body: u64,
+    pub metrics: RouteMetrics,
+}
+
+impl Route {
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        match &self.action {
+            Action::Proxy(up) => Some(up),
+            Action::Respond(_) => None,
+        }
+    }
+
+    pub fn cors(&self) -> Option<&crate::policy::cors::CorsPolicy> {
+        self.policies.iter().find_map(|p| match p {
+            Policy::Cors(c) => Some(&**c),
+            _ => None,
+        })
+    }
+}
+
+pub struct Snapshot {
+    pub hash: String,
+    pub path: PathBuf,
+    pub settings: Settings,
+    pub router: Router,
+    pub routes: Vec<Route>,
+    /// Metrics of requests no route took.
+    pub unrouted: RouteMetrics,
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Every remote JWKS some auth policy uses (refreshed in the background).
+    pub remote_jwks: Vec<Arc<crate::policy::auth::RemoteJwks>>,
+    /// Every header some auth policy forwards claims in: removed from every client request.
+    pub identity_headers: Vec<HeaderName>,
+    /// Referenced files, and the digest of their contents when compiled.
+    pub inputs: Vec<PathBuf>,
+    pub inputs_digest: String,
+    pub metrics: bool,
+    pub access_log: AccessLogSettings,
+    /// The config as loaded, with credentials in URLs redacted (for the admin `/config`).
+    pub redacted: serde_json::Value,
+    pub warnings: Vec<Diagnostic>,
+    /// The long-lived state this snapshot uses, kept across reloads once it is live.
+    pub state: Kept,
+}
+
+impl Snapshot {
+    /// Settings that only take effect on restart and differ from `other`'s.
+    pub fn restart_needed(&self, other: &Snapshot) -> Vec<String> {
+        let (a, b) = (&self.settings, &other.settings);
+        let mut out = Vec::new();
+        if a.proxy_addr != b.proxy_addr {
+            out.push(format!("listen.proxy: {} → {}", a.proxy_addr, b.proxy_addr));
+        }
+        if a.admin_addr != b.admin_addr {
+            out.push(format!("listen.admin: {} → {}", a.admin_addr, b.admin_addr));
+        }
+        if a.threads != b.threads {
+            out.push(format!("server.threads: {} → {}", a.threads, b.threads));
+        }
+        if a.grace_period != b.grace_period || a.shutdown_timeout != b.shutdown_timeout {
+            out.push("server.grace_period/shutdown_timeout".to_string());
+        }
+        if a.upgrade_socket != b.upgrade_socket || a.pid_file != b.pid_file {
+            out.push("server.upgrade_socket/pid_file".to_string());
+        }
+        out
+    }
+}
+
+/// The active snapshot, shared by all phases and swapped whole on reload.
+#[derive(Clone)]
+pub struct SnapshotHolder(Arc<ArcSwap<Snapshot>>);
+
+impl SnapshotHolder {
+    pub fn new(snapshot: Snapshot) -> Self {
+        SnapshotHolder(Arc::new(ArcSwap::from_pointee(snapshot)))
+    }
+
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+
+    pub fn store(&self, snapshot: Snapshot) {
+        self.0.store(Arc::new(snapshot));
+    }
+}
