@@ -2,6 +2,8 @@
 //! value (ports, durations, secrets' env names) can come from the environment.
 //! Expansion keeps line numbers intact; comments are left alone so a commented-out
 //! reference to an unset variable is not an error. `$$` writes a literal `$`.
+//! `${claim.NAME}`, `${client_ip}` and `${request_id}` are the per-request variables of the
+//! `headers` policy: they are left in place, never read from the environment.
 
 /// An unset `${VAR}` reference, located in the original text (1-based line and column).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +52,11 @@ fn expand_line(
                 return;
             };
             let reference = &body[..end];
+            if is_request_variable(reference) {
+                out.push_str(&rest[pos..pos + 3 + end]);
+                rest = &body[end + 1..];
+                continue;
+            }
             let (name, default) = match reference.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
                 None => (reference, None),
@@ -69,6 +76,11 @@ fn expand_line(
         }
     }
     out.push_str(rest);
+}
+
+/// A variable the `headers` policy fills in per request.
+fn is_request_variable(name: &str) -> bool {
+    name.starts_with("claim.") || name == "client_ip" || name == "request_id"
 }
 
 /// Byte offset where a YAML comment starts on this line (or the line's length).
@@ -101,6 +113,15 @@ mod tests {
         assert_eq!(
             expand(text, env).unwrap(),
             "a: 8080\nb: x\nc: $HOME # ${UNSET}\n"
+        );
+    }
+
+    #[test]
+    fn request_variables_are_left_for_the_headers_policy() {
+        let text = "v: 'u=${claim.sub} ip=${client_ip} id=${request_id} p=${PORT}'\n";
+        assert_eq!(
+            expand(text, env).unwrap(),
+            "v: 'u=${claim.sub} ip=${client_ip} id=${request_id} p=8080'\n"
         );
     }
 
