@@ -25,7 +25,7 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     pub resolve_interval: Duration,
     pub upgrade_socket: String,
-    pub pid_file: String,
+    pub pid_file: Option<String>,
 }
 
 impl Settings {

@@ -111,3 +111,53 @@ fn graceful_binary_upgrade_hands_over_the_sockets_without_failing_a_request() {
         "requests failed during the upgrade: {statuses:?}"
     );
 }
+
+/// `server.upgrade_socket` and `server.pid_file` are per gateway: the handover goes
+/// through this gateway's own socket (not a shared path), and the pid file names whichever
+/// process serves.
+#[test]
+fn upgrade_socket_and_pid_file_are_per_gateway() {
+    let up = TestUpstream::start("svc");
+    let files = tempfile::tempdir().unwrap();
+    let (sock, pid) = (
+        files.path().join("up.sock"),
+        files.path().join("portico.pid"),
+    );
+    let body = format!(
+        "server: {{ threads: 1, grace_period: 1s, shutdown_timeout: 2s, upgrade_socket: \"{}\", pid_file: \"{}\" }}\nupstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: svc }}\n",
+        sock.display(),
+        pid.display(),
+        up.addr
+    );
+    let mut old = Gateway::start(&body);
+    let holds = |want: u32| std::fs::read_to_string(&pid).is_ok_and(|p| p == want.to_string());
+    assert!(holds(old.pid()), "the pid file names the running gateway");
+    let mut new = std::process::Command::new(bin())
+        .args(["run", "--upgrade", "-c"])
+        .arg(&old.config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let listening = wait_until(Duration::from_secs(15), || sock.exists());
+    assert!(
+        listening.is_some(),
+        "the successor waits on the configured socket"
+    );
+    old.signal("QUIT");
+    let exited = wait_until(Duration::from_secs(15), || {
+        old.child.try_wait().unwrap().is_some()
+    });
+    assert!(exited.is_some(), "the old process hands over and exits");
+    let new_pid = new.id();
+    let named = wait_until(Duration::from_secs(15), || holds(new_pid));
+    assert!(named.is_some(), "the pid file names the successor");
+    let resp = client().get(old.url("/x")).send().unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "the successor serves on the handed-over socket"
+    );
+    new.kill().unwrap();
+    new.wait().unwrap();
+}

@@ -60,7 +60,6 @@ fn server_conf(snapshot: &Snapshot) -> ServerConf {
         grace_period_seconds: Some(s.grace_period.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.as_secs_f64().ceil() as u64),
         upgrade_sock: s.upgrade_socket.clone(),
-        pid_file: s.pid_file.clone(),
         ..ServerConf::default()
     }
 }
@@ -126,6 +125,11 @@ pub fn build(opts: &RunOptions) -> Result<Built, ConfigError> {
         holder: holder.clone(),
     };
     server.add_service(background_service("health-checks", health));
+    if let Some(file) = &holder.load().settings.pid_file {
+        if let Err(e) = std::fs::write(file, std::process::id().to_string()) {
+            tracing::warn!(file, error = %e, "cannot write the pid file");
+        }
+    }
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "portico listening");
     Ok(Built {
         server,
@@ -155,4 +159,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
 pub fn serve(built: Built) {
     built.server.run(RunArgs::default());
     built.telemetry.access_log.flush();
+    // After an upgrade the file names the successor: only our own pid is removed.
+    if let Some(file) = &built.holder.load().settings.pid_file {
+        let ours = std::process::id().to_string();
+        if std::fs::read_to_string(file).is_ok_and(|pid| pid.trim() == ours) {
+            let _ = std::fs::remove_file(file);
+        }
+    }
 }

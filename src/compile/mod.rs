@@ -249,3 +249,47 @@ fn redact_url(url: &str) -> String {
     };
     format!("{scheme}://{rest}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::Telemetry;
+
+    fn requests_of(rendered: &str, route: &str) -> Option<String> {
+        rendered
+            .lines()
+            .find(|l| l.starts_with("portico_requests_total") && l.contains(route))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string)
+    }
+
+    #[test]
+    fn two_gateways_in_one_process_keep_their_own_metrics() {
+        let text = "version: 1\nlisten: { proxy: 127.0.0.1:1, admin: 127.0.0.1:2 }\nroutes:\n  - { name: a, match: { path: /a }, respond: { text: a } }\n";
+        let src = Source::parse(Path::new("g.yaml"), text, |_| None).unwrap();
+        let (one, two) = (Telemetry::new(), Telemetry::new());
+        let a = compile_with(&src, &Stores::default(), &one.metrics).unwrap();
+        let b = compile_with(&src, &Stores::default(), &two.metrics).unwrap();
+        a.routes[0].metrics.request(&http::Method::GET, 200);
+        a.routes[0].metrics.request(&http::Method::GET, 200);
+        b.routes[0].metrics.request(&http::Method::GET, 200);
+        let route = "route=\"a\"";
+        assert_eq!(
+            requests_of(&one.metrics.render(), route).as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            requests_of(&two.metrics.render(), route).as_deref(),
+            Some("1")
+        );
+    }
+
+    #[test]
+    fn a_refused_config_reports_every_problem_sorted_by_place() {
+        let text = "version: 2\nlisten: { proxy: nope, admin: 127.0.0.1:2 }\nroutes:\n  - { name: a, match: { path: /a }, upstream: missing }\n";
+        let src = Source::parse(Path::new("g.yaml"), text, |_| None).unwrap();
+        let err = compile(&src).err().expect("refused");
+        let lines: Vec<usize> = err.0.iter().map(|d| d.pos.line).collect();
+        assert_eq!(lines, vec![1, 2, 4], "{err}");
+    }
+}

@@ -131,8 +131,9 @@ pub struct ServerSettings {
     /// Where a new process (`run --upgrade`) takes over the listening sockets.
     #[serde(default = "default_upgrade_socket")]
     pub upgrade_socket: String,
-    #[serde(default = "default_pid_file")]
-    pub pid_file: String,
+    /// Portico writes its process id here at start (and removes it at exit), e.g. for
+    /// `kill -QUIT $(cat FILE)` in an upgrade. Not written when absent.
+    pub pid_file: Option<String>,
 }
 
 impl Default for ServerSettings {
@@ -145,7 +146,7 @@ impl Default for ServerSettings {
             max_body: default_max_body(),
             resolve_interval: default_resolve_interval(),
             upgrade_socket: default_upgrade_socket(),
-            pid_file: default_pid_file(),
+            pid_file: None,
         }
     }
 }
@@ -161,9 +162,6 @@ fn default_max_body() -> ByteSize {
 }
 fn default_upgrade_socket() -> String {
     "/tmp/portico_upgrade.sock".into()
-}
-fn default_pid_file() -> String {
-    "/tmp/portico.pid".into()
 }
 fn default_resolve_interval() -> Duration {
     Duration::from_secs(30)

@@ -786,4 +786,31 @@ mod tests {
         );
         assert_eq!(TokenSource::parse("header:x-token").unwrap().find(&h), None);
     }
+
+    #[test]
+    fn require_without_auth_is_an_error_at_its_key() {
+        let locator = crate::diag::Locator::new("");
+        let mut d = Diags::new(std::path::Path::new("g.yaml"), &locator);
+        let require: RawRequire = serde_yaml::from_str("claims: { role: [] }").unwrap();
+        assert!(compile_route(&mut d, "routes[0]", None, false, Some(&require)).is_none());
+        assert!(d.items[0].message.contains("this route has no `auth`"));
+    }
+
+    #[test]
+    fn compile_pins_algorithms_and_refuses_mixed_families() {
+        let locator = crate::diag::Locator::new("");
+        let mut d = Diags::new(std::path::Path::new("g.yaml"), &locator);
+        let stores = crate::state::Stores::default();
+        let mut state = stores.begin();
+        let mut inputs = Inputs::new(std::path::Path::new("g.yaml"));
+        let raw: RawAuth =
+            serde_yaml::from_str("{ algorithms: [HS256, RS256], secret_env: X }").unwrap();
+        assert!(compile(&mut d, &mut state, &mut inputs, "p", &raw).is_none());
+        assert!(d.items[0].message.contains("cannot share a policy"));
+        let raw: RawAuth = serde_yaml::from_str("{ algorithms: [none], secret_env: X }").unwrap();
+        assert!(compile(&mut d, &mut state, &mut inputs, "p", &raw).is_none());
+        assert!(d.items.iter().any(|x| x
+            .message
+            .contains("`none` is not a supported JWT algorithm")));
+    }
 }

@@ -79,7 +79,10 @@ impl CorsPolicy {
                 wildcards.push(wildcard(o).ok_or_else(|| {
                     format!("origin pattern `{o}` must look like https://*.example.com")
                 })?);
-            } else if o.contains("://") && !o.ends_with('/') {
+            } else if o
+                .split_once("://")
+                .is_some_and(|(_, host)| !host.is_empty() && !host.contains('/'))
+            {
                 exact.insert(o.to_ascii_lowercase());
             } else {
                 return Err(format!(
@@ -291,5 +294,46 @@ mod tests {
         assert!(p
             .preflight(&origin, &Method::GET, Some("x-other"))
             .is_none());
+    }
+
+    #[test]
+    fn hooks_note_an_allowed_origin_and_decorate_every_answer() {
+        let p = policy(&["https://app.example.com"], true).unwrap();
+        let mut state = PolicyState::default();
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("origin", "https://evil.example").unwrap();
+        p.on_request(&req, &mut state);
+        assert!(state.cors_origin.is_none());
+        let mut resp = ResponseHeader::build(502, None).unwrap();
+        p.on_response(&mut resp, &state).unwrap();
+        assert_eq!(resp.headers["vary"], "Origin");
+        assert!(!resp.headers.contains_key("access-control-allow-origin"));
+
+        req.insert_header("origin", "https://app.example.com")
+            .unwrap();
+        p.on_request(&req, &mut state);
+        let mut resp = ResponseHeader::build(502, None).unwrap();
+        p.on_response(&mut resp, &state).unwrap();
+        assert_eq!(
+            resp.headers["access-control-allow-origin"],
+            "https://app.example.com"
+        );
+        assert_eq!(resp.headers["access-control-allow-credentials"], "true");
+    }
+
+    #[test]
+    fn compile_reports_bad_origins_and_methods() {
+        let locator = crate::diag::Locator::new("");
+        let mut d = Diags::new(std::path::Path::new("g.yaml"), &locator);
+        let raw: RawCors = serde_yaml::from_str(
+            "{ allow_origins: ['https://a.example/path'], allow_methods: [get] }",
+        )
+        .unwrap();
+        assert!(compile(&mut d, "web", &raw).is_none());
+        let messages: Vec<&str> = d.items.iter().map(|x| x.message.as_str()).collect();
+        assert!(messages
+            .iter()
+            .any(|m| m.contains("`get` is not an HTTP method")));
+        assert!(messages.iter().any(|m| m.contains("without a path")));
     }
 }

@@ -529,4 +529,58 @@ mod tests {
         );
         assert!(LimitKey::parse("cookie:x").is_err());
     }
+
+    fn limit(key: &str) -> RateLimit {
+        RateLimit {
+            name: "l".into(),
+            key: LimitKey::parse(key).unwrap(),
+            capacity: 2,
+            interval: SEC,
+            backend: Backend::Local(Arc::new(LocalStore::new(100))),
+        }
+    }
+
+    #[test]
+    fn keys_come_from_the_request_and_claims_run_after_auth() {
+        let info = RequestInfo {
+            client_ip: Some("192.0.2.1".parse().unwrap()),
+            request_id: "r",
+            route: "api",
+        };
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-key", "k1").unwrap();
+        let mut state = PolicyState::default();
+        assert_eq!(limit("client_ip").key_for(&req, &info, &state), "192.0.2.1");
+        assert_eq!(limit("route").key_for(&req, &info, &state), "api");
+        assert_eq!(limit("header:x-key").key_for(&req, &info, &state), "h:k1");
+        assert_eq!(
+            limit("header:x-none").key_for(&req, &info, &state),
+            "ip:192.0.2.1"
+        );
+        let by_claim = limit("claim:sub");
+        assert!(by_claim.by_identity() && !limit("client_ip").by_identity());
+        assert_eq!(by_claim.key_for(&req, &info, &state), "ip:192.0.2.1");
+        state.claims = Some(serde_json::json!({"sub": "u1"}));
+        assert_eq!(by_claim.key_for(&req, &info, &state), "c:u1");
+    }
+
+    #[tokio::test]
+    async fn the_hook_refuses_over_the_limit_and_reports_headers() {
+        let info = RequestInfo {
+            client_ip: Some("192.0.2.1".parse().unwrap()),
+            request_id: "r",
+            route: "api",
+        };
+        let req = RequestHeader::build("GET", b"/", None).unwrap();
+        let l = limit("client_ip");
+        let mut state = PolicyState::default();
+        assert!(l.on_request(&req, &info, &mut state).await.is_ok());
+        assert!(l.on_request(&req, &info, &mut state).await.is_ok());
+        let refused = l.on_request(&req, &info, &mut state).await.unwrap_err();
+        assert_eq!(refused, GatewayError::RateLimited { retry_after: 1 });
+        let mut resp = ResponseHeader::build(429, None).unwrap();
+        on_response(&mut resp, &state).unwrap();
+        assert_eq!(resp.headers["ratelimit-limit"], "2");
+        assert_eq!(resp.headers["ratelimit-remaining"], "0");
+    }
 }

@@ -312,4 +312,19 @@ mod tests {
             )
             .is_empty());
     }
+
+    #[test]
+    fn compile_bounds_the_buffered_body_and_checks_names() {
+        let locator = crate::diag::Locator::new("");
+        let mut d = Diags::new(Path::new("g.yaml"), &locator);
+        let mut inputs = Inputs::new(Path::new("g.yaml"));
+        let raw: RawValidate = serde_yaml::from_str(
+            "{ max_body_bytes: 1MiB, headers: ['bad name'], methods: [post] }",
+        )
+        .unwrap();
+        compile(&mut d, &mut inputs, "routes[0]", &raw);
+        let messages: Vec<&str> = d.items.iter().map(|x| x.message.as_str()).collect();
+        assert_eq!(messages.len(), 3, "{messages:?}");
+        assert!(messages[0].contains("max_body_bytes must be between 1 and 65536"));
+    }
 }

@@ -162,7 +162,7 @@ mod tests {
             shutdown_timeout: Duration::from_secs(1),
             resolve_interval: Duration::from_secs(1),
             upgrade_socket: String::new(),
-            pid_file: String::new(),
+            pid_file: None,
         }
     }
 

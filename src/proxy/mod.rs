@@ -147,10 +147,22 @@ impl Gateway {
         };
         ctx.route = Some(index);
         let route = &snapshot.routes[index];
-        let upstream_path = match &route.action {
-            Action::Proxy(_) => Some(route.rewrite.apply(&path).into_owned()),
-            Action::Respond(_) => None,
-        };
+        if let Action::Proxy(_) = route.action {
+            let upstream_path = route.rewrite.apply(&path);
+            // An absolute-form target goes upstream in origin-form, as it was routed.
+            if upstream_path != req.uri.path() || !origin_form {
+                let uri = match req.uri.query() {
+                    Some(q) => format!("{upstream_path}?{q}"),
+                    None => upstream_path.into_owned(),
+                };
+                let parsed = uri.parse().map_err(|_| GatewayError::BadRequest);
+                drop(path);
+                match parsed {
+                    Ok(uri) => ctx.upstream.uri = Some(uri),
+                    Err(e) => return refuse(session, ctx, e).await,
+                }
+            }
+        }
         let info = RequestInfo {
             client_ip: ctx.request.client_ip,
             request_id: &ctx.request.id,
@@ -166,25 +178,12 @@ impl Gateway {
         if let Some(refusal) = refusal {
             return refuse(session, ctx, refusal).await;
         }
-        let upstream_path = match (&route.action, upstream_path) {
-            (Action::Respond(resp), _) => return respond_static(session, ctx, resp).await,
-            (Action::Proxy(_), path) => path.unwrap_or_default(),
-        };
-        let req = session.req_header();
-        if content_length(req).is_some_and(|len| len > route.max_body) {
+        if let Action::Respond(resp) = &route.action {
+            return respond_static(session, ctx, resp).await;
+        }
+        if content_length(session.req_header()).is_some_and(|len| len > route.max_body) {
             let limit = route.max_body;
             return refuse(session, ctx, GatewayError::BodyTooLarge { limit }).await;
-        }
-        // An absolute-form target goes upstream in origin-form, as it was routed.
-        if upstream_path != req.uri.path() || !origin_form {
-            let uri = match req.uri.query() {
-                Some(q) => format!("{upstream_path}?{q}"),
-                None => upstream_path,
-            };
-            ctx.upstream.uri = Some(
-                uri.parse()
-                    .map_err(|_| ctx.fail(GatewayError::BadRequest))?,
-            );
         }
         ctx.upstream.deadline = route.timeout.map(|t| Instant::now() + t);
         Ok(false)
