@@ -295,18 +295,17 @@ impl RouteMetrics {
 
     /// Whole-request time.
     pub fn duration(&self, secs: f64) {
-        let h = self
-            .duration
-            .get_or_init(|| self.histograms.0.with_label_values(&[&*self.route]));
-        h.observe(secs);
+        self.observe(&self.duration, &self.histograms.0, secs);
     }
 
     /// Time from sending the request upstream to its response head.
     pub fn upstream_duration(&self, secs: f64) {
-        let h = self
-            .upstream_duration
-            .get_or_init(|| self.histograms.1.with_label_values(&[&*self.route]));
-        h.observe(secs);
+        self.observe(&self.upstream_duration, &self.histograms.1, secs);
+    }
+
+    fn observe(&self, slot: &Lazy<Histogram>, family: &HistogramVec, secs: f64) {
+        slot.get_or_init(|| family.with_label_values(&[&*self.route]))
+            .observe(secs);
     }
 
     /// Counts a refusal by a rate limit.
@@ -319,7 +318,7 @@ impl RouteMetrics {
     /// Counts a finished request.
     pub fn request(&self, method: &http::Method, status: u16) {
         let method = method_index(method);
-        let Some(slot) = STATUSES.iter().position(|s| *s == status) else {
+        let counter = || {
             let mut code = itoa::Buffer::new();
             let labels = [
                 &*self.route,
@@ -327,7 +326,10 @@ impl RouteMetrics {
                 METHODS[method],
                 code.format(status),
             ];
-            return self.requests.with_label_values(&labels).inc();
+            self.requests.with_label_values(&labels)
+        };
+        let Some(slot) = STATUSES.iter().position(|s| *s == status) else {
+            return counter().inc();
         };
         let counters = self.counters.get_or_init(|| {
             (0..METHODS.len() * STATUSES.len())
@@ -335,16 +337,7 @@ impl RouteMetrics {
                 .collect()
         });
         counters[method * STATUSES.len() + slot]
-            .get_or_init(|| {
-                let mut code = itoa::Buffer::new();
-                let labels = [
-                    &*self.route,
-                    &*self.upstream,
-                    METHODS[method],
-                    code.format(status),
-                ];
-                self.requests.with_label_values(&labels)
-            })
+            .get_or_init(counter)
             .inc();
     }
 

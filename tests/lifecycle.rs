@@ -2,6 +2,7 @@
 
 mod common;
 use common::*;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn config(up: &TestUpstream) -> String {
@@ -87,14 +88,13 @@ fn graceful_binary_upgrade_hands_over_the_sockets_without_failing_a_request() {
         }
         statuses
     });
-    let mut new = std::process::Command::new(bin())
-        .args(["run", "--upgrade", "-c"])
-        .arg(&old.config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let mut new = old.successor();
+    let sock = format!("/tmp/portico-upgrade-{}.sock", old.proxy.port());
+    let listening = wait_until(Duration::from_secs(15), || Path::new(&sock).exists());
+    assert!(
+        listening.is_some(),
+        "the successor waits on the default socket {sock}"
+    );
     old.signal("QUIT");
     let exited = wait_until(Duration::from_secs(15), || {
         old.child.try_wait().unwrap().is_some()
@@ -132,13 +132,7 @@ fn upgrade_socket_and_pid_file_are_per_gateway() {
     let mut old = Gateway::start(&body);
     let holds = |want: u32| std::fs::read_to_string(&pid).is_ok_and(|p| p == want.to_string());
     assert!(holds(old.pid()), "the pid file names the running gateway");
-    let mut new = std::process::Command::new(bin())
-        .args(["run", "--upgrade", "-c"])
-        .arg(&old.config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut new = old.successor();
     let listening = wait_until(Duration::from_secs(15), || sock.exists());
     assert!(
         listening.is_some(),

@@ -193,12 +193,7 @@ routes:
         "{out}"
     );
     let gw = Gateway::start(&body);
-    let routes: Value = client()
-        .get(gw.admin_url("/routes"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let routes = gw.admin_json("/routes");
     assert_eq!(
         routes["routes"][0]["policies"],
         json!(chain.split(" → ").collect::<Vec<_>>())

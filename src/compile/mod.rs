@@ -116,7 +116,6 @@ fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
         .filter_map(|(i, text)| cidr(d, &format!("server.trusted_proxies[{i}]"), text))
         .collect();
     Some(Settings {
-        proxy_addr: proxy_addr?,
         admin_addr: admin_addr?,
         threads: server
             .threads
@@ -125,8 +124,12 @@ fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
         grace_period: server.grace_period,
         shutdown_timeout: server.shutdown_timeout,
         resolve_interval: server.resolve_interval,
-        upgrade_socket: server.upgrade_socket.clone(),
+        upgrade_socket: server.upgrade_socket.clone().unwrap_or_else(|| {
+            let port = proxy_addr.map_or(0, |a| a.port());
+            format!("/tmp/portico-upgrade-{port}.sock")
+        }),
         pid_file: server.pid_file.clone(),
+        proxy_addr: proxy_addr?,
     })
 }
 

@@ -128,9 +128,9 @@ pub struct ServerSettings {
     #[schemars(with = "String")]
     #[serde(default = "default_resolve_interval", with = "humantime_serde")]
     pub resolve_interval: Duration,
-    /// Where a new process (`run --upgrade`) takes over the listening sockets.
-    #[serde(default = "default_upgrade_socket")]
-    pub upgrade_socket: String,
+    /// Where a new process (`run --upgrade`) takes over the listening sockets (default
+    /// `/tmp/portico-upgrade-PORT.sock`, PORT of `listen.proxy`: one per gateway on a host).
+    pub upgrade_socket: Option<String>,
     /// Portico writes its process id here at start (and removes it at exit), e.g. for
     /// `kill -QUIT $(cat FILE)` in an upgrade. Not written when absent.
     pub pid_file: Option<String>,
@@ -145,7 +145,7 @@ impl Default for ServerSettings {
             shutdown_timeout: default_shutdown_timeout(),
             max_body: default_max_body(),
             resolve_interval: default_resolve_interval(),
-            upgrade_socket: default_upgrade_socket(),
+            upgrade_socket: None,
             pid_file: None,
         }
     }
@@ -159,9 +159,6 @@ fn default_shutdown_timeout() -> Duration {
 }
 fn default_max_body() -> ByteSize {
     ByteSize(100 * 1024 * 1024)
-}
-fn default_upgrade_socket() -> String {
-    "/tmp/portico_upgrade.sock".into()
 }
 fn default_resolve_interval() -> Duration {
     Duration::from_secs(30)

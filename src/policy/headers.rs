@@ -139,29 +139,24 @@ trait Message {
     fn append(&mut self, name: &HeaderName, value: HeaderValue) -> pingora::Result<()>;
 }
 
-impl Message for RequestHeader {
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-    fn insert(&mut self, name: &HeaderName, value: HeaderValue) -> pingora::Result<()> {
-        self.insert_header(name.clone(), value)
-    }
-    fn append(&mut self, name: &HeaderName, value: HeaderValue) -> pingora::Result<()> {
-        self.append_header(name.clone(), value).map(|_| ())
-    }
+/// Requests and responses have the same header methods but no common trait.
+macro_rules! message {
+    ($($head:ty),*) => {$(
+        impl Message for $head {
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+            fn insert(&mut self, name: &HeaderName, value: HeaderValue) -> pingora::Result<()> {
+                self.insert_header(name.clone(), value)
+            }
+            fn append(&mut self, name: &HeaderName, value: HeaderValue) -> pingora::Result<()> {
+                self.append_header(name.clone(), value).map(|_| ())
+            }
+        }
+    )*};
 }
 
-impl Message for ResponseHeader {
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-    fn insert(&mut self, name: &HeaderName, value: HeaderValue) -> pingora::Result<()> {
-        self.insert_header(name.clone(), value)
-    }
-    fn append(&mut self, name: &HeaderName, value: HeaderValue) -> pingora::Result<()> {
-        self.append_header(name.clone(), value).map(|_| ())
-    }
-}
+message!(RequestHeader, ResponseHeader);
 
 #[derive(Debug)]
 pub struct HeaderRules {

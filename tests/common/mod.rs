@@ -92,11 +92,28 @@ impl Gateway {
 
     /// The admin `/config` document.
     pub fn admin_config(&self) -> serde_json::Value {
+        self.admin_json("/config")
+    }
+
+    /// An admin endpoint's JSON document.
+    pub fn admin_json(&self, path: &str) -> serde_json::Value {
         client()
-            .get(self.admin_url("/config"))
+            .get(self.admin_url(path))
             .send()
             .unwrap()
             .json()
+            .unwrap()
+    }
+
+    /// Starts `portico run --upgrade` on this gateway's config: the successor that takes
+    /// over its sockets once it gets SIGQUIT.
+    pub fn successor(&self) -> Child {
+        Command::new(bin())
+            .args(["run", "--upgrade", "-c"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
             .unwrap()
     }
 
