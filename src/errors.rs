@@ -77,15 +77,27 @@ pub struct Refusal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {
     Refused(Refusal),
+    /// A required call of an aggregate route failed.
+    AggregateFailed {
+        call: String,
+        timeout: bool,
+        reason: String,
+    },
     BadPath(String),
     BadRequest,
     RouteNotFound,
-    MethodNotAllowed { allow: String },
-    BodyTooLarge { limit: u64 },
+    MethodNotAllowed {
+        allow: String,
+    },
+    BodyTooLarge {
+        limit: u64,
+    },
     Unauthorized(AuthError),
     Forbidden,
     CorsRejected,
-    RateLimited { retry_after: u64 },
+    RateLimited {
+        retry_after: u64,
+    },
     RateLimitUnavailable,
     UnsupportedMediaType,
     InvalidJson(String),
@@ -103,6 +115,8 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::Refused(r) => r.status,
+            GatewayError::AggregateFailed { timeout: true, .. } => 504,
+            GatewayError::AggregateFailed { .. } => 502,
             GatewayError::BadPath(_)
             | GatewayError::BadRequest
             | GatewayError::InvalidJson(_)
@@ -127,6 +141,8 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::Refused(r) => r.code,
+            GatewayError::AggregateFailed { timeout: true, .. } => "aggregate_call_timeout",
+            GatewayError::AggregateFailed { .. } => "aggregate_call_failed",
             GatewayError::BadPath(_) => "bad_path",
             GatewayError::BadRequest => "bad_request",
             GatewayError::UnsupportedMediaType => "unsupported_media_type",
@@ -153,6 +169,9 @@ impl GatewayError {
     pub fn message(&self) -> String {
         match self {
             GatewayError::Refused(r) => r.message.into(),
+            GatewayError::AggregateFailed { call, reason, .. } => {
+                format!("the required call `{call}` failed: {reason}")
+            }
             GatewayError::BadPath(why) => format!("the request path cannot be routed: {why}"),
             GatewayError::BadRequest => "the request is malformed".into(),
             GatewayError::UnsupportedMediaType => {
@@ -229,6 +248,9 @@ impl GatewayError {
         });
         if let GatewayError::ValidationFailed(violations) = self {
             body["error"]["violations"] = serde_json::to_value(violations).unwrap_or_default();
+        }
+        if let GatewayError::AggregateFailed { call, .. } = self {
+            body["error"]["call"] = call.as_str().into();
         }
         let body = Bytes::from(body.to_string());
         let mut header = ResponseHeader::build(self.status(), Some(5)).expect("valid status");

@@ -48,6 +48,8 @@ pub enum Outcome {
     Route {
         index: usize,
         upstream_path: Option<String>,
+        /// Values the route's path template bound.
+        bound: Vec<(String, String)>,
     },
     Status(u16, String),
 }
@@ -64,13 +66,15 @@ pub fn outcome(snapshot: &Snapshot, probe: &Probe) -> Outcome {
         }
         Ok((Match::Route(index), path)) => {
             let route = &snapshot.routes[index];
+            let bound = snapshot.router.bind(index, &path);
             let upstream_path = match route.action {
-                Action::Proxy(_) => Some(route.rewrite.apply(&path).into_owned()),
-                Action::Respond(_) => None,
+                Action::Proxy(_) => Some(route.rewrite.apply(&path, &bound).into_owned()),
+                Action::Respond(_) | Action::Aggregate(_) => None,
             };
             Outcome::Route {
                 index,
                 upstream_path,
+                bound,
             }
         }
     }
@@ -86,6 +90,9 @@ fn describe_match(m: &RawMatch) -> String {
     }
     if let Some(p) = &m.path_regex {
         parts.push(format!("path_regex = {p}"));
+    }
+    if let Some(p) = &m.path_template {
+        parts.push(format!("path_template = {p}"));
     }
     if let Some(methods) = &m.methods {
         parts.push(format!("methods = {}", methods.join(", ")));
@@ -118,6 +125,7 @@ pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
         Outcome::Route {
             index,
             upstream_path,
+            bound,
         } => {
             let route = &snapshot.routes[index];
             let raw = &src.raw.routes[index];
@@ -135,7 +143,38 @@ pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
                 let chain: Vec<String> = route.policies.iter().map(|p| p.label()).collect();
                 let _ = writeln!(out, "  policies, in order: {}", chain.join(" → "));
             }
+            if !bound.is_empty() {
+                let shown: Vec<String> = bound.iter().map(|(n, v)| format!("{n} = {v}")).collect();
+                let _ = writeln!(out, "  bound: {}", shown.join(", "));
+            }
             match &route.action {
+                Action::Aggregate(agg) => {
+                    let values = crate::aggregate::Values {
+                        bound: &bound,
+                        claims: None,
+                        query: probe.uri.query(),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  aggregates {} calls in parallel (timeout {:?}):",
+                        agg.calls.len(),
+                        agg.timeout
+                    );
+                    for call in &agg.calls {
+                        let kind = if call.required {
+                            "required"
+                        } else {
+                            "optional"
+                        };
+                        let _ = writeln!(
+                            out,
+                            "    {} ({kind}) → upstream {}: GET {}",
+                            call.name,
+                            call.upstream.name,
+                            call.path.explain(&values)
+                        );
+                    }
+                }
                 Action::Respond(resp) => {
                     let _ = writeln!(
                         out,
@@ -246,6 +285,7 @@ fn check_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
             Outcome::Route {
                 index,
                 upstream_path,
+                ..
             },
         ) => {
             if snapshot.routes[*index].name.as_ref() != want {

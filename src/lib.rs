@@ -5,6 +5,7 @@
 //! route's `policy` chain). `app` assembles the server and runs every background loop.
 //! See docs/ARCHITECTURE.md.
 
+pub mod aggregate;
 pub mod app;
 pub mod compile;
 pub mod config;

@@ -35,7 +35,7 @@ impl Settings {
 }
 
 /// Fields an access-log line can carry (any may be excluded).
-pub const ACCESS_FIELDS: [&str; 16] = [
+pub const ACCESS_FIELDS: [&str; 17] = [
     "time",
     "request_id",
     "trace_id",
@@ -52,6 +52,7 @@ pub const ACCESS_FIELDS: [&str; 16] = [
     "bytes_out",
     "user",
     "error",
+    "calls",
 ];
 
 pub struct AccessLogSettings {
@@ -65,6 +66,7 @@ pub struct AccessLogSettings {
 pub enum Action {
     Proxy(Arc<Upstream>),
     Respond(Arc<StaticResponse>),
+    Aggregate(Arc<crate::aggregate::Aggregate>),
 }
 
 pub struct StaticResponse {
@@ -91,7 +93,7 @@ impl Route {
     pub fn upstream(&self) -> Option<&Arc<Upstream>> {
         match &self.action {
             Action::Proxy(up) => Some(up),
-            Action::Respond(_) => None,
+            Action::Respond(_) | Action::Aggregate(_) => None,
         }
     }
 

@@ -125,6 +125,8 @@ pub struct Metrics {
     pub last_reload_success: Gauge,
     pub build_info: IntGaugeVec,
     pub access_log_dropped: IntCounter,
+    pub aggregate_calls: IntCounterVec,
+    pub aggregate_duration: HistogramVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -153,9 +155,9 @@ impl Metrics {
                 IntGaugeVec::new(Opts::new(name, help), labels).expect("valid"),
             )
         };
-        let histogram = |name: &str, help: &str| {
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
             let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
-            register(&r, HistogramVec::new(opts, &["route"]).expect("valid"))
+            register(&r, HistogramVec::new(opts, labels).expect("valid"))
         };
         Metrics {
             requests: counter(
@@ -166,10 +168,12 @@ impl Metrics {
             duration: histogram(
                 "portico_request_duration_seconds",
                 "Whole-request time, from the request head to the last response byte.",
+                &["route"],
             ),
             upstream_duration: histogram(
                 "portico_upstream_duration_seconds",
                 "Time from sending the request upstream to its response head.",
+                &["route"],
             ),
             in_flight: register(
                 &r,
@@ -221,6 +225,16 @@ impl Metrics {
                     "Access-log lines dropped because the writer fell behind.",
                 )
                 .expect("valid"),
+            ),
+            aggregate_calls: counter(
+                "portico_aggregate_calls_total",
+                "Calls made by aggregate routes, by route, call and outcome.",
+                &["route", "call", "outcome"],
+            ),
+            aggregate_duration: histogram(
+                "portico_aggregate_call_duration_seconds",
+                "Time an aggregate route's call took, by route and call.",
+                &["route", "call"],
             ),
             registry: r,
         }

@@ -72,6 +72,10 @@ impl Admin {
                 let action = match &route.action {
                     Action::Proxy(up) => json!({"upstream": &*up.name}),
                     Action::Respond(r) => json!({"respond": r.status}),
+                    Action::Aggregate(a) => {
+                        let calls: Vec<&str> = a.calls.iter().map(|c| c.name.as_str()).collect();
+                        json!({"aggregate": calls})
+                    }
                 };
                 json!({
                     "name": &*route.name,

@@ -86,6 +86,7 @@ pub fn build(opts: &RunOptions) -> Result<Built, ConfigError> {
     let gateway = Gateway {
         holder: holder.clone(),
         telemetry: telemetry.clone(),
+        connector: pingora::connectors::http::Connector::new(None),
     };
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "portico");

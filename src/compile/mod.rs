@@ -175,18 +175,20 @@ fn warn_shadowed(d: &mut Diags, router: &Router, raw: &RawConfig, at: &[usize]) 
 }
 
 fn warn_unused_upstreams(d: &mut Diags, raw: &RawConfig) {
-    for name in raw.upstreams.keys() {
-        if !raw
-            .routes
-            .iter()
-            .any(|r| r.upstream.as_deref() == Some(name))
-        {
-            d.warn(
-                &format!("upstreams.{name}"),
-                format!("upstream `{name}` is not used by any route"),
-                None,
-            );
-        }
+    let used = |name: &String| {
+        raw.routes.iter().any(|r| {
+            r.upstream.as_ref() == Some(name)
+                || r.aggregate
+                    .as_ref()
+                    .is_some_and(|a| a.calls.iter().any(|c| &c.upstream == name))
+        })
+    };
+    for name in raw.upstreams.keys().filter(|n| !used(n)) {
+        d.warn(
+            &format!("upstreams.{name}"),
+            format!("upstream `{name}` is not used by any route"),
+            None,
+        );
     }
 }
 

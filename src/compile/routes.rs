@@ -2,10 +2,12 @@
 
 use super::is_name;
 use super::policies::Named;
+use crate::aggregate;
 use crate::config::model::{HeaderCond as RawCond, RawMatch, RawRespond, RawRoute};
 use crate::config::RawConfig;
 use crate::diag::{parse_methods, Diags, Inputs};
 use crate::router::normalize::normalize;
+use crate::router::template::{Fill, PathTemplate};
 use crate::router::{HeaderCond, HeaderMatch, HostMatch, Matcher, PathMatch, PathRewrite};
 use crate::snapshot::{Action, Route, StaticResponse};
 use crate::telemetry::{Metrics, RouteMetrics};
@@ -50,7 +52,7 @@ pub(super) fn compile_routes(
             );
         }
         let matcher = compile_matcher(d, &format!("{at}.match"), &r.matcher);
-        let action = compile_action(d, &at, r, upstreams, raw);
+        let action = compile_action(d, &at, r, upstreams, raw, metrics);
         let rewrite = compile_rewrite(d, &at, r);
         let policies = named.for_route(d, inputs, &at, r);
         if r.timeout.is_some_and(|t| t.is_zero()) {
@@ -65,7 +67,7 @@ pub(super) fn compile_routes(
         {
             let upstream = match &action {
                 Action::Proxy(up) => &*up.name,
-                Action::Respond(_) => "none",
+                Action::Respond(_) | Action::Aggregate(_) => "none",
             };
             let metrics = RouteMetrics::new(metrics, &r.name, upstream);
             routes.push(Compiled {
@@ -92,11 +94,12 @@ fn compile_matcher(d: &mut Diags, at: &str, m: &RawMatch) -> Option<Matcher> {
         m.path.is_some(),
         m.path_prefix.is_some(),
         m.path_regex.is_some(),
+        m.path_template.is_some(),
     ];
     if kinds.iter().filter(|k| **k).count() > 1 {
         d.error(
             at,
-            "a route matches on one of path, path_prefix or path_regex, not several",
+            "a route matches on one of path, path_prefix, path_regex or path_template, not several",
             Some("keep one; add another route for the other paths".into()),
         );
     }
@@ -104,6 +107,8 @@ fn compile_matcher(d: &mut Diags, at: &str, m: &RawMatch) -> Option<Matcher> {
         check_path(d, &format!("{at}.path"), p).map(PathMatch::Exact)
     } else if let Some(p) = &m.path_prefix {
         check_path(d, &format!("{at}.path_prefix"), p).map(PathMatch::Prefix)
+    } else if let Some(t) = &m.path_template {
+        compile_template(d, &format!("{at}.path_template"), t).map(PathMatch::Template)
     } else if let Some(re) = &m.path_regex {
         match regex::Regex::new(&format!("^(?:{re})$")) {
             Ok(re) => Some(PathMatch::Regex(re)),
@@ -156,6 +161,34 @@ fn compile_matcher(d: &mut Diags, at: &str, m: &RawMatch) -> Option<Matcher> {
         host,
         headers,
     })
+}
+
+fn compile_template(d: &mut Diags, at: &str, text: &str) -> Option<PathTemplate> {
+    let template = PathTemplate::parse(text)
+        .map_err(|e| {
+            d.error(
+                at,
+                format!("invalid path template `{text}`: {e}"),
+                Some(
+                    "e.g. /users/{id}/orders/{order}, or /files/{rest...} for the rest of the path"
+                        .into(),
+                ),
+            )
+        })
+        .ok()?;
+    // Literal segments must be written as requests arrive after normalization.
+    check_path(d, at, &template.literal_path())?;
+    Some(template)
+}
+
+/// The names a route's `path_template` binds (none without one).
+fn template_names(r: &RawRoute) -> HashSet<String> {
+    r.matcher
+        .path_template
+        .as_deref()
+        .and_then(|t| PathTemplate::parse(t).ok())
+        .map(|t| t.names().map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 fn check_path(d: &mut Diags, at: &str, p: &str) -> Option<String> {
@@ -240,7 +273,32 @@ fn compile_action(
     r: &RawRoute,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     raw: &RawConfig,
+    metrics: &Metrics,
 ) -> Option<Action> {
+    if let Some(agg) = &r.aggregate {
+        if r.upstream.is_some() || r.respond.is_some() {
+            d.error(
+                at,
+                format!(
+                    "route `{}` has `aggregate` and also `upstream` or `respond`",
+                    r.name
+                ),
+                Some("a route proxies, responds directly or aggregates; keep one".into()),
+            );
+            return None;
+        }
+        if r.strip_prefix.is_some() || r.rewrite.is_some() {
+            d.error(
+                at,
+                "`strip_prefix`/`rewrite` have no effect on an `aggregate` route",
+                Some("write each call's path instead".into()),
+            );
+        }
+        let names = template_names(r);
+        let names = names.iter().map(String::as_str).collect();
+        let compiled = aggregate::compile(d, at, agg, &names, upstreams, metrics, &r.name)?;
+        return Some(Action::Aggregate(Arc::new(compiled)));
+    }
     match (&r.upstream, &r.respond) {
         (Some(_), Some(_)) => {
             d.error(
@@ -253,7 +311,10 @@ fn compile_action(
         (None, None) => {
             d.error(
                 at,
-                format!("route `{}` has neither `upstream` nor `respond`", r.name),
+                format!(
+                    "route `{}` has neither `upstream`, `respond` nor `aggregate`",
+                    r.name
+                ),
                 Some("add `upstream: NAME` or `respond: {status: 200, json: ...}`".into()),
             );
             None
@@ -368,6 +429,28 @@ fn compile_rewrite(d: &mut Diags, at: &str, r: &RawRoute) -> Option<PathRewrite>
                 }
             }
             Some(PathRewrite::Strip(p.clone()))
+        }
+        (None, Some(to)) if r.matcher.path_template.is_some() => {
+            let names = template_names(r);
+            match Fill::parse(to, names.iter().map(String::as_str)) {
+                Ok(fill) if to.starts_with('/') => Some(PathRewrite::Template(fill)),
+                Ok(_) => {
+                    d.error(
+                        &format!("{at}.rewrite"),
+                        format!("`{to}` must start with `/`"),
+                        None,
+                    );
+                    None
+                }
+                Err(e) => {
+                    d.error(
+                        &format!("{at}.rewrite"),
+                        e,
+                        Some("use the {names} of the route's path_template".into()),
+                    );
+                    None
+                }
+            }
         }
         (None, Some(to)) => {
             let Some(from) = r.matcher.path_prefix.as_ref().or(r.matcher.path.as_ref()) else {

@@ -317,6 +317,7 @@ pub struct RawRoute {
     pub matcher: RawMatch,
     pub upstream: Option<String>,
     pub respond: Option<RawRespond>,
+    pub aggregate: Option<crate::aggregate::RawAggregate>,
     pub strip_prefix: Option<String>,
     pub rewrite: Option<String>,
     #[schemars(with = "Option<String>")]
@@ -338,6 +339,8 @@ pub struct RawMatch {
     pub path: Option<String>,
     pub path_prefix: Option<String>,
     pub path_regex: Option<String>,
+    /// `/users/{id}/orders/{order}`: one segment per `{name}`, `{rest...}` for the rest.
+    pub path_template: Option<String>,
     pub methods: Option<Vec<String>>,
     pub host: Option<String>,
     #[serde(default)]

@@ -58,6 +58,9 @@ pub fn access_line(out: &mut Vec<u8>, session: &Session, ctx: &Ctx, status: u16)
     if let Some(code) = ctx.error_code {
         line.str("error", code);
     }
+    if let Some(calls) = &ctx.calls {
+        line.str("calls", calls);
+    }
     line.finish();
 }
 

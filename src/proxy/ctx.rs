@@ -48,6 +48,8 @@ pub struct Ctx {
     pub failure: Option<GatewayError>,
     /// The error code of the answer, for the access log.
     pub error_code: Option<&'static str>,
+    /// `name:outcome` of an aggregate route's calls, for the access log.
+    pub calls: Option<String>,
 }
 
 impl Ctx {
@@ -68,6 +70,7 @@ impl Ctx {
             upstream: UpstreamTry::default(),
             failure: None,
             error_code: None,
+            calls: None,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod ctx;
 pub mod forwarding;
 mod respond;
 
+use crate::aggregate::{Aggregate, Values};
 use crate::errors::{GatewayError, X_REQUEST_ID};
 use crate::policy::validate::content_length;
 use crate::policy::RequestInfo;
@@ -23,6 +24,7 @@ use http::header::{
     HOST, ORIGIN, VARY,
 };
 use http::Method;
+use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -36,6 +38,8 @@ const TRACEPARENT: &str = "traceparent";
 pub struct Gateway {
     pub holder: SnapshotHolder,
     pub telemetry: Arc<Telemetry>,
+    /// Pooled upstream connections for aggregate calls.
+    pub connector: Connector,
 }
 
 const NOT_A_PATH: &str = "the request target must be a path (`/...`) or an http(s) URL";
@@ -121,6 +125,46 @@ impl Gateway {
         Some(answer.await)
     }
 
+    /// Answers an aggregate route: its calls carry the headers this request would carry
+    /// upstream, each as a body-less GET to its own path.
+    async fn aggregate(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        agg: &Aggregate,
+        bound: &[(String, String)],
+    ) -> Result<bool> {
+        let mut base = session.req_header().clone();
+        prepare_upstream_request(&mut base, ctx)?;
+        base.set_method(Method::GET);
+        for name in [
+            CONTENT_LENGTH,
+            http::header::TRANSFER_ENCODING,
+            CONTENT_TYPE,
+        ] {
+            base.remove_header(&name);
+        }
+        let values = Values {
+            bound,
+            claims: ctx.policy.claims.as_ref(),
+            query: session.req_header().uri.query(),
+        };
+        let answer = agg.run(&self.connector, &base, &values).await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(failure) => return refuse(session, ctx, failure).await,
+        };
+        ctx.calls = Some(answer.outcomes);
+        let mut header = ResponseHeader::build(200, Some(4))?;
+        header.insert_header(CONTENT_TYPE, "application/json")?;
+        header.insert_header(CONTENT_LENGTH, answer.body.len())?;
+        if !answer.partial.is_empty() {
+            header.insert_header("x-portico-partial", answer.partial.join(","))?;
+        }
+        respond::answer(session, ctx, header, answer.body, true).await?;
+        Ok(true)
+    }
+
     /// Normalizes and routes the request, then runs the route's policies; returns Ok(true)
     /// when the request was answered here.
     async fn route_request(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -147,11 +191,14 @@ impl Gateway {
         };
         ctx.route = Some(index);
         let route = &snapshot.routes[index];
+        let bound = snapshot.router.bind(index, &path);
         if let Action::Proxy(_) = route.action {
-            let upstream_path = route.rewrite.apply(&path);
+            let upstream_path = route.rewrite.apply(&path, &bound);
             // An absolute-form target goes upstream in origin-form, as it was routed.
             if upstream_path != req.uri.path() || !origin_form {
+                // A rewrite with a query of its own gets the client's query after `&`.
                 let uri = match req.uri.query() {
+                    Some(q) if upstream_path.contains('?') => format!("{upstream_path}&{q}"),
                     Some(q) => format!("{upstream_path}?{q}"),
                     None => upstream_path.into_owned(),
                 };
@@ -178,8 +225,10 @@ impl Gateway {
         if let Some(refusal) = refusal {
             return refuse(session, ctx, refusal).await;
         }
-        if let Action::Respond(resp) = &route.action {
-            return respond_static(session, ctx, resp).await;
+        match &route.action {
+            Action::Respond(resp) => return respond_static(session, ctx, resp).await,
+            Action::Aggregate(agg) => return self.aggregate(session, ctx, agg, &bound).await,
+            Action::Proxy(_) => {}
         }
         if content_length(session.req_header()).is_some_and(|len| len > route.max_body) {
             let limit = route.max_body;
@@ -188,6 +237,50 @@ impl Gateway {
         ctx.upstream.deadline = route.timeout.map(|t| Instant::now() + t);
         Ok(false)
     }
+}
+
+/// What a request carries upstream besides the client's own headers: X-Forwarded-*,
+/// X-Request-Id, traceparent, no client-sent identity headers, then each route policy's
+/// edits (claims forwarded, header edits). Proxied requests and aggregate calls alike.
+fn prepare_upstream_request(upstream_request: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    for name in forwarding::hop_by_hop(&upstream_request.headers) {
+        upstream_request.remove_header(&name);
+    }
+    let settings = &ctx.snapshot.settings;
+    let peer = ctx.request.peer;
+    let trusted = peer.is_some_and(|p| settings.is_trusted(p));
+    if let Some(peer) = peer {
+        let xff = upstream_request
+            .headers
+            .get(X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok());
+        let value = forwarding::forwarded_for(peer, xff, settings);
+        upstream_request.insert_header(X_FORWARDED_FOR, value)?;
+    }
+    if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_PROTO)) {
+        upstream_request.insert_header(X_FORWARDED_PROTO, "http")?;
+    }
+    if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_HOST)) {
+        match upstream_request.headers.get(HOST).cloned() {
+            Some(host) => upstream_request.insert_header(X_FORWARDED_HOST, host)?,
+            None => {
+                upstream_request.remove_header(X_FORWARDED_HOST);
+            }
+        }
+    }
+    upstream_request.insert_header(X_REQUEST_ID, ctx.request.id.as_str())?;
+    upstream_request.insert_header(TRACEPARENT, ctx.request.traceparent.as_str())?;
+    // Identity headers come only from a verified token, never from the client.
+    for name in &ctx.snapshot.identity_headers {
+        upstream_request.remove_header(name);
+    }
+    if let Some(route) = ctx.route() {
+        let info = ctx.info(route);
+        for policy in &route.policies {
+            policy.on_upstream_request(upstream_request, &info, &ctx.policy)?;
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -311,44 +404,8 @@ impl ProxyHttp for Gateway {
         if let Some(uri) = &ctx.upstream.uri {
             upstream_request.set_uri(uri.clone());
         }
-        for name in forwarding::hop_by_hop(&upstream_request.headers) {
-            upstream_request.remove_header(&name);
-        }
-        let settings = &ctx.snapshot.settings;
-        let peer = ctx.request.peer;
-        let trusted = peer.is_some_and(|p| settings.is_trusted(p));
-        if let Some(peer) = peer {
-            let xff = upstream_request
-                .headers
-                .get(X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok());
-            let value = forwarding::forwarded_for(peer, xff, settings);
-            upstream_request.insert_header(X_FORWARDED_FOR, value)?;
-        }
-        if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_PROTO)) {
-            upstream_request.insert_header(X_FORWARDED_PROTO, "http")?;
-        }
-        if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_HOST)) {
-            match upstream_request.headers.get(HOST).cloned() {
-                Some(host) => upstream_request.insert_header(X_FORWARDED_HOST, host)?,
-                None => {
-                    upstream_request.remove_header(X_FORWARDED_HOST);
-                }
-            }
-        }
-        upstream_request.insert_header(X_REQUEST_ID, ctx.request.id.as_str())?;
-        upstream_request.insert_header(TRACEPARENT, ctx.request.traceparent.as_str())?;
+        prepare_upstream_request(upstream_request, ctx)?;
         ctx.upstream.sent = Some(Instant::now());
-        // Identity headers come only from a verified token, never from the client.
-        for name in &ctx.snapshot.identity_headers {
-            upstream_request.remove_header(name);
-        }
-        if let Some(route) = ctx.route() {
-            let info = ctx.info(route);
-            for policy in &route.policies {
-                policy.on_upstream_request(upstream_request, &info, &ctx.policy)?;
-            }
-        }
         Ok(())
     }
 

@@ -5,8 +5,10 @@
 //! snapshot pairs match `i` with route `i`.
 
 pub mod normalize;
+pub mod template;
 
 use normalize::{normalize, PathError};
+use template::{Fill, PathTemplate};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::Regex;
@@ -21,12 +23,16 @@ pub enum PathRewrite {
         from: String,
         to: String,
     },
+    /// The whole path, from the values a `path_template` bound.
+    Template(Fill),
 }
 
 impl PathRewrite {
     /// The path sent upstream for a normalized request path.
-    pub fn apply<'a>(&self, path: &'a str) -> Cow<'a, str> {
+    /// `bound`: the values of the route's path template, if it has one.
+    pub fn apply<'a>(&self, path: &'a str, bound: &[(String, String)]) -> Cow<'a, str> {
         match self {
+            PathRewrite::Template(fill) => Cow::Owned(fill.render(bound)),
             PathRewrite::None => Cow::Borrowed(path),
             PathRewrite::Strip(prefix) => match path.strip_prefix(prefix.as_str()) {
                 Some(rest) if rest.starts_with('/') => Cow::Borrowed(rest),
@@ -46,6 +52,7 @@ pub enum PathMatch {
     Exact(String),
     Prefix(String),
     Regex(Regex),
+    Template(PathTemplate),
 }
 
 pub enum HostMatch {
@@ -104,6 +111,9 @@ impl Matcher {
             (PathMatch::Prefix(a), PathMatch::Exact(b) | PathMatch::Prefix(b)) => {
                 b.starts_with(a.as_str())
             }
+            (PathMatch::Prefix(a), PathMatch::Template(b)) => b.prefix().starts_with(a.as_str()),
+            (PathMatch::Template(a), PathMatch::Exact(b)) => a.matches(b),
+            (PathMatch::Template(a), PathMatch::Template(b)) => a.covers(b),
             _ => false,
         };
         let methods = match (&self.methods, &other.methods) {
@@ -136,10 +146,10 @@ impl Matcher {
 
     /// Everything but the method (the path's trie part is already known to match).
     fn rest_ok(&self, req: &RequestView) -> bool {
-        if let PathMatch::Regex(re) = &self.path {
-            if !re.is_match(req.path) {
-                return false;
-            }
+        match &self.path {
+            PathMatch::Regex(re) if !re.is_match(req.path) => return false,
+            PathMatch::Template(t) if !t.matches(req.path) => return false,
+            _ => {}
         }
         if let Some(host) = &self.host {
             if !host.matches(req.host) {
@@ -219,6 +229,11 @@ impl Router {
                     let n = router.insert(p);
                     router.nodes[n].prefix_routes.push(i);
                 }
+                // A template is indexed by its literal prefix and checked whole.
+                PathMatch::Template(t) => {
+                    let n = router.insert(&t.prefix());
+                    router.nodes[n].prefix_routes.push(i);
+                }
                 PathMatch::Regex(_) | PathMatch::Any => always.push(i),
             }
         }
@@ -251,6 +266,19 @@ impl Router {
 
     pub fn matchers(&self) -> &[Matcher] {
         &self.matchers
+    }
+
+    /// The values route `index`'s path template binds in `path` (none without a template).
+    pub fn bind(&self, index: usize, path: &str) -> Vec<(String, String)> {
+        match &self.matchers[index].path {
+            PathMatch::Template(t) => t
+                .bind(path)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     fn insert(&mut self, key: &str) -> usize {
@@ -344,8 +372,13 @@ impl Router {
     /// shadowing lint, on the same candidate lists requests are routed by.
     pub fn shadowed_by(&self, j: usize) -> Option<usize> {
         let later = &self.matchers[j];
-        let candidates = match &later.path {
-            PathMatch::Exact(p) | PathMatch::Prefix(p) => {
+        let key = match &later.path {
+            PathMatch::Template(t) => Some(t.prefix()),
+            PathMatch::Exact(p) | PathMatch::Prefix(p) => Some(p.clone()),
+            PathMatch::Any | PathMatch::Regex(_) => None,
+        };
+        let candidates = match key {
+            Some(p) => {
                 let mut node = &self.nodes[0];
                 for &b in p.as_bytes() {
                     let i = node.edges.binary_search_by_key(&b, |e| e.0).ok()?;
@@ -357,7 +390,7 @@ impl Router {
                 };
                 &self.lists[list as usize]
             }
-            PathMatch::Any | PathMatch::Regex(_) => &self.lists[0],
+            None => &self.lists[0],
         };
         candidates
             .iter()
@@ -506,18 +539,18 @@ mod tests {
     #[test]
     fn rewrites() {
         assert_eq!(
-            PathRewrite::Strip("/api".into()).apply("/api/users"),
+            PathRewrite::Strip("/api".into()).apply("/api/users", &[]),
             "/users"
         );
         assert_eq!(
-            PathRewrite::Strip("/api/".into()).apply("/api/users"),
+            PathRewrite::Strip("/api/".into()).apply("/api/users", &[]),
             "/users"
         );
-        assert_eq!(PathRewrite::Strip("/api".into()).apply("/api"), "/");
+        assert_eq!(PathRewrite::Strip("/api".into()).apply("/api", &[]), "/");
         let r = PathRewrite::Replace {
             from: "/v1/".into(),
             to: "/internal/v2/".into(),
         };
-        assert_eq!(r.apply("/v1/users"), "/internal/v2/users");
+        assert_eq!(r.apply("/v1/users", &[]), "/internal/v2/users");
     }
 }

@@ -182,6 +182,12 @@ async fn handle(
         headers: headers.clone(),
         body_len: len,
     });
+    if let (Some(key), Some(n)) = (
+        q.get("rendezvous"),
+        q.get("of").and_then(|n| n.parse().ok()),
+    ) {
+        rendezvous(key, n).await;
+    }
     if let Some(ms) = q.get("sleep_ms").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -209,6 +215,18 @@ async fn handle(
         .header("keep-alive", "timeout=5")
         .body(Full::new(Bytes::from(reply.to_string())).boxed())
         .unwrap())
+}
+
+/// Waits until `n` requests (to any test upstream of this process) named `key`, or 5 s.
+/// Requests made one after another cannot all be waiting at once: proof of parallelism
+/// without a timing assertion.
+async fn rendezvous(key: &str, n: usize) {
+    static ARRIVED: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
+    *ARRIVED.lock().unwrap().entry(key.to_string()).or_default() += 1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while ARRIVED.lock().unwrap()[key] < n && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// The download body: `left` bytes in 64 KiB chunks; byte `o` is `pattern_byte(o)`.

@@ -1,0 +1,632 @@
+//! `aggregate` routes: one request answered with one JSON object composed of several
+//! upstream calls made in parallel. Each call goes through its upstream's balancing,
+//! health, breaker, timeouts and retries, over Pingora's pooled connector, with the headers
+//! a proxied request would carry. Failure is never silent: a required call that fails
+//! fails the answer (502/504 naming it); an optional one is left out and named in
+//! `X-Portico-Partial`.
+
+use crate::diag::Diags;
+use crate::errors::GatewayError;
+use crate::router::template::encode_segment as encode;
+use crate::telemetry::Metrics;
+use crate::units::ByteSize;
+use crate::upstream::{PickError, Upstream};
+use bytes::Bytes;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::prelude::HttpPeer;
+use prometheus::{Histogram, IntCounterVec};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `aggregate: { timeout: 2s, calls: [...] }` on a route.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAggregate {
+    /// Longest the whole answer may take (default 5s); no call runs longer.
+    #[schemars(with = "Option<String>")]
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Largest body a call may return (default 1MiB); a larger one fails the call.
+    pub max_body: Option<ByteSize>,
+    pub calls: Vec<RawCall>,
+}
+
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCall {
+    /// The key of this call's body in the answer.
+    pub name: String,
+    pub upstream: String,
+    /// The path (and query) called, with `{binding}`, `{claim.NAME}`, `{query.NAME}`.
+    pub path: String,
+    /// A required call that fails fails the whole answer (default true).
+    #[serde(default = "yes")]
+    pub required: bool,
+    #[schemars(with = "Option<String>")]
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Put the body's fields at the top level instead of under `name`.
+    #[serde(default)]
+    pub merge: bool,
+    /// Keep only these fields (dot paths; applied to each element of an array).
+    pub allow: Option<Vec<String>>,
+    /// Drop these fields (dot paths).
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
+const IDLE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Binding(String),
+    Claim(String),
+    Query(String),
+}
+
+/// A call's path with its placeholders, split at compile time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallPath(Vec<Piece>);
+
+/// What a call's placeholders are filled from.
+pub struct Values<'a> {
+    pub bound: &'a [(String, String)],
+    pub claims: Option<&'a Value>,
+    pub query: Option<&'a str>,
+}
+
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+impl CallPath {
+    fn parse(text: &str, names: &HashSet<&str>) -> Result<CallPath, String> {
+        let mut pieces = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find('{') {
+            let end = rest[start..]
+                .find('}')
+                .ok_or_else(|| format!("`{text}` has an unclosed `{{`"))?;
+            let name = &rest[start + 1..start + end];
+            pieces.push(Piece::Text(rest[..start].to_string()));
+            pieces.push(if let Some(c) = name.strip_prefix("claim.") {
+                Piece::Claim(c.to_string())
+            } else if let Some(q) = name.strip_prefix("query.") {
+                Piece::Query(q.to_string())
+            } else if names.contains(name) {
+                Piece::Binding(name.to_string())
+            } else {
+                return Err(format!(
+                    "`{{{name}}}` is neither bound by the route's path_template nor {{claim.NAME}} or {{query.NAME}}"
+                ));
+            });
+            rest = &rest[start + end + 1..];
+        }
+        pieces.push(Piece::Text(rest.to_string()));
+        pieces.retain(|p| !matches!(p, Piece::Text(t) if t.is_empty()));
+        let sample = CallPath(pieces.clone()).render_with(|_| Some("x".into()));
+        if !sample.starts_with('/') || sample.parse::<http::Uri>().is_err() {
+            return Err(format!("`{text}` is not a path (and query) to call"));
+        }
+        Ok(CallPath(pieces))
+    }
+
+    fn render_with(&self, mut value: impl FnMut(&Piece) -> Option<String>) -> String {
+        let mut out = String::new();
+        for piece in &self.0 {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                other => out.push_str(&value(other).unwrap_or_default()),
+            }
+        }
+        out
+    }
+
+    /// The path to call; every placeholder value is percent-encoded.
+    pub fn render(&self, v: &Values) -> String {
+        self.render_with(|piece| match piece {
+            Piece::Binding(name) => v
+                .bound
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, value)| encode(value)),
+            Piece::Claim(name) => v
+                .claims
+                .and_then(|c| crate::policy::auth::claim(c, name))
+                .map(|c| encode(&crate::policy::auth::header_text(c))),
+            Piece::Query(name) => query_value(v.query, name).map(encode),
+            Piece::Text(_) => None,
+        })
+    }
+
+    /// The path with the placeholders it could not fill shown as written (for `route`).
+    pub fn explain(&self, v: &Values) -> String {
+        let shown = CallPath(
+            self.0
+                .iter()
+                .map(|p| match p {
+                    Piece::Claim(c) if v.claims.is_none() => Piece::Text(format!("{{claim.{c}}}")),
+                    other => other.clone(),
+                })
+                .collect(),
+        );
+        shown.render(v)
+    }
+}
+
+/// Why a call failed; the outcome label of its metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallError {
+    Timeout,
+    Unreachable,
+    CircuitOpen,
+    NoHealthyUpstream,
+    NoAddress,
+    BadStatus(u16),
+    NotJson,
+    NotObject,
+    TooLarge,
+}
+
+impl CallError {
+    pub fn outcome(self) -> &'static str {
+        match self {
+            CallError::Timeout => "timeout",
+            CallError::Unreachable => "unreachable",
+            CallError::CircuitOpen => "circuit_open",
+            CallError::NoHealthyUpstream => "no_healthy_upstream",
+            CallError::NoAddress => "no_upstream_available",
+            CallError::BadStatus(_) => "bad_status",
+            CallError::NotJson => "not_json",
+            CallError::NotObject => "not_object",
+            CallError::TooLarge => "too_large",
+        }
+    }
+
+    fn describe(self, max_body: u64) -> String {
+        match self {
+            CallError::Timeout => "it did not answer in time".into(),
+            CallError::Unreachable => "its upstream could not be reached".into(),
+            CallError::CircuitOpen => "its upstream's circuit breaker is open".into(),
+            CallError::NoHealthyUpstream => "every target of its upstream is unhealthy".into(),
+            CallError::NoAddress => "no target of its upstream has an address".into(),
+            CallError::BadStatus(s) => format!("it answered {s}"),
+            CallError::NotJson => "its body is not JSON".into(),
+            CallError::NotObject => "its body is not a JSON object, so it cannot be merged".into(),
+            CallError::TooLarge => format!("its body is over {max_body} bytes"),
+        }
+    }
+}
+
+impl From<PickError> for CallError {
+    fn from(e: PickError) -> CallError {
+        match e {
+            PickError::Exhausted => CallError::Unreachable,
+            PickError::CircuitOpen => CallError::CircuitOpen,
+            PickError::Unhealthy => CallError::NoHealthyUpstream,
+            PickError::NoAddress => CallError::NoAddress,
+        }
+    }
+}
+
+/// A call's metric handles, resolved at compile time (the outcome on first use).
+struct CallMetrics {
+    calls: IntCounterVec,
+    route: String,
+    duration: Histogram,
+}
+
+pub struct Call {
+    pub name: String,
+    pub upstream: Arc<Upstream>,
+    pub path: CallPath,
+    pub required: bool,
+    timeout: Option<Duration>,
+    merge: bool,
+    allow: Option<Vec<Vec<String>>>,
+    deny: Vec<Vec<String>>,
+    metrics: CallMetrics,
+}
+
+pub struct Aggregate {
+    pub timeout: Duration,
+    pub max_body: u64,
+    pub calls: Vec<Call>,
+}
+
+/// The composed answer.
+pub struct Answer {
+    pub body: Bytes,
+    /// Optional calls that failed, for `X-Portico-Partial`.
+    pub partial: Vec<String>,
+    /// `name:outcome` of every call, for the access log.
+    pub outcomes: String,
+}
+
+fn split_paths(list: &[String]) -> Vec<Vec<String>> {
+    list.iter()
+        .map(|p| p.split('.').map(str::to_string).collect())
+        .collect()
+}
+
+/// Keeps only the `allow` paths of an object (each element of an array).
+fn keep(value: &Value, allow: &[Vec<String>]) -> Value {
+    match value {
+        Value::Array(items) => Value::Array(items.iter().map(|v| keep(v, allow)).collect()),
+        Value::Object(map) => {
+            let mut out = Map::new();
+            for path in allow {
+                let Some((head, tail)) = path.split_first() else {
+                    continue;
+                };
+                let Some(v) = map.get(head) else { continue };
+                let kept = if tail.is_empty() {
+                    v.clone()
+                } else {
+                    let merged = keep(v, &[tail.to_vec()]);
+                    match (out.remove(head), merged) {
+                        (Some(Value::Object(mut a)), Value::Object(b)) => {
+                            a.extend(b);
+                            Value::Object(a)
+                        }
+                        (_, m) => m,
+                    }
+                };
+                out.insert(head.clone(), kept);
+            }
+            Value::Object(out)
+        }
+        other => other.clone(),
+    }
+}
+
+/// Removes the `deny` paths (in each element of an array).
+fn drop_paths(value: &mut Value, deny: &[Vec<String>]) {
+    match value {
+        Value::Array(items) => items.iter_mut().for_each(|v| drop_paths(v, deny)),
+        Value::Object(map) => {
+            for path in deny {
+                match path.as_slice() {
+                    [last] => {
+                        map.remove(last);
+                    }
+                    [head, tail @ ..] => {
+                        if let Some(v) = map.get_mut(head) {
+                            drop_paths(v, &[tail.to_vec()]);
+                        }
+                    }
+                    [] => {}
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Call {
+    fn shape(&self, mut body: Value) -> Result<Value, CallError> {
+        if let Some(allow) = &self.allow {
+            body = keep(&body, allow);
+        }
+        drop_paths(&mut body, &self.deny);
+        if self.merge && !body.is_object() {
+            return Err(CallError::NotObject);
+        }
+        Ok(body)
+    }
+
+    /// One call: a target is picked (retrying another on connect failure, as proxying
+    /// does), the body read whole up to `max_body`.
+    async fn fetch(
+        &self,
+        connector: &Connector,
+        req: &RequestHeader,
+        deadline: Instant,
+        max_body: u64,
+    ) -> Result<Value, CallError> {
+        let up = &self.upstream;
+        let mut tried = Vec::new();
+        loop {
+            let pick = up.pick(None, &tried)?;
+            tried.push(pick.index);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut peer = HttpPeer::new(pick.addr, false, String::new());
+            peer.options.connection_timeout = Some(up.connect_timeout.min(left));
+            peer.options.read_timeout = Some(up.read_timeout.min(left));
+            peer.options.write_timeout = Some(up.write_timeout.min(left));
+            let connect = tokio::time::timeout(left, connector.get_http_session(&peer)).await;
+            let mut session = match connect {
+                Ok(Ok((session, _reused))) => session,
+                Ok(Err(e)) => {
+                    pick.finish(Some(false));
+                    let timed_out = Instant::now() >= deadline;
+                    if !timed_out && tried.len() <= up.retry_attempts as usize {
+                        continue;
+                    }
+                    tracing::debug!(call = %self.name, error = %e, "aggregate call could not connect");
+                    return Err(if timed_out {
+                        CallError::Timeout
+                    } else {
+                        CallError::Unreachable
+                    });
+                }
+                Err(_) => {
+                    pick.finish(Some(false));
+                    return Err(CallError::Timeout);
+                }
+            };
+            // Timed out here, not by dropping the call, so the target's breaker hears of it.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let result = tokio::time::timeout(left, exchange(&mut session, req.clone(), max_body))
+                .await
+                .unwrap_or(Err(CallError::Timeout));
+            let ok_status = match &result {
+                Ok((status, _)) => Some(*status < 500),
+                Err(CallError::TooLarge) => Some(true),
+                Err(_) => Some(false),
+            };
+            pick.finish(ok_status);
+            let (status, body) = result?;
+            connector
+                .release_http_session(session, &peer, Some(IDLE))
+                .await;
+            if !(200..300).contains(&status) {
+                return Err(CallError::BadStatus(status));
+            }
+            let value = serde_json::from_slice(&body).map_err(|_| CallError::NotJson)?;
+            return self.shape(value);
+        }
+    }
+}
+
+/// Sends a body-less request and reads the whole answer (at most `max_body` bytes).
+async fn exchange(
+    session: &mut pingora::protocols::http::client::HttpSession,
+    req: RequestHeader,
+    max_body: u64,
+) -> Result<(u16, Vec<u8>), CallError> {
+    let timeout = |e: pingora::BError| match e.etype() {
+        pingora::ErrorType::ReadTimedout
+        | pingora::ErrorType::WriteTimedout
+        | pingora::ErrorType::ConnectTimedout => CallError::Timeout,
+        _ => CallError::Unreachable,
+    };
+    session
+        .write_request_header(Box::new(req))
+        .await
+        .map_err(timeout)?;
+    session.finish_request_body().await.map_err(timeout)?;
+    session.read_response_header().await.map_err(timeout)?;
+    let status = session.response_header().map_or(0, |h| h.status.as_u16());
+    let declared = session
+        .response_header()
+        .and_then(|h| h.headers.get(http::header::CONTENT_LENGTH))
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max_body) {
+        return Err(CallError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_response_body().await.map_err(timeout)? {
+        body.extend_from_slice(&chunk);
+        if body.len() as u64 > max_body {
+            return Err(CallError::TooLarge);
+        }
+    }
+    Ok((status, body))
+}
+
+impl Aggregate {
+    /// Makes every call in parallel and composes the answer. `base` is the request as it
+    /// would be proxied (forwarded headers, identity headers); each call sends it as a GET
+    /// to its own path.
+    pub async fn run(
+        &self,
+        connector: &Connector,
+        base: &RequestHeader,
+        values: &Values<'_>,
+    ) -> Result<Answer, GatewayError> {
+        let started = Instant::now();
+        let calls = self.calls.iter().map(|call| async move {
+            let mut req = base.clone();
+            let path = call.path.render(values);
+            if let Ok(uri) = path.parse::<http::Uri>() {
+                req.set_uri(uri);
+            }
+            let limit = call.timeout.unwrap_or(self.timeout).min(self.timeout);
+            let deadline = started + limit;
+            let result = call.fetch(connector, &req, deadline, self.max_body).await;
+            let m = &call.metrics;
+            let outcome = result.as_ref().err().map_or("ok", |e| e.outcome());
+            m.calls
+                .with_label_values(&[m.route.as_str(), call.name.as_str(), outcome])
+                .inc();
+            m.duration.observe(started.elapsed().as_secs_f64());
+            result
+        });
+        let results = futures::future::join_all(calls).await;
+        let mut top = Map::new();
+        let mut partial = Vec::new();
+        let mut outcomes = Vec::new();
+        for (call, result) in self.calls.iter().zip(results) {
+            let outcome = result.as_ref().err().map_or("ok", |e| e.outcome());
+            outcomes.push(format!("{}:{outcome}", call.name));
+            match result {
+                Ok(Value::Object(fields)) if call.merge => top.extend(fields),
+                Ok(body) => {
+                    top.insert(call.name.clone(), body);
+                }
+                Err(e) if call.required => {
+                    return Err(GatewayError::AggregateFailed {
+                        call: call.name.clone(),
+                        timeout: e == CallError::Timeout,
+                        reason: e.describe(self.max_body),
+                    })
+                }
+                Err(_) => partial.push(call.name.clone()),
+            }
+        }
+        Ok(Answer {
+            body: Bytes::from(Value::Object(top).to_string()),
+            partial,
+            outcomes: outcomes.join(","),
+        })
+    }
+}
+
+/// Compiles a route's `aggregate` (`at` is the route). `names` are the bindings of the
+/// route's path template.
+pub fn compile(
+    d: &mut Diags,
+    at: &str,
+    raw: &RawAggregate,
+    names: &HashSet<&str>,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    metrics: &Metrics,
+    route: &str,
+) -> Option<Aggregate> {
+    let at = format!("{at}.aggregate");
+    let errors = d.errors();
+    if raw.calls.is_empty() {
+        d.error(
+            &format!("{at}.calls"),
+            "an aggregate needs at least one call",
+            None,
+        );
+    }
+    if raw.timeout.is_some_and(|t| t.is_zero()) {
+        d.error(
+            &format!("{at}.timeout"),
+            "the timeout must be longer than 0",
+            None,
+        );
+    }
+    let mut seen = HashSet::new();
+    let mut calls = Vec::new();
+    for (i, c) in raw.calls.iter().enumerate() {
+        let here = format!("{at}.calls[{i}]");
+        if !seen.insert(c.name.as_str()) {
+            d.error(
+                &format!("{here}.name"),
+                format!("duplicate call name `{}`", c.name),
+                Some("each call's body goes under its name; rename one".into()),
+            );
+        }
+        let upstream = upstreams.get(&c.upstream).cloned();
+        if upstream.is_none() {
+            let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+            d.error(
+                &format!("{here}.upstream"),
+                format!("unknown upstream `{}`", c.upstream),
+                Some(format!("defined upstreams: {}", known.join(", "))),
+            );
+        }
+        let path = CallPath::parse(&c.path, names)
+            .map_err(|e| {
+                d.error(
+                    &format!("{here}.path"),
+                    e,
+                    Some(
+                        "placeholders: {NAME} from path_template, {claim.NAME}, {query.NAME}"
+                            .into(),
+                    ),
+                )
+            })
+            .ok();
+        if c.timeout.is_some_and(|t| t.is_zero()) {
+            d.error(
+                &format!("{here}.timeout"),
+                "the timeout must be longer than 0",
+                None,
+            );
+        }
+        let (Some(upstream), Some(path)) = (upstream, path) else {
+            continue;
+        };
+        calls.push(Call {
+            name: c.name.clone(),
+            upstream,
+            path,
+            required: c.required,
+            timeout: c.timeout,
+            merge: c.merge,
+            allow: c.allow.as_deref().map(split_paths),
+            deny: split_paths(&c.deny),
+            metrics: CallMetrics {
+                calls: metrics.aggregate_calls.clone(),
+                route: route.to_string(),
+                duration: metrics
+                    .aggregate_duration
+                    .with_label_values(&[route, c.name.as_str()]),
+            },
+        });
+    }
+    (d.errors() == errors).then(|| Aggregate {
+        timeout: raw.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        max_body: raw.max_body.map_or(DEFAULT_MAX_BODY, |b| b.0),
+        calls,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn path(text: &str) -> CallPath {
+        CallPath::parse(text, &HashSet::from(["id"])).unwrap()
+    }
+
+    #[test]
+    fn placeholders_are_encoded_so_they_cannot_move_the_path() {
+        let bound = vec![("id".to_string(), "a%20b".to_string())];
+        let claims = json!({"sub": "u/1?x=2"});
+        let v = Values {
+            bound: &bound,
+            claims: Some(&claims),
+            query: Some("q=..&r=%2Fetc"),
+        };
+        assert_eq!(
+            path("/users/{id}/x?owner={claim.sub}").render(&v),
+            "/users/a%20b/x?owner=u%2F1%3Fx%3D2"
+        );
+        assert_eq!(path("/items/{query.q}").render(&v), "/items/%2E%2E");
+        assert_eq!(path("/items/{query.r}").render(&v), "/items/%2Fetc");
+        assert_eq!(path("/items/{query.none}").render(&v), "/items/");
+    }
+
+    #[test]
+    fn unknown_placeholders_and_non_paths_are_refused() {
+        let names = HashSet::from(["id"]);
+        assert!(CallPath::parse("/users/{nope}", &names)
+            .unwrap_err()
+            .contains("`{nope}`"));
+        assert!(CallPath::parse("users/{id}", &names).is_err());
+        assert!(CallPath::parse("/users/{id", &names).is_err());
+    }
+
+    #[test]
+    fn allow_and_deny_filter_fields() {
+        let body = json!([{"id": 1, "total": 5, "secret": "x", "meta": {"a": 1, "b": 2}}]);
+        let allow = split_paths(&["id".into(), "meta.a".into()]);
+        assert_eq!(keep(&body, &allow), json!([{"id": 1, "meta": {"a": 1}}]));
+        let mut body = json!({"id": 1, "secret": "x", "meta": {"a": 1, "b": 2}});
+        drop_paths(&mut body, &split_paths(&["secret".into(), "meta.b".into()]));
+        assert_eq!(body, json!({"id": 1, "meta": {"a": 1}}));
+    }
+}
