@@ -34,7 +34,8 @@ daemon off; pid $work/origin.pid; error_log $work/origin.err;
 events { worker_connections 4096; }
 http { access_log off;
   server { listen 127.0.0.1:$1; keepalive_requests 100000;
-    location / { default_type text/plain; return 200 "hello from origin\n"; } } }
+    location / { default_type text/plain; return 200 "hello from origin\n"; }
+    location /json/ { default_type application/json; return 200 '{"id": 7, "name": "origin", "total": 3}'; } } }
 CONF
 }
 
@@ -60,6 +61,13 @@ server: { threads: 1 }
 upstreams:
   origin: { targets: ["127.0.0.1:$3"] }
 routes:
+  - name: agg
+    match: { path_template: "/agg/{id}" }
+    aggregate:
+      calls:
+        - { name: user, upstream: origin, path: "/json/users/{id}" }
+        - { name: orders, upstream: origin, path: "/json/orders?user={id}", allow: [id, total] }
+        - { name: prefs, upstream: origin, path: "/json/prefs/{id}", merge: true }
   - name: all
     match: { path_prefix: / }
     upstream: origin
