@@ -22,6 +22,10 @@ pub enum AuthError {
     WrongAudience,
     MissingClaim(String),
     KeysUnavailable,
+    /// The header lists critical extensions (`crit`); Portico implements none.
+    CriticalExtension,
+    /// A time claim (`exp`, `nbf`, `iat`) that is not a number.
+    BadTimeClaim(&'static str),
 }
 
 impl AuthError {
@@ -38,6 +42,8 @@ impl AuthError {
             AuthError::WrongAudience => "token_wrong_audience",
             AuthError::MissingClaim(_) => "token_missing_claim",
             AuthError::KeysUnavailable => "token_keys_unavailable",
+            AuthError::CriticalExtension => "token_unsupported_crit",
+            AuthError::BadTimeClaim(_) => "token_bad_time_claim",
         }
     }
 
@@ -54,6 +60,10 @@ impl AuthError {
             AuthError::WrongAudience => "the token has the wrong audience".into(),
             AuthError::MissingClaim(c) => format!("the token lacks the required claim `{c}`"),
             AuthError::KeysUnavailable => "the signing keys could not be fetched".into(),
+            AuthError::CriticalExtension => {
+                "the token requires extensions (`crit`) this gateway does not implement".into()
+            }
+            AuthError::BadTimeClaim(c) => format!("the token's `{c}` claim is not a number"),
         }
     }
 }

@@ -88,7 +88,7 @@ fn graceful_binary_upgrade_hands_over_the_sockets_without_failing_a_request() {
         }
         statuses
     });
-    let mut new = old.successor();
+    let new = old.successor();
     let sock = format!("/tmp/portico-upgrade-{}.sock", old.proxy.port());
     let listening = wait_until(Duration::from_secs(15), || Path::new(&sock).exists());
     assert!(
@@ -103,8 +103,7 @@ fn graceful_binary_upgrade_hands_over_the_sockets_without_failing_a_request() {
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let statuses = load.join().unwrap();
-    let _ = new.kill();
-    let _ = new.wait();
+    drop(new);
     assert!(statuses.len() > 20);
     assert!(
         statuses.iter().all(|s| *s == 200),
@@ -132,7 +131,7 @@ fn upgrade_socket_and_pid_file_are_per_gateway() {
     let mut old = Gateway::start(&body);
     let holds = |want: u32| std::fs::read_to_string(&pid).is_ok_and(|p| p == want.to_string());
     assert!(holds(old.pid()), "the pid file names the running gateway");
-    let mut new = old.successor();
+    let new = old.successor();
     let listening = wait_until(Duration::from_secs(15), || sock.exists());
     assert!(
         listening.is_some(),
@@ -143,7 +142,7 @@ fn upgrade_socket_and_pid_file_are_per_gateway() {
         old.child.try_wait().unwrap().is_some()
     });
     assert!(exited.is_some(), "the old process hands over and exits");
-    let new_pid = new.id();
+    let new_pid = new.0.id();
     let named = wait_until(Duration::from_secs(15), || holds(new_pid));
     assert!(named.is_some(), "the pid file names the successor");
     let resp = client().get(old.url("/x")).send().unwrap();
@@ -152,6 +151,4 @@ fn upgrade_socket_and_pid_file_are_per_gateway() {
         200,
         "the successor serves on the handed-over socket"
     );
-    new.kill().unwrap();
-    new.wait().unwrap();
 }

@@ -318,3 +318,33 @@ routes:
     );
     assert_json_error(refused, 401, "token_missing");
 }
+
+/// Behind a front proxy that adds its own `X-Forwarded-For` line, the client's forged
+/// line does not decide the client IP: every line counts, as one list.
+#[test]
+fn every_forwarded_for_line_counts_so_a_client_cannot_choose_its_ip() {
+    let up = TestUpstream::start("svc");
+    let gw = Gateway::start(&format!(
+        "server: {{ threads: 1, trusted_proxies: [127.0.0.1] }}\nupstreams:\n  svc: {{ targets: [\"{}\"] }}\nip_access:\n  real: {{ allow: [8.8.8.8] }}\nroutes:\n  - {{ name: api, match: {{ path_prefix: / }}, upstream: svc, ip_access: real }}\n",
+        up.addr
+    ));
+    let resp = client()
+        .get(gw.url("/x"))
+        .header("x-forwarded-for", "1.2.3.4")
+        .header("x-forwarded-for", "8.8.8.8")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        up.last().headers["x-forwarded-for"],
+        ["1.2.3.4, 8.8.8.8, 127.0.0.1"],
+        "one chain upstream, the peer appended"
+    );
+    let forged = client()
+        .get(gw.url("/x"))
+        .header("x-forwarded-for", "8.8.8.8")
+        .header("x-forwarded-for", "1.2.3.4")
+        .send()
+        .unwrap();
+    assert_json_error(forged, 403, "ip_forbidden");
+}

@@ -367,6 +367,23 @@ pub struct AuthPolicy {
     pub forward: Vec<(String, HeaderName)>,
 }
 
+/// Whether the token's header has a `crit` member (parsed as JSON, so an escaped key
+/// counts too).
+fn has_crit(token: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Crit {
+        crit: Option<serde::de::IgnoredAny>,
+    }
+    let Some(header) = token.split('.').next() else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Crit>(&bytes).ok())
+        .is_some_and(|h| h.crit.is_some())
+}
+
 /// The `alg` of a token whose header jsonwebtoken refuses (e.g. `none`).
 fn raw_alg(token: &str) -> Option<String> {
     let header = token.split('.').next()?;
@@ -388,6 +405,9 @@ impl AuthPolicy {
             Some(_) => AuthError::AlgorithmNotAllowed,
             None => AuthError::Malformed,
         })?;
+        if has_crit(token) {
+            return Err(AuthError::CriticalExtension);
+        }
         let validation = self
             .validations
             .iter()
@@ -404,6 +424,13 @@ impl AuthPolicy {
             Keys::Set(keys) => decode(pick_key(keys, kid)),
             Keys::Remote(remote) => decode(pick_key(&*remote.keys_for(kid).await?, kid)),
         }?;
+        // jsonwebtoken skips a time claim it cannot read as a number (`"nbf": "tomorrow"`):
+        // such a token is refused, not taken as having no such limit.
+        for name in ["exp", "nbf", "iat"] {
+            if data.claims.get(name).is_some_and(|v| !v.is_number()) {
+                return Err(AuthError::BadTimeClaim(name));
+            }
+        }
         if let Some(missing) = self
             .required_claims
             .iter()
@@ -812,5 +839,63 @@ mod tests {
         assert!(d.items.iter().any(|x| x
             .message
             .contains("`none` is not a supported JWT algorithm")));
+    }
+
+    fn hs_policy() -> AuthPolicy {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.validate_nbf = true;
+        v.validate_aud = false;
+        v.set_required_spec_claims(&["exp"]);
+        AuthPolicy {
+            name: "hs".into(),
+            source: TokenSource::Bearer,
+            keys: Keys::Single(DecodingKey::from_secret(b"s3cret")),
+            validations: vec![(Algorithm::HS256, v)],
+            required_claims: Vec::new(),
+            forward: Vec::new(),
+        }
+    }
+
+    /// Signs any header and claims, so tests can write what jsonwebtoken's encoder would not.
+    fn forge(header: serde_json::Value, claims: serde_json::Value) -> String {
+        let b64 = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let message = format!("{}.{}", b64(&header), b64(&claims));
+        let key = jsonwebtoken::EncodingKey::from_secret(b"s3cret");
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{message}.{signature}")
+    }
+
+    #[tokio::test]
+    async fn critical_extensions_and_non_numeric_time_claims_are_refused() {
+        let policy = hs_policy();
+        let exp = 4_000_000_000u64;
+        let ok = forge(json!({"alg": "HS256"}), json!({"sub": "u", "exp": exp}));
+        assert!(policy.verify(&ok).await.is_ok());
+        let crit = forge(
+            json!({"alg": "HS256", "crit": ["b64"], "b64": false}),
+            json!({"exp": exp}),
+        );
+        assert_eq!(
+            policy.verify(&crit).await,
+            Err(AuthError::CriticalExtension)
+        );
+        let nbf = forge(
+            json!({"alg": "HS256"}),
+            json!({"exp": exp, "nbf": "2999-01-01"}),
+        );
+        assert_eq!(
+            policy.verify(&nbf).await,
+            Err(AuthError::BadTimeClaim("nbf"))
+        );
+        let iat = forge(json!({"alg": "HS256"}), json!({"exp": exp, "iat": true}));
+        assert_eq!(
+            policy.verify(&iat).await,
+            Err(AuthError::BadTimeClaim("iat"))
+        );
+        let future = forge(json!({"alg": "HS256"}), json!({"exp": exp, "nbf": exp - 1}));
+        assert_eq!(policy.verify(&future).await, Err(AuthError::NotYetValid));
     }
 }

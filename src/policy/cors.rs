@@ -66,6 +66,37 @@ pub fn wildcard(origin: &str) -> Option<(String, String)> {
         .then(|| (format!("{scheme}://"), suffix.to_ascii_lowercase()))
 }
 
+/// `scheme://` and host of an origin `scheme://host[:port]` (lower-case); None for anything
+/// else (paths, fragments, user info, a port that is not a number).
+fn split_origin(origin: &str) -> Option<(&str, &str)> {
+    let sep = origin.find("://")?;
+    let (scheme, rest) = (&origin[..sep + 3], &origin[sep + 3..]);
+    let scheme_ok = sep > 0
+        && origin[..sep]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (rest, None),
+    };
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let host_ok = !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    (scheme_ok && port_ok && host_ok).then_some((scheme, host))
+}
+
+/// Whether `domain` is itself a public suffix (`com`, `co.uk`, `github.io`): a pattern
+/// over it would trust every site registered there.
+fn is_public_suffix(domain: &str) -> bool {
+    psl::suffix_str(domain) == Some(domain)
+}
+
 impl CorsPolicy {
     pub fn new(name: &str, spec: CorsSpec) -> Result<CorsPolicy, String> {
         let any_origin = spec.origins.iter().any(|o| o == "*");
@@ -76,9 +107,20 @@ impl CorsPolicy {
         let mut wildcards = Vec::new();
         for o in spec.origins.iter().filter(|o| *o != "*") {
             if o.contains('*') {
-                wildcards.push(wildcard(o).ok_or_else(|| {
+                let (scheme, suffix) = wildcard(o).ok_or_else(|| {
                     format!("origin pattern `{o}` must look like https://*.example.com")
-                })?);
+                })?;
+                if split_origin(&format!("{scheme}x{suffix}")).is_none() {
+                    return Err(format!(
+                        "origin pattern `{o}` must look like https://*.example.com"
+                    ));
+                }
+                if spec.credentials && is_public_suffix(&suffix[1..]) {
+                    return Err(format!(
+                        "origin pattern `{o}` covers a public suffix: with allow_credentials, every site under it could read credentialed answers"
+                    ));
+                }
+                wildcards.push((scheme, suffix));
             } else if o
                 .split_once("://")
                 .is_some_and(|(_, host)| !host.is_empty() && !host.contains('/'))
@@ -112,14 +154,17 @@ impl CorsPolicy {
 
     pub fn allows_origin(&self, origin: &str) -> bool {
         let origin = origin.to_ascii_lowercase();
-        self.any_origin
-            || self.exact.contains(&origin)
-            || self.wildcards.iter().any(|(scheme, suffix)| {
-                origin.strip_prefix(scheme.as_str()).is_some_and(|host| {
-                    let host = host.split(':').next().unwrap_or(host);
-                    host.len() > suffix.len() && host.ends_with(suffix.as_str())
-                })
-            })
+        if self.any_origin || self.exact.contains(&origin) {
+            return true;
+        }
+        // A pattern matches only a well-formed origin: `https://evil.com#.example.com` or
+        // `https://x.example.com:evil` are not `https://*.example.com`.
+        let Some((scheme, host)) = split_origin(&origin) else {
+            return false;
+        };
+        self.wildcards.iter().any(|(s, suffix)| {
+            s == scheme && host.len() > suffix.len() && host.ends_with(suffix.as_str())
+        })
     }
 
     fn allow_origin_value(&self, origin: &HeaderValue) -> HeaderValue {
@@ -274,6 +319,34 @@ mod tests {
         assert!(!p.allows_origin("http://eu.example.org"));
         assert!(!p.allows_origin("https://evilexample.org"));
         assert!(!p.allows_origin("https://app.example.com.evil.io"));
+        assert!(
+            !p.allows_origin("https://evil.com#.example.org"),
+            "a fragment is no host"
+        );
+        assert!(
+            !p.allows_origin("https://x.example.org:evil"),
+            "a port is a number"
+        );
+        assert!(!p.allows_origin("https://a@x.example.org"), "no user info");
+        assert!(!p.allows_origin("https://x.example.org/path"));
+        assert!(
+            p.allows_origin("HTTPS://EU.EXAMPLE.ORG"),
+            "case-insensitive"
+        );
+    }
+
+    #[test]
+    fn patterns_over_a_public_suffix_are_refused_with_credentials() {
+        for pattern in ["https://*.com", "https://*.co.uk", "https://*.github.io"] {
+            let err = policy(&[pattern], true).err().expect(pattern);
+            assert!(err.contains("covers a public suffix"), "{err}");
+        }
+        assert!(policy(&["https://*.example.co.uk"], true).is_ok());
+        assert!(
+            policy(&["https://*.com"], false).is_ok(),
+            "without credentials it is only broad"
+        );
+        assert!(policy(&["https://*.exa mple.com"], false).is_err());
     }
 
     #[test]

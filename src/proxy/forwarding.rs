@@ -4,6 +4,7 @@
 
 use crate::snapshot::Settings;
 use http::header::{HeaderMap, HeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -24,6 +25,26 @@ pub fn request_id(incoming: Option<&[u8]>) -> String {
             String::from_utf8_lossy(id).into_owned()
         }
         _ => hex_string(fastrand::u128(..), 32),
+    }
+}
+
+/// Every `X-Forwarded-For` line as one list (several lines mean the same as one
+/// comma-joined line, RFC 9110 §5.3): a front proxy that adds its own line must not let the
+/// client's line decide the client IP. Bytes that are not text stay, unparseable, in place.
+pub fn forwarded_chain(headers: &HeaderMap) -> Option<Cow<'_, str>> {
+    let mut lines = headers.get_all(X_FORWARDED_FOR).iter();
+    let first = lines.next()?;
+    let text = |v: &'_ http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+    match lines.next() {
+        None => Some(match first.to_str() {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => Cow::Owned(text(first)),
+        }),
+        Some(second) => {
+            let mut all = vec![text(first), text(second)];
+            all.extend(lines.map(text));
+            Some(Cow::Owned(all.join(", ")))
+        }
     }
 }
 
@@ -150,6 +171,27 @@ pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_forwarded_for_line_counts() {
+        let mut h = HeaderMap::new();
+        assert_eq!(forwarded_chain(&h), None);
+        h.append(X_FORWARDED_FOR, "10.9.9.9".parse().unwrap());
+        assert_eq!(forwarded_chain(&h).as_deref(), Some("10.9.9.9"));
+        h.append(X_FORWARDED_FOR, "8.8.8.8, 10.0.0.1".parse().unwrap());
+        assert_eq!(
+            forwarded_chain(&h).as_deref(),
+            Some("10.9.9.9, 8.8.8.8, 10.0.0.1")
+        );
+        let s = settings(&["127.0.0.1", "10.0.0.0/8"]);
+        let chain = forwarded_chain(&h);
+        let client = client_ip(Some("127.0.0.1".parse().unwrap()), chain.as_deref(), &s);
+        assert_eq!(
+            client,
+            Some("8.8.8.8".parse().unwrap()),
+            "the front proxy's line decides"
+        );
+    }
     use std::time::Duration;
 
     fn settings(trusted: &[&str]) -> Settings {

@@ -250,11 +250,8 @@ fn prepare_upstream_request(upstream_request: &mut RequestHeader, ctx: &Ctx) -> 
     let peer = ctx.request.peer;
     let trusted = peer.is_some_and(|p| settings.is_trusted(p));
     if let Some(peer) = peer {
-        let xff = upstream_request
-            .headers
-            .get(X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok());
-        let value = forwarding::forwarded_for(peer, xff, settings);
+        let chain = forwarding::forwarded_chain(&upstream_request.headers);
+        let value = forwarding::forwarded_for(peer, chain.as_deref(), settings);
         upstream_request.insert_header(X_FORWARDED_FOR, value)?;
     }
     if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_PROTO)) {
@@ -306,11 +303,9 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let xff = req
-            .headers
-            .get(X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok());
-        facts.client_ip = forwarding::client_ip(facts.peer, xff, &ctx.snapshot.settings);
+        let chain = forwarding::forwarded_chain(&req.headers);
+        facts.client_ip =
+            forwarding::client_ip(facts.peer, chain.as_deref(), &ctx.snapshot.settings);
         let incoming = req.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
         (facts.trace_id, facts.traceparent) = forwarding::traceparent(incoming);
         self.route_request(session, ctx).await

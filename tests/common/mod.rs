@@ -106,15 +106,17 @@ impl Gateway {
     }
 
     /// Starts `portico run --upgrade` on this gateway's config: the successor that takes
-    /// over its sockets once it gets SIGQUIT.
-    pub fn successor(&self) -> Child {
-        Command::new(bin())
-            .args(["run", "--upgrade", "-c"])
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+    /// over its sockets once it gets SIGQUIT. Killed when dropped, even by a failing test.
+    pub fn successor(&self) -> Successor {
+        Successor(
+            Command::new(bin())
+                .args(["run", "--upgrade", "-c"])
+                .arg(&self.config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
     }
 
     pub fn start_cmd(cmd: &str, body: &str) -> Gateway {
@@ -300,6 +302,16 @@ pub fn assert_json_error(
     assert_eq!(body["error"]["request_id"], header_id.as_str(), "{body}");
     assert!(!body["error"]["message"].as_str().unwrap().is_empty());
     body
+}
+
+/// A child process killed when dropped.
+pub struct Successor(pub Child);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 pub struct RawResponse {
