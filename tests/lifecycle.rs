@@ -152,3 +152,62 @@ fn upgrade_socket_and_pid_file_are_per_gateway() {
         "the successor serves on the handed-over socket"
     );
 }
+
+/// A taken port is a clear error and a failed exit at once, not a retry loop.
+#[test]
+fn a_busy_listen_port_fails_fast_with_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "version: 1\nlisten: {{ proxy: \"127.0.0.1:{port}\", admin: \"127.0.0.1:{}\" }}\n",
+        free_port()
+    );
+    std::fs::write(dir.path().join("g.yaml"), text).unwrap();
+    let mut child = Successor(
+        std::process::Command::new(bin())
+            .args(["run", "-c", "g.yaml"])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let exited = wait_until(Duration::from_secs(10), || {
+        child.0.try_wait().unwrap().is_some()
+    });
+    assert!(exited.is_some(), "the gateway keeps retrying a taken port");
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let want = format!("listen.proxy 127.0.0.1:{port} cannot be used: Address already in use");
+    assert!(err.contains(&want), "{err}");
+}
+
+/// With nothing in flight, SIGTERM ends the gateway once drained, not after the whole
+/// grace period (here a minute).
+#[test]
+fn sigterm_with_nothing_in_flight_exits_once_drained() {
+    let up = TestUpstream::start("svc");
+    let mut gw = Gateway::start(&format!(
+        "server: {{ threads: 1, grace_period: 60s, shutdown_timeout: 5s }}\nupstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: svc, match: {{ path_prefix: / }}, upstream: svc }}\n",
+        up.addr
+    ));
+    assert_eq!(client().get(gw.url("/x")).send().unwrap().status(), 200);
+    gw.signal("TERM");
+    let exited = wait_until(Duration::from_secs(15), || {
+        gw.child.try_wait().unwrap().is_some()
+    });
+    assert!(
+        exited.is_some(),
+        "still waiting out the grace period:\n{}",
+        gw.log()
+    );
+    assert_eq!(gw.child.wait().unwrap().code(), Some(0));
+    assert!(
+        gw.log().contains("drained: no request in flight"),
+        "{}",
+        gw.log()
+    );
+}

@@ -132,6 +132,26 @@ fn fifty_rewrites_under_load_fail_no_request() {
     );
 }
 
+/// The README's own invocation, `portico run -c gateway.yaml`: a bare relative name.
+#[test]
+fn a_bare_relative_config_name_reloads_on_change() {
+    let gw = Gateway::start_with(
+        &["run"],
+        "routes:\n  - { name: v, match: { path: /v }, respond: { text: one } }\n",
+        |dir, text| {
+            std::fs::write(dir.join("gateway.yaml"), text).unwrap();
+            std::path::PathBuf::from("gateway.yaml")
+        },
+    );
+    assert!(serves(&gw, "/v", "one"));
+    gw.overwrite_config("routes:\n  - { name: v, match: { path: /v }, respond: { text: two } }\n");
+    assert!(
+        wait_until(LIVE_WITHIN, || serves(&gw, "/v", "two")).is_some(),
+        "{}",
+        gw.log()
+    );
+}
+
 #[test]
 fn configmap_symlink_swap_reloads() {
     let gw = Gateway::start_with(

@@ -19,7 +19,7 @@ use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use reload::Reloader;
-use services::{HealthChecker, JwksRefresher, Readiness, Resolver};
+use services::{Drain, HealthChecker, JwksRefresher, Readiness, Resolver};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -66,10 +66,21 @@ fn server_conf(snapshot: &Snapshot) -> ServerConf {
 
 /// Loads the config and builds the server; extra services (the demo's) can be added
 /// before [`serve`].
-pub fn build(opts: &RunOptions) -> Result<Built, ConfigError> {
+pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
     let stores = Arc::new(Stores::default());
     let telemetry = Telemetry::new();
     let snapshot = load_config(opts.config, &stores, &telemetry)?;
+    if !opts.upgrade {
+        // Pingora retries a busy address forever; a second gateway on a taken port should
+        // fail at once instead. (An upgrade takes over addresses that are in use.)
+        for (key, addr) in [
+            ("listen.proxy", snapshot.settings.proxy_addr),
+            ("listen.admin", snapshot.settings.admin_addr),
+        ] {
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| anyhow::anyhow!("{key} {addr} cannot be used: {e}"))?;
+        }
+    }
     let conf = server_conf(&snapshot);
     let proxy_addr = snapshot.settings.proxy_addr.to_string();
     let admin_addr = snapshot.settings.admin_addr.to_string();
@@ -83,10 +94,12 @@ pub fn build(opts: &RunOptions) -> Result<Built, ConfigError> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let gateway = Gateway {
         holder: holder.clone(),
         telemetry: telemetry.clone(),
         connector: pingora::connectors::http::Connector::new(None),
+        in_flight: in_flight.clone(),
     };
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "portico");
@@ -113,6 +126,12 @@ pub fn build(opts: &RunOptions) -> Result<Built, ConfigError> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(background_service("readiness", readiness));
+    let drain = Drain {
+        in_flight,
+        holder: holder.clone(),
+        telemetry: telemetry.clone(),
+    };
+    server.add_service(background_service("drain", drain));
     let dns = Resolver {
         holder: holder.clone(),
     };
@@ -131,7 +150,7 @@ pub fn build(opts: &RunOptions) -> Result<Built, ConfigError> {
             tracing::warn!(file, error = %e, "cannot write the pid file");
         }
     }
-    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "portico listening");
+    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "portico starting");
     Ok(Built {
         server,
         holder,
@@ -159,9 +178,14 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
 /// the access-log lines still buffered.
 pub fn serve(built: Built) {
     built.server.run(RunArgs::default());
-    built.telemetry.access_log.flush();
+    finish(&built.telemetry, &built.holder);
+}
+
+/// What exiting leaves done: the access log written out, our pid file removed.
+fn finish(telemetry: &Telemetry, holder: &SnapshotHolder) {
+    telemetry.access_log.flush();
     // After an upgrade the file names the successor: only our own pid is removed.
-    if let Some(file) = &built.holder.load().settings.pid_file {
+    if let Some(file) = &holder.load().settings.pid_file {
         let ours = std::process::id().to_string();
         if std::fs::read_to_string(file).is_ok_and(|pid| pid.trim() == ours) {
             let _ = std::fs::remove_file(file);

@@ -76,7 +76,9 @@ impl Reloader {
         };
         Reloader {
             inner: Arc::new(Inner {
-                path: path.to_path_buf(),
+                // Watch events name absolute paths: `-c gateway.yaml` must be compared as
+                // the file in the working directory, not as a bare name.
+                path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
                 holder,
                 stores,
                 telemetry,

@@ -106,6 +106,28 @@ impl BackgroundService for JwksRefresher {
     }
 }
 
+/// Once shutdown has begun (SIGTERM, or the end of an upgrade's handover), ends the process
+/// as soon as no request is in flight, instead of waiting out the whole grace period
+/// (Pingora still ends it when the grace period is over).
+pub struct Drain {
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    pub holder: SnapshotHolder,
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
+}
+
+#[async_trait]
+impl BackgroundService for Drain {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!("drained: no request in flight");
+        super::finish(&self.telemetry, &self.holder);
+        std::process::exit(0);
+    }
+}
+
 /// False once shutdown starts, so load balancers stop sending new work while we drain.
 #[derive(Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);

@@ -30,6 +30,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, Result};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,9 @@ pub struct Gateway {
     pub telemetry: Arc<Telemetry>,
     /// Pooled upstream connections for aggregate calls.
     pub connector: Connector,
+    /// Requests between their head and their log line (metrics or not): what a shutdown
+    /// waits for.
+    pub in_flight: Arc<AtomicUsize>,
 }
 
 const NOT_A_PATH: &str = "the request target must be a path (`/...`) or an http(s) URL";
@@ -288,6 +292,7 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         let snapshot = self.holder.load();
         if snapshot.metrics {
             self.telemetry.metrics.in_flight.inc();
@@ -456,6 +461,7 @@ impl ProxyHttp for Gateway {
                 .access_log
                 .line(|out| access::access_line(out, session, ctx, status));
         }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn upstream_response_body_filter(

@@ -140,7 +140,9 @@ impl Gateway {
         let text = format!("version: 1\nlisten:\n  proxy: {proxy}\n  admin: {admin}\n{body}");
         let config = place(dir.path(), &text);
         let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+        // Run in the config's directory, so a relative `-c` works as a user would type it.
         let child = Command::new(bin())
+            .current_dir(dir.path())
             .args(args)
             .arg("-c")
             .arg(&config)
@@ -152,6 +154,7 @@ impl Gateway {
             .stderr(log)
             .spawn()
             .unwrap();
+        let config = dir.path().join(config);
         let mut gw = Gateway {
             child,
             proxy,
