@@ -114,6 +114,8 @@ pub struct Snapshot {
     /// Metrics of requests no route took.
     pub unrouted: RouteMetrics,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// The Redis link shared by `backend: redis` limits (connected in the background).
+    pub redis: Option<Arc<crate::policy::ratelimit::RedisLink>>,
     /// Every remote JWKS some auth policy uses (refreshed in the background).
     pub remote_jwks: Vec<Arc<crate::policy::auth::RemoteJwks>>,
     /// Every header some auth policy forwards claims in: removed from every client request.

@@ -127,6 +127,7 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     pub aggregate_calls: IntCounterVec,
     pub aggregate_duration: HistogramVec,
+    pub redis_connected: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -235,6 +236,14 @@ impl Metrics {
                 "portico_aggregate_call_duration_seconds",
                 "Time an aggregate route's call took, by route and call.",
                 &["route", "call"],
+            ),
+            redis_connected: register(
+                &r,
+                IntGauge::new(
+                    "portico_redis_connected",
+                    "1 while the Redis link for rate limits is connected (0 when down or unused).",
+                )
+                .expect("valid"),
             ),
             registry: r,
         }

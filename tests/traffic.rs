@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use serde_json::Value;
 use std::time::{Duration, Instant};
 
 fn header(resp: &reqwest::blocking::Response, name: &str) -> String {
@@ -377,4 +378,44 @@ fn health_checks_remove_and_restore_targets() {
         seen,
         "503 at once, no upstream touched"
     );
+}
+
+fn redis_state(gw: &Gateway) -> Value {
+    gw.admin_json("/health")["redis"].clone()
+}
+
+/// Redis is connected at start, in the background, so the first limited request is counted
+/// (not let through unchecked); `/health` and a metric say whether it is connected.
+#[test]
+fn redis_connects_at_start_and_health_says_so() {
+    let mut redis = RedisServer::start();
+    let gw = Gateway::start(&redis_config(&redis.url(), POLICIES));
+    let up = wait_until(Duration::from_secs(10), || {
+        redis_state(&gw) == serde_json::json!({"connected": true})
+    });
+    assert!(up.is_some(), "{}", gw.log());
+    let metrics = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "portico_redis_connected 1"),
+        "{metrics}"
+    );
+    let c = client();
+    let statuses: Vec<u16> = (0..14)
+        .map(|_| c.get(gw.url("/deny")).send().unwrap().status().as_u16())
+        .collect();
+    let allowed = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(
+        allowed, 10,
+        "the very first request is counted: {statuses:?}"
+    );
+    redis.kill();
+    let down = wait_until(Duration::from_secs(10), || {
+        redis_state(&gw) == serde_json::json!({"connected": false})
+    });
+    assert!(down.is_some(), "{}", gw.log());
 }

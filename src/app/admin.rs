@@ -43,6 +43,7 @@ impl Admin {
                 "config_hash": snapshot.hash,
                 "config_path": snapshot.path.display().to_string(),
                 "last_reload": self.reloader.status(),
+                "redis": snapshot.redis.as_ref().map(|r| json!({"connected": r.is_connected()})),
             }),
         )
     }
@@ -162,6 +163,8 @@ fn refresh_gauges(telemetry: &Telemetry, snapshot: &Snapshot) {
     m.build_info
         .with_label_values(&[VERSION, snapshot.hash.as_str()])
         .set(1);
+    let redis = snapshot.redis.as_ref().is_some_and(|r| r.is_connected());
+    m.redis_connected.set(i64::from(redis));
     for (name, upstream) in &snapshot.upstreams {
         for t in &upstream.targets {
             let labels = [name.as_str(), t.label.as_str()];

@@ -19,7 +19,7 @@ use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use reload::Reloader;
-use services::{Drain, HealthChecker, JwksRefresher, Readiness, Resolver};
+use services::{Drain, HealthChecker, JwksRefresher, Readiness, RedisConnector, Resolver};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -141,6 +141,10 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
         holder: holder.clone(),
     };
     server.add_service(background_service("jwks", jwks));
+    let redis = RedisConnector {
+        holder: holder.clone(),
+    };
+    server.add_service(background_service("redis", redis));
     let health = HealthChecker {
         holder: holder.clone(),
     };

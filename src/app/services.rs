@@ -85,6 +85,28 @@ impl BackgroundService for HealthChecker {
     }
 }
 
+/// Connects the Redis link at start (so the first limited request is counted like any
+/// other instead of passing unchecked), reconnects it when down, and probes it for
+/// `/health` and `portico_redis_connected`.
+pub struct RedisConnector {
+    pub holder: SnapshotHolder,
+}
+
+#[async_trait]
+impl BackgroundService for RedisConnector {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            if let Some(link) = self.holder.load().redis.clone() {
+                link.probe().await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
 /// Refreshes every remote JWKS of the active snapshot when its interval has passed.
 pub struct JwksRefresher {
     pub holder: SnapshotHolder,

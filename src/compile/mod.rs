@@ -59,7 +59,7 @@ pub fn compile_with(
         .collect();
     let redis = compile_redis(&mut d, &mut state, raw);
     let mut inputs = Inputs::new(&src.path);
-    let named = Named::compile(&mut d, &mut state, &mut inputs, raw, redis);
+    let named = Named::compile(&mut d, &mut state, &mut inputs, raw, redis.clone());
     let compiled = routes::compile_routes(&mut d, &mut inputs, &named, &upstreams, raw, metrics);
     let (mut matchers, mut routes, mut at) = (Vec::new(), Vec::new(), Vec::new());
     for c in compiled {
@@ -83,6 +83,7 @@ pub fn compile_with(
         routes,
         unrouted: RouteMetrics::new(metrics, "none", "none"),
         upstreams,
+        redis,
         remote_jwks: named.remote_jwks(),
         identity_headers: named.identity_headers(),
         inputs_digest: inputs_digest(&inputs.files),

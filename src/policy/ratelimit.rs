@@ -14,6 +14,7 @@ use redis::aio::ConnectionManager;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -211,6 +212,8 @@ pub struct RedisLink {
     client: redis::Client,
     timeout: Duration,
     conn: ArcSwapOption<ConnectionManager>,
+    /// Whether the last connection attempt or probe succeeded.
+    alive: AtomicBool,
     last_attempt: Mutex<Option<Instant>>,
     script: redis::Script,
 }
@@ -232,9 +235,48 @@ impl RedisLink {
             client,
             timeout,
             conn: ArcSwapOption::empty(),
+            alive: AtomicBool::new(false),
             last_attempt: Mutex::new(None),
             script: redis::Script::new(SCRIPT),
         })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+
+    /// One step of the background connector: connects when there is no connection, else
+    /// pings, and records whether Redis answered. A request never waits for this.
+    pub async fn probe(&self) {
+        let Some(conn) = self.conn.load_full() else {
+            return self.connect().await;
+        };
+        let mut conn = (*conn).clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        let ok = matches!(
+            tokio::time::timeout(self.timeout.max(Duration::from_millis(200)), ping).await,
+            Ok(Ok(_))
+        );
+        self.alive.store(ok, Ordering::Relaxed);
+    }
+
+    /// One connection attempt, awaited.
+    async fn connect(&self) {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout.max(Duration::from_millis(200)))
+            .set_response_timeout(self.timeout)
+            .set_number_of_retries(1);
+        match self.client.get_connection_manager_with_config(config).await {
+            Ok(conn) => {
+                self.conn.store(Some(Arc::new(conn)));
+                self.alive.store(true, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.alive.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cannot connect to redis for rate limits");
+            }
+        }
     }
 
     /// Starts a connection attempt (at most one a second) without waiting for it.
@@ -247,16 +289,7 @@ impl RedisLink {
             *last = Some(Instant::now());
         }
         let link = self.clone();
-        tokio::spawn(async move {
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(link.timeout.max(Duration::from_millis(200)))
-                .set_response_timeout(link.timeout)
-                .set_number_of_retries(1);
-            match link.client.get_connection_manager_with_config(config).await {
-                Ok(conn) => link.conn.store(Some(Arc::new(conn))),
-                Err(e) => tracing::warn!(error = %e, "cannot connect to redis for rate limits"),
-            }
-        });
+        tokio::spawn(async move { link.connect().await });
     }
 
     async fn check(
