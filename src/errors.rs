@@ -26,6 +26,8 @@ pub enum AuthError {
     CriticalExtension,
     /// A time claim (`exp`, `nbf`, `iat`) that is not a number.
     BadTimeClaim(&'static str),
+    /// A claim to forward that has no unambiguous header form.
+    BadClaim(String),
 }
 
 impl AuthError {
@@ -44,6 +46,7 @@ impl AuthError {
             AuthError::KeysUnavailable => "token_keys_unavailable",
             AuthError::CriticalExtension => "token_unsupported_crit",
             AuthError::BadTimeClaim(_) => "token_bad_time_claim",
+            AuthError::BadClaim(_) => "token_bad_claim",
         }
     }
 
@@ -64,6 +67,9 @@ impl AuthError {
                 "the token requires extensions (`crit`) this gateway does not implement".into()
             }
             AuthError::BadTimeClaim(c) => format!("the token's `{c}` claim is not a number"),
+            AuthError::BadClaim(c) => format!(
+                "the token's `{c}` claim cannot be forwarded: control characters, a comma inside a list item, or over 4096 bytes"
+            ),
         }
     }
 }
@@ -83,6 +89,14 @@ pub struct Refusal {
     pub code: &'static str,
     pub message: &'static str,
 }
+
+/// A request that repeats a header (or cookie) a policy reads: which copy counts would be
+/// a guess, and the upstream would see them all.
+pub const AMBIGUOUS_HEADER: Refusal = Refusal {
+    status: 400,
+    code: "ambiguous_header",
+    message: "the request repeats a header or cookie this route reads; send it once",
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {

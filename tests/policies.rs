@@ -348,3 +348,55 @@ fn every_forwarded_for_line_counts_so_a_client_cannot_choose_its_ip() {
         .unwrap();
     assert_json_error(forged, 403, "ip_forbidden");
 }
+
+/// A header a policy reads, sent twice, is refused (the upstream would see both copies); a
+/// claim that cannot be forwarded unambiguously fails the token instead of silently
+/// sending the request on as authenticated.
+#[test]
+fn repeated_keyed_headers_and_unforwardable_claims_are_refused() {
+    let up = TestUpstream::start("svc");
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path());
+    let gw = Gateway::start(&format!(
+        "server: {{ threads: 1 }}\nupstreams:\n  svc: {{ targets: [\"{}\"] }}\nauth:\n  hs: {{ algorithms: [HS256], secret_file: \"{}\", forward_claims: {{ sub: X-User, roles: X-Roles }} }}\nrate_limits:\n  keyed: {{ requests: 100, per: 1m, key: \"header:x-api-key\" }}\nroutes:\n  - {{ name: keyed, match: {{ path_prefix: /keyed }}, upstream: svc, rate_limit: keyed }}\n  - {{ name: authed, match: {{ path_prefix: /authed }}, upstream: svc, auth: hs }}\n",
+        up.addr,
+        secret.display()
+    ));
+    let c = client();
+    let twice = c
+        .get(gw.url("/keyed"))
+        .header("x-api-key", "free-tier")
+        .header("x-api-key", "premium")
+        .send()
+        .unwrap();
+    assert_json_error(twice, 400, "ambiguous_header");
+    let two_tokens = c
+        .get(gw.url("/authed"))
+        .header(
+            "authorization",
+            format!("Bearer {}", token(json!({"sub": "a"}))),
+        )
+        .header("authorization", "Bearer other")
+        .send()
+        .unwrap();
+    assert_json_error(two_tokens, 400, "ambiguous_header");
+    for claims in [
+        json!({"sub": "a\r\nx-admin: 1"}),
+        json!({"sub": "a", "roles": ["guest,admin"]}),
+    ] {
+        let resp = c
+            .get(gw.url("/authed"))
+            .bearer_auth(token(claims))
+            .send()
+            .unwrap();
+        assert_json_error(resp, 401, "token_bad_claim");
+    }
+    assert_eq!(up.count(), 0, "nothing ambiguous reaches the upstream");
+    let ok = c
+        .get(gw.url("/authed"))
+        .bearer_auth(token(json!({"sub": "a", "roles": ["x", "y"], "org": null})))
+        .send()
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(up.last().headers["x-roles"], ["x,y"]);
+}

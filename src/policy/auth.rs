@@ -137,27 +137,75 @@ impl TokenSource {
         }
     }
 
-    fn find<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
-        match self {
-            TokenSource::Bearer => headers
-                .get(http::header::AUTHORIZATION)?
-                .to_str()
-                .ok()?
-                .split_once(' ')
+    /// The token, if sent; `Err` when it is sent more than once (two `Authorization` or
+    /// token headers, or the cookie twice), since which one counts would be a guess.
+    fn find<'a>(&self, headers: &'a HeaderMap) -> Result<Option<&'a str>, ()> {
+        let once = |name| match headers.get_all(name).iter().count() {
+            0 | 1 => Ok(headers.get(name)),
+            _ => Err(()),
+        };
+        let token = match self {
+            TokenSource::Bearer => once(&http::header::AUTHORIZATION)?
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split_once(' '))
                 .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
                 .map(|(_, t)| t.trim()),
-            TokenSource::Header(name) => headers.get(name)?.to_str().ok().map(str::trim),
-            TokenSource::Cookie(name) => headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|pair| pair.trim().split_once('='))
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v),
-        }
-        .filter(|t| !t.is_empty())
+            TokenSource::Header(name) => once(name)?.and_then(|v| v.to_str().ok()).map(str::trim),
+            TokenSource::Cookie(name) => {
+                let mut found = headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .filter_map(|pair| pair.trim().split_once('='))
+                    .filter(|(k, _)| k == name)
+                    .map(|(_, v)| v);
+                let first = found.next();
+                if found.next().is_some() {
+                    return Err(());
+                }
+                first
+            }
+        };
+        Ok(token.filter(|t| !t.is_empty()))
     }
+}
+
+/// Longest claim value forwarded as a header.
+const MAX_FORWARDED: usize = 4096;
+
+/// The headers `forward` makes of verified claims. A claim with no unambiguous header form
+/// fails the token: a list item holding a comma, control bytes, a value over
+/// [`MAX_FORWARDED`]. A missing or `null` claim sends no header.
+fn forwardable(
+    claims: &Value,
+    forward: &[(String, HeaderName)],
+) -> Result<Vec<(HeaderName, HeaderValue)>, AuthError> {
+    let mut out = Vec::with_capacity(forward.len());
+    for (name, header) in forward {
+        let value = match claim(claims, name) {
+            None | Some(Value::Null) => continue,
+            Some(v) => v,
+        };
+        let bad = || AuthError::BadClaim(name.clone());
+        if let Value::Array(items) = value {
+            let ambiguous = items
+                .iter()
+                .any(|i| scalar(i).is_none_or(|text| text.contains(',')));
+            if ambiguous {
+                return Err(bad());
+            }
+        }
+        let text = header_text(value);
+        if text.len() > MAX_FORWARDED {
+            return Err(bad());
+        }
+        out.push((
+            header.clone(),
+            HeaderValue::from_str(&text).map_err(|_| bad())?,
+        ));
+    }
+    Ok(out)
 }
 
 fn map_jwt_error(e: &jsonwebtoken::errors::Error) -> AuthError {
@@ -395,7 +443,8 @@ fn raw_alg(token: &str) -> Option<String> {
 }
 
 impl AuthPolicy {
-    pub fn token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+    /// The token, if sent; `Err` when sent more than once.
+    pub fn token<'a>(&self, headers: &'a HeaderMap) -> Result<Option<&'a str>, ()> {
         self.source.find(headers)
     }
 
@@ -457,7 +506,10 @@ impl RouteAuth {
         state: &mut PolicyState,
     ) -> Result<(), GatewayError> {
         let auth = &self.policy;
-        let Some(token) = auth.token(&req.headers) else {
+        let Ok(token) = auth.token(&req.headers) else {
+            return Err(GatewayError::Refused(crate::errors::AMBIGUOUS_HEADER));
+        };
+        let Some(token) = token else {
             return Err(GatewayError::Unauthorized(AuthError::Missing));
         };
         match auth.verify(token).await {
@@ -469,6 +521,8 @@ impl RouteAuth {
                 Err(GatewayError::Forbidden)
             }
             Ok(claims) => {
+                state.forward =
+                    forwardable(&claims, &auth.forward).map_err(GatewayError::Unauthorized)?;
                 state.claims = Some(claims);
                 Ok(())
             }
@@ -481,16 +535,8 @@ impl RouteAuth {
         req: &mut RequestHeader,
         state: &PolicyState,
     ) -> pingora::Result<()> {
-        let Some(claims) = &state.claims else {
-            return Ok(());
-        };
-        for (name, header) in &self.policy.forward {
-            let value = claim(claims, name)
-                .map(header_text)
-                .and_then(|v| HeaderValue::from_str(&v).ok());
-            if let Some(value) = value {
-                req.insert_header(header.clone(), value)?;
-            }
+        for (name, value) in &state.forward {
+            req.insert_header(name.clone(), value.clone())?;
         }
         Ok(())
     }
@@ -806,12 +852,21 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer abc".parse().unwrap());
         h.insert("cookie", "a=1; session=tok; b=2".parse().unwrap());
-        assert_eq!(TokenSource::Bearer.find(&h), Some("abc"));
+        assert_eq!(TokenSource::Bearer.find(&h), Ok(Some("abc")));
+        let cookie = TokenSource::parse("cookie:session").unwrap();
+        assert_eq!(cookie.find(&h), Ok(Some("tok")));
         assert_eq!(
-            TokenSource::parse("cookie:session").unwrap().find(&h),
-            Some("tok")
+            TokenSource::parse("header:x-token").unwrap().find(&h),
+            Ok(None)
         );
-        assert_eq!(TokenSource::parse("header:x-token").unwrap().find(&h), None);
+        h.append("cookie", "session=other".parse().unwrap());
+        assert_eq!(cookie.find(&h), Err(()), "the cookie twice");
+        h.append("authorization", "Bearer def".parse().unwrap());
+        assert_eq!(
+            TokenSource::Bearer.find(&h),
+            Err(()),
+            "two Authorization lines"
+        );
     }
 
     #[test]
@@ -897,5 +952,24 @@ mod tests {
         );
         let future = forge(json!({"alg": "HS256"}), json!({"exp": exp, "nbf": exp - 1}));
         assert_eq!(policy.verify(&future).await, Err(AuthError::NotYetValid));
+    }
+
+    #[test]
+    fn claims_are_forwarded_only_in_an_unambiguous_form() {
+        let forward = |claim: &str| vec![(claim.to_string(), HeaderName::from_static("x-c"))];
+        let claims = json!({"roles": ["a", "b"], "bad": ["guest,admin"], "nl": "a\r\nx: y",
+                            "none": null, "big": "x".repeat(5000), "org": {"id": 1}});
+        let value =
+            |c: &str| forwardable(&claims, &forward(c)).map(|v| v.first().map(|(_, h)| h.clone()));
+        assert_eq!(value("roles"), Ok(Some(HeaderValue::from_static("a,b"))));
+        assert_eq!(
+            value("org"),
+            Ok(Some(HeaderValue::from_static("{\"id\":1}")))
+        );
+        assert_eq!(value("none"), Ok(None), "null sends no header");
+        assert_eq!(value("missing"), Ok(None));
+        for bad in ["bad", "nl", "big"] {
+            assert_eq!(value(bad), Err(AuthError::BadClaim(bad.into())), "{bad}");
+        }
     }
 }

@@ -66,6 +66,8 @@ pub struct PolicyState {
     pub rate: Option<ratelimit::Decision>,
     /// The request's Origin, when the route's CORS policy allows it.
     pub cors_origin: Option<HeaderValue>,
+    /// The identity headers made of the verified claims (`forward_claims`).
+    pub forward: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl Policy {

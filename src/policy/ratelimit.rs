@@ -355,11 +355,20 @@ impl RateLimit {
     }
 
     /// The key a request is counted by.
-    fn key_for(&self, req: &RequestHeader, info: &RequestInfo, state: &PolicyState) -> String {
+    /// The key a request is counted by; `Err` when it repeats the header it is keyed on.
+    fn key_for(
+        &self,
+        req: &RequestHeader,
+        info: &RequestInfo,
+        state: &PolicyState,
+    ) -> Result<String, GatewayError> {
         let ip = || info.client_ip.map_or_else(String::new, |ip| ip.to_string());
-        match &self.key {
+        Ok(match &self.key {
             LimitKey::ClientIp => ip(),
             LimitKey::Route => info.route.to_string(),
+            LimitKey::Header(name) if req.headers.get_all(name).iter().count() > 1 => {
+                return Err(GatewayError::Refused(crate::errors::AMBIGUOUS_HEADER));
+            }
             LimitKey::Header(name) => match req.headers.get(name) {
                 // Long values are hashed so a key never costs more than a few bytes.
                 Some(v) if v.len() <= 128 => {
@@ -378,7 +387,7 @@ impl RateLimit {
                     None => format!("ip:{}", ip()),
                 }
             }
-        }
+        })
     }
 
     /// Counts the request; refuses it over the limit (or when Redis fails and the policy
@@ -389,7 +398,7 @@ impl RateLimit {
         info: &RequestInfo<'_>,
         state: &mut PolicyState,
     ) -> Result<(), GatewayError> {
-        let key = self.key_for(req, info, state);
+        let key = self.key_for(req, info, state)?;
         match self.check(&key).await {
             Verdict::Allow(d) => {
                 state.rate = Some(d);
@@ -583,18 +592,21 @@ mod tests {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("x-key", "k1").unwrap();
         let mut state = PolicyState::default();
-        assert_eq!(limit("client_ip").key_for(&req, &info, &state), "192.0.2.1");
-        assert_eq!(limit("route").key_for(&req, &info, &state), "api");
-        assert_eq!(limit("header:x-key").key_for(&req, &info, &state), "h:k1");
-        assert_eq!(
-            limit("header:x-none").key_for(&req, &info, &state),
-            "ip:192.0.2.1"
-        );
-        let by_claim = limit("claim:sub");
-        assert!(by_claim.by_identity() && !limit("client_ip").by_identity());
-        assert_eq!(by_claim.key_for(&req, &info, &state), "ip:192.0.2.1");
+        let key = |l: &str, state: &PolicyState| limit(l).key_for(&req, &info, state).unwrap();
+        assert_eq!(key("client_ip", &state), "192.0.2.1");
+        assert_eq!(key("route", &state), "api");
+        assert_eq!(key("header:x-key", &state), "h:k1");
+        assert_eq!(key("header:x-none", &state), "ip:192.0.2.1");
+        assert!(limit("claim:sub").by_identity() && !limit("client_ip").by_identity());
+        assert_eq!(key("claim:sub", &state), "ip:192.0.2.1");
         state.claims = Some(serde_json::json!({"sub": "u1"}));
-        assert_eq!(by_claim.key_for(&req, &info, &state), "c:u1");
+        assert_eq!(key("claim:sub", &state), "c:u1");
+        req.append_header("x-key", "k2").unwrap();
+        assert_eq!(
+            limit("header:x-key").key_for(&req, &info, &state),
+            Err(GatewayError::Refused(crate::errors::AMBIGUOUS_HEADER)),
+            "a repeated key header is refused, not counted by its first copy"
+        );
     }
 
     #[tokio::test]

@@ -183,7 +183,7 @@ mod tests {
             forwarded_chain(&h).as_deref(),
             Some("10.9.9.9, 8.8.8.8, 10.0.0.1")
         );
-        let s = settings(&["127.0.0.1", "10.0.0.0/8"]);
+        let s = settings(&["127.0.0.1/32", "10.0.0.0/8"]);
         let chain = forwarded_chain(&h);
         let client = client_ip(Some("127.0.0.1".parse().unwrap()), chain.as_deref(), &s);
         assert_eq!(
