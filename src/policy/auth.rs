@@ -139,10 +139,10 @@ impl TokenSource {
 
     /// The token, if sent; `Err` when it is sent more than once (two `Authorization` or
     /// token headers, or the cookie twice), since which one counts would be a guess.
-    fn find<'a>(&self, headers: &'a HeaderMap) -> Result<Option<&'a str>, ()> {
+    fn find<'a>(&self, headers: &'a HeaderMap) -> Result<Option<&'a str>, SentTwice> {
         let once = |name| match headers.get_all(name).iter().count() {
             0 | 1 => Ok(headers.get(name)),
-            _ => Err(()),
+            _ => Err(SentTwice),
         };
         let token = match self {
             TokenSource::Bearer => once(&http::header::AUTHORIZATION)?
@@ -162,7 +162,7 @@ impl TokenSource {
                     .map(|(_, v)| v);
                 let first = found.next();
                 if found.next().is_some() {
-                    return Err(());
+                    return Err(SentTwice);
                 }
                 first
             }
@@ -170,6 +170,10 @@ impl TokenSource {
         Ok(token.filter(|t| !t.is_empty()))
     }
 }
+
+/// The token was sent more than once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentTwice;
 
 /// Longest claim value forwarded as a header.
 const MAX_FORWARDED: usize = 4096;
@@ -444,7 +448,7 @@ fn raw_alg(token: &str) -> Option<String> {
 
 impl AuthPolicy {
     /// The token, if sent; `Err` when sent more than once.
-    pub fn token<'a>(&self, headers: &'a HeaderMap) -> Result<Option<&'a str>, ()> {
+    pub fn token<'a>(&self, headers: &'a HeaderMap) -> Result<Option<&'a str>, SentTwice> {
         self.source.find(headers)
     }
 
@@ -860,7 +864,7 @@ mod tests {
             Ok(None)
         );
         h.append("cookie", "session=other".parse().unwrap());
-        assert_eq!(cookie.find(&h), Err(()), "the cookie twice");
+        assert_eq!(cookie.find(&h), Err(SentTwice), "the cookie twice");
         h.append("authorization", "Bearer def".parse().unwrap());
         assert_eq!(
             TokenSource::Bearer.find(&h),
