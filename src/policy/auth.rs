@@ -868,7 +868,7 @@ mod tests {
         h.append("authorization", "Bearer def".parse().unwrap());
         assert_eq!(
             TokenSource::Bearer.find(&h),
-            Err(()),
+            Err(SentTwice),
             "two Authorization lines"
         );
     }
