@@ -109,6 +109,8 @@ pub enum GatewayError {
     },
     BadPath(String),
     BadRequest,
+    /// A head whose framing or target could be read two ways.
+    BadFraming(&'static str),
     RouteNotFound,
     MethodNotAllowed {
         allow: String,
@@ -142,6 +144,7 @@ impl GatewayError {
             GatewayError::AggregateFailed { timeout: true, .. } => 504,
             GatewayError::AggregateFailed { .. } => 502,
             GatewayError::BadPath(_)
+            | GatewayError::BadFraming(_)
             | GatewayError::BadRequest
             | GatewayError::InvalidJson(_)
             | GatewayError::ValidationFailed(_) => 400,
@@ -169,6 +172,7 @@ impl GatewayError {
             GatewayError::AggregateFailed { .. } => "aggregate_call_failed",
             GatewayError::BadPath(_) => "bad_path",
             GatewayError::BadRequest => "bad_request",
+            GatewayError::BadFraming(_) => "bad_framing",
             GatewayError::UnsupportedMediaType => "unsupported_media_type",
             GatewayError::InvalidJson(_) => "invalid_json",
             GatewayError::ValidationFailed(_) => "validation_failed",
@@ -198,6 +202,7 @@ impl GatewayError {
             }
             GatewayError::BadPath(why) => format!("the request path cannot be routed: {why}"),
             GatewayError::BadRequest => "the request is malformed".into(),
+            GatewayError::BadFraming(why) => format!("the request is refused: {why}"),
             GatewayError::UnsupportedMediaType => {
                 "this route takes a JSON body (Content-Type: application/json)".into()
             }

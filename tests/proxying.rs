@@ -525,9 +525,32 @@ routes:
         (get(&["X-Request-Id: \u{7f}\u{1}"]), Answer::Parser400),
         (raw("GET /svc/x HTTP/9.9", &[]), Answer::Parser400),
         (get(&["Host: other"]), Answer::Parser400),
-        // Chunked wins over Content-Length (RFC 9112 §6.3), and only one framing goes on.
+        // Framing that could be read two ways is refused before the upstream sees anything.
         (
             get(&["Transfer-Encoding: chunked", "Content-Length: 5"]) + "0\r\n\r\n",
+            Answer::Json(400),
+        ),
+        (
+            get(&["Content-Length: 5", "Content-Length: 5"]) + "hello",
+            Answer::Json(400),
+        ),
+        (get(&["Content-Length: 5, 5"]) + "hello", Answer::Json(400)),
+        (
+            get(&["Transfer-Encoding: gzip, chunked"]) + "0\r\n\r\n",
+            Answer::Json(400),
+        ),
+        (
+            get(&["Transfer-Encoding: chunked", "Transfer-Encoding: chunked"]) + "0\r\n\r\n",
+            Answer::Json(400),
+        ),
+        (raw("GET /svc/a\tb HTTP/1.1", &[]), Answer::Json(400)),
+        (raw("GET /svc/a\u{7f}b HTTP/1.1", &[]), Answer::Json(400)),
+        (
+            "GET /svc/x HTTP/1.1\nHost: t\nConnection: close\n\n".to_string(),
+            Answer::Json(400),
+        ),
+        (
+            get(&["Transfer-Encoding: chunked"]) + "0\r\n\r\n",
             Answer::Upstream,
         ),
         ("\u{1}\u{2}garbage\r\n\r\n".to_string(), Answer::Parser400),

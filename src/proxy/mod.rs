@@ -5,6 +5,7 @@
 mod access;
 pub mod ctx;
 pub mod forwarding;
+mod framing;
 mod respond;
 
 use crate::aggregate::{Aggregate, Values};
@@ -173,6 +174,10 @@ impl Gateway {
     /// when the request was answered here.
     async fn route_request(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snapshot = ctx.snapshot.clone();
+        if let Some(why) = framing::ambiguity(session) {
+            tracing::warn!(request_id = %ctx.request.id, why, "ambiguous request framing refused");
+            return refuse(session, ctx, GatewayError::BadFraming(why)).await;
+        }
         let raw_target = session.req_header().raw_path();
         let origin_form = raw_target.starts_with(b"/");
         if !origin_form && !is_absolute_http(raw_target) {

@@ -17,6 +17,8 @@ pub enum PathError {
     EncodedSeparator,
     #[error("the path contains a raw control character or backslash")]
     BadByte,
+    #[error("the path contains an encoded control character")]
+    EncodedControl,
 }
 
 /// Returns the canonical form of a request path (without query).
@@ -68,6 +70,9 @@ fn decode_unreserved(bytes: &[u8]) -> Result<String, PathError> {
                 let v = (hex_val(hex[0])? << 4) | hex_val(hex[1])?;
                 match v {
                     b'/' | b'\\' | 0 => return Err(PathError::EncodedSeparator),
+                    // Raw ones arrive here encoded too: Pingora escapes an illegal request
+                    // line before any hook runs, so both spellings are refused alike.
+                    0x01..=0x1f | 0x7f => return Err(PathError::EncodedControl),
                     v if is_unreserved(v) => out.push(v as char),
                     v => {
                         out.push('%');
@@ -181,5 +186,8 @@ mod tests {
         assert_eq!(normalize("/a%4"), Err(PathError::BadEscape));
         assert_eq!(normalize("a"), Err(PathError::NotAbsolute));
         assert_eq!(normalize("/a\\b"), Err(PathError::BadByte));
+        assert_eq!(normalize("/a%09b"), Err(PathError::EncodedControl));
+        assert_eq!(normalize("/a%7Fb"), Err(PathError::EncodedControl));
+        assert_eq!(normalize("/a%20b").as_deref(), Ok("/a%20b"));
     }
 }

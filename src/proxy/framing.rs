@@ -1,0 +1,115 @@
+//! Request heads whose framing or target could be read two ways are refused before anything
+//! reaches an upstream (RFC 9112 §6.3 lets a proxy reject what it cannot frame
+//! unambiguously; nginx refuses the same): repeated or list-valued `Content-Length`,
+//! `Transfer-Encoding` other than exactly `chunked`, both framings at once, control bytes in
+//! the target, and bare-LF line endings, which some servers accept and others do not.
+//! HTTP/1 heads are judged on their raw bytes: Pingora's parsed head has already dropped
+//! `Content-Length` beside `Transfer-Encoding`.
+
+use pingora::protocols::http::ServerSession;
+use pingora::proxy::Session;
+
+/// The raw values of the framing headers in a head.
+#[derive(Default)]
+struct Framing<'a> {
+    lengths: Vec<&'a [u8]>,
+    codings: Vec<&'a [u8]>,
+    bare_lf: bool,
+    /// The request line is `METHOD SP target SP version` without control bytes.
+    clean_line: bool,
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+fn scan(head: &[u8]) -> Framing<'_> {
+    let mut f = Framing::default();
+    for (i, b) in head.iter().enumerate() {
+        if *b == b'\n' && (i == 0 || head[i - 1] != b'\r') {
+            f.bare_lf = true;
+        }
+    }
+    let mut lines = head.split(|b| *b == b'\n');
+    let first = lines.next().unwrap_or_default();
+    let first = first.strip_suffix(b"\r").unwrap_or(first);
+    f.clean_line = first.split(|b| *b == b' ').count() == 3
+        && first.iter().all(|b| *b >= 0x20 && *b != 0x7f)
+        && !first.contains(&b'\t');
+    for line in lines {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (name, value) = (trim(&line[..colon]), trim(&line[colon + 1..]));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            f.lengths.push(value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            f.codings.push(value);
+        }
+    }
+    f
+}
+
+/// Why a head is refused; None when its framing is unambiguous.
+pub fn ambiguity(session: &Session) -> Option<&'static str> {
+    let req = session.req_header();
+    if req.raw_path().iter().any(|b| *b < 0x21 || *b == 0x7f) {
+        return Some("the request target holds a control character or a space");
+    }
+    let ServerSession::H1(h1) = session.as_downstream() else {
+        return None;
+    };
+    let head = h1.get_headers_raw_bytes();
+    let f = scan(&head);
+    if !f.clean_line {
+        return Some("the request line holds a control character or extra spaces");
+    }
+    if f.bare_lf {
+        return Some("header lines must end with CRLF, not a bare LF");
+    }
+    if f.lengths.len() > 1 {
+        return Some("the request has several Content-Length headers");
+    }
+    if f.lengths
+        .iter()
+        .any(|v| v.is_empty() || !v.iter().all(u8::is_ascii_digit))
+    {
+        return Some("Content-Length must be one number");
+    }
+    if f.codings.len() > 1
+        || f.codings
+            .iter()
+            .any(|v| !v.eq_ignore_ascii_case(b"chunked"))
+    {
+        return Some("the only Transfer-Encoding accepted is `chunked`, once");
+    }
+    if !f.lengths.is_empty() && !f.codings.is_empty() {
+        return Some("Content-Length and Transfer-Encoding together frame the body two ways");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_raw_framing_lines() {
+        let f = scan(b"POST / HTTP/1.1\r\nHost: a\r\ncontent-LENGTH:  5 \r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!(f.lengths, vec![&b"5"[..]]);
+        assert_eq!(f.codings, vec![&b"gzip, chunked"[..]]);
+        assert!(!f.bare_lf && f.clean_line);
+        assert!(scan(b"GET / HTTP/1.1\nHost: a\r\n\r\n").bare_lf);
+        assert!(!scan(b"GET /a\tb HTTP/1.1\r\n\r\n").clean_line);
+        assert!(!scan(b"GET /a\x7fb HTTP/1.1\r\n\r\n").clean_line);
+        assert!(!scan(b"GET /a b HTTP/1.1\r\n\r\n").clean_line);
+    }
+}
