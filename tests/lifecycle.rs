@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn config(up: &TestUpstream) -> String {
     format!(
@@ -43,23 +43,21 @@ fn sigterm_drains_in_flight_requests_then_exits() {
     let url = gw.url("/slow?sleep_ms=1000");
     let in_flight =
         std::thread::spawn(move || client().get(url).send().map(|r| r.status().as_u16()));
-    while up.count() == 0 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let arrived = wait_until(Duration::from_secs(10), || up.count() > 0);
+    assert!(
+        arrived.is_some(),
+        "the slow request never reached the upstream"
+    );
     gw.signal("TERM");
     assert_eq!(
         in_flight.join().unwrap().unwrap(),
         200,
         "the in-flight request completes"
     );
-    let started = Instant::now();
-    while gw.child.try_wait().unwrap().is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "gateway did not exit after its grace period"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let exited = wait_until(Duration::from_secs(15), || {
+        gw.child.try_wait().unwrap().is_some()
+    });
+    assert!(exited.is_some(), "gateway did not exit after draining");
     assert!(
         std::net::TcpStream::connect(gw.proxy).is_err(),
         "no new connections after shutdown"
@@ -73,6 +71,8 @@ fn graceful_binary_upgrade_hands_over_the_sockets_without_failing_a_request() {
     let url = old.url("/x");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
     let load = std::thread::spawn(move || {
         // A new connection per request: idle keep-alive connections are closed at shutdown
         // (as nginx does), and a client racing that close must retry; what the handover
@@ -84,6 +84,7 @@ fn graceful_binary_upgrade_hands_over_the_sockets_without_failing_a_request() {
         let mut statuses = Vec::new();
         while !flag.load(std::sync::atomic::Ordering::Relaxed) && statuses.len() < 5_000 {
             statuses.push(c.get(&url).send().map_or(0, |r| r.status().as_u16()));
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(5));
         }
         statuses
@@ -100,7 +101,12 @@ fn graceful_binary_upgrade_hands_over_the_sockets_without_failing_a_request() {
         old.child.try_wait().unwrap().is_some()
     });
     assert!(exited.is_some(), "the old process hands over and exits");
-    std::thread::sleep(Duration::from_millis(300));
+    // Some requests after the handover, served by the successor alone.
+    let after = served.load(std::sync::atomic::Ordering::Relaxed) + 20;
+    let more = wait_until(Duration::from_secs(15), || {
+        served.load(std::sync::atomic::Ordering::Relaxed) >= after
+    });
+    assert!(more.is_some(), "the successor does not serve");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let statuses = load.join().unwrap();
     drop(new);

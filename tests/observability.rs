@@ -76,8 +76,7 @@ rate_limits:
 const SECRET: &str = "obs-test-secret-never-shown-3f9a";
 
 fn start(up: &TestUpstream, extra: &str) -> Gateway {
-    std::env::set_var("PORTICO_TEST_OBS_SECRET", SECRET);
-    Gateway::start(&config(up, extra))
+    Gateway::start_with_env(&[("PORTICO_TEST_OBS_SECRET", SECRET)], &config(up, extra))
 }
 
 fn token(sub: &str) -> String {
@@ -130,6 +129,15 @@ fn metrics_count_exactly_with_bounded_labels() {
     .send()
     .unwrap();
 
+    // A request is counted after its response is sent: read the metrics once all 11 are.
+    let total = |m: &[(String, Labels, f64)]| {
+        m.iter()
+            .filter(|(name, _, _)| name == "portico_requests_total")
+            .map(|(_, _, v)| v)
+            .sum::<f64>()
+    };
+    let counted = wait_until(Duration::from_secs(5), || total(&scrape(&gw)) == 11.0);
+    assert!(counted.is_some(), "{:?}", scrape(&gw));
     let m = scrape(&gw);
     let req = |route, upstream, method, status| {
         value(
@@ -322,15 +330,16 @@ fn access_log_sampling_exclusion_and_query_are_configurable() {
     let line = &wait_for_lines(&gw, 1)[0];
     assert_eq!(line["path"], "/api/x?page=2");
     assert!(line.get("client_ip").is_none() && line.get("trace_id").is_none());
-    let gw = start(&up, "telemetry:\n  access_log: { sample: 0.0 }\n");
+    // The log is complete once the gateway has stopped (its exit writes out the buffer).
+    let mut gw = start(&up, "telemetry:\n  access_log: { sample: 0.0 }\n");
     for _ in 0..20 {
         client().get(gw.url("/api/x")).send().unwrap();
     }
-    std::thread::sleep(Duration::from_millis(300));
+    gw.stop();
     assert!(access_lines(&gw).is_empty(), "sample: 0 logs nothing");
-    let gw = start(&up, "telemetry:\n  access_log: { enabled: false }\n");
+    let mut gw = start(&up, "telemetry:\n  access_log: { enabled: false }\n");
     client().get(gw.url("/api/x")).send().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    gw.stop();
     assert!(access_lines(&gw).is_empty());
 }
 
@@ -338,7 +347,7 @@ fn access_log_sampling_exclusion_and_query_are_configurable() {
 fn admin_api_shows_config_routes_and_upstreams_without_secrets() {
     let up = TestUpstream::start("svc");
     let redis = "redis: { url: \"redis://:redis-pass-77@127.0.0.1:1/0\" }\n";
-    let gw = start(&up, redis);
+    let mut gw = start(&up, redis);
     let t = token("bob");
     client()
         .get(gw.url("/secure/x"))
@@ -375,7 +384,7 @@ fn admin_api_shows_config_routes_and_upstreams_without_secrets() {
         (target["healthy"].as_bool(), target["breaker"].as_str()),
         (Some(true), Some("closed"))
     );
-    std::thread::sleep(Duration::from_millis(300));
+    gw.stop();
     let log = gw.log();
     for secret in [SECRET, "redis-pass-77", t.as_str()] {
         assert!(!text.contains(secret), "secret in /config");

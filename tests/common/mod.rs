@@ -134,6 +134,25 @@ impl Gateway {
         body: &str,
         place: impl FnOnce(&Path, &str) -> PathBuf,
     ) -> Gateway {
+        Gateway::start_env(args, &[], body, place)
+    }
+
+    /// Starts `run` with `envs` set for the gateway process only: tests never change
+    /// their own environment, which parallel tests share.
+    pub fn start_with_env(envs: &[(&str, &str)], body: &str) -> Gateway {
+        Gateway::start_env(&["run"], envs, body, |dir, text| {
+            let config = dir.join("gateway.yaml");
+            std::fs::write(&config, text).unwrap();
+            config
+        })
+    }
+
+    fn start_env(
+        args: &[&str],
+        envs: &[(&str, &str)],
+        body: &str,
+        place: impl FnOnce(&Path, &str) -> PathBuf,
+    ) -> Gateway {
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -143,6 +162,7 @@ impl Gateway {
         // Run in the config's directory, so a relative `-c` works as a user would type it.
         let child = Command::new(bin())
             .current_dir(dir.path())
+            .envs(envs.iter().copied())
             .args(args)
             .arg("-c")
             .arg(&config)
@@ -210,6 +230,20 @@ impl Gateway {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
+    }
+
+    /// Stops the gateway with SIGTERM and waits for its drained exit, which writes out
+    /// every buffered access-log line: after this the log is complete.
+    pub fn stop(&mut self) {
+        self.signal("TERM");
+        let exited = wait_until(Duration::from_secs(15), || {
+            self.child.try_wait().unwrap().is_some()
+        });
+        assert!(
+            exited.is_some(),
+            "the gateway did not stop:\n{}",
+            self.log()
+        );
     }
 
     pub fn signal(&self, sig: &str) {

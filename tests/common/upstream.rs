@@ -149,6 +149,13 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Reply, Infallible> {
     if let Some(body) = served {
+        // Counted like any request, so a test can tell how often a document was fetched.
+        seen.lock().unwrap().push(Seen {
+            method: req.method().to_string(),
+            uri: req.uri().to_string(),
+            headers: BTreeMap::new(),
+            body_len: 0,
+        });
         let reply = Response::builder().header("content-type", "application/json");
         return Ok(reply.body(Full::new(Bytes::from(body)).boxed()).unwrap());
     }
