@@ -86,6 +86,8 @@ pub struct Route {
     /// Total time for the request, across retries.
     pub timeout: Option<Duration>,
     pub max_body: u64,
+    /// `;` path parameters are accepted.
+    pub allow_path_params: bool,
     pub metrics: RouteMetrics,
 }
 

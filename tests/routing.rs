@@ -239,3 +239,44 @@ routes:
         "the upstream sees the normalized path"
     );
 }
+
+/// Paths other servers read differently never reach an upstream: `..;` and `.;` segments,
+/// segments ending in `.` or a space, and `;` parameters unless the route accepts them.
+/// `ignore_case` routes match any letter case.
+#[test]
+fn path_parameters_trailing_dots_and_case() {
+    let up = TestUpstream::start("svc");
+    let gw = Gateway::start(&format!(
+        "server: {{ threads: 1 }}\nupstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: admin, match: {{ path_prefix: /admin, ignore_case: true }}, respond: {{ status: 403, text: no }} }}\n  - {{ name: matrix, match: {{ path_prefix: /matrix/ }}, upstream: svc, allow_path_params: true }}\n  - {{ name: public, match: {{ path_prefix: / }}, upstream: svc }}\n",
+        up.addr
+    ));
+    let get = |path: &str| {
+        raw_request(
+            gw.proxy,
+            &format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+        )
+        .unwrap()
+    };
+    for path in [
+        "/public/..;/admin",
+        "/public/.;x/admin",
+        "/admin.",
+        "/x/admin%20",
+        "/public;x",
+        "/admin;jsessionid=1",
+    ] {
+        let resp = get(path);
+        assert_eq!(resp.status, 400, "{path}: {}", resp.head);
+        assert!(resp.body.contains("\"bad_path\""), "{path}: {}", resp.body);
+    }
+    for path in ["/ADMIN/users", "/Admin", "/admin/x"] {
+        assert_eq!(
+            get(path).status,
+            403,
+            "{path} takes the case-insensitive admin route"
+        );
+    }
+    assert_eq!(up.count(), 0, "nothing above reached the upstream");
+    assert_eq!(get("/matrix/a;v=1").status, 200);
+    assert_eq!(up.last().uri, "/matrix/a;v=1");
+}

@@ -80,6 +80,7 @@ pub(super) fn compile_routes(
                     policies,
                     timeout: r.timeout,
                     max_body: r.max_body.map_or(default_max_body, |b| b.0),
+                    allow_path_params: r.allow_path_params,
                     metrics,
                 },
             });
@@ -110,7 +111,8 @@ fn compile_matcher(d: &mut Diags, at: &str, m: &RawMatch) -> Option<Matcher> {
     } else if let Some(t) = &m.path_template {
         compile_template(d, &format!("{at}.path_template"), t).map(PathMatch::Template)
     } else if let Some(re) = &m.path_regex {
-        match regex::Regex::new(&format!("^(?:{re})$")) {
+        let flags = if m.ignore_case { "(?i)" } else { "" };
+        match regex::Regex::new(&format!("{flags}^(?:{re})$")) {
             Ok(re) => Some(PathMatch::Regex(re)),
             Err(e) => {
                 let detail = e
@@ -160,6 +162,7 @@ fn compile_matcher(d: &mut Diags, at: &str, m: &RawMatch) -> Option<Matcher> {
         methods,
         host,
         headers,
+        ignore_case: m.ignore_case,
     })
 }
 

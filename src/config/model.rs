@@ -331,6 +331,10 @@ pub struct RawRoute {
     pub validate: Option<RawValidate>,
     pub ip_access: Option<String>,
     pub headers: Option<RawHeaders>,
+    /// Accept `;` path parameters (refused by default: `/admin;x` means `/admin` to some
+    /// servers).
+    #[serde(default)]
+    pub allow_path_params: bool,
 }
 
 #[derive(Debug, Deserialize, Serialize, JsonSchema, Default)]
@@ -345,6 +349,9 @@ pub struct RawMatch {
     pub host: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, HeaderCond>,
+    /// Match the path regardless of letter case (`/Admin` like `/admin`).
+    #[serde(default)]
+    pub ignore_case: bool,
 }
 
 /// `X-Env: staging` requires that value; `X-Debug: { present: true }` only its presence

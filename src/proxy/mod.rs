@@ -200,6 +200,11 @@ impl Gateway {
         };
         ctx.route = Some(index);
         let route = &snapshot.routes[index];
+        if !route.allow_path_params && path.contains(';') {
+            drop(path);
+            let why = "`;` path parameters are not accepted on this route".to_string();
+            return refuse(session, ctx, GatewayError::BadPath(why)).await;
+        }
         let bound = snapshot.router.bind(index, &path);
         if let Action::Proxy(_) = route.action {
             let upstream_path = route.rewrite.apply(&path, &bound);

@@ -86,6 +86,8 @@ pub struct HeaderMatch {
 
 pub struct Matcher {
     pub path: PathMatch,
+    /// The path matches regardless of ASCII case (checked whole, not through the trie).
+    pub ignore_case: bool,
     /// None: any method. A list with GET also admits HEAD.
     pub methods: Option<Vec<Method>>,
     pub host: Option<HostMatch>,
@@ -105,6 +107,9 @@ impl Matcher {
     /// Whether every request this matcher's `other` takes, this one takes too
     /// (conservative: a regex never covers another matcher).
     pub fn covers(&self, other: &Matcher) -> bool {
+        if other.ignore_case && !self.ignore_case {
+            return false;
+        }
         let path = match (&self.path, &other.path) {
             (PathMatch::Any, _) => true,
             (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
@@ -112,7 +117,7 @@ impl Matcher {
                 b.starts_with(a.as_str())
             }
             (PathMatch::Prefix(a), PathMatch::Template(b)) => b.prefix().starts_with(a.as_str()),
-            (PathMatch::Template(a), PathMatch::Exact(b)) => a.matches(b),
+            (PathMatch::Template(a), PathMatch::Exact(b)) => a.matches(b, self.ignore_case),
             (PathMatch::Template(a), PathMatch::Template(b)) => a.covers(b),
             _ => false,
         };
@@ -146,10 +151,19 @@ impl Matcher {
 
     /// Everything but the method (the path's trie part is already known to match).
     fn rest_ok(&self, req: &RequestView) -> bool {
-        match &self.path {
-            PathMatch::Regex(re) if !re.is_match(req.path) => return false,
-            PathMatch::Template(t) if !t.matches(req.path) => return false,
-            _ => {}
+        let path_ok = match &self.path {
+            PathMatch::Regex(re) => re.is_match(req.path),
+            PathMatch::Template(t) => t.matches(req.path, self.ignore_case),
+            PathMatch::Exact(p) if self.ignore_case => p.eq_ignore_ascii_case(req.path),
+            PathMatch::Prefix(p) if self.ignore_case => req
+                .path
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p)),
+            // The trie already matched exact paths and prefixes.
+            _ => true,
+        };
+        if !path_ok {
+            return false;
         }
         if let Some(host) = &self.host {
             if !host.matches(req.host) {
@@ -220,6 +234,10 @@ impl Router {
         let mut always = Vec::new();
         for (i, m) in matchers.iter().enumerate() {
             let i = i as u32;
+            if m.ignore_case {
+                always.push(i);
+                continue;
+            }
             match &m.path {
                 PathMatch::Exact(p) => {
                     let n = router.insert(p);
@@ -272,7 +290,7 @@ impl Router {
     pub fn bind(&self, index: usize, path: &str) -> Vec<(String, String)> {
         match &self.matchers[index].path {
             PathMatch::Template(t) => t
-                .bind(path)
+                .bind(path, self.matchers[index].ignore_case)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -426,6 +444,7 @@ mod tests {
     fn route(_name: &str, path: PathMatch, methods: Option<Vec<Method>>) -> Matcher {
         Matcher {
             path,
+            ignore_case: false,
             methods,
             host: None,
             headers: Vec::new(),

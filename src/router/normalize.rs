@@ -19,6 +19,10 @@ pub enum PathError {
     BadByte,
     #[error("the path contains an encoded control character")]
     EncodedControl,
+    #[error("a `.;` or `..;` segment is a dot segment to some servers")]
+    DotParameter,
+    #[error("a path segment ends in `.` or a space, which some servers drop")]
+    TrailingDotOrSpace,
 }
 
 /// Returns the canonical form of a request path (without query).
@@ -28,11 +32,28 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
-    if is_canonical(bytes) {
-        return Ok(Cow::Borrowed(path));
+    let path = if is_canonical(bytes) {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(remove_dot_segments(&decode_unreserved(bytes)?))
+    };
+    check_segments(&path)?;
+    Ok(path)
+}
+
+/// Segments other servers may read as something else: `..;x` is `..` to Tomcat and
+/// Spring, `admin.` and `admin%20` are `admin` to IIS. Refused, so what a route matched is
+/// what every upstream reads.
+fn check_segments(path: &str) -> Result<(), PathError> {
+    for seg in path.split('/') {
+        if seg.starts_with(".;") || seg.starts_with("..;") {
+            return Err(PathError::DotParameter);
+        }
+        if seg.ends_with('.') || seg.ends_with("%20") {
+            return Err(PathError::TrailingDotOrSpace);
+        }
     }
-    let decoded = decode_unreserved(bytes)?;
-    Ok(Cow::Owned(remove_dot_segments(&decoded)))
+    Ok(())
 }
 
 /// Fast path for the common case: nothing to decode, merge or resolve.
@@ -187,6 +208,12 @@ mod tests {
         assert_eq!(normalize("a"), Err(PathError::NotAbsolute));
         assert_eq!(normalize("/a\\b"), Err(PathError::BadByte));
         assert_eq!(normalize("/a%09b"), Err(PathError::EncodedControl));
+        assert_eq!(normalize("/public/..;/admin"), Err(PathError::DotParameter));
+        assert_eq!(normalize("/public/.;x/admin"), Err(PathError::DotParameter));
+        assert_eq!(normalize("/admin."), Err(PathError::TrailingDotOrSpace));
+        assert_eq!(normalize("/admin%20"), Err(PathError::TrailingDotOrSpace));
+        assert_eq!(normalize("/admin%2e"), Err(PathError::TrailingDotOrSpace));
+        assert_eq!(normalize("/a.b/c;v=1").as_deref(), Ok("/a.b/c;v=1"));
         assert_eq!(normalize("/a%7Fb"), Err(PathError::EncodedControl));
         assert_eq!(normalize("/a%20b").as_deref(), Ok("/a%20b"));
     }

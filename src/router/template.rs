@@ -133,18 +133,23 @@ impl PathTemplate {
         })
     }
 
-    pub fn matches(&self, path: &str) -> bool {
-        self.walk(path, |_, _| {})
+    pub fn matches(&self, path: &str, ignore_case: bool) -> bool {
+        self.walk(path, ignore_case, |_, _| {})
     }
 
-    /// The values bound by a matching path, by name.
-    pub fn bind<'a>(&'a self, path: &'a str) -> Option<Vec<(&'a str, &'a str)>> {
+    /// The values bound by a matching path, by name (as written, whatever the case rule).
+    pub fn bind<'a>(&'a self, path: &'a str, ignore_case: bool) -> Option<Vec<(&'a str, &'a str)>> {
         let mut out = Vec::new();
-        self.walk(path, |name, value| out.push((name, value)))
+        self.walk(path, ignore_case, |name, value| out.push((name, value)))
             .then_some(out)
     }
 
-    fn walk<'a>(&'a self, path: &'a str, mut bound: impl FnMut(&'a str, &'a str)) -> bool {
+    fn walk<'a>(
+        &'a self,
+        path: &'a str,
+        ignore_case: bool,
+        mut bound: impl FnMut(&'a str, &'a str),
+    ) -> bool {
         let Some(mut rest) = path.strip_prefix('/') else {
             return false;
         };
@@ -158,7 +163,7 @@ impl PathTemplate {
                 None => (rest, None),
             };
             match seg {
-                Seg::Lit(l) if l == part => {}
+                Seg::Lit(l) if l == part || (ignore_case && l.eq_ignore_ascii_case(part)) => {}
                 Seg::Var(name) if !part.is_empty() => bound(name, part),
                 _ => return false,
             }
@@ -266,24 +271,25 @@ mod tests {
     fn binds_whole_segments_and_the_rest() {
         let tpl = t("/users/{id}/orders/{order}");
         assert_eq!(
-            tpl.bind("/users/7/orders/x1"),
+            tpl.bind("/users/7/orders/x1", false),
             Some(vec![("id", "7"), ("order", "x1")])
         );
-        assert!(!tpl.matches("/users/7/orders"));
-        assert!(!tpl.matches("/users/7/orders/x1/more"));
+        assert!(!tpl.matches("/users/7/orders", false));
+        assert!(tpl.matches("/USERS/7/Orders/x1", true));
+        assert!(!tpl.matches("/users/7/orders/x1/more", false));
         assert!(
-            !tpl.matches("/users//orders/x1"),
+            !tpl.matches("/users//orders/x1", false),
             "an empty segment binds nothing"
         );
         assert_eq!(tpl.prefix(), "/users/");
         let files = t("/files/{rest...}");
         assert_eq!(
-            files.bind("/files/a/b.txt"),
+            files.bind("/files/a/b.txt", false),
             Some(vec![("rest", "a/b.txt")])
         );
-        assert_eq!(files.bind("/files/"), Some(vec![("rest", "")]));
-        assert_eq!(files.bind("/files"), Some(vec![("rest", "")]));
-        assert!(!files.matches("/filesx"));
+        assert_eq!(files.bind("/files/", false), Some(vec![("rest", "")]));
+        assert_eq!(files.bind("/files", false), Some(vec![("rest", "")]));
+        assert!(!files.matches("/filesx", false));
         assert_eq!(t("/{id}").prefix(), "/");
         assert_eq!(t("/a/b").prefix(), "/a/b");
     }
