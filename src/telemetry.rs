@@ -14,8 +14,23 @@ use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock};
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
+/// The log filter for `PORTICO_LOG` (default `info`). Pingora's proxy error lines quote the
+/// request's query and the error's context (for a malformed upstream head: the raw bytes,
+/// cookies and all), so they are off unless the filter names `pingora_proxy` itself;
+/// Portico logs each failed request without request data.
+pub fn log_filter(setting: Option<&str>) -> String {
+    let setting = setting.filter(|s| !s.trim().is_empty()).unwrap_or("info");
+    if setting.contains("pingora_proxy") {
+        setting.to_string()
+    } else {
+        format!("{setting},pingora_proxy=off")
+    }
+}
+
 pub fn init() {
-    let env = EnvFilter::try_from_env("PORTICO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let setting = std::env::var("PORTICO_LOG").ok();
+    let env = EnvFilter::try_new(log_filter(setting.as_deref()))
+        .unwrap_or_else(|_| EnvFilter::new(log_filter(None)));
     // The filter states its most verbose level, so `log` records (Pingora's `debug!` and
     // `trace!` calls on the hot path) below it are dropped by a level check, never dispatched.
     let _ = tracing_subscriber::fmt()

@@ -391,3 +391,63 @@ fn admin_api_shows_config_routes_and_upstreams_without_secrets() {
         assert!(!log.contains(secret), "secret in the logs");
     }
 }
+
+/// Answers every connection (for at most 10 s) with a response head that does not parse,
+/// echoing a cookie: what a hostile or broken upstream sends.
+fn broken_upstream() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            let Ok((mut conn, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            use std::io::{Read, Write};
+            conn.set_nonblocking(false).unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\nSet-Cookie: session=ECHOED-SECRET\r\nbroken header line\r\n\r\n",
+            );
+        }
+    });
+    addr
+}
+
+/// Credentials in URLs, query strings and bytes echoed by an upstream never reach the log,
+/// `/health` or a refused reload's error.
+#[test]
+fn secrets_in_urls_queries_and_upstream_bytes_are_never_logged() {
+    let broken = broken_upstream();
+    let dead = dead_addr();
+    let body = format!(
+        "server: {{ threads: 1 }}\nupstreams:\n  bad: {{ targets: [\"{broken}\"], retries: {{ attempts: 0 }} }}\nauth:\n  remote: {{ algorithms: [RS256], jwks_url: \"http://user:p@ss-URLSECRET@{dead}/jwks?token=QUERY-URLSECRET\", jwks_refresh: 1s }}\nroutes:\n  - {{ name: bad, match: {{ path_prefix: /bad }}, upstream: bad }}\n  - {{ name: secure, match: {{ path_prefix: /secure }}, respond: {{ text: x }}, auth: remote }}\n"
+    );
+    let mut gw = Gateway::start(&body);
+    let resp = client()
+        .get(gw.url("/bad/x?token=REQUEST-QUERY-SECRET"))
+        .send()
+        .unwrap();
+    assert_json_error(resp, 502, "upstream_unreachable");
+    let fetched = wait_until(Duration::from_secs(10), || {
+        gw.log().contains("JWKS fetch failed")
+    });
+    assert!(fetched.is_some(), "{}", gw.log());
+    gw.write_config(&body.replace("http://user", "ftp://user"));
+    let refused = wait_until(Duration::from_secs(10), || {
+        gw.admin_json("/health")["last_reload"]["result"] == "failed"
+    });
+    assert!(refused.is_some(), "{}", gw.log());
+    let health = gw.admin_json("/health").to_string();
+    assert!(health.contains("ftp://***@"), "{health}");
+    gw.stop();
+    let log = gw.log();
+    assert!(log.contains("request failed"), "{log}");
+    for secret in ["URLSECRET", "ECHOED-SECRET", "REQUEST-QUERY-SECRET", "p@ss"] {
+        assert!(!log.contains(secret), "`{secret}` in the log:\n{log}");
+        assert!(!health.contains(secret), "`{secret}` in /health: {health}");
+    }
+}

@@ -8,7 +8,7 @@ mod upstream;
 
 use crate::config::model::RawAccessLog;
 use crate::config::{RawConfig, Source};
-use crate::diag::{cidr, inputs_digest, ConfigError, Diags, Inputs};
+use crate::diag::{cidr, inputs_digest, redact_url, ConfigError, Diags, Inputs};
 use crate::policy::ratelimit::RedisLink;
 use crate::router::Router;
 use crate::snapshot::{AccessLogSettings, Settings, Snapshot, ACCESS_FIELDS};
@@ -241,19 +241,6 @@ fn redacted(raw: &RawConfig) -> serde_json::Value {
         }
     }
     value
-}
-
-fn redact_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let rest = match rest.split_once('@') {
-        Some((_, host)) => format!("***@{host}"),
-        None => rest.to_string(),
-    };
-    let rest = match rest.split_once('?') {
-        Some((path, _)) => format!("{path}?***"),
-        None => rest,
-    };
-    format!("{scheme}://{rest}")
 }
 
 #[cfg(test)]

@@ -222,3 +222,46 @@ pub fn lookup<T: Clone>(
     }
     None
 }
+
+/// A URL as it may be shown (logs, `/config`, `/health`, errors): user info and query
+/// replaced by `***`. The user info ends at the authority's *last* `@`, so a password that
+/// contains `@` is hidden whole. The one place URLs are redacted.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = match authority.rfind('@') {
+        Some(at) => format!("***@{}", &authority[at + 1..]),
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, _)) => format!("{path}?***"),
+        None => tail.to_string(),
+    };
+    format!("{scheme}{host}{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn credentials_and_queries_are_hidden_whole() {
+        assert_eq!(
+            redact_url("redis://:p@ss@word@redis:6379/0"),
+            "redis://***@redis:6379/0"
+        );
+        assert_eq!(
+            redact_url("https://idp.example/jwks?token=abc#x"),
+            "https://idp.example/jwks?***"
+        );
+        assert_eq!(
+            redact_url("https://u:pw@idp.example/a@b"),
+            "https://***@idp.example/a@b"
+        );
+        assert_eq!(redact_url("http://plain:80/x"), "http://plain:80/x");
+    }
+}

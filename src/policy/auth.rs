@@ -290,20 +290,21 @@ impl RemoteJwks {
                 .get(&self.url)
                 .send()
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.without_url().to_string())?;
             let text = resp
                 .error_for_status()
-                .map_err(|e| e.to_string())?
+                .map_err(|e| e.without_url().to_string())?
                 .text()
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.without_url().to_string())?;
             parse_jwks(&text)
         }
         .await;
         match result {
             Ok(keys) => self.keys.store(Arc::new(keys)),
             Err(e) => {
-                tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed; keeping the cached keys")
+                let url = crate::diag::redact_url(&self.url);
+                tracing::warn!(%url, error = %e, "JWKS fetch failed; keeping the cached keys")
             }
         }
     }
@@ -752,7 +753,7 @@ fn compile_keys(
         if !(url.starts_with("https://") || url.starts_with("http://")) {
             d.error(
                 &format!("{at}.jwks_url"),
-                format!("`{url}` is not an http(s) URL"),
+                format!("`{}` is not an http(s) URL", crate::diag::redact_url(url)),
                 None,
             );
             return None;

@@ -230,7 +230,14 @@ pub enum LimitError {
 
 impl RedisLink {
     pub fn new(url: &str, timeout: Duration) -> Result<RedisLink, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid redis url: {e}"))?;
+        let client = redis::Client::open(url).map_err(|e| {
+            // The redis crate's message can quote the URL: only the kind is kept.
+            format!(
+                "invalid redis url `{}`: {:?}",
+                crate::diag::redact_url(url),
+                e.kind()
+            )
+        })?;
         Ok(RedisLink {
             client,
             timeout,

@@ -449,7 +449,28 @@ impl ProxyHttp for Gateway {
         respond::decorate(upstream_response, ctx)
     }
 
+    /// What Pingora's own log lines say of a request: no query (it often carries tokens).
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {}, request id {}",
+            req.method,
+            req.uri.path(),
+            ctx.request.id
+        )
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(e) = e.filter(|e| e.esource() != &pingora::ErrorSource::Downstream) {
+            // The kind and source only: an error's context can hold upstream bytes.
+            tracing::warn!(
+                request_id = %ctx.request.id,
+                route = ctx.route().map_or("none", |r| &*r.name),
+                error = ?e.etype(),
+                source = ?e.esource(),
+                "request failed"
+            );
+        }
         if let Some(pick) = ctx.upstream.pick.take() {
             // 5xx, resets and timeouts count against the target; a client that went away
             // says nothing about it.
