@@ -26,6 +26,10 @@ pub struct Settings {
     pub resolve_interval: Duration,
     pub upgrade_socket: String,
     pub pid_file: Option<String>,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
 }
 
 impl Settings {

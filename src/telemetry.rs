@@ -143,6 +143,9 @@ pub struct Metrics {
     pub aggregate_calls: IntCounterVec,
     pub aggregate_duration: HistogramVec,
     pub redis_connected: IntGauge,
+    pub connections_open: IntGauge,
+    pub connections_refused: IntCounter,
+    pub connections_timed_out: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -259,6 +262,27 @@ impl Metrics {
                     "1 while the Redis link for rate limits is connected (0 when down or unused).",
                 )
                 .expect("valid"),
+            ),
+            connections_open: register(
+                &r,
+                IntGauge::new(
+                    "portico_downstream_connections",
+                    "Client connections open now.",
+                )
+                .expect("valid"),
+            ),
+            connections_refused: register(
+                &r,
+                IntCounter::new(
+                    "portico_downstream_connections_refused_total",
+                    "Client connections closed at accept because max_connections were open.",
+                )
+                .expect("valid"),
+            ),
+            connections_timed_out: counter(
+                "portico_downstream_timeouts_total",
+                "Client connections closed for not sending a request head in time, by reason (header, idle).",
+                &["reason"],
             ),
             registry: r,
         }

@@ -9,6 +9,7 @@ pub mod services;
 
 use crate::compile::compile_with;
 use crate::config::{ConfigError, Source};
+use crate::proxy::guard::Guarded;
 use crate::proxy::Gateway;
 use crate::snapshot::{Snapshot, SnapshotHolder};
 use crate::state::Stores;
@@ -101,8 +102,9 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
         connector: pingora::connectors::http::Connector::new(None),
         in_flight: in_flight.clone(),
     };
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "portico");
+    let app = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let guarded = Guarded::new(app, holder.clone(), telemetry.clone());
+    let mut proxy = Service::new("portico".to_string(), guarded);
     proxy.add_tcp(&proxy_addr);
 
     let readiness = Readiness::default();

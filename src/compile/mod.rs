@@ -110,6 +110,26 @@ fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
     if server.threads == Some(0) {
         d.error("server.threads", "threads must be at least 1", None);
     }
+    for (key, value) in [
+        ("header", server.timeouts.header),
+        ("idle", server.timeouts.idle),
+        ("body", server.timeouts.body),
+    ] {
+        if value.is_zero() {
+            d.error(
+                &format!("server.timeouts.{key}"),
+                "a timeout must be longer than 0",
+                None,
+            );
+        }
+    }
+    if server.max_connections == 0 {
+        d.error(
+            "server.max_connections",
+            "max_connections must be at least 1",
+            None,
+        );
+    }
     let trusted_proxies = server
         .trusted_proxies
         .iter()
@@ -130,6 +150,10 @@ fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
             format!("/tmp/portico-upgrade-{port}.sock")
         }),
         pid_file: server.pid_file.clone(),
+        header_timeout: server.timeouts.header,
+        idle_timeout: server.timeouts.idle,
+        body_timeout: server.timeouts.body,
+        max_connections: server.max_connections,
         proxy_addr: proxy_addr?,
     })
 }

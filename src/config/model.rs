@@ -128,6 +128,12 @@ pub struct ServerSettings {
     #[schemars(with = "String")]
     #[serde(default = "default_resolve_interval", with = "humantime_serde")]
     pub resolve_interval: Duration,
+    /// Deadlines for client connections.
+    #[serde(default)]
+    pub timeouts: ClientTimeouts,
+    /// Most client connections open at once; more are closed at accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Where a new process (`run --upgrade`) takes over the listening sockets (default
     /// `/tmp/portico-upgrade-PORT.sock`, PORT of `listen.proxy`: one per gateway on a host).
     pub upgrade_socket: Option<String>,
@@ -145,6 +151,8 @@ impl Default for ServerSettings {
             shutdown_timeout: default_shutdown_timeout(),
             max_body: default_max_body(),
             resolve_interval: default_resolve_interval(),
+            timeouts: ClientTimeouts::default(),
+            max_connections: default_max_connections(),
             upgrade_socket: None,
             pid_file: None,
         }
@@ -160,6 +168,45 @@ fn default_shutdown_timeout() -> Duration {
 fn default_max_body() -> ByteSize {
     ByteSize(100 * 1024 * 1024)
 }
+fn default_max_connections() -> usize {
+    10_000
+}
+
+/// `server.timeouts`: how long a client may take.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTimeouts {
+    /// For a whole request head on a new connection (default 10s).
+    #[schemars(with = "String")]
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header: Duration,
+    /// For the next request head on a kept-alive connection, waiting included (default 60s).
+    #[schemars(with = "String")]
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle: Duration,
+    /// Between two reads of a request body (default 60s).
+    #[schemars(with = "String")]
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub body: Duration,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        ClientTimeouts {
+            header: default_header_timeout(),
+            idle: default_idle_timeout(),
+            body: default_idle_timeout(),
+        }
+    }
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
 fn default_resolve_interval() -> Duration {
     Duration::from_secs(30)
 }

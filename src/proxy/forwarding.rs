@@ -205,6 +205,10 @@ mod tests {
             resolve_interval: Duration::from_secs(1),
             upgrade_socket: String::new(),
             pid_file: None,
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            body_timeout: Duration::from_secs(1),
+            max_connections: 1,
         }
     }
 

@@ -6,6 +6,7 @@ mod access;
 pub mod ctx;
 pub mod forwarding;
 mod framing;
+pub mod guard;
 mod respond;
 
 use crate::aggregate::{Aggregate, Values};
@@ -302,6 +303,7 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
+        guard::head_received();
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let snapshot = self.holder.load();
         if snapshot.metrics {
@@ -311,6 +313,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let body_timeout = ctx.snapshot.settings.body_timeout;
+        let downstream = session.as_downstream_mut();
+        downstream.set_read_timeout(Some(body_timeout));
+        // Pipelined requests are answered in order (RFC 9112 §9.3.2) instead of dropped.
+        downstream.set_pipelining_enabled(true);
         let req = session.req_header();
         let facts = &mut ctx.request;
         facts.id = forwarding::request_id(req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes()));
@@ -493,6 +500,7 @@ impl ProxyHttp for Gateway {
                 .line(|out| access::access_line(out, session, ctx, status));
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        guard::request_done();
     }
 
     fn upstream_response_body_filter(

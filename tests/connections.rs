@@ -1,0 +1,153 @@
+//! Client connections cannot be held forever: slowloris heads and idle keep-alive
+//! connections are closed by their deadlines, open connections are capped, and pipelined
+//! requests are answered in order.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn gateway(server: &str, up: &TestUpstream) -> Gateway {
+    Gateway::start(&format!(
+        "server: {{ threads: 1, {server} }}\nupstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: svc, match: {{ path_prefix: / }}, upstream: svc }}\n",
+        up.addr
+    ))
+}
+
+/// Whether the gateway closes `conn` before `limit` (reading and dropping what it sends).
+fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
+    conn.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match conn.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => {}
+        }
+    }
+    false
+}
+
+fn metric(gw: &Gateway, line_start: &str) -> Option<String> {
+    let text = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .map(|l| l.rsplit(' ').next().unwrap().to_string())
+}
+
+#[test]
+fn a_slowloris_head_is_cut_off_at_the_header_deadline() {
+    let up = TestUpstream::start("svc");
+    let gw = gateway("timeouts: { header: 1s }", &up);
+    let mut conn = TcpStream::connect(gw.proxy).unwrap();
+    conn.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n").unwrap();
+    // A header line every 200 ms: each read is quick, the head never ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut closed = false;
+    while Instant::now() < deadline && !closed {
+        if conn.write_all(b"X-Slow: 1\r\n").is_err() {
+            closed = true;
+            break;
+        }
+        closed = closed_within(&mut conn, Duration::from_millis(200));
+    }
+    assert!(closed, "a head trickling in for 10 s was never cut off");
+    assert_eq!(up.count(), 0);
+    let counted = wait_until(Duration::from_secs(5), || {
+        metric(&gw, "portico_downstream_timeouts_total{reason=\"header\"}").as_deref() == Some("1")
+    });
+    assert!(counted.is_some());
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed_at_the_idle_deadline() {
+    let up = TestUpstream::start("svc");
+    let gw = gateway("timeouts: { idle: 1s }", &up);
+    let mut conns: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut c = TcpStream::connect(gw.proxy).unwrap();
+            c.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+            c
+        })
+        .collect();
+    let answered = wait_until(Duration::from_secs(10), || up.count() == 20);
+    assert!(
+        answered.is_some(),
+        "every connection got its request through"
+    );
+    for (i, c) in conns.iter_mut().enumerate() {
+        assert!(
+            closed_within(c, Duration::from_secs(10)),
+            "connection {i} stayed open"
+        );
+    }
+    let counted = wait_until(Duration::from_secs(5), || {
+        metric(&gw, "portico_downstream_timeouts_total{reason=\"idle\"}").as_deref() == Some("20")
+    });
+    assert!(counted.is_some());
+    assert_eq!(
+        metric(&gw, "portico_downstream_connections ").as_deref(),
+        Some("0")
+    );
+}
+
+#[test]
+fn open_connections_are_capped_and_counted() {
+    let up = TestUpstream::start("svc");
+    let gw = gateway("max_connections: 3, timeouts: { header: 30s }", &up);
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(gw.proxy).unwrap())
+        .collect();
+    let opened = wait_until(Duration::from_secs(5), || {
+        metric(&gw, "portico_downstream_connections ").as_deref() == Some("3")
+    });
+    assert!(opened.is_some());
+    let mut extra = TcpStream::connect(gw.proxy).unwrap();
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(5)),
+        "a fourth connection is closed"
+    );
+    assert_eq!(
+        metric(&gw, "portico_downstream_connections_refused_total").as_deref(),
+        Some("1")
+    );
+    drop(held.pop());
+    let freed = wait_until(Duration::from_secs(5), || {
+        metric(&gw, "portico_downstream_connections ").as_deref() == Some("2")
+    });
+    assert!(freed.is_some());
+    let resp = raw_request(
+        gw.proxy,
+        "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(resp.status, 200, "a freed place serves again");
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let up = TestUpstream::start("svc");
+    let gw = gateway("timeouts: { idle: 5s }", &up);
+    let mut conn = TcpStream::connect(gw.proxy).unwrap();
+    conn.write_all(
+        b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut all = String::new();
+    let _ = conn.read_to_string(&mut all);
+    let first = all.find("\"uri\":\"/first\"").expect(&all);
+    let second = all.find("\"uri\":\"/second\"").expect(&all);
+    assert!(first < second, "in request order:\n{all}");
+    assert_eq!(all.matches("HTTP/1.1 200 OK").count(), 2, "{all}");
+}
