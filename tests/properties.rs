@@ -21,7 +21,10 @@ fn snapshot() -> &'static portico::snapshot::Snapshot {
 
 fn route(path: &str) -> Option<String> {
     let uri: Uri = path.parse().ok()?;
-    let (found, _) = snapshot().router.route(&Method::GET, &uri, &HeaderMap::new()).ok()?;
+    let (found, _) = snapshot()
+        .router
+        .route(&Method::GET, &uri, &HeaderMap::new())
+        .ok()?;
     Some(match found {
         Match::Route(i) => snapshot().routes[i].name.to_string(),
         Match::NotFound => "404".into(),
