@@ -182,6 +182,10 @@ fn bad_tokens_get_401_with_the_reason() {
         "token_missing",
     );
     refused(get(&gw, "/rs/x", "not.a.jwt"), "token_malformed");
+    for missing in ["iss", "aud", "exp"] {
+        let token = rs(&with(claims(), json!({ missing: null })));
+        refused(get(&gw, "/rs/x", &token), "token_missing_claim");
+    }
     refused(
         get(
             &gw,

@@ -419,3 +419,133 @@ fn redis_connects_at_start_and_health_says_so() {
     });
     assert!(down.is_some(), "{}", gw.log());
 }
+
+fn names(gw: &Gateway, n: usize) -> Vec<String> {
+    let c = client();
+    (0..n)
+        .map(|_| {
+            c.get(gw.url("/x")).send().unwrap().headers()["x-upstream"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+fn reload_and_wait(gw: &Gateway, body: &str) {
+    let before = gw.admin_config()["config_hash"].clone();
+    gw.write_config(body);
+    let live = wait_until(Duration::from_secs(10), || {
+        gw.admin_config()["config_hash"] != before
+    });
+    assert!(live.is_some(), "{}", gw.log());
+}
+
+/// A reload that changes only a timeout keeps the balancer's position and the targets'
+/// health: round robin goes on where it was, an unhealthy target stays out.
+#[test]
+fn balancer_and_health_state_survive_a_reload_that_does_not_redefine_them() {
+    let (a, b, c) = (
+        TestUpstream::start("a"),
+        TestUpstream::start("b"),
+        TestUpstream::start("c"),
+    );
+    let body = |read: &str| {
+        format!(
+            "server: {{ threads: 1 }}\nupstreams:\n  svc:\n    targets: [\"{}\", \"{}\", \"{}\"]\n    timeouts: {{ read: {read} }}\n    health_check: {{ path: /health, interval: 100ms, timeout: 500ms, unhealthy_after: 1, healthy_after: 1000 }}\nroutes:\n  - {{ name: svc, match: {{ path_prefix: / }}, upstream: svc }}\n",
+            a.addr, b.addr, c.addr
+        )
+    };
+    let gw = Gateway::start(&body("5s"));
+    assert_eq!(names(&gw, 1), ["a"]);
+    reload_and_wait(&gw, &body("6s"));
+    assert_eq!(
+        names(&gw, 2),
+        ["b", "c"],
+        "round robin goes on where it was"
+    );
+    c.set_health(503);
+    let out = wait_until(Duration::from_secs(5), || {
+        names(&gw, 4).iter().all(|n| n != "c")
+    });
+    assert!(out.is_some(), "c is taken out");
+    c.set_health(200);
+    reload_and_wait(&gw, &body("7s"));
+    assert!(
+        names(&gw, 6).iter().all(|n| n != "c"),
+        "c stays out: it needs 1000 good checks, not a reload"
+    );
+}
+
+/// `failure_ratio` opens the circuit when enough of the requests in the window failed,
+/// even with no run of consecutive failures.
+#[test]
+fn a_failure_ratio_opens_the_breaker() {
+    let up = TestUpstream::start("svc");
+    let gw = Gateway::start(&breaker_config(
+        &format!("\"{}\"", up.addr),
+        "{ consecutive_failures: 100, failure_ratio: 0.5, window: 1m, min_requests: 4, open_for: 1h }",
+    ));
+    let c = client();
+    for status in [500, 200, 500, 200] {
+        let path = format!("/x?status={status}");
+        assert_eq!(c.get(gw.url(&path)).send().unwrap().status(), status);
+    }
+    let seen = up.count();
+    assert_json_error(c.get(gw.url("/x")).send().unwrap(), 503, "circuit_open");
+    assert_eq!(up.count(), seen);
+}
+
+/// Redis coming back after a failure is found again, and limits are counted again.
+#[test]
+fn redis_is_reconnected_after_it_comes_back() {
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let gw = Gateway::start(&redis_config(&redis.url(), POLICIES));
+    let state = |want: bool| {
+        wait_until(Duration::from_secs(10), || {
+            redis_state(&gw) == serde_json::json!({ "connected": want })
+        })
+    };
+    assert!(state(true).is_some());
+    redis.kill();
+    assert!(state(false).is_some());
+    assert_json_error(
+        client().get(gw.url("/deny")).send().unwrap(),
+        503,
+        "rate_limit_unavailable",
+    );
+    let _back = RedisServer::start_on(port);
+    assert!(state(true).is_some(), "{}", gw.log());
+    let counted = wait_until(Duration::from_secs(5), || {
+        !header(
+            &client().get(gw.url("/deny")).send().unwrap(),
+            "ratelimit-remaining",
+        )
+        .is_empty()
+    });
+    assert!(counted.is_some(), "limits are checked in Redis again");
+}
+
+/// A Redis that accepts but never answers costs a request at most `redis.timeout`:
+/// `allow` lets it through unchecked, `deny` refuses it.
+#[test]
+fn a_slow_redis_costs_at_most_its_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let gw = Gateway::start(&redis_config(&format!("redis://{addr}"), POLICIES));
+    let c = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(c.get(gw.url("/allow")).send().unwrap().status(), 200);
+        assert_json_error(
+            c.get(gw.url("/deny")).send().unwrap(),
+            503,
+            "rate_limit_unavailable",
+        );
+    }
+    assert_eq!(redis_state(&gw), serde_json::json!({"connected": false}));
+    drop(silent);
+}

@@ -8,6 +8,7 @@ use crate::upstream::breaker::BreakerConfig;
 use crate::upstream::health::HealthConfig;
 use crate::upstream::{Balance, Target, Upstream};
 use std::collections::HashSet;
+use std::sync::atomic::AtomicUsize;
 
 pub(super) fn compile_upstream(
     d: &mut Diags,
@@ -95,6 +96,7 @@ pub(super) fn compile_upstream(
     };
     let timeouts = (up.timeouts.connect, up.timeouts.read, up.timeouts.write);
     let mut upstream = Upstream::new(name, targets, balance?, timeouts, retry_attempts);
+    upstream.next = state.keep("balancer", name, &up.targets, AtomicUsize::default);
     upstream.health_check = health_check;
     upstream.breaker = breaker;
     Some(upstream)

@@ -138,7 +138,8 @@ pub struct Upstream {
     pub retry_attempts: u32,
     pub health_check: Option<HealthConfig>,
     pub breaker: Option<BreakerConfig>,
-    next: AtomicUsize,
+    /// The balancer's position, kept across reloads while the target list stays.
+    pub next: Arc<AtomicUsize>,
 }
 
 /// The target chosen for one try. It counts as in flight (for `least_requests`) until
@@ -191,7 +192,7 @@ impl Upstream {
             retry_attempts,
             health_check: None,
             breaker: None,
-            next: AtomicUsize::new(0),
+            next: Arc::default(),
         }
     }
 

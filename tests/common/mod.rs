@@ -270,7 +270,11 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let port = free_port();
+        RedisServer::start_on(free_port())
+    }
+
+    /// Starts on a given port (e.g. to bring a stopped server back where it was).
+    pub fn start_on(port: u16) -> RedisServer {
         let child = Command::new("redis-server")
             .args([
                 "--port",
