@@ -20,35 +20,47 @@ struct Framing<'a> {
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
+    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
     &v[start..end]
 }
 
+/// `METHOD SP target SP version`, without control bytes.
+fn clean_request_line(line: &[u8]) -> bool {
+    let mut spaces = 0;
+    let mut clean = true;
+    for b in line {
+        spaces += usize::from(*b == b' ');
+        clean &= (*b > 0x20 && *b != 0x7f) || *b == b' ';
+    }
+    clean && spaces == 2
+}
+
+/// One pass over the head's lines (it runs for every request); only lines that may be
+/// framing headers are looked at closely.
 fn scan(head: &[u8]) -> Framing<'_> {
     let mut f = Framing::default();
-    for (i, b) in head.iter().enumerate() {
-        if *b == b'\n' && (i == 0 || head[i - 1] != b'\r') {
-            f.bare_lf = true;
+    let mut pieces = head.split(|b| *b == b'\n').enumerate().peekable();
+    while let Some((i, raw)) = pieces.next() {
+        let line = match raw.strip_suffix(b"\r") {
+            Some(line) => line,
+            // Only the piece after the last `\n` may lack its `\r`.
+            None => {
+                f.bare_lf |= pieces.peek().is_some();
+                raw
+            }
+        };
+        if i == 0 {
+            f.clean_line = clean_request_line(line);
+            continue;
         }
-    }
-    let mut lines = head.split(|b| *b == b'\n');
-    let first = lines.next().unwrap_or_default();
-    let first = first.strip_suffix(b"\r").unwrap_or(first);
-    f.clean_line = first.split(|b| *b == b' ').count() == 3
-        && first.iter().all(|b| *b >= 0x20 && *b != 0x7f)
-        && !first.contains(&b'\t');
-    for line in lines {
+        if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T')) {
+            continue;
+        }
         let Some(colon) = line.iter().position(|b| *b == b':') else {
             continue;
         };
-        let (name, value) = (trim(&line[..colon]), trim(&line[colon + 1..]));
+        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
         if name.eq_ignore_ascii_case(b"content-length") {
             f.lengths.push(value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
@@ -108,6 +120,7 @@ mod tests {
         assert_eq!(f.codings, vec![&b"gzip, chunked"[..]]);
         assert!(!f.bare_lf && f.clean_line);
         assert!(scan(b"GET / HTTP/1.1\nHost: a\r\n\r\n").bare_lf);
+        assert!(scan(b"GET / HTTP/1.1\r\nHost: a\r\n\n").bare_lf, "the blank line too");
         assert!(!scan(b"GET /a\tb HTTP/1.1\r\n\r\n").clean_line);
         assert!(!scan(b"GET /a\x7fb HTTP/1.1\r\n\r\n").clean_line);
         assert!(!scan(b"GET /a b HTTP/1.1\r\n\r\n").clean_line);

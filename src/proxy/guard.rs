@@ -1,8 +1,8 @@
 //! Client connections cannot be held forever. Pingora reads a request head with a timeout
 //! per read (a byte every few seconds keeps it alive) and keeps HTTP/1.1 connections open
 //! indefinitely between requests. This wraps Pingora's proxy app, which serves a whole
-//! connection (every keep-alive request) in one call on one task: the proxy signals when a
-//! request head has arrived and when the request is done, and between those signals the
+//! connection (every keep-alive request) in one call on one task: the proxy records when a
+//! request head has arrived and when the request is done, and while a head is awaited the
 //! wrapper holds a deadline — `server.timeouts.header` for the first head, `idle` for each
 //! later one (the wait included). At most `server.max_connections` client connections are
 //! open at once. Limits come from the live snapshot.
@@ -14,16 +14,22 @@ use pingora::apps::ServerApp;
 use pingora::protocols::{Stream, UniqueIDType};
 use pingora::server::ShutdownWatch;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
+use std::time::{Duration, Instant};
 
-/// What the proxy tells the guard of the connection whose task it runs on.
-#[derive(Default)]
+/// What the proxy tells the guard of the connection whose task it runs on: whether a
+/// request is being served, or since when a head has been awaited. Plain atomics, so a
+/// request costs two stores; the guard looks only when its timer fires.
 struct Signals {
-    head: Notify,
-    done: Notify,
+    epoch: Instant,
+    /// `SERVING`, or 1 + the milliseconds (from `epoch`) since which a head is awaited.
+    state: AtomicU64,
+    /// A request on this connection has been served (so the next head is an idle wait).
+    served: AtomicBool,
 }
+
+const SERVING: u64 = 0;
 
 tokio::task_local! {
     static SIGNALS: Arc<Signals>;
@@ -31,12 +37,16 @@ tokio::task_local! {
 
 /// Called by the proxy when a request head has been read (on the connection's task).
 pub fn head_received() {
-    let _ = SIGNALS.try_with(|s| s.head.notify_one());
+    let _ = SIGNALS.try_with(|s| s.state.store(SERVING, Ordering::Relaxed));
 }
 
 /// Called by the proxy when a request is done (its log line written).
 pub fn request_done() {
-    let _ = SIGNALS.try_with(|s| s.done.notify_one());
+    let _ = SIGNALS.try_with(|s| {
+        let waited_from = s.epoch.elapsed().as_millis() as u64 + 1;
+        s.state.store(waited_from, Ordering::Relaxed);
+        s.served.store(true, Ordering::Relaxed);
+    });
 }
 
 pub struct Guarded<A> {
@@ -106,30 +116,41 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             ends: true,
         };
         let (header, idle) = (settings.header_timeout, settings.idle_timeout);
-        let mut deadline = if reused {
-            (idle, "idle")
-        } else {
-            (header, "header")
-        };
-        let signals = Arc::new(Signals::default());
+        let signals = Arc::new(Signals {
+            epoch: Instant::now(),
+            state: AtomicU64::new(1),
+            served: AtomicBool::new(reused),
+        });
         let work = SIGNALS.scope(signals.clone(), self.inner.process_new(stream, shutdown));
         tokio::pin!(work);
+        // Never sleeps past a due time: a request that ends between two looks has its next
+        // head due `idle` later, and the timer looks again within `tick`.
+        let tick = header.min(idle);
+        let timer = tokio::time::sleep(tick);
+        tokio::pin!(timer);
         let reusable = loop {
             tokio::select! {
                 done = &mut work => break done,
-                _ = signals.head.notified() => {}
-                _ = tokio::time::sleep(deadline.0) => {
-                    // Dropping the unfinished read closes the connection.
-                    metrics.connections_timed_out.with_label_values(&[deadline.1]).inc();
-                    return None;
-                }
+                _ = &mut timer => {}
             }
-            // A request is being served: its own timeouts apply until it is done.
-            tokio::select! {
-                done = &mut work => break done,
-                _ = signals.done.notified() => {}
+            // A request being served has its own timeouts: look again later.
+            let state = signals.state.load(Ordering::Relaxed);
+            let served = signals.served.load(Ordering::Relaxed);
+            let (limit, reason) = if served { (idle, "idle") } else { (header, "header") };
+            let now = tokio::time::Instant::now();
+            if state == SERVING {
+                timer.as_mut().reset(now + tick);
+                continue;
             }
-            deadline = (idle, "idle");
+            let due = tokio::time::Instant::from_std(signals.epoch)
+                + Duration::from_millis(state - 1)
+                + limit;
+            if now >= due {
+                // Dropping the unfinished read closes the connection.
+                metrics.connections_timed_out.with_label_values(&[reason]).inc();
+                return None;
+            }
+            timer.as_mut().reset(due);
         };
         if let Some(stream) = &reusable {
             self.kept().insert(stream.id());
