@@ -24,12 +24,13 @@ pub fn access_line(out: &mut Vec<u8>, session: &Session, ctx: &Ctx, status: u16)
     let settings = &ctx.snapshot.access_log;
     let req = session.req_header();
     let mut line = JsonLine::new(out, &settings.exclude);
-    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
-    line.display("time", now);
+    line.time("time", std::time::SystemTime::now());
     line.str("request_id", &ctx.request.id);
     line.str("trace_id", &ctx.request.trace_id);
     if let Some(ip) = ctx.request.client_ip {
-        line.display("client_ip", ip);
+        let mut text = String::with_capacity(40);
+        super::forwarding::push_ip(&mut text, ip);
+        line.str("client_ip", &text);
     }
     line.str("method", req.method.as_str());
     match (settings.query, req.uri.query()) {
@@ -93,17 +94,18 @@ impl<'a> JsonLine<'a> {
     }
 
     fn str(&mut self, name: &str, value: &str) {
-        if self.key(name) {
+        if !self.key(name) {
+            return;
+        }
+        let plain = value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+        if plain {
+            // Nothing to escape (the usual case): copied as it is.
+            self.out.push(b'"');
+            self.out.extend_from_slice(value.as_bytes());
+            self.out.push(b'"');
+        } else {
             // serde_json escapes quotes, backslashes and control characters.
             let _ = serde_json::to_writer(&mut *self.out, value);
-        }
-    }
-
-    /// A string field from a value whose text needs no escaping (times, addresses).
-    fn display(&mut self, name: &str, value: impl std::fmt::Display) {
-        if self.key(name) {
-            use std::io::Write;
-            let _ = write!(self.out, "\"{value}\"");
         }
     }
 
@@ -112,6 +114,38 @@ impl<'a> JsonLine<'a> {
             self.out
                 .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
         }
+    }
+
+    /// An RFC 3339 time with milliseconds. The text up to the second is formatted once a
+    /// second per thread and reused (every line needs it; formatting it is not cheap).
+    fn time(&mut self, name: &str, now: std::time::SystemTime) {
+        thread_local! {
+            static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+        }
+        if !self.key(name) {
+            return;
+        }
+        let since = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let (secs, millis) = (since.as_secs(), since.subsec_millis());
+        SECOND.with(|cached| {
+            let mut cached = cached.borrow_mut();
+            if cached.0 != secs {
+                let whole = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+                // `2026-11-24T02:00:57Z` without its `Z`.
+                let text = humantime::format_rfc3339_seconds(whole).to_string();
+                *cached = (secs, text.trim_end_matches('Z').to_string());
+            }
+            self.out.push(b'"');
+            self.out.extend_from_slice(cached.1.as_bytes());
+            self.out.push(b'.');
+            let mut digits = itoa::Buffer::new();
+            // "1xyz": keeps the leading zeros of the milliseconds.
+            self.out
+                .extend_from_slice(&digits.format(millis + 1000).as_bytes()[1..]);
+            self.out.extend_from_slice(b"Z\"");
+        });
     }
 
     /// Milliseconds with three decimals, from integer microseconds (no float formatting).
@@ -145,7 +179,7 @@ mod tests {
         let exclude = ["client_ip".to_string()];
         let mut line = JsonLine::new(&mut out, &exclude);
         line.str("path", "/a\"b");
-        line.display("client_ip", "10.0.0.1");
+        line.str("client_ip", "10.0.0.1");
         line.num("status", 200u16);
         line.millis("duration_ms", Duration::from_micros(1_002_003));
         line.millis("upstream_ms", Duration::from_micros(7));
@@ -157,5 +191,19 @@ mod tests {
         let mut empty = Vec::new();
         JsonLine::new(&mut empty, &[]).finish();
         assert_eq!(empty, b"{}");
+        let mut timed = Vec::new();
+        let mut line = JsonLine::new(&mut timed, &[]);
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(1_795_999_257_042);
+        line.time("time", t);
+        line.time("again", t + Duration::from_millis(5));
+        line.finish();
+        assert_eq!(
+            String::from_utf8(timed).unwrap(),
+            format!(
+                r#"{{"time":"{}","again":"{}"}}"#,
+                humantime::format_rfc3339_millis(t),
+                humantime::format_rfc3339_millis(t + Duration::from_millis(5))
+            )
+        );
     }
 }

@@ -73,9 +73,30 @@ pub fn client_ip(peer: Option<IpAddr>, xff: Option<&str>, settings: &Settings) -
 /// `X-Forwarded-For` to send: appended to when the peer is trusted, replaced otherwise
 /// (an untrusted client must not be able to forge the chain).
 pub fn forwarded_for(peer: IpAddr, xff: Option<&str>, settings: &Settings) -> String {
-    match xff.filter(|x| !x.trim().is_empty() && settings.is_trusted(peer)) {
-        Some(existing) => format!("{existing}, {peer}"),
-        None => peer.to_string(),
+    let mut out = String::with_capacity(64);
+    if let Some(existing) = xff.filter(|x| !x.trim().is_empty() && settings.is_trusted(peer)) {
+        out.push_str(existing);
+        out.push_str(", ");
+    }
+    push_ip(&mut out, peer);
+    out
+}
+
+/// An IP as text; IPv4 digit by digit (it runs per request; `Display` is slower).
+pub fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(itoa::Buffer::new().format(*octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -126,9 +147,13 @@ fn hex_string(value: u128, digits: usize) -> String {
 
 fn push_hex(out: &mut String, value: u128, digits: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        out.push(HEX[((value >> (i * 4)) & 0xf) as usize] as char);
+    let mut buf = [0u8; 32];
+    let digits = digits.min(32);
+    for (i, slot) in buf[..digits].iter_mut().enumerate() {
+        *slot = HEX[((value >> ((digits - 1 - i) * 4)) & 0xf) as usize];
     }
+    // Hex digits are ASCII: one append instead of a push per character.
+    out.push_str(std::str::from_utf8(&buf[..digits]).unwrap_or_default());
 }
 
 const HOP_BY_HOP: [&str; 7] = [
@@ -171,6 +196,22 @@ pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ips_are_written_as_display_would() {
+        for ip in [
+            "127.0.0.1",
+            "10.200.3.45",
+            "0.0.0.0",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = String::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string());
+        }
+    }
 
     #[test]
     fn every_forwarded_for_line_counts() {

@@ -20,8 +20,14 @@ struct Framing<'a> {
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
-    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &v[start..end]
 }
 
@@ -120,7 +126,10 @@ mod tests {
         assert_eq!(f.codings, vec![&b"gzip, chunked"[..]]);
         assert!(!f.bare_lf && f.clean_line);
         assert!(scan(b"GET / HTTP/1.1\nHost: a\r\n\r\n").bare_lf);
-        assert!(scan(b"GET / HTTP/1.1\r\nHost: a\r\n\n").bare_lf, "the blank line too");
+        assert!(
+            scan(b"GET / HTTP/1.1\r\nHost: a\r\n\n").bare_lf,
+            "the blank line too"
+        );
         assert!(!scan(b"GET /a\tb HTTP/1.1\r\n\r\n").clean_line);
         assert!(!scan(b"GET /a\x7fb HTTP/1.1\r\n\r\n").clean_line);
         assert!(!scan(b"GET /a b HTTP/1.1\r\n\r\n").clean_line);

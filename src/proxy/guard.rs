@@ -136,7 +136,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             // A request being served has its own timeouts: look again later.
             let state = signals.state.load(Ordering::Relaxed);
             let served = signals.served.load(Ordering::Relaxed);
-            let (limit, reason) = if served { (idle, "idle") } else { (header, "header") };
+            let (limit, reason) = if served {
+                (idle, "idle")
+            } else {
+                (header, "header")
+            };
             let now = tokio::time::Instant::now();
             if state == SERVING {
                 timer.as_mut().reset(now + tick);
@@ -147,7 +151,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 + limit;
             if now >= due {
                 // Dropping the unfinished read closes the connection.
-                metrics.connections_timed_out.with_label_values(&[reason]).inc();
+                metrics
+                    .connections_timed_out
+                    .with_label_values(&[reason])
+                    .inc();
                 return None;
             }
             timer.as_mut().reset(due);
