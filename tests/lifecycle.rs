@@ -41,8 +41,15 @@ fn sigterm_drains_in_flight_requests_then_exits() {
     let up = TestUpstream::start("svc");
     let mut gw = Gateway::start(&config(&up));
     let url = gw.url("/slow?sleep_ms=1000");
-    let in_flight =
-        std::thread::spawn(move || client().get(url).send().map(|r| r.status().as_u16()));
+    let in_flight = std::thread::spawn(move || {
+        client().get(url).send().map(|r| {
+            let close = r
+                .headers()
+                .get("connection")
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), close)
+        })
+    });
     let arrived = wait_until(Duration::from_secs(10), || up.count() > 0);
     assert!(
         arrived.is_some(),
@@ -51,8 +58,8 @@ fn sigterm_drains_in_flight_requests_then_exits() {
     gw.signal("TERM");
     assert_eq!(
         in_flight.join().unwrap().unwrap(),
-        200,
-        "the in-flight request completes"
+        (200, Some("close".to_string())),
+        "the in-flight request completes, and its kept-alive connection is told to close"
     );
     let exited = wait_until(Duration::from_secs(15), || {
         gw.child.try_wait().unwrap().is_some()
