@@ -7,7 +7,7 @@
 
 use crate::diag::Diags;
 use crate::errors::GatewayError;
-use crate::router::template::encode_segment as encode;
+use crate::router::template::{encode_segment as encode, placeholders, Piece as Part};
 use crate::telemetry::Metrics;
 use crate::units::ByteSize;
 use crate::upstream::{PickError, Upstream};
@@ -98,28 +98,22 @@ fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 impl CallPath {
     fn parse(text: &str, names: &HashSet<&str>) -> Result<CallPath, String> {
         let mut pieces = Vec::new();
-        let mut rest = text;
-        while let Some(start) = rest.find('{') {
-            let end = rest[start..]
-                .find('}')
-                .ok_or_else(|| format!("`{text}` has an unclosed `{{`"))?;
-            let name = &rest[start + 1..start + end];
-            pieces.push(Piece::Text(rest[..start].to_string()));
-            pieces.push(if let Some(c) = name.strip_prefix("claim.") {
-                Piece::Claim(c.to_string())
-            } else if let Some(q) = name.strip_prefix("query.") {
-                Piece::Query(q.to_string())
-            } else if names.contains(name) {
-                Piece::Binding(name.to_string())
-            } else {
-                return Err(format!(
-                    "`{{{name}}}` is neither bound by the route's path_template nor {{claim.NAME}} or {{query.NAME}}"
-                ));
+        for piece in placeholders(text)? {
+            pieces.push(match piece {
+                Part::Text(t) => Piece::Text(t.to_string()),
+                Part::Name(name) => if let Some(c) = name.strip_prefix("claim.") {
+                    Piece::Claim(c.to_string())
+                } else if let Some(q) = name.strip_prefix("query.") {
+                    Piece::Query(q.to_string())
+                } else if names.contains(name) {
+                    Piece::Binding(name.to_string())
+                } else {
+                    return Err(format!(
+                        "`{{{name}}}` is neither bound by the route's path_template nor {{claim.NAME}} or {{query.NAME}}"
+                    ));
+                },
             });
-            rest = &rest[start + end + 1..];
         }
-        pieces.push(Piece::Text(rest.to_string()));
-        pieces.retain(|p| !matches!(p, Piece::Text(t) if t.is_empty()));
         let sample = CallPath(pieces.clone()).render_with(|_| Some("x".into()));
         if !sample.starts_with('/') || sample.parse::<http::Uri>().is_err() {
             return Err(format!("`{text}` is not a path (and query) to call"));

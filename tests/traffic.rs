@@ -335,16 +335,7 @@ fn health_checks_remove_and_restore_targets() {
         a.addr, b.addr
     ));
     let c = client();
-    let served = |n: usize| -> Vec<String> {
-        (0..n)
-            .map(|_| {
-                c.get(gw.url("/x")).send().unwrap().headers()["x-upstream"]
-                    .to_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect()
-    };
+    let served = |n: usize| names(&gw, n);
     a.set_health(503);
     assert!(
         wait_until(Duration::from_secs(3), || served(4)

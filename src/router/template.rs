@@ -202,6 +202,30 @@ impl PathTemplate {
     }
 }
 
+/// A piece of a text with `{name}` placeholders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece<'a> {
+    Text(&'a str),
+    Name(&'a str),
+}
+
+/// Splits `text` at its `{name}` placeholders (empty text pieces are left out).
+pub fn placeholders(text: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('{') {
+        let len = rest[start..]
+            .find('}')
+            .ok_or_else(|| format!("`{text}` has an unclosed `{{`"))?;
+        pieces.push(Piece::Text(&rest[..start]));
+        pieces.push(Piece::Name(&rest[start + 1..start + len]));
+        rest = &rest[start + len + 1..];
+    }
+    pieces.push(Piece::Text(rest));
+    pieces.retain(|p| !matches!(p, Piece::Text("")));
+    Ok(pieces)
+}
+
 /// A target path with `{name}` placeholders filled from a route template's bindings
 /// (`rewrite: /internal/users/{id}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,22 +246,19 @@ impl Fill {
         names: impl Iterator<Item = &'a str> + Clone,
     ) -> Result<Fill, String> {
         let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(start) = rest.find('{') {
-            let end = rest[start..]
-                .find('}')
-                .ok_or_else(|| format!("`{text}` has an unclosed `{{`"))?;
-            let name = &rest[start + 1..start + end];
-            if !names.clone().any(|n| n == name) {
-                return Err(format!(
-                    "`{{{name}}}` is not bound by the route's path_template"
-                ));
-            }
-            parts.push(FillPart::Text(rest[..start].to_string()));
-            parts.push(FillPart::Var(name.to_string()));
-            rest = &rest[start + end + 1..];
+        for piece in placeholders(text)? {
+            parts.push(match piece {
+                Piece::Text(t) => FillPart::Text(t.to_string()),
+                Piece::Name(name) if names.clone().any(|n| n == name) => {
+                    FillPart::Var(name.to_string())
+                }
+                Piece::Name(name) => {
+                    return Err(format!(
+                        "`{{{name}}}` is not bound by the route's path_template"
+                    ))
+                }
+            });
         }
-        parts.push(FillPart::Text(rest.to_string()));
         Ok(Fill { parts })
     }
 
