@@ -578,3 +578,51 @@ fn cors_preflight_and_simple_requests() {
     );
     assert_json_error(unauth, 401, "token_missing");
 }
+
+/// An unknown `kid` refetches the JWKS (rotation without waiting for the refresh), at
+/// most once per 10 s however many unknown-kid tokens arrive.
+#[test]
+fn an_unknown_kid_refetches_the_jwks_at_most_every_ten_seconds() {
+    let up = TestUpstream::start("svc");
+    let idp = TestUpstream::start("idp");
+    idp.serve(
+        "/jwks.json",
+        &std::fs::read_to_string(keys().join("jwks.json")).unwrap(),
+    );
+    let extra =
+        "  - { name: remote, match: { path_prefix: /remote/ }, upstream: svc, auth: remote }\n";
+    let cfg = config(&up, &key_path("jwks.json"), extra).replace(
+        "cors:\n",
+        &format!("  remote: {{ algorithms: [RS256], jwks_url: \"http://{}/jwks.json\", jwks_refresh: 1h }}\ncors:\n", idp.addr),
+    );
+    let gw = start_cfg(&cfg);
+    let old = sign(Algorithm::RS256, "rsa1.key.pem", Some("rsa1"), &claims());
+    assert!(
+        wait_until(Duration::from_secs(5), || get(&gw, "/remote/x", &old)
+            .status()
+            == 200)
+        .is_some()
+    );
+    let fetched = idp.count();
+    idp.serve(
+        "/jwks.json",
+        &std::fs::read_to_string(keys().join("jwks-rotated.json")).unwrap(),
+    );
+    let new = sign(Algorithm::RS256, "rsa2.key.pem", Some("rsa2"), &claims());
+    let mut accepted = false;
+    for _ in 0..20 {
+        accepted |= get(&gw, "/remote/x", &new).status() == 200;
+    }
+    // Right after a fetch, a flood of unknown kids fetches nothing more.
+    assert!(!accepted, "refetched within 10 s of the last fetch");
+    assert_eq!(idp.count(), fetched, "rate-limited refetch");
+    let live = wait_until(Duration::from_secs(25), || {
+        get(&gw, "/remote/x", &new).status() == 200
+    });
+    assert!(
+        live.is_some(),
+        "the unknown kid never triggered a refetch:\n{}",
+        gw.log()
+    );
+    assert_eq!(idp.count(), fetched + 1, "one refetch, not one per request");
+}
