@@ -102,9 +102,13 @@ fn least_requests_avoids_the_busy_target() {
     let slow_url = gw.url("/slow?sleep_ms=1500");
     let slow = std::thread::spawn(move || served_by(client().get(slow_url).send().unwrap()));
     // Wait until the slow request reached its upstream.
-    while ups.iter().map(|u| u.count()).sum::<usize>() == 0 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let arrived = wait_until(Duration::from_secs(10), || {
+        ups.iter().map(|u| u.count()).sum::<usize>() > 0
+    });
+    assert!(
+        arrived.is_some(),
+        "the slow request never reached an upstream"
+    );
     let c = client();
     let fast: Vec<String> = (0..12)
         .map(|_| served_by(c.get(gw.url("/fast")).send().unwrap()))
