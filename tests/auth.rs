@@ -626,3 +626,43 @@ fn an_unknown_kid_refetches_the_jwks_at_most_every_ten_seconds() {
     );
     assert_eq!(idp.count(), fetched + 1, "one refetch, not one per request");
 }
+
+/// A verified token is cached, but not past its key: once the key leaves the fetched
+/// JWKS, the same token is refused.
+#[test]
+fn a_cached_token_is_refused_once_its_key_leaves_the_jwks() {
+    let up = TestUpstream::start("svc");
+    let idp = TestUpstream::start("idp");
+    idp.serve(
+        "/jwks.json",
+        &std::fs::read_to_string(keys().join("jwks.json")).unwrap(),
+    );
+    let extra =
+        "  - { name: remote, match: { path_prefix: /remote/ }, upstream: svc, auth: remote }\n";
+    let cfg = config(&up, &key_path("jwks.json"), extra).replace(
+        "cors:\n",
+        &format!("  remote: {{ algorithms: [RS256], jwks_url: \"http://{}/jwks.json\", jwks_refresh: 1s }}\ncors:\n", idp.addr),
+    );
+    let gw = start_cfg(&cfg);
+    let token = sign(Algorithm::RS256, "rsa1.key.pem", Some("rsa1"), &claims());
+    let ok = wait_until(Duration::from_secs(5), || {
+        get(&gw, "/remote/x", &token).status() == 200
+    });
+    assert!(ok.is_some());
+    for _ in 0..3 {
+        assert_eq!(get(&gw, "/remote/x", &token).status(), 200);
+    }
+    let mut rotated: Value =
+        serde_json::from_str(&std::fs::read_to_string(keys().join("jwks-rotated.json")).unwrap())
+            .unwrap();
+    rotated["keys"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|k| k["kid"] != "rsa1");
+    idp.serve("/jwks.json", &rotated.to_string());
+    let refused = wait_until(Duration::from_secs(10), || {
+        get(&gw, "/remote/x", &token).status() == 401
+    });
+    assert!(refused.is_some(), "a cached token outlived its key");
+    refused(get(&gw, "/remote/x", &token), "token_unknown_key");
+}

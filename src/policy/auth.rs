@@ -418,6 +418,106 @@ pub struct AuthPolicy {
     pub required_claims: Vec<String>,
     /// (claim, upstream header)
     pub forward: Vec<(String, HeaderName)>,
+    /// Tokens this policy verified: a repeated token costs a lookup, not a signature check.
+    pub verified: TokenCache,
+}
+
+/// Verified tokens by their whole text, bounded, each until its `exp` (never later). An
+/// entry verified with a key set fetched from a URL is dropped once its `kid` leaves the
+/// set. The cache belongs to the compiled policy, so a reload starts it afresh.
+pub struct TokenCache {
+    shards: Vec<Mutex<HashMap<Box<str>, Verified>>>,
+    per_shard: usize,
+}
+
+struct Verified {
+    claims: Arc<Value>,
+    /// Unix seconds of `exp`.
+    expires: u64,
+    kid: Option<String>,
+}
+
+const CACHE_SHARDS: usize = 16;
+const CACHE_ENTRIES: usize = 10_000;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache::new(CACHE_ENTRIES)
+    }
+}
+
+impl TokenCache {
+    pub fn new(entries: usize) -> TokenCache {
+        TokenCache {
+            shards: (0..CACHE_SHARDS).map(|_| Mutex::default()).collect(),
+            per_shard: (entries / CACHE_SHARDS).max(1),
+        }
+    }
+
+    fn shard(&self, token: &str) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Verified>> {
+        // The signature's last bytes are as good as random.
+        let tail = &token.as_bytes()[token.len().saturating_sub(16)..];
+        let shard = &self.shards[crate::hashing::fnv1a(tail) as usize % CACHE_SHARDS];
+        shard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The claims of a token verified before, while it is unexpired and (with `keys`, a
+    /// fetched set) its key is still in the set.
+    fn get(
+        &self,
+        token: &str,
+        now: u64,
+        keys: Option<&HashMap<String, DecodingKey>>,
+    ) -> Option<Arc<Value>> {
+        let mut shard = self.shard(token);
+        let hit = shard.get(token)?;
+        let key_gone =
+            keys.is_some_and(|k| hit.kid.as_ref().is_none_or(|kid| !k.contains_key(kid)));
+        if now >= hit.expires || key_gone {
+            shard.remove(token);
+            return None;
+        }
+        Some(hit.claims.clone())
+    }
+
+    fn put(&self, token: &str, claims: Arc<Value>, kid: Option<&str>, now: u64) {
+        let Some(expires) = claims.get("exp").and_then(Value::as_u64) else {
+            return;
+        };
+        let mut shard = self.shard(token);
+        if shard.len() >= self.per_shard {
+            shard.retain(|_, v| v.expires > now);
+        }
+        if shard.len() >= self.per_shard {
+            // Every entry is live: forget one to stay bounded.
+            if let Some(victim) = shard.keys().next().cloned() {
+                shard.remove(&victim);
+            }
+        }
+        let verified = Verified {
+            claims,
+            expires,
+            kid: kid.map(str::to_string),
+        };
+        shard.insert(token.into(), verified);
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Whether the token's header has a `crit` member (parsed as JSON, so an escaped key
@@ -453,8 +553,26 @@ impl AuthPolicy {
         self.source.find(headers)
     }
 
-    /// Verifies a token and returns its claims.
-    pub async fn verify(&self, token: &str) -> Result<Value, AuthError> {
+    /// Verifies a token and returns its claims; a token verified before (and still valid)
+    /// is a lookup.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Value>, AuthError> {
+        let now = unix_now();
+        let remote = match &self.keys {
+            Keys::Remote(remote) => Some(remote.keys.load_full()),
+            _ => None,
+        };
+        if let Some(claims) = self.verified.get(token, now, remote.as_deref()) {
+            return Ok(claims);
+        }
+        let (claims, kid) = self.verify_signed(token).await?;
+        let claims = Arc::new(claims);
+        self.verified
+            .put(token, claims.clone(), kid.as_deref(), now);
+        Ok(claims)
+    }
+
+    /// Verifies a token's signature and claims; returns them and the key id it named.
+    async fn verify_signed(&self, token: &str) -> Result<(Value, Option<String>), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| match raw_alg(token) {
             Some(_) => AuthError::AlgorithmNotAllowed,
             None => AuthError::Malformed,
@@ -492,7 +610,7 @@ impl AuthPolicy {
         {
             return Err(AuthError::MissingClaim(missing.clone()));
         }
-        Ok(data.claims)
+        Ok((data.claims, header.kid))
     }
 }
 
@@ -667,6 +785,7 @@ pub fn compile(
         validations,
         required_claims: a.required_claims.clone(),
         forward,
+        verified: TokenCache::default(),
     })
 }
 
@@ -913,6 +1032,7 @@ mod tests {
             validations: vec![(Algorithm::HS256, v)],
             required_claims: Vec::new(),
             forward: Vec::new(),
+            verified: TokenCache::default(),
         }
     }
 
@@ -976,5 +1096,43 @@ mod tests {
         for bad in ["bad", "nl", "big"] {
             assert_eq!(value(bad), Err(AuthError::BadClaim(bad.into())), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_a_lookup_until_its_exp() {
+        let policy = hs_policy();
+        let exp = unix_now() + 600;
+        let token = forge(json!({"alg": "HS256"}), json!({"sub": "u", "exp": exp}));
+        let first = policy.verify(&token).await.unwrap();
+        assert_eq!(policy.verified.len(), 1);
+        let again = policy.verify(&token).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "served from the cache");
+        assert!(policy.verified.get(&token, exp - 1, None).is_some());
+        assert!(
+            policy.verified.get(&token, exp, None).is_none(),
+            "never at or past exp"
+        );
+        assert!(policy.verified.is_empty(), "the expired entry is dropped");
+        let bad = forge(json!({"alg": "HS256"}), json!({"exp": "soon"}));
+        assert!(policy.verify(&bad).await.is_err());
+        assert!(policy.verified.is_empty(), "refused tokens are not cached");
+    }
+
+    #[test]
+    fn an_entry_goes_when_its_key_leaves_the_fetched_set_and_the_cache_stays_bounded() {
+        let cache = TokenCache::new(CACHE_SHARDS * 2);
+        let claims = Arc::new(json!({"exp": 4_000_000_000u64}));
+        cache.put("t1", claims.clone(), Some("k1"), 0);
+        let with = HashMap::from([("k1".to_string(), DecodingKey::from_secret(b"x"))]);
+        let without = HashMap::from([("k2".to_string(), DecodingKey::from_secret(b"x"))]);
+        assert!(cache.get("t1", 1, Some(&with)).is_some());
+        assert!(
+            cache.get("t1", 1, Some(&without)).is_none(),
+            "k1 left the set"
+        );
+        for i in 0..1000 {
+            cache.put(&format!("token-{i}"), claims.clone(), None, 0);
+        }
+        assert!(cache.len() <= CACHE_SHARDS * 2, "{} entries", cache.len());
     }
 }

@@ -321,7 +321,7 @@ mod tests {
         req.insert_header("x-debug", "1").unwrap();
         req.insert_header("x-tag", "a").unwrap();
         let state = PolicyState {
-            claims: Some(json!({"sub": "alice"})),
+            claims: Some(std::sync::Arc::new(json!({"sub": "alice"}))),
             ..PolicyState::default()
         };
         rules
@@ -339,7 +339,9 @@ mod tests {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("x-user", "client-sent").unwrap();
         let state = PolicyState {
-            claims: Some(json!({"sub": "alice\r\nx-admin: true"})),
+            claims: Some(std::sync::Arc::new(
+                json!({"sub": "alice\r\nx-admin: true"}),
+            )),
             ..PolicyState::default()
         };
         rules

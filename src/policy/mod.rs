@@ -61,7 +61,7 @@ pub struct RequestInfo<'a> {
 #[derive(Default)]
 pub struct PolicyState {
     /// The verified token's claims.
-    pub claims: Option<serde_json::Value>,
+    pub claims: Option<Arc<serde_json::Value>>,
     /// The rate-limit decision, reported in `RateLimit-*` headers.
     pub rate: Option<ratelimit::Decision>,
     /// The request's Origin, when the route's CORS policy allows it.

@@ -606,7 +606,7 @@ mod tests {
         assert_eq!(key("header:x-none", &state), "ip:192.0.2.1");
         assert!(limit("claim:sub").by_identity() && !limit("client_ip").by_identity());
         assert_eq!(key("claim:sub", &state), "ip:192.0.2.1");
-        state.claims = Some(serde_json::json!({"sub": "u1"}));
+        state.claims = Some(Arc::new(serde_json::json!({"sub": "u1"})));
         assert_eq!(key("claim:sub", &state), "c:u1");
         req.append_header("x-key", "k2").unwrap();
         assert_eq!(

@@ -152,7 +152,7 @@ impl Gateway {
         }
         let values = Values {
             bound,
-            claims: ctx.policy.claims.as_ref(),
+            claims: ctx.policy.claims.as_deref(),
             query: session.req_header().uri.query(),
         };
         let answer = agg.run(&self.connector, &base, &values).await;
