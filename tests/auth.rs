@@ -660,9 +660,9 @@ fn a_cached_token_is_refused_once_its_key_leaves_the_jwks() {
         .unwrap()
         .retain(|k| k["kid"] != "rsa1");
     idp.serve("/jwks.json", &rotated.to_string());
-    let refused = wait_until(Duration::from_secs(10), || {
+    let gone = wait_until(Duration::from_secs(10), || {
         get(&gw, "/remote/x", &token).status() == 401
     });
-    assert!(refused.is_some(), "a cached token outlived its key");
+    assert!(gone.is_some(), "a cached token outlived its key");
     refused(get(&gw, "/remote/x", &token), "token_unknown_key");
 }
