@@ -52,6 +52,16 @@ http { access_log off;
 CONF
 }
 
+# rs256_token KEY: a JWT signed with the test RSA key (openssl), valid until 2096.
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+rs256_token() {
+  local h p s
+  h=$(printf '{"alg":"RS256","typ":"JWT"}' | b64url)
+  p=$(printf '{"sub":"bench","exp":4000000000}' | b64url)
+  s=$(printf '%s.%s' "$h" "$p" | openssl dgst -sha256 -sign "$1" | b64url)
+  echo "$h.$p.$s"
+}
+
 # gateway_yaml PORT ADMIN ORIGIN: Portico with one thread and one catch-all route.
 gateway_yaml() {
   cat > "$work/gateway.yaml" <<CONF
@@ -60,7 +70,13 @@ listen: { proxy: 127.0.0.1:$1, admin: 127.0.0.1:$2 }
 server: { threads: 1 }
 upstreams:
   origin: { targets: ["127.0.0.1:$3"] }
+auth:
+  rs: { algorithms: [RS256], public_key_file: "$PWD/tests/keys/rsa1.pub.pem" }
 routes:
+  - name: rs256
+    match: { path_prefix: /rs/ }
+    upstream: origin
+    auth: rs
   - name: agg
     match: { path_template: "/agg/{id}" }
     aggregate:

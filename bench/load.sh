@@ -3,7 +3,8 @@
 # loopback origin; wrk against each in one run; requests/s, p99 and Portico's ratios.
 # "pingora" is the smallest Pingora proxy (examples/bare_pingora.rs), the floor Portico
 # builds on; "quiet" is Portico with metrics and access log off; "aggregate" is Portico
-# answering a 3-call aggregate route (three origin requests per client request).
+# answering a 3-call aggregate route (three origin requests per client request); "rs256"
+# is Portico checking the same RS256 bearer token on every request.
 # Loopback only; every server is stopped on exit (SIGINT, then SIGKILL: no drain to wait
 # for). Usage: bench/load.sh [SECONDS] [CONNECTIONS]
 set -euo pipefail
@@ -53,12 +54,14 @@ for p in $ORIGIN $NGINX $HAPROXY $PORTICO $QUIET $PINGORA; do wait_port "$p"; do
 # wrk prints latency with units; normalize p99 to milliseconds.
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.3f", v}'; }
 declare -A RPS P99
-SERVERS="nginx haproxy pingora portico quiet aggregate"
+SERVERS="nginx haproxy pingora portico quiet aggregate rs256"
+TOKEN=$(rs256_token tests/keys/rsa1.key.pem)
 for name in $SERVERS; do
-  path=/
-  case $name in nginx) p=$NGINX;; haproxy) p=$HAPROXY;; pingora) p=$PINGORA;; portico) p=$PORTICO;; quiet) p=$QUIET;; aggregate) p=$PORTICO; path=/agg/7;; esac
-  wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p$path" >/dev/null   # warm-up
-  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$p$path")
+  path=/ auth=()
+  case $name in nginx) p=$NGINX;; haproxy) p=$HAPROXY;; pingora) p=$PINGORA;; portico) p=$PORTICO;; quiet) p=$QUIET;;
+    aggregate) p=$PORTICO; path=/agg/7;; rs256) p=$PORTICO; path=/rs/x; auth=(-H "Authorization: Bearer $TOKEN");; esac
+  wrk -t1 -c"$CONNS" -d2s "${auth[@]}" "http://127.0.0.1:$p$path" >/dev/null   # warm-up
+  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${auth[@]}" "http://127.0.0.1:$p$path")
   errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}')
   [ -z "$errors" ] || echo "$name: $errors" >&2
   RPS[$name]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
@@ -72,4 +75,5 @@ echo "portico/nginx:   requests/s $(ratio "${RPS[portico]}" "${RPS[nginx]}")x, p
 echo "portico/haproxy: requests/s $(ratio "${RPS[portico]}" "${RPS[haproxy]}")x, p99 $(ratio "${P99[portico]}" "${P99[haproxy]}")x"
 echo "portico/pingora: requests/s $(ratio "${RPS[portico]}" "${RPS[pingora]}")x (the smallest Pingora proxy; pingora/nginx $(ratio "${RPS[pingora]}" "${RPS[nginx]}")x)"
 echo "aggregate:       3-call answers/s vs proxied requests/s $(ratio "${RPS[aggregate]}" "${RPS[portico]}")x"
+echo "rs256:           requests/s with one RS256 token checked per request vs none $(ratio "${RPS[rs256]}" "${RPS[portico]}")x"
 echo "telemetry cost:  requests/s with metrics+access log / without: $(ratio "${RPS[portico]}" "${RPS[quiet]}")x"
