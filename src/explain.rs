@@ -156,9 +156,9 @@ pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
                     };
                     let _ = writeln!(
                         out,
-                        "  aggregates {} calls in parallel (timeout {:?}):",
+                        "  aggregates {} calls in parallel (timeout {}):",
                         agg.calls.len(),
-                        agg.timeout
+                        humantime::format_duration(agg.timeout)
                     );
                     for call in &agg.calls {
                         let kind = if call.required {
@@ -188,7 +188,7 @@ pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
                     let targets: Vec<&str> = up.targets.iter().map(|t| t.label.as_str()).collect();
                     let _ = writeln!(
                         out,
-                        "  upstream: {} ({:?}) → {}",
+                        "  upstream: {} ({}) → {}",
                         up.name,
                         up.balance,
                         targets.join(", ")
@@ -200,10 +200,12 @@ pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
                     );
                     let _ = writeln!(
                         out,
-                        "  timeouts: connect {:?}, read {:?}, route total {}",
-                        up.connect_timeout,
-                        up.read_timeout,
-                        route.timeout.map_or("none".into(), |t| format!("{t:?}"))
+                        "  timeouts: connect {}, read {}, route total {}",
+                        humantime::format_duration(up.connect_timeout),
+                        humantime::format_duration(up.read_timeout),
+                        route
+                            .timeout
+                            .map_or("none".into(), |t| humantime::format_duration(t).to_string())
                     );
                     let _ = writeln!(
                         out,
@@ -261,6 +263,13 @@ pub fn run_cases(snapshot: &Snapshot, cases_yaml: &str) -> Result<(String, bool)
 }
 
 fn check_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
+    if let Some(want) = &case.route {
+        if !snapshot.routes.iter().any(|r| &*r.name == want) {
+            return Err(format!(
+                "no route is named `{want}` (a typo in the cases file?)"
+            ));
+        }
+    }
     let (method, path) = case
         .request
         .split_once(' ')

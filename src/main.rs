@@ -33,7 +33,10 @@ enum Command {
     },
     /// Check a config file: every problem with file:line:col; exit 1 when it is refused.
     Check {
-        file: PathBuf,
+        /// The config (also `-c`/`PORTICO_CONFIG`, like `run` and `route`).
+        file: Option<PathBuf>,
+        #[arg(short, long, env = "PORTICO_CONFIG", default_value = "gateway.yaml")]
+        config: PathBuf,
         /// Treat warnings (shadowed routes, unused upstreams) as errors.
         #[arg(long)]
         deny_warnings: bool,
@@ -89,8 +92,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Check {
             file,
+            config,
             deny_warnings,
-        } => Ok(check(&file, deny_warnings)),
+        } => Ok(check(file.as_deref().unwrap_or(&config), deny_warnings)),
         Command::Route {
             config,
             test,

@@ -260,6 +260,15 @@ fn route_explains_and_tests_a_route_table() {
     );
     assert!(out.contains("upstream path: /messages/1"), "{out}");
     assert!(out.contains("127.0.0.1:8003"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("  upstream: messages (round_robin) → ")),
+        "config names, not Rust debug names:\n{out}"
+    );
+    assert!(
+        out.contains("  timeouts: connect 1s, read 10s, route total none"),
+        "{out}"
+    );
 
     let (_, out, _) = portico(&["route", "-c", "gateway.yaml", "PATCH", "/users/1"], root);
     assert!(out.contains("→ 405"), "{out}");
@@ -286,6 +295,45 @@ fn route_explains_and_tests_a_route_table() {
         out.contains("expected upstream path `/1`, got `/users/1`"),
         "{out}"
     );
+
+    std::fs::write(&cases, "- { request: GET /ping, route: pnig }\n").unwrap();
+    let (code, out, _) = route_test(&cases, root);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(
+            "FAIL GET /ping (case 1): no route is named `pnig` (a typo in the cases file?)"
+        ),
+        "{out}"
+    );
+}
+
+/// `check` finds the config like `run` and `route` do (`-c`, `PORTICO_CONFIG`, then
+/// `gateway.yaml`), and the shipped deployment config checks from the repository root.
+#[test]
+fn check_finds_the_config_like_run_does() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for args in [
+        &["check"][..],
+        &["check", "-c", "gateway.yaml"],
+        &["check", "deploy/gateway.yaml"],
+    ] {
+        let (code, out, err) = portico(args, root);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        assert!(out.contains(": OK: "), "{args:?}: {out}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin())
+        .arg("check")
+        .env("PORTICO_CONFIG", root.join("deploy/gateway.yaml"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deploy/gateway.yaml: OK"));
 }
 
 /// `portico route -c gateway.yaml --test CASES` in `root`.

@@ -223,6 +223,19 @@ fn metrics_count_exactly_with_bounded_labels() {
         "no raw paths in labels"
     );
 
+    // Present from the start, before any reload.
+    for result in ["ok", "failed"] {
+        assert_eq!(
+            value(&m, "portico_config_reloads_total", &[("result", result)]),
+            Some(0.0)
+        );
+    }
+    assert!(value(
+        &m,
+        "portico_config_last_reload_success_timestamp_seconds",
+        &[]
+    )
+    .is_some_and(|t| t > 1.0e9));
     gw.write_config(&config(&up, "").replace("per: 1h", "per: 2h"));
     assert!(wait_until(Duration::from_secs(3), || value(
         &scrape(&gw),

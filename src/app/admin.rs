@@ -117,7 +117,7 @@ impl Admin {
                         })
                     })
                     .collect();
-                (name.clone(), json!({"balance": format!("{:?}", up.balance), "targets": targets}))
+                (name.clone(), json!({"balance": up.balance.to_string(), "targets": targets}))
             })
             .collect();
         json_response(StatusCode::OK, json!({"upstreams": upstreams}))

@@ -70,6 +70,12 @@ impl Reloader {
         telemetry: Arc<Telemetry>,
         watch: bool,
     ) -> Reloader {
+        // Present from the start: a dashboard sees 0, not a missing series.
+        let metrics = &telemetry.metrics;
+        for result in ["ok", "failed"] {
+            metrics.reloads.with_label_values(&[result]);
+        }
+        metrics.last_reload_success.set(now() as f64);
         let status = ReloadStatus {
             last_success_at: now(),
             ..ReloadStatus::default()

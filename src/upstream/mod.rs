@@ -23,6 +23,19 @@ pub enum Balance {
     HashClientIp,
 }
 
+impl std::fmt::Display for Balance {
+    /// As written in the config.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Balance::RoundRobin => f.write_str("round_robin"),
+            Balance::Random => f.write_str("random"),
+            Balance::LeastRequests => f.write_str("least_requests"),
+            Balance::HashHeader(h) => write!(f, "hash(header:{h})"),
+            Balance::HashClientIp => f.write_str("hash(client_ip)"),
+        }
+    }
+}
+
 impl Balance {
     /// Parses `round_robin`, `random`, `least_requests`, `hash(header:NAME)`, `hash(client_ip)`.
     pub fn parse(text: &str) -> Result<Balance, String> {
@@ -319,5 +332,18 @@ mod tests {
             Balance::HashHeader(HeaderName::from_static("x-user-id"))
         );
         assert!(Balance::parse("sticky").is_err());
+        for text in [
+            "round_robin",
+            "random",
+            "least_requests",
+            "hash(header:x-user-id)",
+            "hash(client_ip)",
+        ] {
+            assert_eq!(
+                Balance::parse(text).unwrap().to_string(),
+                text,
+                "written as configured"
+            );
+        }
     }
 }
