@@ -33,8 +33,11 @@ pub fn init() {
         .unwrap_or_else(|_| EnvFilter::new(log_filter(None)));
     // The filter states its most verbose level, so `log` records (Pingora's `debug!` and
     // `trace!` calls on the hot path) below it are dropped by a level check, never dispatched.
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into files or collectors.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(env)
         .try_init();
 }
@@ -162,6 +165,10 @@ const LATENCY_BUCKETS: [f64; 14] = [
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
+        // CPU, memory, open file descriptors and threads of this process.
+        let _ = r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
         let counter = |name: &str, help: &str, labels: &[&str]| {
             register(
                 &r,

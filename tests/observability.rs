@@ -223,6 +223,12 @@ fn metrics_count_exactly_with_bounded_labels() {
         "no raw paths in labels"
     );
 
+    // The process's own resources, and log lines without colour codes (not a terminal).
+    for name in ["process_resident_memory_bytes", "process_open_fds"] {
+        assert!(value(&m, name, &[]).is_some_and(|v| v > 0.0), "{name}");
+    }
+    assert!(value(&m, "process_cpu_seconds_total", &[]).is_some());
+    assert!(!gw.log().contains('\u{1b}'), "ANSI escapes in a log file");
     // Present from the start, before any reload.
     for result in ["ok", "failed"] {
         assert_eq!(
