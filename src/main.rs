@@ -56,7 +56,13 @@ enum Command {
     },
     /// Run the gateway on a config together with sample services on its loopback targets.
     Demo {
-        #[arg(short, long, default_value = "gateway.yaml")]
+        #[arg(short, long, env = "PORTICO_CONFIG", default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Exit 0 when the gateway of a config answers `/health` on its admin listener, else 1
+    /// (a container HEALTHCHECK without curl).
+    Health {
+        #[arg(short, long, env = "PORTICO_CONFIG", default_value = "gateway.yaml")]
         config: PathBuf,
     },
     /// Print the JSON Schema of gateway.yaml (committed as schemas/gateway.schema.json).
@@ -103,6 +109,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             headers,
         } => route(&config, test, method, path, &headers),
         Command::Demo { config } => demo(&config),
+        Command::Health { config } => health(&config),
         Command::Schema => {
             print!("{}", portico::config::json_schema());
             Ok(ExitCode::SUCCESS)
@@ -147,6 +154,40 @@ fn check(file: &Path, deny_warnings: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Asks the admin listener named in the config for `/health`.
+fn health(config: &Path) -> anyhow::Result<ExitCode> {
+    use std::io::{Read, Write};
+    let src = Source::load(config)?;
+    let admin: std::net::SocketAddr = src
+        .raw
+        .listen
+        .admin
+        .parse()
+        .with_context(|| format!("listen.admin `{}`", src.raw.listen.admin))?;
+    // A wildcard listen address is reached on loopback.
+    let target = match admin.ip() {
+        ip if ip.is_unspecified() => std::net::SocketAddr::new([127, 0, 0, 1].into(), admin.port()),
+        _ => admin,
+    };
+    let timeout = std::time::Duration::from_secs(3);
+    let mut conn = std::net::TcpStream::connect_timeout(&target, timeout)
+        .with_context(|| format!("connecting to the admin listener {target}"))?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.write_all(b"GET /health HTTP/1.1\r\nHost: portico\r\nConnection: close\r\n\r\n")?;
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    let healthy = answer.starts_with(b"HTTP/1.1 200");
+    println!(
+        "{target}: {}",
+        if healthy { "healthy" } else { "unhealthy" }
+    );
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn route(

@@ -468,3 +468,30 @@ fn broken_schemas_and_limits_are_reported_with_their_path() {
         );
     }
 }
+
+/// `portico health` asks the admin listener the config names: 0 when it answers healthy,
+/// 1 when nothing answers.
+#[test]
+fn health_asks_the_admin_listener_of_the_config() {
+    let gw =
+        Gateway::start("routes:\n  - { name: p, match: { path: /p }, respond: { text: ok } }\n");
+    let (code, out, err) = portico(
+        &["health", "-c", gw.config.to_str().unwrap()],
+        gw.dir.path(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), format!("{}: healthy", gw.admin));
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dead_addr();
+    std::fs::write(
+        dir.path().join("g.yaml"),
+        format!("version: 1\nlisten: {{ proxy: 127.0.0.1:1, admin: \"{dead}\" }}\n"),
+    )
+    .unwrap();
+    let (code, _, err) = portico(&["health", "-c", "g.yaml"], dir.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("connecting to the admin listener {dead}")),
+        "{err}"
+    );
+}
