@@ -193,7 +193,10 @@ fn the_dockerfile_runs_as_non_root_with_a_healthcheck() {
     ] {
         assert!(dockerfile.contains(needle), "Dockerfile lacks {needle}");
     }
-    assert!(!dockerfile.contains("curl"), "the healthcheck needs no curl in the image");
+    assert!(
+        !dockerfile.contains("curl"),
+        "the healthcheck needs no curl in the image"
+    );
     for copied in ["deploy/gateway.yaml", "schemas"] {
         assert!(root().join(copied).exists());
     }
