@@ -114,6 +114,22 @@ fn get(gw: &Gateway, path: &str, token: &str) -> reqwest::blocking::Response {
         .unwrap()
 }
 
+/// A gateway whose `/remote/` route checks tokens against a JWKS that `idp` serves
+/// (the test key set first), refreshed every `refresh`.
+fn remote_jwks(up: &TestUpstream, idp: &TestUpstream, refresh: &str) -> Gateway {
+    idp.serve(
+        "/jwks.json",
+        &std::fs::read_to_string(keys().join("jwks.json")).unwrap(),
+    );
+    let extra =
+        "  - { name: remote, match: { path_prefix: /remote/ }, upstream: svc, auth: remote }\n";
+    let cfg = config(up, &key_path("jwks.json"), extra).replace(
+        "cors:\n",
+        &format!("  remote: {{ algorithms: [RS256], jwks_url: \"http://{}/jwks.json\", jwks_refresh: {refresh} }}\ncors:\n", idp.addr),
+    );
+    start_cfg(&cfg)
+}
+
 /// Asserts a refusal: 403 for unmet claim rules, 401 for every token problem.
 fn refused(resp: reqwest::blocking::Response, code: &str) {
     let www = resp
@@ -440,17 +456,7 @@ fn a_new_kid_in_the_jwks_file_is_picked_up_without_restart() {
 fn jwks_url_is_fetched_cached_and_refreshed() {
     let up = TestUpstream::start("svc");
     let idp = TestUpstream::start("idp");
-    idp.serve(
-        "/jwks.json",
-        &std::fs::read_to_string(keys().join("jwks.json")).unwrap(),
-    );
-    let extra =
-        "  - { name: remote, match: { path_prefix: /remote/ }, upstream: svc, auth: remote }\n";
-    let cfg = config(&up, &key_path("jwks.json"), extra).replace(
-        "cors:\n",
-        &format!("  remote: {{ algorithms: [RS256], jwks_url: \"http://{}/jwks.json\", jwks_refresh: 1s }}\ncors:\n", idp.addr),
-    );
-    let gw = start_cfg(&cfg);
+    let gw = remote_jwks(&up, &idp, "1s");
     let old = sign(Algorithm::RS256, "rsa1.key.pem", Some("rsa1"), &claims());
     let new = sign(Algorithm::RS256, "rsa2.key.pem", Some("rsa2"), &claims());
     assert_eq!(get(&gw, "/remote/x", &old).status(), 200);
@@ -585,17 +591,7 @@ fn cors_preflight_and_simple_requests() {
 fn an_unknown_kid_refetches_the_jwks_at_most_every_ten_seconds() {
     let up = TestUpstream::start("svc");
     let idp = TestUpstream::start("idp");
-    idp.serve(
-        "/jwks.json",
-        &std::fs::read_to_string(keys().join("jwks.json")).unwrap(),
-    );
-    let extra =
-        "  - { name: remote, match: { path_prefix: /remote/ }, upstream: svc, auth: remote }\n";
-    let cfg = config(&up, &key_path("jwks.json"), extra).replace(
-        "cors:\n",
-        &format!("  remote: {{ algorithms: [RS256], jwks_url: \"http://{}/jwks.json\", jwks_refresh: 1h }}\ncors:\n", idp.addr),
-    );
-    let gw = start_cfg(&cfg);
+    let gw = remote_jwks(&up, &idp, "1h");
     let old = sign(Algorithm::RS256, "rsa1.key.pem", Some("rsa1"), &claims());
     assert!(
         wait_until(Duration::from_secs(5), || get(&gw, "/remote/x", &old)
@@ -633,17 +629,7 @@ fn an_unknown_kid_refetches_the_jwks_at_most_every_ten_seconds() {
 fn a_cached_token_is_refused_once_its_key_leaves_the_jwks() {
     let up = TestUpstream::start("svc");
     let idp = TestUpstream::start("idp");
-    idp.serve(
-        "/jwks.json",
-        &std::fs::read_to_string(keys().join("jwks.json")).unwrap(),
-    );
-    let extra =
-        "  - { name: remote, match: { path_prefix: /remote/ }, upstream: svc, auth: remote }\n";
-    let cfg = config(&up, &key_path("jwks.json"), extra).replace(
-        "cors:\n",
-        &format!("  remote: {{ algorithms: [RS256], jwks_url: \"http://{}/jwks.json\", jwks_refresh: 1s }}\ncors:\n", idp.addr),
-    );
-    let gw = start_cfg(&cfg);
+    let gw = remote_jwks(&up, &idp, "1s");
     let token = sign(Algorithm::RS256, "rsa1.key.pem", Some("rsa1"), &claims());
     let ok = wait_until(Duration::from_secs(5), || {
         get(&gw, "/remote/x", &token).status() == 200
