@@ -7,6 +7,7 @@
 
 pub mod aggregate;
 pub mod app;
+pub mod bounded;
 pub mod compile;
 pub mod config;
 pub mod diag;

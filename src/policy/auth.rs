@@ -3,6 +3,7 @@
 //! var or file. The token itself is never logged.
 
 use super::PolicyState;
+use crate::bounded::Bounded;
 use crate::diag::{Diags, Inputs};
 pub use crate::errors::AuthError;
 use crate::errors::GatewayError;
@@ -426,8 +427,7 @@ pub struct AuthPolicy {
 /// entry verified with a key set fetched from a URL is dropped once its `kid` leaves the
 /// set. The cache belongs to the compiled policy, so a reload starts it afresh.
 pub struct TokenCache {
-    shards: Vec<Mutex<HashMap<Box<str>, Verified>>>,
-    per_shard: usize,
+    entries: Bounded<Verified>,
 }
 
 struct Verified {
@@ -455,16 +455,14 @@ impl Default for TokenCache {
 impl TokenCache {
     pub fn new(entries: usize) -> TokenCache {
         TokenCache {
-            shards: (0..CACHE_SHARDS).map(|_| Mutex::default()).collect(),
-            per_shard: (entries / CACHE_SHARDS).max(1),
+            entries: Bounded::new(CACHE_SHARDS, entries),
         }
     }
 
-    fn shard(&self, token: &str) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Verified>> {
-        // The signature's last bytes are as good as random.
+    /// The shard of a token: by its signature's last bytes, as good as random.
+    fn shard(&self, token: &str) -> crate::bounded::Shard<'_, Verified> {
         let tail = &token.as_bytes()[token.len().saturating_sub(16)..];
-        let shard = &self.shards[crate::hashing::fnv1a(tail) as usize % CACHE_SHARDS];
-        shard.lock().unwrap_or_else(|e| e.into_inner())
+        self.entries.shard(tail)
     }
 
     /// The claims of a token verified before, while it is unexpired and (with `keys`, a
@@ -490,33 +488,21 @@ impl TokenCache {
         let Some(expires) = claims.get("exp").and_then(Value::as_u64) else {
             return;
         };
-        let mut shard = self.shard(token);
-        if shard.len() >= self.per_shard {
-            shard.retain(|_, v| v.expires > now);
-        }
-        if shard.len() >= self.per_shard {
-            // Every entry is live: forget one to stay bounded.
-            if let Some(victim) = shard.keys().next().cloned() {
-                shard.remove(&victim);
-            }
-        }
         let verified = Verified {
             claims,
             expires,
             kid: kid.map(str::to_string),
         };
-        shard.insert(token.into(), verified);
+        self.shard(token)
+            .insert(token, verified, |v| v.expires <= now);
     }
 
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map_or(0, |m| m.len()))
-            .sum()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.entries.is_empty()
     }
 }
 

@@ -4,6 +4,7 @@
 //! algorithm atomically in a server-side script so replicas share one limit.
 
 use super::{PolicyState, RequestInfo};
+use crate::bounded::Bounded;
 use crate::diag::Diags;
 use crate::errors::GatewayError;
 use crate::hashing::fnv1a;
@@ -13,7 +14,6 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use redis::aio::ConnectionManager;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -133,16 +133,14 @@ const SHARDS: usize = 64;
 /// In-process buckets: at most `max_keys` keys; keys whose bucket is full again are
 /// dropped first, so a flood of distinct keys cannot grow memory without bound.
 pub struct LocalStore {
-    shards: Vec<Mutex<HashMap<String, u64>>>,
-    per_shard: usize,
+    buckets: Bounded<u64>,
     epoch: Instant,
 }
 
 impl LocalStore {
     pub fn new(max_keys: usize) -> LocalStore {
         LocalStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            per_shard: (max_keys / SHARDS).max(1),
+            buckets: Bounded::new(SHARDS, max_keys),
             epoch: Instant::now(),
         }
     }
@@ -152,40 +150,27 @@ impl LocalStore {
     }
 
     pub fn check(&self, key: &str, interval: u64, capacity: u64) -> Decision {
-        let shard = &self.shards[fnv1a(key.as_bytes()) as usize % SHARDS];
-        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.buckets.shard(key.as_bytes());
         let now = self.now();
-        let tat = map.get(key).copied().unwrap_or(now);
+        let tat = shard.get(key).copied().unwrap_or(now);
         let (decision, store) = gcra(tat, now, interval, capacity);
         if let Some(new_tat) = store {
-            match map.get_mut(key) {
+            match shard.get_mut(key) {
                 Some(t) => *t = new_tat,
-                None => {
-                    if map.len() >= self.per_shard {
-                        map.retain(|_, t| *t > now);
-                    }
-                    if map.len() >= self.per_shard {
-                        // All keys are active: forget one (it gets a fresh bucket) to stay bounded.
-                        if let Some(victim) = map.keys().next().cloned() {
-                            map.remove(&victim);
-                        }
-                    }
-                    map.insert(key.to_string(), new_tat);
-                }
+                // A bucket that is full again is stale; if every key is active, one is
+                // forgotten (it gets a fresh bucket) to stay bounded.
+                None => shard.insert(key, new_tat, |t| *t <= now),
             }
         }
         decision
     }
 
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map_or(0, |m| m.len()))
-            .sum()
+        self.buckets.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.buckets.is_empty()
     }
 }
 
