@@ -336,15 +336,13 @@ pub struct RouteMetrics {
     /// Request counters by (method, status), created on first use.
     counters: OnceLock<Box<[OnceLock<IntCounter>]>>,
     /// Resolved on first use, so a route that never saw an upstream has no such series.
-    duration: Lazy<Histogram>,
-    upstream_duration: Lazy<Histogram>,
-    rate_limited: Lazy<IntCounter>,
+    duration: OnceLock<Histogram>,
+    upstream_duration: OnceLock<Histogram>,
+    rate_limited: OnceLock<IntCounter>,
     auth_failures: IntCounterVec,
     histograms: (HistogramVec, HistogramVec),
     limited: IntCounterVec,
 }
-
-type Lazy<T> = OnceLock<T>;
 
 impl RouteMetrics {
     pub fn new(m: &Metrics, route: &str, upstream: &str) -> RouteMetrics {
@@ -372,7 +370,7 @@ impl RouteMetrics {
         self.observe(&self.upstream_duration, &self.histograms.1, secs);
     }
 
-    fn observe(&self, slot: &Lazy<Histogram>, family: &HistogramVec, secs: f64) {
+    fn observe(&self, slot: &OnceLock<Histogram>, family: &HistogramVec, secs: f64) {
         slot.get_or_init(|| family.with_label_values(&[&*self.route]))
             .observe(secs);
     }

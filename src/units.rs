@@ -1,6 +1,13 @@
-//! Units a user writes in gateway.yaml: sizes (`512KiB`, `10MB`).
+//! Units a user writes in gateway.yaml: sizes (`512KiB`, `10MB`); and Unix time.
 
 use schemars::JsonSchema;
+
+/// Now, in Unix seconds (token `exp`, reload timestamps).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A size in bytes, written as a number or with a unit: `512KiB`, `10MB`, `1GiB`.

@@ -82,9 +82,9 @@ impl Admin {
                     "name": &*route.name,
                     "match": raw["match"],
                     "action": action,
-                    "auth": named(route, "auth:"),
-                    "rate_limit": named(route, "rate_limit:"),
-                    "cors": named(route, "cors:"),
+                    "auth": named(route, "auth"),
+                    "rate_limit": named(route, "rate_limit"),
+                    "cors": named(route, "cors"),
                     "policies": route.policies.iter().map(|p| p.label()).collect::<Vec<_>>(),
                     "timeout_ms": route.timeout.map(|t| t.as_millis() as u64),
                     "max_body": route.max_body,
@@ -146,12 +146,13 @@ impl Admin {
     }
 }
 
-/// The name of the route's policy of one kind (`auth:`), if it has one.
-fn named(route: &Route, kind: &str) -> Option<String> {
+/// The name of the route's policy of one kind (`auth`), if it has one.
+fn named<'a>(route: &'a Route, kind: &str) -> Option<&'a str> {
     route
         .policies
         .iter()
-        .find_map(|p| p.label().strip_prefix(kind).map(str::to_string))
+        .find(|p| p.kind() == kind)
+        .and_then(|p| p.name())
 }
 
 /// Sets the state gauges (target health, breakers, build info) from the active snapshot.

@@ -9,6 +9,7 @@ use crate::diag::inputs_digest;
 use crate::snapshot::SnapshotHolder;
 use crate::state::Stores;
 use crate::telemetry::Telemetry;
+use crate::units::unix_now;
 use crate::upstream::resolve::resolve_target;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -18,7 +19,7 @@ use pingora::services::background::BackgroundService;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Bursts of file events closer than this are one change.
@@ -56,12 +57,6 @@ pub struct Reloader {
     watch: bool,
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl Reloader {
     pub fn new(
         path: &Path,
@@ -75,9 +70,9 @@ impl Reloader {
         for result in ["ok", "failed"] {
             metrics.reloads.with_label_values(&[result]);
         }
-        metrics.last_reload_success.set(now() as f64);
+        metrics.last_reload_success.set(unix_now() as f64);
         let status = ReloadStatus {
-            last_success_at: now(),
+            last_success_at: unix_now(),
             ..ReloadStatus::default()
         };
         Reloader {
@@ -117,7 +112,7 @@ impl Reloader {
         });
         let mut status = self.status();
         status.trigger = trigger.to_string();
-        status.at = now();
+        status.at = unix_now();
         match outcome {
             Ok(None) => {
                 tracing::debug!(

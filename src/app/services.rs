@@ -14,6 +14,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Waits `period`; false when shutdown began instead (the loop then ends).
+async fn pause(shutdown: &mut ShutdownWatch, period: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(period) => true,
+        _ = shutdown.changed() => false,
+    }
+}
+
 /// Resolves every DNS target of the active snapshot.
 pub async fn resolve_all(holder: &SnapshotHolder) {
     let snapshot = holder.load();
@@ -40,9 +48,8 @@ impl BackgroundService for Resolver {
                 .settings
                 .resolve_interval
                 .max(Duration::from_secs(1));
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = shutdown.changed() => return,
+            if !pause(&mut shutdown, every).await {
+                return;
             }
         }
     }
@@ -77,9 +84,8 @@ impl BackgroundService for HealthChecker {
                 }
             }
             while checks.join_next().await.is_some() {}
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                _ = shutdown.changed() => return,
+            if !pause(&mut shutdown, Duration::from_millis(100)).await {
+                return;
             }
         }
     }
@@ -99,9 +105,8 @@ impl BackgroundService for RedisConnector {
             if let Some(link) = self.holder.load().redis.clone() {
                 link.probe().await;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = shutdown.changed() => return,
+            if !pause(&mut shutdown, Duration::from_millis(500)).await {
+                return;
             }
         }
     }
@@ -120,9 +125,8 @@ impl BackgroundService for JwksRefresher {
             for remote in &snapshot.remote_jwks {
                 remote.refresh_if_due().await;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => return,
+            if !pause(&mut shutdown, Duration::from_secs(1)).await {
+                return;
             }
         }
     }

@@ -52,8 +52,14 @@ pub(super) fn compile_routes(
             );
         }
         let matcher = compile_matcher(d, &format!("{at}.match"), &r.matcher);
-        let action = compile_action(d, &at, r, upstreams, raw, metrics);
-        let rewrite = compile_rewrite(d, &at, r);
+        // The names the route's template binds, for the rewrite and aggregate calls.
+        let template = r.matcher.path_template.as_deref().map(PathTemplate::parse);
+        let names: HashSet<&str> = match &template {
+            Some(Ok(t)) => t.names().collect(),
+            _ => HashSet::new(),
+        };
+        let action = compile_action(d, &at, r, &names, upstreams, raw, metrics);
+        let rewrite = compile_rewrite(d, &at, r, &names);
         let policies = named.for_route(d, inputs, &at, r);
         if r.timeout.is_some_and(|t| t.is_zero()) {
             d.error(
@@ -184,16 +190,6 @@ fn compile_template(d: &mut Diags, at: &str, text: &str) -> Option<PathTemplate>
     Some(template)
 }
 
-/// The names a route's `path_template` binds (none without one).
-fn template_names(r: &RawRoute) -> HashSet<String> {
-    r.matcher
-        .path_template
-        .as_deref()
-        .and_then(|t| PathTemplate::parse(t).ok())
-        .map(|t| t.names().map(str::to_string).collect())
-        .unwrap_or_default()
-}
-
 fn check_path(d: &mut Diags, at: &str, p: &str) -> Option<String> {
     match normalize(p) {
         Ok(n) if n == p => Some(n.into_owned()),
@@ -274,6 +270,7 @@ fn compile_action(
     d: &mut Diags,
     at: &str,
     r: &RawRoute,
+    names: &HashSet<&str>,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     raw: &RawConfig,
     metrics: &Metrics,
@@ -297,9 +294,7 @@ fn compile_action(
                 Some("write each call's path instead".into()),
             );
         }
-        let names = template_names(r);
-        let names = names.iter().map(String::as_str).collect();
-        let compiled = aggregate::compile(d, at, agg, &names, upstreams, metrics, &r.name)?;
+        let compiled = aggregate::compile(d, at, agg, names, upstreams, metrics, &r.name)?;
         return Some(Action::Aggregate(Arc::new(compiled)));
     }
     match (&r.upstream, &r.respond) {
@@ -404,7 +399,12 @@ fn compile_respond(d: &mut Diags, at: &str, r: &RawRespond) -> Option<StaticResp
     })
 }
 
-fn compile_rewrite(d: &mut Diags, at: &str, r: &RawRoute) -> Option<PathRewrite> {
+fn compile_rewrite(
+    d: &mut Diags,
+    at: &str,
+    r: &RawRoute,
+    names: &HashSet<&str>,
+) -> Option<PathRewrite> {
     match (&r.strip_prefix, &r.rewrite) {
         (Some(_), Some(_)) => {
             d.error(
@@ -434,8 +434,7 @@ fn compile_rewrite(d: &mut Diags, at: &str, r: &RawRoute) -> Option<PathRewrite>
             Some(PathRewrite::Strip(p.clone()))
         }
         (None, Some(to)) if r.matcher.path_template.is_some() => {
-            let names = template_names(r);
-            match Fill::parse(to, names.iter().map(String::as_str)) {
+            match Fill::parse(to, names.iter().copied()) {
                 Ok(fill) if to.starts_with('/') => Some(PathRewrite::Template(fill)),
                 Ok(_) => {
                     d.error(

@@ -8,6 +8,7 @@ use crate::diag::{Diags, Inputs};
 pub use crate::errors::AuthError;
 use crate::errors::GatewayError;
 use crate::state::StateCx;
+use crate::units::unix_now;
 use arc_swap::ArcSwap;
 use base64::Engine;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -439,12 +440,6 @@ struct Verified {
 
 const CACHE_SHARDS: usize = 16;
 const CACHE_ENTRIES: usize = 10_000;
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 impl Default for TokenCache {
     fn default() -> Self {

@@ -58,17 +58,22 @@ enum Part {
     RequestId,
 }
 
-/// A header value with variables, split at compile time.
+/// A header value: fixed text is a ready header value; text with variables is split at
+/// compile time and filled per request.
 #[derive(Debug, PartialEq)]
-struct Template(Vec<Part>);
+enum Template {
+    Fixed(HeaderValue),
+    Parts(Vec<Part>),
+}
 
 impl Template {
     fn render(&self, info: &RequestInfo, state: &PolicyState) -> Option<HeaderValue> {
-        if let [Part::Text(text)] = self.0.as_slice() {
-            return HeaderValue::from_str(text).ok();
-        }
+        let parts = match self {
+            Template::Fixed(value) => return Some(value.clone()),
+            Template::Parts(parts) => parts,
+        };
         let mut out = String::new();
-        for part in &self.0 {
+        for part in parts {
             match part {
                 Part::Text(t) => out.push_str(t),
                 Part::ClientIp => {
@@ -279,10 +284,11 @@ fn template(d: &mut Diags, at: &str, value: &str) -> Option<Template> {
             }
         }
     }
-    if parts.is_empty() {
-        parts.push(Part::Text(String::new()));
-    }
-    Some(Template(parts))
+    Some(match parts.as_slice() {
+        [] => Template::Fixed(HeaderValue::from_static("")),
+        [Part::Text(text)] => Template::Fixed(HeaderValue::from_str(text).ok()?),
+        _ => Template::Parts(parts),
+    })
 }
 
 #[cfg(test)]

@@ -83,15 +83,34 @@ impl Policy {
         }
     }
 
-    /// `kind:name`, as `portico route` and `/routes` show the chain.
-    pub fn label(&self) -> String {
+    /// The config key that applies this policy on a route.
+    pub fn kind(&self) -> &'static str {
         match self {
-            Policy::Cors(p) => format!("cors:{}", p.name),
-            Policy::IpAccess(p) => format!("ip_access:{}", p.name),
-            Policy::RateLimit(p) => format!("rate_limit:{}", p.name),
-            Policy::Auth(p) => format!("auth:{}", p.policy.name),
-            Policy::Validate(_) => "validate".into(),
-            Policy::Headers(_) => "headers".into(),
+            Policy::Cors(_) => "cors",
+            Policy::IpAccess(_) => "ip_access",
+            Policy::RateLimit(_) => "rate_limit",
+            Policy::Auth(_) => "auth",
+            Policy::Validate(_) => "validate",
+            Policy::Headers(_) => "headers",
+        }
+    }
+
+    /// The named policy's name; None for a route's inline one.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Policy::Cors(p) => Some(&p.name),
+            Policy::IpAccess(p) => Some(&p.name),
+            Policy::RateLimit(p) => Some(&p.name),
+            Policy::Auth(p) => Some(&p.policy.name),
+            Policy::Validate(_) | Policy::Headers(_) => None,
+        }
+    }
+
+    /// `kind:name` (or `kind`), as `portico route` and `/routes` show the chain.
+    pub fn label(&self) -> String {
+        match self.name() {
+            Some(name) => format!("{}:{name}", self.kind()),
+            None => self.kind().to_string(),
         }
     }
 

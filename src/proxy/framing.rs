@@ -19,18 +19,6 @@ struct Framing<'a> {
     clean_line: bool,
 }
 
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &v[start..end]
-}
-
 /// `METHOD SP target SP version`, without control bytes.
 fn clean_request_line(line: &[u8]) -> bool {
     let mut spaces = 0;
@@ -66,7 +54,7 @@ fn scan(head: &[u8]) -> Framing<'_> {
         let Some(colon) = line.iter().position(|b| *b == b':') else {
             continue;
         };
-        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
         if name.eq_ignore_ascii_case(b"content-length") {
             f.lengths.push(value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {

@@ -11,11 +11,10 @@ use crate::snapshot::SnapshotHolder;
 use crate::telemetry::Telemetry;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
-use pingora::protocols::{Stream, UniqueIDType};
+use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What the proxy tells the guard of the connection whose task it runs on: whether a
@@ -54,9 +53,6 @@ pub struct Guarded<A> {
     holder: SnapshotHolder,
     telemetry: Arc<Telemetry>,
     open: AtomicUsize,
-    /// Connections handed back for another call (Pingora does so for some protocols):
-    /// already counted, and their next head may first wait `idle`.
-    kept_alive: Mutex<HashSet<UniqueIDType>>,
 }
 
 impl<A> Guarded<A> {
@@ -66,28 +62,17 @@ impl<A> Guarded<A> {
             holder,
             telemetry,
             open: AtomicUsize::new(0),
-            kept_alive: Mutex::new(HashSet::new()),
         }
     }
-
-    fn kept(&self) -> std::sync::MutexGuard<'_, HashSet<UniqueIDType>> {
-        self.kept_alive.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
-/// Uncounts an open connection when it ends (not when it is handed back for reuse).
-struct Open<'a> {
-    count: &'a AtomicUsize,
-    telemetry: &'a Telemetry,
-    ends: bool,
-}
+/// Uncounts an open connection however its call ends (a timeout drops the call).
+struct Open<'a>(&'a AtomicUsize, &'a Telemetry);
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
-        if self.ends {
-            self.count.fetch_sub(1, Ordering::SeqCst);
-            self.telemetry.metrics.connections_open.dec();
-        }
+        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.1.metrics.connections_open.dec();
     }
 }
 
@@ -98,28 +83,22 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let id = stream.id();
-        let reused = self.kept().remove(&id);
+        // Pingora's HTTP apps serve a whole connection (every keep-alive request) per
+        // call, so a call is a connection.
         let settings = &self.holder.load().settings;
         let metrics = &self.telemetry.metrics;
-        if !reused {
-            if self.open.fetch_add(1, Ordering::SeqCst) >= settings.max_connections {
-                self.open.fetch_sub(1, Ordering::SeqCst);
-                metrics.connections_refused.inc();
-                return None;
-            }
-            metrics.connections_open.inc();
+        if self.open.fetch_add(1, Ordering::SeqCst) >= settings.max_connections {
+            self.open.fetch_sub(1, Ordering::SeqCst);
+            metrics.connections_refused.inc();
+            return None;
         }
-        let mut open = Open {
-            count: &self.open,
-            telemetry: &self.telemetry,
-            ends: true,
-        };
+        metrics.connections_open.inc();
+        let _open = Open(&self.open, &self.telemetry);
         let (header, idle) = (settings.header_timeout, settings.idle_timeout);
         let signals = Arc::new(Signals {
             epoch: Instant::now(),
             state: AtomicU64::new(1),
-            served: AtomicBool::new(reused),
+            served: AtomicBool::new(false),
         });
         let work = SIGNALS.scope(signals.clone(), self.inner.process_new(stream, shutdown));
         tokio::pin!(work);
@@ -128,9 +107,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let tick = header.min(idle);
         let timer = tokio::time::sleep(tick);
         tokio::pin!(timer);
-        let reusable = loop {
+        loop {
             tokio::select! {
-                done = &mut work => break done,
+                done = &mut work => return done,
                 _ = &mut timer => {}
             }
             // A request being served has its own timeouts: look again later.
@@ -158,12 +137,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 return None;
             }
             timer.as_mut().reset(due);
-        };
-        if let Some(stream) = &reusable {
-            self.kept().insert(stream.id());
-            open.ends = false;
         }
-        reusable
     }
 
     async fn cleanup(&self) {
