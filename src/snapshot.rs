@@ -103,6 +103,13 @@ impl Route {
         }
     }
 
+    pub fn cache(&self) -> Option<&crate::policy::cache::CachePolicy> {
+        self.policies.iter().find_map(|p| match p {
+            Policy::Cache(c) => Some(&**c),
+            _ => None,
+        })
+    }
+
     pub fn cors(&self) -> Option<&crate::policy::cors::CorsPolicy> {
         self.policies.iter().find_map(|p| match p {
             Policy::Cors(c) => Some(&**c),
@@ -124,6 +131,8 @@ pub struct Snapshot {
     pub redis: Option<Arc<crate::policy::ratelimit::RedisLink>>,
     /// Every remote JWKS some auth policy uses (refreshed in the background).
     pub remote_jwks: Vec<Arc<crate::policy::auth::RemoteJwks>>,
+    /// The response caches, by name (for purges).
+    pub caches: BTreeMap<String, Arc<crate::policy::cache::CachePolicy>>,
     /// Every header some auth policy forwards claims in: removed from every client request.
     pub identity_headers: Vec<HeaderName>,
     /// Referenced files, and the digest of their contents when compiled.

@@ -149,6 +149,9 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub connections_refused: IntCounter,
     pub connections_timed_out: IntCounterVec,
+    pub cache_requests: IntCounterVec,
+    pub cache_size: IntGaugeVec,
+    pub cache_evictions: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -290,6 +293,21 @@ impl Metrics {
                 "portico_downstream_timeouts_total",
                 "Client connections closed for not sending a request head in time, by reason (header, idle).",
                 &["reason"],
+            ),
+            cache_requests: counter(
+                "portico_cache_requests_total",
+                "Requests on cache routes by route and result (HIT, MISS, STALE, REVALIDATED, BYPASS).",
+                &["route", "result"],
+            ),
+            cache_size: gauge(
+                "portico_cache_size_bytes",
+                "Bytes stored per cache (bodies, headers and keys).",
+                &["cache"],
+            ),
+            cache_evictions: counter(
+                "portico_cache_evictions_total",
+                "Entries evicted to keep a cache within max_size.",
+                &["cache"],
             ),
             registry: r,
         }

@@ -1,9 +1,10 @@
 //! The admin listener: `/health` (liveness, version, config hash, last reload), `/ready`
-//! `/config` (the active config, redacted, and reload status), `/routes`, `/upstreams` and
-//! `/metrics` (Prometheus).
+//! `/config` (the active config, redacted, and reload status), `/routes`, `/upstreams`,
+//! `/metrics` (Prometheus) and `POST /cache/purge`.
 
 use super::reload::Reloader;
 use super::services::Readiness;
+use crate::policy::cache;
 use crate::snapshot::{Action, Route, Snapshot, SnapshotHolder};
 use crate::telemetry::Telemetry;
 use crate::VERSION;
@@ -12,6 +13,7 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub struct Admin {
@@ -19,6 +21,19 @@ pub struct Admin {
     pub readiness: Readiness,
     pub reloader: Reloader,
     pub telemetry: Arc<Telemetry>,
+    /// This process's id in purge broadcasts, and whether it receives theirs.
+    pub origin: u64,
+    pub purges_subscribed: Arc<AtomicBool>,
+}
+
+/// A purge request body is a small JSON object.
+const MAX_PURGE_BODY: usize = 64 * 1024;
+
+fn admin_error(status: StatusCode, code: &str, message: &str) -> Response<Vec<u8>> {
+    json_response(
+        status,
+        json!({"error": {"status": status.as_u16(), "code": code, "message": message}}),
+    )
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
@@ -43,7 +58,14 @@ impl Admin {
                 "config_hash": snapshot.hash,
                 "config_path": snapshot.path.display().to_string(),
                 "last_reload": self.reloader.status(),
-                "redis": snapshot.redis.as_ref().map(|r| json!({"connected": r.is_connected()})),
+                "redis": snapshot.redis.as_ref().map(|r| {
+                    let mut state = json!({"connected": r.is_connected()});
+                    if !snapshot.caches.is_empty() {
+                        let subscribed = self.purges_subscribed.load(Ordering::Relaxed);
+                        state["cache_purges_subscribed"] = json!(subscribed);
+                    }
+                    state
+                }),
             }),
         )
     }
@@ -85,6 +107,7 @@ impl Admin {
                     "auth": named(route, "auth"),
                     "rate_limit": named(route, "rate_limit"),
                     "cors": named(route, "cors"),
+                    "cache": named(route, "cache"),
                     "policies": route.policies.iter().map(|p| p.label()).collect::<Vec<_>>(),
                     "timeout_ms": route.timeout.map(|t| t.as_millis() as u64),
                     "max_body": route.max_body,
@@ -132,6 +155,56 @@ impl Admin {
             .header(http::header::CONTENT_LENGTH, body.len())
             .body(body)
             .expect("static parts are valid")
+    }
+
+    /// Purges one cache's entries by path or prefix here, then on every replica through
+    /// Redis when it is configured. A purge that could not reach the replicas is a 502: the
+    /// caller must know the other gateways may still serve the old entries.
+    async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_PURGE_BODY => {
+                    body.extend_from_slice(&chunk)
+                }
+                Ok(Some(_)) => {
+                    let why = "a purge is a small JSON object";
+                    return admin_error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", why);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    let why = "the request body could not be read";
+                    return admin_error(StatusCode::BAD_REQUEST, "bad_request", why);
+                }
+            }
+        }
+        let purge: cache::Purge = match serde_json::from_slice(&body) {
+            Ok(purge) => purge,
+            Err(e) => {
+                let why =
+                    format!("expected {{\"cache\": NAME, \"path\" or \"prefix\": \"/...\"}}: {e}");
+                return admin_error(StatusCode::BAD_REQUEST, "invalid_purge", &why);
+            }
+        };
+        let snapshot = self.holder.load();
+        let purged = match purge.apply(&snapshot.caches) {
+            Ok(n) => n,
+            Err(why) => return admin_error(StatusCode::BAD_REQUEST, "invalid_purge", &why),
+        };
+        let Some(link) = snapshot.redis.clone() else {
+            return json_response(StatusCode::OK, json!({"purged": purged, "replicas": false}));
+        };
+        let message = json!({"origin": self.origin, "purge": purge}).to_string();
+        match link.publish(cache::PURGE_CHANNEL, &message).await {
+            Ok(()) => json_response(StatusCode::OK, json!({"purged": purged, "replicas": true})),
+            Err(e) => {
+                tracing::warn!(error = %e, "a cache purge could not reach the other replicas");
+                let why = format!(
+                    "purged {purged} entries here, but the purge could not be sent to the other replicas ({e}); retry"
+                );
+                admin_error(StatusCode::BAD_GATEWAY, "purge_not_broadcast", &why)
+            }
+        }
     }
 
     fn ready(&self) -> Response<Vec<u8>> {
@@ -183,11 +256,16 @@ fn refresh_gauges(telemetry: &Telemetry, snapshot: &Snapshot) {
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        if req.uri.path() == "/cache/purge" {
+            if req.method != http::Method::POST {
+                let why = "purge with POST and a JSON body";
+                return admin_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", why);
+            }
+            return self.purge(session).await;
+        }
         if req.method != http::Method::GET && req.method != http::Method::HEAD {
-            return json_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                json!({"error": {"status": 405, "code": "method_not_allowed", "message": "the admin API is read-only: use GET"}}),
-            );
+            let why = "these admin endpoints are read-only: use GET";
+            return admin_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", why);
         }
         match req.uri.path() {
             "/health" => self.health(),
@@ -198,7 +276,7 @@ impl ServeHttp for Admin {
             "/metrics" => self.metrics(),
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                json!({"error": {"status": 404, "code": "not_found", "message": "admin endpoints: /health, /ready, /config, /routes, /upstreams, /metrics"}}),
+                json!({"error": {"status": 404, "code": "not_found", "message": "admin endpoints: /health, /ready, /config, /routes, /upstreams, /metrics, POST /cache/purge"}}),
             ),
         }
     }

@@ -20,7 +20,9 @@ use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use reload::Reloader;
-use services::{Drain, HealthChecker, JwksRefresher, Readiness, RedisConnector, Resolver};
+use services::{
+    Drain, HealthChecker, JwksRefresher, PurgeListener, Readiness, RedisConnector, Resolver,
+};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -115,11 +117,18 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
         telemetry.clone(),
         opts.watch,
     );
+    let purges = PurgeListener {
+        holder: holder.clone(),
+        origin: fastrand::u64(..),
+        subscribed: Arc::default(),
+    };
     let admin = Admin {
         holder: holder.clone(),
         readiness: readiness.clone(),
         reloader: reloader.clone(),
         telemetry: telemetry.clone(),
+        origin: purges.origin,
+        purges_subscribed: purges.subscribed.clone(),
     };
     let mut admin = Service::new("admin".to_string(), admin);
     admin.threads = Some(1);
@@ -147,6 +156,7 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
         holder: holder.clone(),
     };
     server.add_service(background_service("redis", redis));
+    server.add_service(background_service("cache-purges", purges));
     let health = HealthChecker {
         holder: holder.clone(),
     };

@@ -3,10 +3,12 @@
 //! (`resolve_target`, `health::check`, `RemoteJwks::refresh_if_due`); only these loops
 //! hold the snapshot holder.
 
+use crate::policy::cache;
 use crate::snapshot::SnapshotHolder;
 use crate::upstream::health;
 use crate::upstream::resolve::resolve_target;
 use async_trait::async_trait;
+use futures::StreamExt;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::collections::HashMap;
@@ -172,5 +174,83 @@ impl BackgroundService for Readiness {
         let _ = shutdown.changed().await;
         self.0.store(false, Ordering::Relaxed);
         tracing::info!("shutdown started: draining in-flight requests");
+    }
+}
+
+/// Applies the cache purges other replicas publish on Redis. Pub/sub delivers at most
+/// once: a replica that is disconnected when a purge is published misses it (its entries
+/// still expire by their TTL).
+pub struct PurgeListener {
+    pub holder: SnapshotHolder,
+    /// This process's id in broadcasts: its own purges were applied already.
+    pub origin: u64,
+    /// Whether the subscription is live (`/health`).
+    pub subscribed: Arc<AtomicBool>,
+}
+
+impl PurgeListener {
+    /// Receives purges until the connection ends, the Redis link is replaced by a reload,
+    /// or shutdown begins (false).
+    async fn listen(&self, shutdown: &mut ShutdownWatch) -> bool {
+        let snapshot = self.holder.load();
+        let Some(link) = snapshot
+            .redis
+            .clone()
+            .filter(|_| !snapshot.caches.is_empty())
+        else {
+            return pause(shutdown, Duration::from_secs(1)).await;
+        };
+        drop(snapshot);
+        let mut pubsub = match link.subscribe(cache::PURGE_CHANNEL).await {
+            Ok(pubsub) => pubsub,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to cache purges");
+                return pause(shutdown, Duration::from_secs(1)).await;
+            }
+        };
+        self.subscribed.store(true, Ordering::Relaxed);
+        let mut messages = pubsub.on_message();
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                message = messages.next() => match message {
+                    Some(message) => self.apply(&message.get_payload::<String>().unwrap_or_default()),
+                    None => break,
+                },
+                _ = check.tick() => {
+                    let current = self.holder.load().redis.clone();
+                    if !current.is_some_and(|c| Arc::ptr_eq(&c, &link)) {
+                        break;
+                    }
+                }
+                _ = shutdown.changed() => return false,
+            }
+        }
+        self.subscribed.store(false, Ordering::Relaxed);
+        true
+    }
+
+    fn apply(&self, payload: &str) {
+        let Ok(broadcast) = serde_json::from_str::<cache::Broadcast>(payload) else {
+            tracing::warn!("ignored a malformed cache purge from redis");
+            return;
+        };
+        if broadcast.origin == self.origin {
+            return;
+        }
+        match broadcast.purge.apply(&self.holder.load().caches) {
+            Ok(purged) => {
+                tracing::info!(cache = %broadcast.purge.cache, purged, "cache purge from another replica")
+            }
+            Err(why) => tracing::warn!(why, "ignored a cache purge from another replica"),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for PurgeListener {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        while self.listen(&mut shutdown).await {}
+        self.subscribed.store(false, Ordering::Relaxed);
     }
 }

@@ -59,7 +59,7 @@ pub fn compile_with(
         .collect();
     let redis = compile_redis(&mut d, &mut state, raw);
     let mut inputs = Inputs::new(&src.path);
-    let named = Named::compile(&mut d, &mut state, &mut inputs, raw, redis.clone());
+    let named = Named::compile(&mut d, &mut state, &mut inputs, raw, redis.clone(), metrics);
     let compiled = routes::compile_routes(&mut d, &mut inputs, &named, &upstreams, raw, metrics);
     let (mut matchers, mut routes, mut at) = (Vec::new(), Vec::new(), Vec::new());
     for c in compiled {
@@ -85,6 +85,7 @@ pub fn compile_with(
         upstreams,
         redis,
         remote_jwks: named.remote_jwks(),
+        caches: named.caches.clone(),
         identity_headers: named.identity_headers(),
         inputs_digest: inputs_digest(&inputs.files),
         inputs: inputs.files,

@@ -5,11 +5,13 @@ use crate::config::model::RawRoute;
 use crate::config::RawConfig;
 use crate::diag::{lookup, Diags, Inputs};
 use crate::policy::auth::{self, AuthPolicy, Keys, RemoteJwks};
+use crate::policy::cache::{self, CachePolicy};
 use crate::policy::cors::{self, CorsPolicy};
 use crate::policy::ip_access::{self, IpAccess};
 use crate::policy::ratelimit::{self, RateLimit, RedisLink};
 use crate::policy::{self, headers, validate, Policy};
 use crate::state::StateCx;
+use crate::telemetry::Metrics;
 use http::HeaderName;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ pub(super) struct Named {
     auth: BTreeMap<String, Arc<AuthPolicy>>,
     cors: BTreeMap<String, Arc<CorsPolicy>>,
     ip_access: BTreeMap<String, Arc<IpAccess>>,
+    pub(super) caches: BTreeMap<String, Arc<CachePolicy>>,
     /// Names as written (a defined name that failed to compile is no unknown name).
     defined: BTreeMap<&'static str, Vec<String>>,
 }
@@ -42,6 +45,7 @@ impl Named {
         inputs: &mut Inputs,
         raw: &RawConfig,
         redis: Option<Arc<RedisLink>>,
+        metrics: &Metrics,
     ) -> Named {
         let names = |keys: Vec<&String>| keys.into_iter().cloned().collect();
         let defined = BTreeMap::from([
@@ -49,6 +53,7 @@ impl Named {
             ("auth policy", names(raw.auth.keys().collect())),
             ("CORS policy", names(raw.cors.keys().collect())),
             ("ip_access policy", names(raw.ip_access.keys().collect())),
+            ("cache", names(raw.caches.keys().collect())),
         ]);
         Named {
             rate_limits: each(d, &raw.rate_limits, |d, name, rl| {
@@ -59,6 +64,9 @@ impl Named {
             }),
             cors: each(d, &raw.cors, cors::compile),
             ip_access: each(d, &raw.ip_access, ip_access::compile),
+            caches: each(d, &raw.caches, |d, name, c| {
+                cache::compile(d, state, metrics, name, c)
+            }),
             defined,
         }
     }
@@ -115,6 +123,10 @@ impl Named {
             .as_ref()
             .map(|v| validate::compile(d, inputs, at, v));
         let headers = r.headers.as_ref().map(|h| headers::compile(d, at, h));
+        let cache = self.find(d, &key("cache"), "cache", r.cache.as_ref(), &self.caches);
+        if let Ok(Some(c)) = &cache {
+            check_cache_route(d, &key("cache"), c, r);
+        }
         let mut policies: Vec<Policy> = Vec::new();
         policies.extend(cors.ok()?.map(Policy::Cors));
         policies.extend(ip.ok()?.map(Policy::IpAccess));
@@ -123,6 +135,7 @@ impl Named {
         policies.extend(route_auth.map(|a| Policy::Auth(Arc::new(a))));
         policies.extend(transpose(validate)?.map(|v| Policy::Validate(Arc::new(v))));
         policies.extend(transpose(headers)?.map(|h| Policy::Headers(Arc::new(h))));
+        policies.extend(cache.ok()?.map(Policy::Cache));
         policy::order(&mut policies);
         Some(policies)
     }
@@ -147,6 +160,27 @@ impl Named {
                 _ => None,
             })
             .collect()
+    }
+}
+
+/// A cache serves proxied routes only, and per-user entries need the identity.
+fn check_cache_route(d: &mut Diags, at: &str, cache: &CachePolicy, r: &RawRoute) {
+    if r.upstream.is_none() {
+        d.error(
+            at,
+            "`cache` applies to routes with an `upstream`",
+            Some("remove `cache` from this route".into()),
+        );
+    }
+    if cache.keyed_by_identity() && r.auth.is_none() {
+        d.error(
+            at,
+            format!(
+                "cache `{}` keys entries by a claim, but this route has no `auth`",
+                cache.name
+            ),
+            Some("add `auth: NAME` to the route, or use a cache without `key`".into()),
+        );
     }
 }
 

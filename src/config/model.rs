@@ -2,6 +2,7 @@
 //! Every struct denies unknown fields so a typo is an error, never a silent default.
 
 use crate::policy::auth::RawAuth;
+use crate::policy::cache::RawCache;
 use crate::policy::cors::RawCors;
 use crate::policy::headers::RawHeaders;
 use crate::policy::ip_access::RawIpAccess;
@@ -31,6 +32,8 @@ pub struct RawConfig {
     pub cors: BTreeMap<String, RawCors>,
     #[serde(default)]
     pub ip_access: BTreeMap<String, RawIpAccess>,
+    #[serde(default)]
+    pub caches: BTreeMap<String, RawCache>,
     #[serde(default)]
     pub telemetry: RawTelemetry,
     #[serde(default)]
@@ -378,6 +381,8 @@ pub struct RawRoute {
     pub validate: Option<RawValidate>,
     pub ip_access: Option<String>,
     pub headers: Option<RawHeaders>,
+    /// A `caches:` entry: GET and HEAD answers are stored and served from it.
+    pub cache: Option<String>,
     /// Accept `;` path parameters (refused by default: `/admin;x` means `/admin` to some
     /// servers).
     #[serde(default)]

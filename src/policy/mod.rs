@@ -7,6 +7,7 @@
 //! gateway's own).
 
 pub mod auth;
+pub mod cache;
 pub mod cors;
 pub mod headers;
 pub mod ip_access;
@@ -21,6 +22,9 @@ use pingora::Result;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+/// Says what the cache did with a request.
+pub const X_CACHE: &str = "x-cache";
+
 pub enum Policy {
     Cors(Arc<cors::CorsPolicy>),
     IpAccess(Arc<ip_access::IpAccess>),
@@ -28,6 +32,7 @@ pub enum Policy {
     Auth(Arc<auth::RouteAuth>),
     Validate(Arc<validate::RequestValidation>),
     Headers(Arc<headers::HeaderRules>),
+    Cache(Arc<cache::CachePolicy>),
 }
 
 /// When a policy runs: cheap refusals first, so a flood of bad tokens is limited by IP
@@ -46,6 +51,8 @@ pub enum Stage {
     LimitByIdentity,
     /// Required headers, query parameters and the body schema (reads the body).
     Validate,
+    /// The response cache (looked up once every check passed).
+    Cache,
     /// Header edits (run last on the way out, after every other policy's headers).
     Headers,
 }
@@ -68,6 +75,8 @@ pub struct PolicyState {
     pub cors_origin: Option<HeaderValue>,
     /// The identity headers made of the verified claims (`forward_claims`).
     pub forward: Vec<(http::HeaderName, HeaderValue)>,
+    /// What the cache did (`X-Cache`), once the response is known.
+    pub cache: Option<&'static str>,
 }
 
 impl Policy {
@@ -80,6 +89,7 @@ impl Policy {
             Policy::Auth(_) => Stage::Authenticate,
             Policy::Validate(_) => Stage::Validate,
             Policy::Headers(_) => Stage::Headers,
+            Policy::Cache(_) => Stage::Cache,
         }
     }
 
@@ -92,6 +102,7 @@ impl Policy {
             Policy::Auth(_) => "auth",
             Policy::Validate(_) => "validate",
             Policy::Headers(_) => "headers",
+            Policy::Cache(_) => "cache",
         }
     }
 
@@ -102,6 +113,7 @@ impl Policy {
             Policy::IpAccess(p) => Some(&p.name),
             Policy::RateLimit(p) => Some(&p.name),
             Policy::Auth(p) => Some(&p.policy.name),
+            Policy::Cache(p) => Some(&p.name),
             Policy::Validate(_) | Policy::Headers(_) => None,
         }
     }
@@ -130,7 +142,7 @@ impl Policy {
             Policy::RateLimit(p) => p.on_request(session.req_header(), info, state).await,
             Policy::Auth(p) => p.on_request(session.req_header(), state).await,
             Policy::Validate(p) => p.on_request(session).await,
-            Policy::Headers(_) => Ok(()),
+            Policy::Headers(_) | Policy::Cache(_) => Ok(()),
         }
     }
 
@@ -144,9 +156,11 @@ impl Policy {
         match self {
             Policy::Auth(p) => p.forward_claims(req, state),
             Policy::Headers(p) => p.on_upstream_request(req, info, state),
-            Policy::Cors(_) | Policy::IpAccess(_) | Policy::RateLimit(_) | Policy::Validate(_) => {
-                Ok(())
-            }
+            Policy::Cors(_)
+            | Policy::IpAccess(_)
+            | Policy::RateLimit(_)
+            | Policy::Validate(_)
+            | Policy::Cache(_) => Ok(()),
         }
     }
 
@@ -161,6 +175,10 @@ impl Policy {
             Policy::Cors(p) => p.on_response(resp, state),
             Policy::RateLimit(_) => ratelimit::on_response(resp, state),
             Policy::Headers(p) => p.on_response(resp, info, state),
+            Policy::Cache(_) => match state.cache {
+                Some(result) => resp.insert_header(X_CACHE, result),
+                None => Ok(()),
+            },
             Policy::IpAccess(_) | Policy::Auth(_) | Policy::Validate(_) => Ok(()),
         }
     }
@@ -179,6 +197,7 @@ mod tests {
     fn cheap_refusals_run_before_signature_checks() {
         let mut stages = [
             Stage::Headers,
+            Stage::Cache,
             Stage::Validate,
             Stage::LimitByIdentity,
             Stage::Authenticate,
@@ -190,6 +209,6 @@ mod tests {
         assert_eq!(stages[0], Stage::Cors);
         assert!(Stage::Limit < Stage::Authenticate);
         assert!(Stage::Authenticate < Stage::LimitByIdentity);
-        assert_eq!(stages[6], Stage::Headers);
+        assert_eq!(stages[7], Stage::Headers);
     }
 }

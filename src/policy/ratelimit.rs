@@ -271,6 +271,34 @@ impl RedisLink {
         }
     }
 
+    /// Publishes on a channel over the shared connection (cache purges to other replicas).
+    pub async fn publish(&self, channel: &str, message: &str) -> Result<(), LimitError> {
+        let conn = self.conn.load_full().ok_or(LimitError::NotConnected)?;
+        let mut conn = (*conn).clone();
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(message);
+        let publish = cmd.query_async::<i64>(&mut conn);
+        let timeout = self.timeout.max(Duration::from_millis(200));
+        tokio::time::timeout(timeout, publish)
+            .await
+            .map_err(|_| LimitError::Timeout(timeout))??;
+        Ok(())
+    }
+
+    /// A connection of its own subscribed to `channel` (a subscribed connection can do
+    /// nothing else).
+    pub async fn subscribe(&self, channel: &str) -> Result<redis::aio::PubSub, LimitError> {
+        let timeout = self.timeout.max(Duration::from_millis(200));
+        let connect = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        Ok(tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| LimitError::Timeout(timeout))??)
+    }
+
     /// Starts a connection attempt (at most one a second) without waiting for it.
     fn connect_in_background(self: &Arc<Self>) {
         {

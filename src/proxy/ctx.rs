@@ -22,6 +22,8 @@ pub struct RequestFacts {
     pub started: Instant,
     /// Request body bytes seen so far.
     pub body_seen: u64,
+    /// The normalized path, kept for the cache key on cache routes only.
+    pub cache_path: String,
 }
 
 /// The upstream side: the path sent, the tries made, and their timing.
@@ -64,6 +66,7 @@ impl Ctx {
                 traceparent: String::new(),
                 started: Instant::now(),
                 body_seen: 0,
+                cache_path: String::new(),
             },
             route: None,
             policy: PolicyState::default(),

@@ -11,6 +11,7 @@ mod respond;
 
 use crate::aggregate::{Aggregate, Values};
 use crate::errors::{GatewayError, X_REQUEST_ID};
+use crate::policy::cache::{self, CachePolicy};
 use crate::policy::validate::content_length;
 use crate::policy::RequestInfo;
 use crate::router::Match;
@@ -26,6 +27,8 @@ use http::header::{
     HOST, ORIGIN, VARY,
 };
 use http::Method;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
@@ -201,6 +204,9 @@ impl Gateway {
         };
         ctx.route = Some(index);
         let route = &snapshot.routes[index];
+        if route.cache().is_some() {
+            ctx.request.cache_path = path.to_string();
+        }
         if !route.allow_path_params && path.contains(';') {
             drop(path);
             let why = "`;` path parameters are not accepted on this route".to_string();
@@ -252,6 +258,13 @@ impl Gateway {
         ctx.upstream.deadline = route.timeout.map(|t| Instant::now() + t);
         Ok(false)
     }
+}
+
+/// The cache of the request's route (the cache hooks only run on such routes).
+fn route_cache(ctx: &Ctx) -> Result<&CachePolicy> {
+    ctx.route()
+        .and_then(|r| r.cache())
+        .ok_or_else(|| Error::new(pingora::ErrorType::InternalError))
 }
 
 /// What a request carries upstream besides the client's own headers: X-Forwarded-*,
@@ -453,7 +466,87 @@ impl ProxyHttp for Gateway {
             // Draining: tell the client to open its next connection elsewhere.
             session.set_keepalive(None);
         }
+        if let Some(route) = ctx.route().filter(|r| r.cache().is_some()) {
+            let result = cache::status(&session.cache);
+            if ctx.snapshot.metrics {
+                let counter = &self.telemetry.metrics.cache_requests;
+                counter.with_label_values(&[&*route.name, result]).inc();
+            }
+            ctx.policy.cache = Some(result);
+        }
         respond::decorate(upstream_response, ctx)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        if let Some(cache) = ctx.route().and_then(|r| r.cache()) {
+            let method = session.req_header().method.clone();
+            cache.enable(&method, &mut session.cache);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        let cache = route_cache(ctx)?;
+        let trusted = ctx
+            .request
+            .peer
+            .is_some_and(|p| ctx.snapshot.settings.is_trusted(p));
+        let claims = ctx.policy.claims.as_deref();
+        cache
+            .key(
+                session.req_header(),
+                &ctx.request.cache_path,
+                claims,
+                trusted,
+            )
+            .map_err(|_| Error::new(pingora::ErrorType::InternalError))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        let credentialed = cache::credentialed(session.req_header(), ctx.policy.claims.as_deref());
+        Ok(route_cache(ctx)?.cacheable(resp, credentialed))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        CachePolicy::variance(meta, req)
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        let credentialed = cache::credentialed(session.req_header(), ctx.policy.claims.as_deref());
+        if credentialed && !route_cache(ctx)?.serves_credentialed(meta) {
+            // Stored for anonymous requests: a credentialed one may be answered otherwise.
+            return Ok(Some(ForcedFreshness::ForceMiss));
+        }
+        Ok(None)
+    }
+
+    /// Stale answers during a background refresh (the entry's `stale_while_revalidate`
+    /// bounds it) and when the upstream failed, timed out or its circuit is open (bounded
+    /// by `stale_if_error`); never for a client's own error.
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        error.is_none_or(|e| e.esource() != &pingora::ErrorSource::Downstream)
     }
 
     /// What Pingora's own log lines say of a request: no query (it often carries tokens).

@@ -1,5 +1,7 @@
 //! A real HTTP/1.1 upstream (hyper) that records what it receives and answers with JSON.
-//! Query parameters steer it: `sleep_ms=N`, `status=N`, `download=BYTES`.
+//! Query parameters steer it: `sleep_ms=N`, `status=N`, `download=BYTES`, `h_NAME=VALUE`
+//! (a response header, percent-decoded) and `etag=TAG` (sets `ETag: "TAG"` and answers a
+//! matching `If-None-Match` with 304).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -167,6 +169,17 @@ async fn handle(
             .unwrap());
     }
     let q = query(req.uri());
+    let extra: Vec<(String, String)> = q
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("h_")?.to_string(), decode(v))))
+        .collect();
+    let etag = q.get("etag").map(|t| format!("\"{t}\""));
+    let not_modified = etag.is_some()
+        && req
+            .headers()
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok())
+            == etag.as_deref();
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in req.headers() {
         headers
@@ -198,16 +211,29 @@ async fn handle(
     if let Some(ms) = q.get("sleep_ms").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    let mut reply = Response::builder();
+    for (name, value) in &extra {
+        reply = reply.header(name.as_str(), value.as_str());
+    }
+    if let Some(etag) = &etag {
+        reply = reply.header("etag", etag.as_str());
+    }
+    if not_modified {
+        return Ok(reply
+            .status(304)
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap());
+    }
     if let Some(n) = q.get("download").and_then(|v| v.parse().ok()) {
         let body = Pattern { left: n };
-        return Ok(Response::builder()
+        return Ok(reply
             .header("content-type", "application/octet-stream")
             .header("content-length", n)
             .body(body.boxed())
             .unwrap());
     }
     let status: u16 = q.get("status").and_then(|v| v.parse().ok()).unwrap_or(200);
-    let reply = serde_json::json!({
+    let answer = serde_json::json!({
         "server": &*name,
         "method": method,
         "uri": uri,
@@ -215,13 +241,19 @@ async fn handle(
         "body_len": len,
         "body_sha256": hex::encode(hasher.finalize()),
     });
-    Ok(Response::builder()
+    Ok(reply
         .status(status)
         .header("content-type", "application/json")
         .header("x-upstream", &*name)
         .header("keep-alive", "timeout=5")
-        .body(Full::new(Bytes::from(reply.to_string())).boxed())
+        .body(Full::new(Bytes::from(answer.to_string())).boxed())
         .unwrap())
+}
+
+fn decode(v: &str) -> String {
+    percent_encoding::percent_decode_str(v)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Waits until `n` requests (to any test upstream of this process) named `key`, or 5 s.

@@ -1,0 +1,377 @@
+//! The memory store behind a `caches:` entry: pingora-cache's `Storage` over a TinyUFO
+//! cache (admission by frequency, eviction by weight, so `max_size` holds under any load),
+//! plus an index by path for purges. Hits only read TinyUFO; writes and evictions take
+//! the index lock, so the index and the cache never disagree.
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::cache::key::{CacheHashKey, HashBinary};
+use pingora::cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheKey, CacheMeta, Storage};
+use pingora::{Error, ErrorType, Result};
+use prometheus::{IntCounter, IntGauge};
+use std::any::Any;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tinyufo::TinyUfo;
+
+/// TinyUFO weighs entries in u16 units; a unit is 1 KiB, so an entry is at most 64 MiB.
+const UNIT: u64 = 1024;
+pub const MAX_OBJECT: u64 = u16::MAX as u64 * UNIT;
+
+/// One stored response: its serialized meta, body and path (for purges).
+struct Object {
+    key: HashBinary,
+    path: Box<str>,
+    meta: (Vec<u8>, Vec<u8>),
+    body: Bytes,
+    size: u64,
+}
+
+impl Object {
+    fn weight(&self) -> u16 {
+        self.size.div_ceil(UNIT).min(u16::MAX as u64) as u16
+    }
+}
+
+/// The metric handles of one cache.
+pub struct StoreMetrics {
+    pub size: IntGauge,
+    pub evictions: IntCounter,
+}
+
+pub struct MemoryStore {
+    objects: TinyUfo<HashBinary, Arc<Object>>,
+    /// Path → keys stored under it, for purge by path or prefix.
+    by_path: Mutex<BTreeMap<Box<str>, HashSet<HashBinary>>>,
+    metrics: StoreMetrics,
+}
+
+impl MemoryStore {
+    pub fn new(max_size: u64, metrics: StoreMetrics) -> MemoryStore {
+        let units = (max_size / UNIT).max(1) as usize;
+        metrics.size.set(0);
+        MemoryStore {
+            // The estimate sizes TinyUFO's frequency sketch: entries of ~4 KiB.
+            objects: TinyUfo::new(units, (units / 4).max(64)),
+            by_path: Mutex::default(),
+            metrics,
+        }
+    }
+
+    fn index(&self) -> MutexGuard<'_, BTreeMap<Box<str>, HashSet<HashBinary>>> {
+        self.by_path.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, key: &HashBinary) -> Option<Arc<Object>> {
+        // TinyUFO keys by a 64-bit hash of the key: check it is this entry.
+        self.objects.get(key).filter(|o| o.key == *key)
+    }
+
+    fn insert(&self, object: Object) {
+        let mut index = self.index();
+        self.remove_locked(&mut index, &object.key);
+        let (key, weight, size) = (object.key, object.weight(), object.size);
+        index
+            .entry(object.path.clone())
+            .or_default()
+            .insert(object.key);
+        self.metrics.size.add(size as i64);
+        let evicted = self.objects.put(key, Arc::new(object), weight);
+        for kv in evicted {
+            // A refused admission comes back here too: it is not stored either.
+            self.unindex(&mut index, &kv.data);
+            if kv.data.key != key {
+                self.metrics.evictions.inc();
+            }
+        }
+    }
+
+    fn unindex(&self, index: &mut BTreeMap<Box<str>, HashSet<HashBinary>>, object: &Object) {
+        self.metrics.size.sub(object.size as i64);
+        if let Some(keys) = index.get_mut(&object.path) {
+            keys.remove(&object.key);
+            if keys.is_empty() {
+                index.remove(&object.path);
+            }
+        }
+    }
+
+    fn remove_locked(
+        &self,
+        index: &mut BTreeMap<Box<str>, HashSet<HashBinary>>,
+        key: &HashBinary,
+    ) -> bool {
+        match self.get(key).and_then(|_| self.objects.remove(key)) {
+            Some(object) => {
+                self.unindex(index, &object);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove(&self, key: &HashBinary) -> bool {
+        self.remove_locked(&mut self.index(), key)
+    }
+
+    /// Removes every entry stored for `path` (any host, query, variant or user).
+    pub fn purge_path(&self, path: &str) -> usize {
+        let mut index = self.index();
+        let keys: Vec<HashBinary> = index.get(path).into_iter().flatten().copied().collect();
+        keys.iter()
+            .filter(|k| self.remove_locked(&mut index, k))
+            .count()
+    }
+
+    /// Removes every entry whose path starts with `prefix`.
+    pub fn purge_prefix(&self, prefix: &str) -> usize {
+        let mut index = self.index();
+        let keys: Vec<HashBinary> = index
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(path, _)| path.starts_with(prefix))
+            .flat_map(|(_, keys)| keys.iter().copied())
+            .collect();
+        keys.iter()
+            .filter(|k| self.remove_locked(&mut index, k))
+            .count()
+    }
+
+    /// Frees every entry (the cache was redefined or removed by a reload).
+    pub fn clear(&self) {
+        self.purge_prefix("");
+    }
+
+    pub fn entries(&self) -> usize {
+        self.index().values().map(HashSet::len).sum()
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStore {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(object) = self.get(&key.combined_bin()) else {
+            return Ok(None);
+        };
+        let meta = CacheMeta::deserialize(&object.meta.0, &object.meta.1)?;
+        let end = object.body.len();
+        let hit = Hit {
+            body: object.body.clone(),
+            range: 0..end,
+            done: false,
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        Ok(Box::new(Miss {
+            store: self,
+            key: key.combined_bin(),
+            path: key.user_tag.as_str().into(),
+            meta: meta.serialize()?,
+            body: BytesMut::new(),
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        Ok(match self.remove(&target.key().combined_bin()) {
+            true => PurgeOutcome::Purged(None),
+            false => PurgeOutcome::NotFound,
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let key = key.combined_bin();
+        let Some(old) = self.get(&key) else {
+            return Ok(false);
+        };
+        self.insert(Object {
+            key,
+            path: old.path.clone(),
+            meta: meta.serialize()?,
+            body: old.body.clone(),
+            size: old.size,
+        });
+        Ok(true)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// Reads a stored body: one zero-copy slice, seekable for Range requests.
+struct Hit {
+    body: Bytes,
+    range: std::ops::Range<usize>,
+    done: bool,
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.range.clone())))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let len = self.body.len();
+        if start >= len {
+            return Error::e_explain(ErrorType::InternalError, "seek past the end of the body");
+        }
+        self.range = start..end.map_or(len, |e| e.min(len));
+        self.done = false;
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.body.len()
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// Collects a response body; stored whole when the response ends.
+struct Miss {
+    store: &'static MemoryStore,
+    key: HashBinary,
+    path: Box<str>,
+    meta: (Vec<u8>, Vec<u8>),
+    body: BytesMut,
+}
+
+#[async_trait]
+impl HandleMiss for Miss {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let body = self.body.freeze();
+        let size = (body.len() + self.meta.0.len() + self.meta.1.len() + self.path.len()) as u64;
+        if size > MAX_OBJECT {
+            return Ok(MissFinishType::Created(0));
+        }
+        self.store.insert(Object {
+            key: self.key,
+            path: self.path,
+            meta: self.meta,
+            body,
+            size,
+        });
+        Ok(MissFinishType::Created(size as usize))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(max: u64) -> MemoryStore {
+        MemoryStore::new(
+            max,
+            StoreMetrics {
+                size: IntGauge::new("s", "s").unwrap(),
+                evictions: IntCounter::new("e", "e").unwrap(),
+            },
+        )
+    }
+
+    fn object(n: u8, path: &str, size: usize) -> Object {
+        Object {
+            key: [n; 16],
+            path: path.into(),
+            meta: (Vec::new(), Vec::new()),
+            body: Bytes::from(vec![0; size]),
+            size: size as u64,
+        }
+    }
+
+    #[test]
+    fn purges_by_path_and_prefix() {
+        let s = store(1 << 20);
+        s.insert(object(1, "/p/1", 10));
+        s.insert(object(2, "/p/1", 10));
+        s.insert(object(3, "/p/2", 10));
+        s.insert(object(4, "/q", 10));
+        assert_eq!(s.purge_path("/p/1"), 2);
+        assert!(s.get(&[1; 16]).is_none());
+        assert_eq!(s.purge_prefix("/p/"), 1);
+        assert_eq!(s.entries(), 1);
+        assert_eq!(s.metrics.size.get(), 10);
+        s.clear();
+        assert_eq!((s.entries(), s.metrics.size.get()), (0, 0));
+    }
+
+    #[test]
+    fn size_stays_bounded_and_evictions_are_counted() {
+        let s = store(64 * 1024);
+        for n in 0..=255u8 {
+            s.insert(object(n, &format!("/{n}"), 4096));
+        }
+        assert!(
+            s.metrics.size.get() <= 64 * 1024,
+            "{}",
+            s.metrics.size.get()
+        );
+        assert!(s.metrics.evictions.get() > 0);
+        assert_eq!(s.entries() as i64 * 4096, s.metrics.size.get());
+    }
+
+    #[test]
+    fn replacing_an_entry_keeps_the_accounting() {
+        let s = store(1 << 20);
+        s.insert(object(1, "/a", 100));
+        s.insert(object(1, "/a", 300));
+        assert_eq!((s.entries(), s.metrics.size.get()), (1, 300));
+    }
+}
