@@ -360,7 +360,13 @@ pub struct RouteMetrics {
     auth_failures: IntCounterVec,
     histograms: (HistogramVec, HistogramVec),
     limited: IntCounterVec,
+    /// Cache results by [`CACHE_RESULTS`] index, created on first use.
+    cache: [OnceLock<IntCounter>; 5],
+    cache_requests: IntCounterVec,
 }
+
+/// What `X-Cache` and `portico_cache_requests_total{result}` say.
+pub const CACHE_RESULTS: [&str; 5] = ["HIT", "MISS", "STALE", "REVALIDATED", "BYPASS"];
 
 impl RouteMetrics {
     pub fn new(m: &Metrics, route: &str, upstream: &str) -> RouteMetrics {
@@ -375,7 +381,22 @@ impl RouteMetrics {
             auth_failures: m.auth_failures.clone(),
             histograms: (m.duration.clone(), m.upstream_duration.clone()),
             limited: m.rate_limited.clone(),
+            cache: Default::default(),
+            cache_requests: m.cache_requests.clone(),
         }
+    }
+
+    /// Counts what the cache did with a request (one of [`CACHE_RESULTS`]).
+    pub fn cache_result(&self, result: &'static str) {
+        let Some(i) = CACHE_RESULTS.iter().position(|r| *r == result) else {
+            return;
+        };
+        self.cache[i]
+            .get_or_init(|| {
+                self.cache_requests
+                    .with_label_values(&[&*self.route, result])
+            })
+            .inc();
     }
 
     /// Whole-request time.

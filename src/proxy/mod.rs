@@ -469,8 +469,7 @@ impl ProxyHttp for Gateway {
         if let Some(route) = ctx.route().filter(|r| r.cache().is_some()) {
             let result = cache::status(&session.cache);
             if ctx.snapshot.metrics {
-                let counter = &self.telemetry.metrics.cache_requests;
-                counter.with_label_values(&[&*route.name, result]).inc();
+                route.metrics.cache_result(result);
             }
             ctx.policy.cache = Some(result);
         }

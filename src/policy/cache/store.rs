@@ -12,6 +12,7 @@ use pingora::cache::storage::{
 };
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
+use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use prometheus::{IntCounter, IntGauge};
 use std::any::Any;
@@ -23,13 +24,37 @@ use tinyufo::TinyUfo;
 const UNIT: u64 = 1024;
 pub const MAX_OBJECT: u64 = u16::MAX as u64 * UNIT;
 
-/// One stored response: its serialized meta, body and path (for purges).
+/// One stored response: its cache metadata (serialized), its header (parsed: decoding
+/// Pingora's compressed header form cost a third of a hit), body and path (for purges).
 struct Object {
     key: HashBinary,
     path: Box<str>,
-    meta: (Vec<u8>, Vec<u8>),
+    internal: Vec<u8>,
+    header: ResponseHeader,
     body: Bytes,
     size: u64,
+}
+
+impl Object {
+    fn new(key: HashBinary, path: Box<str>, meta: &CacheMeta, body: Bytes) -> Result<Object> {
+        let (internal, _) = meta.serialize()?;
+        let header = meta.response_header().clone();
+        // A parsed header's fields plus a rough per-field and per-object overhead.
+        let fields: usize = header
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 48)
+            .sum();
+        let size = (body.len() + internal.len() + fields + path.len() + 256) as u64;
+        Ok(Object {
+            key,
+            path,
+            internal,
+            header,
+            body,
+            size,
+        })
+    }
 }
 
 impl Object {
@@ -46,6 +71,9 @@ pub struct StoreMetrics {
 
 pub struct MemoryStore {
     objects: TinyUfo<HashBinary, Arc<Object>>,
+    /// A serialized placeholder header: a hit decodes its metadata with this, then puts
+    /// the stored header in.
+    blank_header: Vec<u8>,
     /// Path → keys stored under it, for purge by path or prefix.
     by_path: Mutex<BTreeMap<Box<str>, HashSet<HashBinary>>>,
     metrics: StoreMetrics,
@@ -58,9 +86,16 @@ impl MemoryStore {
         MemoryStore {
             // The estimate sizes TinyUFO's frequency sketch: entries of ~4 KiB.
             objects: TinyUfo::new(units, (units / 4).max(64)),
+            blank_header: blank_header(),
             by_path: Mutex::default(),
             metrics,
         }
+    }
+
+    fn meta(&self, object: &Object) -> Result<CacheMeta> {
+        let mut meta = CacheMeta::deserialize(&object.internal, &self.blank_header)?;
+        *meta.response_header_mut() = object.header.clone();
+        Ok(meta)
     }
 
     fn index(&self) -> MutexGuard<'_, BTreeMap<Box<str>, HashSet<HashBinary>>> {
@@ -164,7 +199,7 @@ impl Storage for MemoryStore {
         let Some(object) = self.get(&key.combined_bin()) else {
             return Ok(None);
         };
-        let meta = CacheMeta::deserialize(&object.meta.0, &object.meta.1)?;
+        let meta = self.meta(&object)?;
         let end = object.body.len();
         let hit = Hit {
             body: object.body.clone(),
@@ -180,11 +215,16 @@ impl Storage for MemoryStore {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
+        // The meta is only known now; stored once the body is complete.
+        let placeholder = Object::new(
+            key.combined_bin(),
+            key.user_tag.as_str().into(),
+            meta,
+            Bytes::new(),
+        )?;
         Ok(Box::new(Miss {
             store: self,
-            key: key.combined_bin(),
-            path: key.user_tag.as_str().into(),
-            meta: meta.serialize()?,
+            object: placeholder,
             body: BytesMut::new(),
         }))
     }
@@ -211,13 +251,7 @@ impl Storage for MemoryStore {
         let Some(old) = self.get(&key) else {
             return Ok(false);
         };
-        self.insert(Object {
-            key,
-            path: old.path.clone(),
-            meta: meta.serialize()?,
-            body: old.body.clone(),
-            size: old.size,
-        });
+        self.insert(Object::new(key, old.path.clone(), meta, old.body.clone())?);
         Ok(true)
     }
 
@@ -282,9 +316,7 @@ impl HandleHit for Hit {
 /// Collects a response body; stored whole when the response ends.
 struct Miss {
     store: &'static MemoryStore,
-    key: HashBinary,
-    path: Box<str>,
-    meta: (Vec<u8>, Vec<u8>),
+    object: Object,
     body: BytesMut,
 }
 
@@ -296,20 +328,29 @@ impl HandleMiss for Miss {
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let body = self.body.freeze();
-        let size = (body.len() + self.meta.0.len() + self.meta.1.len() + self.path.len()) as u64;
-        if size > MAX_OBJECT {
+        let Miss {
+            store,
+            mut object,
+            body,
+        } = *self;
+        object.size += body.len() as u64;
+        object.body = body.freeze();
+        if object.size > MAX_OBJECT {
             return Ok(MissFinishType::Created(0));
         }
-        self.store.insert(Object {
-            key: self.key,
-            path: self.path,
-            meta: self.meta,
-            body,
-            size,
-        });
-        Ok(MissFinishType::Created(size as usize))
+        let size = object.size as usize;
+        store.insert(object);
+        Ok(MissFinishType::Created(size))
     }
+}
+
+fn blank_header() -> Vec<u8> {
+    let header = ResponseHeader::build(200, None).expect("a valid status");
+    let now = std::time::SystemTime::now();
+    CacheMeta::new(now, now, 0, 0, header)
+        .serialize()
+        .expect("a minimal header serializes")
+        .1
 }
 
 #[cfg(test)]
@@ -330,10 +371,34 @@ mod tests {
         Object {
             key: [n; 16],
             path: path.into(),
-            meta: (Vec::new(), Vec::new()),
+            internal: Vec::new(),
+            header: ResponseHeader::build(200, None).unwrap(),
             body: Bytes::from(vec![0; size]),
             size: size as u64,
         }
+    }
+
+    #[test]
+    fn a_stored_meta_reads_back_whole() {
+        let s = store(1 << 20);
+        let mut header = ResponseHeader::build(203, None).unwrap();
+        header.insert_header("etag", "\"v1\"").unwrap();
+        let now = std::time::SystemTime::now();
+        let mut meta = CacheMeta::new(now + std::time::Duration::from_secs(60), now, 5, 7, header);
+        meta.set_variance([9; 16]);
+        let object = Object::new([1; 16], "/a".into(), &meta, Bytes::from_static(b"body")).unwrap();
+        let back = s.meta(&object).unwrap();
+        assert_eq!(back.response_header().status, 203);
+        assert_eq!(back.headers()["etag"], "\"v1\"");
+        assert_eq!(
+            (
+                back.fresh_sec(),
+                back.stale_while_revalidate_sec(),
+                back.stale_if_error_sec()
+            ),
+            (60, 5, 7)
+        );
+        assert_eq!(back.variance(), Some([9; 16]));
     }
 
     #[test]
