@@ -39,7 +39,7 @@ impl Settings {
 }
 
 /// Fields an access-log line can carry (any may be excluded).
-pub const ACCESS_FIELDS: [&str; 17] = [
+pub const ACCESS_FIELDS: [&str; 18] = [
     "time",
     "request_id",
     "trace_id",
@@ -57,6 +57,7 @@ pub const ACCESS_FIELDS: [&str; 17] = [
     "user",
     "error",
     "calls",
+    "upgraded",
 ];
 
 pub struct AccessLogSettings {
@@ -92,6 +93,8 @@ pub struct Route {
     pub max_body: u64,
     /// `;` path parameters are accepted.
     pub allow_path_params: bool,
+    /// Longest an upgraded connection may be silent both ways.
+    pub upgrade_idle_timeout: Duration,
     pub metrics: RouteMetrics,
 }
 

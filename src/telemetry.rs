@@ -150,6 +150,8 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     pub connections_timed_out: IntCounterVec,
     pub cache_requests: IntCounterVec,
+    pub upgraded_open: IntGauge,
+    pub upgrades: IntCounterVec,
     pub cache_size: IntGaugeVec,
     pub cache_evictions: IntCounterVec,
 }
@@ -298,6 +300,19 @@ impl Metrics {
                 "portico_cache_requests_total",
                 "Requests on cache routes by route and result (HIT, MISS, STALE, REVALIDATED, BYPASS).",
                 &["route", "result"],
+            ),
+            upgraded_open: register(
+                &r,
+                IntGauge::new(
+                    "portico_upgraded_connections",
+                    "Upgraded connections (WebSocket) open now.",
+                )
+                .expect("valid"),
+            ),
+            upgrades: counter(
+                "portico_upgrades_total",
+                "Connections upgraded (101 Switching Protocols), by route.",
+                &["route"],
             ),
             cache_size: gauge(
                 "portico_cache_size_bytes",

@@ -16,6 +16,9 @@ use http::{HeaderName, HeaderValue};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+/// How long an upgraded connection may be silent when the route does not say.
+const DEFAULT_UPGRADE_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A compiled route with its matcher and its index in the file's `routes`.
 pub(super) struct Compiled {
     pub at: usize,
@@ -61,6 +64,13 @@ pub(super) fn compile_routes(
         let action = compile_action(d, &at, r, &names, upstreams, raw, metrics);
         let rewrite = compile_rewrite(d, &at, r, &names);
         let policies = named.for_route(d, inputs, &at, r);
+        if r.upgrade_idle_timeout.is_some_and(|t| t.is_zero()) {
+            d.error(
+                &format!("{at}.upgrade_idle_timeout"),
+                "upgrade_idle_timeout must be longer than 0",
+                None,
+            );
+        }
         if r.timeout.is_some_and(|t| t.is_zero()) {
             d.error(
                 &format!("{at}.timeout"),
@@ -87,6 +97,9 @@ pub(super) fn compile_routes(
                     timeout: r.timeout,
                     max_body: r.max_body.map_or(default_max_body, |b| b.0),
                     allow_path_params: r.allow_path_params,
+                    upgrade_idle_timeout: r
+                        .upgrade_idle_timeout
+                        .unwrap_or(DEFAULT_UPGRADE_IDLE_TIMEOUT),
                     metrics,
                 },
             });

@@ -381,6 +381,11 @@ pub struct RawRoute {
     pub validate: Option<RawValidate>,
     pub ip_access: Option<String>,
     pub headers: Option<RawHeaders>,
+    /// How long an upgraded connection (WebSocket) may pass no data either way before it
+    /// is closed (default 60s).
+    #[schemars(with = "Option<String>")]
+    #[serde(default, with = "humantime_serde")]
+    pub upgrade_idle_timeout: Option<Duration>,
     /// A `caches:` entry: GET and HEAD answers are stored and served from it.
     pub cache: Option<String>,
     /// Accept `;` path parameters (refused by default: `/admin;x` means `/admin` to some

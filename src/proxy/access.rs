@@ -62,6 +62,12 @@ pub fn access_line(out: &mut Vec<u8>, session: &Session, ctx: &Ctx, status: u16)
     if let Some(calls) = &ctx.calls {
         line.str("calls", calls);
     }
+    if ctx.upgraded {
+        // Written when the tunnel closes: duration_ms and the bytes cover all of it.
+        let protocol = session.req_header().headers.get(http::header::UPGRADE);
+        let websocket = protocol.is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        line.str("upgraded", if websocket { "websocket" } else { "other" });
+    }
     line.finish();
 }
 

@@ -52,6 +52,8 @@ pub struct Ctx {
     pub error_code: Option<&'static str>,
     /// `name:outcome` of an aggregate route's calls, for the access log.
     pub calls: Option<String>,
+    /// The connection was upgraded (101): the request lasts as long as the tunnel.
+    pub upgraded: bool,
 }
 
 impl Ctx {
@@ -74,6 +76,7 @@ impl Ctx {
             failure: None,
             error_code: None,
             calls: None,
+            upgraded: false,
         }
     }
 

@@ -93,6 +93,22 @@ async fn respond_static(session: &mut Session, ctx: &Ctx, resp: &StaticResponse)
 }
 
 impl Gateway {
+    /// A connection is being upgraded (WebSocket): counted while open; the client side may
+    /// now be silent for the route's `upgrade_idle_timeout` (the upstream side got it in
+    /// `upstream_peer`).
+    fn upgraded(&self, session: &mut Session, ctx: &mut Ctx) {
+        let Some(route) = ctx.route() else { return };
+        let idle = route.upgrade_idle_timeout;
+        self.telemetry
+            .metrics
+            .upgrades
+            .with_label_values(&[&*route.name])
+            .inc();
+        self.telemetry.metrics.upgraded_open.inc();
+        ctx.upgraded = true;
+        session.as_downstream_mut().set_read_timeout(Some(idle));
+    }
+
     /// Answers a CORS preflight for a route with a CORS policy (before auth: browsers send
     /// preflights without credentials). None when this is not such a preflight.
     async fn preflight(&self, session: &mut Session, ctx: &mut Ctx) -> Option<Result<bool>> {
@@ -348,7 +364,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Ctx,
@@ -356,7 +372,8 @@ impl ProxyHttp for Gateway {
         if let Some(chunk) = body {
             ctx.request.body_seen += chunk.len() as u64;
             let limit = ctx.route().map_or(u64::MAX, |r| r.max_body);
-            if ctx.request.body_seen > limit {
+            // After an upgrade these are the tunnel's bytes, not a body.
+            if ctx.request.body_seen > limit && !session.was_upgraded() {
                 return Err(ctx.fail(GatewayError::BodyTooLarge { limit }));
             }
         }
@@ -400,6 +417,11 @@ impl ProxyHttp for Gateway {
         let cap = |t: Duration| Some(ctx.remaining().map_or(t, |r| r.min(t)));
         peer.options.connection_timeout = cap(upstream.connect_timeout);
         peer.options.read_timeout = cap(upstream.read_timeout);
+        if session.is_upgrade_req() {
+            // Once upgraded, the tunnel may be quiet for as long as the route allows.
+            let idle = ctx.route().map(|r| r.upgrade_idle_timeout);
+            peer.options.read_timeout = idle.or(peer.options.read_timeout);
+        }
         peer.options.write_timeout = cap(upstream.write_timeout);
         ctx.upstream.tried.push(pick.index);
         ctx.upstream.target = Some(pick.target.clone());
@@ -465,6 +487,9 @@ impl ProxyHttp for Gateway {
         if session.is_process_shutting_down() {
             // Draining: tell the client to open its next connection elsewhere.
             session.set_keepalive(None);
+        }
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            self.upgraded(session, ctx);
         }
         if let Some(route) = ctx.route().filter(|r| r.cache().is_some()) {
             let result = cache::status(&session.cache);
@@ -591,18 +616,22 @@ impl ProxyHttp for Gateway {
                 .access_log
                 .line(|out| access::access_line(out, session, ctx, status));
         }
+        if ctx.upgraded {
+            self.telemetry.metrics.upgraded_open.dec();
+        }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         guard::request_done();
     }
 
     fn upstream_response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        if ctx.past_deadline() {
+        // The route timeout bounds getting the 101, not the tunnel after it.
+        if ctx.past_deadline() && !session.was_upgraded() {
             return Err(ctx.fail(GatewayError::RouteTimeout));
         }
         Ok(None)
