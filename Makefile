@@ -1,7 +1,7 @@
 # The README's two commands: `make demo` and `make test`. Both install what a fresh
 # Debian machine lacks first (cmake, which Pingora's zlib-ng build needs).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := cmake redis-server
+APT_PACKAGES := cmake redis-server curl
 
 .PHONY: deps demo test bench fuzz
 

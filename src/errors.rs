@@ -132,6 +132,8 @@ pub enum GatewayError {
     NoHealthyUpstream,
     CircuitOpen,
     UpstreamUnreachable,
+    /// The TLS handshake with the upstream failed (its certificate did not verify).
+    UpstreamTls,
     UpstreamTimeout,
     RouteTimeout,
     Internal,
@@ -155,7 +157,7 @@ impl GatewayError {
             GatewayError::Forbidden | GatewayError::CorsRejected => 403,
             GatewayError::BodyTooLarge { .. } => 413,
             GatewayError::RateLimited { .. } => 429,
-            GatewayError::UpstreamUnreachable => 502,
+            GatewayError::UpstreamUnreachable | GatewayError::UpstreamTls => 502,
             GatewayError::NoUpstreamAvailable
             | GatewayError::NoHealthyUpstream
             | GatewayError::CircuitOpen
@@ -188,6 +190,7 @@ impl GatewayError {
             GatewayError::NoHealthyUpstream => "no_healthy_upstream",
             GatewayError::CircuitOpen => "circuit_open",
             GatewayError::UpstreamUnreachable => "upstream_unreachable",
+            GatewayError::UpstreamTls => "upstream_tls_failed",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::RouteTimeout => "route_timeout",
             GatewayError::Internal => "internal_error",
@@ -238,6 +241,10 @@ impl GatewayError {
                 "the upstream could not be reached or closed the connection".into()
             }
             GatewayError::UpstreamTimeout => "the upstream did not answer in time".into(),
+            GatewayError::UpstreamTls => {
+                "the TLS handshake with the upstream failed: its certificate could not be verified"
+                    .into()
+            }
             GatewayError::RouteTimeout => "the request exceeded the route's time limit".into(),
             GatewayError::Internal => "the gateway failed to handle the request".into(),
         }
@@ -253,6 +260,11 @@ impl GatewayError {
                 if e.esource() != &ErrorSource::Downstream =>
             {
                 Some(GatewayError::UpstreamTimeout)
+            }
+            (_, TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup)
+                if e.esource() != &ErrorSource::Downstream =>
+            {
+                Some(GatewayError::UpstreamTls)
             }
             (ErrorSource::Upstream, _) => Some(GatewayError::UpstreamUnreachable),
             (_, ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure) => {

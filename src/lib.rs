@@ -20,6 +20,7 @@ pub mod router;
 pub mod snapshot;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod units;
 pub mod upstream;
 

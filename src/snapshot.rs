@@ -18,6 +18,9 @@ use std::time::Duration;
 
 pub struct Settings {
     pub proxy_addr: SocketAddr,
+    pub proxy_tls_addr: Option<SocketAddr>,
+    pub h2c: bool,
+    pub redirect_https: bool,
     pub admin_addr: SocketAddr,
     pub threads: usize,
     pub trusted_proxies: Vec<IpNet>,
@@ -134,6 +137,8 @@ pub struct Snapshot {
     pub redis: Option<Arc<crate::policy::ratelimit::RedisLink>>,
     /// Every remote JWKS some auth policy uses (refreshed in the background).
     pub remote_jwks: Vec<Arc<crate::policy::auth::RemoteJwks>>,
+    /// The certificates the TLS listener serves (swapped with the snapshot).
+    pub tls: Option<Arc<crate::tls::Certificates>>,
     /// The response caches, by name (for purges).
     pub caches: BTreeMap<String, Arc<crate::policy::cache::CachePolicy>>,
     /// Every header some auth policy forwards claims in: removed from every client request.
@@ -157,6 +162,9 @@ impl Snapshot {
         let mut out = Vec::new();
         if a.proxy_addr != b.proxy_addr {
             out.push(format!("listen.proxy: {} → {}", a.proxy_addr, b.proxy_addr));
+        }
+        if a.proxy_tls_addr != b.proxy_tls_addr || a.h2c != b.h2c {
+            out.push("listen.proxy_tls/h2c".to_string());
         }
         if a.admin_addr != b.admin_addr {
             out.push(format!("listen.admin: {} → {}", a.admin_addr, b.admin_addr));

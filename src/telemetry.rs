@@ -151,6 +151,7 @@ pub struct Metrics {
     pub connections_timed_out: IntCounterVec,
     pub cache_requests: IntCounterVec,
     pub upgraded_open: IntGauge,
+    pub certificate_expiry: IntGaugeVec,
     pub upgrades: IntCounterVec,
     pub cache_size: IntGaugeVec,
     pub cache_evictions: IntCounterVec,
@@ -308,6 +309,11 @@ impl Metrics {
                     "Upgraded connections (WebSocket) open now.",
                 )
                 .expect("valid"),
+            ),
+            certificate_expiry: gauge(
+                "portico_tls_certificate_expiry_seconds",
+                "When each served certificate expires (notAfter, Unix seconds), by its cert path.",
+                &["name"],
             ),
             upgrades: counter(
                 "portico_upgrades_total",

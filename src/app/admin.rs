@@ -237,6 +237,12 @@ fn refresh_gauges(telemetry: &Telemetry, snapshot: &Snapshot) {
     m.build_info
         .with_label_values(&[VERSION, snapshot.hash.as_str()])
         .set(1);
+    m.certificate_expiry.reset();
+    for cert in snapshot.tls.iter().flat_map(|t| &t.certificates) {
+        m.certificate_expiry
+            .with_label_values(&[cert.name.as_str()])
+            .set(cert.not_after);
+    }
     let redis = snapshot.redis.as_ref().is_some_and(|r| r.is_connected());
     m.redis_connected.set(i64::from(redis));
     for (name, upstream) in &snapshot.upstreams {

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod demo;
 pub mod reload;
 pub mod services;
+mod tls;
 
 use crate::compile::compile_with;
 use crate::config::{ConfigError, Source};
@@ -15,6 +16,7 @@ use crate::snapshot::{Snapshot, SnapshotHolder};
 use crate::state::Stores;
 use crate::telemetry::Telemetry;
 use admin::Admin;
+use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
@@ -76,10 +78,17 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
     if !opts.upgrade {
         // Pingora retries a busy address forever; a second gateway on a taken port should
         // fail at once instead. (An upgrade takes over addresses that are in use.)
+        let tls = snapshot
+            .settings
+            .proxy_tls_addr
+            .map(|a| ("listen.proxy_tls", a));
         for (key, addr) in [
             ("listen.proxy", snapshot.settings.proxy_addr),
             ("listen.admin", snapshot.settings.admin_addr),
-        ] {
+        ]
+        .into_iter()
+        .chain(tls)
+        {
             std::net::TcpListener::bind(addr)
                 .map_err(|e| anyhow::anyhow!("{key} {addr} cannot be used: {e}"))?;
         }
@@ -104,10 +113,18 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
         connector: pingora::connectors::http::Connector::new(None),
         in_flight: in_flight.clone(),
     };
-    let app = pingora::proxy::http_proxy(&server.configuration, gateway);
-    let guarded = Guarded::new(app, holder.clone(), telemetry.clone());
+    let mut app = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let h2c = holder.load().settings.h2c;
+    let mut options = HttpServerOptions::default();
+    options.h2c = h2c;
+    app.server_options = Some(options);
+    let guarded = Guarded::new(app, holder.clone(), telemetry.clone(), h2c);
     let mut proxy = Service::new("portico".to_string(), guarded);
     proxy.add_tcp(&proxy_addr);
+    let tls_addr = holder.load().settings.proxy_tls_addr;
+    if let Some(addr) = tls_addr {
+        proxy.add_tls_with_settings(&addr.to_string(), None, tls::settings(holder.clone())?);
+    }
 
     let readiness = Readiness::default();
     let reloader = Reloader::new(
@@ -166,7 +183,8 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
             tracing::warn!(file, error = %e, "cannot write the pid file");
         }
     }
-    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "portico starting");
+    let tls_addr = tls_addr.map(|a| a.to_string());
+    tracing::info!(proxy = %proxy_addr, proxy_tls = tls_addr, admin = %admin_addr, "portico starting");
     Ok(Built {
         server,
         holder,

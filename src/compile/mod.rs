@@ -49,17 +49,23 @@ pub fn compile_with(
     }
     let settings = compile_settings(&mut d, raw);
     let mut state = stores.begin();
+    let mut inputs = Inputs::new(&src.path);
+    pingora::tls::install_default_crypto_provider();
     let upstreams: BTreeMap<String, Arc<Upstream>> = raw
         .upstreams
         .iter()
         .filter_map(|(name, up)| {
-            let upstream = upstream::compile_upstream(&mut d, name, up, &mut state)?;
+            let upstream = upstream::compile_upstream(&mut d, &mut inputs, name, up, &mut state)?;
             Some((name.clone(), Arc::new(upstream)))
         })
         .collect();
     let redis = compile_redis(&mut d, &mut state, raw);
-    let mut inputs = Inputs::new(&src.path);
     let named = Named::compile(&mut d, &mut state, &mut inputs, raw, redis.clone(), metrics);
+    let tls = raw
+        .tls
+        .as_ref()
+        .and_then(|t| crate::tls::compile(&mut d, &mut inputs, t))
+        .map(Arc::new);
     let compiled = routes::compile_routes(&mut d, &mut inputs, &named, &upstreams, raw, metrics);
     let (mut matchers, mut routes, mut at) = (Vec::new(), Vec::new(), Vec::new());
     for c in compiled {
@@ -86,6 +92,7 @@ pub fn compile_with(
         redis,
         remote_jwks: named.remote_jwks(),
         caches: named.caches.clone(),
+        tls,
         identity_headers: named.identity_headers(),
         inputs_digest: inputs_digest(&inputs.files),
         inputs: inputs.files,
@@ -100,6 +107,30 @@ pub fn compile_with(
 fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
     let proxy_addr = socket_addr(d, "listen.proxy", &raw.listen.proxy);
     let admin_addr = socket_addr(d, "listen.admin", &raw.listen.admin);
+    let proxy_tls_addr = match &raw.listen.proxy_tls {
+        Some(text) => socket_addr(d, "listen.proxy_tls", text).map(Some),
+        None => Some(None),
+    };
+    match (&raw.listen.proxy_tls, &raw.tls) {
+        (Some(_), None) => d.error(
+            "listen.proxy_tls",
+            "a TLS listener needs certificates",
+            Some("add `tls: { certificates: [{ cert: FILE, key: FILE }] }`".into()),
+        ),
+        (None, Some(_)) => d.warn(
+            "tls",
+            "`tls` is unused: no `listen.proxy_tls`",
+            Some("add `proxy_tls: 0.0.0.0:8443` under `listen`".into()),
+        ),
+        _ => {}
+    }
+    if raw.listen.redirect_https && raw.listen.proxy_tls.is_none() {
+        d.error(
+            "listen.redirect_https",
+            "redirect_https needs a TLS listener to redirect to",
+            Some("add `proxy_tls` under `listen`".into()),
+        );
+    }
     if raw.listen.proxy == raw.listen.admin {
         d.error(
             "listen.admin",
@@ -156,6 +187,9 @@ fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
         body_timeout: server.timeouts.body,
         max_connections: server.max_connections,
         proxy_addr: proxy_addr?,
+        proxy_tls_addr: proxy_tls_addr?,
+        h2c: raw.listen.h2c,
+        redirect_https: raw.listen.redirect_https,
     })
 }
 

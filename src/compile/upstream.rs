@@ -1,17 +1,23 @@
-//! Compiling `upstreams`: targets, balancing, timeouts, retries, health checks, breakers.
+//! Compiling `upstreams`: targets, balancing, timeouts, retries, health checks, breakers,
+//! TLS and the protocol spoken to the targets.
 
 use super::is_name;
-use crate::config::model::{RawBreaker, RawHealthCheck, RawUpstream, RetryOn};
-use crate::diag::Diags;
+use crate::config::model::{
+    RawBreaker, RawHealthCheck, RawUpstream, RawUpstreamTls, RetryOn, UpstreamProtocol,
+};
+use crate::diag::{Diags, Inputs};
 use crate::state::StateCx;
 use crate::upstream::breaker::BreakerConfig;
 use crate::upstream::health::HealthConfig;
-use crate::upstream::{Balance, Target, Upstream};
+use crate::upstream::{Balance, Target, Upstream, UpstreamTls};
+use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 use std::collections::HashSet;
 use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 
 pub(super) fn compile_upstream(
     d: &mut Diags,
+    inputs: &mut Inputs,
     name: &str,
     up: &RawUpstream,
     state: &mut StateCx,
@@ -40,7 +46,7 @@ pub(super) fn compile_upstream(
     let mut seen = HashSet::new();
     for (i, text) in up.targets.iter().enumerate() {
         let path = format!("{at}.targets[{i}]");
-        match Target::parse(text) {
+        match Target::parse(scheme(text).1) {
             // A target's addresses, health and breaker state are defined by its address and
             // its checks: timeouts, retries or balancing changes keep them.
             Ok(t) => {
@@ -94,12 +100,150 @@ pub(super) fn compile_upstream(
     } else {
         0
     };
+    let tls = compile_tls(d, inputs, &at, up);
+    if tls.is_some() && up.health_check.is_some() {
+        d.error(
+            &format!("{at}.health_check"),
+            "health checks probe over plain HTTP and cannot check a TLS upstream",
+            Some(
+                "remove `health_check`: the circuit breaker still takes failing targets out".into(),
+            ),
+        );
+    }
     let timeouts = (up.timeouts.connect, up.timeouts.read, up.timeouts.write);
     let mut upstream = Upstream::new(name, targets, balance?, timeouts, retry_attempts);
     upstream.next = state.keep("balancer", name, &up.targets, AtomicUsize::default);
     upstream.health_check = health_check;
     upstream.breaker = breaker;
+    upstream.tls = tls;
+    upstream.h2 = up.protocol == UpstreamProtocol::H2;
     Some(upstream)
+}
+
+/// The scheme a target is written with, and the target without it.
+fn scheme(text: &str) -> (Option<&str>, &str) {
+    match text.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, text),
+    }
+}
+
+/// TLS to the targets: from `tls:`, or implied by `https://` targets.
+fn compile_tls(
+    d: &mut Diags,
+    inputs: &mut Inputs,
+    at: &str,
+    up: &RawUpstream,
+) -> Option<UpstreamTls> {
+    let schemes: Vec<Option<&str>> = up.targets.iter().map(|t| scheme(t).0).collect();
+    let https = schemes.iter().filter(|s| **s == Some("https")).count();
+    if https > 0 && https < schemes.len() {
+        d.error(
+            &format!("{at}.targets"),
+            "some targets are https:// and some are not",
+            Some("an upstream speaks TLS to all its targets or to none".into()),
+        );
+    }
+    if up.tls.is_some() && schemes.contains(&Some("http")) {
+        d.error(
+            &format!("{at}.tls"),
+            "`tls` is set but the targets are http://",
+            Some("write the targets as https://HOST:PORT or HOST:PORT".into()),
+        );
+    }
+    let default = RawUpstreamTls {
+        verify: true,
+        ..RawUpstreamTls::default()
+    };
+    let raw = match &up.tls {
+        Some(raw) => raw,
+        None if https > 0 => &default,
+        None => return None,
+    };
+    let at = format!("{at}.tls");
+    if !raw.verify {
+        d.warn(
+            &format!("{at}.verify"),
+            "certificate verification is off: anyone on the path can pose as this upstream",
+            Some("give the upstream's CA in `ca_file` instead".into()),
+        );
+    }
+    let ca = raw.ca_file.as_ref().and_then(|file| {
+        let pem = inputs.read(d, &format!("{at}.ca_file"), file)?;
+        let certs = pem_certificates(d, &format!("{at}.ca_file"), file, &pem)?;
+        let wrapped: Vec<WrappedX509> = certs
+            .into_iter()
+            .map(|c| WrappedX509::new(c, parse_x509))
+            .collect();
+        Some(Arc::<[WrappedX509]>::from(wrapped))
+    });
+    let client = match (&raw.client_cert, &raw.client_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => client_cert(d, inputs, &at, cert, key),
+        _ => {
+            d.error(
+                &at,
+                "mutual TLS needs both `client_cert` and `client_key`",
+                None,
+            );
+            None
+        }
+    };
+    Some(UpstreamTls {
+        sni: raw.sni.clone(),
+        verify: raw.verify,
+        ca,
+        client,
+    })
+}
+
+fn pem_certificates(d: &mut Diags, at: &str, file: &str, pem: &str) -> Option<Vec<Vec<u8>>> {
+    use rustls_pki_types::pem::PemObject;
+    let certs: Result<Vec<_>, _> =
+        rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+    match certs {
+        Ok(certs) if !certs.is_empty() => Some(certs.into_iter().map(|c| c.to_vec()).collect()),
+        _ => {
+            d.error(at, format!("`{file}` holds no PEM certificate"), None);
+            None
+        }
+    }
+}
+
+fn client_cert(
+    d: &mut Diags,
+    inputs: &mut Inputs,
+    at: &str,
+    cert: &str,
+    key: &str,
+) -> Option<Arc<CertKey>> {
+    use rustls_pki_types::pem::PemObject;
+    let cert_at = format!("{at}.client_cert");
+    let key_at = format!("{at}.client_key");
+    let cert_pem = inputs.read(d, &cert_at, cert)?;
+    let key_pem = inputs.read(d, &key_at, key)?;
+    let chain = pem_certificates(d, &cert_at, cert, &cert_pem)?;
+    let Ok(key_der) = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()) else {
+        d.error(&key_at, format!("`{key}` holds no PEM private key"), None);
+        return None;
+    };
+    // Checked here as the TLS library will read it: a key it cannot use is a config error,
+    // never a failure on a request.
+    let provider = pingora::tls::CryptoProvider::get_default()?;
+    let certs = chain
+        .iter()
+        .map(|c| rustls_pki_types::CertificateDer::from(c.clone()))
+        .collect();
+    if let Err(e) = pingora::tls::sign::CertifiedKey::from_der(certs, key_der.clone_key(), provider)
+    {
+        d.error(
+            &key_at,
+            format!("`{key}` does not go with `{cert}`: {e}"),
+            None,
+        );
+        return None;
+    }
+    Some(Arc::new(CertKey::new(chain, key_der.secret_der().to_vec())))
 }
 
 fn compile_health(d: &mut Diags, at: &str, hc: &RawHealthCheck) -> Option<HealthConfig> {

@@ -34,6 +34,7 @@ pub struct RawConfig {
     pub ip_access: BTreeMap<String, RawIpAccess>,
     #[serde(default)]
     pub caches: BTreeMap<String, RawCache>,
+    pub tls: Option<crate::tls::RawTls>,
     #[serde(default)]
     pub telemetry: RawTelemetry,
     #[serde(default)]
@@ -111,6 +112,14 @@ fn default_redis_timeout() -> Duration {
 pub struct Listen {
     pub proxy: String,
     pub admin: String,
+    /// A TLS listener (needs `tls:`), serving HTTP/2 and HTTP/1.1 by ALPN.
+    pub proxy_tls: Option<String>,
+    /// Cleartext HTTP/2 (prior knowledge) on `proxy`, besides HTTP/1.1.
+    #[serde(default)]
+    pub h2c: bool,
+    /// Answer plain-HTTP requests on `proxy` with a 308 to the same URL on `proxy_tls`.
+    #[serde(default)]
+    pub redirect_https: bool,
 }
 
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
@@ -226,6 +235,35 @@ pub struct RawUpstream {
     pub retries: Retries,
     pub health_check: Option<RawHealthCheck>,
     pub breaker: Option<RawBreaker>,
+    /// TLS to the targets (also implied by `https://` targets).
+    pub tls: Option<RawUpstreamTls>,
+    /// `h2` speaks HTTP/2 to the targets (gRPC needs it): by ALPN over TLS, else cleartext
+    /// with prior knowledge.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    H2,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// The name sent in SNI and verified in the certificate (default: the target's host).
+    pub sni: Option<String>,
+    /// CA certificates (PEM) to verify the targets with, instead of the system's.
+    pub ca_file: Option<String>,
+    /// Verify the certificate chain and name (on by default; off is logged as a warning).
+    #[serde(default = "yes")]
+    pub verify: bool,
+    /// A client certificate chain and key (PEM) for mutual TLS.
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]

@@ -22,6 +22,8 @@ pub struct RequestFacts {
     pub started: Instant,
     /// Request body bytes seen so far.
     pub body_seen: u64,
+    /// The client connection is TLS.
+    pub tls: bool,
     /// The normalized path, kept for the cache key on cache routes only.
     pub cache_path: String,
 }
@@ -68,6 +70,7 @@ impl Ctx {
                 traceparent: String::new(),
                 started: Instant::now(),
                 body_seen: 0,
+                tls: false,
                 cache_path: String::new(),
             },
             route: None,

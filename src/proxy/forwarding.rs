@@ -238,6 +238,9 @@ mod tests {
     fn settings(trusted: &[&str]) -> Settings {
         Settings {
             proxy_addr: "127.0.0.1:1".parse().unwrap(),
+            proxy_tls_addr: None,
+            h2c: false,
+            redirect_https: false,
             admin_addr: "127.0.0.1:2".parse().unwrap(),
             threads: 1,
             trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),

@@ -53,16 +53,45 @@ pub struct Guarded<A> {
     holder: SnapshotHolder,
     telemetry: Arc<Telemetry>,
     open: AtomicUsize,
+    /// Cleartext HTTP/2 is served (the app looks for its preface too).
+    h2c: bool,
 }
 
 impl<A> Guarded<A> {
-    pub fn new(inner: A, holder: SnapshotHolder, telemetry: Arc<Telemetry>) -> Guarded<A> {
+    pub fn new(
+        inner: A,
+        holder: SnapshotHolder,
+        telemetry: Arc<Telemetry>,
+        h2c: bool,
+    ) -> Guarded<A> {
         Guarded {
             inner: Arc::new(inner),
             holder,
             telemetry,
             open: AtomicUsize::new(0),
+            h2c,
         }
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a connection speaks HTTP/2: by ALPN, or by the cleartext preface. HTTP/2 serves
+/// its streams on tasks of their own, which the head deadlines cannot see, and has its own
+/// settings instead. The preface is awaited for at most `within`.
+async fn is_h2(stream: &mut Stream, h2c: bool, within: Duration) -> Option<bool> {
+    if stream.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2) {
+        return Some(true);
+    }
+    if !h2c {
+        return Some(false);
+    }
+    let mut buf = [0u8; H2_PREFACE.len()];
+    match tokio::time::timeout(within, stream.try_peek(&mut buf)).await {
+        Ok(Ok(true)) => Some(buf == H2_PREFACE),
+        Ok(Ok(false)) => Some(false),
+        // Nothing (or an error) before the header timeout: closed like a slow head.
+        _ => None,
     }
 }
 
@@ -80,7 +109,7 @@ impl Drop for Open<'_> {
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn process_new(
         self: &Arc<Self>,
-        stream: Stream,
+        mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         // Pingora's HTTP apps serve a whole connection (every keep-alive request) per
@@ -95,6 +124,28 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         metrics.connections_open.inc();
         let _open = Open(&self.open, &self.telemetry);
         let (header, idle) = (settings.header_timeout, settings.idle_timeout);
+        if let Some(digest) = stream.get_ssl_digest() {
+            let snapshot = self.holder.load();
+            if !snapshot
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.allows(&digest.version))
+            {
+                tracing::debug!(version = %digest.version, "TLS version below min_version refused");
+                return None;
+            }
+        }
+        match is_h2(&mut stream, self.h2c, header).await {
+            Some(true) => return self.inner.process_new(stream, shutdown).await,
+            Some(false) => {}
+            None => {
+                metrics
+                    .connections_timed_out
+                    .with_label_values(&["header"])
+                    .inc();
+                return None;
+            }
+        }
         let signals = Arc::new(Signals {
             epoch: Instant::now(),
             state: AtomicU64::new(1),

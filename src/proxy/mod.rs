@@ -17,7 +17,7 @@ use crate::policy::RequestInfo;
 use crate::router::Match;
 use crate::snapshot::{Action, SnapshotHolder, StaticResponse};
 use crate::telemetry::Telemetry;
-use crate::upstream::{Balance, PickError};
+use crate::upstream::{Balance, PickError, UpstreamTls};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::Ctx;
@@ -203,6 +203,9 @@ impl Gateway {
         if !origin_form && !is_absolute_http(raw_target) {
             return refuse(session, ctx, GatewayError::BadPath(NOT_A_PATH.into())).await;
         }
+        if snapshot.settings.redirect_https && !ctx.request.tls {
+            return redirect_https(session, ctx).await;
+        }
         if let Some(answered) = self.preflight(session, ctx).await {
             return answered;
         }
@@ -276,6 +279,54 @@ impl Gateway {
     }
 }
 
+/// A TLS peer. SNI is never empty: Pingora skips verification for a peer without one.
+fn tls_peer(addr: std::net::SocketAddr, tls: &UpstreamTls, host: &str) -> HttpPeer {
+    let sni = tls.sni.clone().unwrap_or_else(|| host.to_string());
+    let mut peer = HttpPeer::new(addr, true, sni);
+    peer.options.verify_cert = tls.verify;
+    peer.options.verify_hostname = tls.verify;
+    peer.options.ca = tls.ca.clone();
+    peer.client_cert_key = tls.client.clone();
+    peer
+}
+
+/// Notes whether the client connection is TLS.
+fn facts_tls(session: &Session, ctx: &mut Ctx) {
+    ctx.request.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+}
+
+/// `listen.redirect_https`: a 308 to the same host, path and query on the TLS listener.
+async fn redirect_https(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    let req = session.req_header();
+    let authority = req
+        .headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let Some(authority) = authority else {
+        let why = "a Host header is needed to redirect to https".to_string();
+        return refuse(session, ctx, GatewayError::BadPath(why)).await;
+    };
+    let port = ctx
+        .snapshot
+        .settings
+        .proxy_tls_addr
+        .map_or(443, |a| a.port());
+    let host = authority.host();
+    let mut location = if port == 443 {
+        format!("https://{host}")
+    } else {
+        format!("https://{host}:{port}")
+    };
+    location.push_str(req.uri.path_and_query().map_or("/", |p| p.as_str()));
+    let mut header = ResponseHeader::build(308, Some(3))?;
+    header.insert_header(http::header::LOCATION, location)?;
+    header.insert_header(CONTENT_LENGTH, 0)?;
+    respond::answer(session, ctx, header, Bytes::new(), true).await?;
+    Ok(true)
+}
+
 /// The cache of the request's route (the cache hooks only run on such routes).
 fn route_cache(ctx: &Ctx) -> Result<&CachePolicy> {
     ctx.route()
@@ -299,7 +350,8 @@ fn prepare_upstream_request(upstream_request: &mut RequestHeader, ctx: &Ctx) -> 
         upstream_request.insert_header(X_FORWARDED_FOR, value)?;
     }
     if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_PROTO)) {
-        upstream_request.insert_header(X_FORWARDED_PROTO, "http")?;
+        let proto = if ctx.request.tls { "https" } else { "http" };
+        upstream_request.insert_header(X_FORWARDED_PROTO, proto)?;
     }
     if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_HOST)) {
         match upstream_request.headers.get(HOST).cloned() {
@@ -347,6 +399,7 @@ impl ProxyHttp for Gateway {
         downstream.set_read_timeout(Some(body_timeout));
         // Pipelined requests are answered in order (RFC 9112 §9.3.2) instead of dropped.
         downstream.set_pipelining_enabled(true);
+        facts_tls(session, ctx);
         let req = session.req_header();
         let facts = &mut ctx.request;
         facts.id = forwarding::request_id(req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes()));
@@ -413,7 +466,13 @@ impl ProxyHttp for Gateway {
                 return Err(ctx.fail(failure));
             }
         };
-        let mut peer = HttpPeer::new(pick.addr, false, String::new());
+        let mut peer = match &upstream.tls {
+            None => HttpPeer::new(pick.addr, false, String::new()),
+            Some(tls) => tls_peer(pick.addr, tls, &pick.target.host),
+        };
+        if upstream.h2 {
+            peer.options.set_http_version(2, 2);
+        }
         let cap = |t: Duration| Some(ctx.remaining().map_or(t, |r| r.min(t)));
         peer.options.connection_timeout = cap(upstream.connect_timeout);
         peer.options.read_timeout = cap(upstream.read_timeout);

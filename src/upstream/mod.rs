@@ -153,6 +153,21 @@ pub struct Upstream {
     pub breaker: Option<BreakerConfig>,
     /// The balancer's position, kept across reloads while the target list stays.
     pub next: Arc<AtomicUsize>,
+    /// TLS to the targets.
+    pub tls: Option<UpstreamTls>,
+    /// HTTP/2 to the targets.
+    pub h2: bool,
+}
+
+/// How the gateway speaks TLS to an upstream's targets.
+pub struct UpstreamTls {
+    /// SNI and the name the certificate must carry; None: each target's host.
+    pub sni: Option<String>,
+    pub verify: bool,
+    /// Trust anchors instead of the system's.
+    pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
+    /// The client certificate for mutual TLS.
+    pub client: Option<Arc<pingora::utils::tls::CertKey>>,
 }
 
 /// The target chosen for one try. It counts as in flight (for `least_requests`) until
@@ -206,6 +221,8 @@ impl Upstream {
             health_check: None,
             breaker: None,
             next: Arc::default(),
+            tls: None,
+            h2: false,
         }
     }
 

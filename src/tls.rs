@@ -1,0 +1,231 @@
+//! `tls:`: the certificates the TLS listener serves, read and checked when a config is
+//! compiled (so a bad pair is refused like any bad config and the running one stays), and
+//! chosen per handshake by SNI against each certificate's names.
+
+use crate::diag::{Diags, Inputs};
+use pingora::tls::sign::CertifiedKey;
+use pingora::tls::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::pem::PemObject;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use x509_parser::extensions::GeneralName;
+
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Certificate chains and keys (PEM); the first is served when no name matches.
+    pub certificates: Vec<RawCertificate>,
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// The certificate chain: the server's certificate first.
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    V12,
+    #[serde(rename = "1.3")]
+    V13,
+}
+
+/// A loaded certificate: what the handshake serves and what operators are told about it.
+pub struct Certificate {
+    /// The `cert` path as written (the metric's `name`).
+    pub name: String,
+    pub key: Arc<CertifiedKey>,
+    /// DNS names from the subject alternative names (lower case).
+    pub names: Vec<String>,
+    /// notAfter, in Unix seconds.
+    pub not_after: i64,
+}
+
+/// The compiled `tls:` section.
+pub struct Certificates {
+    pub certificates: Vec<Certificate>,
+    exact: HashMap<String, usize>,
+    /// `*.example.com` certificates by `example.com`.
+    wildcard: HashMap<String, usize>,
+    pub min_version: TlsVersion,
+}
+
+impl Certificates {
+    /// The certificate for a handshake: the exact name, then a wildcard one label up,
+    /// then the first.
+    pub fn select(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
+        let index = server_name
+            .map(str::to_ascii_lowercase)
+            .and_then(|name| {
+                let parent = name.split_once('.').map(|(_, rest)| rest.to_string());
+                self.exact
+                    .get(&name)
+                    .or_else(|| parent.and_then(|p| self.wildcard.get(&p)))
+                    .copied()
+            })
+            .unwrap_or(0);
+        self.certificates[index].key.clone()
+    }
+
+    /// Whether a connection's negotiated version (as Pingora names it, `TLSv1_3`) is
+    /// allowed. rustls offers 1.2 and 1.3 on one listener, so 1.3-only is enforced here,
+    /// before the connection serves anything.
+    pub fn allows(&self, version: &str) -> bool {
+        self.min_version == TlsVersion::V12 || version == "TLSv1_3"
+    }
+}
+
+/// Expiry within this many seconds is a warning at `check` and reload.
+const EXPIRY_WARNING: i64 = 14 * 24 * 3600;
+
+pub fn compile(d: &mut Diags, inputs: &mut Inputs, raw: &RawTls) -> Option<Certificates> {
+    pingora::tls::install_default_crypto_provider();
+    if raw.certificates.is_empty() {
+        d.error(
+            "tls.certificates",
+            "tls needs at least one certificate",
+            Some("add `- { cert: certs/api.pem, key: certs/api.key }`".into()),
+        );
+        return None;
+    }
+    let errors = d.errors();
+    let mut certificates = Vec::new();
+    for (i, c) in raw.certificates.iter().enumerate() {
+        let at = format!("tls.certificates[{i}]");
+        if let Some(cert) = load(d, inputs, &at, c) {
+            certificates.push(cert);
+        }
+    }
+    if d.errors() > errors {
+        return None;
+    }
+    let (mut exact, mut wildcard) = (HashMap::new(), HashMap::new());
+    for (i, cert) in certificates.iter().enumerate() {
+        for name in &cert.names {
+            match name.strip_prefix("*.") {
+                Some(parent) => wildcard.entry(parent.to_string()).or_insert(i),
+                None => exact.entry(name.clone()).or_insert(i),
+            };
+        }
+    }
+    Some(Certificates {
+        certificates,
+        exact,
+        wildcard,
+        min_version: raw.min_version,
+    })
+}
+
+fn load(d: &mut Diags, inputs: &mut Inputs, at: &str, c: &RawCertificate) -> Option<Certificate> {
+    let cert_pem = inputs.read(d, &format!("{at}.cert"), &c.cert)?;
+    let key_pem = inputs.read(d, &format!("{at}.key"), &c.key)?;
+    let chain: Vec<CertificateDer<'static>> =
+        match CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect() {
+            Ok(chain) => chain,
+            Err(e) => {
+                d.error(
+                    &format!("{at}.cert"),
+                    format!("`{}` is not PEM certificates: {e}", c.cert),
+                    None,
+                );
+                return None;
+            }
+        };
+    if chain.is_empty() {
+        d.error(
+            &format!("{at}.cert"),
+            format!("`{}` holds no certificate", c.cert),
+            Some("a PEM file with `-----BEGIN CERTIFICATE-----` blocks, the server's first".into()),
+        );
+        return None;
+    }
+    let Ok(key) = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()) else {
+        // The key file's text is never quoted: it is a secret.
+        d.error(
+            &format!("{at}.key"),
+            format!("`{}` holds no PEM private key", c.key),
+            Some("a PKCS#8, PKCS#1 or SEC1 PEM key".into()),
+        );
+        return None;
+    };
+    let (names, not_after) = match describe(&chain[0]) {
+        Ok(facts) => facts,
+        Err(e) => {
+            d.error(&format!("{at}.cert"), format!("`{}`: {e}", c.cert), None);
+            return None;
+        }
+    };
+    let provider = pingora::tls::CryptoProvider::get_default()?;
+    let key = match CertifiedKey::from_der(chain, key, provider) {
+        Ok(key) => key,
+        Err(e) => {
+            d.error(
+                &format!("{at}.key"),
+                format!("`{}` does not go with `{}`: {e}", c.key, c.cert),
+                Some("give the private key of the chain's first certificate".into()),
+            );
+            return None;
+        }
+    };
+    let left = not_after - crate::units::unix_now() as i64;
+    if left <= 0 {
+        d.error(
+            &format!("{at}.cert"),
+            format!("`{}` expired {} days ago", c.cert, -left / 86400),
+            Some("renew it".into()),
+        );
+        return None;
+    }
+    if left < EXPIRY_WARNING {
+        d.warn(
+            &format!("{at}.cert"),
+            format!("`{}` expires in {} days", c.cert, left / 86400),
+            Some("renew it soon".into()),
+        );
+    }
+    Some(Certificate {
+        name: c.cert.clone(),
+        key: Arc::new(key),
+        names,
+        not_after,
+    })
+}
+
+/// A certificate's DNS names and notAfter.
+fn describe(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
+    let mut names: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(dns) => Some(dns.to_ascii_lowercase()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if names.is_empty() {
+        // Old certificates name their host in the subject's CN only.
+        names.extend(
+            cert.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_ascii_lowercase),
+        );
+    }
+    Ok((names, cert.validity().not_after.timestamp()))
+}
