@@ -12,6 +12,7 @@ use crate::upstream::health::HealthConfig;
 use crate::upstream::{Balance, Target, Upstream, UpstreamTls};
 use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
@@ -168,8 +169,11 @@ fn compile_tls(
             Some("give the upstream's CA in `ca_file` instead".into()),
         );
     }
+    let mut pool = std::hash::DefaultHasher::new();
+    (at.as_str(), &raw.sni, raw.verify).hash(&mut pool);
     let ca = raw.ca_file.as_ref().and_then(|file| {
         let pem = inputs.read(d, &format!("{at}.ca_file"), file)?;
+        pem.hash(&mut pool);
         let certs = pem_certificates(d, &format!("{at}.ca_file"), file, &pem)?;
         let wrapped: Vec<WrappedX509> = certs
             .into_iter()
@@ -194,6 +198,7 @@ fn compile_tls(
         verify: raw.verify,
         ca,
         client,
+        pool: pool.finish(),
     })
 }
 

@@ -39,6 +39,8 @@ pub struct UpstreamTry {
     pub sent: Option<Instant>,
     pub time: Option<Duration>,
     pub status: Option<u16>,
+    /// The last connection attempt failed in its TLS handshake.
+    pub tls_failed: bool,
 }
 
 pub struct Ctx {

@@ -287,6 +287,7 @@ fn tls_peer(addr: std::net::SocketAddr, tls: &UpstreamTls, host: &str) -> HttpPe
     peer.options.verify_hostname = tls.verify;
     peer.options.ca = tls.ca.clone();
     peer.client_cert_key = tls.client.clone();
+    peer.group_key = tls.pool;
     peer
 }
 
@@ -458,6 +459,8 @@ impl ProxyHttp for Gateway {
             Ok(pick) => pick,
             Err(why) => {
                 let failure = match why {
+                    // Every target was tried: say why the last one failed.
+                    PickError::Exhausted if ctx.upstream.tls_failed => GatewayError::UpstreamTls,
                     PickError::Exhausted => GatewayError::UpstreamUnreachable,
                     PickError::CircuitOpen => GatewayError::CircuitOpen,
                     PickError::Unhealthy => GatewayError::NoHealthyUpstream,
@@ -498,6 +501,10 @@ impl ProxyHttp for Gateway {
         if let Some(pick) = ctx.upstream.pick.take() {
             pick.finish(Some(false));
         }
+        ctx.upstream.tls_failed = matches!(
+            GatewayError::from_pingora(&e),
+            Some(GatewayError::UpstreamTls)
+        );
         let attempts = ctx.upstream().map_or(0, |u| u.retry_attempts as usize);
         let idempotent = session.req_header().method.is_idempotent();
         if idempotent && ctx.upstream.tried.len() <= attempts && !ctx.past_deadline() {

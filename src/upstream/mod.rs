@@ -168,6 +168,10 @@ pub struct UpstreamTls {
     pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
     /// The client certificate for mutual TLS.
     pub client: Option<Arc<pingora::utils::tls::CertKey>>,
+    /// Pingora pools connections by address, SNI and client certificate, not by the CA that
+    /// verified them: this keys the pool by upstream and trust anchors too, so a connection
+    /// verified for one upstream is never reused for another that trusts other CAs.
+    pub pool: u64,
 }
 
 /// The target chosen for one try. It counts as in flight (for `least_requests`) until
