@@ -321,6 +321,45 @@ impl GatewayError {
         }
         (header, body)
     }
+
+    /// The gRPC status code for this error (what a gRPC client sees instead of the HTTP
+    /// status): see grpc/doc/statuscodes.md.
+    pub fn grpc_status(&self) -> u8 {
+        match self.status() {
+            400 | 415 | 422 => 3, // INVALID_ARGUMENT
+            401 => 16,            // UNAUTHENTICATED
+            403 => 7,             // PERMISSION_DENIED
+            404 | 405 => 12,      // UNIMPLEMENTED
+            408 | 504 => 4,       // DEADLINE_EXCEEDED
+            413 | 429 => 8,       // RESOURCE_EXHAUSTED
+            502 | 503 => 14,      // UNAVAILABLE
+            _ => 13,              // INTERNAL
+        }
+    }
+
+    /// This error as a gRPC client expects it: a trailers-only answer (HTTP 200, the
+    /// status in `grpc-status`, the message percent-encoded in `grpc-message`).
+    pub fn grpc_response(&self, request_id: &str) -> ResponseHeader {
+        const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+        let message = format!("{} ({})", self.message(), self.code());
+        let message = percent_encoding::utf8_percent_encode(&message, GRPC_MESSAGE).to_string();
+        let mut header = ResponseHeader::build(200, Some(5)).expect("valid status");
+        let _ = header.insert_header(http::header::CONTENT_TYPE, "application/grpc");
+        let _ = header.insert_header("grpc-status", self.grpc_status().to_string());
+        let _ = header.insert_header("grpc-message", message);
+        let _ = header.insert_header(X_REQUEST_ID, request_id);
+        if let GatewayError::RateLimited { retry_after } = self {
+            let _ = header.insert_header(http::header::RETRY_AFTER, *retry_after);
+        }
+        header
+    }
+}
+
+/// Whether a request is a gRPC call (its errors are then gRPC errors, not JSON).
+pub fn is_grpc(req: &pingora::http::RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! edits) — exactly as [`decorate`] does for upstream responses.
 
 use super::ctx::Ctx;
-use crate::errors::{GatewayError, X_REQUEST_ID};
+use crate::errors::{is_grpc, GatewayError, X_REQUEST_ID};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -79,6 +79,10 @@ pub async fn reject(
                 _ => {}
             }
         }
+    }
+    if is_grpc(session.req_header()) {
+        let header = error.grpc_response(&ctx.request.id);
+        return answer(session, ctx, header, Bytes::new(), reusable).await;
     }
     let (header, body) = error.response(&ctx.request.id);
     answer(session, ctx, header, body, reusable).await
