@@ -231,8 +231,9 @@ fn demo(config: &Path) -> anyhow::Result<ExitCode> {
     for started in demo::add_sample_services(&mut built.server, &snapshot) {
         tracing::info!("demo: sample service {started}");
     }
-    let proxy = snapshot.settings.proxy_addr;
-    tracing::info!("demo ready: try `curl http://{proxy}/users/1` (Ctrl-C stops)");
+    if let Some(proxy) = snapshot.settings.proxy_addr {
+        tracing::info!("demo ready: try `curl http://{proxy}/users/1` (Ctrl-C stops)");
+    }
     app::serve(built);
     Ok(ExitCode::SUCCESS)
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Settings {
-    pub proxy_addr: SocketAddr,
+    pub proxy_addr: Option<SocketAddr>,
     pub proxy_tls_addr: Option<SocketAddr>,
     pub h2c: bool,
     pub redirect_https: bool,
@@ -161,7 +161,10 @@ impl Snapshot {
         let (a, b) = (&self.settings, &other.settings);
         let mut out = Vec::new();
         if a.proxy_addr != b.proxy_addr {
-            out.push(format!("listen.proxy: {} → {}", a.proxy_addr, b.proxy_addr));
+            out.push(format!(
+                "listen.proxy: {:?} → {:?}",
+                a.proxy_addr, b.proxy_addr
+            ));
         }
         if a.proxy_tls_addr != b.proxy_tls_addr || a.h2c != b.h2c {
             out.push("listen.proxy_tls/h2c".to_string());

@@ -121,7 +121,15 @@ fn start(certs: &Certs, extra: &str) -> (TestUpstream, Gateway, SocketAddr) {
     let tls_port = free_port();
     let gw = Gateway::start(&config(&up, certs, tls_port, extra));
     let tls: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    wait_listening(&gw, tls);
     (up, gw, tls)
+}
+
+fn wait_listening(gw: &Gateway, addr: SocketAddr) {
+    let up = wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(addr).is_ok()
+    });
+    assert!(up.is_some(), "the TLS listener did not open:\n{}", gw.log());
 }
 
 #[test]
@@ -317,7 +325,8 @@ fn min_version_1_3_refuses_a_tls_1_2_client() {
         "tls:\n  certificates:",
         "tls:\n  min_version: \"1.3\"\n  certificates:",
     );
-    let _gw = Gateway::start(&body);
+    let gw = Gateway::start(&body);
+    wait_listening(&gw, format!("127.0.0.1:{tls_port}").parse().unwrap());
     let ca = || reqwest::Certificate::from_pem(certs.ca.cert.pem().as_bytes()).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
     let url = format!("https://api.test:{tls_port}/x");
@@ -377,4 +386,65 @@ fn plain_http_is_redirected_to_https_and_h2c_is_served() {
         certs.path("api.pem").display()
     );
     assert!(metrics.contains(&expiry), "{metrics}");
+}
+
+/// The calendar date `days` after 1970-01-01 (Howard Hinnant's civil-from-days).
+fn civil(days: i64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
+    (y, m, d)
+}
+
+#[test]
+fn a_tls_only_gateway_warns_of_a_certificate_about_to_expire() {
+    let certs = certs();
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        / 86400;
+    let (y, m, d) = civil(today + 5);
+    let soon = leaf(&certs.ca, &["api.test"], |p| {
+        p.not_after = rcgen::date_time_ymd(y, m, d);
+    });
+    let soon = certs.write("api", soon);
+    let up = TestUpstream::start("svc");
+    let tls_port = free_port();
+    let body = config(&up, &certs, tls_port, "");
+    // No plain listener at all: `proxy_tls` instead of `proxy`.
+    let gw = Gateway::start_with(&["run"], &body, |dir, text| {
+        let text: String = text
+            .lines()
+            .filter(|l| !l.starts_with("  proxy: "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let config = dir.join("gateway.yaml");
+        std::fs::write(&config, text).unwrap();
+        config
+    });
+    let tls: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    wait_listening(&gw, tls);
+    let r = https_client(&certs, tls)
+        .get(format!("https://api.test:{tls_port}/x"))
+        .send()
+        .unwrap();
+    assert_eq!((r.status().as_u16(), peer_cert(&r)), (200, soon));
+    assert!(
+        std::net::TcpStream::connect(gw.proxy).is_err(),
+        "no plain listener"
+    );
+    let config = gw.config.display().to_string();
+    let (code, _, err) = portico(&["check", "-c", &config], gw.dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: `") && err.contains("api.pem` expires in 4 days"),
+        "{err}"
+    );
 }

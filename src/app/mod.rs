@@ -78,23 +78,19 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
     if !opts.upgrade {
         // Pingora retries a busy address forever; a second gateway on a taken port should
         // fail at once instead. (An upgrade takes over addresses that are in use.)
-        let tls = snapshot
-            .settings
-            .proxy_tls_addr
-            .map(|a| ("listen.proxy_tls", a));
-        for (key, addr) in [
-            ("listen.proxy", snapshot.settings.proxy_addr),
-            ("listen.admin", snapshot.settings.admin_addr),
-        ]
-        .into_iter()
-        .chain(tls)
-        {
+        let settings = &snapshot.settings;
+        let listeners = [
+            ("listen.proxy", settings.proxy_addr),
+            ("listen.proxy_tls", settings.proxy_tls_addr),
+            ("listen.admin", Some(settings.admin_addr)),
+        ];
+        for (key, addr) in listeners.into_iter().filter_map(|(k, a)| Some((k, a?))) {
             std::net::TcpListener::bind(addr)
                 .map_err(|e| anyhow::anyhow!("{key} {addr} cannot be used: {e}"))?;
         }
     }
     let conf = server_conf(&snapshot);
-    let proxy_addr = snapshot.settings.proxy_addr.to_string();
+    let proxy_addr = snapshot.settings.proxy_addr.map(|a| a.to_string());
     let admin_addr = snapshot.settings.admin_addr.to_string();
     let holder = SnapshotHolder::new(snapshot);
     resolve_now(&holder);
@@ -120,7 +116,9 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
     app.server_options = Some(options);
     let guarded = Guarded::new(app, holder.clone(), telemetry.clone(), h2c);
     let mut proxy = Service::new("portico".to_string(), guarded);
-    proxy.add_tcp(&proxy_addr);
+    if let Some(addr) = &proxy_addr {
+        proxy.add_tcp(addr);
+    }
     let tls_addr = holder.load().settings.proxy_tls_addr;
     if let Some(addr) = tls_addr {
         proxy.add_tls_with_settings(&addr.to_string(), None, tls::settings(holder.clone())?);
@@ -184,7 +182,7 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
         }
     }
     let tls_addr = tls_addr.map(|a| a.to_string());
-    tracing::info!(proxy = %proxy_addr, proxy_tls = tls_addr, admin = %admin_addr, "portico starting");
+    tracing::info!(proxy = proxy_addr, proxy_tls = tls_addr, admin = %admin_addr, "portico starting");
     Ok(Built {
         server,
         holder,

@@ -105,7 +105,30 @@ pub fn compile_with(
 }
 
 fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
-    let proxy_addr = socket_addr(d, "listen.proxy", &raw.listen.proxy);
+    let proxy_addr = match &raw.listen.proxy {
+        Some(text) => socket_addr(d, "listen.proxy", text).map(Some),
+        None => Some(None),
+    };
+    let listen = &raw.listen;
+    if listen.proxy.is_none() && listen.proxy_tls.is_none() {
+        d.error(
+            "listen",
+            "no proxy listener",
+            Some("add `proxy: 0.0.0.0:8080`, `proxy_tls: 0.0.0.0:8443` or both".into()),
+        );
+    }
+    for (set, key) in [
+        (listen.h2c, "h2c"),
+        (listen.redirect_https, "redirect_https"),
+    ] {
+        if set && listen.proxy.is_none() {
+            d.error(
+                &format!("listen.{key}"),
+                format!("`{key}` applies to the plain listener, and there is no `proxy`"),
+                None,
+            );
+        }
+    }
     let admin_addr = socket_addr(d, "listen.admin", &raw.listen.admin);
     let proxy_tls_addr = match &raw.listen.proxy_tls {
         Some(text) => socket_addr(d, "listen.proxy_tls", text).map(Some),
@@ -131,7 +154,7 @@ fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
             Some("add `proxy_tls` under `listen`".into()),
         );
     }
-    if raw.listen.proxy == raw.listen.admin {
+    if raw.listen.proxy.as_ref() == Some(&raw.listen.admin) {
         d.error(
             "listen.admin",
             "the admin listener uses the same address as the proxy",
@@ -178,7 +201,8 @@ fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
         shutdown_timeout: server.shutdown_timeout,
         resolve_interval: server.resolve_interval,
         upgrade_socket: server.upgrade_socket.clone().unwrap_or_else(|| {
-            let port = proxy_addr.map_or(0, |a| a.port());
+            let plain = proxy_addr.flatten();
+            let port = plain.or(proxy_tls_addr.flatten()).map_or(0, |a| a.port());
             format!("/tmp/portico-upgrade-{port}.sock")
         }),
         pid_file: server.pid_file.clone(),

@@ -110,7 +110,8 @@ fn default_redis_timeout() -> Duration {
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
-    pub proxy: String,
+    /// Plain HTTP (optional when `proxy_tls` is given).
+    pub proxy: Option<String>,
     pub admin: String,
     /// A TLS listener (needs `tls:`), serving HTTP/2 and HTTP/1.1 by ALPN.
     pub proxy_tls: Option<String>,

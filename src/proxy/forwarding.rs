@@ -237,7 +237,7 @@ mod tests {
 
     fn settings(trusted: &[&str]) -> Settings {
         Settings {
-            proxy_addr: "127.0.0.1:1".parse().unwrap(),
+            proxy_addr: Some("127.0.0.1:1".parse().unwrap()),
             proxy_tls_addr: None,
             h2c: false,
             redirect_https: false,

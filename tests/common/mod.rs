@@ -197,7 +197,10 @@ impl Gateway {
                 "GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
             )
             .is_ok_and(|r| r.status == 200);
-            let proxy_up = TcpStream::connect(self.proxy).is_ok();
+            // A TLS-only config has no plain listener to wait for.
+            let plain =
+                std::fs::read_to_string(&self.config).is_ok_and(|t| t.contains("  proxy: "));
+            let proxy_up = !plain || TcpStream::connect(self.proxy).is_ok();
             if ready && proxy_up {
                 return;
             }
