@@ -110,9 +110,15 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
         in_flight: in_flight.clone(),
     };
     let mut app = pingora::proxy::http_proxy(&server.configuration, gateway);
-    let h2c = holder.load().settings.h2c;
+    let (h2c, idle) = {
+        let settings = &holder.load().settings;
+        (settings.h2c, settings.idle_timeout)
+    };
     let mut options = HttpServerOptions::default();
     options.h2c = h2c;
+    // The guard's head deadlines are for HTTP/1.1; an HTTP/2 connection with no stream
+    // open for `server.timeouts.idle` is closed by Pingora.
+    options.h2_idle_timeout = Some(idle);
     app.server_options = Some(options);
     let guarded = Guarded::new(app, holder.clone(), telemetry.clone(), h2c);
     let mut proxy = Service::new("portico".to_string(), guarded);
