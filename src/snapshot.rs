@@ -26,6 +26,7 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     pub grace_period: Duration,
     pub shutdown_timeout: Duration,
+    pub drain_delay: Duration,
     pub resolve_interval: Duration,
     pub upgrade_socket: String,
     pub pid_file: Option<String>,

@@ -156,7 +156,7 @@ fn manifests_parse_and_mount_the_configmap_as_a_directory() {
     let env = &container["env"][0]["valueFrom"]["secretKeyRef"];
     assert_eq!(env["name"], secret["metadata"]["name"]);
 
-    // Termination must outlast the drain: preStop sleep + grace_period + shutdown_timeout.
+    // Termination must outlast the drain: drain_delay + grace_period + shutdown_timeout.
     let config: serde_yaml::Value =
         serde_yaml::from_str(configmap["data"]["gateway.yaml"].as_str().unwrap()).unwrap();
     let secs = |v: &serde_yaml::Value| {
@@ -164,8 +164,9 @@ fn manifests_parse_and_mount_the_configmap_as_a_directory() {
             .unwrap()
             .as_secs()
     };
-    let drain =
-        5 + secs(&config["server"]["grace_period"]) + secs(&config["server"]["shutdown_timeout"]);
+    let drain = secs(&config["server"]["drain_delay"])
+        + secs(&config["server"]["grace_period"])
+        + secs(&config["server"]["shutdown_timeout"]);
     assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() > drain);
 
     let compose = &docs("deploy/docker-compose.yml")[0];

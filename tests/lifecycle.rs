@@ -224,3 +224,40 @@ fn sigterm_with_nothing_in_flight_exits_once_drained() {
         gw.log()
     );
 }
+
+/// `server.drain_delay`: after SIGTERM, /ready says 503 while requests are still served, so
+/// a load balancer stops sending before the listeners close; then the gateway drains and
+/// exits.
+#[test]
+fn sigterm_turns_ready_to_503_while_still_serving_for_the_drain_delay() {
+    let up = TestUpstream::start("svc");
+    let body = config(&up).replace("server: {", "server: { drain_delay: 30s,");
+    let mut gw = Gateway::start(&body);
+    let c = client();
+    assert_eq!(c.get(gw.admin_url("/ready")).send().unwrap().status(), 200);
+    gw.signal("TERM");
+    let unready = wait_until(Duration::from_secs(10), || {
+        c.get(gw.admin_url("/ready"))
+            .send()
+            .is_ok_and(|r| r.status() == 503)
+    });
+    assert!(unready.is_some(), "/ready never said 503:\n{}", gw.log());
+    let r = c.get(gw.admin_url("/ready")).send().unwrap();
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"ready": false, "reason": "draining"})
+    );
+    // Still serving, on new connections too.
+    assert_eq!(
+        client().get(gw.url("/during")).send().unwrap().status(),
+        200
+    );
+    assert!(up.seen().iter().any(|s| s.uri == "/during"));
+    // A second SIGTERM starts the drain without waiting out the delay.
+    gw.signal("TERM");
+    let exited = wait_until(Duration::from_secs(15), || {
+        gw.child.try_wait().unwrap().is_some()
+    });
+    assert!(exited.is_some(), "gateway did not exit:\n{}", gw.log());
+}

@@ -23,7 +23,8 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use reload::Reloader;
 use services::{
-    Drain, HealthChecker, JwksRefresher, PurgeListener, Readiness, RedisConnector, Resolver,
+    Drain, DrainSignal, HealthChecker, JwksRefresher, PurgeListener, Readiness, RedisConnector,
+    Resolver,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub struct Built {
     pub server: Server,
     pub holder: SnapshotHolder,
     pub telemetry: Arc<Telemetry>,
+    readiness: Readiness,
 }
 
 /// Loads the config with the gateway's state and metrics, printing its warnings; a refused
@@ -157,7 +159,7 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
 
     server.add_service(proxy);
     server.add_service(admin);
-    server.add_service(background_service("readiness", readiness));
+    server.add_service(background_service("readiness", readiness.clone()));
     let drain = Drain {
         in_flight,
         holder: holder.clone(),
@@ -193,6 +195,7 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
         server,
         holder,
         telemetry,
+        readiness,
     })
 }
 
@@ -215,7 +218,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
 /// Runs until shut down (SIGTERM drains, SIGQUIT hands over to an upgrade), then writes out
 /// the access-log lines still buffered.
 pub fn serve(built: Built) {
-    built.server.run(RunArgs::default());
+    let shutdown_signal = Box::new(DrainSignal {
+        readiness: built.readiness.clone(),
+        holder: built.holder.clone(),
+    });
+    built.server.run(RunArgs { shutdown_signal });
     finish(&built.telemetry, &built.holder);
 }
 

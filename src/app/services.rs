@@ -9,7 +9,7 @@ use crate::upstream::health;
 use crate::upstream::resolve::resolve_target;
 use async_trait::async_trait;
 use futures::StreamExt;
-use pingora::server::ShutdownWatch;
+use pingora::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -163,6 +163,49 @@ pub struct Readiness(Arc<AtomicBool>);
 impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Pingora's shutdown signals, with `server.drain_delay` before a SIGTERM's drain: `/ready`
+/// turns 503 at once while requests and new connections are still served, so load
+/// balancers (a Kubernetes Service) stop routing here before the listeners close.
+pub struct DrainSignal {
+    pub readiness: Readiness,
+    pub holder: SnapshotHolder,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut upgrade), Ok(mut terminate), Ok(mut interrupt)) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot watch shutdown signals");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = upgrade.recv() => return ShutdownSignal::GracefulUpgrade,
+            _ = interrupt.recv() => return ShutdownSignal::FastShutdown,
+            _ = terminate.recv() => {}
+        }
+        self.readiness.0.store(false, Ordering::Relaxed);
+        let delay = self.holder.load().settings.drain_delay;
+        if delay.is_zero() {
+            return ShutdownSignal::GracefulTerminate;
+        }
+        tracing::info!(
+            ?delay,
+            "SIGTERM: /ready is 503; still serving until the drain starts"
+        );
+        // A second SIGTERM starts the drain now; SIGINT stops at once.
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => ShutdownSignal::GracefulTerminate,
+            _ = terminate.recv() => ShutdownSignal::GracefulTerminate,
+            _ = interrupt.recv() => ShutdownSignal::FastShutdown,
+        }
     }
 }
 

@@ -199,6 +199,7 @@ fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
         trusted_proxies,
         grace_period: server.grace_period,
         shutdown_timeout: server.shutdown_timeout,
+        drain_delay: server.drain_delay,
         resolve_interval: server.resolve_interval,
         upgrade_socket: server.upgrade_socket.clone().unwrap_or_else(|| {
             let plain = proxy_addr.flatten();

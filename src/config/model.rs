@@ -136,6 +136,11 @@ pub struct ServerSettings {
     #[schemars(with = "String")]
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// After SIGTERM, `/ready` answers 503 and everything is still served for this long
+    /// before the drain starts, so load balancers stop sending first (default 0s).
+    #[schemars(with = "String")]
+    #[serde(default, with = "humantime_serde")]
+    pub drain_delay: Duration,
     #[serde(default = "default_max_body")]
     pub max_body: ByteSize,
     #[schemars(with = "String")]
@@ -162,6 +167,7 @@ impl Default for ServerSettings {
             trusted_proxies: Vec::new(),
             grace_period: default_grace(),
             shutdown_timeout: default_shutdown_timeout(),
+            drain_delay: Duration::ZERO,
             max_body: default_max_body(),
             resolve_interval: default_resolve_interval(),
             timeouts: ClientTimeouts::default(),

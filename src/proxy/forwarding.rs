@@ -239,6 +239,7 @@ mod tests {
         Settings {
             proxy_addr: Some("127.0.0.1:1".parse().unwrap()),
             proxy_tls_addr: None,
+            drain_delay: Duration::ZERO,
             h2c: false,
             redirect_https: false,
             admin_addr: "127.0.0.1:2".parse().unwrap(),
