@@ -192,8 +192,15 @@ fn sighup_reloads_when_watching_is_off_and_restart_only_settings_are_reported() 
             dir.join("gateway.yaml")
         },
     );
-    gw.write_config("server: { threads: 3 }\nroutes:\n  - { name: v, match: { path: /v }, respond: { text: two } }\n");
-    std::thread::sleep(Duration::from_millis(800));
+    // A watching gateway, edited at the same moment, is the clock: once it has reloaded,
+    // the one that does not watch has had the same chance to.
+    let watching = Gateway::start(
+        "routes:\n  - { name: v, match: { path: /v }, respond: { text: one } }\n",
+    );
+    let two = "server: { threads: 3 }\nroutes:\n  - { name: v, match: { path: /v }, respond: { text: two } }\n";
+    gw.write_config(two);
+    watching.write_config(two);
+    assert!(wait_until(LIVE_WITHIN, || serves(&watching, "/v", "two")).is_some());
     assert!(
         serves(&gw, "/v", "one"),
         "no reload without a signal when not watching"
