@@ -3,10 +3,9 @@
 
 mod common;
 use common::*;
-use jsonwebtoken::{encode, EncodingKey, Header};
 use reqwest::blocking::Response;
 use serde_json::{json, Value};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 const SECRET: &str = "a-cache-test-secret";
 
@@ -44,21 +43,6 @@ fn setup(extra: &str) -> Setup {
     std::fs::write(&secret, SECRET).unwrap();
     let gw = Gateway::start(&config(&up, &secret, extra));
     Setup { up, gw, _dir: dir }
-}
-
-fn token(sub: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let claims = json!({ "sub": sub, "exp": exp });
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
 }
 
 fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Response {
@@ -204,7 +188,7 @@ fn vary_keeps_one_entry_per_variant() {
 #[test]
 fn per_user_entries_never_reach_another_user() {
     let s = setup("");
-    let (alice, bob) = (token("alice"), token("bob"));
+    let (alice, bob) = (hs256_token(SECRET, "alice"), hs256_token(SECRET, "bob"));
     let me = |t: &str| {
         let r = get(
             &s.gw,
@@ -466,18 +450,6 @@ fn a_purge_reaches_every_replica_through_redis() {
         "the other replica kept its entry:\n{}",
         b.log()
     );
-}
-
-fn metric(gw: &Gateway, name: &str) -> f64 {
-    let text = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(-1.0)
 }
 
 #[test]

@@ -5,10 +5,8 @@
 
 mod common;
 use common::*;
-use jsonwebtoken::{encode, EncodingKey, Header};
-use serde_json::json;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tonic::metadata::MetadataValue;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -38,20 +36,6 @@ async fn grpc_server() -> GrpcServer {
             .unwrap();
     });
     GrpcServer { addr, reporter }
-}
-
-fn token() -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    encode(
-        &Header::default(),
-        &json!({ "sub": "svc", "exp": exp }),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
 }
 
 fn gateway(up: SocketAddr, dir: &std::path::Path, route_extra: &str) -> Gateway {
@@ -129,7 +113,9 @@ fn the_gateways_own_refusals_are_grpc_errors() {
         assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
         assert!(refused.message().contains("token_missing"), "{refused:?}");
         let mut req = tonic::Request::new(check("shop"));
-        let bearer: MetadataValue<_> = format!("Bearer {}", token()).parse().unwrap();
+        let bearer: MetadataValue<_> = format!("Bearer {}", hs256_token(SECRET, "svc"))
+            .parse()
+            .unwrap();
         req.metadata_mut().insert("authorization", bearer);
         let ok = client.check(req).await.unwrap();
         assert_eq!(ok.get_ref().status, ServingStatus::Serving as i32);

@@ -194,9 +194,8 @@ fn sighup_reloads_when_watching_is_off_and_restart_only_settings_are_reported() 
     );
     // A watching gateway, edited at the same moment, is the clock: once it has reloaded,
     // the one that does not watch has had the same chance to.
-    let watching = Gateway::start(
-        "routes:\n  - { name: v, match: { path: /v }, respond: { text: one } }\n",
-    );
+    let watching =
+        Gateway::start("routes:\n  - { name: v, match: { path: /v }, respond: { text: one } }\n");
     let two = "server: { threads: 3 }\nroutes:\n  - { name: v, match: { path: /v }, respond: { text: two } }\n";
     gw.write_config(two);
     watching.write_config(two);

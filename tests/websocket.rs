@@ -7,12 +7,11 @@
 mod common;
 use common::*;
 use futures::{SinkExt, StreamExt};
-use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -70,20 +69,6 @@ fn echo_server() -> EchoServer {
     }
 }
 
-fn token(sub: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    encode(
-        &Header::default(),
-        &json!({ "sub": sub, "exp": exp }),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 fn gateway(ws: &EchoServer, dir: &std::path::Path) -> Gateway {
     let secret = dir.join("hs.secret");
     std::fs::write(&secret, SECRET).unwrap();
@@ -113,18 +98,6 @@ fn request(
             .insert("authorization", format!("Bearer {t}").parse().unwrap());
     }
     req
-}
-
-fn metric(gw: &Gateway, name: &str) -> f64 {
-    let text = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(-1.0)
 }
 
 #[test]
@@ -160,7 +133,7 @@ fn frames_flow_both_ways_and_the_closed_tunnel_is_counted_and_logged() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut socket = rt.block_on(async {
         let (mut socket, resp) =
-            tokio_tungstenite::connect_async(request(&gw, Some(&token("alice"))))
+            tokio_tungstenite::connect_async(request(&gw, Some(&hs256_token(SECRET, "alice"))))
                 .await
                 .unwrap();
         assert_eq!(resp.status(), 101);
@@ -213,9 +186,10 @@ fn a_silent_tunnel_is_closed_after_the_routes_idle_timeout() {
     let gw = gateway(&ws, dir.path());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (mut socket, _) = tokio_tungstenite::connect_async(request(&gw, Some(&token("bob"))))
-            .await
-            .unwrap();
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async(request(&gw, Some(&hs256_token(SECRET, "bob"))))
+                .await
+                .unwrap();
         socket.send(Message::text("one")).await.unwrap();
         assert_eq!(socket.next().await.unwrap().unwrap(), Message::text("one"));
         // Nothing more is sent: the gateway ends the tunnel (the bound only stops a
