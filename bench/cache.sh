@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Cache-hit benchmark: nginx (proxy_cache), Varnish, Portico (a `caches:` route) and
 # "pingora" (examples/bare_pingora.rs with `cache`: Pingora's own cache phases and Portico's
-# store, no gateway logic: the floor Portico builds on), one worker each (Varnish: one
-# thread pool), in front of the same loopback origin, whose
+# store, no gateway logic: the floor Portico builds on) and "fixed" (Portico answering a
+# `respond:` route from memory, no cache and no upstream: the ceiling of any hit path in
+# Portico), one worker each (Varnish: one thread pool), in front of the same loopback
+# origin, whose
 # answers say `Cache-Control: max-age=3600`. After one warming request every request is
 # a hit; wrk measures requests/s and p99 at CONNECTIONS for a 30 B and a 17 KB body.
 # Loopback only; every server is stopped on exit. Usage: bench/cache.sh [SECONDS] [CONNECTIONS]
@@ -51,6 +53,8 @@ upstreams:
 caches:
   api: { max_size: 256MiB }
 routes:
+  - { name: fixed-small, match: { path: /fixed/small }, respond: { status: 200, text: "a thirty byte cached response" } }
+  - { name: fixed-big, match: { path: /fixed/big }, respond: { status: 200, text: "$(head -c 17408 /dev/zero | tr '\0' 'x')" } }
   - { name: cached, match: { path_prefix: / }, upstream: origin, cache: api }
 CONF
 
@@ -66,11 +70,12 @@ for p in $ORIGIN $NGINX $VARNISH $PORTICO $PINGORA; do wait_port "$p"; done
 
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.3f", v}'; }
 declare -A RPS P99
-SERVERS="nginx varnish pingora portico"
+SERVERS="nginx varnish pingora portico fixed"
 for size in small big; do
   for name in $SERVERS; do
-    case $name in nginx) p=$NGINX;; varnish) p=$VARNISH;; pingora) p=$PINGORA;; portico) p=$PORTICO;; esac
-    url="http://127.0.0.1:$p/$size"
+    path=/$size
+    case $name in nginx) p=$NGINX;; varnish) p=$VARNISH;; pingora) p=$PINGORA;; portico) p=$PORTICO;; fixed) p=$PORTICO; path=/fixed/$size;; esac
+    url="http://127.0.0.1:$p$path"
     curl -s -o /dev/null "$url"   # the one miss
     wrk -t1 -c"$CONNS" -d2s "$url" >/dev/null   # warm-up
     out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url")
@@ -88,7 +93,7 @@ for size in small big; do
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 for size in small big; do
-  echo "$size: pingora/nginx requests/s $(ratio "${RPS[pingora.$size]}" "${RPS[nginx.$size]}")x; portico/pingora $(ratio "${RPS[portico.$size]}" "${RPS[pingora.$size]}")x"
+  echo "$size: pingora/nginx requests/s $(ratio "${RPS[pingora.$size]}" "${RPS[nginx.$size]}")x; fixed/nginx $(ratio "${RPS[fixed.$size]}" "${RPS[nginx.$size]}")x; portico/pingora $(ratio "${RPS[portico.$size]}" "${RPS[pingora.$size]}")x"
   echo "$size: portico/nginx requests/s $(ratio "${RPS[portico.$size]}" "${RPS[nginx.$size]}")x, p99 $(ratio "${P99[portico.$size]}" "${P99[nginx.$size]}")x; portico/varnish requests/s $(ratio "${RPS[portico.$size]}" "${RPS[varnish.$size]}")x, p99 $(ratio "${P99[portico.$size]}" "${P99[varnish.$size]}")x"
 done
 echo "portico misses (requests that went to the origin): $origin_hits"
