@@ -43,12 +43,17 @@ impl Settings {
 }
 
 /// Fields an access-log line can carry (any may be excluded).
-pub const ACCESS_FIELDS: [&str; 18] = [
+pub const ACCESS_FIELDS: [&str; 23] = [
     "time",
     "request_id",
     "trace_id",
+    "span_id",
     "client_ip",
     "method",
+    "protocol",
+    "host",
+    "user_agent",
+    "referer",
     "path",
     "route",
     "upstream",

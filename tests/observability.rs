@@ -276,6 +276,11 @@ fn access_log_lines_carry_the_request() {
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         )
+        .header("user-agent", "probe/1.0 \"quoted\"")
+        .header(
+            "referer",
+            format!("https://app.example/{}", "r".repeat(400)),
+        )
         .body("0123456789")
         .send()
         .unwrap();
@@ -311,6 +316,13 @@ fn access_log_lines_carry_the_request() {
     assert_eq!(post["status"], 200);
     assert_eq!(post["client_ip"], "127.0.0.1");
     assert_eq!(post["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(post["span_id"].as_str(), upstream_traceparent.get(36..52));
+    assert_eq!(post["protocol"], "HTTP/1.1");
+    assert_eq!(post["host"], gw.proxy.to_string());
+    assert_eq!(post["user_agent"], "probe/1.0 \"quoted\"");
+    let referer = post["referer"].as_str().unwrap();
+    assert_eq!(referer.len(), 256, "client header text is cut");
+    assert!(referer.starts_with("https://app.example/rrr"));
     assert_eq!(post["bytes_in"], 10);
     assert!(post["bytes_out"].as_u64().unwrap() >= body_len);
     assert!(post["duration_ms"].as_f64().unwrap() >= post["upstream_ms"].as_f64().unwrap());

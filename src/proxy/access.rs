@@ -27,12 +27,30 @@ pub fn access_line(out: &mut Vec<u8>, session: &Session, ctx: &Ctx, status: u16)
     line.time("time", std::time::SystemTime::now());
     line.str("request_id", &ctx.request.id);
     line.str("trace_id", &ctx.request.trace_id);
+    // This hop's span: the traceparent sent upstream is `00-TRACE-SPAN-FLAGS`.
+    if let Some(span) = ctx.request.traceparent.get(36..52) {
+        line.str("span_id", span);
+    }
     if let Some(ip) = ctx.request.client_ip {
         let mut text = String::with_capacity(40);
         super::forwarding::push_ip(&mut text, ip);
         line.str("client_ip", &text);
     }
     line.str("method", req.method.as_str());
+    line.str("protocol", protocol(req.version));
+    let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
+    let authority = req.uri.authority().map(|a| a.as_str().as_bytes());
+    if let Some(host) = host.or(authority) {
+        line.str("host", &client_text(host));
+    }
+    for (field, name) in [
+        ("user_agent", http::header::USER_AGENT),
+        ("referer", http::header::REFERER),
+    ] {
+        if let Some(value) = req.headers.get(name) {
+            line.str(field, &client_text(value.as_bytes()));
+        }
+    }
     match (settings.query, req.uri.query()) {
         (true, Some(q)) => line.str("path", &format!("{}?{q}", req.uri.path())),
         _ => line.str("path", req.uri.path()),
@@ -69,6 +87,26 @@ pub fn access_line(out: &mut Vec<u8>, session: &Session, ctx: &Ctx, status: u16)
         line.str("upgraded", if websocket { "websocket" } else { "other" });
     }
     line.finish();
+}
+
+fn protocol(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// Longest client-sent header text a log line carries.
+const MAX_LOGGED_HEADER: usize = 256;
+
+/// A client-sent header value for the log: bytes that are not UTF-8 replaced, cut at
+/// [`MAX_LOGGED_HEADER`] bytes (a client must not be able to make lines huge).
+fn client_text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    let bytes = &bytes[..bytes.len().min(MAX_LOGGED_HEADER)];
+    String::from_utf8_lossy(bytes)
 }
 
 /// Writes one JSON object, skipping excluded fields.
