@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 #[serde(deny_unknown_fields)]
 pub struct RawAggregate {
     /// Longest the whole answer may take (default 5s); no call runs longer.
-    #[schemars(with = "Option<String>")]
-    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<crate::units::DurationText>")]
+    #[serde(default, with = "crate::units::duration::option")]
     pub timeout: Option<Duration>,
     /// Largest body a call may return (default 1MiB); a larger one fails the call.
     pub max_body: Option<ByteSize>,
@@ -47,8 +47,8 @@ pub struct RawCall {
     /// A required call that fails fails the whole answer (default true).
     #[serde(default = "yes")]
     pub required: bool,
-    #[schemars(with = "Option<String>")]
-    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<crate::units::DurationText>")]
+    #[serde(default, with = "crate::units::duration::option")]
     pub timeout: Option<Duration>,
     /// Put the body's fields at the top level instead of under `name`.
     #[serde(default)]

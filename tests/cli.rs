@@ -61,7 +61,7 @@ fn invalid_duration() {
         "server:\n  grace_period: 10 parsecs\n",
         6,
         17,
-        "expected a duration",
+        "invalid duration `10 parsecs`",
     );
 }
 

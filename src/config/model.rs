@@ -98,8 +98,8 @@ fn one() -> f64 {
 pub struct RawRedis {
     pub url: String,
     /// Longest a request waits for Redis before `on_redis_error` applies.
-    #[schemars(with = "String")]
-    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_redis_timeout", with = "crate::units::duration")]
     pub timeout: Duration,
 }
 
@@ -130,21 +130,21 @@ pub struct ServerSettings {
     pub threads: Option<usize>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
-    #[schemars(with = "String")]
-    #[serde(default = "default_grace", with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_grace", with = "crate::units::duration")]
     pub grace_period: Duration,
-    #[schemars(with = "String")]
-    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_shutdown_timeout", with = "crate::units::duration")]
     pub shutdown_timeout: Duration,
     /// After SIGTERM, `/ready` answers 503 and everything is still served for this long
     /// before the drain starts, so load balancers stop sending first (default 0s).
-    #[schemars(with = "String")]
-    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default, with = "crate::units::duration")]
     pub drain_delay: Duration,
     #[serde(default = "default_max_body")]
     pub max_body: ByteSize,
-    #[schemars(with = "String")]
-    #[serde(default = "default_resolve_interval", with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_resolve_interval", with = "crate::units::duration")]
     pub resolve_interval: Duration,
     /// Deadlines for client connections.
     #[serde(default)]
@@ -196,16 +196,16 @@ fn default_max_connections() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct ClientTimeouts {
     /// For a whole request head on a new connection (default 10s).
-    #[schemars(with = "String")]
-    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_header_timeout", with = "crate::units::duration")]
     pub header: Duration,
     /// For the next request head on a kept-alive connection, waiting included (default 60s).
-    #[schemars(with = "String")]
-    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_idle_timeout", with = "crate::units::duration")]
     pub idle: Duration,
     /// Between two reads of a request body (default 60s).
-    #[schemars(with = "String")]
-    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_idle_timeout", with = "crate::units::duration")]
     pub body: Duration,
 }
 
@@ -277,11 +277,11 @@ pub struct RawUpstreamTls {
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
     pub path: String,
-    #[schemars(with = "String")]
-    #[serde(default = "default_hc_interval", with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_hc_interval", with = "crate::units::duration")]
     pub interval: Duration,
-    #[schemars(with = "String")]
-    #[serde(default = "default_hc_timeout", with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_hc_timeout", with = "crate::units::duration")]
     pub timeout: Duration,
     #[serde(default = "default_unhealthy_after")]
     pub unhealthy_after: u32,
@@ -309,13 +309,13 @@ pub struct RawBreaker {
     pub consecutive_failures: u32,
     /// Also open when this share of requests in `window` failed (at least `min_requests`).
     pub failure_ratio: Option<f64>,
-    #[schemars(with = "String")]
-    #[serde(default = "default_window", with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_window", with = "crate::units::duration")]
     pub window: Duration,
     #[serde(default = "default_min_requests")]
     pub min_requests: u32,
-    #[schemars(with = "String")]
-    #[serde(default = "default_open_for", with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_open_for", with = "crate::units::duration")]
     pub open_for: Duration,
     #[serde(default = "default_half_open")]
     pub half_open_requests: u32,
@@ -344,14 +344,14 @@ fn default_balance() -> String {
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
-    #[schemars(with = "String")]
-    #[serde(default = "default_connect", with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_connect", with = "crate::units::duration")]
     pub connect: Duration,
-    #[schemars(with = "String")]
-    #[serde(default = "default_read", with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_read", with = "crate::units::duration")]
     pub read: Duration,
-    #[schemars(with = "String")]
-    #[serde(default = "default_read", with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_read", with = "crate::units::duration")]
     pub write: Duration,
 }
 
@@ -415,8 +415,8 @@ pub struct RawRoute {
     pub aggregate: Option<crate::aggregate::RawAggregate>,
     pub strip_prefix: Option<String>,
     pub rewrite: Option<String>,
-    #[schemars(with = "Option<String>")]
-    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<crate::units::DurationText>")]
+    #[serde(default, with = "crate::units::duration::option")]
     pub timeout: Option<Duration>,
     pub max_body: Option<ByteSize>,
     pub rate_limit: Option<String>,
@@ -428,8 +428,8 @@ pub struct RawRoute {
     pub headers: Option<RawHeaders>,
     /// How long an upgraded connection (WebSocket) may pass no data either way before it
     /// is closed (default 60s).
-    #[schemars(with = "Option<String>")]
-    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<crate::units::DurationText>")]
+    #[serde(default, with = "crate::units::duration::option")]
     pub upgrade_idle_timeout: Option<Duration>,
     /// A `caches:` entry: GET and HEAD answers are stored and served from it.
     pub cache: Option<String>,

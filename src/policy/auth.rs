@@ -30,8 +30,8 @@ pub struct RawAuth {
     pub algorithms: Vec<String>,
     pub jwks_file: Option<String>,
     pub jwks_url: Option<String>,
-    #[schemars(with = "String")]
-    #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_jwks_refresh", with = "crate::units::duration")]
     pub jwks_refresh: Duration,
     pub public_key_file: Option<String>,
     /// HMAC secret from this environment variable (never inline in the file).
@@ -39,8 +39,8 @@ pub struct RawAuth {
     pub secret_file: Option<String>,
     pub issuer: Option<OneOrMany>,
     pub audience: Option<OneOrMany>,
-    #[schemars(with = "String")]
-    #[serde(default = "default_leeway", with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_leeway", with = "crate::units::duration")]
     pub leeway: Duration,
     #[serde(default)]
     pub required_claims: Vec<String>,

@@ -23,8 +23,8 @@ pub struct RawCors {
     pub expose_headers: Vec<String>,
     #[serde(default)]
     pub allow_credentials: bool,
-    #[schemars(with = "Option<String>")]
-    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<crate::units::DurationText>")]
+    #[serde(default, with = "crate::units::duration::option")]
     pub max_age: Option<Duration>,
 }
 

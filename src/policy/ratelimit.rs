@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
     pub requests: u64,
-    #[schemars(with = "String")]
-    #[serde(with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(with = "crate::units::duration")]
     pub per: Duration,
     #[serde(default)]
     pub burst: u64,

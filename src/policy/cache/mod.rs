@@ -39,22 +39,22 @@ pub struct RawCache {
     pub max_object: ByteSize,
     /// Freshness when the upstream gives none (no Cache-Control max-age or Expires);
     /// without it such responses are not stored.
-    #[schemars(with = "Option<String>")]
-    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<crate::units::DurationText>")]
+    #[serde(default, with = "crate::units::duration::option")]
     pub ttl: Option<Duration>,
     /// Caps any freshness the upstream gives.
-    #[schemars(with = "Option<String>")]
-    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<crate::units::DurationText>")]
+    #[serde(default, with = "crate::units::duration::option")]
     pub max_ttl: Option<Duration>,
     /// How long a stale entry is served while one background request refreshes it, unless
     /// the response sets its own `stale-while-revalidate`.
-    #[schemars(with = "Option<String>")]
-    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<crate::units::DurationText>")]
+    #[serde(default, with = "crate::units::duration::option")]
     pub stale_while_revalidate: Option<Duration>,
     /// How long a stale entry is served when the upstream fails, unless the response sets
     /// its own `stale-if-error`.
-    #[schemars(with = "Option<String>")]
-    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<crate::units::DurationText>")]
+    #[serde(default, with = "crate::units::duration::option")]
     pub stale_if_error: Option<Duration>,
     /// Request headers in the key besides those the response's `Vary` names.
     #[serde(default)]
@@ -64,8 +64,8 @@ pub struct RawCache {
     pub key: Vec<String>,
     /// Longest a request waits for another request fetching the same entry before it
     /// goes upstream itself.
-    #[schemars(with = "String")]
-    #[serde(default = "default_lock_timeout", with = "humantime_serde")]
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_lock_timeout", with = "crate::units::duration")]
     pub lock_timeout: Duration,
 }
 
