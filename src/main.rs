@@ -40,6 +40,9 @@ enum Command {
         /// Treat warnings (shadowed routes, unused upstreams) as errors.
         #[arg(long)]
         deny_warnings: bool,
+        /// `text` (stderr, for people), `json` or `sarif` (stdout, for CI annotations).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Explain which route a request takes, or test a table of expected matches.
     Route {
@@ -100,7 +103,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             file,
             config,
             deny_warnings,
-        } => Ok(check(file.as_deref().unwrap_or(&config), deny_warnings)),
+            format,
+        } => Ok(check(
+            file.as_deref().unwrap_or(&config),
+            deny_warnings,
+            format,
+        )),
         Command::Route {
             config,
             test,
@@ -121,8 +129,31 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn check(file: &Path, deny_warnings: bool) -> ExitCode {
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+    Sarif,
+}
+
+fn check(file: &Path, deny_warnings: bool, format: Format) -> ExitCode {
     let result = compile::load(file);
+    if format != Format::Text {
+        let (ok, diags) = match &result {
+            Ok(snap) => (!deny_warnings || snap.warnings.is_empty(), &snap.warnings),
+            Err(e) => (false, &e.0),
+        };
+        let report = match format {
+            Format::Sarif => portico::diag::report::sarif(diags),
+            _ => portico::diag::report::json(file, ok, diags),
+        };
+        println!("{report:#}");
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     match result {
         Ok(snap) => {
             for w in &snap.warnings {

@@ -495,3 +495,61 @@ fn health_asks_the_admin_listener_of_the_config() {
         "{err}"
     );
 }
+
+#[test]
+fn check_reports_as_json_and_sarif_for_ci() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "upstreams:\n  svc: { targets: [\"127.0.0.1:9\"] }\n  spare: { targets: [\"127.0.0.1:8\"] }\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: svc, timeout: 5 seconds }\n";
+    std::fs::write(dir.path().join("g.yaml"), format!("{HEAD}{body}")).unwrap();
+    let (code, out, _) = portico(&["check", "--format", "json", "g.yaml"], dir.path());
+    assert_eq!(code, 1);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&report["ok"], &report["errors"]),
+        (&serde_json::json!(false), &serde_json::json!(1))
+    );
+    let d = &report["diagnostics"][0];
+    assert_eq!(
+        (
+            d["severity"].as_str(),
+            d["line"].as_u64(),
+            d["column"].as_u64()
+        ),
+        (Some("error"), Some(9), Some(67))
+    );
+    assert!(d["message"]
+        .as_str()
+        .unwrap()
+        .contains("invalid duration `5 seconds`"));
+    assert!(d["help"].is_string());
+
+    // A warning only: accepted, unless warnings are denied.
+    let fixed = body.replace("5 seconds", "5s");
+    std::fs::write(dir.path().join("g.yaml"), format!("{HEAD}{fixed}")).unwrap();
+    let (code, out, _) = portico(&["check", "--format", "sarif", "g.yaml"], dir.path());
+    assert_eq!(code, 0, "{out}");
+    let sarif: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(sarif["version"], "2.1.0");
+    let result = &sarif["runs"][0]["results"][0];
+    assert_eq!(
+        (&result["level"], &result["ruleId"]),
+        (
+            &serde_json::json!("warning"),
+            &serde_json::json!("portico/warning")
+        )
+    );
+    let region = &result["locations"][0]["physicalLocation"]["region"];
+    assert_eq!(
+        (region["startLine"].as_u64(), region["startColumn"].as_u64()),
+        (Some(7), Some(12))
+    );
+    assert!(result["message"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("spare"));
+    let (code, _, _) = portico(
+        &["check", "--format", "json", "--deny-warnings", "g.yaml"],
+        dir.path(),
+    );
+    assert_eq!(code, 1);
+}

@@ -3,6 +3,7 @@
 //! step (the config's own and each policy's) reports through [`Diags`].
 
 pub mod locate;
+pub mod report;
 
 pub use locate::{Locator, Pos};
 use sha2::{Digest, Sha256};
