@@ -78,8 +78,11 @@ upstreams:
   ws: {{ targets: ["{addr}"] }}
 auth:
   hs: {{ algorithms: [HS256], secret_file: "{secret}", forward_claims: {{ sub: X-User }} }}
+caches:
+  api: {{ max_size: 1MiB, ttl: 60s }}
 routes:
   - {{ name: chat, match: {{ path_prefix: /chat }}, upstream: ws, auth: hs, upgrade_idle_timeout: 1s, timeout: 5s, max_body: 16 }}
+  - {{ name: cached, match: {{ path_prefix: /cached }}, upstream: ws, cache: api }}
 "#,
         addr = ws.addr,
         secret = secret.display()
@@ -205,4 +208,30 @@ fn a_silent_tunnel_is_closed_after_the_routes_idle_timeout() {
         .await;
         assert!(ended.is_ok(), "the silent tunnel stayed open");
     });
+}
+
+/// An upgrade on a cache route bypasses the cache: it is never answered from it, and it
+/// does not hold the cache's lock for as long as its tunnel lasts.
+#[test]
+fn upgrades_bypass_the_cache() {
+    let ws = echo_server();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&ws, dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = format!("ws://{}/cached", gw.proxy);
+        let (mut first, resp) = tokio_tungstenite::connect_async(url.clone()).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        assert_eq!(resp.headers()["x-cache"], "BYPASS");
+        let (mut second, resp) = tokio_tungstenite::connect_async(url).await.unwrap();
+        assert_eq!(resp.headers()["x-cache"], "BYPASS");
+        for socket in [&mut first, &mut second] {
+            socket.send(Message::text("both open")).await.unwrap();
+            assert_eq!(
+                socket.next().await.unwrap().unwrap(),
+                Message::text("both open")
+            );
+        }
+    });
+    assert_eq!(ws.accepted.load(Ordering::SeqCst), 2);
 }

@@ -568,6 +568,10 @@ impl ProxyHttp for Gateway {
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        // An upgrade (WebSocket) is a GET that must reach the upstream, never a stored 200.
+        if session.is_upgrade_req() {
+            return Ok(());
+        }
         if let Some(cache) = ctx.route().and_then(|r| r.cache()) {
             let method = session.req_header().method.clone();
             cache.enable(&method, &mut session.cache);
