@@ -5,7 +5,7 @@
 //! fails the answer (502/504 naming it); an optional one is left out and named in
 //! `X-Portico-Partial`.
 
-use crate::diag::Diags;
+use crate::diag::{lookup, Diags};
 use crate::errors::GatewayError;
 use crate::router::template::{encode_segment as encode, placeholders, Piece as Part};
 use crate::telemetry::Metrics;
@@ -521,15 +521,9 @@ pub fn compile(
                 Some("each call's body goes under its name; rename one".into()),
             );
         }
-        let upstream = upstreams.get(&c.upstream).cloned();
-        if upstream.is_none() {
-            let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
-            d.error(
-                &format!("{here}.upstream"),
-                format!("unknown upstream `{}`", c.upstream),
-                Some(format!("defined upstreams: {}", known.join(", "))),
-            );
-        }
+        let defined: Vec<&String> = upstreams.keys().collect();
+        let at = format!("{here}.upstream");
+        let upstream = lookup(d, &at, "upstream", &c.upstream, upstreams, &defined);
         let path = CallPath::parse(&c.path, names)
             .map_err(|e| {
                 d.error(

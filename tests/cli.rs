@@ -553,3 +553,38 @@ fn check_reports_as_json_and_sarif_for_ci() {
     );
     assert_eq!(code, 1);
 }
+
+#[test]
+fn typos_get_a_did_you_mean_and_tabs_are_named() {
+    let (code, out) = check(&format!(
+        "{UPSTREAM}routes:\n  - {{ name: a, match: {{ path: / }}, upstrem: users }}\n"
+    ));
+    assert_eq!(code, 1);
+    assert!(out.contains("unknown field `upstrem`"), "{out}");
+    assert!(out.contains("help: did you mean `upstream`?"), "{out}");
+    refused(
+        &format!("{UPSTREAM}routes:\n  - {{ name: a, match: {{ path: / }}, upstream: user }}\n"),
+        8,
+        46,
+        "unknown upstream `user`",
+    );
+    let (_, out) = check(&format!(
+        "{UPSTREAM}routes:\n  - {{ name: a, match: {{ path: / }}, upstream: user }}\n"
+    ));
+    assert!(out.contains("help: did you mean `users`?"), "{out}");
+    let (_, out) = check(&format!(
+        "{UPSTREAM}routes:\n  - {{ name: a, match: {{ path: / }}, upstream: billing }}\n"
+    ));
+    assert!(
+        !out.contains("did you mean"),
+        "no guess when nothing is near:\n{out}"
+    );
+    let (code, out) =
+        check_text("version: 1\nlisten:\n\tproxy: 127.0.0.1:1\n  admin: 127.0.0.1:2\n");
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("g.yaml:3:1: error: a tab is used for indentation"),
+        "{out}"
+    );
+    assert!(out.contains("help: YAML indents with spaces only"), "{out}");
+}

@@ -5,7 +5,7 @@ use super::policies::Named;
 use crate::aggregate;
 use crate::config::model::{HeaderCond as RawCond, RawMatch, RawRespond, RawRoute};
 use crate::config::RawConfig;
-use crate::diag::{parse_methods, Diags, Inputs};
+use crate::diag::{lookup, parse_methods, Diags, Inputs};
 use crate::router::normalize::normalize;
 use crate::router::template::{Fill, PathTemplate};
 use crate::router::{HeaderCond, HeaderMatch, HostMatch, Matcher, PathMatch, PathRewrite};
@@ -330,27 +330,11 @@ fn compile_action(
             );
             None
         }
-        (Some(name), None) => match upstreams.get(name) {
-            Some(u) => Some(Action::Proxy(u.clone())),
-            None => {
-                if !raw.upstreams.contains_key(name) {
-                    let known: Vec<&str> = raw.upstreams.keys().map(String::as_str).collect();
-                    d.error(
-                        &format!("{at}.upstream"),
-                        format!("unknown upstream `{name}`"),
-                        Some(format!(
-                            "defined upstreams: {}",
-                            if known.is_empty() {
-                                "none".to_string()
-                            } else {
-                                known.join(", ")
-                            }
-                        )),
-                    );
-                }
-                None
-            }
-        },
+        (Some(name), None) => {
+            let defined: Vec<&String> = raw.upstreams.keys().collect();
+            let at = format!("{at}.upstream");
+            lookup(d, &at, "upstream", name, upstreams, &defined).map(Action::Proxy)
+        }
         (None, Some(resp)) => {
             if r.strip_prefix.is_some() || r.rewrite.is_some() {
                 d.error(

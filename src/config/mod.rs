@@ -65,7 +65,8 @@ impl Source {
             });
             return Err(ConfigError(diags.collect()));
         }
-        let raw: RawConfig = serde_yaml::from_str(&text).map_err(|e| yaml_error(path, &e))?;
+        let raw: RawConfig =
+            serde_yaml::from_str(&text).map_err(|e| yaml_error(path, &text, &e))?;
         let hash = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
         Ok(Source {
             path: path.to_path_buf(),
@@ -86,7 +87,7 @@ fn single(path: &Path, pos: Pos, message: String, help: Option<String>) -> Confi
     }])
 }
 
-fn yaml_error(path: &Path, e: &serde_yaml::Error) -> ConfigError {
+fn yaml_error(path: &Path, text: &str, e: &serde_yaml::Error) -> ConfigError {
     let pos = e
         .location()
         .map(|l| Pos {
@@ -99,14 +100,36 @@ fn yaml_error(path: &Path, e: &serde_yaml::Error) -> ConfigError {
         Some(cut) => full[..cut].to_string(),
         None => full,
     };
+    let indented_by_tab = text
+        .lines()
+        .nth(pos.line.saturating_sub(1))
+        .is_some_and(|l| l.trim_start_matches(' ').starts_with('\t'));
+    if indented_by_tab {
+        let message = "a tab is used for indentation".to_string();
+        let help = Some("YAML indents with spaces only: replace the tab with spaces".into());
+        return single(path, pos, message, help);
+    }
     let help = yaml_help(&message);
     single(path, pos, message, help)
+}
+
+/// "did you mean `upstream`?" for serde's `unknown field `upstrem`, expected one of ...`.
+fn did_you_mean(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("unknown field `")?;
+    let (field, expected) = rest.split_once('`')?;
+    let candidates = expected.split('`').skip(1).step_by(2);
+    let near = crate::diag::closest(field, candidates)?;
+    Some(format!("did you mean `{near}`?"))
 }
 
 /// Hints for the serde messages users meet most.
 fn yaml_help(message: &str) -> Option<String> {
     if message.contains("unknown field") {
-        Some("check the spelling against the config reference in README.md".into())
+        let reference = "the config reference in README.md lists every key";
+        Some(match did_you_mean(message) {
+            Some(near) => format!("{near} ({reference})"),
+            None => format!("check the spelling: {reference}"),
+        })
     } else if message.contains("missing field") {
         Some(
             "add the field; the config reference in README.md lists what each section needs".into(),

@@ -197,6 +197,18 @@ pub fn cidr(d: &mut Diags, at: &str, text: &str) -> Option<ipnet::IpNet> {
 
 /// Resolves a route's reference to a named, compiled object; an unknown name is an error
 /// listing the defined ones. (A defined name that failed to compile was reported already.)
+/// The candidate a misspelt `name` most likely meant: the nearest by edit distance, if it
+/// is near enough to be a typo (a third of the name's length, at least one edit).
+pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (name.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(name, c), c))
+        .filter(|(distance, _)| *distance <= limit)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, c)| c)
+}
+
 pub fn lookup<T: Clone>(
     d: &mut Diags,
     at: &str,
@@ -209,17 +221,17 @@ pub fn lookup<T: Clone>(
         return Some(found.clone());
     }
     if !defined.iter().any(|n| *n == name) {
-        let list: Vec<&str> = defined.iter().map(|s| s.as_str()).collect();
-        let list = if list.is_empty() {
+        let names: Vec<&str> = defined.iter().map(|s| s.as_str()).collect();
+        let list = if names.is_empty() {
             "none".to_string()
         } else {
-            list.join(", ")
+            names.join(", ")
         };
-        d.error(
-            at,
-            format!("unknown {kind} `{name}`"),
-            Some(format!("defined: {list}")),
-        );
+        let help = match closest(name, names.iter().copied()) {
+            Some(near) => format!("did you mean `{near}`? defined: {list}"),
+            None => format!("defined: {list}"),
+        };
+        d.error(at, format!("unknown {kind} `{name}`"), Some(help));
     }
     None
 }
@@ -247,7 +259,19 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{closest, redact_url};
+
+    #[test]
+    fn closest_names_only_a_near_miss() {
+        let names = ["users", "messages", "billing"];
+        assert_eq!(closest("user", names), Some("users"));
+        assert_eq!(closest("mesages", names), Some("messages"));
+        assert_eq!(closest("orders", names), None);
+        assert_eq!(
+            closest("upstrem", ["name", "upstream", "respond"]),
+            Some("upstream")
+        );
+    }
 
     #[test]
     fn credentials_and_queries_are_hidden_whole() {
