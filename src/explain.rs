@@ -235,31 +235,64 @@ pub struct Case {
     pub upstream_path: Option<String>,
 }
 
-/// Runs a table of cases; returns the report and whether all passed.
-pub fn run_cases(snapshot: &Snapshot, cases_yaml: &str) -> Result<(String, bool), String> {
+/// Each case's request and why it failed (None: it passed).
+pub type Outcomes = Vec<(String, Option<String>)>;
+
+/// Runs a table of cases.
+pub fn run_cases(snapshot: &Snapshot, cases_yaml: &str) -> Result<Outcomes, String> {
     let cases: Vec<Case> =
         serde_yaml::from_str(cases_yaml).map_err(|e| format!("cases file: {e}"))?;
+    Ok(cases
+        .iter()
+        .map(|case| (case.request.clone(), check_case(snapshot, case).err()))
+        .collect())
+}
+
+/// The report for people, and whether every case passed.
+pub fn report(outcomes: &Outcomes) -> (String, bool) {
     let mut report = String::new();
-    let mut failed = 0;
-    for (i, case) in cases.iter().enumerate() {
-        let result = check_case(snapshot, case);
-        match &result {
-            Ok(()) => {
-                let _ = writeln!(report, "ok   {}", case.request);
-            }
-            Err(why) => {
-                failed += 1;
-                let _ = writeln!(report, "FAIL {} (case {}): {why}", case.request, i + 1);
-            }
-        }
+    for (i, (request, failure)) in outcomes.iter().enumerate() {
+        let _ = match failure {
+            None => writeln!(report, "ok   {request}"),
+            Some(why) => writeln!(report, "FAIL {request} (case {}): {why}", i + 1),
+        };
     }
+    let failed = outcomes.iter().filter(|(_, f)| f.is_some()).count();
     let _ = writeln!(
         report,
         "{} cases, {} passed, {failed} failed",
-        cases.len(),
-        cases.len() - failed
+        outcomes.len(),
+        outcomes.len() - failed
     );
-    Ok((report, failed == 0))
+    (report, failed == 0)
+}
+
+/// The same as JUnit XML, which CI systems show test by test.
+pub fn junit(outcomes: &Outcomes) -> String {
+    let escape = |text: &str| {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let failed = outcomes.iter().filter(|(_, f)| f.is_some()).count();
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"portico route --test\" tests=\"{}\" failures=\"{failed}\">\n",
+        outcomes.len()
+    );
+    for (request, failure) in outcomes {
+        let name = escape(request);
+        let _ = match failure {
+            None => writeln!(xml, "  <testcase classname=\"routes\" name=\"{name}\"/>"),
+            Some(why) => writeln!(
+                xml,
+                "  <testcase classname=\"routes\" name=\"{name}\"><failure message=\"{}\"/></testcase>",
+                escape(why)
+            ),
+        };
+    }
+    xml.push_str("</testsuite>\n");
+    xml
 }
 
 fn check_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {

@@ -51,6 +51,9 @@ enum Command {
         /// A YAML list of cases: {request: "GET /path", headers: {...}, route: NAME | status: 404, upstream_path: ...}
         #[arg(long, conflicts_with_all = ["method", "path"])]
         test: Option<PathBuf>,
+        /// With --test: also write the results as JUnit XML to this file (for CI).
+        #[arg(long, requires = "test")]
+        junit: Option<PathBuf>,
         method: Option<String>,
         path: Option<String>,
         /// A request header, `Name: value` (repeatable); `-H 'Host: api.example.com'` sets the host.
@@ -112,10 +115,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Route {
             config,
             test,
+            junit,
             method,
             path,
             headers,
-        } => route(&config, test, method, path, &headers),
+        } => match test {
+            Some(cases) => route_test(&config, &cases, junit.as_deref()),
+            None => route(&config, method, path, &headers),
+        },
         Command::Demo { config } => demo(&config),
         Command::Health { config } => health(&config),
         Command::Schema => {
@@ -221,26 +228,33 @@ fn health(config: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `route --test`: a table of expected matches; exit 1 on any mismatch.
+fn route_test(config: &Path, cases: &Path, junit: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let snap = compile::compile(&Source::load(config)?)?;
+    let text =
+        std::fs::read_to_string(cases).with_context(|| format!("reading {}", cases.display()))?;
+    let outcomes = explain::run_cases(&snap, &text).map_err(anyhow::Error::msg)?;
+    if let Some(file) = junit {
+        std::fs::write(file, explain::junit(&outcomes))
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
+    let (report, ok) = explain::report(&outcomes);
+    print!("{report}");
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn route(
     config: &Path,
-    test: Option<PathBuf>,
     method: Option<String>,
     path: Option<String>,
     headers: &[String],
 ) -> anyhow::Result<ExitCode> {
     let src = Source::load(config)?;
     let snap = compile::compile(&src)?;
-    if let Some(cases) = test {
-        let text = std::fs::read_to_string(&cases)
-            .with_context(|| format!("reading {}", cases.display()))?;
-        let (report, ok) = explain::run_cases(&snap, &text).map_err(anyhow::Error::msg)?;
-        print!("{report}");
-        return Ok(if ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
-    }
     let (Some(method), Some(path)) = (method, path) else {
         anyhow::bail!(
             "give METHOD and PATH (e.g. `portico route GET /users/1`), or --test cases.yaml"

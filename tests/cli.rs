@@ -295,6 +295,30 @@ fn route_explains_and_tests_a_route_table() {
         out.contains("expected upstream path `/1`, got `/users/1`"),
         "{out}"
     );
+    // The same results as JUnit XML for CI, beside the report.
+    let junit = dir.path().join("routes.xml");
+    let (code, _, _) = portico(
+        &[
+            "route",
+            "-c",
+            "gateway.yaml",
+            "--test",
+            cases.to_str().unwrap(),
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+        root,
+    );
+    assert_eq!(code, 1);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains(r#"<testsuite name="portico route --test" tests="2" failures="2">"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<testcase classname="routes" name="GET /ping"><failure message="expected route `users`, got route `ping`"/></testcase>"#),
+        "{xml}"
+    );
 
     std::fs::write(&cases, "- { request: GET /ping, route: pnig }\n").unwrap();
     let (code, out, _) = route_test(&cases, root);
