@@ -146,6 +146,61 @@ fn manifests_parse_and_mount_the_configmap_as_a_directory() {
         .unwrap();
     let configmap = &docs("deploy/kubernetes/configmap.yaml")[0];
     assert_eq!(volume["configMap"]["name"], configmap["metadata"]["name"]);
+    // Pod Security Standards, restricted level.
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let security = &container["securityContext"];
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["capabilities"]["drop"][0], "ALL");
+    let tmp = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == "/tmp")
+        .expect("a writable /tmp");
+    let tmp_volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == tmp["name"])
+        .unwrap();
+    assert!(tmp_volume["emptyDir"].is_mapping());
+    // The admin port stays inside the cluster's monitoring, out of the Service.
+    let service = &docs("deploy/kubernetes/service.yaml")[0];
+    let ports = service["spec"]["ports"].as_sequence().unwrap();
+    assert!(
+        ports.iter().all(|p| p["targetPort"] != "admin"),
+        "{ports:?}"
+    );
+    let policy = &docs("deploy/kubernetes/networkpolicy.yaml")[0];
+    assert_eq!(policy["kind"], "NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"]["app"],
+        "portico"
+    );
+    // The kustomization lists every manifest here, into one namespace.
+    let kustomization = &docs("deploy/kubernetes/kustomization.yaml")[0];
+    assert_eq!(kustomization["namespace"], "portico");
+    let listed: Vec<&str> = kustomization["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    for entry in std::fs::read_dir(root().join("deploy/kubernetes")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name != "kustomization.yaml" {
+            assert!(
+                listed.contains(&name.as_str()),
+                "{name} is not in the kustomization"
+            );
+        }
+    }
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
     assert!(
