@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-const LIVE_WITHIN: Duration = Duration::from_secs(2);
+/// A bound that only a broken reload misses (not a latency target: CI machines are slow).
+const LIVE_WITHIN: Duration = Duration::from_secs(10);
 
 fn version(n: usize, a: &TestUpstream, b: &TestUpstream) -> String {
     let stable = if n.is_multiple_of(2) { "a" } else { "b" };
