@@ -612,3 +612,24 @@ fn typos_get_a_did_you_mean_and_tabs_are_named() {
     );
     assert!(out.contains("help: YAML indents with spaces only"), "{out}");
 }
+
+#[test]
+fn a_duplicate_points_at_the_first_definition() {
+    let (code, out) = check("routes:\n  - { name: a, match: { path: /a }, respond: { text: x } }\n  - { name: a, match: { path: /b }, respond: { text: y } }\n");
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("g.yaml:7:13: error: duplicate route name `a`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("help: the first is routes[0], line 6;"),
+        "{out}"
+    );
+    let (code, out) = check_text(&format!("{HEAD}routes: []\nlisten: {{}}\n"));
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("g.yaml:6:1: error: duplicate key `listen`"),
+        "{out}"
+    );
+    assert!(out.contains("help: first at line 2, column 1;"), "{out}");
+}

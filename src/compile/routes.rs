@@ -36,7 +36,7 @@ pub(super) fn compile_routes(
 ) -> Vec<Compiled> {
     let default_max_body = raw.server.max_body.0;
     let raw_routes = &raw.routes;
-    let mut names = HashSet::new();
+    let mut names = std::collections::HashMap::new();
     let mut routes = Vec::new();
     for (i, r) in raw_routes.iter().enumerate() {
         let at = format!("routes[{i}]");
@@ -47,11 +47,15 @@ pub(super) fn compile_routes(
                 Some("use letters, digits, `-` and `_`; names label metrics and logs".into()),
             );
         }
-        if !names.insert(r.name.as_str()) {
+        if let Some(first) = names.insert(r.name.as_str(), i) {
+            names.insert(r.name.as_str(), first);
+            let line = d.pos(&format!("routes[{first}].name")).line;
             d.error(
                 &format!("{at}.name"),
                 format!("duplicate route name `{}`", r.name),
-                Some("route names must be unique; rename one of them".into()),
+                Some(format!(
+                    "the first is routes[{first}], line {line}; route names must be unique, so rename one"
+                )),
             );
         }
         let matcher = compile_matcher(d, &format!("{at}.match"), &r.matcher);

@@ -56,12 +56,12 @@ impl Source {
         })?;
         let locator = Locator::new(&text);
         if !locator.duplicates.is_empty() {
-            let diags = locator.duplicates.iter().map(|(key, pos)| Diagnostic {
+            let diags = locator.duplicates.iter().map(|(key, pos, first)| Diagnostic {
                 severity: Severity::Error,
                 file: path.to_path_buf(),
                 pos: *pos,
                 message: format!("duplicate key `{key}`"),
-                help: Some("each key may appear once in a mapping; YAML would silently keep only one, so merge or rename them".into()),
+                help: Some(format!("first at line {}, column {}; each key may appear once in a mapping (YAML would silently keep only one), so merge or rename them", first.line, first.col)),
             });
             return Err(ConfigError(diags.collect()));
         }

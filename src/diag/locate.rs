@@ -1,7 +1,7 @@
 //! Maps a config path such as `routes[2].match.path_regex` to its line and column in the
 //! file, so semantic errors found after serde can still point at `file:line:col`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
@@ -16,7 +16,8 @@ pub struct Pos {
 pub struct Locator {
     values: HashMap<String, Pos>,
     /// Keys that appear twice in one mapping: (path of the second one, its position).
-    pub duplicates: Vec<(String, Pos)>,
+    /// A repeated key's path, where it is repeated and where it first appears.
+    pub duplicates: Vec<(String, Pos, Pos)>,
 }
 
 impl Locator {
@@ -55,7 +56,7 @@ impl Locator {
 enum Frame {
     Map {
         key: Option<String>,
-        seen: HashSet<String>,
+        seen: HashMap<String, Pos>,
     },
     Seq {
         next: usize,
@@ -65,7 +66,7 @@ enum Frame {
 #[derive(Default)]
 struct Builder {
     values: HashMap<String, Pos>,
-    duplicates: Vec<(String, Pos)>,
+    duplicates: Vec<(String, Pos, Pos)>,
     frames: Vec<(String, Frame)>,
 }
 
@@ -104,13 +105,15 @@ impl Builder {
         };
         self.values.entry(base.clone()).or_insert(pos);
         if let Event::Scalar(k, ..) = ev {
-            if !seen.insert(k.clone()) {
+            if let Some(first) = seen.get(k) {
                 let path = if base.is_empty() {
                     k.clone()
                 } else {
                     format!("{base}.{k}")
                 };
-                self.duplicates.push((path, pos));
+                self.duplicates.push((path, pos, *first));
+            } else {
+                seen.insert(k.clone(), pos);
             }
         }
     }
@@ -139,7 +142,7 @@ impl MarkedEventReceiver for Builder {
                         path,
                         Frame::Map {
                             key: None,
-                            seen: HashSet::new(),
+                            seen: HashMap::new(),
                         },
                     )),
                     Event::SequenceStart(..) => self.frames.push((path, Frame::Seq { next: 0 })),
@@ -174,7 +177,11 @@ mod tests {
         let loc = Locator::new("a: 1\nb:\n  c: 1\n  c: 2\n");
         assert_eq!(
             loc.duplicates,
-            vec![("b.c".to_string(), Pos { line: 4, col: 3 })]
+            vec![(
+                "b.c".to_string(),
+                Pos { line: 4, col: 3 },
+                Pos { line: 3, col: 3 }
+            )]
         );
     }
 }

@@ -90,6 +90,11 @@ impl<'a> Diags<'a> {
         self.push(Severity::Warning, path, message.into(), help.into());
     }
 
+    /// Where a config path is (e.g. to point at a first definition).
+    pub fn pos(&self, path: &str) -> Pos {
+        self.locator.find(path)
+    }
+
     fn push(&mut self, severity: Severity, path: &str, message: String, help: Option<String>) {
         self.items.push(Diagnostic {
             severity,
