@@ -33,6 +33,7 @@ pub struct RawAggregate {
     pub timeout: Option<Duration>,
     /// Largest body a call may return (default 1MiB); a larger one fails the call.
     pub max_body: Option<ByteSize>,
+    /// The calls made in parallel; each answer goes under its name.
     pub calls: Vec<RawCall>,
 }
 
@@ -41,12 +42,14 @@ pub struct RawAggregate {
 pub struct RawCall {
     /// The key of this call's body in the answer.
     pub name: String,
+    /// The upstream called.
     pub upstream: String,
     /// The path (and query) called, with `{binding}`, `{claim.NAME}`, `{query.NAME}`.
     pub path: String,
     /// A required call that fails fails the whole answer (default true).
     #[serde(default = "yes")]
     pub required: bool,
+    /// Longest this call may take.
     #[schemars(with = "Option<crate::units::DurationText>")]
     #[serde(default, with = "crate::units::duration::option")]
     pub timeout: Option<Duration>,

@@ -17,6 +17,7 @@ use x509_parser::extensions::GeneralName;
 pub struct RawTls {
     /// Certificate chains and keys (PEM); the first is served when no name matches.
     pub certificates: Vec<RawCertificate>,
+    /// "1.2" (default) or "1.3".
     #[serde(default)]
     pub min_version: TlsVersion,
 }
@@ -26,6 +27,7 @@ pub struct RawTls {
 pub struct RawCertificate {
     /// The certificate chain: the server's certificate first.
     pub cert: String,
+    /// The private key (PEM) of `cert`.
     pub key: String,
 }
 

@@ -257,3 +257,40 @@ fn the_dockerfile_runs_as_non_root_with_a_healthcheck() {
         assert!(root().join(copied).exists());
     }
 }
+
+/// Editors show each key's description on hover: every property of the schema has one.
+#[test]
+fn every_schema_property_is_described() {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("schemas/gateway.schema.json")).unwrap(),
+    )
+    .unwrap();
+    fn undescribed(node: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        match node {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Object(props)) = map.get("properties") {
+                    for (name, prop) in props {
+                        if prop.get("description").is_none() {
+                            out.push(format!("{path}.{name}"));
+                        }
+                    }
+                }
+                for (key, value) in map {
+                    undescribed(value, &format!("{path}/{key}"), out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    undescribed(item, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut missing = Vec::new();
+    undescribed(&schema, "", &mut missing);
+    assert!(
+        missing.is_empty(),
+        "properties without a description: {missing:?}"
+    );
+}

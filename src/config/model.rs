@@ -17,26 +17,39 @@ use std::time::Duration;
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// The config format version; this Portico reads 1.
     pub version: u32,
+    /// The addresses Portico listens on.
     pub listen: Listen,
+    /// Process-wide settings: threads, client deadlines, shutdown.
     #[serde(default)]
     pub server: ServerSettings,
+    /// The services behind the gateway, by name.
     #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
+    /// The Redis server shared by `backend: redis` rate limits and cache purges.
     pub redis: Option<RawRedis>,
+    /// Named rate limits that routes refer to with `rate_limit: NAME`.
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RawRateLimit>,
+    /// Named JWT policies that routes refer to with `auth: NAME`.
     #[serde(default)]
     pub auth: BTreeMap<String, RawAuth>,
+    /// Named CORS policies that routes refer to with `cors: NAME`.
     #[serde(default)]
     pub cors: BTreeMap<String, RawCors>,
+    /// Named client-network rules that routes refer to with `ip_access: NAME`.
     #[serde(default)]
     pub ip_access: BTreeMap<String, RawIpAccess>,
+    /// Named response caches that routes refer to with `cache: NAME`.
     #[serde(default)]
     pub caches: BTreeMap<String, RawCache>,
+    /// The certificates of the TLS listener (`listen.proxy_tls`).
     pub tls: Option<crate::tls::RawTls>,
+    /// Metrics and the access log.
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    /// The routes, tried in file order; the first match takes the request.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
 }
@@ -44,8 +57,10 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTelemetry {
+    /// Serve Prometheus metrics on the admin listener at /metrics (default true).
     #[serde(default = "yes")]
     pub metrics: bool,
+    /// The JSON access log on stdout.
     #[serde(default)]
     pub access_log: RawAccessLog,
 }
@@ -62,6 +77,7 @@ impl Default for RawTelemetry {
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAccessLog {
+    /// Write one JSON line per request to stdout (default true).
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Share of requests logged, 0.0 to 1.0.
@@ -96,6 +112,7 @@ fn one() -> f64 {
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
+    /// redis://[user:password@]HOST:PORT[/DB]; credentials are never shown.
     pub url: String,
     /// Longest a request waits for Redis before `on_redis_error` applies.
     #[schemars(with = "crate::units::DurationText")]
@@ -112,6 +129,7 @@ fn default_redis_timeout() -> Duration {
 pub struct Listen {
     /// Plain HTTP (optional when `proxy_tls` is given).
     pub proxy: Option<String>,
+    /// The admin listener, IP:PORT: /health, /ready, /metrics, /config, /routes, cache purges.
     pub admin: String,
     /// A TLS listener (needs `tls:`), serving HTTP/2 and HTTP/1.1 by ALPN.
     pub proxy_tls: Option<String>,
@@ -128,11 +146,14 @@ pub struct Listen {
 pub struct ServerSettings {
     /// Pingora worker threads; defaults to the number of CPUs.
     pub threads: Option<usize>,
+    /// CIDRs or IPs whose X-Forwarded-For (and -Host, -Proto) is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// After SIGTERM, how long in-flight requests may take to finish (default 10s).
     #[schemars(with = "crate::units::DurationText")]
     #[serde(default = "default_grace", with = "crate::units::duration")]
     pub grace_period: Duration,
+    /// After the grace period, how long the runtimes get to stop (default 5s).
     #[schemars(with = "crate::units::DurationText")]
     #[serde(default = "default_shutdown_timeout", with = "crate::units::duration")]
     pub shutdown_timeout: Duration,
@@ -141,8 +162,10 @@ pub struct ServerSettings {
     #[schemars(with = "crate::units::DurationText")]
     #[serde(default, with = "crate::units::duration")]
     pub drain_delay: Duration,
+    /// The default request body limit of every route (default 100MiB).
     #[serde(default = "default_max_body")]
     pub max_body: ByteSize,
+    /// How often DNS-named targets are resolved again (default 30s).
     #[schemars(with = "crate::units::DurationText")]
     #[serde(default = "default_resolve_interval", with = "crate::units::duration")]
     pub resolve_interval: Duration,
@@ -233,14 +256,20 @@ fn default_resolve_interval() -> Duration {
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
+    /// HOST:PORT of each instance (or https://HOST:PORT for TLS); DNS names are re-resolved.
     pub targets: Vec<String>,
+    /// round_robin (default), random, least_requests, hash(header:NAME) or hash(client_ip).
     #[serde(default = "default_balance")]
     pub balance: String,
+    /// Connect, read and write timeouts per try.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Retries on another target when connecting fails (idempotent methods only).
     #[serde(default)]
     pub retries: Retries,
+    /// Active health checks per target (plain HTTP).
     pub health_check: Option<RawHealthCheck>,
+    /// A circuit breaker per target.
     pub breaker: Option<RawBreaker>,
     /// TLS to the targets (also implied by `https://` targets).
     pub tls: Option<RawUpstreamTls>,
@@ -270,21 +299,27 @@ pub struct RawUpstreamTls {
     pub verify: bool,
     /// A client certificate chain and key (PEM) for mutual TLS.
     pub client_cert: Option<String>,
+    /// The private key (PEM) of `client_cert`.
     pub client_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
+    /// The path probed with GET; 2xx and 3xx pass.
     pub path: String,
+    /// Time between checks of one target.
     #[schemars(with = "crate::units::DurationText")]
     #[serde(default = "default_hc_interval", with = "crate::units::duration")]
     pub interval: Duration,
+    /// Longest a check may take.
     #[schemars(with = "crate::units::DurationText")]
     #[serde(default = "default_hc_timeout", with = "crate::units::duration")]
     pub timeout: Duration,
+    /// Failing checks in a row that take a target out.
     #[serde(default = "default_unhealthy_after")]
     pub unhealthy_after: u32,
+    /// Passing checks in a row that make an unhealthy target healthy again.
     #[serde(default = "default_healthy_after")]
     pub healthy_after: u32,
 }
@@ -305,18 +340,23 @@ fn default_healthy_after() -> u32 {
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBreaker {
+    /// Failures in a row (5xx, resets, timeouts) that open the circuit.
     #[serde(default = "default_consecutive")]
     pub consecutive_failures: u32,
     /// Also open when this share of requests in `window` failed (at least `min_requests`).
     pub failure_ratio: Option<f64>,
+    /// The window over which `failure_ratio` is measured.
     #[schemars(with = "crate::units::DurationText")]
     #[serde(default = "default_window", with = "crate::units::duration")]
     pub window: Duration,
+    /// Requests in the window before `failure_ratio` applies.
     #[serde(default = "default_min_requests")]
     pub min_requests: u32,
+    /// How long an open circuit refuses requests before probing.
     #[schemars(with = "crate::units::DurationText")]
     #[serde(default = "default_open_for", with = "crate::units::duration")]
     pub open_for: Duration,
+    /// Probe requests let through once `open_for` has passed.
     #[serde(default = "default_half_open")]
     pub half_open_requests: u32,
 }
@@ -344,12 +384,15 @@ fn default_balance() -> String {
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
+    /// Longest a connection to a target may take (default 2s).
     #[schemars(with = "crate::units::DurationText")]
     #[serde(default = "default_connect", with = "crate::units::duration")]
     pub connect: Duration,
+    /// Longest to wait for the target to answer or send more (default 30s).
     #[schemars(with = "crate::units::DurationText")]
     #[serde(default = "default_read", with = "crate::units::duration")]
     pub read: Duration,
+    /// Longest a write to the target may take (default 30s).
     #[schemars(with = "crate::units::DurationText")]
     #[serde(default = "default_read", with = "crate::units::duration")]
     pub write: Duration,
@@ -378,6 +421,7 @@ pub struct Retries {
     /// Extra tries after the first one.
     #[serde(default = "default_attempts")]
     pub attempts: u32,
+    /// What is retried: connect_failure.
     #[serde(default = "default_retry_on")]
     pub on: Vec<RetryOn>,
 }
@@ -407,24 +451,40 @@ pub enum RetryOn {
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
+    /// A unique name: it labels metrics and logs.
     pub name: String,
+    /// What requests this route takes.
     #[serde(rename = "match")]
     pub matcher: RawMatch,
+    /// The upstream that serves this route.
     pub upstream: Option<String>,
+    /// Answer directly from the gateway, without an upstream.
     pub respond: Option<RawRespond>,
+    /// Answer with the JSON of several upstream calls made in parallel.
     pub aggregate: Option<crate::aggregate::RawAggregate>,
+    /// A prefix removed from the path before it goes upstream.
     pub strip_prefix: Option<String>,
+    /// The path sent upstream, a template such as /v2/users/{id}.
     pub rewrite: Option<String>,
+    /// Total time for the request, across retries (default: none).
     #[schemars(with = "Option<crate::units::DurationText>")]
     #[serde(default, with = "crate::units::duration::option")]
     pub timeout: Option<Duration>,
+    /// The request body limit (overrides server.max_body).
     pub max_body: Option<ByteSize>,
+    /// A named rate limit.
     pub rate_limit: Option<String>,
+    /// A named JWT policy every request must pass.
     pub auth: Option<String>,
+    /// Claims the verified token must carry (needs `auth`).
     pub require: Option<crate::policy::auth::RawRequire>,
+    /// A named CORS policy.
     pub cors: Option<String>,
+    /// Required headers, query parameters and a JSON Schema for the body.
     pub validate: Option<RawValidate>,
+    /// A named client-network rule.
     pub ip_access: Option<String>,
+    /// Header edits on the request sent upstream and on every response.
     pub headers: Option<RawHeaders>,
     /// How long an upgraded connection (WebSocket) may pass no data either way before it
     /// is closed (default 60s).
@@ -442,13 +502,19 @@ pub struct RawRoute {
 #[derive(Debug, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
+    /// An exact path.
     pub path: Option<String>,
+    /// A path prefix, matched on whole segments.
     pub path_prefix: Option<String>,
+    /// A regular expression the whole path must match.
     pub path_regex: Option<String>,
     /// `/users/{id}/orders/{order}`: one segment per `{name}`, `{rest...}` for the rest.
     pub path_template: Option<String>,
+    /// The methods accepted (default: all).
     pub methods: Option<Vec<String>>,
+    /// The Host to match: exact, or `*.example.com`.
     pub host: Option<String>,
+    /// Header conditions: a value to equal, or `{ present: true|false }`.
     #[serde(default)]
     pub headers: BTreeMap<String, HeaderCond>,
     /// Match the path regardless of letter case (`/Admin` like `/admin`).
@@ -462,16 +528,23 @@ pub struct RawMatch {
 #[serde(untagged)]
 pub enum HeaderCond {
     Equals(String),
-    Present { present: bool },
+    Present {
+        /// true: the header must be there; false: it must not.
+        present: bool,
+    },
 }
 
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRespond {
+    /// The status code (default 200).
     #[serde(default = "default_status")]
     pub status: u16,
+    /// A JSON body (sent as application/json).
     pub json: Option<serde_json::Value>,
+    /// A text/plain body.
     pub text: Option<String>,
+    /// Response headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
 }

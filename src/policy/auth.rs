@@ -27,26 +27,37 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
+    /// The only algorithms accepted (pinned: `none` and any other are refused).
     pub algorithms: Vec<String>,
+    /// A JWKS document (file) holding the verification keys.
     pub jwks_file: Option<String>,
+    /// A JWKS endpoint holding the verification keys.
     pub jwks_url: Option<String>,
+    /// How often `jwks_url` is fetched again.
     #[schemars(with = "crate::units::DurationText")]
     #[serde(default = "default_jwks_refresh", with = "crate::units::duration")]
     pub jwks_refresh: Duration,
+    /// A PEM public key for RS*, PS*, ES* or EdDSA tokens.
     pub public_key_file: Option<String>,
     /// HMAC secret from this environment variable (never inline in the file).
     pub secret_env: Option<String>,
+    /// A file holding the HMAC secret for HS* tokens.
     pub secret_file: Option<String>,
+    /// The `iss` a token must carry.
     pub issuer: Option<OneOrMany>,
+    /// The `aud` a token must carry.
     pub audience: Option<OneOrMany>,
+    /// Clock skew allowed on `exp` and `nbf`.
     #[schemars(with = "crate::units::DurationText")]
     #[serde(default = "default_leeway", with = "crate::units::duration")]
     pub leeway: Duration,
+    /// Claims a token must carry, whatever their value.
     #[serde(default)]
     pub required_claims: Vec<String>,
     /// `bearer` (default), `cookie:NAME` or `header:NAME`.
     #[serde(default = "default_token_source")]
     pub token: String,
+    /// Claims sent upstream as headers, e.g. `{ sub: X-User-Id }`.
     #[serde(default)]
     pub forward_claims: BTreeMap<String, String>,
 }
@@ -81,6 +92,7 @@ impl OneOrMany {
 #[derive(Debug, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawRequire {
+    /// Per claim, the values accepted: a list (any of), `{ any_of }` or `{ all_of }`.
     #[serde(default)]
     pub claims: BTreeMap<String, RawClaimRule>,
 }
@@ -90,8 +102,14 @@ pub struct RawRequire {
 #[serde(untagged)]
 pub enum RawClaimRule {
     AnyList(Vec<Scalar>),
-    AnyOf { any_of: Vec<Scalar> },
-    AllOf { all_of: Vec<Scalar> },
+    AnyOf {
+        /// The claim holds at least one of these.
+        any_of: Vec<Scalar>,
+    },
+    AllOf {
+        /// The claim holds every one of these.
+        all_of: Vec<Scalar>,
+    },
     One(Scalar),
 }
 

@@ -15,14 +15,20 @@ use std::time::Duration;
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCors {
+    /// Origins allowed: exact, or `https://*.example.com`.
     pub allow_origins: Vec<String>,
+    /// Methods a preflight may ask for.
     pub allow_methods: Option<Vec<String>>,
+    /// Request headers a preflight may ask for.
     #[serde(default)]
     pub allow_headers: Vec<String>,
+    /// Response headers a browser script may read.
     #[serde(default)]
     pub expose_headers: Vec<String>,
+    /// Send Access-Control-Allow-Credentials: true.
     #[serde(default)]
     pub allow_credentials: bool,
+    /// How long a browser may cache a preflight answer.
     #[schemars(with = "Option<crate::units::DurationText>")]
     #[serde(default, with = "crate::units::duration::option")]
     pub max_age: Option<Duration>,

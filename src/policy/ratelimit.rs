@@ -21,18 +21,25 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
+    /// Requests allowed per `per`.
     pub requests: u64,
+    /// The period `requests` are counted over.
     #[schemars(with = "crate::units::DurationText")]
     #[serde(with = "crate::units::duration")]
     pub per: Duration,
+    /// Requests allowed at once beyond the steady rate.
     #[serde(default)]
     pub burst: u64,
+    /// What is counted apart: client_ip (default), route, header:NAME or claim:NAME.
     #[serde(default = "default_limit_key")]
     pub key: String,
+    /// local (per replica, default) or redis (shared by every replica).
     #[serde(default)]
     pub backend: LimitBackend,
+    /// allow (default) or deny when Redis does not answer in time.
     #[serde(default)]
     pub on_redis_error: OnRedisError,
+    /// Most keys a local limit tracks (the least recently used go first).
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
 }

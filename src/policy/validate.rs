@@ -21,10 +21,13 @@ pub struct RawValidate {
     pub body: Option<String>,
     /// Methods validated (default POST, PUT, PATCH).
     pub methods: Option<Vec<String>>,
+    /// Largest validated body (at most 64KiB; it is held whole).
     #[serde(default = "default_validate_max")]
     pub max_body_bytes: ByteSize,
+    /// Request headers that must be present.
     #[serde(default)]
     pub headers: Vec<String>,
+    /// Query parameters that must be present.
     #[serde(default)]
     pub query: Vec<String>,
 }
