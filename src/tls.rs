@@ -89,7 +89,6 @@ impl Certificates {
 const EXPIRY_WARNING: i64 = 14 * 24 * 3600;
 
 pub fn compile(d: &mut Diags, inputs: &mut Inputs, raw: &RawTls) -> Option<Certificates> {
-    pingora::tls::install_default_crypto_provider();
     if raw.certificates.is_empty() {
         d.error(
             "tls.certificates",
@@ -126,54 +125,83 @@ pub fn compile(d: &mut Diags, inputs: &mut Inputs, raw: &RawTls) -> Option<Certi
     })
 }
 
-fn load(d: &mut Diags, inputs: &mut Inputs, at: &str, c: &RawCertificate) -> Option<Certificate> {
-    let cert_pem = inputs.read(d, &format!("{at}.cert"), &c.cert)?;
-    let key_pem = inputs.read(d, &format!("{at}.key"), &c.key)?;
-    let chain: Vec<CertificateDer<'static>> =
-        match CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect() {
-            Ok(chain) => chain,
-            Err(e) => {
-                d.error(
-                    &format!("{at}.cert"),
-                    format!("`{}` is not PEM certificates: {e}", c.cert),
-                    None,
-                );
-                return None;
-            }
-        };
-    if chain.is_empty() {
-        d.error(
-            &format!("{at}.cert"),
-            format!("`{}` holds no certificate", c.cert),
-            Some("a PEM file with `-----BEGIN CERTIFICATE-----` blocks, the server's first".into()),
-        );
-        return None;
+/// Reads a PEM file of certificates (at least one), reporting problems at `at`.
+pub fn read_certificates(
+    d: &mut Diags,
+    inputs: &mut Inputs,
+    at: &str,
+    file: &str,
+) -> Option<Vec<CertificateDer<'static>>> {
+    let pem = inputs.read(d, at, file)?;
+    match CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>() {
+        Ok(chain) if !chain.is_empty() => Some(chain),
+        Ok(_) => {
+            let help = "a PEM file with `-----BEGIN CERTIFICATE-----` blocks, the leaf first";
+            d.error(
+                at,
+                format!("`{file}` holds no certificate"),
+                Some(help.into()),
+            );
+            None
+        }
+        Err(e) => {
+            d.error(at, format!("`{file}` is not PEM certificates: {e}"), None);
+            None
+        }
     }
-    let Ok(key) = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()) else {
+}
+
+/// A certificate chain and its private key, read from PEM files and checked to be a pair
+/// (the server's certificates and an upstream's client certificate alike).
+pub struct Pair {
+    pub key: CertifiedKey,
+    pub key_der: PrivateKeyDer<'static>,
+}
+
+/// `cert` and `key` are (config path, file) each.
+pub fn read_pair(
+    d: &mut Diags,
+    inputs: &mut Inputs,
+    cert: (&str, &str),
+    key: (&str, &str),
+) -> Option<Pair> {
+    let chain = read_certificates(d, inputs, cert.0, cert.1)?;
+    let key_pem = inputs.read(d, key.0, key.1)?;
+    let Ok(key_der) = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()) else {
         // The key file's text is never quoted: it is a secret.
         d.error(
-            &format!("{at}.key"),
-            format!("`{}` holds no PEM private key", c.key),
+            key.0,
+            format!("`{}` holds no PEM private key", key.1),
             Some("a PKCS#8, PKCS#1 or SEC1 PEM key".into()),
         );
         return None;
     };
-    let (names, not_after) = match describe(&chain[0]) {
-        Ok(facts) => facts,
-        Err(e) => {
-            d.error(&format!("{at}.cert"), format!("`{}`: {e}", c.cert), None);
-            return None;
-        }
-    };
+    pingora::tls::install_default_crypto_provider();
     let provider = pingora::tls::CryptoProvider::get_default()?;
-    let key = match CertifiedKey::from_der(chain, key, provider) {
-        Ok(key) => key,
+    match CertifiedKey::from_der(chain, key_der.clone_key(), provider) {
+        Ok(certified) => Some(Pair {
+            key: certified,
+            key_der,
+        }),
         Err(e) => {
             d.error(
-                &format!("{at}.key"),
-                format!("`{}` does not go with `{}`: {e}", c.key, c.cert),
+                key.0,
+                format!("`{}` does not go with `{}`: {e}", key.1, cert.1),
                 Some("give the private key of the chain's first certificate".into()),
             );
+            None
+        }
+    }
+}
+
+fn load(d: &mut Diags, inputs: &mut Inputs, at: &str, c: &RawCertificate) -> Option<Certificate> {
+    let cert_at = format!("{at}.cert");
+    let key_at = format!("{at}.key");
+    let pair = read_pair(d, inputs, (&cert_at, &c.cert), (&key_at, &c.key))?;
+    let (names, not_after) = match describe(&pair.key.cert[0]) {
+        Ok(facts) => facts,
+        Err(e) => {
+            d.error(&cert_at, format!("`{}`: {e}", c.cert), None);
             return None;
         }
     };
@@ -195,7 +223,7 @@ fn load(d: &mut Diags, inputs: &mut Inputs, at: &str, c: &RawCertificate) -> Opt
     }
     Some(Certificate {
         name: c.cert.clone(),
-        key: Arc::new(key),
+        key: Arc::new(pair.key),
         names,
         not_after,
     })

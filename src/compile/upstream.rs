@@ -7,6 +7,7 @@ use crate::config::model::{
 };
 use crate::diag::{Diags, Inputs};
 use crate::state::StateCx;
+use crate::tls;
 use crate::upstream::breaker::BreakerConfig;
 use crate::upstream::health::HealthConfig;
 use crate::upstream::{Balance, Target, Upstream, UpstreamTls};
@@ -172,12 +173,11 @@ fn compile_tls(
     let mut pool = std::hash::DefaultHasher::new();
     (at.as_str(), &raw.sni, raw.verify).hash(&mut pool);
     let ca = raw.ca_file.as_ref().and_then(|file| {
-        let pem = inputs.read(d, &format!("{at}.ca_file"), file)?;
-        pem.hash(&mut pool);
-        let certs = pem_certificates(d, &format!("{at}.ca_file"), file, &pem)?;
+        let certs = tls::read_certificates(d, inputs, &format!("{at}.ca_file"), file)?;
+        certs.hash(&mut pool);
         let wrapped: Vec<WrappedX509> = certs
-            .into_iter()
-            .map(|c| WrappedX509::new(c, parse_x509))
+            .iter()
+            .map(|c| WrappedX509::new(c.to_vec(), parse_x509))
             .collect();
         Some(Arc::<[WrappedX509]>::from(wrapped))
     });
@@ -202,19 +202,6 @@ fn compile_tls(
     })
 }
 
-fn pem_certificates(d: &mut Diags, at: &str, file: &str, pem: &str) -> Option<Vec<Vec<u8>>> {
-    use rustls_pki_types::pem::PemObject;
-    let certs: Result<Vec<_>, _> =
-        rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
-    match certs {
-        Ok(certs) if !certs.is_empty() => Some(certs.into_iter().map(|c| c.to_vec()).collect()),
-        _ => {
-            d.error(at, format!("`{file}` holds no PEM certificate"), None);
-            None
-        }
-    }
-}
-
 fn client_cert(
     d: &mut Diags,
     inputs: &mut Inputs,
@@ -222,33 +209,15 @@ fn client_cert(
     cert: &str,
     key: &str,
 ) -> Option<Arc<CertKey>> {
-    use rustls_pki_types::pem::PemObject;
-    let cert_at = format!("{at}.client_cert");
-    let key_at = format!("{at}.client_key");
-    let cert_pem = inputs.read(d, &cert_at, cert)?;
-    let key_pem = inputs.read(d, &key_at, key)?;
-    let chain = pem_certificates(d, &cert_at, cert, &cert_pem)?;
-    let Ok(key_der) = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()) else {
-        d.error(&key_at, format!("`{key}` holds no PEM private key"), None);
-        return None;
-    };
     // Checked here as the TLS library will read it: a key it cannot use is a config error,
     // never a failure on a request.
-    let provider = pingora::tls::CryptoProvider::get_default()?;
-    let certs = chain
-        .iter()
-        .map(|c| rustls_pki_types::CertificateDer::from(c.clone()))
-        .collect();
-    if let Err(e) = pingora::tls::sign::CertifiedKey::from_der(certs, key_der.clone_key(), provider)
-    {
-        d.error(
-            &key_at,
-            format!("`{key}` does not go with `{cert}`: {e}"),
-            None,
-        );
-        return None;
-    }
-    Some(Arc::new(CertKey::new(chain, key_der.secret_der().to_vec())))
+    let (cert_at, key_at) = (format!("{at}.client_cert"), format!("{at}.client_key"));
+    let pair = tls::read_pair(d, inputs, (&cert_at, cert), (&key_at, key))?;
+    let chain = pair.key.cert.iter().map(|c| c.to_vec()).collect();
+    Some(Arc::new(CertKey::new(
+        chain,
+        pair.key_der.secret_der().to_vec(),
+    )))
 }
 
 fn compile_health(d: &mut Diags, at: &str, hc: &RawHealthCheck) -> Option<HealthConfig> {
