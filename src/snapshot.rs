@@ -102,6 +102,8 @@ pub struct Route {
     pub max_body: u64,
     /// `;` path parameters are accepted.
     pub allow_path_params: bool,
+    /// Chunked request bodies go upstream as they arrive instead of being read whole first.
+    pub stream_request_body: bool,
     /// Longest an upgraded connection may be silent both ways.
     pub upgrade_idle_timeout: Duration,
     pub metrics: RouteMetrics,

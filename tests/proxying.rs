@@ -5,7 +5,7 @@ mod common;
 use common::upstream::pattern_byte;
 use common::*;
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 fn served_by(resp: reqwest::blocking::Response) -> String {
@@ -282,6 +282,96 @@ fn chunked_body_over_the_limit_gets_413() {
     assert_eq!(body["error"]["code"], "body_too_large");
 }
 
+/// Sends a request and reads the answer while the rest of it is still being written, as a
+/// client streaming a body does.
+fn send_while_reading(addr: std::net::SocketAddr, head: &str, body: Vec<u8>) -> RawResponse {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(&body);
+    });
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    sender.join().unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    RawResponse {
+        status: head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+#[test]
+fn chunked_bodies_are_read_whole_before_the_upstream_is_contacted() {
+    // An upstream that is only a listening socket: a connection to it is queued by the
+    // kernel whether or not it is accepted, so an empty queue means none was made.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let up = TestUpstream::start("svc");
+    let gw = Gateway::start(&format!(
+        "server: {{ threads: 1 }}\nupstreams:\n  silent: {{ targets: [\"{}\"] }}\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - name: silent\n    match: {{ path_prefix: /silent/ }}\n    upstream: silent\n  - name: svc\n    match: {{ path_prefix: / }}\n    upstream: svc\n",
+        silent.local_addr().unwrap(),
+        up.addr
+    ));
+    let head = |path: &str, extra: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n{extra}Connection: close\r\n\r\n")
+    };
+    let malformed = [
+        "5\r\nhello\r\nzz\r\nhello\r\n0\r\n\r\n",
+        "5\nhello\r\n0\r\n\r\n",
+        "5\r\nhelloXX0\r\n\r\n",
+        "5;\r\nhello\r\n0\r\nbad trailer\n\r\n",
+    ];
+    for body in malformed {
+        let resp = raw_request(gw.proxy, &(head("/silent/x", "") + body)).unwrap();
+        assert_eq!(resp.status, 400, "{body:?}: {}", resp.head);
+        let json: serde_json::Value = serde_json::from_str(&resp.body).unwrap();
+        assert_eq!(json["error"]["code"], "bad_framing", "{body:?}");
+        assert!(json["error"]["request_id"].is_string());
+    }
+    // Over 64 KiB a chunked body is not held: 411, and still nothing upstream.
+    let big = format!("{:x}\r\n{}\r\n0\r\n\r\n", 70_000, "b".repeat(70_000));
+    let resp = send_while_reading(gw.proxy, &head("/silent/x", ""), big.into_bytes());
+    assert_eq!(resp.status, 411, "{}", resp.head);
+    let json: serde_json::Value = serde_json::from_str(&resp.body).unwrap();
+    assert_eq!(json["error"]["code"], "length_required");
+    assert_eq!(
+        silent.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the upstream was never contacted"
+    );
+
+    // A well-formed chunked body arrives whole; `Expect: 100-continue` is answered here.
+    let body = "x".repeat(30_000);
+    let mut s = std::net::TcpStream::connect(gw.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head("/up", "Expect: 100-continue\r\n").as_bytes())
+        .unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    let chunks = format!(
+        "{:x}\r\n{body}\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len(),
+        body.len()
+    );
+    s.write_all(chunks.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = up.last();
+    assert_eq!(seen.body_len, 60_000);
+    assert_eq!(seen.headers.get("expect"), None, "the body is already here");
+    assert_eq!(up.count(), 1);
+}
+
 #[test]
 fn forwarded_headers_request_id_and_hop_by_hop() {
     let up = TestUpstream::start("svc");
@@ -373,7 +463,7 @@ const FIFTY_MB: u64 = 50 * 1024 * 1024;
 fn fifty_megabyte_bodies_stream_both_ways_with_bounded_memory() {
     let up = TestUpstream::start("svc");
     let gw = Gateway::start(&format!(
-        "server: {{ threads: 1, max_body: 60MiB }}\nupstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - name: svc\n    match: {{ path_prefix: / }}\n    upstream: svc\n",
+        "server: {{ threads: 1, max_body: 60MiB }}\nupstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - name: svc\n    match: {{ path_prefix: / }}\n    upstream: svc\n    stream_request_body: true\n",
         up.addr
     ));
     let before = gw.peak_rss_kib();
@@ -574,6 +664,19 @@ routes:
         (
             get(&["Transfer-Encoding: chunked"]) + "0\r\n\r\n",
             Answer::Upstream,
+        ),
+        // A chunked body's own framing is judged before the upstream is contacted.
+        (
+            get(&["Transfer-Encoding: chunked"]) + "5\r\nhello\r\nzz\r\nhello\r\n0\r\n\r\n",
+            Answer::Json(400),
+        ),
+        (
+            get(&["Transfer-Encoding: chunked"]) + "5\nhello\r\n0\r\n\r\n",
+            Answer::Json(400),
+        ),
+        (
+            get(&["Transfer-Encoding: chunked"]) + "5\r\nhelloXX0\r\n\r\n",
+            Answer::Json(400),
         ),
         ("\u{1}\u{2}garbage\r\n\r\n".to_string(), Answer::Parser400),
     ];

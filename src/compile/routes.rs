@@ -101,6 +101,7 @@ pub(super) fn compile_routes(
                     timeout: r.timeout,
                     max_body: r.max_body.map_or(default_max_body, |b| b.0),
                     allow_path_params: r.allow_path_params,
+                    stream_request_body: r.stream_request_body,
                     upgrade_idle_timeout: r
                         .upgrade_idle_timeout
                         .unwrap_or(DEFAULT_UPGRADE_IDLE_TIMEOUT),

@@ -497,6 +497,11 @@ pub struct RawRoute {
     /// servers).
     #[serde(default)]
     pub allow_path_params: bool,
+    /// Stream chunked request bodies (HTTP/1.1 without Content-Length) to the upstream as
+    /// they arrive. Off by default: such a body is read whole (up to 64 KiB) and its chunk
+    /// framing checked before the upstream is contacted; a larger one gets 411.
+    #[serde(default)]
+    pub stream_request_body: bool,
 }
 
 #[derive(Debug, Deserialize, Serialize, JsonSchema, Default)]

@@ -4,10 +4,25 @@
 //! `Transfer-Encoding` other than exactly `chunked`, both framings at once, control bytes in
 //! the target, and bare-LF line endings, which some servers accept and others do not.
 //! HTTP/1 heads are judged on their raw bytes: Pingora's parsed head has already dropped
-//! `Content-Length` beside `Transfer-Encoding`.
+//! `Content-Length` beside `Transfer-Encoding`. A chunked body's own framing (chunk sizes,
+//! CRLFs) is judged by reading it whole before the upstream is contacted.
 
+use crate::errors::{GatewayError, Refusal};
+use http::header::{EXPECT, TRANSFER_ENCODING};
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
+
+/// The most of a chunked body read before the upstream is contacted: Pingora sends a body
+/// it has already read from its retry buffer, which holds 64 KiB.
+pub const CHUNKED_BUFFER: u64 = 64 * 1024;
+
+/// A chunked body too large to read whole before the upstream is contacted.
+pub const CHUNKED_TOO_LARGE: Refusal = Refusal {
+    status: 411,
+    code: "length_required",
+    message: "a chunked request body over 64 KiB is not accepted on this route: send \
+              Content-Length, or set `stream_request_body: true` on the route",
+};
 
 /// The raw values of the framing headers in a head.
 #[derive(Default)]
@@ -101,6 +116,48 @@ pub fn ambiguity(session: &Session) -> Option<&'static str> {
         return Some("Content-Length and Transfer-Encoding together frame the body two ways");
     }
     None
+}
+
+/// Reads a chunked HTTP/1 request body whole, so a malformed chunk is refused before
+/// anything reaches the upstream; Pingora then sends it from its retry buffer. Returns the
+/// bytes read, and on refusal what was read before it.
+pub async fn read_chunked(session: &mut Session, limit: u64) -> Result<u64, (GatewayError, u64)> {
+    let chunked = matches!(session.as_downstream(), ServerSession::H1(_))
+        && session.req_header().headers.contains_key(TRANSFER_ENCODING)
+        && !session.is_upgrade_req();
+    if !chunked || session.is_body_done() {
+        return Ok(0);
+    }
+    // The client waits for this before sending the body; the upstream gets no `Expect`, as
+    // the body is already here.
+    if session.req_header_mut().remove_header(&EXPECT).is_some() {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|_| (GatewayError::BadRequest, 0))?;
+    }
+    session.enable_retry_buffering();
+    let mut read = 0;
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => read += chunk.len() as u64,
+            Ok(None) => return Ok(read),
+            Err(e) if matches!(e.etype().as_str(), "InvalidChunk" | "InvalidTrailerEnd") => {
+                let why = "the chunked body is malformed (a chunk size or its CRLF)";
+                return Err((GatewayError::BadFraming(why), read));
+            }
+            Err(e) => {
+                let error = GatewayError::from_pingora(&e).unwrap_or(GatewayError::BadRequest);
+                return Err((error, read));
+            }
+        }
+        if read > limit {
+            return Err((GatewayError::BodyTooLarge { limit }, read));
+        }
+        if read > CHUNKED_BUFFER {
+            return Err((GatewayError::Refused(CHUNKED_TOO_LARGE), read));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -274,6 +274,15 @@ impl Gateway {
             let limit = route.max_body;
             return refuse(session, ctx, GatewayError::BodyTooLarge { limit }).await;
         }
+        if !route.stream_request_body {
+            if let Err((error, read)) = framing::read_chunked(session, route.max_body).await {
+                ctx.request.body_seen = read;
+                if let GatewayError::BadFraming(why) = error {
+                    tracing::warn!(request_id = %ctx.request.id, why, "malformed chunked body refused");
+                }
+                return refuse(session, ctx, error).await;
+            }
+        }
         ctx.upstream.deadline = route.timeout.map(|t| Instant::now() + t);
         Ok(false)
     }

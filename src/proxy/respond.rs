@@ -8,8 +8,15 @@ use crate::errors::{is_grpc, GatewayError, X_REQUEST_ID};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 use pingora::Result;
+use std::time::Duration;
+
+/// How long the unread rest of a refused request's body is read and dropped after the
+/// answer (a lingering close, as nginx does): closing on unread bytes resets the
+/// connection, and the client may lose the answer with it.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// What every response gets, the upstream's and the gateway's own.
 pub fn decorate(header: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
@@ -32,7 +39,8 @@ fn may_have_body(req: &RequestHeader) -> bool {
 }
 
 /// Writes a complete answer made by the gateway. `reusable: false` closes the connection
-/// after it (as after a failed proxy attempt); so does a request body that was not read.
+/// after it (as after a failed proxy attempt). A request body not read whole is drained
+/// for at most `LINGER` after the answer; the connection closes if that does not finish it.
 pub async fn answer(
     session: &mut Session,
     ctx: &Ctx,
@@ -41,8 +49,13 @@ pub async fn answer(
     reusable: bool,
 ) -> Result<()> {
     decorate(&mut header, ctx)?;
-    if !reusable || may_have_body(session.req_header()) {
+    if !reusable {
         session.set_keepalive(None);
+    } else if may_have_body(session.req_header()) && !session.is_body_done() {
+        match session.as_downstream_mut() {
+            ServerSession::H1(h1) => h1.set_total_drain_timeout(Some(LINGER)),
+            _ => session.set_keepalive(None),
+        }
     }
     if session
         .response_written()
