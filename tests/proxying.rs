@@ -372,6 +372,60 @@ fn chunked_bodies_are_read_whole_before_the_upstream_is_contacted() {
     assert_eq!(up.count(), 1);
 }
 
+/// Reads one response with a Content-Length body from a kept-alive connection.
+fn read_one(s: &mut std::net::TcpStream) -> (u16, String) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap();
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+#[test]
+fn a_refused_upload_is_drained_so_the_answer_arrives_and_the_connection_serves_on() {
+    let up = TestUpstream::start("svc");
+    let gw = Gateway::start(&format!(
+        "server: {{ threads: 1 }}\nupstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - name: svc\n    match: {{ path_prefix: /svc/ }}\n    upstream: svc\n",
+        up.addr
+    ));
+    let mut s = std::net::TcpStream::connect(gw.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = vec![b'u'; 300_000];
+    s.write_all(
+        format!(
+            "POST /elsewhere HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&body).is_ok());
+    let (status, answer) = read_one(&mut s);
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer.contains("\"code\":\"route_not_found\""), "{answer}");
+    assert!(sender.join().unwrap(), "the whole body was taken");
+    s.write_all(b"GET /svc/next HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let (status, answer) = read_one(&mut s);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(up.last().uri, "/svc/next");
+}
+
 #[test]
 fn forwarded_headers_request_id_and_hop_by_hop() {
     let up = TestUpstream::start("svc");

@@ -40,7 +40,7 @@ fn may_have_body(req: &RequestHeader) -> bool {
 
 /// Writes a complete answer made by the gateway. `reusable: false` closes the connection
 /// after it (as after a failed proxy attempt). A request body not read whole is drained
-/// for at most `LINGER` after the answer; the connection closes if that does not finish it.
+/// for at most `LINGER` after the answer; the connection is kept if that finishes it.
 pub async fn answer(
     session: &mut Session,
     ctx: &Ctx,
@@ -53,7 +53,10 @@ pub async fn answer(
         session.set_keepalive(None);
     } else if may_have_body(session.req_header()) && !session.is_body_done() {
         match session.as_downstream_mut() {
-            ServerSession::H1(h1) => h1.set_total_drain_timeout(Some(LINGER)),
+            ServerSession::H1(h1) => {
+                h1.set_close_on_response_before_downstream_finish(false);
+                h1.set_total_drain_timeout(Some(LINGER));
+            }
             _ => session.set_keepalive(None),
         }
     }
