@@ -111,6 +111,35 @@ fn docs(file: &str) -> Vec<serde_yaml::Value> {
         .collect()
 }
 
+/// Every manifest is checked against the Kubernetes API schemas, unknown fields refused
+/// (PyPI `kubernetes-validate`, which carries its schemas; `make deps` installs it). The
+/// kustomization is kustomize's own kind, which it has no schema for.
+#[test]
+fn manifests_pass_kubernetes_validate_strict() {
+    let mut files: Vec<String> = std::fs::read_dir(root().join("deploy/kubernetes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name != "kustomization.yaml")
+        .map(|name| format!("deploy/kubernetes/{name}"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 7, "{files:?}");
+    let out = std::process::Command::new("kubernetes-validate")
+        .args(["--strict", "--no-warn"])
+        .args(&files)
+        .current_dir(root())
+        .output()
+        .expect("kubernetes-validate is not installed: run `make deps`");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        text.matches(" passed for resource ").count(),
+        files.len(),
+        "{text}"
+    );
+}
+
 #[test]
 fn manifests_parse_and_mount_the_configmap_as_a_directory() {
     for entry in std::fs::read_dir(root().join("deploy/kubernetes")).unwrap() {

@@ -261,3 +261,49 @@ fn sigterm_turns_ready_to_503_while_still_serving_for_the_drain_delay() {
     });
     assert!(exited.is_some(), "gateway did not exit:\n{}", gw.log());
 }
+
+/// A client that has connected but not yet sent its request when shutdown begins is still
+/// answered (Pingora drops such a connection; the handover of a binary upgrade hit this).
+#[test]
+fn a_connection_made_before_shutdown_gets_its_first_request_answered() {
+    use std::io::{Read, Write};
+    let up = TestUpstream::start("svc");
+    let mut gw = Gateway::start(&format!(
+        "server: {{ threads: 1, grace_period: 60s, shutdown_timeout: 5s }}\nupstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: svc, match: {{ path_prefix: / }}, upstream: svc }}\n",
+        up.addr
+    ));
+    let mut early = std::net::TcpStream::connect(gw.proxy).unwrap();
+    early
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let accepted = wait_until(Duration::from_secs(10), || {
+        metric(&gw, "portico_downstream_connections") == 1.0
+    });
+    assert!(accepted.is_some(), "the connection was never accepted");
+    gw.signal("TERM");
+    let draining = wait_until(Duration::from_secs(10), || {
+        gw.log().contains("shutdown started")
+    });
+    assert!(draining.is_some(), "{}", gw.log());
+    assert!(
+        gw.child.try_wait().unwrap().is_none(),
+        "the drain waits for the connected client:\n{}",
+        gw.log()
+    );
+    early
+        .write_all(b"GET /late HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = early.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{answer:?}\n{}",
+        gw.log()
+    );
+    assert!(answer.contains("Connection: close"), "{answer}");
+    assert_eq!(up.last().uri, "/late");
+    let exited = wait_until(Duration::from_secs(15), || {
+        gw.child.try_wait().unwrap().is_some()
+    });
+    assert!(exited.is_some(), "exits once that request is done");
+}

@@ -122,7 +122,13 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
     // open for `server.timeouts.idle` is closed by Pingora.
     options.h2_idle_timeout = Some(idle);
     app.server_options = Some(options);
-    let guarded = Guarded::new(app, holder.clone(), telemetry.clone(), h2c);
+    let guarded = Guarded::new(
+        app,
+        holder.clone(),
+        telemetry.clone(),
+        h2c,
+        in_flight.clone(),
+    );
     let mut proxy = Service::new("portico".to_string(), guarded);
     if let Some(addr) = &proxy_addr {
         proxy.add_tcp(addr);

@@ -136,7 +136,8 @@ impl BackgroundService for JwksRefresher {
 
 /// Once shutdown has begun (SIGTERM, or the end of an upgrade's handover), ends the process
 /// as soon as no request is in flight, instead of waiting out the whole grace period
-/// (Pingora still ends it when the grace period is over).
+/// (Pingora still ends it when the grace period is over). A connection still awaiting its
+/// first head counts as a request (the guard holds it), so its client is answered.
 pub struct Drain {
     pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
     pub holder: SnapshotHolder,

@@ -5,7 +5,9 @@
 //! request head has arrived and when the request is done, and while a head is awaited the
 //! wrapper holds a deadline — `server.timeouts.header` for the first head, `idle` for each
 //! later one (the wait included). At most `server.max_connections` client connections are
-//! open at once. Limits come from the live snapshot.
+//! open at once. Limits come from the live snapshot. A new connection is handed to Pingora
+//! once its first bytes are there, and counts as in flight until its first head is read, so
+//! shutdown never drops a client that connected just before it.
 
 use crate::snapshot::SnapshotHolder;
 use crate::telemetry::Telemetry;
@@ -26,6 +28,27 @@ struct Signals {
     state: AtomicU64,
     /// A request on this connection has been served (so the next head is an idle wait).
     served: AtomicBool,
+    /// The connection holds one count of `in_flight` until its first head has arrived, so
+    /// a shutdown's drain waits for a client that has connected but not yet sent.
+    awaiting_first: AtomicBool,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Signals {
+    fn first_head_done(&self) {
+        if self.awaiting_first.swap(false, Ordering::SeqCst) {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Releases a connection's count if it ends (or turns HTTP/2) before a first head.
+struct FirstHead(Arc<Signals>);
+
+impl Drop for FirstHead {
+    fn drop(&mut self) {
+        self.0.first_head_done();
+    }
 }
 
 const SERVING: u64 = 0;
@@ -34,9 +57,13 @@ tokio::task_local! {
     static SIGNALS: Arc<Signals>;
 }
 
-/// Called by the proxy when a request head has been read (on the connection's task).
+/// Called by the proxy when a request head has been read (on the connection's task), after
+/// the request is counted in flight.
 pub fn head_received() {
-    let _ = SIGNALS.try_with(|s| s.state.store(SERVING, Ordering::Relaxed));
+    let _ = SIGNALS.try_with(|s| {
+        s.state.store(SERVING, Ordering::Relaxed);
+        s.first_head_done();
+    });
 }
 
 /// Called by the proxy when a request is done (its log line written).
@@ -55,6 +82,8 @@ pub struct Guarded<A> {
     open: AtomicUsize,
     /// Cleartext HTTP/2 is served (the app looks for its preface too).
     h2c: bool,
+    /// Requests in flight, which a shutdown's drain waits for (see `Signals`).
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl<A> Guarded<A> {
@@ -63,6 +92,7 @@ impl<A> Guarded<A> {
         holder: SnapshotHolder,
         telemetry: Arc<Telemetry>,
         h2c: bool,
+        in_flight: Arc<AtomicUsize>,
     ) -> Guarded<A> {
         Guarded {
             inner: Arc::new(inner),
@@ -70,28 +100,40 @@ impl<A> Guarded<A> {
             telemetry,
             open: AtomicUsize::new(0),
             h2c,
+            in_flight,
         }
     }
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Whether a connection speaks HTTP/2: by ALPN, or by the cleartext preface. HTTP/2 serves
-/// its streams on tasks of their own, which the head deadlines cannot see, and has its own
-/// settings instead. The preface is awaited for at most `within`.
-async fn is_h2(stream: &mut Stream, h2c: bool, within: Duration) -> Option<bool> {
+/// Waits for a new connection's first bytes (at most `within`), then tells whether it
+/// speaks HTTP/2: by ALPN, or by the cleartext preface. HTTP/2 serves its streams on tasks
+/// of their own, which the head deadlines cannot see, and has its own settings instead.
+/// Waiting first matters at shutdown: Pingora drops a connection still waiting for its
+/// first head when shutdown begins, so a client that connected just before would lose its
+/// request; once bytes are there, its head is read before shutdown is looked at.
+async fn first_bytes(stream: &mut Stream, h2c: bool, within: Duration) -> Option<bool> {
     if stream.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2) {
         return Some(true);
+    }
+    // Pingora's peek reads exactly as many bytes as asked for, then puts them back.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(within, stream.try_peek(&mut first)).await {
+        // Nothing before the header timeout: closed like a slow head.
+        Err(_) => return None,
+        // Closed by the client, or a stream that cannot peek: Pingora sees it as it is.
+        Ok(Err(_) | Ok(false)) => return Some(false),
+        Ok(Ok(true)) => {}
     }
     if !h2c {
         return Some(false);
     }
-    let mut buf = [0u8; H2_PREFACE.len()];
-    match tokio::time::timeout(within, stream.try_peek(&mut buf)).await {
-        Ok(Ok(true)) => Some(buf == H2_PREFACE),
-        Ok(Ok(false)) => Some(false),
-        // Nothing (or an error) before the header timeout: closed like a slow head.
-        _ => None,
+    let mut preface = [0u8; H2_PREFACE.len()];
+    match tokio::time::timeout(within, stream.try_peek(&mut preface)).await {
+        Ok(Ok(true)) => Some(preface == H2_PREFACE),
+        Ok(_) => Some(false),
+        Err(_) => None,
     }
 }
 
@@ -135,8 +177,21 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 return None;
             }
         }
-        match is_h2(&mut stream, self.h2c, header).await {
-            Some(true) => return self.inner.process_new(stream, shutdown).await,
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let signals = Arc::new(Signals {
+            epoch: Instant::now(),
+            state: AtomicU64::new(1),
+            served: AtomicBool::new(false),
+            awaiting_first: AtomicBool::new(true),
+            in_flight: self.in_flight.clone(),
+        });
+        let first_head = FirstHead(signals.clone());
+        match first_bytes(&mut stream, self.h2c, header).await {
+            Some(true) => {
+                // HTTP/2 streams are counted by the proxy, each on its own task.
+                drop(first_head);
+                return self.inner.process_new(stream, shutdown).await;
+            }
             Some(false) => {}
             None => {
                 metrics
@@ -146,11 +201,6 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 return None;
             }
         }
-        let signals = Arc::new(Signals {
-            epoch: Instant::now(),
-            state: AtomicU64::new(1),
-            served: AtomicBool::new(false),
-        });
         let work = SIGNALS.scope(signals.clone(), self.inner.process_new(stream, shutdown));
         tokio::pin!(work);
         // Never sleeps past a due time: a request that ends between two looks has its next

@@ -394,8 +394,8 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
-        guard::head_received();
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        guard::head_received();
         let snapshot = self.holder.load();
         if snapshot.metrics {
             self.telemetry.metrics.in_flight.inc();
