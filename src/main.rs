@@ -78,14 +78,27 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    telemetry::init();
-    match dispatch(Cli::parse().command) {
+    let command = Cli::parse().command;
+    telemetry::init(log_format(&command));
+    match dispatch(command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("{e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `PORTICO_LOG_FORMAT`, else the served config's `server.log_format`.
+fn log_format(command: &Command) -> telemetry::LogFormat {
+    telemetry::LogFormat::from_env()
+        .or_else(|| match command {
+            Command::Run { config, .. } | Command::Demo { config } => {
+                portico::config::peek_log_format(config)
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

@@ -27,6 +27,7 @@ pub struct Settings {
     pub grace_period: Duration,
     pub shutdown_timeout: Duration,
     pub drain_delay: Duration,
+    pub log_format: crate::telemetry::LogFormat,
     pub resolve_interval: Duration,
     pub upgrade_socket: String,
     pub pid_file: Option<String>,
@@ -188,6 +189,9 @@ impl Snapshot {
         }
         if a.upgrade_socket != b.upgrade_socket || a.pid_file != b.pid_file {
             out.push("server.upgrade_socket/pid_file".to_string());
+        }
+        if a.log_format != b.log_format {
+            out.push("server.log_format".to_string());
         }
         out
     }

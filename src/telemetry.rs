@@ -1,7 +1,8 @@
 //! Logging setup, Prometheus metrics and the access log.
 //!
 //! Logs go to stderr through `tracing` (Pingora's `log` records are captured too); the level
-//! comes from `PORTICO_LOG` (e.g. `debug`, `portico=debug,pingora=warn`). The access log is
+//! comes from `PORTICO_LOG` (e.g. `debug`, `portico=debug,pingora=warn`), the format from
+//! `server.log_format` or `PORTICO_LOG_FORMAT` (text or one JSON object per line). The access log is
 //! one JSON object per line on stdout, written by a dedicated thread in batches, so a
 //! request never waits on the terminal or pipe.
 
@@ -27,19 +28,56 @@ pub fn log_filter(setting: Option<&str>) -> String {
     }
 }
 
-pub fn init() {
+/// How the gateway's own log records are written to stderr.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise (a file, a pipe, a container's log collector).
+    #[default]
+    Auto,
+    /// Human-readable lines (coloured on a terminal).
+    Text,
+    /// One JSON object per record and line: timestamp, level, target, message, fields.
+    Json,
+}
+
+impl LogFormat {
+    /// `PORTICO_LOG_FORMAT` (read at start), which wins over the config.
+    pub fn from_env() -> Option<LogFormat> {
+        let value = std::env::var("PORTICO_LOG_FORMAT").ok()?;
+        serde_yaml::from_str(&value).ok()
+    }
+}
+
+/// Sets up stderr logging once, before the config is compiled (a change of format needs a
+/// restart).
+pub fn init(format: LogFormat) {
     let setting = std::env::var("PORTICO_LOG").ok();
     let env = EnvFilter::try_new(log_filter(setting.as_deref()))
         .unwrap_or_else(|_| EnvFilter::new(log_filter(None)));
     // The filter states its most verbose level, so `log` records (Pingora's `debug!` and
     // `trace!` calls on the hot path) below it are dropped by a level check, never dispatched.
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
+    let terminal = std::io::stderr().is_terminal();
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_env_filter(env);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Auto if !terminal => builder.json().flatten_event(true).try_init(),
         // Colour codes only for a person at a terminal, never into files or collectors.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(env)
-        .try_init();
+        _ => builder.with_ansi(terminal).try_init(),
+    };
 }
 
 /// Access-log lines go to a buffer that a writer thread flushes every [`FLUSH_EVERY`]: a

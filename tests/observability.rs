@@ -96,7 +96,9 @@ fn access_lines(gw: &Gateway) -> Vec<Value> {
     gw.log()
         .lines()
         .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        // The gateway's own records (JSON too, as stderr is a file here) have a level.
+        .filter(|v| v.get("level").is_none())
         .collect()
 }
 
@@ -481,4 +483,59 @@ fn secrets_in_urls_queries_and_upstream_bytes_are_never_logged() {
         assert!(!log.contains(secret), "`{secret}` in the log:\n{log}");
         assert!(!health.contains(secret), "`{secret}` in /health: {health}");
     }
+}
+
+/// `server.log_format`: JSON records one per line (a refused reload is one record with its
+/// diagnostics as a field), text on request, and `PORTICO_LOG_FORMAT` over the config.
+#[test]
+fn log_records_are_json_or_text_as_configured() {
+    let config = |format: &str, route: &str| {
+        format!(
+            "server: {{ log_format: {format} }}\nroutes:\n  - {{ name: v, match: {{ {route}: /v }}, respond: {{ text: one }} }}\n"
+        )
+    };
+    let gw = Gateway::start(&config("json", "path"));
+    gw.overwrite_config(&config("json", "pathx"));
+    let refused = wait_until(Duration::from_secs(10), || {
+        gw.log().contains("config refused")
+    });
+    assert!(refused.is_some(), "{}", gw.log());
+    let records: Vec<Value> = gw
+        .log()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let refusals: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["message"] == "config refused, the running config stays")
+        .collect();
+    assert_eq!(refusals.len(), 1, "{records:?}");
+    let refusal = refusals[0];
+    assert_eq!(refusal["level"], "ERROR");
+    assert_eq!(refusal["trigger"], "file_change");
+    let errors = refusal["errors"].as_str().unwrap();
+    assert!(
+        errors.contains("gateway.yaml:")
+            && errors.contains("unknown field `pathx`")
+            && errors.contains("help: did you mean `path`?"),
+        "{errors}"
+    );
+    assert!(records
+        .iter()
+        .all(|r| r["timestamp"].is_string() || r["request_id"].is_string()));
+
+    // Text, asked for by the environment over the config's `json`.
+    let gw = Gateway::start_with_env(&[("PORTICO_LOG_FORMAT", "text")], &config("json", "path"));
+    assert_eq!(client().get(gw.url("/v")).send().unwrap().status(), 200);
+    let started = wait_until(Duration::from_secs(10), || {
+        gw.log().contains("portico starting")
+    });
+    assert!(started.is_some(), "{}", gw.log());
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("portico starting"))
+        .unwrap();
+    assert!(line.contains(" INFO ") && !line.starts_with('{'), "{line}");
+    assert!(!log.contains('\u{1b}'), "ANSI escapes in a log file");
 }

@@ -166,3 +166,45 @@ fn invalid_requests_get_the_right_error_and_never_reach_the_upstream() {
     assert_eq!(paths, ["header:x-tenant", "query:channel"]);
     assert_eq!(up.count(), 0, "nothing invalid reached the upstream");
 }
+
+/// The access log's `bytes_in` counts the body read for a request that was then refused,
+/// and the body of one that passed.
+#[test]
+fn bytes_in_counts_a_refused_body_too() {
+    let up = TestUpstream::start("svc");
+    let gw = start(&up);
+    let invalid = r#"{"name": 7}"#;
+    let post = |body: &'static str| {
+        client()
+            .post(gw.url("/users/"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(post(invalid), 400);
+    assert_eq!(post(VALID), 200);
+    let lines = || -> Vec<serde_json::Value> {
+        gw.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["route"] == "users")
+            .collect()
+    };
+    let logged = wait_until(std::time::Duration::from_secs(10), || lines().len() == 2);
+    assert!(logged.is_some(), "{}", gw.log());
+    let seen: Vec<(u64, u64)> = lines()
+        .iter()
+        .map(|l| {
+            (
+                l["status"].as_u64().unwrap(),
+                l["bytes_in"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![(400, invalid.len() as u64), (200, VALID.len() as u64)]
+    );
+}

@@ -151,7 +151,8 @@ impl Reloader {
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(trigger, "config refused, the running config stays:\n{e}");
+                // One record, the diagnostics as a field (one line in JSON logs).
+                tracing::error!(trigger, errors = %e, "config refused, the running config stays");
                 let metrics = &self.inner.telemetry.metrics;
                 metrics.reloads.with_label_values(&["failed"]).inc();
                 status.result = "failed".into();

@@ -207,6 +207,7 @@ fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
             format!("/tmp/portico-upgrade-{port}.sock")
         }),
         pid_file: server.pid_file.clone(),
+        log_format: server.log_format,
         header_timeout: server.timeouts.header,
         idle_timeout: server.timeouts.idle,
         body_timeout: server.timeouts.body,

@@ -149,6 +149,14 @@ fn yaml_help(message: &str) -> Option<String> {
 }
 
 /// The JSON Schema of gateway.yaml, generated from the file model (`portico schema`).
+/// `server.log_format` as written in a config file, read before logging starts (and before
+/// the config is compiled); None when the file or the key cannot be read.
+pub fn peek_log_format(path: &Path) -> Option<crate::telemetry::LogFormat> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
+    serde_yaml::from_value(doc.get("server")?.get("log_format")?.clone()).ok()
+}
+
 pub fn json_schema() -> String {
     let mut schema = schemars::schema_for!(RawConfig);
     schema.insert("title".into(), "Portico gateway.yaml".into());

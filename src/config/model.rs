@@ -181,6 +181,11 @@ pub struct ServerSettings {
     /// Portico writes its process id here at start (and removes it at exit), e.g. for
     /// `kill -QUIT $(cat FILE)` in an upgrade. Not written when absent.
     pub pid_file: Option<String>,
+    /// The gateway's own log records on stderr: `text`, `json` (one object per line) or
+    /// `auto` (default: text on a terminal, JSON otherwise). `PORTICO_LOG_FORMAT` wins; a
+    /// change needs a restart.
+    #[serde(default)]
+    pub log_format: crate::telemetry::LogFormat,
 }
 
 impl Default for ServerSettings {
@@ -197,6 +202,7 @@ impl Default for ServerSettings {
             max_connections: default_max_connections(),
             upgrade_socket: None,
             pid_file: None,
+            log_format: Default::default(),
         }
     }
 }

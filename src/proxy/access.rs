@@ -69,7 +69,8 @@ pub fn access_line(out: &mut Vec<u8>, session: &Session, ctx: &Ctx, status: u16)
     if let Some(t) = ctx.upstream.time {
         line.millis("upstream_ms", t);
     }
-    line.num("bytes_in", ctx.request.body_seen);
+    // Every body byte read, also when the request was refused after its body was read.
+    line.num("bytes_in", session.body_bytes_read() as u64);
     line.num("bytes_out", session.body_bytes_sent());
     if let Some(sub) = ctx.policy.claims.as_ref().and_then(|c| c.get("sub")) {
         line.str("user", &header_text(sub));

@@ -240,6 +240,7 @@ mod tests {
             proxy_addr: Some("127.0.0.1:1".parse().unwrap()),
             proxy_tls_addr: None,
             drain_delay: Duration::ZERO,
+            log_format: Default::default(),
             h2c: false,
             redirect_https: false,
             admin_addr: "127.0.0.1:2".parse().unwrap(),

@@ -119,14 +119,13 @@ pub fn ambiguity(session: &Session) -> Option<&'static str> {
 }
 
 /// Reads a chunked HTTP/1 request body whole, so a malformed chunk is refused before
-/// anything reaches the upstream; Pingora then sends it from its retry buffer. Returns the
-/// bytes read, and on refusal what was read before it.
-pub async fn read_chunked(session: &mut Session, limit: u64) -> Result<u64, (GatewayError, u64)> {
+/// anything reaches the upstream; Pingora then sends it from its retry buffer.
+pub async fn read_chunked(session: &mut Session, limit: u64) -> Result<(), GatewayError> {
     let chunked = matches!(session.as_downstream(), ServerSession::H1(_))
         && session.req_header().headers.contains_key(TRANSFER_ENCODING)
         && !session.is_upgrade_req();
     if !chunked || session.is_body_done() {
-        return Ok(0);
+        return Ok(());
     }
     // The client waits for this before sending the body; the upstream gets no `Expect`, as
     // the body is already here.
@@ -134,28 +133,27 @@ pub async fn read_chunked(session: &mut Session, limit: u64) -> Result<u64, (Gat
         session
             .write_continue_response()
             .await
-            .map_err(|_| (GatewayError::BadRequest, 0))?;
+            .map_err(|_| GatewayError::BadRequest)?;
     }
     session.enable_retry_buffering();
     let mut read = 0;
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => read += chunk.len() as u64,
-            Ok(None) => return Ok(read),
+            Ok(None) => return Ok(()),
             Err(e) if matches!(e.etype().as_str(), "InvalidChunk" | "InvalidTrailerEnd") => {
                 let why = "the chunked body is malformed (a chunk size or its CRLF)";
-                return Err((GatewayError::BadFraming(why), read));
+                return Err(GatewayError::BadFraming(why));
             }
             Err(e) => {
-                let error = GatewayError::from_pingora(&e).unwrap_or(GatewayError::BadRequest);
-                return Err((error, read));
+                return Err(GatewayError::from_pingora(&e).unwrap_or(GatewayError::BadRequest));
             }
         }
         if read > limit {
-            return Err((GatewayError::BodyTooLarge { limit }, read));
+            return Err(GatewayError::BodyTooLarge { limit });
         }
         if read > CHUNKED_BUFFER {
-            return Err((GatewayError::Refused(CHUNKED_TOO_LARGE), read));
+            return Err(GatewayError::Refused(CHUNKED_TOO_LARGE));
         }
     }
 }

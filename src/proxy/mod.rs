@@ -275,8 +275,7 @@ impl Gateway {
             return refuse(session, ctx, GatewayError::BodyTooLarge { limit }).await;
         }
         if !route.stream_request_body {
-            if let Err((error, read)) = framing::read_chunked(session, route.max_body).await {
-                ctx.request.body_seen = read;
+            if let Err(error) = framing::read_chunked(session, route.max_body).await {
                 if let GatewayError::BadFraming(why) = error {
                     tracing::warn!(request_id = %ctx.request.id, why, "malformed chunked body refused");
                 }
