@@ -1,15 +1,28 @@
+# syntax=docker/dockerfile:1
 # Multi-stage build: compile with cmake (Pingora's zlib-ng needs it), run as non-root.
-FROM rust:1-bookworm AS build
+# Base images are pinned to a release (bump them on purpose, not by a rebuild); BuildKit
+# cache mounts keep the crate registry and the build directory between builds, so a change
+# to Portico's code recompiles Portico alone.
+ARG RUST_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=debian:12.12-slim
+
+FROM ${RUST_IMAGE} AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# Dependencies first: this layer is reused until Cargo.toml or Cargo.lock changes.
+COPY Cargo.toml Cargo.lock ./
+RUN --mount=type=cache,target=/usr/local/cargo/registry cargo fetch --locked
 COPY . .
-RUN cargo build --release --locked --bin portico && strip target/release/portico
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin portico \
+    && cp target/release/portico /usr/local/bin/portico && strip /usr/local/bin/portico
 
-FROM debian:bookworm-slim
+FROM ${RUNTIME_IMAGE}
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin portico
-COPY --from=build /src/target/release/portico /usr/local/bin/portico
+COPY --from=build /usr/local/bin/portico /usr/local/bin/portico
 COPY deploy/gateway.yaml /etc/portico/gateway.yaml
 COPY schemas /etc/portico/schemas
 ENV PORTICO_CONFIG=/etc/portico/gateway.yaml

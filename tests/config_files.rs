@@ -275,8 +275,27 @@ fn the_dockerfile_runs_as_non_root_with_a_healthcheck() {
         r#"CMD ["portico", "health"]"#,
         "ENV PORTICO_CONFIG=/etc/portico/gateway.yaml",
         "AS build",
+        "COPY Cargo.toml Cargo.lock ./",
+        "--mount=type=cache,target=/usr/local/cargo/registry",
+        "--mount=type=cache,target=/src/target",
     ] {
         assert!(dockerfile.contains(needle), "Dockerfile lacks {needle}");
+    }
+    // Base images pinned to a release: `rust:1.95-…`, `debian:12.12-…`, never `latest`
+    // or a bare major version.
+    let images: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("ARG ")?.split_once("_IMAGE="))
+        .map(|(_, image)| image)
+        .collect();
+    assert_eq!(images.len(), 2, "{images:?}");
+    for image in images {
+        let tag = image.split_once(':').map_or("", |(_, t)| t);
+        let version = tag.split('-').next().unwrap();
+        assert!(
+            version.split('.').count() >= 2 && version.split('.').all(|p| p.parse::<u32>().is_ok()),
+            "{image} is not pinned to a release"
+        );
     }
     assert!(
         !dockerfile.contains("curl"),
