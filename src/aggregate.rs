@@ -503,14 +503,14 @@ pub fn compile(
         d.error(
             &format!("{at}.calls"),
             "an aggregate needs at least one call",
-            None,
+            Some("add calls: `- { name: user, upstream: users, path: /users/{id} }`".into()),
         );
     }
     if raw.timeout.is_some_and(|t| t.is_zero()) {
         d.error(
             &format!("{at}.timeout"),
             "the timeout must be longer than 0",
-            None,
+            Some("give a duration such as 2s, or leave it out for no aggregate deadline".into()),
         );
     }
     let mut seen = HashSet::new();
@@ -543,7 +543,9 @@ pub fn compile(
             d.error(
                 &format!("{here}.timeout"),
                 "the timeout must be longer than 0",
-                None,
+                Some(
+                    "give a duration such as 500ms, or leave it out to use the aggregate's".into(),
+                ),
             );
         }
         let (Some(upstream), Some(path)) = (upstream, path) else {

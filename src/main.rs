@@ -44,6 +44,19 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// What changing OLD to NEW will do: entities added, removed or changed (field by
+    /// field), and recorded requests that would be handled differently. Exit 0 when nothing
+    /// changes, 1 when behaviour changes, 2 on error.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// A JSON access log (Portico's stdout) whose requests are replayed through both.
+        #[arg(long)]
+        requests: Option<PathBuf>,
+        /// `text` (for people) or `json`.
+        #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
+        format: DiffFormat,
+    },
     /// Explain which route a request takes, or test a table of expected matches.
     Route {
         #[arg(short, long, env = "PORTICO_CONFIG", default_value = "gateway.yaml")]
@@ -68,6 +81,11 @@ enum Command {
     /// Exit 0 when the gateway of a config answers `/health` on its admin listener, else 1
     /// (a container HEALTHCHECK without curl).
     Health {
+        #[arg(short, long, env = "PORTICO_CONFIG", default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Print the OpenAPI 3.1 document of the API a config exposes (also admin /openapi.json).
+    Openapi {
         #[arg(short, long, env = "PORTICO_CONFIG", default_value = "gateway.yaml")]
         config: PathBuf,
     },
@@ -136,8 +154,19 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Some(cases) => route_test(&config, &cases, junit.as_deref()),
             None => route(&config, method, path, &headers),
         },
+        Command::Diff {
+            old,
+            new,
+            requests,
+            format,
+        } => Ok(diff(&old, &new, requests.as_deref(), format)),
         Command::Demo { config } => demo(&config),
         Command::Health { config } => health(&config),
+        Command::Openapi { config } => {
+            let snapshot = compile::load(&config)?;
+            println!("{:#}", snapshot.openapi);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema => {
             print!("{}", portico::config::json_schema());
             Ok(ExitCode::SUCCESS)
@@ -154,6 +183,45 @@ enum Format {
     Text,
     Json,
     Sarif,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DiffFormat {
+    Text,
+    Json,
+}
+
+/// `portico diff`: exit 0 unchanged, 1 changed, 2 when a config or the log cannot be read.
+fn diff(old: &Path, new: &Path, requests: Option<&Path>, format: DiffFormat) -> ExitCode {
+    let error = ExitCode::from(2);
+    let (a, b) = match (compile::load(old), compile::load(new)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => {
+            for (file, e) in [(old, a.err()), (new, b.err())] {
+                if let Some(e) = e {
+                    eprintln!("{e}\n{}: refused", file.display());
+                }
+            }
+            return error;
+        }
+    };
+    let log = match requests.map(std::fs::read_to_string).transpose() {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("cannot read the access log: {e}");
+            return error;
+        }
+    };
+    let report = portico::diff::diff(&a, &b, log.as_deref());
+    match format {
+        DiffFormat::Json => println!("{:#}", serde_json::to_value(&report).unwrap_or_default()),
+        DiffFormat::Text => print!("{}", portico::diff::text(&report, log.is_some())),
+    }
+    if report.changes_behaviour() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn check(file: &Path, deny_warnings: bool, format: Format) -> ExitCode {

@@ -159,6 +159,8 @@ pub struct Snapshot {
     pub access_log: AccessLogSettings,
     /// The config as loaded, with credentials in URLs redacted (for the admin `/config`).
     pub redacted: serde_json::Value,
+    /// The OpenAPI document of the routes (admin `/openapi.json`, `portico openapi`).
+    pub openapi: serde_json::Value,
     pub warnings: Vec<Diagnostic>,
     /// The long-lived state this snapshot uses, kept across reloads once it is live.
     pub state: Kept,

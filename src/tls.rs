@@ -145,7 +145,14 @@ pub fn read_certificates(
             None
         }
         Err(e) => {
-            d.error(at, format!("`{file}` is not PEM certificates: {e}"), None);
+            d.error(
+                at,
+                format!("`{file}` is not PEM certificates: {e}"),
+                Some(
+                    "give PEM certificates (-----BEGIN CERTIFICATE-----), the server's own first"
+                        .into(),
+                ),
+            );
             None
         }
     }
@@ -201,7 +208,14 @@ fn load(d: &mut Diags, inputs: &mut Inputs, at: &str, c: &RawCertificate) -> Opt
     let (names, not_after) = match describe(&pair.key.cert[0]) {
         Ok(facts) => facts,
         Err(e) => {
-            d.error(&cert_at, format!("`{}`: {e}", c.cert), None);
+            d.error(
+                &cert_at,
+                format!("`{}`: {e}", c.cert),
+                Some(
+                    "give a readable PEM certificate chain; paths are relative to the config file"
+                        .into(),
+                ),
+            );
             return None;
         }
     };

@@ -277,12 +277,13 @@ impl ServeHttp for Admin {
             "/health" => self.health(),
             "/ready" => self.ready(),
             "/config" => self.config(),
+            "/openapi.json" => json_response(StatusCode::OK, self.holder.load().openapi.clone()),
             "/routes" => self.routes(),
             "/upstreams" => self.upstreams(),
             "/metrics" => self.metrics(),
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                json!({"error": {"status": 404, "code": "not_found", "message": "admin endpoints: /health, /ready, /config, /routes, /upstreams, /metrics, POST /cache/purge"}}),
+                json!({"error": {"status": 404, "code": "not_found", "message": "admin endpoints: /health, /ready, /config, /routes, /upstreams, /metrics, /openapi.json, POST /cache/purge"}}),
             ),
         }
     }

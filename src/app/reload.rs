@@ -98,6 +98,14 @@ impl Reloader {
             .clone()
     }
 
+    /// Whether the file (or a file it refers to) is not what the running config was built
+    /// from; a file that does not load counts as different.
+    fn differs_from_running(&self) -> bool {
+        let current = self.inner.holder.load();
+        Source::load(&self.inner.path).map_or(true, |src| src.hash != current.hash)
+            || inputs_digest(&current.inputs) != current.inputs_digest
+    }
+
     /// Loads, checks and compiles the file, then swaps it in. `force` reloads even when the
     /// text did not change (SIGHUP: referenced files may have).
     pub async fn reload(&self, trigger: &str, force: bool) -> Result<(), ConfigError> {
@@ -288,6 +296,13 @@ impl BackgroundService for Reloader {
             None
         };
         let mut watched = Vec::new();
+        if let Some(w) = watcher.as_mut() {
+            self.watch_new_dirs(w, &mut watched);
+            // A change made between the first load and the watch has no event: look once.
+            if self.differs_from_running() {
+                let _ = self.reload("file_change", false).await;
+            }
+        }
         loop {
             relevant.store(Arc::new(self.relevant_files()));
             if let Some(w) = watcher.as_mut() {

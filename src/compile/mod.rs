@@ -99,6 +99,7 @@ pub fn compile_with(
         metrics: raw.telemetry.metrics,
         access_log,
         redacted: redacted(raw),
+        openapi: crate::openapi::document(raw, &src.path, &src.hash),
         warnings: d.items,
         state: state.finish(),
     })
@@ -125,7 +126,7 @@ fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
             d.error(
                 &format!("listen.{key}"),
                 format!("`{key}` applies to the plain listener, and there is no `proxy`"),
-                None,
+                Some("add `listen.proxy`, or remove the option".into()),
             );
         }
     }
@@ -163,7 +164,11 @@ fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
     }
     let server = &raw.server;
     if server.threads == Some(0) {
-        d.error("server.threads", "threads must be at least 1", None);
+        d.error(
+            "server.threads",
+            "threads must be at least 1",
+            Some("leave `threads` out to use one per CPU".into()),
+        );
     }
     for (key, value) in [
         ("header", server.timeouts.header),
@@ -174,7 +179,7 @@ fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
             d.error(
                 &format!("server.timeouts.{key}"),
                 "a timeout must be longer than 0",
-                None,
+                Some("give a duration such as 10s, or leave it out for the default".into()),
             );
         }
     }
@@ -182,7 +187,10 @@ fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
         d.error(
             "server.max_connections",
             "max_connections must be at least 1",
-            None,
+            Some(
+                "leave it out for the default (10000), and keep it under the process's file limit"
+                    .into(),
+            ),
         );
     }
     let trusted_proxies = server
@@ -273,7 +281,7 @@ fn warn_unused_upstreams(d: &mut Diags, raw: &RawConfig) {
         d.warn(
             &format!("upstreams.{name}"),
             format!("upstream `{name}` is not used by any route"),
-            None,
+            Some("point a route at it (`upstream: NAME`), or remove it".into()),
         );
     }
 }

@@ -72,14 +72,14 @@ pub(super) fn compile_routes(
             d.error(
                 &format!("{at}.upgrade_idle_timeout"),
                 "upgrade_idle_timeout must be longer than 0",
-                None,
+                Some("give a duration such as 60s, or leave it out for the default (60s)".into()),
             );
         }
         if r.timeout.is_some_and(|t| t.is_zero()) {
             d.error(
                 &format!("{at}.timeout"),
                 "the route timeout must be longer than 0",
-                None,
+                Some("give a duration such as 5s, or leave it out for no route deadline".into()),
             );
         }
         if let (Some(matcher), Some(action), Some(rewrite), Some(policies)) =
@@ -268,7 +268,11 @@ fn compile_header_match(
     cond: &RawCond,
 ) -> Option<HeaderMatch> {
     let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
-        d.error(at, format!("`{name}` is not a valid header name"), None);
+        d.error(
+            at,
+            format!("`{name}` is not a valid header name"),
+            Some(crate::diag::HEADER_NAME_HELP.into()),
+        );
         return None;
     };
     let cond = match cond {
@@ -276,7 +280,13 @@ fn compile_header_match(
         RawCond::Equals(v) => match HeaderValue::from_str(v) {
             Ok(v) => HeaderCond::Equals(v),
             Err(_) => {
-                d.error(at, format!("`{v}` is not a valid header value"), None);
+                d.error(
+                    at,
+                    format!("`{v}` is not a valid header value"),
+                    Some(
+                        "header values are visible ASCII and spaces, without CR, LF or NUL".into(),
+                    ),
+                );
                 return None;
             }
         },
@@ -365,7 +375,11 @@ fn compile_respond(d: &mut Diags, at: &str, r: &RawRespond) -> Option<StaticResp
     }
     let (content_type, body) = match (&r.json, &r.text) {
         (Some(_), Some(_)) => {
-            d.error(at, "a response has `json` or `text`, not both", None);
+            d.error(
+                at,
+                "a response has `json` or `text`, not both",
+                Some("keep one: `json:` for a JSON body, `text:` for plain text".into()),
+            );
             ok = false;
             ("", Vec::new())
         }
@@ -387,7 +401,7 @@ fn compile_respond(d: &mut Diags, at: &str, r: &RawRespond) -> Option<StaticResp
                 d.error(
                     &format!("{at}.headers.{name}"),
                     format!("invalid header `{name}: {value}`"),
-                    None,
+                    Some("header names are letters, digits and `-`; values visible ASCII without CR, LF or NUL".into()),
                 );
                 ok = false;
             }
@@ -424,13 +438,13 @@ fn compile_rewrite(
                 d.error(
                     &format!("{at}.strip_prefix"),
                     format!("`{p}` must start with `/`"),
-                    None,
+                    Some("write the prefix as a path, e.g. /api".into()),
                 );
                 return None;
             }
             if let Some(prefix) = r.matcher.path_prefix.as_ref().or(r.matcher.path.as_ref()) {
                 if !prefix.starts_with(p.as_str()) {
-                    d.warn(&format!("{at}.strip_prefix"), format!("`{p}` is not a prefix of the matched path `{prefix}`, so it never applies"), None);
+                    d.warn(&format!("{at}.strip_prefix"), format!("`{p}` is not a prefix of the matched path `{prefix}`, so it never applies"), Some("use a prefix of the route's `path_prefix`, or remove `strip_prefix`".into()));
                 }
             }
             Some(PathRewrite::Strip(p.clone()))
@@ -442,7 +456,7 @@ fn compile_rewrite(
                     d.error(
                         &format!("{at}.rewrite"),
                         format!("`{to}` must start with `/`"),
-                        None,
+                        Some("write the path sent upstream, e.g. /v2/users/{id}".into()),
                     );
                     None
                 }
@@ -465,7 +479,7 @@ fn compile_rewrite(
                 d.error(
                     &format!("{at}.rewrite"),
                     format!("`{to}` must start with `/`"),
-                    None,
+                    Some("write the path sent upstream, e.g. /v2/users/{id}".into()),
                 );
                 return None;
             }

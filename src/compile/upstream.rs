@@ -93,7 +93,7 @@ pub(super) fn compile_upstream(
             d.error(
                 &format!("{at}.timeouts.{field}"),
                 format!("the {field} timeout must be longer than 0"),
-                None,
+                Some("give a duration such as 2s, or leave it out for the default".into()),
             );
         }
     }
@@ -188,7 +188,7 @@ fn compile_tls(
             d.error(
                 &at,
                 "mutual TLS needs both `client_cert` and `client_key`",
-                None,
+                Some("give both files (PEM certificate and its key), or neither".into()),
             );
             None
         }
@@ -231,20 +231,26 @@ fn compile_health(d: &mut Diags, at: &str, hc: &RawHealthCheck) -> Option<Health
         );
     }
     if hc.interval.is_zero() || hc.timeout.is_zero() {
-        d.error(&at, "interval and timeout must be longer than 0", None);
+        d.error(
+            &at,
+            "interval and timeout must be longer than 0",
+            Some("e.g. `health_check: { path: /health, interval: 5s, timeout: 1s }`".into()),
+        );
     }
     if hc.unhealthy_after == 0 || hc.healthy_after == 0 {
         d.error(
             &at,
             "unhealthy_after and healthy_after must be at least 1",
-            None,
+            Some("counts of consecutive checks, e.g. unhealthy_after: 3, healthy_after: 2".into()),
         );
     }
     if hc.timeout > hc.interval {
         d.warn(
             &format!("{at}.timeout"),
             "the timeout is longer than the interval",
-            None,
+            Some(
+                "make the timeout shorter than the interval, e.g. interval: 5s, timeout: 1s".into(),
+            ),
         );
     }
     valid_path.then(|| HealthConfig {
@@ -263,7 +269,7 @@ fn compile_breaker(d: &mut Diags, at: &str, b: &RawBreaker) -> Option<BreakerCon
         d.error(
             &format!("{at}.consecutive_failures"),
             "consecutive_failures must be at least 1",
-            None,
+            Some("e.g. consecutive_failures: 5".into()),
         );
         ok = false;
     }
@@ -271,7 +277,7 @@ fn compile_breaker(d: &mut Diags, at: &str, b: &RawBreaker) -> Option<BreakerCon
         d.error(
             &format!("{at}.failure_ratio"),
             "failure_ratio is a share between 0 and 1, e.g. 0.5",
-            None,
+            Some("e.g. failure_ratio: 0.5 (with min_requests)".into()),
         );
         ok = false;
     }
@@ -279,7 +285,7 @@ fn compile_breaker(d: &mut Diags, at: &str, b: &RawBreaker) -> Option<BreakerCon
         d.error(
             &at,
             "half_open_requests must be at least 1 and open_for longer than 0",
-            None,
+            Some("e.g. half_open_requests: 1, open_for: 30s".into()),
         );
         ok = false;
     }

@@ -1,5 +1,6 @@
 //! Loading gateway.yaml: env expansion, YAML → file model, with every error located.
 
+mod all_errors;
 pub mod env;
 pub mod model;
 
@@ -38,22 +39,14 @@ impl Source {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Source, ConfigError> {
-        let text = env::expand(text, env).map_err(|unset| {
-            let diags = unset.into_iter().map(|u| Diagnostic {
-                severity: Severity::Error,
-                file: path.to_path_buf(),
-                pos: Pos {
-                    line: u.line,
-                    col: u.col,
-                },
-                message: format!("environment variable `{}` is not set", u.name),
-                help: Some(format!(
-                    "export {0}=..., or give a default: ${{{0}:-value}}",
-                    u.name
-                )),
-            });
-            ConfigError(diags.collect())
-        })?;
+        match env::expand(text, &env) {
+            Ok(expanded) => Source::parse_expanded(path, expanded),
+            Err(unset) => Err(unset_errors(path, text, &env, unset)),
+        }
+    }
+
+    /// Parses a config whose `${VAR}` references are already expanded.
+    fn parse_expanded(path: &Path, text: String) -> Result<Source, ConfigError> {
         let locator = Locator::new(&text);
         if !locator.duplicates.is_empty() {
             let diags = locator.duplicates.iter().map(|(key, pos, first)| Diagnostic {
@@ -65,8 +58,8 @@ impl Source {
             });
             return Err(ConfigError(diags.collect()));
         }
-        let raw: RawConfig =
-            serde_yaml::from_str(&text).map_err(|e| yaml_error(path, &text, &e))?;
+        let raw: RawConfig = serde_yaml::from_str(&text)
+            .map_err(|e| every_error(yaml_error(path, &text, &e), path, &text, &locator))?;
         let hash = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
         Ok(Source {
             path: path.to_path_buf(),
@@ -75,6 +68,52 @@ impl Source {
             hash,
         })
     }
+}
+
+/// Every unset `${VAR}`, and what else is wrong with the file: it is still checked with
+/// unset variables read as empty (what that breaks on their lines is left to their errors).
+fn unset_errors(
+    path: &Path,
+    text: &str,
+    env: &impl Fn(&str) -> Option<String>,
+    unset: Vec<env::UnsetVar>,
+) -> ConfigError {
+    let unset: Vec<Diagnostic> = unset
+        .into_iter()
+        .map(|u| Diagnostic {
+            severity: Severity::Error,
+            file: path.to_path_buf(),
+            pos: Pos {
+                line: u.line,
+                col: u.col,
+            },
+            message: format!("environment variable `{}` is not set", u.name),
+            help: Some(format!(
+                "export {0}=..., or give a default: ${{{0}:-value}}",
+                u.name
+            )),
+        })
+        .collect();
+    let lines: Vec<usize> = unset.iter().map(|d| d.pos.line).collect();
+    let blank = |name: &str| Some(env(name).unwrap_or_default());
+    let mut all = match env::expand(text, blank).map(|t| Source::parse_expanded(path, t)) {
+        Ok(Err(ConfigError(rest))) => rest,
+        _ => Vec::new(),
+    };
+    all.retain(|d| !lines.contains(&d.pos.line));
+    all.extend(unset);
+    all.sort_by_key(|d| (d.pos.line, d.pos.col));
+    ConfigError(all)
+}
+
+/// serde's first error, and every other the schema finds (serde's message wins on its line).
+fn every_error(first: ConfigError, path: &Path, text: &str, locator: &Locator) -> ConfigError {
+    let mut all = all_errors::schema_violations(path, text, locator);
+    let lines: Vec<usize> = first.0.iter().map(|d| d.pos.line).collect();
+    all.retain(|d| !lines.contains(&d.pos.line));
+    all.extend(first.0);
+    all.sort_by_key(|d| (d.pos.line, d.pos.col));
+    ConfigError(all)
 }
 
 fn single(path: &Path, pos: Pos, message: String, help: Option<String>) -> ConfigError {
@@ -182,5 +221,53 @@ mod tests {
         let d = &err.0[0];
         assert_eq!((d.pos.line, d.pos.col), (5, 3), "{d}");
         assert!(d.message.contains("unknown field `extra`"), "{d}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_one_pass() {
+        let text = "version: 1\nlisten: { proxy: 127.0.0.1:1, admin: 127.0.0.1:2 }\nserver:\n  threads: two\n  grace_period: 5 seconds\nupstreams:\n  u: { targets: [127.0.0.1:9], balanse: random }\nroutes:\n  - name: a\n    match: { pathx: /a }\n    upstream: u\n";
+        let err = parse(text).err().unwrap();
+        let found: Vec<(usize, &str, Option<&str>)> = err
+            .0
+            .iter()
+            .map(|d| (d.pos.line, d.message.as_str(), d.help.as_deref()))
+            .collect();
+        assert_eq!(found.len(), 4, "{err}");
+        assert_eq!(found[0].0, 4);
+        assert!(found[0].1.contains("invalid type: string \"two\""), "{err}");
+        assert_eq!(
+            (found[1].0, found[1].1),
+            (5, "server.grace_period: \"5 seconds\" is not a duration")
+        );
+        assert_eq!(found[2].0, 7);
+        assert!(
+            found[2]
+                .1
+                .starts_with("upstreams.u.balanse: unknown field `balanse`"),
+            "{err}"
+        );
+        assert!(
+            found[2].2.unwrap().starts_with("did you mean `balance`?"),
+            "{err}"
+        );
+        assert_eq!(found[3].0, 10);
+        assert!(
+            found[3].2.unwrap().starts_with("did you mean `path`?"),
+            "{err}"
+        );
+        assert!(
+            err.0.iter().all(|d| d.help.is_some()),
+            "every error has a help line"
+        );
+    }
+
+    #[test]
+    fn an_unset_variable_does_not_hide_the_other_problems() {
+        let text = "version: 1\nlisten: { proxy: \"${PROXY}\", admin: 127.0.0.1:2 }\nroutes:\n  - { name: a, match: { pathx: /a }, respond: { text: x } }\n";
+        let err = parse(text).err().unwrap();
+        let lines: Vec<usize> = err.0.iter().map(|d| d.pos.line).collect();
+        assert_eq!(lines, vec![2, 4], "{err}");
+        assert!(err.0[0].message.contains("`PROXY` is not set"), "{err}");
+        assert!(err.0[1].message.contains("unknown field `pathx`"), "{err}");
     }
 }

@@ -57,6 +57,10 @@ fn render(diags: &[Diagnostic]) -> String {
 }
 
 /// Collects problems during checking/compilation, locating each by its config path.
+/// Help for a header name that does not parse.
+pub const HEADER_NAME_HELP: &str =
+    "a header name is letters, digits and `-` (any of !#$%&'*+.^_`|~ too), without spaces or `:`";
+
 pub struct Diags<'a> {
     file: &'a Path,
     locator: &'a Locator,
@@ -96,6 +100,10 @@ impl<'a> Diags<'a> {
     }
 
     fn push(&mut self, severity: Severity, path: &str, message: String, help: Option<String>) {
+        debug_assert!(
+            help.is_some(),
+            "a diagnostic without a help line: {message}"
+        );
         self.items.push(Diagnostic {
             severity,
             file: self.file.to_path_buf(),

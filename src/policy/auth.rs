@@ -766,7 +766,7 @@ pub fn compile(
                     d.error(
                         &format!("{at}.forward_claims.{claim}"),
                         format!("`{header}` is not a valid header name"),
-                        None,
+                        Some(crate::diag::HEADER_NAME_HELP.into()),
                     );
                     None
                 }
@@ -872,7 +872,7 @@ fn compile_keys(
             d.error(
                 &format!("{at}.jwks_url"),
                 format!("`{}` is not an http(s) URL", crate::diag::redact_url(url)),
-                None,
+                Some("give the identity provider's JWKS address, e.g. https://idp.example.com/.well-known/jwks.json".into()),
             );
             return None;
         }
@@ -885,7 +885,7 @@ fn compile_keys(
         return match parse_jwks(&text) {
             Ok(keys) => Some(Keys::Set(keys)),
             Err(e) => {
-                d.error(&format!("{at}.jwks_file"), format!("{file}: {e}"), None);
+                d.error(&format!("{at}.jwks_file"), format!("{file}: {e}"), Some("a JWKS file is a JSON object with a `keys` array (RFC 7517); the path is relative to the config file".into()));
                 None
             }
         };
@@ -914,7 +914,7 @@ fn compile_keys(
             d.error(
                 &path,
                 format!("{file} is not a PEM public key for {:?}: {e}", distinct[0]),
-                None,
+                Some("give the PEM public key (-----BEGIN PUBLIC KEY-----) that matches the algorithms listed".into()),
             );
             None
         }
@@ -934,7 +934,7 @@ fn compile_require(d: &mut Diags, at: &str, r: &RawRequire) -> Vec<ClaimRule> {
                 d.error(
                     &format!("{at}.claims.{claim}"),
                     "an empty list can never be satisfied",
-                    None,
+                    Some("list the values the claim may take, or drop the rule".into()),
                 );
             }
             ClaimRule {

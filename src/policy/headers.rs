@@ -198,7 +198,14 @@ pub fn compile(d: &mut Diags, at: &str, raw: &RawHeaders) -> Option<HeaderRules>
         return None;
     }
     if request.is_empty() && response.is_empty() {
-        d.warn(&format!("{at}.headers"), "`headers` edits nothing", None);
+        d.warn(
+            &format!("{at}.headers"),
+            "`headers` edits nothing",
+            Some(
+                "add `request:` or `response:` edits (`set`, `add`, `remove`), or drop the policy"
+                    .into(),
+            ),
+        );
     }
     Some(HeaderRules { request, response })
 }
@@ -227,7 +234,11 @@ fn compile_edits(d: &mut Diags, at: &str, raw: &RawHeaderEdits) -> Edits {
 
 fn header_name(d: &mut Diags, at: &str, name: &str) -> Option<HeaderName> {
     let Ok(parsed) = HeaderName::from_bytes(name.as_bytes()) else {
-        d.error(at, format!("`{name}` is not a valid header name"), None);
+        d.error(
+            at,
+            format!("`{name}` is not a valid header name"),
+            Some(crate::diag::HEADER_NAME_HELP.into()),
+        );
         return None;
     };
     if FRAMING.contains(&parsed.as_str()) {
@@ -249,7 +260,11 @@ fn template(d: &mut Diags, at: &str, value: &str) -> Option<Template> {
     while let Some(start) = rest.find("${") {
         parts.push(Part::Text(rest[..start].to_string()));
         let Some(len) = rest[start..].find('}') else {
-            d.error(at, format!("`{value}` has an unclosed `${{`"), None);
+            d.error(
+                at,
+                format!("`{value}` has an unclosed `${{`"),
+                Some("close it: ${client_ip}, ${request_id} or ${claim.NAME}".into()),
+            );
             return None;
         };
         let var = &rest[start + 2..start + len];

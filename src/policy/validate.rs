@@ -246,7 +246,7 @@ pub fn compile(
                 d.error(
                     &format!("{at}.headers"),
                     format!("`{h}` is not a valid header name"),
-                    None,
+                    Some(crate::diag::HEADER_NAME_HELP.into()),
                 );
             }
             name

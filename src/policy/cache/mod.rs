@@ -127,13 +127,16 @@ pub fn compile(
                 "max_object must be between 1 byte and {}",
                 store::MAX_OBJECT
             ),
-            None,
+            Some("set max_object to the largest response to keep, e.g. 1MiB".into()),
         );
     } else if raw.max_object.0 > raw.max_size.0 {
         d.error(
             &format!("{at}.max_object"),
             "max_object is larger than max_size: no such response could be stored",
-            None,
+            Some(
+                "make max_object at most max_size (a small fraction of it keeps many entries)"
+                    .into(),
+            ),
         );
     }
     if let (Some(ttl), Some(max)) = (raw.ttl, raw.max_ttl) {
@@ -141,7 +144,7 @@ pub fn compile(
             d.warn(
                 &format!("{at}.ttl"),
                 "ttl is longer than max_ttl, which caps it",
-                None,
+                Some("lower ttl to max_ttl or below, or raise max_ttl".into()),
             );
         }
     }
@@ -193,7 +196,7 @@ fn header_names(d: &mut Diags, at: &str, names: &[String]) -> Vec<HeaderName> {
             Err(_) => d.error(
                 &format!("{at}[{i}]"),
                 format!("`{name}` is not a valid header name"),
-                None,
+                Some(crate::diag::HEADER_NAME_HELP.into()),
             ),
         }
     }

@@ -1,0 +1,157 @@
+//! Every problem of a file at once. serde stops at the first unknown key or wrong type, so
+//! when it fails the same text is also checked against the config's JSON Schema, which goes
+//! on past each problem; each violation is located at `file:line:col` like serde's own.
+
+use super::model::RawConfig;
+use crate::diag::{closest, Diagnostic, Locator, Severity};
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use jsonschema::ValidationError;
+use serde_json::Value;
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// The config's schema (as `portico schema` prints it) and its compiled validator.
+fn schema() -> &'static (Value, jsonschema::Validator) {
+    static SCHEMA: OnceLock<(Value, jsonschema::Validator)> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let schema = serde_json::to_value(schemars::schema_for!(RawConfig)).unwrap_or_default();
+        let validator = jsonschema::validator_for(&schema).expect("the generated schema compiles");
+        (schema, validator)
+    })
+}
+
+/// Every schema violation in `text`, in file order; empty when the text is not YAML or
+/// satisfies the schema (serde's own error then stands alone).
+pub fn schema_violations(path: &Path, text: &str, locator: &Locator) -> Vec<Diagnostic> {
+    let Ok(yaml) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+        return Vec::new();
+    };
+    let Ok(instance) = serde_json::to_value(yaml) else {
+        return Vec::new();
+    };
+    let (schema, validator) = schema();
+    let mut out = Vec::new();
+    for error in validator.iter_errors(&instance) {
+        flatten(error, &mut |e| {
+            out.push(diagnostic(path, &instance, schema, locator, e))
+        });
+    }
+    out.sort_by_key(|d| (d.pos.line, d.pos.col));
+    out.dedup_by(|a, b| a.pos == b.pos && a.message == b.message);
+    out
+}
+
+/// An `anyOf` (how an optional section is written) says only that no branch matched: its
+/// errors are those of the branch the value was meant for, the one that is not `null`.
+fn flatten<'a>(error: ValidationError<'a>, out: &mut dyn FnMut(ValidationError<'a>)) {
+    match error.kind {
+        ValidationErrorKind::AnyOf { context } => {
+            let meant = context.into_iter().find(|branch| {
+                !branch.iter().any(|e| {
+                    matches!(&e.kind, ValidationErrorKind::Type { kind: TypeKind::Single(t) }
+                        if t.to_string() == "null")
+                })
+            });
+            for e in meant.into_iter().flatten() {
+                flatten(e, out);
+            }
+        }
+        _ => out(error),
+    }
+}
+
+/// `/routes/0/match` → `routes[0].match`, the Locator's form (arrays told by the instance).
+fn dotted(instance: &Value, pointer: &str) -> String {
+    let mut path = String::new();
+    let mut node = Some(instance);
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        match node {
+            Some(Value::Array(items)) => {
+                path.push_str(&format!("[{segment}]"));
+                node = segment.parse::<usize>().ok().and_then(|i| items.get(i));
+            }
+            _ => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&segment);
+                node = node.and_then(|n| n.get(&segment));
+            }
+        }
+    }
+    path
+}
+
+/// The schema node a keyword location points into, following `$ref`s.
+fn schema_node<'s>(schema: &'s Value, keyword_path: &str) -> Option<&'s Value> {
+    let mut node = schema;
+    for segment in keyword_path.split('/').skip(1) {
+        node = if segment == "$ref" {
+            let target = node.get("$ref")?.as_str()?.strip_prefix('#')?;
+            schema.pointer(target)?
+        } else {
+            node.get(segment)?
+        };
+    }
+    Some(node)
+}
+
+fn diagnostic(
+    file: &Path,
+    instance: &Value,
+    schema: &Value,
+    locator: &Locator,
+    e: ValidationError<'_>,
+) -> Diagnostic {
+    let at = dotted(instance, e.instance_path.as_str());
+    let reference = "the config reference in README.md lists every key";
+    let (path, message, help) = match &e.kind {
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            let key = unexpected.first().cloned().unwrap_or_default();
+            // The keyword location ends in `additionalProperties`; its object lists the keys.
+            let keyword = e.schema_path.as_str();
+            let object = keyword.strip_suffix("/additionalProperties").unwrap_or(keyword);
+            let known = schema_node(schema, object)
+                .and_then(|o| o.get("properties")?.as_object())
+                .map(|p| p.keys().map(String::as_str).collect::<Vec<_>>())
+                .unwrap_or_default();
+            let help = match closest(&key, known.iter().copied()) {
+                Some(near) => format!("did you mean `{near}`? ({reference})"),
+                None => format!("check the spelling: {reference}"),
+            };
+            let message = format!("unknown field `{key}`, expected one of {}", known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "));
+            let path = if at.is_empty() { key } else { format!("{at}.{key}") };
+            (path, message, help)
+        }
+        ValidationErrorKind::Required { property } => (
+            at,
+            format!("missing field {property}"),
+            "add the field; the config reference in README.md lists what each section needs"
+                .to_string(),
+        ),
+        ValidationErrorKind::Pattern { pattern } if pattern.contains("(ms|s|m|h|d)") => (
+            at,
+            format!("{} is not a duration", e.instance),
+            "durations are whole numbers with ms, s, m, h or d, joined by single spaces: 250ms, 2s, 1m 30s".to_string(),
+        ),
+        ValidationErrorKind::Pattern { .. } | ValidationErrorKind::Type { .. } => (
+            at,
+            e.to_string(),
+            "quote strings, write numbers without quotes, durations like 250ms, 2s or 1m 30s, and sizes like 64KiB or 10MiB".to_string(),
+        ),
+        _ => (at, e.to_string(), reference.to_string()),
+    };
+    let pos = locator.find(&path);
+    let message = match path.is_empty() {
+        true => message,
+        false => format!("{path}: {message}"),
+    };
+    Diagnostic {
+        severity: Severity::Error,
+        file: file.to_path_buf(),
+        pos,
+        message,
+        help: Some(help),
+    }
+}

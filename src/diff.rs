@@ -1,0 +1,361 @@
+//! `portico diff OLD NEW [--requests access.log]`: what a config change will do before it
+//! is applied. Named entities (routes, upstreams, policies, caches) and the singleton
+//! sections are compared field by field on the redacted config (what `/config` shows, so no
+//! credential is printed); recorded requests are replayed through both route tables, and
+//! every request whose route, upstream, path sent upstream, auth or rate limit would change
+//! is listed.
+
+use crate::explain::{self, Outcome, Probe};
+use crate::snapshot::Snapshot;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::fmt::Write;
+
+/// Sections holding entities keyed by name (routes are a list, keyed by `name` too).
+const NAMED: [&str; 7] = [
+    "routes",
+    "upstreams",
+    "auth",
+    "rate_limits",
+    "cors",
+    "ip_access",
+    "caches",
+];
+/// Sections that are one object each.
+const SINGLE: [&str; 6] = ["version", "listen", "server", "redis", "tls", "telemetry"];
+
+/// One field that differs: its dotted path inside the entity, and both values.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct FieldChange {
+    pub field: String,
+    pub old: Option<Value>,
+    pub new: Option<Value>,
+}
+
+/// An entity added, removed or changed.
+#[derive(Debug, Serialize)]
+pub struct EntityChange {
+    pub section: &'static str,
+    pub name: String,
+    /// `added`, `removed` or `changed`.
+    pub change: &'static str,
+    pub fields: Vec<FieldChange>,
+}
+
+/// What the gateway does with one request, as far as a config decides it.
+#[derive(Debug, Serialize, PartialEq, Clone)]
+pub struct Behaviour {
+    /// The route's name, or the status the gateway answers itself (404, 405, 400).
+    pub route: String,
+    pub upstream: Option<String>,
+    pub upstream_path: Option<String>,
+    /// The auth policy's name and definition and the route's `require`.
+    pub auth: Value,
+    /// The rate limit's name and definition.
+    pub limit: Value,
+    /// The upstream's definition (targets, balancing, timeouts...).
+    #[serde(skip)]
+    upstream_definition: Value,
+}
+
+/// A replayed request whose behaviour changes.
+#[derive(Debug, Serialize)]
+pub struct RequestChange {
+    pub request: String,
+    /// Which aspects change: route, upstream, upstream_path, auth, limit.
+    pub changes: Vec<&'static str>,
+    pub old: Behaviour,
+    pub new: Behaviour,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub entities: Vec<EntityChange>,
+    /// Distinct requests replayed (method, host, path).
+    pub replayed: usize,
+    pub requests: Vec<RequestChange>,
+}
+
+impl Report {
+    pub fn changes_behaviour(&self) -> bool {
+        !self.entities.is_empty() || !self.requests.is_empty()
+    }
+}
+
+/// Compares two compiled configs, replaying `access_log` (JSON lines) when given.
+pub fn diff(old: &Snapshot, new: &Snapshot, access_log: Option<&str>) -> Report {
+    let mut entities = Vec::new();
+    for section in SINGLE {
+        let (a, b) = (&old.redacted[section], &new.redacted[section]);
+        if a != b {
+            let mut fields = fields(a, b, "");
+            // A scalar section (`version`) is its own one field.
+            fields
+                .iter_mut()
+                .filter(|f| f.field.is_empty())
+                .for_each(|f| f.field = section.into());
+            entities.push(EntityChange {
+                section,
+                name: section.into(),
+                change: "changed",
+                fields,
+            });
+        }
+    }
+    for section in NAMED {
+        let (a, b) = (named(&old.redacted, section), named(&new.redacted, section));
+        let names: BTreeSet<&String> = a.iter().chain(&b).map(|(n, _)| n).collect();
+        for name in names {
+            let find = |list: &[(String, Value)]| {
+                list.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+            };
+            let change = match (find(&a), find(&b)) {
+                (Some(_), None) => ("removed", Vec::new()),
+                (None, Some(_)) => ("added", Vec::new()),
+                (Some(x), Some(y)) if x != y => ("changed", fields(&x, &y, "")),
+                _ => continue,
+            };
+            entities.push(EntityChange {
+                section,
+                name: name.clone(),
+                change: change.0,
+                fields: change.1,
+            });
+        }
+    }
+    let (replayed, requests) = access_log.map_or((0, Vec::new()), |log| replay(old, new, log));
+    Report {
+        entities,
+        replayed,
+        requests,
+    }
+}
+
+/// A section's entities as (name, value), in file order for routes.
+fn named(config: &Value, section: &str) -> Vec<(String, Value)> {
+    match &config[section] {
+        Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        Value::Array(items) => items
+            .iter()
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap_or_default().to_string(),
+                    r.clone(),
+                )
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The fields that differ between two values, by dotted path (objects are descended; a
+/// list or scalar that differs is one field).
+fn fields(a: &Value, b: &Value, at: &str) -> Vec<FieldChange> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter()
+                .flat_map(|k| {
+                    let path = if at.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{at}.{k}")
+                    };
+                    let (old, new) = (
+                        x.get(k).unwrap_or(&Value::Null),
+                        y.get(k).unwrap_or(&Value::Null),
+                    );
+                    fields(old, new, &path)
+                })
+                .collect()
+        }
+        _ if a == b => Vec::new(),
+        _ => vec![FieldChange {
+            field: at.to_string(),
+            old: (!a.is_null()).then(|| a.clone()),
+            new: (!b.is_null()).then(|| b.clone()),
+        }],
+    }
+}
+
+/// Replays each distinct recorded request through both configs.
+fn replay(old: &Snapshot, new: &Snapshot, log: &str) -> (usize, Vec<RequestChange>) {
+    let mut seen = BTreeSet::new();
+    let mut changed = Vec::new();
+    for line in log.lines() {
+        let Ok(entry) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        // The gateway's own log records (JSON too) have a level; access lines do not.
+        let (Some(method), Some(path)) = (entry["method"].as_str(), entry["path"].as_str()) else {
+            continue;
+        };
+        if entry.get("level").is_some() {
+            continue;
+        }
+        let host = entry["host"].as_str().unwrap_or_default();
+        let target = match entry["query"].as_str() {
+            Some(q) if !q.is_empty() => format!("{path}?{q}"),
+            _ => path.to_string(),
+        };
+        if !seen.insert((method.to_string(), host.to_string(), target.clone())) {
+            continue;
+        }
+        let headers: Vec<String> = (!host.is_empty())
+            .then(|| format!("Host: {host}"))
+            .into_iter()
+            .collect();
+        let Ok(probe) = Probe::parse(method, &target, &headers) else {
+            continue;
+        };
+        let (a, b) = (behaviour(old, &probe), behaviour(new, &probe));
+        let changes = aspects(&a, &b);
+        if !changes.is_empty() {
+            let request = format!(
+                "{method} {target}{}",
+                if host.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (Host: {host})")
+                }
+            );
+            changed.push(RequestChange {
+                request,
+                changes,
+                old: a,
+                new: b,
+            });
+        }
+    }
+    (seen.len(), changed)
+}
+
+fn aspects(a: &Behaviour, b: &Behaviour) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if a.route != b.route {
+        out.push("route");
+    }
+    if a.upstream != b.upstream || a.upstream_definition != b.upstream_definition {
+        out.push("upstream");
+    }
+    if a.upstream_path != b.upstream_path {
+        out.push("upstream_path");
+    }
+    if a.auth != b.auth {
+        out.push("auth");
+    }
+    if a.limit != b.limit {
+        out.push("limit");
+    }
+    out
+}
+
+fn behaviour(snapshot: &Snapshot, probe: &Probe) -> Behaviour {
+    let config = &snapshot.redacted;
+    match explain::outcome(snapshot, probe) {
+        Outcome::Status(status, _) => Behaviour {
+            route: format!("none ({status})"),
+            upstream: None,
+            upstream_path: None,
+            auth: Value::Null,
+            limit: Value::Null,
+            upstream_definition: Value::Null,
+        },
+        Outcome::Route {
+            index,
+            upstream_path,
+            ..
+        } => {
+            let route = &config["routes"][index];
+            let policy = |key: &str, section: &str| match route[key].as_str() {
+                Some(name) => json!({"policy": name, "definition": config[section][name]}),
+                None => Value::Null,
+            };
+            let mut auth = policy("auth", "auth");
+            if !route["require"].is_null() {
+                auth["require"] = route["require"].clone();
+            }
+            let upstream = route["upstream"].as_str().map(str::to_string);
+            Behaviour {
+                route: snapshot.routes[index].name.to_string(),
+                upstream_definition: upstream
+                    .as_ref()
+                    .map_or(Value::Null, |u| config["upstreams"][u].clone()),
+                upstream,
+                upstream_path,
+                auth,
+                limit: policy("rate_limit", "rate_limits"),
+            }
+        }
+    }
+}
+
+/// A value as the text report shows it: strings bare, the rest as compact JSON.
+fn show(v: &Option<Value>) -> String {
+    match v {
+        None => "(none)".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// The report for a person.
+pub fn text(report: &Report, replaying: bool) -> String {
+    let mut out = String::new();
+    for e in &report.entities {
+        let sign = match e.change {
+            "added" => '+',
+            "removed" => '-',
+            _ => '~',
+        };
+        let _ = writeln!(out, "{sign} {} `{}` {}", e.section, e.name, e.change);
+        for f in &e.fields {
+            let _ = writeln!(out, "    {}: {} → {}", f.field, show(&f.old), show(&f.new));
+        }
+    }
+    if replaying {
+        let _ = writeln!(
+            out,
+            "{} of {} recorded request(s) would be handled differently",
+            report.requests.len(),
+            report.replayed
+        );
+        for r in &report.requests {
+            let _ = writeln!(out, "  {}: {}", r.request, r.changes.join(", "));
+            for aspect in &r.changes {
+                let (a, b) = match *aspect {
+                    "route" => (Some(json!(r.old.route)), Some(json!(r.new.route))),
+                    "upstream" => (
+                        r.old.upstream.clone().map(Value::from),
+                        r.new.upstream.clone().map(Value::from),
+                    ),
+                    "upstream_path" => (
+                        r.old.upstream_path.clone().map(Value::from),
+                        r.new.upstream_path.clone().map(Value::from),
+                    ),
+                    "auth" => (
+                        Some(r.old.auth["policy"].clone()),
+                        Some(r.new.auth["policy"].clone()),
+                    ),
+                    _ => (
+                        Some(r.old.limit["policy"].clone()),
+                        Some(r.new.limit["policy"].clone()),
+                    ),
+                };
+                let none = |v: Option<Value>| v.filter(|v| !v.is_null());
+                let (a, b) = (none(a), none(b));
+                if a == b {
+                    // Same name, different definition.
+                    let _ = writeln!(out, "    {aspect}: `{}` is defined differently", show(&a));
+                } else {
+                    let _ = writeln!(out, "    {aspect}: {} → {}", show(&a), show(&b));
+                }
+            }
+        }
+    }
+    if !report.changes_behaviour() {
+        out.push_str("no change in behaviour\n");
+    }
+    out
+}
