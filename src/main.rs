@@ -357,9 +357,7 @@ fn demo(config: &Path) -> anyhow::Result<ExitCode> {
     for started in demo::add_sample_services(&mut built.server, &snapshot) {
         tracing::info!("demo: sample service {started}");
     }
-    if let Some(proxy) = snapshot.settings.proxy_addr {
-        tracing::info!("demo ready: try `curl http://{proxy}/users/1` (Ctrl-C stops)");
-    }
+    demo::announce_when_ready(&mut built.server, &snapshot);
     app::serve(built);
     Ok(ExitCode::SUCCESS)
 }

@@ -9,8 +9,16 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Methods a route without `match.methods` is documented with.
-const DEFAULT_METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+/// A route without `match.methods` takes any method: all those OpenAPI can name.
+const ANY_METHOD: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+/// What the gateway routes in a path segment: no control characters, no `\`, no `;`
+/// parameters, and no segment ending in `.` or a space (some servers drop those; see README, *Path
+/// normalization*).
+const ONE_SEGMENT: &str = r"^[^\u0000-\u001F\u007F/;\\]*[^\u0000-\u001F\u007F/;\\. ]$";
+/// The same for a value spanning segments (a prefix's rest, `{rest...}`).
+const MANY_SEGMENTS: &str = r"^([^\u0000-\u001F\u007F/;\\]*[^\u0000-\u001F\u007F/;\\. ]/)*[^\u0000-\u001F\u007F/;\\]*[^\u0000-\u001F\u007F/;\\. ]$";
 /// Methods whose body `validate` checks unless it lists its own.
 const VALIDATED: [&str; 3] = ["post", "put", "patch"];
 
@@ -18,7 +26,10 @@ const VALIDATED: [&str; 3] = ["post", "put", "patch"];
 /// relative to its directory; one that cannot be read is left out).
 pub fn document(raw: &RawConfig, config_path: &Path, version: &str) -> Value {
     let dir = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let mut components = Components { dir, schemas: Map::new() };
+    let mut components = Components {
+        dir,
+        schemas: Map::new(),
+    };
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let mut unlisted = Vec::new();
     for route in &raw.routes {
@@ -64,7 +75,11 @@ pub fn document(raw: &RawConfig, config_path: &Path, version: &str) -> Value {
 fn openapi_path(route: &RawRoute) -> Option<(String, Vec<Value>)> {
     let m = &route.matcher;
     let param = |name: &str, description: &str| {
-        json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}, "description": description})
+        let pattern = match description.contains("may contain `/`") {
+            true => MANY_SEGMENTS,
+            false => ONE_SEGMENT,
+        };
+        json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "pattern": pattern}, "description": description})
     };
     if let Some(p) = &m.path {
         return Some((p.clone(), Vec::new()));
@@ -95,7 +110,9 @@ fn openapi_path(route: &RawRoute) -> Option<(String, Vec<Value>)> {
         let about = format!("anything under `{prefix}` (may contain `/`)");
         return Some((format!("{base}/{{path}}"), vec![param("path", &about)]));
     }
-    m.path_regex.is_none().then(|| ("/{path}".into(), vec![param("path", "any path")]))
+    m.path_regex
+        .is_none()
+        .then(|| ("/{path}".into(), vec![param("path", "any path")]))
 }
 
 /// Header conditions of the match, as required header parameters.
@@ -115,7 +132,7 @@ fn header_parameters(route: &RawRoute) -> Vec<Value> {
 fn methods(route: &RawRoute) -> Vec<String> {
     match &route.matcher.methods {
         Some(list) => list.iter().map(|m| m.to_ascii_lowercase()).collect(),
-        None => DEFAULT_METHODS.iter().map(|m| m.to_string()).collect(),
+        None => ANY_METHOD.iter().map(|m| m.to_string()).collect(),
     }
 }
 
@@ -127,13 +144,22 @@ fn operation(
 ) -> Value {
     let mut parameters = path_params.to_vec();
     let mut op = Map::new();
-    op.insert("operationId".into(), format!("{}_{method}", route.name).into());
+    op.insert(
+        "operationId".into(),
+        format!("{}_{method}", route.name).into(),
+    );
     op.insert("summary".into(), format!("route `{}`", route.name).into());
     let (tag, about) = if let Some(u) = &route.upstream {
         (u.clone(), format!("Proxied to the upstream `{u}`."))
     } else if let Some(a) = &route.aggregate {
         let calls: Vec<&str> = a.calls.iter().map(|c| c.name.as_str()).collect();
-        ("aggregate".into(), format!("Answered by the gateway from the calls {}.", calls.join(", ")))
+        (
+            "aggregate".into(),
+            format!(
+                "Answered by the gateway from the calls {}.",
+                calls.join(", ")
+            ),
+        )
     } else {
         ("gateway".into(), "Answered by the gateway itself.".into())
     };
@@ -147,7 +173,11 @@ fn operation(
             };
             json!({ r.status.to_string(): {"description": "the fixed answer", "content": {kind: {"example": example}}} })
         }
-        None => json!({"2XX": {"description": "the upstream's answer"}}),
+        None if route.aggregate.is_some() => {
+            json!({"200": {"description": "the calls' answers, merged", "content": {"application/json": {}}}})
+        }
+        // Whatever the upstream answers, with any status.
+        None => json!({"default": {"description": "the upstream's answer"}}),
     };
     let mut errors = vec!["400", "413"];
     if route.upstream.is_some() || route.aggregate.is_some() {
@@ -168,10 +198,14 @@ fn operation(
     }
     if let Some(v) = &route.validate {
         for h in &v.headers {
-            parameters.push(json!({"name": h, "in": "header", "required": true, "schema": {"type": "string"}}));
+            parameters.push(
+                json!({"name": h, "in": "header", "required": true, "schema": {"type": "string"}}),
+            );
         }
         for q in &v.query {
-            parameters.push(json!({"name": q, "in": "query", "required": true, "schema": {"type": "string"}}));
+            parameters.push(
+                json!({"name": q, "in": "query", "required": true, "schema": {"type": "string"}}),
+            );
         }
         let validated = match &v.methods {
             Some(list) => list.iter().any(|m| m.eq_ignore_ascii_case(method)),
@@ -180,7 +214,10 @@ fn operation(
         if let (Some(body), true) = (&v.body, validated) {
             if let Some(schema) = components.bundle(body) {
                 let content = json!({"application/json": {"schema": schema}});
-                op.insert("requestBody".into(), json!({"required": true, "content": content}));
+                op.insert(
+                    "requestBody".into(),
+                    json!({"required": true, "content": content}),
+                );
                 errors.push("415");
             }
         }
@@ -198,7 +235,9 @@ fn operation(
 /// Where clients reach the gateway.
 fn servers(raw: &RawConfig) -> Vec<Value> {
     let url = |scheme: &str, addr: &str| {
-        let reachable = addr.replace("0.0.0.0", "localhost").replace("[::]", "localhost");
+        let reachable = addr
+            .replace("0.0.0.0", "localhost")
+            .replace("[::]", "localhost");
         json!({"url": format!("{scheme}://{reachable}")})
     };
     raw.listen
@@ -321,7 +360,9 @@ impl Components {
                     self.rewrite_refs(v, base, own);
                 }
             }
-            Value::Array(items) => items.iter_mut().for_each(|v| self.rewrite_refs(v, base, own)),
+            Value::Array(items) => items
+                .iter_mut()
+                .for_each(|v| self.rewrite_refs(v, base, own)),
             _ => {}
         }
     }
@@ -330,8 +371,17 @@ impl Components {
 /// `schemas/user.create.json` → `user.create` (component names allow letters, digits, `.`,
 /// `-` and `_`).
 fn component_name(path: &Path) -> String {
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("schema");
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("schema");
     stem.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }

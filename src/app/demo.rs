@@ -6,9 +6,12 @@ use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use pingora::server::Server;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 struct SampleService {
     upstream: String,
@@ -117,4 +120,55 @@ pub fn add_sample_services(server: &mut Server, snapshot: &Snapshot) -> Vec<Stri
         }
     }
     started
+}
+
+/// Says "ready" once the gateway's listener accepts connections (not before, as Pingora
+/// binds listeners after the services are built), with addresses a browser can open.
+struct Announce {
+    proxy: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// `0.0.0.0:8080` → `localhost:8080`: a wildcard address is not one a browser can open.
+fn openable(addr: SocketAddr) -> String {
+    match addr.ip().is_unspecified() {
+        true => format!("localhost:{}", addr.port()),
+        false => addr.to_string(),
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Announce {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let probe = SocketAddr::new(
+            match self.proxy.ip().is_unspecified() {
+                true => std::net::Ipv4Addr::LOCALHOST.into(),
+                false => self.proxy.ip(),
+            },
+            self.proxy.port(),
+        );
+        // Bounded: a gateway whose listener never comes up has failed loudly already.
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(probe).await.is_ok() {
+                let (proxy, admin) = (openable(self.proxy), openable(self.admin));
+                tracing::info!(
+                    "demo ready: open http://{proxy}/users/1, http://{proxy}/api/messages/1 or \
+                     http://{admin}/routes (Ctrl-C stops)"
+                );
+                return;
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+}
+
+/// Adds the "ready" announcement for a gateway listening on `proxy`.
+pub fn announce_when_ready(server: &mut Server, snapshot: &Snapshot) {
+    if let Some(proxy) = snapshot.settings.proxy_addr {
+        let admin = snapshot.settings.admin_addr;
+        server.add_service(background_service("demo-ready", Announce { proxy, admin }));
+    }
 }
