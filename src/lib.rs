@@ -16,6 +16,7 @@ pub mod errors;
 pub mod explain;
 pub mod hashing;
 pub mod openapi;
+pub mod otlp;
 pub mod policy;
 pub mod proxy;
 pub mod router;

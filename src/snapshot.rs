@@ -161,6 +161,8 @@ pub struct Snapshot {
     pub redacted: serde_json::Value,
     /// The OpenAPI document of the routes (admin `/openapi.json`, `portico openapi`).
     pub openapi: serde_json::Value,
+    /// Where sampled requests' spans go (`telemetry.tracing`).
+    pub tracing: Option<Arc<crate::otlp::Tracing>>,
     pub warnings: Vec<Diagnostic>,
     /// The long-lived state this snapshot uses, kept across reloads once it is live.
     pub state: Kept,

@@ -232,9 +232,13 @@ pub fn serve(built: Built) {
     finish(&built.telemetry, &built.holder);
 }
 
-/// What exiting leaves done: the access log written out, our pid file removed.
+/// What exiting leaves done: the access log and queued spans written out, our pid file
+/// removed.
 fn finish(telemetry: &Telemetry, holder: &SnapshotHolder) {
     telemetry.access_log.flush();
+    if let Some(tracing) = &holder.load().tracing {
+        tracing.flush();
+    }
     // After an upgrade the file names the successor: only our own pid is removed.
     if let Some(file) = &holder.load().settings.pid_file {
         let ours = std::process::id().to_string();

@@ -77,6 +77,7 @@ pub fn compile_with(
     warn_shadowed(&mut d, &router, raw, &at);
     warn_unused_upstreams(&mut d, raw);
     let access_log = compile_access_log(&mut d, &raw.telemetry.access_log);
+    let tracing = compile_tracing(&mut d, &mut state, raw);
     d.items.sort_by_key(|x| (x.pos.line, x.pos.col));
     let Some(settings) = settings.filter(|_| !d.has_errors()) else {
         return Err(ConfigError(d.items));
@@ -100,6 +101,7 @@ pub fn compile_with(
         access_log,
         redacted: redacted(raw),
         openapi: crate::openapi::document(raw, &src.path, &src.hash),
+        tracing,
         warnings: d.items,
         state: state.finish(),
     })
@@ -237,6 +239,23 @@ fn socket_addr(d: &mut Diags, path: &str, text: &str) -> Option<SocketAddr> {
         );
     }
     parsed.ok()
+}
+
+/// The span exporter, kept across reloads while its settings stay (its queue and thread).
+fn compile_tracing(
+    d: &mut Diags,
+    state: &mut StateCx,
+    raw: &RawConfig,
+) -> Option<Arc<crate::otlp::Tracing>> {
+    let t = raw.telemetry.tracing.as_ref()?;
+    let defining = (
+        &t.otlp_endpoint,
+        t.sample.to_bits(),
+        &t.service_name,
+        t.timeout,
+    );
+    let compiled = crate::otlp::Tracing::compile(d, t)?;
+    Some(state.keep("otlp", "tracing", &defining, || compiled))
 }
 
 fn compile_redis(d: &mut Diags, state: &mut StateCx, raw: &RawConfig) -> Option<Arc<RedisLink>> {

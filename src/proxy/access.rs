@@ -214,6 +214,20 @@ impl<'a> JsonLine<'a> {
     }
 }
 
+/// What a request's server span says of it (the same facts as its access line).
+pub fn span_summary(session: &Session, ctx: &Ctx, status: u16) -> crate::otlp::RequestSummary {
+    let req = session.req_header();
+    crate::otlp::RequestSummary {
+        method: req.method.to_string(),
+        path: req.uri.path().to_string(),
+        route: ctx.route().map(|r| r.name.to_string()),
+        status,
+        request_id: ctx.request.id.clone(),
+        client_ip: ctx.request.client_ip.map(|ip| ip.to_string()),
+        error: ctx.error_code,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

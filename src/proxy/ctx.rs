@@ -58,6 +58,8 @@ pub struct Ctx {
     pub calls: Option<String>,
     /// The connection was upgraded (101): the request lasts as long as the tunnel.
     pub upgraded: bool,
+    /// The spans of a sampled request, when `telemetry.tracing` is on.
+    pub trace: Option<crate::otlp::RequestTrace>,
 }
 
 impl Ctx {
@@ -80,6 +82,7 @@ impl Ctx {
             upstream: UpstreamTry::default(),
             failure: None,
             error_code: None,
+            trace: None,
             calls: None,
             upgraded: false,
         }

@@ -100,29 +100,43 @@ pub fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
+/// A valid `traceparent`'s trace id, parent span id and flags (hex).
+fn parse_traceparent(tp: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = tp.trim().split('-');
+    let (version, trace_id, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(trace_id, 32)
+        && nonzero(trace_id)
+        && hex(parent, 16)
+        && nonzero(parent)
+        && hex(flags, 2);
+    valid.then_some((trace_id, parent, flags))
+}
+
+/// The caller's span id and trace flags, from a valid incoming `traceparent`.
+pub fn caller(incoming: Option<&str>) -> Option<(u64, u8)> {
+    let (_, parent, flags) = parse_traceparent(incoming?)?;
+    Some((
+        u64::from_str_radix(parent, 16).ok()?,
+        u8::from_str_radix(flags, 16).ok()?,
+    ))
+}
+
 /// W3C trace context for the upstream hop: keeps the trace id of a valid incoming
 /// `traceparent` (else starts a trace) and gives this hop a new span id. Returns the trace
 /// id and the `traceparent` to send.
 pub fn traceparent(incoming: Option<&str>) -> (String, String) {
-    let parsed = incoming.and_then(|tp| {
-        let mut parts = tp.trim().split('-');
-        let (version, trace_id, parent, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        let hex = |s: &str, n: usize| {
-            s.len() == n
-                && s.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        };
-        let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
-        let valid = hex(version, 2)
-            && version != "ff"
-            && hex(trace_id, 32)
-            && nonzero(trace_id)
-            && hex(parent, 16)
-            && nonzero(parent)
-            && hex(flags, 2);
-        valid.then_some((trace_id, flags))
-    });
+    let parsed = incoming
+        .and_then(parse_traceparent)
+        .map(|(trace, _, flags)| (trace, flags));
     let trace_id = match parsed {
         Some((id, _)) => id.to_string(),
         None => hex_string(fastrand::u128(1..), 32),

@@ -337,6 +337,22 @@ async fn redirect_https(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
 }
 
 /// The cache of the request's route (the cache hooks only run on such routes).
+/// The spans of a sampled request; an unsampled one tells the upstream so (flags `00`).
+fn start_trace(
+    tracing: &crate::otlp::Tracing,
+    incoming: Option<&str>,
+    facts: &mut ctx::RequestFacts,
+) -> Option<crate::otlp::RequestTrace> {
+    let caller = forwarding::caller(incoming);
+    if !tracing.sampled(caller.map(|(_, flags)| flags)) {
+        facts.traceparent.replace_range(53.., "00");
+        return None;
+    }
+    // The request's own span id is the one `traceparent` carries (`00-TRACE-SPAN-FLAGS`).
+    let span = u64::from_str_radix(facts.traceparent.get(36..52)?, 16).ok()?;
+    crate::otlp::RequestTrace::new(&facts.trace_id, caller.map(|(parent, _)| parent), span)
+}
+
 fn route_cache(ctx: &Ctx) -> Result<&CachePolicy> {
     ctx.route()
         .and_then(|r| r.cache())
@@ -421,6 +437,9 @@ impl ProxyHttp for Gateway {
             forwarding::client_ip(facts.peer, chain.as_deref(), &ctx.snapshot.settings);
         let incoming = req.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
         (facts.trace_id, facts.traceparent) = forwarding::traceparent(incoming);
+        if let Some(tracing) = &ctx.snapshot.tracing {
+            ctx.trace = start_trace(tracing, incoming, facts);
+        }
         self.route_request(session, ctx).await
     }
 
@@ -494,6 +513,9 @@ impl ProxyHttp for Gateway {
         }
         peer.options.write_timeout = cap(upstream.write_timeout);
         ctx.upstream.tried.push(pick.index);
+        if let Some(trace) = &mut ctx.trace {
+            trace.attempt(&pick.target.label);
+        }
         ctx.upstream.target = Some(pick.target.clone());
         ctx.upstream.pick = Some(pick);
         Ok(Box::new(peer))
@@ -509,10 +531,11 @@ impl ProxyHttp for Gateway {
         if let Some(pick) = ctx.upstream.pick.take() {
             pick.finish(Some(false));
         }
-        ctx.upstream.tls_failed = matches!(
-            GatewayError::from_pingora(&e),
-            Some(GatewayError::UpstreamTls)
-        );
+        let failure = GatewayError::from_pingora(&e);
+        ctx.upstream.tls_failed = matches!(failure, Some(GatewayError::UpstreamTls));
+        if let Some(trace) = &mut ctx.trace {
+            trace.failed(failure.map_or("connect_failed", |f| f.code()));
+        }
         let attempts = ctx.upstream().map_or(0, |u| u.retry_attempts as usize);
         let idempotent = session.req_header().method.is_idempotent();
         if idempotent && ctx.upstream.tried.len() <= attempts && !ctx.past_deadline() {
@@ -531,6 +554,10 @@ impl ProxyHttp for Gateway {
             upstream_request.set_uri(uri.clone());
         }
         prepare_upstream_request(upstream_request, ctx)?;
+        // This attempt's span is the upstream's parent.
+        if let Some(tp) = ctx.trace.as_ref().and_then(|t| t.traceparent()) {
+            upstream_request.insert_header(TRACEPARENT, tp)?;
+        }
         ctx.upstream.sent = Some(Instant::now());
         Ok(())
     }
@@ -542,6 +569,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.upstream.status = Some(upstream_response.status.as_u16());
+        if let Some(trace) = &mut ctx.trace {
+            trace.answered(upstream_response.status.as_u16());
+        }
         ctx.upstream.time = ctx.upstream.sent.map(|t| t.elapsed());
         if ctx.past_deadline() {
             return Err(ctx.fail(GatewayError::RouteTimeout));
@@ -696,6 +726,9 @@ impl ProxyHttp for Gateway {
         }
         if ctx.upgraded {
             self.telemetry.metrics.upgraded_open.dec();
+        }
+        if let (Some(trace), Some(tracing)) = (&ctx.trace, &ctx.snapshot.tracing) {
+            tracing.export(trace, &access::span_summary(session, ctx, status));
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         guard::request_done();
