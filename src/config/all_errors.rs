@@ -135,7 +135,20 @@ fn diagnostic(
             format!("{} is not a duration", e.instance),
             "durations are whole numbers with ms, s, m, h or d, joined by single spaces: 250ms, 2s, 1m 30s".to_string(),
         ),
-        ValidationErrorKind::Pattern { .. } | ValidationErrorKind::Type { .. } => (
+        ValidationErrorKind::Pattern { .. } => {
+            // The key's description lists the forms it takes (for a list: the list's).
+            let keyword = e.schema_path.as_str();
+            let key = keyword.strip_suffix("/pattern").unwrap_or(keyword);
+            let described = [key, key.strip_suffix("/items").unwrap_or(key)]
+                .into_iter()
+                .find_map(|k| schema_node(schema, k)?.get("description")?.as_str());
+            let help = match described {
+                Some(forms) => format!("accepted: {}", forms.replace('\n', " ")),
+                None => reference.to_string(),
+            };
+            (at, format!("{} is not an accepted value", e.instance), help)
+        }
+        ValidationErrorKind::Type { .. } => (
             at,
             e.to_string(),
             "quote strings, write numbers without quotes, durations like 250ms, 2s or 1m 30s, and sizes like 64KiB or 10MiB".to_string(),

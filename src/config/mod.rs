@@ -262,6 +262,31 @@ mod tests {
     }
 
     #[test]
+    fn a_value_outside_its_forms_names_the_forms() {
+        let text = "version: 1\nlisten: { proxy: 127.0.0.1:1, admin: 127.0.0.1:2 }\nupstreams:\n  u: { targets: [127.0.0.1:9], balance: robin }\nauth:\n  a: { algorithms: [none], secret_env: X }\nroutes:\n  - { name: r, match: { pathx: /r }, upstream: u }\n";
+        // serde stops at the unknown key; the schema finds the values outside their forms.
+        let err = parse(text).err().unwrap();
+        let found: Vec<(usize, &str, &str)> = err
+            .0
+            .iter()
+            .map(|d| (d.pos.line, d.message.as_str(), d.help.as_deref().unwrap()))
+            .collect();
+        assert_eq!(found.len(), 3, "{err}");
+        assert_eq!(
+            (found[0].0, found[0].1),
+            (4, "upstreams.u.balance: \"robin\" is not an accepted value")
+        );
+        assert!(
+            found[0]
+                .2
+                .starts_with("accepted: round_robin (default), random"),
+            "{err}"
+        );
+        assert_eq!(found[1].0, 6);
+        assert!(found[1].2.contains("`none` never is"), "{err}");
+    }
+
+    #[test]
     fn an_unset_variable_does_not_hide_the_other_problems() {
         let text = "version: 1\nlisten: { proxy: \"${PROXY}\", admin: 127.0.0.1:2 }\nroutes:\n  - { name: a, match: { pathx: /a }, respond: { text: x } }\n";
         let err = parse(text).err().unwrap();

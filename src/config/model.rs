@@ -63,6 +63,8 @@ pub struct RawTelemetry {
     /// The JSON access log on stdout.
     #[serde(default)]
     pub access_log: RawAccessLog,
+    /// OpenTelemetry spans (one per request and per upstream attempt) exported over OTLP.
+    pub tracing: Option<crate::otlp::RawTracing>,
 }
 
 impl Default for RawTelemetry {
@@ -70,6 +72,7 @@ impl Default for RawTelemetry {
         RawTelemetry {
             metrics: true,
             access_log: RawAccessLog::default(),
+            tracing: None,
         }
     }
 }
@@ -266,6 +269,7 @@ pub struct RawUpstream {
     pub targets: Vec<String>,
     /// round_robin (default), random, least_requests, hash(header:NAME) or hash(client_ip).
     #[serde(default = "default_balance")]
+    #[schemars(pattern(r"^\s*(round_robin|random|least_requests|hash\(client_ip\)|hash\(header:\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*\))\s*$"))]
     pub balance: String,
     /// Connect, read and write timeouts per try.
     #[serde(default)]

@@ -27,7 +27,11 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
-    /// The only algorithms accepted (pinned: `none` and any other are refused).
+    /// HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA:
+    /// the only algorithms accepted (pinned; `none` never is).
+    #[schemars(inner(pattern(
+        r"^(HS256|HS384|HS512|RS256|RS384|RS512|PS256|PS384|PS512|ES256|ES384|EdDSA)$"
+    )))]
     pub algorithms: Vec<String>,
     /// A JWKS document (file) holding the verification keys.
     pub jwks_file: Option<String>,
@@ -56,6 +60,7 @@ pub struct RawAuth {
     pub required_claims: Vec<String>,
     /// `bearer` (default), `cookie:NAME` or `header:NAME`.
     #[serde(default = "default_token_source")]
+    #[schemars(pattern(r"^(bearer|cookie:.+|header:\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*)$"))]
     pub token: String,
     /// Claims sent upstream as headers, e.g. `{ sub: X-User-Id }`.
     #[serde(default)]

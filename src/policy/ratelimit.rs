@@ -32,6 +32,7 @@ pub struct RawRateLimit {
     pub burst: u64,
     /// What is counted apart: client_ip (default), route, header:NAME or claim:NAME.
     #[serde(default = "default_limit_key")]
+    #[schemars(pattern(r"^(client_ip|route|header:\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*|claim:.+)$"))]
     pub key: String,
     /// local (per replica, default) or redis (shared by every replica).
     #[serde(default)]
