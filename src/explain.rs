@@ -298,9 +298,12 @@ pub fn junit(outcomes: &Outcomes) -> String {
 fn check_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
     if let Some(want) = &case.route {
         if !snapshot.routes.iter().any(|r| &*r.name == want) {
-            return Err(format!(
-                "no route is named `{want}` (a typo in the cases file?)"
-            ));
+            let names = snapshot.routes.iter().map(|r| &*r.name);
+            let hint = match crate::diag::closest(want, names) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None => "a typo in the cases file?".to_string(),
+            };
+            return Err(format!("no route is named `{want}` ({hint})"));
         }
     }
     let (method, path) = case

@@ -324,9 +324,7 @@ fn route_explains_and_tests_a_route_table() {
     let (code, out, _) = route_test(&cases, root);
     assert_eq!(code, 1);
     assert!(
-        out.contains(
-            "FAIL GET /ping (case 1): no route is named `pnig` (a typo in the cases file?)"
-        ),
+        out.contains("FAIL GET /ping (case 1): no route is named `pnig` (did you mean `ping`?)"),
         "{out}"
     );
 }

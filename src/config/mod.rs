@@ -28,7 +28,7 @@ impl Source {
                 path,
                 Pos { line: 1, col: 1 },
                 format!("cannot read config: {e}"),
-                None,
+                Some("check the path (`-c`, PORTICO_CONFIG) and that it is readable".into()),
             )
         })?;
         Source::parse(path, &text, |name| std::env::var(name).ok())
@@ -183,7 +183,7 @@ fn yaml_help(message: &str) -> Option<String> {
     } else if message.contains("time unit") || message.contains("duration") {
         Some("durations look like 250ms, 2s, 1m or 1h 30m".into())
     } else {
-        None
+        Some("YAML nests by indentation (spaces), separates keys from values with `: `, and needs quotes around values with `: ` or a leading `{`, `[`, `*`, `&`, `!`, `%` or `@`".into())
     }
 }
 
