@@ -538,4 +538,19 @@ fn log_records_are_json_or_text_as_configured() {
         .unwrap();
     assert!(line.contains(" INFO ") && !line.starts_with('{'), "{line}");
     assert!(!log.contains('\u{1b}'), "ANSI escapes in a log file");
+    // A refused reload is one line in text too, its diagnostics in `errors`.
+    gw.overwrite_config(&config("json", "pathx"));
+    let refused = wait_until(Duration::from_secs(10), || {
+        gw.log().contains("config refused")
+    });
+    assert!(refused.is_some(), "{}", gw.log());
+    let log = gw.log();
+    let line = log.lines().find(|l| l.contains("config refused")).unwrap();
+    assert!(
+        line.contains(" ERROR ")
+            && line.contains("errors=")
+            && line.contains("unknown field `pathx`")
+            && line.contains("(help: did you mean `path`?"),
+        "{line}"
+    );
 }

@@ -54,7 +54,7 @@ fn load_config(
 ) -> Result<Snapshot, ConfigError> {
     let snapshot = compile_with(&Source::load(path)?, stores, &telemetry.metrics)?;
     for w in &snapshot.warnings {
-        tracing::warn!("{w}");
+        tracing::warn!("{}", w.one_line());
     }
     stores.remember(&snapshot.state);
     Ok(snapshot)

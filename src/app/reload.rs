@@ -138,7 +138,7 @@ impl Reloader {
                     }
                 }
                 for w in &snapshot.warnings {
-                    tracing::warn!("{w}");
+                    tracing::warn!("{}", w.one_line());
                 }
                 let pending = current.restart_needed(&snapshot);
                 for p in &pending {
@@ -159,8 +159,9 @@ impl Reloader {
                 Ok(())
             }
             Err(e) => {
-                // One record, the diagnostics as a field (one line in JSON logs).
-                tracing::error!(trigger, errors = %e, "config refused, the running config stays");
+                // One record on one line, the diagnostics as a field.
+                let errors = e.one_line();
+                tracing::error!(trigger, errors, "config refused, the running config stays");
                 let metrics = &self.inner.telemetry.metrics;
                 metrics.reloads.with_label_values(&["failed"]).inc();
                 status.result = "failed".into();

@@ -46,10 +46,29 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+impl Diagnostic {
+    /// The diagnostic on one line, for a log record (`… (help: …)`).
+    pub fn one_line(&self) -> String {
+        let text = self.to_string();
+        match text.split_once("\n  help: ") {
+            Some((what, help)) => format!("{what} (help: {help})"),
+            None => text,
+        }
+    }
+}
+
 /// A config that was refused, with every problem found.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", render(.0))]
 pub struct ConfigError(pub Vec<Diagnostic>);
+
+impl ConfigError {
+    /// Every problem on one line, `; ` between them, for a log record.
+    pub fn one_line(&self) -> String {
+        let lines: Vec<String> = self.0.iter().map(Diagnostic::one_line).collect();
+        lines.join("; ")
+    }
+}
 
 fn render(diags: &[Diagnostic]) -> String {
     let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
