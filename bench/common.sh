@@ -62,7 +62,20 @@ rs256_token() {
   echo "$h.$p.$s"
 }
 
-# gateway_yaml PORT ADMIN ORIGIN: Portico with one thread and one catch-all route.
+# The HMAC secret of the HS256 policy in gateway_yaml (and bench/gateway.sh).
+export JWT_SECRET=bench-secret-0123456789abcdef0123456789
+
+# hs256_token: a token for that policy (sub, role, iss, aud), valid until 2096.
+hs256_token() {
+  local h p s
+  h=$(printf '{"alg":"HS256","typ":"JWT"}' | b64url)
+  p=$(printf '{"sub":"bench-user","role":"user","iss":"https://idp.example.com","aud":"api","exp":4000000000}' | b64url)
+  s=$(printf '%s.%s' "$h" "$p" | openssl dgst -sha256 -hmac "$JWT_SECRET" -binary | b64url)
+  echo "$h.$p.$s"
+}
+
+# gateway_yaml PORT ADMIN ORIGIN: Portico with one thread; /gw/ runs the API-gateway policies
+# (HS256 token with a role claim, a limit keyed by its subject, CORS), / is a plain route.
 gateway_yaml() {
   cat > "$work/gateway.yaml" <<CONF
 version: 1
@@ -72,7 +85,19 @@ upstreams:
   origin: { targets: ["127.0.0.1:$3"] }
 auth:
   rs: { algorithms: [RS256], public_key_file: "$PWD/tests/keys/rsa1.pub.pem" }
+  hs: { algorithms: [HS256], secret_env: JWT_SECRET, issuer: https://idp.example.com, audience: api, forward_claims: { sub: X-User-Id } }
+rate_limits:
+  per_user: { requests: 1000000, per: 1s, burst: 1000000, key: "claim:sub" }
+cors:
+  web: { allow_origins: ["https://app.example.com"] }
 routes:
+  - name: gw
+    match: { path_prefix: /gw/ }
+    upstream: origin
+    auth: hs
+    require: { claims: { role: [admin, user] } }
+    rate_limit: per_user
+    cors: web
   - name: rs256
     match: { path_prefix: /rs/ }
     upstream: origin

@@ -32,18 +32,23 @@ control() {
   while kill -0 "$c" 2>/dev/null; do curl -s -o /dev/null "http://127.0.0.1:$3/"; n=$((n + 1)); sleep 0.1; done
   echo "$n"
 }
-printf '%-8s %10s %14s\n' server requests 'instr/request'
+TOKEN=$(hs256_token)
+printf '%-10s %10s %14s\n' server requests 'instr/request'
 declare -A PER
-for name in nginx pingora portico; do
-  case $name in nginx) p=$NGINX;; pingora) p=$PINGORA;; portico) p=$PORTICO;; esac
+# portico-gw is the same Portico process on its /gw/ route (HS256 token, role claim, a limit
+# keyed by the subject, CORS): each row zeroes the counters first and reads its own dump.
+for name in nginx pingora portico portico-gw; do
+  path=/ hdr=() proc=$name
+  case $name in nginx) p=$NGINX;; pingora) p=$PINGORA;; portico) p=$PORTICO;;
+    portico-gw) p=$PORTICO proc=portico path=/gw/x hdr=(-H "Authorization: Bearer $TOKEN" -H 'Origin: https://app.example.com');; esac
   ready "$p"
-  pid=$(pgrep -f "callgrind-out-file=$work/cg.$name")
+  pid=$(pgrep -f "callgrind-out-file=$work/cg.$proc")
   control -z "$pid" "$p" >/dev/null
-  requests=$(wrk -t1 -c8 -d"${DURATION}s" "http://127.0.0.1:$p/" | awk '/requests in/ {print $1}')
+  requests=$(wrk -t1 -c8 -d"${DURATION}s" "${hdr[@]}" "http://127.0.0.1:$p$path" | awk '/requests in/ {print $1}')
   pokes=$(control -d "$pid" "$p")
-  total=$(awk '/^summary:/ {print $2}' "$work/cg.$name".*)
+  total=$(awk '/^summary:/ {print $2}' "$(ls -t "$work/cg.$proc".* | head -1)")
   PER[$name]=$((total / (requests + pokes)))
-  printf '%-8s %10s %14s\n' "$name" "$requests" "${PER[$name]}"
+  printf '%-10s %10s %14s\n' "$name" "$requests" "${PER[$name]}"
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
-echo "instructions per request: pingora/nginx $(ratio "${PER[pingora]}" "${PER[nginx]}")x, portico/pingora $(ratio "${PER[portico]}" "${PER[pingora]}")x, portico/nginx $(ratio "${PER[portico]}" "${PER[nginx]}")x"
+echo "instructions per request: pingora/nginx $(ratio "${PER[pingora]}" "${PER[nginx]}")x, portico/pingora $(ratio "${PER[portico]}" "${PER[pingora]}")x (goal <= 1.05), portico-gw/pingora $(ratio "${PER[portico-gw]}" "${PER[pingora]}")x (goal <= 1.15), portico/nginx $(ratio "${PER[portico]}" "${PER[nginx]}")x"

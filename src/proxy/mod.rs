@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const TRACEPARENT: &str = "traceparent";
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 pub struct Gateway {
     pub holder: SnapshotHolder,
@@ -382,7 +382,7 @@ fn prepare_upstream_request(upstream_request: &mut RequestHeader, ctx: &Ctx) -> 
         match upstream_request.headers.get(HOST).cloned() {
             Some(host) => upstream_request.insert_header(X_FORWARDED_HOST, host)?,
             None => {
-                upstream_request.remove_header(X_FORWARDED_HOST);
+                upstream_request.remove_header(&X_FORWARDED_HOST);
             }
         }
     }
@@ -440,7 +440,9 @@ impl ProxyHttp for Gateway {
         if let Some(tracing) = &ctx.snapshot.tracing {
             ctx.trace = start_trace(tracing, incoming, facts);
         }
-        self.route_request(session, ctx).await
+        // On the heap: its state (policies, aggregate calls, answers) would otherwise be
+        // part of Pingora's per-request future, which is moved (copied) for every request.
+        Box::pin(self.route_request(session, ctx)).await
     }
 
     async fn request_body_filter(
@@ -764,7 +766,7 @@ impl ProxyHttp for Gateway {
         if ctx.request.id.is_empty() {
             ctx.request.id = forwarding::request_id(None);
         }
-        if let Err(err) = respond::reject(session, ctx, &failure, false).await {
+        if let Err(err) = Box::pin(respond::reject(session, ctx, &failure, false)).await {
             tracing::debug!(error = %err, "could not send the error response");
         }
         FailToProxy {
