@@ -7,14 +7,19 @@ use crate::hashing::fnv1a;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
+/// Keys come from clients (tokens, header values): hashed with ahash's randomly seeded
+/// hasher, which resists collision floods like std's SipHash at a fraction of its cost on
+/// long keys such as tokens.
+type Map<V> = HashMap<Box<str>, V, ahash::RandomState>;
+
 pub struct Bounded<V> {
-    shards: Vec<Mutex<HashMap<Box<str>, V>>>,
+    shards: Vec<Mutex<Map<V>>>,
     per_shard: usize,
 }
 
 /// One locked shard.
 pub struct Shard<'a, V> {
-    map: MutexGuard<'a, HashMap<Box<str>, V>>,
+    map: MutexGuard<'a, Map<V>>,
     limit: usize,
 }
 

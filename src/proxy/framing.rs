@@ -45,38 +45,44 @@ fn clean_request_line(line: &[u8]) -> bool {
     clean && spaces == 2
 }
 
-/// One pass over the head's lines (it runs for every request); only lines that may be
-/// framing headers are looked at closely.
+/// One pass over the head's lines (it runs for every request, and a head with a token is
+/// long: line ends are found with memchr); only lines that may be framing headers are
+/// looked at closely.
 fn scan(head: &[u8]) -> Framing<'_> {
     let mut f = Framing::default();
-    let mut pieces = head.split(|b| *b == b'\n').enumerate().peekable();
-    while let Some((i, raw)) = pieces.next() {
-        let line = match raw.strip_suffix(b"\r") {
-            Some(line) => line,
-            // Only the piece after the last `\n` may lack its `\r`.
-            None => {
-                f.bare_lf |= pieces.peek().is_some();
-                raw
-            }
-        };
-        if i == 0 {
-            f.clean_line = clean_request_line(line);
-            continue;
-        }
-        if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T')) {
-            continue;
-        }
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            continue;
-        };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        if name.eq_ignore_ascii_case(b"content-length") {
-            f.lengths.push(value);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            f.codings.push(value);
-        }
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', head) {
+        let raw = &head[start..end];
+        let line = raw.strip_suffix(b"\r").unwrap_or_else(|| {
+            f.bare_lf = true;
+            raw
+        });
+        framing_line(&mut f, line, start == 0);
+        start = end + 1;
     }
+    // What follows the last `\n` (nothing, in a complete head) needs no `\r`.
+    framing_line(&mut f, &head[start..], start == 0);
     f
+}
+
+/// Notes what one line of the head says about framing.
+fn framing_line<'a>(f: &mut Framing<'a>, line: &'a [u8], first: bool) {
+    if first {
+        f.clean_line = clean_request_line(line);
+        return;
+    }
+    if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T')) {
+        return;
+    }
+    let Some(colon) = memchr::memchr(b':', line) else {
+        return;
+    };
+    let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+    if name.eq_ignore_ascii_case(b"content-length") {
+        f.lengths.push(value);
+    } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        f.codings.push(value);
+    }
 }
 
 /// Why a head is refused; None when its framing is unambiguous.
