@@ -9,12 +9,12 @@ PIP_TOOLS := kubernetes-validate openapi-spec-validator
 .PHONY: deps demo test bench fuzz api-test
 
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p 2>/dev/null | grep -q '^Status: install ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
-	@for tool in $(PIP_TOOLS); do command -v $$tool >/dev/null || python3 -m pip install --quiet $$tool \
+	@for tool in $(PIP_TOOLS); do python3 -m pip show --quiet $$tool >/dev/null 2>&1 || python3 -m pip install --quiet $$tool \
 		|| python3 -m pip install --quiet --break-system-packages $$tool || exit 1; done
 
 CONFIG ?= gateway.yaml
