@@ -68,8 +68,6 @@ target/release/examples/bare_pingora "127.0.0.1:$PINGORA" "127.0.0.1:$ORIGIN" ca
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; for f in "$work"/*.err; do echo "== $f"; tail -n 5 "$f"; done >&2; exit 1; }
 for p in $ORIGIN $NGINX $VARNISH $PORTICO $PINGORA; do wait_port "$p"; done
 
-to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.3f", v}'; }
-declare -A RPS P99
 SERVERS="nginx varnish pingora portico fixed"
 for size in small big; do
   for name in $SERVERS; do
@@ -91,7 +89,6 @@ printf '%-8s %-6s %12s %10s\n' server body 'requests/s' 'p99 ms'
 for size in small big; do
   for name in $SERVERS; do printf '%-8s %-6s %12s %10s\n' "$name" "$size" "${RPS[$name.$size]}" "${P99[$name.$size]}"; done
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 for size in small big; do
   echo "$size: pingora/nginx requests/s $(ratio "${RPS[pingora.$size]}" "${RPS[nginx.$size]}")x; fixed/nginx $(ratio "${RPS[fixed.$size]}" "${RPS[nginx.$size]}")x; portico/pingora $(ratio "${RPS[portico.$size]}" "${RPS[pingora.$size]}")x"
   echo "$size: portico/nginx requests/s $(ratio "${RPS[portico.$size]}" "${RPS[nginx.$size]}")x, p99 $(ratio "${P99[portico.$size]}" "${P99[nginx.$size]}")x; portico/varnish requests/s $(ratio "${RPS[portico.$size]}" "${RPS[varnish.$size]}")x, p99 $(ratio "${P99[portico.$size]}" "${P99[varnish.$size]}")x"

@@ -114,3 +114,19 @@ routes:
     upstream: origin
 CONF
 }
+
+# measure NAME PORT PATH [WRK ARGS...]: a 2 s warm-up, then wrk -t1 -c$CONNS for $DURATION
+# seconds; sets RPS[NAME] and P99[NAME] (milliseconds) and reports any error responses.
+declare -A RPS P99
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.3f", v}'; }
+measure() {
+  local name=$1 url="http://127.0.0.1:$2$3" out errors
+  shift 3
+  wrk -t1 -c"$CONNS" -d2s "$@" "$url" >/dev/null
+  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url")
+  errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}')
+  [ -z "$errors" ] || echo "$name: $errors" >&2
+  RPS[$name]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  P99[$name]=$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }

@@ -43,30 +43,7 @@ http {
       proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
     } } }
 CONF
-cat > "$work/gateway.yaml" <<CONF
-version: 1
-listen: { proxy: 127.0.0.1:$PORTICO, admin: 127.0.0.1:$ADMIN }
-server: { threads: 1 }
-upstreams:
-  origin: { targets: ["127.0.0.1:$ORIGIN"] }
-auth:
-  hs: { algorithms: [HS256], secret_env: JWT_SECRET, issuer: https://idp.example.com, audience: api, forward_claims: { sub: X-User-Id } }
-rate_limits:
-  per_user: { requests: 1000000, per: 1s, burst: 1000000, key: "claim:sub" }
-cors:
-  web: { allow_origins: ["https://app.example.com"] }
-routes:
-  - name: api
-    match: { path_prefix: /api/ }
-    upstream: origin
-    auth: hs
-    require: { claims: { role: [admin, user] } }
-    rate_limit: per_user
-    cors: web
-  - name: plain
-    match: { path_prefix: / }
-    upstream: origin
-CONF
+gateway_yaml "$PORTICO" "$ADMIN" "$ORIGIN"   # its /gw/ route runs the same policies
 
 TOKEN=$(hs256_token)
 
@@ -81,32 +58,19 @@ for p in $ORIGIN $NJS $PINGORA $PORTICO; do wait_port "$p"; done
 # Both gateways must accept the token and refuse a forged one before anything is measured.
 check() {
   local got
-  got=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $2" -H 'Origin: https://app.example.com' "http://127.0.0.1:$1/api/x")
+  got=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $2" -H 'Origin: https://app.example.com' "http://127.0.0.1:$1/gw/x")
   [ "$got" = "$3" ] || { echo "port $1: expected $3, got $got" >&2; exit 1; }
 }
 for p in $NJS $PORTICO; do check "$p" "$TOKEN" 200; check "$p" "${TOKEN%?}x" 401; done
 
-to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.3f", v}'; }
-declare -A RPS P99
 SERVERS="nginx-njs portico-gw pingora portico"
-for name in $SERVERS; do
-  hdr=()
-  case $name in
-    nginx-njs) p=$NJS path=/api/x hdr=(-H "Authorization: Bearer $TOKEN" -H 'Origin: https://app.example.com');;
-    portico-gw) p=$PORTICO path=/api/x hdr=(-H "Authorization: Bearer $TOKEN" -H 'Origin: https://app.example.com');;
-    pingora) p=$PINGORA path=/;;
-    portico) p=$PORTICO path=/;;
-  esac
-  wrk -t1 -c"$CONNS" -d2s "${hdr[@]}" "http://127.0.0.1:$p$path" >/dev/null   # warm-up
-  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" "http://127.0.0.1:$p$path")
-  errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}')
-  [ -z "$errors" ] || echo "$name: $errors" >&2
-  RPS[$name]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  P99[$name]=$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)
-done
+GW=(-H "Authorization: Bearer $TOKEN" -H 'Origin: https://app.example.com')
+measure nginx-njs "$NJS" /gw/x "${GW[@]}"
+measure portico-gw "$PORTICO" /gw/x "${GW[@]}"
+measure pingora "$PINGORA" /
+measure portico "$PORTICO" /
 
 printf '%-11s %12s %10s\n' server 'requests/s' 'p99 ms'
 for name in $SERVERS; do printf '%-11s %12s %10s\n' "$name" "${RPS[$name]}" "${P99[$name]}"; done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 echo "gateway work:  portico/nginx-njs requests/s $(ratio "${RPS[portico-gw]}" "${RPS[nginx-njs]}")x (goal >= 1.1), p99 $(ratio "${P99[portico-gw]}" "${P99[nginx-njs]}")x"
 echo "plain proxy:   portico/pingora requests/s $(ratio "${RPS[portico]}" "${RPS[pingora]}")x (goal >= 0.95), p99 $(ratio "${P99[portico]}" "${P99[pingora]}")x"

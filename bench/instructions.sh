@@ -50,5 +50,4 @@ for name in nginx pingora portico portico-gw; do
   PER[$name]=$((total / (requests + pokes)))
   printf '%-10s %10s %14s\n' "$name" "$requests" "${PER[$name]}"
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 echo "instructions per request: pingora/nginx $(ratio "${PER[pingora]}" "${PER[nginx]}")x, portico/pingora $(ratio "${PER[portico]}" "${PER[pingora]}")x (goal <= 1.05), portico-gw/pingora $(ratio "${PER[portico-gw]}" "${PER[pingora]}")x (goal <= 1.15), portico/nginx $(ratio "${PER[portico]}" "${PER[nginx]}")x"

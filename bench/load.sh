@@ -52,25 +52,17 @@ wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/n
 for p in $ORIGIN $NGINX $HAPROXY $PORTICO $QUIET $PINGORA; do wait_port "$p"; done
 
 # wrk prints latency with units; normalize p99 to milliseconds.
-to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.3f", v}'; }
-declare -A RPS P99
 SERVERS="nginx haproxy pingora portico quiet aggregate rs256"
 TOKEN=$(rs256_token tests/keys/rsa1.key.pem)
 for name in $SERVERS; do
   path=/ auth=()
   case $name in nginx) p=$NGINX;; haproxy) p=$HAPROXY;; pingora) p=$PINGORA;; portico) p=$PORTICO;; quiet) p=$QUIET;;
     aggregate) p=$PORTICO; path=/agg/7;; rs256) p=$PORTICO; path=/rs/x; auth=(-H "Authorization: Bearer $TOKEN");; esac
-  wrk -t1 -c"$CONNS" -d2s "${auth[@]}" "http://127.0.0.1:$p$path" >/dev/null   # warm-up
-  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${auth[@]}" "http://127.0.0.1:$p$path")
-  errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}')
-  [ -z "$errors" ] || echo "$name: $errors" >&2
-  RPS[$name]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  P99[$name]=$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)
+  measure "$name" "$p" "$path" "${auth[@]}"
 done
 
 printf '%-9s %12s %10s\n' server 'requests/s' 'p99 ms'
 for name in $SERVERS; do printf '%-9s %12s %10s\n' "$name" "${RPS[$name]}" "${P99[$name]}"; done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 echo "portico/nginx:   requests/s $(ratio "${RPS[portico]}" "${RPS[nginx]}")x, p99 $(ratio "${P99[portico]}" "${P99[nginx]}")x"
 echo "portico/haproxy: requests/s $(ratio "${RPS[portico]}" "${RPS[haproxy]}")x, p99 $(ratio "${P99[portico]}" "${P99[haproxy]}")x"
 echo "portico/pingora: requests/s $(ratio "${RPS[portico]}" "${RPS[pingora]}")x (the smallest Pingora proxy; pingora/nginx $(ratio "${RPS[pingora]}" "${RPS[nginx]}")x)"

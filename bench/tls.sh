@@ -60,5 +60,4 @@ done
 
 printf '%-8s %16s %16s %14s\n' server 'https keep-alive' 'handshakes/s' 'h2 req/s'
 for name in nginx portico; do printf '%-8s %16s %16s %14s\n' "$name" "${KEEP[$name]}" "${HAND[$name]}" "${H2[$name]}"; done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 echo "portico/nginx: https keep-alive $(ratio "${KEEP[portico]}" "${KEEP[nginx]}")x, handshakes $(ratio "${HAND[portico]}" "${HAND[nginx]}")x, h2 $(ratio "${H2[portico]}" "${H2[nginx]}")x"

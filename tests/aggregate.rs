@@ -286,12 +286,7 @@ fn metrics_and_the_access_log_name_each_call_and_its_outcome() {
     let gw = two_calls(&users, &orders, "/users/{id}", "/orders?status=500");
     let resp = client().get(gw.url("/dash/3")).send().unwrap();
     assert_eq!(resp.status(), 200);
-    let metrics = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics_text(&gw);
     for (call, outcome) in [("user", "ok"), ("orders", "bad_status")] {
         let line = format!(
             "portico_aggregate_calls_total{{call=\"{call}\",outcome=\"{outcome}\",route=\"dash\"}} 1"

@@ -53,16 +53,7 @@ fn a_slowloris_head_is_cut_off_at_the_header_deadline() {
     let counted = wait_until(Duration::from_secs(5), || {
         metric(&gw, "portico_downstream_timeouts_total{reason=\"header\"}") == 1.0
     });
-    assert!(
-        counted.is_some(),
-        "{}",
-        client()
-            .get(gw.admin_url("/metrics"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap()
-    );
+    assert!(counted.is_some(), "{}", metrics_text(&gw));
 }
 
 #[test]

@@ -45,14 +45,7 @@ fn value(all: &[(String, Labels, f64)], name: &str, labels: &[(&str, &str)]) -> 
 }
 
 fn scrape(gw: &Gateway) -> Vec<(String, Labels, f64)> {
-    samples(
-        &client()
-            .get(gw.admin_url("/metrics"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap(),
-    )
+    samples(&metrics_text(gw))
 }
 
 fn config(up: &TestUpstream, extra: &str) -> String {

@@ -386,12 +386,7 @@ fn redis_connects_at_start_and_health_says_so() {
         redis_state(&gw) == serde_json::json!({"connected": true})
     });
     assert!(up.is_some(), "{}", gw.log());
-    let metrics = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics_text(&gw);
     assert!(
         metrics.lines().any(|l| l == "portico_redis_connected 1"),
         "{metrics}"

@@ -400,15 +400,20 @@ pub fn portico(args: &[&str], cwd: &Path) -> (i32, String, String) {
     )
 }
 
-/// The value of one metric series (`name{labels}` exactly as rendered), or -1 when absent.
-pub fn metric(gw: &Gateway, series: &str) -> f64 {
-    let text = client()
+/// The admin `/metrics` text.
+pub fn metrics_text(gw: &Gateway) -> String {
+    client()
         .get(gw.admin_url("/metrics"))
         .send()
         .unwrap()
         .text()
-        .unwrap();
-    text.lines()
+        .unwrap()
+}
+
+/// The value of one metric series (`name{labels}` exactly as rendered), or -1 when absent.
+pub fn metric(gw: &Gateway, series: &str) -> f64 {
+    metrics_text(gw)
+        .lines()
         .find_map(|l| {
             l.strip_prefix(series)?
                 .strip_prefix(' ')?
