@@ -152,7 +152,7 @@ impl BackgroundService for Announce {
             if tokio::net::TcpStream::connect(probe).await.is_ok() {
                 let (proxy, admin) = (openable(self.proxy), openable(self.admin));
                 tracing::info!(
-                    "demo ready: open http://{proxy}/users/1, http://{proxy}/api/messages/1 or \
+                    "demo ready: the gateway is at http://{proxy}/ and its routes at \
                      http://{admin}/routes (Ctrl-C stops)"
                 );
                 return;
