@@ -396,6 +396,20 @@ fn demo_serves_sample_services_through_the_gateway() {
         .json()
         .unwrap();
     assert_eq!(body["request"]["path"], "/messages/1");
+    // "ready" comes once the listener accepts, with the addresses to open.
+    let ready = wait_until(std::time::Duration::from_secs(10), || {
+        gw.log().contains("demo ready")
+    });
+    assert!(ready.is_some(), "{}", gw.log());
+    let log = gw.log();
+    let line = log.lines().find(|l| l.contains("demo ready")).unwrap();
+    assert!(
+        line.contains(&format!("http://{}/", gw.proxy))
+            && line.contains(&format!("http://{}/routes", gw.admin)),
+        "{line}"
+    );
+    let bound = log.find("Starting service: portico").unwrap();
+    assert!(log.find("demo ready").unwrap() > bound, "{log}");
 }
 
 #[test]
