@@ -6,7 +6,7 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorSource, ErrorType};
 use serde::Serialize;
 
-pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+pub const X_REQUEST_ID: &str = "x-request-id";
 
 /// Why a request was not authenticated; each maps to a 401 with a reason.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,9 +7,9 @@ use http::header::{HeaderMap, HeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_E
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
 
 /// Keeps a client's request id when it is sane (≤128 chars of `[A-Za-z0-9._:-]`), else
 /// makes a new random one.

@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACEPARENT: &str = "traceparent";
 
 pub struct Gateway {
     pub holder: SnapshotHolder,
@@ -382,7 +382,7 @@ fn prepare_upstream_request(upstream_request: &mut RequestHeader, ctx: &Ctx) -> 
         match upstream_request.headers.get(HOST).cloned() {
             Some(host) => upstream_request.insert_header(X_FORWARDED_HOST, host)?,
             None => {
-                upstream_request.remove_header(&X_FORWARDED_HOST);
+                upstream_request.remove_header(X_FORWARDED_HOST);
             }
         }
     }
