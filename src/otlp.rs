@@ -210,9 +210,12 @@ impl Tracing {
 }
 
 impl Drop for Tracing {
+    /// A retired exporter (its settings changed) sends what it holds on a thread of its
+    /// own: the last snapshot may be dropped by a request, which must not wait on a
+    /// collector.
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.get() {
-            let _ = provider.shutdown();
+        if let Some(provider) = self.provider.take() {
+            std::thread::spawn(move || provider.shutdown());
         }
     }
 }
