@@ -440,9 +440,7 @@ impl ProxyHttp for Gateway {
         if let Some(tracing) = &ctx.snapshot.tracing {
             ctx.trace = start_trace(tracing, incoming, facts);
         }
-        // On the heap: its state (policies, aggregate calls, answers) would otherwise be
-        // part of Pingora's per-request future, which is moved (copied) for every request.
-        Box::pin(self.route_request(session, ctx)).await
+        self.route_request(session, ctx).await
     }
 
     async fn request_body_filter(
@@ -766,7 +764,7 @@ impl ProxyHttp for Gateway {
         if ctx.request.id.is_empty() {
             ctx.request.id = forwarding::request_id(None);
         }
-        if let Err(err) = Box::pin(respond::reject(session, ctx, &failure, false)).await {
+        if let Err(err) = respond::reject(session, ctx, &failure, false).await {
             tracing::debug!(error = %err, "could not send the error response");
         }
         FailToProxy {
