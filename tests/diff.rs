@@ -38,18 +38,10 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 /// `portico diff ARGS` in `dir`, with the secret the auth policy names (diff compiles both
 /// configs, as `check` does).
 fn diff(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(bin())
-        .arg("diff")
-        .args(args)
-        .current_dir(dir)
-        .env("JWT_SECRET", "s3cret-value")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    let all: Vec<&str> = std::iter::once("diff")
+        .chain(args.iter().copied())
+        .collect();
+    portico_env(&all, dir, &[("JWT_SECRET", "s3cret-value")])
 }
 
 #[test]

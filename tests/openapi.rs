@@ -45,23 +45,19 @@ fn the_document_is_valid_openapi_and_describes_every_route() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gateway.yaml");
     std::fs::write(&file, gw.config_text(&config(schemas))).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["openapi", "-c", file.to_str().unwrap()])
-        .env("JWT_SECRET", "s3cret-value")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (code, stdout, stderr) = portico_env(
+        &["openapi", "-c", file.to_str().unwrap()],
+        dir.path(),
+        &[("JWT_SECRET", "s3cret-value")],
     );
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let doc: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
         doc,
         gw.admin_json("/openapi.json"),
         "the CLI and the admin endpoint agree"
     );
-    std::fs::write(dir.path().join("openapi.json"), &out.stdout).unwrap();
+    std::fs::write(dir.path().join("openapi.json"), &stdout).unwrap();
     let checked = std::process::Command::new("openapi-spec-validator")
         .arg(dir.path().join("openapi.json"))
         .output()

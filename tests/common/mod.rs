@@ -387,9 +387,15 @@ pub fn raw_request(addr: SocketAddr, request: &str) -> std::io::Result<RawRespon
 
 /// `portico ARGS...`: (exit code, stdout, stderr).
 pub fn portico(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    portico_env(args, cwd, &[])
+}
+
+/// `portico ARGS...` with `envs` set for that process only: (exit code, stdout, stderr).
+pub fn portico_env(args: &[&str], cwd: &Path, envs: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(bin())
         .args(args)
         .current_dir(cwd)
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap();
