@@ -74,11 +74,9 @@ pub fn document(raw: &RawConfig, config_path: &Path, version: &str) -> Value {
 /// The OpenAPI path of a route and its path parameters; None for a `path_regex`.
 fn openapi_path(route: &RawRoute) -> Option<(String, Vec<Value>)> {
     let m = &route.matcher;
-    let param = |name: &str, description: &str| {
-        let pattern = match description.contains("may contain `/`") {
-            true => MANY_SEGMENTS,
-            false => ONE_SEGMENT,
-        };
+    // `spans`: the value may cross segments (`{rest...}`, a prefix's rest).
+    let param = |name: &str, spans: bool, description: &str| {
+        let pattern = if spans { MANY_SEGMENTS } else { ONE_SEGMENT };
         json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "pattern": pattern}, "description": description})
     };
     if let Some(p) = &m.path {
@@ -97,7 +95,7 @@ fn openapi_path(route: &RawRoute) -> Option<(String, Vec<Value>)> {
                         Some(_) => "the rest of the path (may contain `/`)",
                         None => "one path segment",
                     };
-                    params.push(param(name, about));
+                    params.push(param(name, rest.is_some(), about));
                     path.push_str(&format!("{{{name}}}"));
                 }
                 None => path.push_str(segment),
@@ -108,11 +106,14 @@ fn openapi_path(route: &RawRoute) -> Option<(String, Vec<Value>)> {
     if let Some(prefix) = &m.path_prefix {
         let base = prefix.trim_end_matches('/');
         let about = format!("anything under `{prefix}` (may contain `/`)");
-        return Some((format!("{base}/{{path}}"), vec![param("path", &about)]));
+        return Some((
+            format!("{base}/{{path}}"),
+            vec![param("path", true, &about)],
+        ));
     }
     m.path_regex
         .is_none()
-        .then(|| ("/{path}".into(), vec![param("path", "any path")]))
+        .then(|| ("/{path}".into(), vec![param("path", false, "any path")]))
 }
 
 /// Header conditions of the match, as required header parameters.

@@ -72,14 +72,15 @@ impl Tracing {
                 Some("give the OTLP/HTTP receiver, e.g. http://otel-collector:4318".into()),
             );
         }
-        if !(0.0..=1.0).contains(&raw.sample) {
+        let sample_ok = (0.0..=1.0).contains(&raw.sample);
+        if !sample_ok {
             d.error(
                 &format!("{at}.sample"),
                 "sample is a share between 0 and 1",
                 Some("e.g. 0.1 exports one new trace in ten".into()),
             );
         }
-        (url_ok && (0.0..=1.0).contains(&raw.sample)).then(|| Tracing {
+        (url_ok && sample_ok).then(|| Tracing {
             endpoint: format!("{endpoint}/v1/traces"),
             sample: raw.sample,
             service: raw.service_name.clone(),
@@ -133,7 +134,7 @@ impl Tracing {
             Some(p) => {
                 let remote = SpanContext::new(
                     trace.trace_id,
-                    SpanId::from_bytes(p.to_be_bytes()),
+                    span_id(p),
                     TraceFlags::SAMPLED,
                     true,
                     TraceState::default(),
@@ -166,14 +167,14 @@ impl Tracing {
             .span_builder(name)
             .with_kind(SpanKind::Server)
             .with_trace_id(trace.trace_id)
-            .with_span_id(SpanId::from_bytes(trace.span.to_be_bytes()))
+            .with_span_id(span_id(trace.span))
             .with_start_time(trace.start)
             .with_attributes(attributes)
             .start_with_context(&tracer, &parent);
         server.end_with_timestamp(end);
         let this = SpanContext::new(
             trace.trace_id,
-            SpanId::from_bytes(trace.span.to_be_bytes()),
+            span_id(trace.span),
             TraceFlags::SAMPLED,
             false,
             TraceState::default(),
@@ -193,7 +194,7 @@ impl Tracing {
             let mut span = tracer
                 .span_builder(summary.method.clone())
                 .with_kind(SpanKind::Client)
-                .with_span_id(SpanId::from_bytes(attempt.span.to_be_bytes()))
+                .with_span_id(span_id(attempt.span))
                 .with_start_time(attempt.start)
                 .with_attributes(attributes)
                 .start_with_context(&tracer, &within);
@@ -218,6 +219,10 @@ impl Drop for Tracing {
             std::thread::spawn(move || provider.shutdown());
         }
     }
+}
+
+fn span_id(id: u64) -> SpanId {
+    SpanId::from_bytes(id.to_be_bytes())
 }
 
 /// The spans of one sampled request, filled in as it goes.

@@ -6,7 +6,7 @@
 use crate::compile::compile_with;
 use crate::config::{ConfigError, Source};
 use crate::diag::inputs_digest;
-use crate::snapshot::SnapshotHolder;
+use crate::snapshot::{Snapshot, SnapshotHolder};
 use crate::state::Stores;
 use crate::telemetry::Telemetry;
 use crate::units::unix_now;
@@ -102,8 +102,7 @@ impl Reloader {
     /// from; a file that does not load counts as different.
     fn differs_from_running(&self) -> bool {
         let current = self.inner.holder.load();
-        Source::load(&self.inner.path).map_or(true, |src| src.hash != current.hash)
-            || inputs_digest(&current.inputs) != current.inputs_digest
+        Source::load(&self.inner.path).map_or(true, |src| !built_from(&src, &current))
     }
 
     /// Loads, checks and compiles the file, then swaps it in. `force` reloads even when the
@@ -112,8 +111,7 @@ impl Reloader {
         let _one_at_a_time = self.inner.busy.lock().await;
         let current = self.inner.holder.load();
         let outcome = Source::load(&self.inner.path).and_then(|src| {
-            let inputs_same = inputs_digest(&current.inputs) == current.inputs_digest;
-            if !force && src.hash == current.hash && inputs_same {
+            if !force && built_from(&src, &current) {
                 return Ok(None);
             }
             compile_with(&src, &self.inner.stores, &self.inner.telemetry.metrics).map(Some)
@@ -240,6 +238,11 @@ impl Reloader {
             }
         }
     }
+}
+
+/// `snapshot` was compiled from this text, and the files it refers to are unchanged.
+fn built_from(src: &Source, snapshot: &Snapshot) -> bool {
+    src.hash == snapshot.hash && inputs_digest(&snapshot.inputs) == snapshot.inputs_digest
 }
 
 /// A change to one of `files` (compared by name within the same directory, so a file

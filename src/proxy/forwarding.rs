@@ -100,8 +100,8 @@ pub fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
-/// A valid `traceparent`'s trace id, parent span id and flags (hex).
-fn parse_traceparent(tp: &str) -> Option<(&str, &str, &str)> {
+/// A valid `traceparent`'s trace id (hex), parent span id and flags.
+fn parse_traceparent(tp: &str) -> Option<(&str, u64, u8)> {
     let mut parts = tp.trim().split('-');
     let (version, trace_id, parent, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -118,37 +118,50 @@ fn parse_traceparent(tp: &str) -> Option<(&str, &str, &str)> {
         && hex(parent, 16)
         && nonzero(parent)
         && hex(flags, 2);
-    valid.then_some((trace_id, parent, flags))
+    if !valid {
+        return None;
+    }
+    let parent = u64::from_str_radix(parent, 16).ok()?;
+    Some((trace_id, parent, u8::from_str_radix(flags, 16).ok()?))
 }
 
-/// The caller's span id and trace flags, from a valid incoming `traceparent`.
-pub fn caller(incoming: Option<&str>) -> Option<(u64, u8)> {
-    let (_, parent, flags) = parse_traceparent(incoming?)?;
-    Some((
-        u64::from_str_radix(parent, 16).ok()?,
-        u8::from_str_radix(flags, 16).ok()?,
-    ))
+/// This hop's W3C trace context.
+pub struct TraceContext {
+    pub trace_id: String,
+    /// The `traceparent` to send upstream: `00-TRACE-SPAN-FLAGS`.
+    pub header: String,
+    /// This hop's span id (the header's).
+    pub span: u64,
+    /// The caller's span id and flags, from a valid incoming `traceparent`.
+    pub caller: Option<(u64, u8)>,
 }
 
-/// W3C trace context for the upstream hop: keeps the trace id of a valid incoming
-/// `traceparent` (else starts a trace) and gives this hop a new span id. Returns the trace
-/// id and the `traceparent` to send.
-pub fn traceparent(incoming: Option<&str>) -> (String, String) {
-    let parsed = incoming
-        .and_then(parse_traceparent)
-        .map(|(trace, _, flags)| (trace, flags));
+/// W3C trace context for the upstream hop: keeps the trace id and flags of a valid
+/// incoming `traceparent` (else starts a sampled trace) and gives this hop a new span id.
+pub fn traceparent(incoming: Option<&str>) -> TraceContext {
+    let parsed = incoming.and_then(parse_traceparent);
     let trace_id = match parsed {
-        Some((id, _)) => id.to_string(),
+        Some((id, _, _)) => id.to_string(),
         None => hex_string(fastrand::u128(1..), 32),
     };
+    let span = fastrand::u64(1..);
     let mut header = String::with_capacity(55);
     header.push_str("00-");
     header.push_str(&trace_id);
     header.push('-');
-    push_hex(&mut header, fastrand::u64(1..).into(), 16);
+    push_hex(&mut header, span.into(), 16);
     header.push('-');
-    header.push_str(parsed.map_or("01", |(_, flags)| flags));
-    (trace_id, header)
+    push_hex(
+        &mut header,
+        parsed.map_or(1, |(_, _, flags)| flags).into(),
+        2,
+    );
+    TraceContext {
+        trace_id,
+        header,
+        span,
+        caller: parsed.map(|(_, parent, flags)| (parent, flags)),
+    }
 }
 
 /// `value`'s low `digits` hex digits, zero-padded (ids are made per request, so this
@@ -295,7 +308,8 @@ mod tests {
     #[test]
     fn traceparent_keeps_valid_trace_ids() {
         let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let (trace, header) = traceparent(Some(incoming));
+        let tc = traceparent(Some(incoming));
+        let (trace, header) = (tc.trace_id, tc.header);
         assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(
             header.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && header.ends_with("-01")
@@ -304,14 +318,15 @@ mod tests {
             !header.contains("00f067aa0ba902b7"),
             "a new span id for this hop"
         );
-        let (fresh, _) = traceparent(Some(
+        let fresh = traceparent(Some(
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-        ));
+        ))
+        .trace_id;
         assert_ne!(fresh, "00000000000000000000000000000000");
-        assert_eq!(traceparent(None).1.len(), 55);
+        assert_eq!(traceparent(None).header.len(), 55);
         let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
         assert!(
-            traceparent(Some(unsampled)).1.ends_with("-00"),
+            traceparent(Some(unsampled)).header.ends_with("-00"),
             "flags kept"
         );
         assert_eq!(hex_string(0xab, 4), "00ab");

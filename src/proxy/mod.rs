@@ -340,16 +340,14 @@ async fn redirect_https(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
 /// The spans of a sampled request; an unsampled one tells the upstream so (flags `00`).
 fn start_trace(
     tracing: &crate::otlp::Tracing,
-    incoming: Option<&str>,
+    span: u64,
+    caller: Option<(u64, u8)>,
     facts: &mut ctx::RequestFacts,
 ) -> Option<crate::otlp::RequestTrace> {
-    let caller = forwarding::caller(incoming);
     if !tracing.sampled(caller.map(|(_, flags)| flags)) {
         facts.traceparent.replace_range(53.., "00");
         return None;
     }
-    // The request's own span id is the one `traceparent` carries (`00-TRACE-SPAN-FLAGS`).
-    let span = u64::from_str_radix(facts.traceparent.get(36..52)?, 16).ok()?;
     crate::otlp::RequestTrace::new(&facts.trace_id, caller.map(|(parent, _)| parent), span)
 }
 
@@ -436,9 +434,10 @@ impl ProxyHttp for Gateway {
         facts.client_ip =
             forwarding::client_ip(facts.peer, chain.as_deref(), &ctx.snapshot.settings);
         let incoming = req.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
-        (facts.trace_id, facts.traceparent) = forwarding::traceparent(incoming);
+        let trace = forwarding::traceparent(incoming);
+        (facts.trace_id, facts.traceparent) = (trace.trace_id, trace.header);
         if let Some(tracing) = &ctx.snapshot.tracing {
-            ctx.trace = start_trace(tracing, incoming, facts);
+            ctx.trace = start_trace(tracing, trace.span, trace.caller, facts);
         }
         self.route_request(session, ctx).await
     }
