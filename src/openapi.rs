@@ -111,9 +111,12 @@ fn openapi_path(route: &RawRoute) -> Option<(String, Vec<Value>)> {
             vec![param("path", true, &about)],
         ));
     }
-    m.path_regex
-        .is_none()
-        .then(|| ("/{path}".into(), vec![param("path", false, "any path")]))
+    m.path_regex.is_none().then(|| {
+        (
+            "/{path}".into(),
+            vec![param("path", true, "any path (may contain `/`)")],
+        )
+    })
 }
 
 /// Header conditions of the match, as required header parameters.
@@ -385,4 +388,28 @@ fn component_name(path: &Path) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path_of(route: &str) -> (String, Value) {
+        let route: RawRoute = serde_yaml::from_str(route).unwrap();
+        let (path, params) = openapi_path(&route).unwrap();
+        (path, params[0]["schema"]["pattern"].clone())
+    }
+
+    #[test]
+    fn values_that_span_segments_may_hold_slashes() {
+        let any = path_of("{ name: a, match: { methods: [GET] }, upstream: u }");
+        assert_eq!(any, ("/{path}".to_string(), Value::from(MANY_SEGMENTS)));
+        let prefix = path_of("{ name: a, match: { path_prefix: /api/ }, upstream: u }");
+        assert_eq!(
+            prefix,
+            ("/api/{path}".to_string(), Value::from(MANY_SEGMENTS))
+        );
+        let one = path_of("{ name: a, match: { path_template: \"/u/{id}\" }, upstream: u }");
+        assert_eq!(one, ("/u/{id}".to_string(), Value::from(ONE_SEGMENT)));
+    }
 }
