@@ -9,10 +9,11 @@ cd "$(dirname "$0")/.."
 DURATION=${1:-5}
 . bench/common.sh
 
-install_missing nginx-light wrk valgrind
+install_missing nginx-light wrk valgrind libmimalloc2.0
 cargo build --release --quiet --bin portico --example bare_pingora
 
 ORIGIN=$(port); NGINX=$(port); PINGORA=$(port); PORTICO=$(port); ADMIN=$(port)
+PINGORA_MI=$(port); HEADERS=$(port); GW_HEADERS=$(port)
 origin_conf "$ORIGIN"
 # One process (no master), so callgrind counts the worker itself.
 nginx_conf "$NGINX" "$ORIGIN" "master_process off;"
@@ -22,6 +23,13 @@ nginx -c "$work/origin.conf" & pids+=($!)
 grind() { valgrind --tool=callgrind --callgrind-out-file="$work/cg.$1" "${@:2}" >/dev/null 2>"$work/$1.err" & pids+=($!); }
 grind nginx nginx -c "$work/nginx.conf"
 grind pingora target/release/examples/bare_pingora "127.0.0.1:$PINGORA" "127.0.0.1:$ORIGIN"
+# The floor under Portico's own work: bare Pingora with Portico's allocator (mimalloc,
+# preloaded), then adding only the headers Portico adds (constant values), for the plain
+# route and for the API-gateway policies: what Pingora's header API alone costs.
+MIMALLOC=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2
+LD_PRELOAD=$MIMALLOC grind pingora-mi target/release/examples/bare_pingora "127.0.0.1:$PINGORA_MI" "127.0.0.1:$ORIGIN"
+LD_PRELOAD=$MIMALLOC grind headers target/release/examples/bare_pingora "127.0.0.1:$HEADERS" "127.0.0.1:$ORIGIN" headers
+LD_PRELOAD=$MIMALLOC grind gw-headers target/release/examples/bare_pingora "127.0.0.1:$GW_HEADERS" "127.0.0.1:$ORIGIN" gw-headers
 PORTICO_LOG=warn grind portico target/release/portico run -c "$work/gateway.yaml"
 
 ready() { for _ in $(seq 300); do curl -sf "http://127.0.0.1:$1/" >/dev/null && return 0; sleep 0.2; done; echo "port $1 did not answer" >&2; exit 1; }
@@ -33,21 +41,23 @@ control() {
   echo "$n"
 }
 TOKEN=$(hs256_token)
-printf '%-10s %10s %14s\n' server requests 'instr/request'
+printf '%-11s %10s %14s\n' server requests 'instr/request'
 declare -A PER
 # portico-gw is the same Portico process on its /gw/ route (HS256 token, role claim, a limit
 # keyed by the subject, CORS): each row zeroes the counters first and reads its own dump.
-for name in nginx pingora portico portico-gw; do
+for name in nginx pingora pingora-mi headers gw-headers portico portico-gw; do
   path=/ hdr=() proc=$name
   case $name in nginx) p=$NGINX;; pingora) p=$PINGORA;; portico) p=$PORTICO;;
+    pingora-mi) p=$PINGORA_MI;; headers) p=$HEADERS;; gw-headers) p=$GW_HEADERS;;
     portico-gw) p=$PORTICO proc=portico path=/gw/x hdr=(-H "Authorization: Bearer $TOKEN" -H 'Origin: https://app.example.com');; esac
   ready "$p"
-  pid=$(pgrep -f "callgrind-out-file=$work/cg.$proc")
+  pid=$(pgrep -f "callgrind-out-file=$work/cg.$proc ")
   control -z "$pid" "$p" >/dev/null
   requests=$(wrk -t1 -c8 -d"${DURATION}s" "${hdr[@]}" "http://127.0.0.1:$p$path" | awk '/requests in/ {print $1}')
   pokes=$(control -d "$pid" "$p")
   total=$(awk '/^summary:/ {print $2}' "$(ls -t "$work/cg.$proc".* | head -1)")
   PER[$name]=$((total / (requests + pokes)))
-  printf '%-10s %10s %14s\n' "$name" "$requests" "${PER[$name]}"
+  printf '%-11s %10s %14s\n' "$name" "$requests" "${PER[$name]}"
 done
 echo "instructions per request: pingora/nginx $(ratio "${PER[pingora]}" "${PER[nginx]}")x, portico/pingora $(ratio "${PER[portico]}" "${PER[pingora]}")x (goal <= 1.05), portico-gw/pingora $(ratio "${PER[portico-gw]}" "${PER[pingora]}")x (goal <= 1.15), portico/nginx $(ratio "${PER[portico]}" "${PER[nginx]}")x"
+echo "with Portico's allocator: headers/pingora-mi $(ratio "${PER[headers]}" "${PER[pingora-mi]}")x and gw-headers/pingora-mi $(ratio "${PER[gw-headers]}" "${PER[pingora-mi]}")x (Pingora's header API alone), portico/headers $(ratio "${PER[portico]}" "${PER[headers]}")x and portico-gw/gw-headers $(ratio "${PER[portico-gw]}" "${PER[gw-headers]}")x (the rest of Portico)"

@@ -183,38 +183,52 @@ fn push_hex(out: &mut String, value: u128, digits: usize) {
     out.push_str(std::str::from_utf8(&buf[..digits]).unwrap_or_default());
 }
 
-const HOP_BY_HOP: [&str; 7] = [
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "upgrade",
-];
+/// The hop-by-hop headers of RFC 9110 §7.6.1 and their legacy forms (a `match` compiles to
+/// a length switch: this runs for every header of every response).
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "upgrade"
+    )
+}
 
 /// Hop-by-hop headers to drop: the fixed list plus those named in `Connection`. An upgrade
 /// (e.g. WebSocket) keeps `Connection`/`Upgrade` so Pingora can tunnel it. One pass over
-/// the names, since it runs twice per request.
+/// the names; a name `Connection` lists is only made when the headers have it (most
+/// listed names, such as `keep-alive`, are not there), since this runs for every response.
 pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
     let mut names: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| HOP_BY_HOP.contains(&n.as_str()))
+        .filter(|n| is_hop_by_hop(n.as_str()))
         .cloned()
         .collect();
     if !headers.contains_key(CONNECTION) {
         return names;
     }
-    let listed: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or_default().split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    if listed.contains(&UPGRADE) && headers.contains_key(UPGRADE) {
+    let listed = || {
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or_default().split(','))
+            .map(str::trim)
+    };
+    if headers.contains_key(UPGRADE) && listed().any(|n| n.eq_ignore_ascii_case("upgrade")) {
         return Vec::new();
     }
-    names.extend(listed);
+    let present = listed()
+        .filter(|n| headers.contains_key(*n))
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok());
+    for name in present {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
     names.push(CONNECTION);
     names.retain(|n| n != CONTENT_LENGTH && n != TRANSFER_ENCODING);
     names

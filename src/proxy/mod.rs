@@ -160,6 +160,10 @@ impl Gateway {
         bound: &[(String, String)],
     ) -> Result<bool> {
         let mut base = session.req_header().clone();
+        // Pingora strips a proxied request's hop-by-hop headers; these calls are ours.
+        for name in forwarding::hop_by_hop(&base.headers) {
+            base.remove_header(&name);
+        }
         prepare_upstream_request(&mut base, ctx)?;
         base.set_method(Method::GET);
         for name in [
@@ -359,11 +363,9 @@ fn route_cache(ctx: &Ctx) -> Result<&CachePolicy> {
 
 /// What a request carries upstream besides the client's own headers: X-Forwarded-*,
 /// X-Request-Id, traceparent, no client-sent identity headers, then each route policy's
-/// edits (claims forwarded, header edits). Proxied requests and aggregate calls alike.
+/// edits (claims forwarded, header edits). Proxied requests and aggregate calls alike (the
+/// hop-by-hop headers are already gone: Pingora's upstream request policy strips them).
 fn prepare_upstream_request(upstream_request: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
-    for name in forwarding::hop_by_hop(&upstream_request.headers) {
-        upstream_request.remove_header(&name);
-    }
     let settings = &ctx.snapshot.settings;
     let peer = ctx.request.peer;
     let trusted = peer.is_some_and(|p| settings.is_trusted(p));
@@ -401,22 +403,24 @@ fn prepare_upstream_request(upstream_request: &mut RequestHeader, ctx: &Ctx) -> 
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = Ctx;
+    /// Boxed: Pingora keeps the context inside its per-request future, which it moves
+    /// (copies) twice per request; a pointer moves cheaper than the whole context.
+    type CTX = Box<Ctx>;
 
     /// No downstream modules: Portico does not compress, and each module costs per request.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
-    fn new_ctx(&self) -> Ctx {
+    fn new_ctx(&self) -> Box<Ctx> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         guard::head_received();
         let snapshot = self.holder.load();
         if snapshot.metrics {
             self.telemetry.metrics.in_flight.inc();
         }
-        Ctx::new(snapshot)
+        Box::new(Ctx::new(snapshot))
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
         let body_timeout = ctx.snapshot.settings.body_timeout;
         let downstream = session.as_downstream_mut();
         downstream.set_read_timeout(Some(body_timeout));
@@ -447,7 +451,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         if let Some(chunk) = body {
             ctx.request.body_seen += chunk.len() as u64;
@@ -460,7 +464,11 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<Box<HttpPeer>> {
         let Some(upstream) = ctx.upstream().cloned() else {
             return Err(ctx.fail(GatewayError::Internal));
         };
@@ -524,7 +532,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(pick) = ctx.upstream.pick.take() {
@@ -547,7 +555,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         if let Some(uri) = &ctx.upstream.uri {
             upstream_request.set_uri(uri.clone());
@@ -565,7 +573,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         ctx.upstream.status = Some(upstream_response.status.as_u16());
         if let Some(trace) = &mut ctx.trace {
@@ -585,7 +593,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         if session.is_process_shutting_down() {
             // Draining: tell the client to open its next connection elsewhere.
@@ -604,7 +612,7 @@ impl ProxyHttp for Gateway {
         respond::decorate(upstream_response, ctx)
     }
 
-    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<()> {
         // An upgrade (WebSocket) is a GET that must reach the upstream, never a stored 200.
         if session.is_upgrade_req() {
             return Ok(());
@@ -616,7 +624,7 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Box<Ctx>) -> Result<CacheKey> {
         let cache = route_cache(ctx)?;
         let trusted = ctx
             .request
@@ -637,7 +645,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &Session,
         resp: &ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<RespCacheable> {
         let credentialed = cache::credentialed(session.req_header(), ctx.policy.claims.as_deref());
         Ok(route_cache(ctx)?.cacheable(resp, credentialed))
@@ -646,7 +654,7 @@ impl ProxyHttp for Gateway {
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        _ctx: &mut Ctx,
+        _ctx: &mut Box<Ctx>,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
         CachePolicy::variance(meta, req)
@@ -658,7 +666,7 @@ impl ProxyHttp for Gateway {
         meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
         _is_fresh: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<Option<ForcedFreshness>> {
         let credentialed = cache::credentialed(session.req_header(), ctx.policy.claims.as_deref());
         if credentialed && !route_cache(ctx)?.serves_credentialed(meta) {
@@ -674,14 +682,14 @@ impl ProxyHttp for Gateway {
     fn should_serve_stale(
         &self,
         _session: &mut Session,
-        _ctx: &mut Ctx,
+        _ctx: &mut Box<Ctx>,
         error: Option<&Error>,
     ) -> bool {
         error.is_none_or(|e| e.esource() != &pingora::ErrorSource::Downstream)
     }
 
     /// What Pingora's own log lines say of a request: no query (it often carries tokens).
-    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+    fn request_summary(&self, session: &Session, ctx: &Box<Ctx>) -> String {
         let req = session.req_header();
         format!(
             "{} {}, request id {}",
@@ -691,7 +699,7 @@ impl ProxyHttp for Gateway {
         )
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<Ctx>) {
         if let Some(e) = e.filter(|e| e.esource() != &pingora::ErrorSource::Downstream) {
             // The kind and source only: an error's context can hold upstream bytes.
             tracing::warn!(
@@ -738,7 +746,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         _body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<Option<Duration>> {
         // The route timeout bounds getting the 101, not the tunnel after it.
         if ctx.past_deadline() && !session.was_upgraded() {
@@ -747,7 +755,12 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Box<Ctx>,
+    ) -> FailToProxy {
         let failure = match ctx.failure.take() {
             Some(f) => Some(f),
             None if ctx.past_deadline() => Some(GatewayError::RouteTimeout),
