@@ -26,8 +26,13 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# origin_conf PORT: the nginx origin every proxy is measured against.
+# origin_conf PORT: the nginx origin every proxy is measured against; /big is a 17.7 KB body.
 origin_conf() {
+  # In a folder of its own: opening a file beside gateway.yaml wakes Portico's watcher.
+  # nginx's workers (www-data) read it: the scratch folder is made 0700.
+  chmod 755 "$work"
+  mkdir -p "$work/www"
+  head -c 17700 /dev/zero | tr '\0' 'x' > "$work/www/big"
   cat > "$work/origin.conf" <<CONF
 worker_processes 1;
 daemon off; pid $work/origin.pid; error_log $work/origin.err;
@@ -35,6 +40,7 @@ events { worker_connections 4096; }
 http { access_log off;
   server { listen 127.0.0.1:$1; keepalive_requests 100000;
     location / { default_type text/plain; return 200 "hello from origin\n"; }
+    location = /big { default_type text/plain; alias $work/www/big; }
     location /json/ { default_type application/json; return 200 '{"id": 7, "name": "origin", "total": 3}'; } } }
 CONF
 }
