@@ -26,15 +26,13 @@ pub fn access_line(out: &mut Vec<u8>, session: &Session, ctx: &Ctx, status: u16)
     let mut line = JsonLine::new(out, &settings.exclude);
     line.time("time", std::time::SystemTime::now());
     line.plain("request_id", &ctx.request.id);
-    line.plain("trace_id", &ctx.request.trace_id);
+    line.plain("trace_id", ctx.request.trace_id());
     // This hop's span: the traceparent sent upstream is `00-TRACE-SPAN-FLAGS`.
     if let Some(span) = ctx.request.traceparent.get(36..52) {
         line.plain("span_id", span);
     }
     if let Some(ip) = ctx.request.client_ip {
-        let mut text = String::with_capacity(40);
-        super::forwarding::push_ip(&mut text, ip);
-        line.plain("client_ip", &text);
+        line.ip("client_ip", ip);
     }
     line.plain("method", req.method.as_str());
     line.plain("protocol", protocol(req.version));
@@ -157,6 +155,15 @@ impl<'a> JsonLine<'a> {
         }
     }
 
+    /// An IP, written in place.
+    fn ip(&mut self, name: &str, ip: std::net::IpAddr) {
+        if self.key(name) {
+            self.out.push(b'"');
+            super::forwarding::push_ip(self.out, ip);
+            self.out.push(b'"');
+        }
+    }
+
     fn str(&mut self, name: &str, value: &str) {
         if !self.key(name) {
             return;
@@ -256,7 +263,7 @@ mod tests {
         let exclude = ["client_ip".to_string()];
         let mut line = JsonLine::new(&mut out, &exclude);
         line.str("path", "/a\"b");
-        line.str("client_ip", "10.0.0.1");
+        line.ip("client_ip", "10.0.0.1".parse().unwrap());
         line.num("status", 200u16);
         line.millis("duration_ms", Duration::from_micros(1_002_003));
         line.millis("upstream_ms", Duration::from_micros(7));
@@ -265,6 +272,12 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#"{"path":"/a\"b","status":200,"duration_ms":1002.003,"upstream_ms":0.007}"#
         );
+        let mut ips = Vec::new();
+        let mut line = JsonLine::new(&mut ips, &[]);
+        line.ip("v4", "192.0.2.10".parse().unwrap());
+        line.ip("v6", "2001:db8::1".parse().unwrap());
+        line.finish();
+        assert_eq!(ips, br#"{"v4":"192.0.2.10","v6":"2001:db8::1"}"#);
         let mut empty = Vec::new();
         JsonLine::new(&mut empty, &[]).finish();
         assert_eq!(empty, b"{}");

@@ -17,7 +17,7 @@ pub struct RequestFacts {
     pub peer: Option<IpAddr>,
     /// The client, as `trusted_proxies` decides it.
     pub client_ip: Option<IpAddr>,
-    pub trace_id: String,
+    /// This hop's `traceparent`, which holds the trace id.
     pub traceparent: String,
     pub started: Instant,
     /// Request body bytes seen so far.
@@ -32,7 +32,8 @@ pub struct RequestFacts {
 #[derive(Default)]
 pub struct UpstreamTry {
     pub uri: Option<http::Uri>,
-    pub tried: Vec<usize>,
+    /// Inline: a request tries a few targets at most, and this is made per request.
+    pub tried: smallvec::SmallVec<[usize; 4]>,
     pub pick: Option<Pick>,
     pub target: Option<Arc<Target>>,
     pub deadline: Option<Instant>,
@@ -62,6 +63,12 @@ pub struct Ctx {
     pub trace: Option<crate::otlp::RequestTrace>,
 }
 
+impl RequestFacts {
+    pub fn trace_id(&self) -> &str {
+        super::forwarding::trace_id(&self.traceparent)
+    }
+}
+
 impl Ctx {
     pub fn new(snapshot: Arc<Snapshot>) -> Ctx {
         Ctx {
@@ -70,7 +77,6 @@ impl Ctx {
                 id: String::new(),
                 peer: None,
                 client_ip: None,
-                trace_id: String::new(),
                 traceparent: String::new(),
                 started: Instant::now(),
                 body_seen: 0,

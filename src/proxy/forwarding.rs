@@ -10,6 +10,18 @@ use std::net::IpAddr;
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
+pub const TRACEPARENT: &str = "traceparent";
+
+/// The same names parsed once, for lookups: a lookup by text parses the name every time.
+/// Inserts take the text, which Pingora keeps as written for its case-preserving map.
+pub mod lookup {
+    use http::HeaderName;
+    pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+}
 
 /// Keeps a client's request id when it is sane (≤128 chars of `[A-Za-z0-9._:-]`), else
 /// makes a new random one.
@@ -32,7 +44,7 @@ pub fn request_id(incoming: Option<&[u8]>) -> String {
 /// comma-joined line, RFC 9110 §5.3): a front proxy that adds its own line must not let the
 /// client's line decide the client IP. Bytes that are not text stay, unparseable, in place.
 pub fn forwarded_chain(headers: &HeaderMap) -> Option<Cow<'_, str>> {
-    let mut lines = headers.get_all(X_FORWARDED_FOR).iter();
+    let mut lines = headers.get_all(&lookup::X_FORWARDED_FOR).iter();
     let first = lines.next()?;
     let text = |v: &'_ http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
     match lines.next() {
@@ -72,29 +84,29 @@ pub fn client_ip(peer: Option<IpAddr>, xff: Option<&str>, settings: &Settings) -
 
 /// `X-Forwarded-For` to send: appended to when the peer is trusted, replaced otherwise
 /// (an untrusted client must not be able to forge the chain).
-pub fn forwarded_for(peer: IpAddr, xff: Option<&str>, settings: &Settings) -> String {
-    let mut out = String::with_capacity(64);
+pub fn forwarded_for(peer: IpAddr, xff: Option<&str>, settings: &Settings) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
     if let Some(existing) = xff.filter(|x| !x.trim().is_empty() && settings.is_trusted(peer)) {
-        out.push_str(existing);
-        out.push_str(", ");
+        out.extend_from_slice(existing.as_bytes());
+        out.extend_from_slice(b", ");
     }
     push_ip(&mut out, peer);
     out
 }
 
 /// An IP as text; IPv4 digit by digit (it runs per request; `Display` is slower).
-pub fn push_ip(out: &mut String, ip: IpAddr) {
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    out.push(b'.');
                 }
-                out.push_str(itoa::Buffer::new().format(*octet));
+                out.extend_from_slice(itoa::Buffer::new().format(*octet).as_bytes());
             }
         }
         IpAddr::V6(v6) => {
-            use std::fmt::Write;
+            use std::io::Write;
             let _ = write!(out, "{v6}");
         }
     }
@@ -127,8 +139,7 @@ fn parse_traceparent(tp: &str) -> Option<(&str, u64, u8)> {
 
 /// This hop's W3C trace context.
 pub struct TraceContext {
-    pub trace_id: String,
-    /// The `traceparent` to send upstream: `00-TRACE-SPAN-FLAGS`.
+    /// The `traceparent` to send upstream: `00-TRACE-SPAN-FLAGS` (see [`trace_id`]).
     pub header: String,
     /// This hop's span id (the header's).
     pub span: u64,
@@ -140,14 +151,13 @@ pub struct TraceContext {
 /// incoming `traceparent` (else starts a sampled trace) and gives this hop a new span id.
 pub fn traceparent(incoming: Option<&str>) -> TraceContext {
     let parsed = incoming.and_then(parse_traceparent);
-    let trace_id = match parsed {
-        Some((id, _, _)) => id.to_string(),
-        None => hex_string(fastrand::u128(1..), 32),
-    };
     let span = fastrand::u64(1..);
     let mut header = String::with_capacity(55);
     header.push_str("00-");
-    header.push_str(&trace_id);
+    match parsed {
+        Some((id, _, _)) => header.push_str(id),
+        None => push_hex(&mut header, fastrand::u128(1..), 32),
+    }
     header.push('-');
     push_hex(&mut header, span.into(), 16);
     header.push('-');
@@ -157,11 +167,15 @@ pub fn traceparent(incoming: Option<&str>) -> TraceContext {
         2,
     );
     TraceContext {
-        trace_id,
         header,
         span,
         caller: parsed.map(|(_, parent, flags)| (parent, flags)),
     }
+}
+
+/// The trace id of a `traceparent` this module made (`00-TRACE-SPAN-FLAGS`).
+pub fn trace_id(traceparent: &str) -> &str {
+    traceparent.get(3..35).unwrap_or_default()
 }
 
 /// `value`'s low `digits` hex digits, zero-padded (ids are made per request, so this
@@ -206,12 +220,15 @@ fn is_hop_by_hop(name: &str) -> bool {
     )
 }
 
+/// The names [`hop_by_hop`] finds, inline (it runs for every response).
+pub type HopByHop = smallvec::SmallVec<[HeaderName; 4]>;
+
 /// Hop-by-hop headers to drop: the fixed list plus those named in `Connection`. An upgrade
 /// (e.g. WebSocket) keeps `Connection`/`Upgrade` so Pingora can tunnel it. One pass over
 /// the names; a name `Connection` lists is only made when the headers have it (most
 /// listed names, such as `keep-alive`, are not there), since this runs for every response.
-pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
-    let mut names: Vec<HeaderName> = headers
+pub fn hop_by_hop(headers: &HeaderMap) -> HopByHop {
+    let mut names: HopByHop = headers
         .keys()
         .filter(|n| is_hop_by_hop(n.as_str()))
         .cloned()
@@ -227,7 +244,7 @@ pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
             .map(str::trim)
     };
     if headers.contains_key(UPGRADE) && listed().any(|n| n.eq_ignore_ascii_case("upgrade")) {
-        return Vec::new();
+        return HopByHop::new();
     }
     let present = listed()
         .filter(|n| headers.contains_key(*n))
@@ -238,7 +255,7 @@ pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
         }
     }
     names.push(CONNECTION);
-    names.retain(|n| n != CONTENT_LENGTH && n != TRANSFER_ENCODING);
+    names.retain(|n| *n != CONTENT_LENGTH && *n != TRANSFER_ENCODING);
     names
 }
 
@@ -256,9 +273,9 @@ mod tests {
             "::ffff:10.0.0.1",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            let mut out = String::new();
+            let mut out = Vec::new();
             push_ip(&mut out, ip);
-            assert_eq!(out, ip.to_string());
+            assert_eq!(out, ip.to_string().as_bytes());
         }
     }
 
@@ -319,11 +336,11 @@ mod tests {
         assert_eq!(client_ip(ip("10.0.0.1"), None, &s), ip("10.0.0.1"));
         assert_eq!(
             forwarded_for("1.2.3.4".parse().unwrap(), Some("6.6.6.6"), &s),
-            "1.2.3.4"
+            b"1.2.3.4"
         );
         assert_eq!(
             forwarded_for("10.0.0.2".parse().unwrap(), Some("6.6.6.6"), &s),
-            "6.6.6.6, 10.0.0.2"
+            b"6.6.6.6, 10.0.0.2"
         );
     }
 
@@ -331,8 +348,8 @@ mod tests {
     fn traceparent_keeps_valid_trace_ids() {
         let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let tc = traceparent(Some(incoming));
-        let (trace, header) = (tc.trace_id, tc.header);
-        assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+        let header = tc.header;
+        assert_eq!(trace_id(&header), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(
             header.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && header.ends_with("-01")
         );
@@ -343,8 +360,8 @@ mod tests {
         let fresh = traceparent(Some(
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
         ))
-        .trace_id;
-        assert_ne!(fresh, "00000000000000000000000000000000");
+        .header;
+        assert_ne!(trace_id(&fresh), "00000000000000000000000000000000");
         assert_eq!(traceparent(None).header.len(), 55);
         let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
         assert!(
@@ -380,8 +397,8 @@ mod tests {
         h.insert(UPGRADE, "websocket".parse().unwrap());
         assert!(hop_by_hop(&h).is_empty());
         h.insert(CONNECTION, "close".parse().unwrap());
-        assert_eq!(hop_by_hop(&h), vec![UPGRADE, CONNECTION]);
+        assert_eq!(hop_by_hop(&h).as_slice(), [UPGRADE, CONNECTION]);
         h.remove(CONNECTION);
-        assert_eq!(hop_by_hop(&h), vec![UPGRADE]);
+        assert_eq!(hop_by_hop(&h).as_slice(), [UPGRADE]);
     }
 }

@@ -21,7 +21,7 @@ use crate::upstream::{Balance, PickError, UpstreamTls};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::Ctx;
-use forwarding::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use forwarding::{lookup, TRACEPARENT, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use http::header::{
     ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, CONTENT_LENGTH, CONTENT_TYPE,
     HOST, ORIGIN, VARY,
@@ -38,8 +38,6 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const TRACEPARENT: &str = "traceparent";
 
 pub struct Gateway {
     pub holder: SnapshotHolder,
@@ -352,7 +350,7 @@ fn start_trace(
         facts.traceparent.replace_range(53.., "00");
         return None;
     }
-    crate::otlp::RequestTrace::new(&facts.trace_id, caller.map(|(parent, _)| parent), span)
+    crate::otlp::RequestTrace::new(facts.trace_id(), caller.map(|(parent, _)| parent), span)
 }
 
 fn route_cache(ctx: &Ctx) -> Result<&CachePolicy> {
@@ -374,15 +372,23 @@ fn prepare_upstream_request(upstream_request: &mut RequestHeader, ctx: &Ctx) -> 
         let value = forwarding::forwarded_for(peer, chain.as_deref(), settings);
         upstream_request.insert_header(X_FORWARDED_FOR, value)?;
     }
-    if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_PROTO)) {
+    if !(trusted
+        && upstream_request
+            .headers
+            .contains_key(&lookup::X_FORWARDED_PROTO))
+    {
         let proto = if ctx.request.tls { "https" } else { "http" };
         upstream_request.insert_header(X_FORWARDED_PROTO, proto)?;
     }
-    if !(trusted && upstream_request.headers.contains_key(X_FORWARDED_HOST)) {
+    if !(trusted
+        && upstream_request
+            .headers
+            .contains_key(&lookup::X_FORWARDED_HOST))
+    {
         match upstream_request.headers.get(HOST).cloned() {
             Some(host) => upstream_request.insert_header(X_FORWARDED_HOST, host)?,
             None => {
-                upstream_request.remove_header(X_FORWARDED_HOST);
+                upstream_request.remove_header(&lookup::X_FORWARDED_HOST);
             }
         }
     }
@@ -429,7 +435,8 @@ impl ProxyHttp for Gateway {
         facts_tls(session, ctx);
         let req = session.req_header();
         let facts = &mut ctx.request;
-        facts.id = forwarding::request_id(req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes()));
+        facts.id =
+            forwarding::request_id(req.headers.get(&lookup::X_REQUEST_ID).map(|v| v.as_bytes()));
         facts.peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -437,9 +444,12 @@ impl ProxyHttp for Gateway {
         let chain = forwarding::forwarded_chain(&req.headers);
         facts.client_ip =
             forwarding::client_ip(facts.peer, chain.as_deref(), &ctx.snapshot.settings);
-        let incoming = req.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
+        let incoming = req
+            .headers
+            .get(&lookup::TRACEPARENT)
+            .and_then(|v| v.to_str().ok());
         let trace = forwarding::traceparent(incoming);
-        (facts.trace_id, facts.traceparent) = (trace.trace_id, trace.header);
+        facts.traceparent = trace.header;
         if let Some(tracing) = &ctx.snapshot.tracing {
             ctx.trace = start_trace(tracing, trace.span, trace.caller, facts);
         }
