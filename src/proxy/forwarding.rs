@@ -205,19 +205,20 @@ fn push_hex(out: &mut String, value: u128, digits: usize) {
     out.push_str(std::str::from_utf8(&buf[32 - digits..]).unwrap_or_default());
 }
 
-/// The hop-by-hop headers of RFC 9110 §7.6.1 and their legacy forms (a `match` compiles to
-/// a length switch: this runs for every header of every response).
+/// The hop-by-hop headers of RFC 9110 §7.6.1 and their legacy forms.
+const HOP_BY_HOP: [&str; 7] = [
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "upgrade",
+];
+
+/// Whether `name` (any case) is one of [`HOP_BY_HOP`]; a length check rejects most names.
 fn is_hop_by_hop(name: &str) -> bool {
-    matches!(
-        name,
-        "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "upgrade"
-    )
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// The names [`hop_by_hop`] finds, inline (it runs for every response).
@@ -246,8 +247,11 @@ pub fn hop_by_hop(headers: &HeaderMap) -> HopByHop {
     if headers.contains_key(UPGRADE) && listed().any(|n| n.eq_ignore_ascii_case("upgrade")) {
         return HopByHop::new();
     }
+    // `close` names no header, and the fixed list is already in: only other names are
+    // looked up (a lookup by text parses the name).
+    let fixed = |n: &str| n.eq_ignore_ascii_case("close") || is_hop_by_hop(n);
     let present = listed()
-        .filter(|n| headers.contains_key(*n))
+        .filter(|n| !n.is_empty() && !fixed(n) && headers.contains_key(*n))
         .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok());
     for name in present {
         if !names.contains(&name) {
