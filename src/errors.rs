@@ -6,7 +6,10 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorSource, ErrorType};
 use serde::Serialize;
 
-pub const X_REQUEST_ID: &str = "x-request-id";
+/// Header names are parsed once: lookups take the name, inserts its `.as_str()` (Pingora
+/// turns a `HeaderName` back into title-case text for its case-preserving map, which
+/// allocates; a `&'static str` is kept as written).
+pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// Why a request was not authenticated; each maps to a 401 with a reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,7 +301,7 @@ impl GatewayError {
         let _ = header.insert_header(http::header::CONTENT_TYPE, "application/json");
         let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
         let _ = header.insert_header(http::header::CACHE_CONTROL, "no-store");
-        let _ = header.insert_header(X_REQUEST_ID, request_id);
+        let _ = header.insert_header(X_REQUEST_ID.as_str(), request_id);
         match self {
             GatewayError::MethodNotAllowed { allow } => {
                 let _ = header.insert_header(http::header::ALLOW, allow.as_str());
@@ -347,7 +350,7 @@ impl GatewayError {
         let _ = header.insert_header(http::header::CONTENT_TYPE, "application/grpc");
         let _ = header.insert_header("grpc-status", self.grpc_status().to_string());
         let _ = header.insert_header("grpc-message", message);
-        let _ = header.insert_header(X_REQUEST_ID, request_id);
+        let _ = header.insert_header(X_REQUEST_ID.as_str(), request_id);
         if let GatewayError::RateLimited { retry_after } = self {
             let _ = header.insert_header(http::header::RETRY_AFTER, *retry_after);
         }

@@ -27,8 +27,7 @@ pub fn access_line(out: &mut Vec<u8>, session: &Session, ctx: &Ctx, status: u16)
     line.time("time", std::time::SystemTime::now());
     line.plain("request_id", &ctx.request.id);
     line.plain("trace_id", ctx.request.trace_id());
-    // This hop's span: the traceparent sent upstream is `00-TRACE-SPAN-FLAGS`.
-    if let Some(span) = ctx.request.traceparent.get(36..52) {
+    if let Some(span) = super::forwarding::span_id(&ctx.request.traceparent) {
         line.plain("span_id", span);
     }
     if let Some(ip) = ctx.request.client_ip {

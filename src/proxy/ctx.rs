@@ -17,6 +17,8 @@ pub struct RequestFacts {
     pub peer: Option<IpAddr>,
     /// The client, as `trusted_proxies` decides it.
     pub client_ip: Option<IpAddr>,
+    /// The `X-Forwarded-For` to send, made once from the client's chain.
+    pub forwarded_for: Option<http::HeaderValue>,
     /// This hop's `traceparent`, which holds the trace id.
     pub traceparent: String,
     pub started: Instant,
@@ -77,6 +79,7 @@ impl Ctx {
                 id: String::new(),
                 peer: None,
                 client_ip: None,
+                forwarded_for: None,
                 traceparent: String::new(),
                 started: Instant::now(),
                 body_seen: 0,

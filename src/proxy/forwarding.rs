@@ -7,21 +7,11 @@ use http::header::{HeaderMap, HeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_E
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
-pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
-pub const TRACEPARENT: &str = "traceparent";
-
-/// The same names parsed once, for lookups: a lookup by text parses the name every time.
-/// Inserts take the text, which Pingora keeps as written for its case-preserving map.
-pub mod lookup {
-    use http::HeaderName;
-    pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-    pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-    pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-    pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-}
+// Parsed once, as `errors::X_REQUEST_ID` (which says how each is used).
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Keeps a client's request id when it is sane (≤128 chars of `[A-Za-z0-9._:-]`), else
 /// makes a new random one.
@@ -44,7 +34,7 @@ pub fn request_id(incoming: Option<&[u8]>) -> String {
 /// comma-joined line, RFC 9110 §5.3): a front proxy that adds its own line must not let the
 /// client's line decide the client IP. Bytes that are not text stay, unparseable, in place.
 pub fn forwarded_chain(headers: &HeaderMap) -> Option<Cow<'_, str>> {
-    let mut lines = headers.get_all(&lookup::X_FORWARDED_FOR).iter();
+    let mut lines = headers.get_all(&X_FORWARDED_FOR).iter();
     let first = lines.next()?;
     let text = |v: &'_ http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
     match lines.next() {
@@ -173,9 +163,20 @@ pub fn traceparent(incoming: Option<&str>) -> TraceContext {
     }
 }
 
-/// The trace id of a `traceparent` this module made (`00-TRACE-SPAN-FLAGS`).
+// The parts of a `traceparent` this module made: `00-TRACE-SPAN-FLAGS`.
+
 pub fn trace_id(traceparent: &str) -> &str {
     traceparent.get(3..35).unwrap_or_default()
+}
+
+/// This hop's span id; None before the request's context is made.
+pub fn span_id(traceparent: &str) -> Option<&str> {
+    traceparent.get(36..52)
+}
+
+/// Tells the upstream this trace is not sampled (flags `00`).
+pub fn mark_unsampled(traceparent: &mut String) {
+    traceparent.replace_range(53.., "00");
 }
 
 /// `value`'s low `digits` hex digits, zero-padded (ids are made per request, so this
@@ -287,9 +288,9 @@ mod tests {
     fn every_forwarded_for_line_counts() {
         let mut h = HeaderMap::new();
         assert_eq!(forwarded_chain(&h), None);
-        h.append(X_FORWARDED_FOR, "10.9.9.9".parse().unwrap());
+        h.append(&X_FORWARDED_FOR, "10.9.9.9".parse().unwrap());
         assert_eq!(forwarded_chain(&h).as_deref(), Some("10.9.9.9"));
-        h.append(X_FORWARDED_FOR, "8.8.8.8, 10.0.0.1".parse().unwrap());
+        h.append(&X_FORWARDED_FOR, "8.8.8.8, 10.0.0.1".parse().unwrap());
         assert_eq!(
             forwarded_chain(&h).as_deref(),
             Some("10.9.9.9, 8.8.8.8, 10.0.0.1")

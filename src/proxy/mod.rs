@@ -21,7 +21,7 @@ use crate::upstream::{Balance, PickError, UpstreamTls};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::Ctx;
-use forwarding::{lookup, TRACEPARENT, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use forwarding::{TRACEPARENT, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use http::header::{
     ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, CONTENT_LENGTH, CONTENT_TYPE,
     HOST, ORIGIN, VARY,
@@ -347,7 +347,7 @@ fn start_trace(
     facts: &mut ctx::RequestFacts,
 ) -> Option<crate::otlp::RequestTrace> {
     if !tracing.sampled(caller.map(|(_, flags)| flags)) {
-        facts.traceparent.replace_range(53.., "00");
+        forwarding::mark_unsampled(&mut facts.traceparent);
         return None;
     }
     crate::otlp::RequestTrace::new(facts.trace_id(), caller.map(|(parent, _)| parent), span)
@@ -365,35 +365,24 @@ fn route_cache(ctx: &Ctx) -> Result<&CachePolicy> {
 /// hop-by-hop headers are already gone: Pingora's upstream request policy strips them).
 fn prepare_upstream_request(upstream_request: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
     let settings = &ctx.snapshot.settings;
-    let peer = ctx.request.peer;
-    let trusted = peer.is_some_and(|p| settings.is_trusted(p));
-    if let Some(peer) = peer {
-        let chain = forwarding::forwarded_chain(&upstream_request.headers);
-        let value = forwarding::forwarded_for(peer, chain.as_deref(), settings);
-        upstream_request.insert_header(X_FORWARDED_FOR, value)?;
+    let trusted = ctx.request.peer.is_some_and(|p| settings.is_trusted(p));
+    if let Some(value) = &ctx.request.forwarded_for {
+        upstream_request.insert_header(X_FORWARDED_FOR.as_str(), value.clone())?;
     }
-    if !(trusted
-        && upstream_request
-            .headers
-            .contains_key(&lookup::X_FORWARDED_PROTO))
-    {
+    if !(trusted && upstream_request.headers.contains_key(&X_FORWARDED_PROTO)) {
         let proto = if ctx.request.tls { "https" } else { "http" };
-        upstream_request.insert_header(X_FORWARDED_PROTO, proto)?;
+        upstream_request.insert_header(X_FORWARDED_PROTO.as_str(), proto)?;
     }
-    if !(trusted
-        && upstream_request
-            .headers
-            .contains_key(&lookup::X_FORWARDED_HOST))
-    {
+    if !(trusted && upstream_request.headers.contains_key(&X_FORWARDED_HOST)) {
         match upstream_request.headers.get(HOST).cloned() {
-            Some(host) => upstream_request.insert_header(X_FORWARDED_HOST, host)?,
+            Some(host) => upstream_request.insert_header(X_FORWARDED_HOST.as_str(), host)?,
             None => {
-                upstream_request.remove_header(&lookup::X_FORWARDED_HOST);
+                upstream_request.remove_header(&X_FORWARDED_HOST);
             }
         }
     }
-    upstream_request.insert_header(X_REQUEST_ID, ctx.request.id.as_str())?;
-    upstream_request.insert_header(TRACEPARENT, ctx.request.traceparent.as_str())?;
+    upstream_request.insert_header(X_REQUEST_ID.as_str(), ctx.request.id.as_str())?;
+    upstream_request.insert_header(TRACEPARENT.as_str(), ctx.request.traceparent.as_str())?;
     // Identity headers come only from a verified token, never from the client.
     for name in &ctx.snapshot.identity_headers {
         upstream_request.remove_header(name);
@@ -435,19 +424,20 @@ impl ProxyHttp for Gateway {
         facts_tls(session, ctx);
         let req = session.req_header();
         let facts = &mut ctx.request;
-        facts.id =
-            forwarding::request_id(req.headers.get(&lookup::X_REQUEST_ID).map(|v| v.as_bytes()));
+        facts.id = forwarding::request_id(req.headers.get(&X_REQUEST_ID).map(|v| v.as_bytes()));
         facts.peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let settings = &ctx.snapshot.settings;
         let chain = forwarding::forwarded_chain(&req.headers);
-        facts.client_ip =
-            forwarding::client_ip(facts.peer, chain.as_deref(), &ctx.snapshot.settings);
-        let incoming = req
-            .headers
-            .get(&lookup::TRACEPARENT)
-            .and_then(|v| v.to_str().ok());
+        facts.client_ip = forwarding::client_ip(facts.peer, chain.as_deref(), settings);
+        facts.forwarded_for = facts.peer.and_then(|peer| {
+            let value = forwarding::forwarded_for(peer, chain.as_deref(), settings);
+            // A header value's bytes and an IP: always a valid value.
+            http::HeaderValue::try_from(value).ok()
+        });
+        let incoming = req.headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok());
         let trace = forwarding::traceparent(incoming);
         facts.traceparent = trace.header;
         if let Some(tracing) = &ctx.snapshot.tracing {
@@ -573,7 +563,7 @@ impl ProxyHttp for Gateway {
         prepare_upstream_request(upstream_request, ctx)?;
         // This attempt's span is the upstream's parent.
         if let Some(tp) = ctx.trace.as_ref().and_then(|t| t.traceparent()) {
-            upstream_request.insert_header(TRACEPARENT, tp)?;
+            upstream_request.insert_header(TRACEPARENT.as_str(), tp)?;
         }
         ctx.upstream.sent = Some(Instant::now());
         Ok(())
