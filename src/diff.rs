@@ -12,8 +12,13 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-/// Sections holding entities keyed by name (routes are a list, keyed by `name` too).
-const NAMED: [&str; 7] = [
+/// Sections that are one object each; every other section holds entities keyed by name
+/// (routes are a list, keyed by `name` too), so a new policy's section is compared
+/// without being listed here.
+const SINGLE: [&str; 6] = ["version", "listen", "server", "redis", "tls", "telemetry"];
+
+/// Where the usual named sections come in a report; any other comes after them.
+const ORDER: [&str; 7] = [
     "routes",
     "upstreams",
     "auth",
@@ -22,8 +27,20 @@ const NAMED: [&str; 7] = [
     "ip_access",
     "caches",
 ];
-/// Sections that are one object each.
-const SINGLE: [&str; 6] = ["version", "listen", "server", "redis", "tls", "telemetry"];
+
+/// The sections of either config that hold named entities.
+fn named_sections<'a>(old: &'a Value, new: &'a Value) -> Vec<&'a str> {
+    let mut sections: Vec<&str> = Vec::new();
+    for config in [old, new] {
+        for key in config.as_object().into_iter().flat_map(|m| m.keys()) {
+            if !SINGLE.contains(&key.as_str()) && !sections.contains(&key.as_str()) {
+                sections.push(key);
+            }
+        }
+    }
+    sections.sort_by_key(|s| ORDER.iter().position(|o| o == s).unwrap_or(ORDER.len()));
+    sections
+}
 
 /// One field that differs: its dotted path inside the entity, and both values.
 #[derive(Debug, Serialize, PartialEq)]
@@ -36,7 +53,7 @@ pub struct FieldChange {
 /// An entity added, removed or changed.
 #[derive(Debug, Serialize)]
 pub struct EntityChange {
-    pub section: &'static str,
+    pub section: String,
     pub name: String,
     /// `added`, `removed` or `changed`.
     pub change: &'static str,
@@ -96,14 +113,14 @@ pub fn diff(old: &Snapshot, new: &Snapshot, access_log: Option<&str>) -> Report 
                 .filter(|f| f.field.is_empty())
                 .for_each(|f| f.field = section.into());
             entities.push(EntityChange {
-                section,
+                section: section.into(),
                 name: section.into(),
                 change: "changed",
                 fields,
             });
         }
     }
-    for section in NAMED {
+    for section in named_sections(&old.redacted, &new.redacted) {
         let (a, b) = (named(&old.redacted, section), named(&new.redacted, section));
         let names: BTreeSet<&String> = a.iter().chain(&b).map(|(n, _)| n).collect();
         for name in names {
@@ -117,7 +134,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot, access_log: Option<&str>) -> Report 
                 _ => continue,
             };
             entities.push(EntityChange {
-                section,
+                section: section.into(),
                 name: name.clone(),
                 change: change.0,
                 fields: change.1,

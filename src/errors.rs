@@ -2,108 +2,94 @@
 //! `{"error": {"status": 404, "code": "route_not_found", "message": "...", "request_id": "..."}}`.
 
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorSource, ErrorType};
-use serde::Serialize;
+use std::borrow::Cow;
 
 /// Header names are parsed once: lookups take the name, inserts its `.as_str()` (Pingora
 /// turns a `HeaderName` back into title-case text for its case-preserving map, which
 /// allocates; a `&'static str` is kept as written).
 pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
-/// Why a request was not authenticated; each maps to a 401 with a reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthError {
-    Missing,
-    Malformed,
-    AlgorithmNotAllowed,
-    UnknownKey,
-    BadSignature,
-    Expired,
-    NotYetValid,
-    WrongIssuer,
-    WrongAudience,
-    MissingClaim(String),
-    KeysUnavailable,
-    /// The header lists critical extensions (`crit`); Portico implements none.
-    CriticalExtension,
-    /// A time claim (`exp`, `nbf`, `iat`) that is not a number.
-    BadTimeClaim(&'static str),
-    /// A claim to forward that has no unambiguous header form.
-    BadClaim(String),
+/// What a refusal counts toward in the route's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    Nothing,
+    /// `portico_auth_failures_total`, by code.
+    AuthFailure,
+    /// `portico_rate_limited_total`.
+    RateLimited,
 }
 
-impl AuthError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            AuthError::Missing => "token_missing",
-            AuthError::Malformed => "token_malformed",
-            AuthError::AlgorithmNotAllowed => "token_algorithm_not_allowed",
-            AuthError::UnknownKey => "token_unknown_key",
-            AuthError::BadSignature => "token_bad_signature",
-            AuthError::Expired => "token_expired",
-            AuthError::NotYetValid => "token_not_yet_valid",
-            AuthError::WrongIssuer => "token_wrong_issuer",
-            AuthError::WrongAudience => "token_wrong_audience",
-            AuthError::MissingClaim(_) => "token_missing_claim",
-            AuthError::KeysUnavailable => "token_keys_unavailable",
-            AuthError::CriticalExtension => "token_unsupported_crit",
-            AuthError::BadTimeClaim(_) => "token_bad_time_claim",
-            AuthError::BadClaim(_) => "token_bad_claim",
-        }
-    }
-
-    pub fn message(&self) -> String {
-        match self {
-            AuthError::Missing => "no token was sent".into(),
-            AuthError::Malformed => "the token is not a well-formed JWT".into(),
-            AuthError::AlgorithmNotAllowed => "the token's algorithm is not accepted here".into(),
-            AuthError::UnknownKey => "the token was signed with an unknown key".into(),
-            AuthError::BadSignature => "the token's signature is invalid".into(),
-            AuthError::Expired => "the token has expired".into(),
-            AuthError::NotYetValid => "the token is not valid yet".into(),
-            AuthError::WrongIssuer => "the token has the wrong issuer".into(),
-            AuthError::WrongAudience => "the token has the wrong audience".into(),
-            AuthError::MissingClaim(c) => format!("the token lacks the required claim `{c}`"),
-            AuthError::KeysUnavailable => "the signing keys could not be fetched".into(),
-            AuthError::CriticalExtension => {
-                "the token requires extensions (`crit`) this gateway does not implement".into()
-            }
-            AuthError::BadTimeClaim(c) => format!("the token's `{c}` claim is not a number"),
-            AuthError::BadClaim(c) => format!(
-                "the token's `{c}` claim cannot be forwarded: control characters, a comma inside a list item, or over 4096 bytes"
-            ),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Violation {
-    /// JSON pointer into the body (`/address/zip`), or `header:NAME` / `query:NAME`.
-    pub path: String,
-    pub message: String,
-}
-
-/// A refusal a policy defines itself (its status, code and message), so a new policy adds
-/// no variant here.
+/// A refusal a policy defines itself: its status, code, message, the headers the answer
+/// carries (`WWW-Authenticate`, `Retry-After`) and any extra field of the JSON error, so a
+/// new policy adds nothing here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub status: u16,
     pub code: &'static str,
-    pub message: &'static str,
+    pub message: Cow<'static, str>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// An extra field of the JSON error (`violations`).
+    pub detail: Option<(&'static str, serde_json::Value)>,
+    pub counted: Counted,
+}
+
+impl Refusal {
+    /// A refusal with a fixed message and no extra header.
+    pub const fn fixed(status: u16, code: &'static str, message: &'static str) -> Refusal {
+        Refusal {
+            status,
+            code,
+            message: Cow::Borrowed(message),
+            headers: Vec::new(),
+            detail: None,
+            counted: Counted::Nothing,
+        }
+    }
+
+    pub fn new(status: u16, code: &'static str, message: impl Into<Cow<'static, str>>) -> Refusal {
+        Refusal {
+            message: message.into(),
+            ..Refusal::fixed(status, code, "")
+        }
+    }
+
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Refusal {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn detail(mut self, field: &'static str, value: serde_json::Value) -> Refusal {
+        self.detail = Some((field, value));
+        self
+    }
+
+    pub fn counted(mut self, counted: Counted) -> Refusal {
+        self.counted = counted;
+        self
+    }
+}
+
+impl From<Refusal> for GatewayError {
+    fn from(r: Refusal) -> GatewayError {
+        GatewayError::Refused(Box::new(r))
+    }
 }
 
 /// A request that repeats a header (or cookie) a policy reads: which copy counts would be
 /// a guess, and the upstream would see them all.
-pub const AMBIGUOUS_HEADER: Refusal = Refusal {
-    status: 400,
-    code: "ambiguous_header",
-    message: "the request repeats a header or cookie this route reads; send it once",
-};
+pub const AMBIGUOUS_HEADER: Refusal = Refusal::fixed(
+    400,
+    "ambiguous_header",
+    "the request repeats a header or cookie this route reads; send it once",
+);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {
-    Refused(Refusal),
+    /// A policy's own refusal (boxed: refusals are rare, and results stay small).
+    Refused(Box<Refusal>),
     /// A required call of an aggregate route failed.
     AggregateFailed {
         call: String,
@@ -121,16 +107,6 @@ pub enum GatewayError {
     BodyTooLarge {
         limit: u64,
     },
-    Unauthorized(AuthError),
-    Forbidden,
-    CorsRejected,
-    RateLimited {
-        retry_after: u64,
-    },
-    RateLimitUnavailable,
-    UnsupportedMediaType,
-    InvalidJson(String),
-    ValidationFailed(Vec<Violation>),
     NoUpstreamAvailable,
     NoHealthyUpstream,
     CircuitOpen,
@@ -148,23 +124,16 @@ impl GatewayError {
             GatewayError::Refused(r) => r.status,
             GatewayError::AggregateFailed { timeout: true, .. } => 504,
             GatewayError::AggregateFailed { .. } => 502,
-            GatewayError::BadPath(_)
-            | GatewayError::BadFraming(_)
-            | GatewayError::BadRequest
-            | GatewayError::InvalidJson(_)
-            | GatewayError::ValidationFailed(_) => 400,
-            GatewayError::UnsupportedMediaType => 415,
+            GatewayError::BadPath(_) | GatewayError::BadFraming(_) | GatewayError::BadRequest => {
+                400
+            }
             GatewayError::RouteNotFound => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
-            GatewayError::Unauthorized(_) => 401,
-            GatewayError::Forbidden | GatewayError::CorsRejected => 403,
             GatewayError::BodyTooLarge { .. } => 413,
-            GatewayError::RateLimited { .. } => 429,
             GatewayError::UpstreamUnreachable | GatewayError::UpstreamTls => 502,
             GatewayError::NoUpstreamAvailable
             | GatewayError::NoHealthyUpstream
-            | GatewayError::CircuitOpen
-            | GatewayError::RateLimitUnavailable => 503,
+            | GatewayError::CircuitOpen => 503,
             GatewayError::UpstreamTimeout | GatewayError::RouteTimeout => 504,
             GatewayError::Internal => 500,
         }
@@ -178,17 +147,9 @@ impl GatewayError {
             GatewayError::BadPath(_) => "bad_path",
             GatewayError::BadRequest => "bad_request",
             GatewayError::BadFraming(_) => "bad_framing",
-            GatewayError::UnsupportedMediaType => "unsupported_media_type",
-            GatewayError::InvalidJson(_) => "invalid_json",
-            GatewayError::ValidationFailed(_) => "validation_failed",
             GatewayError::RouteNotFound => "route_not_found",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
-            GatewayError::Unauthorized(e) => e.code(),
-            GatewayError::Forbidden => "insufficient_claims",
-            GatewayError::CorsRejected => "cors_rejected",
             GatewayError::BodyTooLarge { .. } => "body_too_large",
-            GatewayError::RateLimited { .. } => "rate_limited",
-            GatewayError::RateLimitUnavailable => "rate_limit_unavailable",
             GatewayError::NoUpstreamAvailable => "no_upstream_available",
             GatewayError::NoHealthyUpstream => "no_healthy_upstream",
             GatewayError::CircuitOpen => "circuit_open",
@@ -202,36 +163,17 @@ impl GatewayError {
 
     pub fn message(&self) -> String {
         match self {
-            GatewayError::Refused(r) => r.message.into(),
+            GatewayError::Refused(r) => r.message.to_string(),
             GatewayError::AggregateFailed { call, reason, .. } => {
                 format!("the required call `{call}` failed: {reason}")
             }
             GatewayError::BadPath(why) => format!("the request path cannot be routed: {why}"),
             GatewayError::BadRequest => "the request is malformed".into(),
             GatewayError::BadFraming(why) => format!("the request is refused: {why}"),
-            GatewayError::UnsupportedMediaType => {
-                "this route takes a JSON body (Content-Type: application/json)".into()
-            }
-            GatewayError::InvalidJson(why) => format!("the body is not valid JSON: {why}"),
-            GatewayError::ValidationFailed(v) => format!(
-                "the request breaks {} rule(s) of the route's schema",
-                v.len()
-            ),
             GatewayError::RouteNotFound => "no route matches this request".into(),
             GatewayError::MethodNotAllowed { allow } => format!("this path accepts only {allow}"),
             GatewayError::BodyTooLarge { limit } => {
                 format!("the request body exceeds the limit of {limit} bytes")
-            }
-            GatewayError::Unauthorized(e) => e.message(),
-            GatewayError::Forbidden => "the token lacks the claims this route requires".into(),
-            GatewayError::CorsRejected => {
-                "this origin, method or header is not allowed by the route's CORS policy".into()
-            }
-            GatewayError::RateLimited { retry_after } => {
-                format!("too many requests; retry in {retry_after} s")
-            }
-            GatewayError::RateLimitUnavailable => {
-                "the rate limiter is unavailable and this route denies unchecked requests".into()
             }
             GatewayError::NoUpstreamAvailable => "no upstream target has an address".into(),
             GatewayError::NoHealthyUpstream => {
@@ -290,8 +232,10 @@ impl GatewayError {
                 "request_id": request_id,
             }
         });
-        if let GatewayError::ValidationFailed(violations) = self {
-            body["error"]["violations"] = serde_json::to_value(violations).unwrap_or_default();
+        if let GatewayError::Refused(r) = self {
+            if let Some((field, value)) = &r.detail {
+                body["error"][*field] = value.clone();
+            }
         }
         if let GatewayError::AggregateFailed { call, .. } = self {
             body["error"]["call"] = call.as_str().into();
@@ -306,19 +250,10 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { allow } => {
                 let _ = header.insert_header(http::header::ALLOW, allow.as_str());
             }
-            GatewayError::RateLimited { retry_after } => {
-                let _ = header.insert_header(http::header::RETRY_AFTER, *retry_after);
-            }
-            GatewayError::Unauthorized(AuthError::Missing) => {
-                let _ = header
-                    .insert_header(http::header::WWW_AUTHENTICATE, "Bearer realm=\"portico\"");
-            }
-            GatewayError::Unauthorized(e) => {
-                let value = format!(
-                    "Bearer realm=\"portico\", error=\"invalid_token\", error_description=\"{}\"",
-                    e.message()
-                );
-                let _ = header.insert_header(http::header::WWW_AUTHENTICATE, value);
+            GatewayError::Refused(r) => {
+                for (name, value) in &r.headers {
+                    let _ = header.append_header(name.clone(), value.clone());
+                }
             }
             _ => {}
         }
@@ -351,8 +286,10 @@ impl GatewayError {
         let _ = header.insert_header("grpc-status", self.grpc_status().to_string());
         let _ = header.insert_header("grpc-message", message);
         let _ = header.insert_header(X_REQUEST_ID.as_str(), request_id);
-        if let GatewayError::RateLimited { retry_after } = self {
-            let _ = header.insert_header(http::header::RETRY_AFTER, *retry_after);
+        if let GatewayError::Refused(r) = self {
+            for (name, value) in &r.headers {
+                let _ = header.append_header(name.clone(), value.clone());
+            }
         }
         header
     }

@@ -142,6 +142,9 @@ pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
             if !route.policies.is_empty() {
                 let chain: Vec<String> = route.policies.iter().map(|p| p.label()).collect();
                 let _ = writeln!(out, "  policies, in order: {}", chain.join(" → "));
+                for policy in &route.policies {
+                    let _ = writeln!(out, "    {}: {}", policy.label(), policy.unit().details());
+                }
             }
             if !bound.is_empty() {
                 let shown: Vec<String> = bound.iter().map(|(n, v)| format!("{n} = {v}")).collect();

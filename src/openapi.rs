@@ -5,6 +5,8 @@
 //! fixed answers, and the JSON error shape every refusal has.
 
 use crate::config::model::{HeaderCond, RawConfig, RawRoute};
+use crate::policy::Policy;
+use crate::snapshot::Route;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,15 +26,16 @@ const VALIDATED: [&str; 3] = ["post", "put", "patch"];
 
 /// The document for a config whose file is at `config_path` (schema files are read
 /// relative to its directory; one that cannot be read is left out).
-pub fn document(raw: &RawConfig, config_path: &Path, version: &str) -> Value {
+pub fn document(raw: &RawConfig, routes: &[Route], config_path: &Path, version: &str) -> Value {
     let dir = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut components = Components {
         dir,
         schemas: Map::new(),
+        security: Map::new(),
     };
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let mut unlisted = Vec::new();
-    for route in &raw.routes {
+    for (route, compiled) in raw.routes.iter().zip(routes) {
         let Some((path, mut parameters)) = openapi_path(route) else {
             unlisted.push(Value::from(route.name.as_str()));
             continue;
@@ -43,7 +46,8 @@ pub fn document(raw: &RawConfig, config_path: &Path, version: &str) -> Value {
             // Routes match in file order: a later route with the same path and method is
             // shadowed, so the first one documents it.
             if !item.contains_key(&method) {
-                let op = operation(route, &method, &parameters, &mut components);
+                let policies = &compiled.policies;
+                let op = operation(route, policies, &method, &parameters, &mut components);
                 item.insert(method, op);
             }
         }
@@ -61,7 +65,7 @@ pub fn document(raw: &RawConfig, config_path: &Path, version: &str) -> Value {
         "components": {
             "schemas": components.schemas,
             "responses": error_responses(),
-            "securitySchemes": security_schemes(raw),
+            "securitySchemes": components.security,
         },
     });
     if !unlisted.is_empty() {
@@ -142,6 +146,7 @@ fn methods(route: &RawRoute) -> Vec<String> {
 
 fn operation(
     route: &RawRoute,
+    policies: &[Policy],
     method: &str,
     path_params: &[Value],
     components: &mut Components,
@@ -187,30 +192,26 @@ fn operation(
     if route.upstream.is_some() || route.aggregate.is_some() {
         errors.extend(["502", "503", "504"]);
     }
-    if let Some(name) = &route.auth {
-        op.insert("security".into(), json!([{ name: [] }]));
-        errors.extend(["401", "403"]);
-        if let Some(require) = &route.require {
-            let text = serde_json::to_string(require).unwrap_or_default();
-            let described = format!("{about} The token must also satisfy {text}.");
-            op.insert("description".into(), described.into());
+    // What each policy adds: its security scheme, refusals, parameters and a note.
+    let mut description = about;
+    for policy in policies {
+        let doc = policy.unit().api_doc(method);
+        if let Some((name, scheme)) = doc.security {
+            op.insert("security".into(), json!([{ &name: [] }]));
+            components.security.insert(name, scheme);
+        }
+        for status in doc.errors {
+            if !errors.contains(&status) {
+                errors.push(status);
+            }
+        }
+        parameters.extend(doc.parameters);
+        if let Some(note) = doc.note {
+            description = format!("{description} {note}");
         }
     }
-    op.entry("description").or_insert(about.into());
-    if route.rate_limit.is_some() {
-        errors.push("429");
-    }
+    op.insert("description".into(), description.into());
     if let Some(v) = &route.validate {
-        for h in &v.headers {
-            parameters.push(
-                json!({"name": h, "in": "header", "required": true, "schema": {"type": "string"}}),
-            );
-        }
-        for q in &v.query {
-            parameters.push(
-                json!({"name": q, "in": "query", "required": true, "schema": {"type": "string"}}),
-            );
-        }
         let validated = match &v.methods {
             Some(list) => list.iter().any(|m| m.eq_ignore_ascii_case(method)),
             None => VALIDATED.contains(&method),
@@ -222,7 +223,9 @@ fn operation(
                     "requestBody".into(),
                     json!({"required": true, "content": content}),
                 );
-                errors.push("415");
+                if !errors.contains(&"415") {
+                    errors.push("415");
+                }
             }
         }
     }
@@ -249,21 +252,6 @@ fn servers(raw: &RawConfig) -> Vec<Value> {
         .iter()
         .map(|a| url("http", a))
         .chain(raw.listen.proxy_tls.iter().map(|a| url("https", a)))
-        .collect()
-}
-
-fn security_schemes(raw: &RawConfig) -> Map<String, Value> {
-    raw.auth
-        .iter()
-        .map(|(name, a)| {
-            let description = format!("JWT ({}), verified by the gateway", a.algorithms.join(", "));
-            let scheme = match a.token.split_once(':') {
-                Some(("header", h)) => json!({"type": "apiKey", "in": "header", "name": h, "description": description}),
-                Some(("cookie", c)) => json!({"type": "apiKey", "in": "cookie", "name": c, "description": description}),
-                _ => json!({"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": description}),
-            };
-            (name.clone(), scheme)
-        })
         .collect()
 }
 
@@ -315,6 +303,8 @@ fn error_responses() -> Map<String, Value> {
 struct Components {
     dir: PathBuf,
     schemas: Map<String, Value>,
+    /// The security schemes of the auth policies routes apply.
+    security: Map<String, Value>,
 }
 
 impl Components {

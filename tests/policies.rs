@@ -319,6 +319,65 @@ routes:
     assert_json_error(refused, 401, "token_missing");
 }
 
+/// A header made of a claim by a route's `headers` edit is an identity header: the
+/// policy says so itself (no list elsewhere), and the client's own copy is removed from
+/// every request, on that route (`add` would otherwise keep it beside the gateway's) and on
+/// routes that do not make it (their upstream may trust it too).
+#[test]
+fn identity_headers_made_by_a_policy_lose_the_clients_copy_everywhere() {
+    let up = TestUpstream::start("svc");
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path());
+    let gw = Gateway::start(&format!(
+        r#"upstreams:
+  svc: {{ targets: ["{}"] }}
+auth:
+  hs: {{ algorithms: [HS256], secret_file: "{}" }}
+routes:
+  - name: api
+    match: {{ path_prefix: /api/ }}
+    upstream: svc
+    auth: hs
+    headers: {{ request: {{ add: {{ x-user: "${{claim.sub}}" }}, set: {{ x-tenant: "t-${{claim.tenant}}", x-tag: fixed }} }} }}
+  - {{ name: open, match: {{ path_prefix: / }}, upstream: svc }}
+"#,
+        up.addr,
+        secret.display()
+    ));
+    let c = client();
+    let resp = c
+        .get(gw.url("/api/x"))
+        .bearer_auth(token(json!({"sub": "alice"})))
+        .header("x-user", "forged")
+        .header("x-tenant", "forged")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-user"], ["alice"]);
+    assert_eq!(
+        seen.headers["x-tenant"],
+        ["t-"],
+        "no claim: only the fixed text"
+    );
+    let open = c
+        .get(gw.url("/open"))
+        .header("x-user", "forged")
+        .header("x-tenant", "forged")
+        .header("x-tag", "client")
+        .send()
+        .unwrap();
+    assert_eq!(open.status(), 200);
+    let seen = up.last();
+    assert!(!seen.headers.contains_key("x-user"), "{:?}", seen.headers);
+    assert!(!seen.headers.contains_key("x-tenant"));
+    assert_eq!(
+        seen.headers["x-tag"],
+        ["client"],
+        "a fixed value is no identity"
+    );
+}
+
 /// Behind a front proxy that adds its own `X-Forwarded-For` line, the client's forged
 /// line does not decide the client IP: every line counts, as one list.
 #[test]

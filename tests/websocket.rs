@@ -80,9 +80,12 @@ auth:
   hs: {{ algorithms: [HS256], secret_file: "{secret}", forward_claims: {{ sub: X-User }} }}
 caches:
   api: {{ max_size: 1MiB, ttl: 60s }}
+cors:
+  web: {{ allow_origins: ["https://app.example.com"], allow_credentials: true }}
 routes:
   - {{ name: chat, match: {{ path_prefix: /chat }}, upstream: ws, auth: hs, upgrade_idle_timeout: 1s, timeout: 5s, max_body: 16 }}
   - {{ name: cached, match: {{ path_prefix: /cached }}, upstream: ws, cache: api }}
+  - {{ name: live, match: {{ path_prefix: /live }}, upstream: ws, cors: web }}
 "#,
         addr = ws.addr,
         secret = secret.display()
@@ -126,6 +129,48 @@ fn an_upgrade_without_a_token_is_refused_before_the_upstream() {
         0,
         "nothing reached the upstream"
     );
+}
+
+/// Cross-site WebSocket hijacking: a browser sends cookies with an upgrade from any site
+/// and applies no CORS check to it, so the route's CORS policy decides: an origin it does
+/// not allow is refused before the upstream; an allowed one, or none (not a browser), passes.
+#[test]
+fn an_upgrade_from_an_origin_cors_does_not_allow_is_refused() {
+    let ws = echo_server();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&ws, dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let upgrade = |origin: Option<&str>| {
+        let mut req = format!("ws://{}/live", gw.proxy)
+            .into_client_request()
+            .unwrap();
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        rt.block_on(tokio_tungstenite::connect_async(req))
+    };
+    let evil = upgrade(Some("https://evil.example.net"));
+    let Err(WsError::Http(resp)) = evil else {
+        panic!("the upgrade was not refused: {evil:?}");
+    };
+    assert_eq!(resp.status(), 403);
+    let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "cors_rejected");
+    assert_eq!(
+        ws.accepted.load(Ordering::SeqCst),
+        0,
+        "nothing reached the upstream"
+    );
+    let (allowed, resp) = upgrade(Some("https://app.example.com")).unwrap();
+    assert_eq!(resp.status(), 101);
+    drop(allowed);
+    let (no_origin, _) = upgrade(None).unwrap();
+    drop(no_origin);
+    assert!(wait_until(Duration::from_secs(5), || ws
+        .accepted
+        .load(Ordering::SeqCst)
+        == 2)
+    .is_some());
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use super::reload::Reloader;
 use super::services::Readiness;
 use crate::policy::cache;
-use crate::snapshot::{Action, Route, Snapshot, SnapshotHolder};
+use crate::snapshot::{Action, Snapshot, SnapshotHolder};
 use crate::telemetry::Telemetry;
 use crate::VERSION;
 use async_trait::async_trait;
@@ -100,18 +100,22 @@ impl Admin {
                         json!({"aggregate": calls})
                     }
                 };
-                json!({
+                let mut view = json!({
                     "name": &*route.name,
                     "match": raw["match"],
                     "action": action,
-                    "auth": named(route, "auth"),
-                    "rate_limit": named(route, "rate_limit"),
-                    "cors": named(route, "cors"),
-                    "cache": named(route, "cache"),
                     "policies": route.policies.iter().map(|p| p.label()).collect::<Vec<_>>(),
+                    "policy_details": route.policies.iter().map(|p| p.view()).collect::<Vec<_>>(),
                     "timeout_ms": route.timeout.map(|t| t.as_millis() as u64),
                     "max_body": route.max_body,
-                })
+                });
+                // Each named policy by its key (`"auth": "jwt"`), as the route's file says.
+                for policy in &route.policies {
+                    if let Some(name) = policy.name() {
+                        view[policy.kind()] = name.into();
+                    }
+                }
+                view
             })
             .collect();
         json_response(
@@ -217,15 +221,6 @@ impl Admin {
             )
         }
     }
-}
-
-/// The name of the route's policy of one kind (`auth`), if it has one.
-fn named<'a>(route: &'a Route, kind: &str) -> Option<&'a str> {
-    route
-        .policies
-        .iter()
-        .find(|p| p.kind() == kind)
-        .and_then(|p| p.name())
 }
 
 /// Sets the state gauges (target health, breakers, build info) from the active snapshot.

@@ -82,6 +82,8 @@ pub fn compile_with(
     let Some(settings) = settings.filter(|_| !d.has_errors()) else {
         return Err(ConfigError(d.items));
     };
+    let identity_headers = named.identity_headers(routes.iter().flat_map(|r| &r.policies));
+    let openapi = crate::openapi::document(raw, &routes, &src.path, &src.hash);
     Ok(Snapshot {
         hash: src.hash.clone(),
         path: src.path.clone(),
@@ -94,13 +96,13 @@ pub fn compile_with(
         remote_jwks: named.remote_jwks(),
         caches: named.caches.clone(),
         tls,
-        identity_headers: named.identity_headers(),
+        identity_headers,
         inputs_digest: inputs_digest(&inputs.files),
         inputs: inputs.files,
         metrics: raw.telemetry.metrics,
         access_log,
         redacted: redacted(raw),
-        openapi: crate::openapi::document(raw, &src.path, &src.hash),
+        openapi,
         tracing,
         warnings: d.items,
         state: state.finish(),

@@ -1,11 +1,13 @@
-//! The named policies (`auth:`, `rate_limits:`, `cors:`, `ip_access:`) compiled once, and
-//! the one place that turns a route's policy keys into its ordered policy chain.
+//! The named policies (`auth:`, `rate_limits:`, `cors:`, `ip_access:`, `caches:`,
+//! `compression:`) compiled once, and the one place that turns a route's policy keys into
+//! its ordered policy chain.
 
 use crate::config::model::RawRoute;
 use crate::config::RawConfig;
 use crate::diag::{lookup, Diags, Inputs};
-use crate::policy::auth::{self, AuthPolicy, Keys, RemoteJwks};
+use crate::policy::auth::{self, AuthPolicy, Keys, RemoteJwks, RouteAuth};
 use crate::policy::cache::{self, CachePolicy};
+use crate::policy::compression::{self, Compression};
 use crate::policy::cors::{self, CorsPolicy};
 use crate::policy::ip_access::{self, IpAccess};
 use crate::policy::ratelimit::{self, RateLimit, RedisLink};
@@ -23,6 +25,7 @@ pub(super) struct Named {
     cors: BTreeMap<String, Arc<CorsPolicy>>,
     ip_access: BTreeMap<String, Arc<IpAccess>>,
     pub(super) caches: BTreeMap<String, Arc<CachePolicy>>,
+    compression: BTreeMap<String, Arc<Compression>>,
     /// Names as written (a defined name that failed to compile is no unknown name).
     defined: BTreeMap<&'static str, Vec<String>>,
 }
@@ -54,6 +57,7 @@ impl Named {
             ("CORS policy", names(raw.cors.keys().collect())),
             ("ip_access policy", names(raw.ip_access.keys().collect())),
             ("cache", names(raw.caches.keys().collect())),
+            ("compression", names(raw.compression.keys().collect())),
         ]);
         Named {
             rate_limits: each(d, &raw.rate_limits, |d, name, rl| {
@@ -67,6 +71,7 @@ impl Named {
             caches: each(d, &raw.caches, |d, name, c| {
                 cache::compile(d, state, metrics, name, c)
             }),
+            compression: each(d, &raw.compression, compression::compile),
             defined,
         }
     }
@@ -127,6 +132,13 @@ impl Named {
         if let Ok(Some(c)) = &cache {
             check_cache_route(d, &key("cache"), c, r);
         }
+        let compress = self.find(
+            d,
+            &key("compression"),
+            "compression",
+            r.compression.as_ref(),
+            &self.compression,
+        );
         let mut policies: Vec<Policy> = Vec::new();
         policies.extend(cors.ok()?.map(Policy::Cors));
         policies.extend(ip.ok()?.map(Policy::IpAccess));
@@ -136,17 +148,37 @@ impl Named {
         policies.extend(transpose(validate)?.map(|v| Policy::Validate(Arc::new(v))));
         policies.extend(transpose(headers)?.map(|h| Policy::Headers(Arc::new(h))));
         policies.extend(cache.ok()?.map(Policy::Cache));
+        policies.extend(compress.ok()?.map(Policy::Compression));
         policy::order(&mut policies);
         Some(policies)
     }
 
-    /// Every header some auth policy forwards claims in.
-    pub(super) fn identity_headers(&self) -> Vec<HeaderName> {
-        let mut names: Vec<HeaderName> = self
-            .auth
-            .values()
-            .flat_map(|a| a.forward.iter().map(|(_, h)| h.clone()))
-            .collect();
+    /// Every named policy, as a route would apply it (an auth policy without `require`).
+    fn all(&self) -> Vec<Policy> {
+        let named = |p: &Arc<AuthPolicy>| RouteAuth {
+            policy: p.clone(),
+            require: Vec::new(),
+        };
+        let mut all: Vec<Policy> = Vec::new();
+        all.extend(self.cors.values().cloned().map(Policy::Cors));
+        all.extend(self.ip_access.values().cloned().map(Policy::IpAccess));
+        all.extend(self.rate_limits.values().cloned().map(Policy::RateLimit));
+        all.extend(self.auth.values().map(|a| Policy::Auth(Arc::new(named(a)))));
+        all.extend(self.caches.values().cloned().map(Policy::Cache));
+        all.extend(self.compression.values().cloned().map(Policy::Compression));
+        all
+    }
+
+    /// Every header some policy (named, or inline on a route) makes from what it verified:
+    /// a client's own copy is removed from every request.
+    pub(super) fn identity_headers<'a>(
+        &self,
+        routes: impl Iterator<Item = &'a Policy>,
+    ) -> Vec<HeaderName> {
+        let mut names: Vec<HeaderName> = routes.flat_map(|p| p.unit().identity_headers()).collect();
+        for policy in self.all() {
+            names.extend(policy.unit().identity_headers());
+        }
         names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         names.dedup();
         names

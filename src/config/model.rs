@@ -44,6 +44,9 @@ pub struct RawConfig {
     /// Named response caches that routes refer to with `cache: NAME`.
     #[serde(default)]
     pub caches: BTreeMap<String, RawCache>,
+    /// Named response compression that routes apply with `compression: NAME`.
+    #[serde(default)]
+    pub compression: BTreeMap<String, crate::policy::compression::RawCompression>,
     /// The certificates of the TLS listener (`listen.proxy_tls`).
     pub tls: Option<crate::tls::RawTls>,
     /// Metrics and the access log.
@@ -503,6 +506,8 @@ pub struct RawRoute {
     pub upgrade_idle_timeout: Option<Duration>,
     /// A `caches:` entry: GET and HEAD answers are stored and served from it.
     pub cache: Option<String>,
+    /// A `compression:` entry: answers are compressed as the client accepts.
+    pub compression: Option<String>,
     /// Accept `;` path parameters (refused by default: `/admin;x` means `/admin` to some
     /// servers).
     #[serde(default)]

@@ -2,9 +2,12 @@
 //! actual requests from allowed origins get the CORS response headers. A disallowed origin
 //! gets no CORS headers at all.
 
-use super::PolicyState;
+use super::{ApiDoc, PolicyState, RequestInfo, Stage, Unit};
 use crate::diag::{parse_methods, Diags};
-use http::header::{ORIGIN, VARY};
+use crate::errors::{GatewayError, Refusal};
+use http::header::{
+    ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, UPGRADE, VARY,
+};
 use http::{HeaderName, HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use schemars::JsonSchema;
@@ -181,21 +184,55 @@ impl CorsPolicy {
         }
     }
 
-    /// Notes the request's Origin when this policy allows it.
-    pub fn on_request(&self, req: &RequestHeader, state: &mut PolicyState) {
-        state.cors_origin = req
-            .headers
-            .get(ORIGIN)
+    /// Notes the request's Origin when this policy allows it. A WebSocket upgrade from an
+    /// origin it does not allow is refused: browsers send cookies with cross-site upgrades
+    /// and apply no CORS check to them (cross-site WebSocket hijacking).
+    pub fn note_origin(
+        &self,
+        req: &RequestHeader,
+        state: &mut PolicyState,
+    ) -> Result<(), GatewayError> {
+        let origin = req.headers.get(ORIGIN);
+        state.cors_origin = origin
             .filter(|o| o.to_str().is_ok_and(|o| self.allows_origin(o)))
             .cloned();
+        if origin.is_some() && state.cors_origin.is_none() && req.headers.contains_key(UPGRADE) {
+            return Err(REJECTED.into());
+        }
+        Ok(())
+    }
+
+    /// The answer to a preflight asking for `method`: a 204 with the CORS headers, or the
+    /// 403 when the origin, the method or a header is not allowed.
+    pub fn answer_preflight(
+        &self,
+        req: &RequestHeader,
+        method: &Method,
+    ) -> Result<ResponseHeader, GatewayError> {
+        let origin = req.headers.get(ORIGIN).ok_or(REJECTED)?;
+        if !origin.to_str().is_ok_and(|o| self.allows_origin(o)) {
+            return Err(REJECTED.into());
+        }
+        let requested = req
+            .headers
+            .get(ACCESS_CONTROL_REQUEST_HEADERS)
+            .and_then(|v| v.to_str().ok());
+        let headers = self.preflight(origin, method, requested).ok_or(REJECTED)?;
+        let mut header = ResponseHeader::build(204, Some(8)).map_err(|_| GatewayError::Internal)?;
+        for (name, value) in headers {
+            header
+                .append_header(name, value)
+                .map_err(|_| GatewayError::Internal)?;
+        }
+        let vary = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers";
+        header
+            .insert_header(VARY, vary)
+            .map_err(|_| GatewayError::Internal)?;
+        Ok(header)
     }
 
     /// Every answer on a CORS route varies by Origin; an allowed origin gets its headers.
-    pub fn on_response(
-        &self,
-        resp: &mut ResponseHeader,
-        state: &PolicyState,
-    ) -> pingora::Result<()> {
+    pub fn decorate(&self, resp: &mut ResponseHeader, state: &PolicyState) -> pingora::Result<()> {
         resp.append_header(VARY, "Origin")?;
         if let Some(origin) = &state.cors_origin {
             for (name, value) in self.response_headers(origin) {
@@ -265,6 +302,77 @@ impl CorsPolicy {
             out.push((http::header::ACCESS_CONTROL_MAX_AGE, age.clone()));
         }
         Some(out)
+    }
+}
+
+/// An origin, method or header the route's CORS policy does not allow.
+pub const REJECTED: Refusal = Refusal::fixed(
+    403,
+    "cors_rejected",
+    "this origin, method or header is not allowed by the route's CORS policy",
+);
+
+/// The method a CORS preflight asks about, when this request is one.
+pub fn preflight_method(req: &RequestHeader) -> Option<Method> {
+    if req.method != Method::OPTIONS || !req.headers.contains_key(ORIGIN) {
+        return None;
+    }
+    let acrm = req.headers.get(ACCESS_CONTROL_REQUEST_METHOD)?;
+    Method::from_bytes(acrm.as_bytes()).ok()
+}
+
+#[async_trait::async_trait]
+impl Unit for CorsPolicy {
+    fn kind(&self) -> &'static str {
+        "cors"
+    }
+
+    fn name(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+
+    fn stage(&self) -> Stage {
+        Stage::Cors
+    }
+
+    fn details(&self) -> serde_json::Value {
+        let origins: Vec<String> = self
+            .any_origin
+            .then(|| "*".to_string())
+            .into_iter()
+            .chain(self.exact.iter().cloned())
+            .chain(self.wildcards.iter().map(|(s, h)| format!("{s}*{h}")))
+            .collect();
+        serde_json::json!({"origins": origins, "credentials": self.credentials})
+    }
+
+    fn api_doc(&self, _method: &str) -> ApiDoc {
+        ApiDoc {
+            errors: vec!["403"],
+            ..ApiDoc::default()
+        }
+    }
+
+    fn identity_headers(&self) -> Vec<HeaderName> {
+        Vec::new()
+    }
+
+    async fn on_request(
+        &self,
+        session: &mut pingora::proxy::Session,
+        _info: &RequestInfo<'_>,
+        state: &mut PolicyState,
+    ) -> Result<(), GatewayError> {
+        self.note_origin(session.req_header(), state)
+    }
+
+    fn on_response(
+        &self,
+        resp: &mut ResponseHeader,
+        _info: &RequestInfo<'_>,
+        state: &PolicyState,
+    ) -> pingora::Result<()> {
+        self.decorate(resp, state)
     }
 }
 
@@ -381,18 +489,18 @@ mod tests {
         let mut state = PolicyState::default();
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("origin", "https://evil.example").unwrap();
-        p.on_request(&req, &mut state);
+        p.note_origin(&req, &mut state).unwrap();
         assert!(state.cors_origin.is_none());
         let mut resp = ResponseHeader::build(502, None).unwrap();
-        p.on_response(&mut resp, &state).unwrap();
+        p.decorate(&mut resp, &state).unwrap();
         assert_eq!(resp.headers["vary"], "Origin");
         assert!(!resp.headers.contains_key("access-control-allow-origin"));
 
         req.insert_header("origin", "https://app.example.com")
             .unwrap();
-        p.on_request(&req, &mut state);
+        p.note_origin(&req, &mut state).unwrap();
         let mut resp = ResponseHeader::build(502, None).unwrap();
-        p.on_response(&mut resp, &state).unwrap();
+        p.decorate(&mut resp, &state).unwrap();
         assert_eq!(
             resp.headers["access-control-allow-origin"],
             "https://app.example.com"

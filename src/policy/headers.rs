@@ -3,7 +3,7 @@
 //! `${request_id}`. Names and literal text are checked at compile time; a value whose
 //! variables would put CR, LF or another control byte into it is never sent.
 
-use super::{PolicyState, RequestInfo};
+use super::{ApiDoc, PolicyState, RequestInfo, Stage, Unit};
 use crate::diag::Diags;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -169,8 +169,53 @@ pub struct HeaderRules {
     response: Edits,
 }
 
-impl HeaderRules {
-    pub fn on_upstream_request(
+impl Edits {
+    /// Names set or added with a value made of a claim: identity the gateway vouches for.
+    fn made_of_claims(&self) -> impl Iterator<Item = &HeaderName> {
+        self.set
+            .iter()
+            .chain(&self.add)
+            .filter(|(_, t)| matches!(t, Template::Parts(p) if p.iter().any(|p| matches!(p, Part::Claim(_)))))
+            .map(|(name, _)| name)
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        let names = |list: &[(HeaderName, Template)]| {
+            list.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>()
+        };
+        let removed: Vec<String> = self.remove.iter().map(|n| n.to_string()).collect();
+        serde_json::json!({"set": names(&self.set), "add": names(&self.add), "remove": removed})
+    }
+}
+
+impl Unit for HeaderRules {
+    fn kind(&self) -> &'static str {
+        "headers"
+    }
+
+    fn name(&self) -> Option<&str> {
+        None
+    }
+
+    fn stage(&self) -> Stage {
+        Stage::Headers
+    }
+
+    fn details(&self) -> serde_json::Value {
+        serde_json::json!({"request": self.request.describe(), "response": self.response.describe()})
+    }
+
+    fn api_doc(&self, _method: &str) -> ApiDoc {
+        ApiDoc::default()
+    }
+
+    /// A request header whose value is made of a claim is an identity header: a client's
+    /// own copy must never reach the upstream beside (or instead of) the gateway's.
+    fn identity_headers(&self) -> Vec<HeaderName> {
+        self.request.made_of_claims().cloned().collect()
+    }
+
+    fn on_upstream_request(
         &self,
         req: &mut RequestHeader,
         info: &RequestInfo,
@@ -179,7 +224,7 @@ impl HeaderRules {
         self.request.apply(req, info, state)
     }
 
-    pub fn on_response(
+    fn on_response(
         &self,
         resp: &mut ResponseHeader,
         info: &RequestInfo,

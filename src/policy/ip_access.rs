@@ -2,8 +2,10 @@
 //! `server.trusted_proxies` decides it (the peer, or the client a trusted proxy names).
 //! A denied network always loses; with an `allow` list, only its networks get in.
 
+use super::{ApiDoc, PolicyState, RequestInfo, Stage, Unit};
 use crate::diag::{cidr, Diags};
 use crate::errors::{GatewayError, Refusal};
+use http::HeaderName;
 use ipnet::IpNet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -28,11 +30,11 @@ pub struct IpAccess {
     deny: Vec<IpNet>,
 }
 
-const FORBIDDEN: Refusal = Refusal {
-    status: 403,
-    code: "ip_forbidden",
-    message: "requests from this address are not allowed on this route",
-};
+const FORBIDDEN: Refusal = Refusal::fixed(
+    403,
+    "ip_forbidden",
+    "requests from this address are not allowed on this route",
+);
 
 impl IpAccess {
     pub fn admits(&self, ip: Option<IpAddr>) -> bool {
@@ -49,8 +51,48 @@ impl IpAccess {
         if self.admits(ip) {
             Ok(())
         } else {
-            Err(GatewayError::Refused(FORBIDDEN))
+            Err(FORBIDDEN.into())
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Unit for IpAccess {
+    fn kind(&self) -> &'static str {
+        "ip_access"
+    }
+
+    fn name(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+
+    fn stage(&self) -> Stage {
+        Stage::Network
+    }
+
+    fn details(&self) -> serde_json::Value {
+        let text = |nets: &[IpNet]| nets.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        serde_json::json!({"allow": text(&self.allow), "deny": text(&self.deny)})
+    }
+
+    fn api_doc(&self, _method: &str) -> ApiDoc {
+        ApiDoc {
+            errors: vec!["403"],
+            ..ApiDoc::default()
+        }
+    }
+
+    fn identity_headers(&self) -> Vec<HeaderName> {
+        Vec::new()
+    }
+
+    async fn on_request(
+        &self,
+        _session: &mut pingora::proxy::Session,
+        info: &RequestInfo<'_>,
+        _state: &mut PolicyState,
+    ) -> Result<(), GatewayError> {
+        self.check(info.client_ip)
     }
 }
 

@@ -1,13 +1,15 @@
 //! Per-route policies. Each lives in one module with its config fragment, its compile step,
 //! its hooks and its tests; a route holds its policies compiled, in the order they run.
 //!
-//! `Policy` is a closed enum and every phase is an exhaustive `match`, so a new policy says
-//! what it does in each phase: `on_request` (may refuse), `on_upstream_request` (edits the
-//! request sent upstream) and `on_response` (edits every answer, the upstream's and the
-//! gateway's own).
+//! Each policy implements [`Unit`]: its hooks (which default to doing nothing) and what it
+//! shows in every view of a config (which have no default, so a new policy cannot forget
+//! one): `/routes` and `portico route`, the OpenAPI document and the identity headers whose
+//! client copies are removed. `Policy` is the closed list of them; [`Policy::unit`] is the
+//! one `match` over it.
 
 pub mod auth;
 pub mod cache;
+pub mod compression;
 pub mod cors;
 pub mod headers;
 pub mod ip_access;
@@ -15,16 +17,17 @@ pub mod ratelimit;
 pub mod validate;
 
 use crate::errors::GatewayError;
-use http::HeaderValue;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::Result;
+use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// Says what the cache did with a request.
-pub const X_CACHE: &str = "x-cache";
-
+/// Every policy Portico has; registering one is a variant here and its arm in [`Policy::unit`].
 pub enum Policy {
     Cors(Arc<cors::CorsPolicy>),
     IpAccess(Arc<ip_access::IpAccess>),
@@ -33,6 +36,7 @@ pub enum Policy {
     Validate(Arc<validate::RequestValidation>),
     Headers(Arc<headers::HeaderRules>),
     Cache(Arc<cache::CachePolicy>),
+    Compression(Arc<compression::Compression>),
 }
 
 /// When a policy runs: cheap refusals first, so a flood of bad tokens is limited by IP
@@ -51,6 +55,9 @@ pub enum Stage {
     LimitByIdentity,
     /// Required headers, query parameters and the body schema (reads the body).
     Validate,
+    /// Notes the codings the client accepts (its response hooks run after the cache's, so a
+    /// cached answer is stored plain and compressed per client).
+    Compress,
     /// The response cache (looked up once every check passed).
     Cache,
     /// Header edits (run last on the way out, after every other policy's headers).
@@ -77,45 +84,117 @@ pub struct PolicyState {
     pub forward: Vec<(http::HeaderName, HeaderValue)>,
     /// What the cache did (`X-Cache`), once the response is known.
     pub cache: Option<&'static str>,
+    /// The coding the client accepts, then the encoder of the response body.
+    pub compression: compression::State,
+}
+
+/// What a policy adds to the OpenAPI operation of a route that applies it.
+#[derive(Default)]
+pub struct ApiDoc {
+    /// The security scheme a client must satisfy: its name and OpenAPI object.
+    pub security: Option<(String, Value)>,
+    /// Statuses the gateway may answer with itself (each documented with the `Error` shape).
+    pub errors: Vec<&'static str>,
+    /// Parameters the request must carry.
+    pub parameters: Vec<Value>,
+    /// A sentence for the operation's description.
+    pub note: Option<String>,
+}
+
+/// One policy, self-contained. Hooks default to doing nothing; the views have no default.
+#[async_trait]
+pub trait Unit: Send + Sync {
+    /// The config key that applies this policy on a route.
+    fn kind(&self) -> &'static str;
+    /// The named policy's name; None for a route's inline one.
+    fn name(&self) -> Option<&str>;
+    fn stage(&self) -> Stage;
+
+    /// What `/routes` and `portico route` show of it on a route (besides kind and name).
+    fn details(&self) -> Value;
+    /// What it adds to the OpenAPI operation of `method` on a route that applies it.
+    fn api_doc(&self, method: &str) -> ApiDoc;
+    /// Request headers it makes for the upstream from what it verified: every client's
+    /// own copies are removed, on every route.
+    fn identity_headers(&self) -> Vec<HeaderName>;
+
+    /// Checks the request; an error is the answer the client gets.
+    async fn on_request(
+        &self,
+        _session: &mut Session,
+        _info: &RequestInfo<'_>,
+        _state: &mut PolicyState,
+    ) -> Result<(), GatewayError> {
+        Ok(())
+    }
+
+    /// Edits the request sent upstream.
+    fn on_upstream_request(
+        &self,
+        _req: &mut RequestHeader,
+        _info: &RequestInfo<'_>,
+        _state: &PolicyState,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Sees a proxied answer (the upstream's, or the cache's) before [`Unit::on_response`];
+    /// may prepare work on its body.
+    fn on_proxied_response(
+        &self,
+        _req: &RequestHeader,
+        _resp: &mut ResponseHeader,
+        _state: &mut PolicyState,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Edits any answer: the upstream's, or one the gateway writes itself.
+    fn on_response(
+        &self,
+        _resp: &mut ResponseHeader,
+        _info: &RequestInfo<'_>,
+        _state: &PolicyState,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Edits a proxied answer's body, chunk by chunk (`end` on the last).
+    fn on_response_body(
+        &self,
+        _body: &mut Option<Bytes>,
+        _end: bool,
+        _state: &mut PolicyState,
+    ) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl Policy {
+    /// The policy itself: the one place that lists every kind.
+    pub fn unit(&self) -> &dyn Unit {
+        match self {
+            Policy::Cors(p) => &**p,
+            Policy::IpAccess(p) => &**p,
+            Policy::RateLimit(p) => &**p,
+            Policy::Auth(p) => &**p,
+            Policy::Validate(p) => &**p,
+            Policy::Headers(p) => &**p,
+            Policy::Cache(p) => &**p,
+            Policy::Compression(p) => &**p,
+        }
+    }
+
     pub fn stage(&self) -> Stage {
-        match self {
-            Policy::Cors(_) => Stage::Cors,
-            Policy::IpAccess(_) => Stage::Network,
-            Policy::RateLimit(p) if p.by_identity() => Stage::LimitByIdentity,
-            Policy::RateLimit(_) => Stage::Limit,
-            Policy::Auth(_) => Stage::Authenticate,
-            Policy::Validate(_) => Stage::Validate,
-            Policy::Headers(_) => Stage::Headers,
-            Policy::Cache(_) => Stage::Cache,
-        }
+        self.unit().stage()
     }
 
-    /// The config key that applies this policy on a route.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Policy::Cors(_) => "cors",
-            Policy::IpAccess(_) => "ip_access",
-            Policy::RateLimit(_) => "rate_limit",
-            Policy::Auth(_) => "auth",
-            Policy::Validate(_) => "validate",
-            Policy::Headers(_) => "headers",
-            Policy::Cache(_) => "cache",
-        }
+        self.unit().kind()
     }
 
-    /// The named policy's name; None for a route's inline one.
     pub fn name(&self) -> Option<&str> {
-        match self {
-            Policy::Cors(p) => Some(&p.name),
-            Policy::IpAccess(p) => Some(&p.name),
-            Policy::RateLimit(p) => Some(&p.name),
-            Policy::Auth(p) => Some(&p.policy.name),
-            Policy::Cache(p) => Some(&p.name),
-            Policy::Validate(_) | Policy::Headers(_) => None,
-        }
+        self.unit().name()
     }
 
     /// `kind:name` (or `kind`), as `portico route` and `/routes` show the chain.
@@ -126,61 +205,13 @@ impl Policy {
         }
     }
 
-    /// Checks the request; an error is the answer the client gets.
-    pub async fn on_request(
-        &self,
-        session: &mut Session,
-        info: &RequestInfo<'_>,
-        state: &mut PolicyState,
-    ) -> Result<(), GatewayError> {
-        match self {
-            Policy::Cors(p) => {
-                p.on_request(session.req_header(), state);
-                Ok(())
-            }
-            Policy::IpAccess(p) => p.check(info.client_ip),
-            Policy::RateLimit(p) => p.on_request(session.req_header(), info, state).await,
-            Policy::Auth(p) => p.on_request(session.req_header(), state).await,
-            Policy::Validate(p) => p.on_request(session).await,
-            Policy::Headers(_) | Policy::Cache(_) => Ok(()),
+    /// Kind, name and details, as `/routes` shows each policy.
+    pub fn view(&self) -> Value {
+        let mut view = json!({"kind": self.kind(), "name": self.name()});
+        if let (Value::Object(out), Value::Object(details)) = (&mut view, self.unit().details()) {
+            out.extend(details);
         }
-    }
-
-    /// Edits the request sent upstream.
-    pub fn on_upstream_request(
-        &self,
-        req: &mut RequestHeader,
-        info: &RequestInfo<'_>,
-        state: &PolicyState,
-    ) -> Result<()> {
-        match self {
-            Policy::Auth(p) => p.forward_claims(req, state),
-            Policy::Headers(p) => p.on_upstream_request(req, info, state),
-            Policy::Cors(_)
-            | Policy::IpAccess(_)
-            | Policy::RateLimit(_)
-            | Policy::Validate(_)
-            | Policy::Cache(_) => Ok(()),
-        }
-    }
-
-    /// Edits any answer: the upstream's, or one the gateway writes itself.
-    pub fn on_response(
-        &self,
-        resp: &mut ResponseHeader,
-        info: &RequestInfo<'_>,
-        state: &PolicyState,
-    ) -> Result<()> {
-        match self {
-            Policy::Cors(p) => p.on_response(resp, state),
-            Policy::RateLimit(_) => ratelimit::on_response(resp, state),
-            Policy::Headers(p) => p.on_response(resp, info, state),
-            Policy::Cache(_) => match state.cache {
-                Some(result) => resp.insert_header(X_CACHE, result),
-                None => Ok(()),
-            },
-            Policy::IpAccess(_) | Policy::Auth(_) | Policy::Validate(_) => Ok(()),
-        }
+        view
     }
 }
 
@@ -197,6 +228,7 @@ mod tests {
     fn cheap_refusals_run_before_signature_checks() {
         let mut stages = [
             Stage::Headers,
+            Stage::Compress,
             Stage::Cache,
             Stage::Validate,
             Stage::LimitByIdentity,
@@ -209,6 +241,6 @@ mod tests {
         assert_eq!(stages[0], Stage::Cors);
         assert!(Stage::Limit < Stage::Authenticate);
         assert!(Stage::Authenticate < Stage::LimitByIdentity);
-        assert_eq!(stages[7], Stage::Headers);
+        assert_eq!(stages[8], Stage::Headers);
     }
 }

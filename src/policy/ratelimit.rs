@@ -3,10 +3,10 @@
 //! `per / requests`. Local state is sharded and bounded; the Redis backend runs the same
 //! algorithm atomically in a server-side script so replicas share one limit.
 
-use super::{PolicyState, RequestInfo};
+use super::{ApiDoc, PolicyState, RequestInfo, Stage, Unit};
 use crate::bounded::Bounded;
 use crate::diag::Diags;
-use crate::errors::GatewayError;
+use crate::errors::{Counted, GatewayError, Refusal};
 use crate::hashing::fnv1a;
 use crate::state::StateCx;
 use arc_swap::ArcSwapOption;
@@ -93,6 +93,17 @@ impl LimitKey {
                     Err(format!("unknown rate limit key `{text}`"))
                 }
             }
+        }
+    }
+}
+
+impl std::fmt::Display for LimitKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LimitKey::ClientIp => f.write_str("client_ip"),
+            LimitKey::Route => f.write_str("route"),
+            LimitKey::Header(h) => write!(f, "header:{h}"),
+            LimitKey::Claim(c) => write!(f, "claim:{c}"),
         }
     }
 }
@@ -366,6 +377,21 @@ pub struct RateLimit {
     pub backend: Backend,
 }
 
+/// The 429 a client over its limit gets, with when to retry.
+fn too_many(retry_after: u64) -> GatewayError {
+    let message = format!("too many requests; retry in {retry_after} s");
+    Refusal::new(429, "rate_limited", message)
+        .header(http::header::RETRY_AFTER, retry_after.into())
+        .counted(Counted::RateLimited)
+        .into()
+}
+
+const UNAVAILABLE: Refusal = Refusal::fixed(
+    503,
+    "rate_limit_unavailable",
+    "the rate limiter is unavailable and this route denies unchecked requests",
+);
+
 /// What to do with a request after its limit was checked.
 pub enum Verdict {
     Allow(Decision),
@@ -395,7 +421,7 @@ impl RateLimit {
             LimitKey::ClientIp => ip(),
             LimitKey::Route => info.route.to_string(),
             LimitKey::Header(name) if req.headers.get_all(name).iter().count() > 1 => {
-                return Err(GatewayError::Refused(crate::errors::AMBIGUOUS_HEADER));
+                return Err(crate::errors::AMBIGUOUS_HEADER.into());
             }
             LimitKey::Header(name) => match req.headers.get(name) {
                 // Long values are hashed so a key never costs more than a few bytes.
@@ -420,7 +446,7 @@ impl RateLimit {
 
     /// Counts the request; refuses it over the limit (or when Redis fails and the policy
     /// denies unchecked requests).
-    pub async fn on_request(
+    pub async fn count(
         &self,
         req: &RequestHeader,
         info: &RequestInfo<'_>,
@@ -435,13 +461,11 @@ impl RateLimit {
             Verdict::AllowUnchecked => Ok(()),
             Verdict::Reject(d) => {
                 state.rate = Some(d);
-                Err(GatewayError::RateLimited {
-                    retry_after: ceil_secs(d.retry_after).max(1),
-                })
+                Err(too_many(ceil_secs(d.retry_after).max(1)))
             }
             Verdict::Unavailable(why) => {
                 tracing::warn!(limit = %self.name, error = %why, "rate limit unavailable: denying");
-                Err(GatewayError::RateLimitUnavailable)
+                Err(UNAVAILABLE.into())
             }
         }
     }
@@ -472,8 +496,65 @@ impl RateLimit {
     }
 }
 
+#[async_trait::async_trait]
+impl Unit for RateLimit {
+    fn kind(&self) -> &'static str {
+        "rate_limit"
+    }
+
+    fn name(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+
+    fn stage(&self) -> Stage {
+        if self.by_identity() {
+            Stage::LimitByIdentity
+        } else {
+            Stage::Limit
+        }
+    }
+
+    fn details(&self) -> serde_json::Value {
+        let backend = match self.backend {
+            Backend::Local(_) => "local",
+            Backend::Redis { .. } => "redis",
+        };
+        let per_second = 1e9 / self.interval.max(1) as f64;
+        serde_json::json!({"key": self.key.to_string(), "per_second": per_second, "burst": self.capacity, "backend": backend})
+    }
+
+    fn api_doc(&self, _method: &str) -> ApiDoc {
+        ApiDoc {
+            errors: vec!["429"],
+            ..ApiDoc::default()
+        }
+    }
+
+    fn identity_headers(&self) -> Vec<http::HeaderName> {
+        Vec::new()
+    }
+
+    async fn on_request(
+        &self,
+        session: &mut pingora::proxy::Session,
+        info: &RequestInfo<'_>,
+        state: &mut PolicyState,
+    ) -> Result<(), GatewayError> {
+        self.count(session.req_header(), info, state).await
+    }
+
+    fn on_response(
+        &self,
+        resp: &mut ResponseHeader,
+        _info: &RequestInfo<'_>,
+        state: &PolicyState,
+    ) -> pingora::Result<()> {
+        report(resp, state)
+    }
+}
+
 /// `RateLimit-*` headers (IETF draft) on every answer to a request a limit was checked for.
-pub fn on_response(resp: &mut ResponseHeader, state: &PolicyState) -> pingora::Result<()> {
+pub fn report(resp: &mut ResponseHeader, state: &PolicyState) -> pingora::Result<()> {
     if let Some(d) = &state.rate {
         resp.insert_header("ratelimit-limit", d.limit)?;
         resp.insert_header("ratelimit-remaining", d.remaining)?;
@@ -632,7 +713,7 @@ mod tests {
         req.append_header("x-key", "k2").unwrap();
         assert_eq!(
             limit("header:x-key").key_for(&req, &info, &state),
-            Err(GatewayError::Refused(crate::errors::AMBIGUOUS_HEADER)),
+            Err(crate::errors::AMBIGUOUS_HEADER.into()),
             "a repeated key header is refused, not counted by its first copy"
         );
     }
@@ -647,12 +728,12 @@ mod tests {
         let req = RequestHeader::build("GET", b"/", None).unwrap();
         let l = limit("client_ip");
         let mut state = PolicyState::default();
-        assert!(l.on_request(&req, &info, &mut state).await.is_ok());
-        assert!(l.on_request(&req, &info, &mut state).await.is_ok());
-        let refused = l.on_request(&req, &info, &mut state).await.unwrap_err();
-        assert_eq!(refused, GatewayError::RateLimited { retry_after: 1 });
+        assert!(l.count(&req, &info, &mut state).await.is_ok());
+        assert!(l.count(&req, &info, &mut state).await.is_ok());
+        let refused = l.count(&req, &info, &mut state).await.unwrap_err();
+        assert_eq!(refused, too_many(1));
         let mut resp = ResponseHeader::build(429, None).unwrap();
-        on_response(&mut resp, &state).unwrap();
+        report(&mut resp, &state).unwrap();
         assert_eq!(resp.headers["ratelimit-limit"], "2");
         assert_eq!(resp.headers["ratelimit-remaining"], "0");
     }

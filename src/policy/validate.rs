@@ -3,8 +3,9 @@
 //! config loads; a validated body is read whole (up to `max_body_bytes`) before the
 //! upstream is contacted, so an invalid one never reaches it.
 
+use super::{ApiDoc, PolicyState, RequestInfo, Stage, Unit};
 use crate::diag::{parse_methods, Diags, Inputs};
-use crate::errors::GatewayError;
+use crate::errors::{GatewayError, Refusal};
 use crate::units::ByteSize;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, Method};
@@ -43,7 +44,31 @@ use std::sync::{Arc, Mutex};
 /// Pingora can replay at most this much of a request body it has already read.
 pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
 
-pub use crate::errors::Violation;
+/// One broken rule, listed in the refusal's `violations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// JSON pointer into the body (`/address/zip`), or `header:NAME` / `query:NAME`.
+    pub path: String,
+    pub message: String,
+}
+
+/// The 400 listing what the request breaks.
+fn failed(violations: Vec<Violation>) -> GatewayError {
+    let message = format!(
+        "the request breaks {} rule(s) of the route's schema",
+        violations.len()
+    );
+    let list = serde_json::to_value(&violations).unwrap_or_default();
+    Refusal::new(400, "validation_failed", message)
+        .detail("violations", list)
+        .into()
+}
+
+const NOT_JSON: Refusal = Refusal::fixed(
+    415,
+    "unsupported_media_type",
+    "this route takes a JSON body (Content-Type: application/json)",
+);
 
 pub struct RequestValidation {
     pub methods: Vec<Method>,
@@ -51,6 +76,8 @@ pub struct RequestValidation {
     pub max_body: u64,
     pub headers: Vec<HeaderName>,
     pub query: Vec<String>,
+    /// Required headers as written in the file (what the OpenAPI document names).
+    pub header_text: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,21 +93,21 @@ impl RequestValidation {
 
     /// Applies the rules. A body to check is read whole (bounded) into Pingora's retry
     /// buffer, which is what gets sent upstream once it passed.
-    pub async fn on_request(&self, session: &mut Session) -> Result<(), GatewayError> {
+    pub async fn check(&self, session: &mut Session) -> Result<(), GatewayError> {
         if !self.applies(&session.req_header().method) {
             return Ok(());
         }
         let req = session.req_header();
         let missing = self.check_head(&req.headers, req.uri.query());
         if !missing.is_empty() {
-            return Err(GatewayError::ValidationFailed(missing));
+            return Err(failed(missing));
         }
         if self.schema.is_none() {
             return Ok(());
         }
         let content_type = req.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
         if !is_json(content_type) {
-            return Err(GatewayError::UnsupportedMediaType);
+            return Err(NOT_JSON.into());
         }
         let too_large = GatewayError::BodyTooLarge {
             limit: self.max_body,
@@ -104,8 +131,11 @@ impl RequestValidation {
         }
         match self.check_body(&body) {
             Ok(()) => Ok(()),
-            Err(BodyError::InvalidJson(why)) => Err(GatewayError::InvalidJson(why)),
-            Err(BodyError::Invalid(violations)) => Err(GatewayError::ValidationFailed(violations)),
+            Err(BodyError::InvalidJson(why)) => {
+                let message = format!("the body is not valid JSON: {why}");
+                Err(Refusal::new(400, "invalid_json", message).into())
+            }
+            Err(BodyError::Invalid(violations)) => Err(failed(violations)),
         }
     }
 
@@ -277,7 +307,64 @@ pub fn compile(
         max_body: v.max_body_bytes.0,
         headers,
         query: v.query.clone(),
+        header_text: v.headers.clone(),
     })
+}
+
+#[async_trait::async_trait]
+impl Unit for RequestValidation {
+    fn kind(&self) -> &'static str {
+        "validate"
+    }
+
+    fn name(&self) -> Option<&str> {
+        None
+    }
+
+    fn stage(&self) -> Stage {
+        Stage::Validate
+    }
+
+    fn details(&self) -> Value {
+        let methods: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
+        serde_json::json!({"methods": methods, "body_schema": self.schema.is_some(), "headers": self.header_text, "query": self.query})
+    }
+
+    fn api_doc(&self, method: &str) -> ApiDoc {
+        let param = |name: &str, place: &str| serde_json::json!({"name": name, "in": place, "required": true, "schema": {"type": "string"}});
+        let mut parameters: Vec<Value> = self
+            .header_text
+            .iter()
+            .map(|h| param(h, "header"))
+            .collect();
+        parameters.extend(self.query.iter().map(|q| param(q, "query")));
+        let mut errors = vec!["400"];
+        let validated = self
+            .methods
+            .iter()
+            .any(|m| m.as_str().eq_ignore_ascii_case(method));
+        if validated && self.schema.is_some() {
+            errors.push("415");
+        }
+        ApiDoc {
+            errors,
+            parameters,
+            ..ApiDoc::default()
+        }
+    }
+
+    fn identity_headers(&self) -> Vec<HeaderName> {
+        Vec::new()
+    }
+
+    async fn on_request(
+        &self,
+        session: &mut Session,
+        _info: &RequestInfo<'_>,
+        _state: &mut PolicyState,
+    ) -> Result<(), GatewayError> {
+        self.check(session).await
+    }
 }
 
 #[cfg(test)]
@@ -300,6 +387,7 @@ mod tests {
             max_body: 1,
             headers: vec![HeaderName::from_static("x-tenant")],
             query: vec!["page".into()],
+            header_text: vec!["X-Tenant".into()],
         };
         let missing = v.check_head(&HeaderMap::new(), Some("size=2"));
         assert_eq!(

@@ -17,12 +17,12 @@ use pingora::proxy::Session;
 pub const CHUNKED_BUFFER: u64 = 64 * 1024;
 
 /// A chunked body too large to read whole before the upstream is contacted.
-pub const CHUNKED_TOO_LARGE: Refusal = Refusal {
-    status: 411,
-    code: "length_required",
-    message: "a chunked request body over 64 KiB is not accepted on this route: send \
+pub const CHUNKED_TOO_LARGE: Refusal = Refusal::fixed(
+    411,
+    "length_required",
+    "a chunked request body over 64 KiB is not accepted on this route: send \
               Content-Length, or set `stream_request_body: true` on the route",
-};
+);
 
 /// The raw values of the framing headers in a head.
 #[derive(Default)]
@@ -159,7 +159,7 @@ pub async fn read_chunked(session: &mut Session, limit: u64) -> Result<(), Gatew
             return Err(GatewayError::BodyTooLarge { limit });
         }
         if read > CHUNKED_BUFFER {
-            return Err(GatewayError::Refused(CHUNKED_TOO_LARGE));
+            return Err(CHUNKED_TOO_LARGE.into());
         }
     }
 }

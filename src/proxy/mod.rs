@@ -12,6 +12,7 @@ mod respond;
 use crate::aggregate::{Aggregate, Values};
 use crate::errors::{GatewayError, X_REQUEST_ID};
 use crate::policy::cache::{self, CachePolicy};
+use crate::policy::cors;
 use crate::policy::validate::content_length;
 use crate::policy::RequestInfo;
 use crate::router::Match;
@@ -22,10 +23,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::Ctx;
 use forwarding::{TRACEPARENT, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
-use http::header::{
-    ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, CONTENT_LENGTH, CONTENT_TYPE,
-    HOST, ORIGIN, VARY,
-};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::Method;
 use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
@@ -62,15 +60,6 @@ fn is_absolute_http(target: &[u8]) -> bool {
             .is_some_and(|t| t.eq_ignore_ascii_case(s))
     };
     scheme(b"http://") || scheme(b"https://")
-}
-
-/// The method a CORS preflight asks about, when this request is one.
-fn preflight_method(req: &RequestHeader) -> Option<Method> {
-    if req.method != Method::OPTIONS || !req.headers.contains_key(ORIGIN) {
-        return None;
-    }
-    let acrm = req.headers.get(ACCESS_CONTROL_REQUEST_METHOD)?;
-    Method::from_bytes(acrm.as_bytes()).ok()
 }
 
 /// Answers a gateway error; `Ok(true)` tells Pingora the request was answered.
@@ -112,40 +101,25 @@ impl Gateway {
     async fn preflight(&self, session: &mut Session, ctx: &mut Ctx) -> Option<Result<bool>> {
         let snapshot = ctx.snapshot.clone();
         let req = session.req_header();
-        let method = preflight_method(req)?;
+        let method = cors::preflight_method(req)?;
         let Ok((Match::Route(index), _)) = snapshot.router.route(&method, &req.uri, &req.headers)
         else {
             return None;
         };
-        let cors = snapshot.routes[index].cors()?;
-        let origin = req.headers.get(ORIGIN)?.clone();
-        let requested = req
-            .headers
-            .get(ACCESS_CONTROL_REQUEST_HEADERS)
-            .and_then(|v| v.to_str().ok());
-        let allowed = origin.to_str().is_ok_and(|o| cors.allows_origin(o));
-        let headers = allowed
-            .then(|| cors.preflight(&origin, &method, requested))
-            .flatten();
-        let Some(headers) = headers else {
-            ctx.route = Some(index);
-            return Some(refuse(session, ctx, GatewayError::CorsRejected).await);
-        };
-        let answer = async {
-            let mut header = ResponseHeader::build(204, Some(8))?;
-            for (name, value) in headers {
-                header.insert_header(name, value)?;
+        let answer = snapshot.routes[index]
+            .cors()?
+            .answer_preflight(req, &method);
+        let header = match answer {
+            Ok(header) => header,
+            Err(refusal) => {
+                ctx.route = Some(index);
+                return Some(refuse(session, ctx, refusal).await);
             }
-            header.insert_header(
-                VARY,
-                "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
-            )?;
-            // Not decorated with the route's response policies: a preflight answers for
-            // the method it asks about, not for this OPTIONS request.
-            respond::answer(session, ctx, header, Bytes::new(), true).await?;
-            Ok(true)
         };
-        Some(answer.await)
+        // Not decorated with the route's response policies: a preflight answers for the
+        // method it asks about, not for this OPTIONS request.
+        let written = respond::answer(session, ctx, header, Bytes::new(), true).await;
+        Some(written.map(|()| true))
     }
 
     /// Answers an aggregate route: its calls carry the headers this request would carry
@@ -259,7 +233,11 @@ impl Gateway {
         };
         let mut refusal = None;
         for policy in &route.policies {
-            if let Err(r) = policy.on_request(session, &info, &mut ctx.policy).await {
+            if let Err(r) = policy
+                .unit()
+                .on_request(session, &info, &mut ctx.policy)
+                .await
+            {
                 refusal = Some(r);
                 break;
             }
@@ -390,7 +368,9 @@ fn prepare_upstream_request(upstream_request: &mut RequestHeader, ctx: &Ctx) -> 
     if let Some(route) = ctx.route() {
         let info = ctx.info(route);
         for policy in &route.policies {
-            policy.on_upstream_request(upstream_request, &info, &ctx.policy)?;
+            policy
+                .unit()
+                .on_upstream_request(upstream_request, &info, &ctx.policy)?;
         }
     }
     Ok(())
@@ -402,7 +382,8 @@ impl ProxyHttp for Gateway {
     /// (copies) twice per request; a pointer moves cheaper than the whole context.
     type CTX = Box<Ctx>;
 
-    /// No downstream modules: Portico does not compress, and each module costs per request.
+    /// No downstream modules: each costs every request on every route; compression is a
+    /// route policy instead (policy/compression.rs).
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> Box<Ctx> {
@@ -609,6 +590,17 @@ impl ProxyHttp for Gateway {
             }
             ctx.policy.cache = Some(result);
         }
+        if let Some(index) = ctx.route {
+            // Split borrows: the route's policies read the snapshot and write their state.
+            let Ctx {
+                snapshot, policy, ..
+            } = &mut **ctx;
+            let req = session.req_header();
+            for p in &snapshot.routes[index].policies {
+                p.unit()
+                    .on_proxied_response(req, upstream_response, policy)?;
+            }
+        }
         respond::decorate(upstream_response, ctx)
     }
 
@@ -739,6 +731,24 @@ impl ProxyHttp for Gateway {
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         guard::request_done();
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<Option<Duration>> {
+        if let Some(index) = ctx.route {
+            let Ctx {
+                snapshot, policy, ..
+            } = &mut **ctx;
+            for p in &snapshot.routes[index].policies {
+                p.unit().on_response_body(body, end_of_stream, policy)?;
+            }
+        }
+        Ok(None)
     }
 
     fn upstream_response_body_filter(

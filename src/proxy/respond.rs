@@ -4,7 +4,7 @@
 //! edits) — exactly as [`decorate`] does for upstream responses.
 
 use super::ctx::Ctx;
-use crate::errors::{is_grpc, GatewayError, X_REQUEST_ID};
+use crate::errors::{is_grpc, Counted, GatewayError, X_REQUEST_ID};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -24,7 +24,7 @@ pub fn decorate(header: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
     if let Some(route) = ctx.route() {
         let info = ctx.info(route);
         for policy in &route.policies {
-            policy.on_response(header, &info, &ctx.policy)?;
+            policy.unit().on_response(header, &info, &ctx.policy)?;
         }
     }
     Ok(())
@@ -86,13 +86,11 @@ pub async fn reject(
 ) -> Result<()> {
     ctx.error_code = Some(error.code());
     if ctx.snapshot.metrics {
-        if let Some(route) = ctx.route() {
-            match error {
-                GatewayError::RateLimited { .. } => route.metrics.rate_limited(),
-                GatewayError::Unauthorized(_) | GatewayError::Forbidden => {
-                    route.metrics.auth_failure(error.code())
-                }
-                _ => {}
+        if let (Some(route), GatewayError::Refused(r)) = (ctx.route(), error) {
+            match r.counted {
+                Counted::RateLimited => route.metrics.rate_limited(),
+                Counted::AuthFailure => route.metrics.auth_failure(error.code()),
+                Counted::Nothing => {}
             }
         }
     }

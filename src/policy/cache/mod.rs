@@ -6,6 +6,7 @@
 
 pub mod store;
 
+use super::{ApiDoc, PolicyState, RequestInfo, Stage, Unit};
 use crate::diag::Diags;
 use crate::errors::GatewayError;
 use crate::state::StateCx;
@@ -224,6 +225,49 @@ fn heuristically_cacheable(status: StatusCode) -> bool {
         status.as_u16(),
         200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
     )
+}
+
+/// Says what the cache did with a request.
+pub const X_CACHE: &str = "x-cache";
+
+impl Unit for CachePolicy {
+    fn kind(&self) -> &'static str {
+        "cache"
+    }
+
+    fn name(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+
+    fn stage(&self) -> Stage {
+        Stage::Cache
+    }
+
+    fn details(&self) -> Value {
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs());
+        let vary: Vec<&str> = self.vary.iter().map(HeaderName::as_str).collect();
+        serde_json::json!({"ttl_s": secs(self.ttl), "max_ttl_s": secs(self.max_ttl), "vary": vary, "key_claims": self.claims})
+    }
+
+    fn api_doc(&self, _method: &str) -> ApiDoc {
+        ApiDoc::default()
+    }
+
+    fn identity_headers(&self) -> Vec<HeaderName> {
+        Vec::new()
+    }
+
+    fn on_response(
+        &self,
+        resp: &mut ResponseHeader,
+        _info: &RequestInfo<'_>,
+        state: &PolicyState,
+    ) -> pingora::Result<()> {
+        match state.cache {
+            Some(result) => resp.insert_header(X_CACHE, result),
+            None => Ok(()),
+        }
+    }
 }
 
 /// No freshness or stale windows of Pingora's own: `caches:` gives them.
