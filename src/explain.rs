@@ -187,7 +187,8 @@ pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
                         resp.content_type
                     );
                 }
-                Action::Proxy(up) => {
+                Action::Proxy(backends) => {
+                    let up = backends.pick();
                     let targets: Vec<&str> = up.targets.iter().map(|t| t.label.as_str()).collect();
                     let _ = writeln!(
                         out,

@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod otlp;
 pub mod policy;
 pub mod proxy;
+pub mod redis_link;
 pub mod router;
 pub mod snapshot;
 pub mod state;

@@ -79,9 +79,34 @@ pub struct AccessLogSettings {
 
 /// What a matched route does with the request.
 pub enum Action {
-    Proxy(Arc<Upstream>),
+    Proxy(Backends),
     Respond(Arc<StaticResponse>),
     Aggregate(Arc<crate::aggregate::Aggregate>),
+}
+
+/// Where a proxy route sends requests: its upstreams (one today; traffic splitting gives
+/// them weights).
+pub struct Backends {
+    pub upstreams: Vec<Arc<Upstream>>,
+}
+
+impl Backends {
+    pub fn one(upstream: Arc<Upstream>) -> Backends {
+        Backends {
+            upstreams: vec![upstream],
+        }
+    }
+
+    /// The upstream a request goes to.
+    pub fn pick(&self) -> &Arc<Upstream> {
+        &self.upstreams[0]
+    }
+
+    /// The upstreams' names, for views and metric labels.
+    pub fn names(&self) -> String {
+        let names: Vec<&str> = self.upstreams.iter().map(|u| &*u.name).collect();
+        names.join(",")
+    }
 }
 
 pub struct StaticResponse {
@@ -113,7 +138,7 @@ pub struct Route {
 impl Route {
     pub fn upstream(&self) -> Option<&Arc<Upstream>> {
         match &self.action {
-            Action::Proxy(up) => Some(up),
+            Action::Proxy(backends) => Some(backends.pick()),
             Action::Respond(_) | Action::Aggregate(_) => None,
         }
     }
@@ -143,7 +168,7 @@ pub struct Snapshot {
     pub unrouted: RouteMetrics,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// The Redis link shared by `backend: redis` limits (connected in the background).
-    pub redis: Option<Arc<crate::policy::ratelimit::RedisLink>>,
+    pub redis: Option<Arc<crate::redis_link::RedisLink>>,
     /// Every remote JWKS some auth policy uses (refreshed in the background).
     pub remote_jwks: Vec<Arc<crate::policy::auth::RemoteJwks>>,
     /// The certificates the TLS listener serves (swapped with the snapshot).

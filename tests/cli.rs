@@ -134,6 +134,23 @@ fn upstream_and_respond_together() {
     refused(&format!("{UPSTREAM}routes:\n  - name: a\n    match: {{ path: / }}\n    upstream: users\n    respond: {{ text: hi }}\n"), 8, 5, "both `upstream` and `respond`");
 }
 
+/// Action keys are counted: none, or all three, is one error naming them.
+#[test]
+fn a_route_does_exactly_one_thing() {
+    refused(
+        &format!("{UPSTREAM}routes:\n  - name: a\n    match: {{ path: / }}\n    upstream: users\n    respond: {{ text: hi }}\n    aggregate: {{ calls: [{{ name: u, upstream: users, path: /u }}] }}\n"),
+        8,
+        5,
+        "route `a` has `upstream`, `respond` and `aggregate`",
+    );
+    refused(
+        "routes:\n  - name: a\n    match: { path: / }\n",
+        6,
+        5,
+        "route `a` says nothing to do with a request",
+    );
+}
+
 #[test]
 fn lower_case_method() {
     refused("routes:\n  - name: a\n    match: { path: /, methods: [GET, get] }\n    respond: { text: hi }\n", 7, 38, "`get` is not an HTTP method");

@@ -93,7 +93,7 @@ impl Admin {
             .zip(snapshot.redacted["routes"].as_array().into_iter().flatten())
             .map(|(route, raw)| {
                 let action = match &route.action {
-                    Action::Proxy(up) => json!({"upstream": &*up.name}),
+                    Action::Proxy(b) => json!({"upstream": b.names()}),
                     Action::Respond(r) => json!({"respond": r.status}),
                     Action::Aggregate(a) => {
                         let calls: Vec<&str> = a.calls.iter().map(|c| c.name.as_str()).collect();

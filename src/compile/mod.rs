@@ -9,7 +9,8 @@ mod upstream;
 use crate::config::model::RawAccessLog;
 use crate::config::{RawConfig, Source};
 use crate::diag::{cidr, inputs_digest, redact_url, ConfigError, Diags, Inputs};
-use crate::policy::ratelimit::RedisLink;
+use crate::policy::CompileCx;
+use crate::redis_link::RedisLink;
 use crate::router::Router;
 use crate::snapshot::{AccessLogSettings, Settings, Snapshot, ACCESS_FIELDS};
 use crate::state::{StateCx, Stores};
@@ -60,13 +61,20 @@ pub fn compile_with(
         })
         .collect();
     let redis = compile_redis(&mut d, &mut state, raw);
-    let named = Named::compile(&mut d, &mut state, &mut inputs, raw, redis.clone(), metrics);
     let tls = raw
         .tls
         .as_ref()
         .and_then(|t| crate::tls::compile(&mut d, &mut inputs, t))
         .map(Arc::new);
-    let compiled = routes::compile_routes(&mut d, &mut inputs, &named, &upstreams, raw, metrics);
+    let mut cx = CompileCx {
+        d: &mut d,
+        state: &mut state,
+        inputs: &mut inputs,
+        redis: redis.clone(),
+        metrics,
+    };
+    let named = Named::compile(&mut cx, raw);
+    let compiled = routes::compile_routes(&mut cx, &named, &upstreams, raw);
     let (mut matchers, mut routes, mut at) = (Vec::new(), Vec::new(), Vec::new());
     for c in compiled {
         matchers.push(c.matcher);

@@ -4,16 +4,14 @@
 
 use crate::config::model::RawRoute;
 use crate::config::RawConfig;
-use crate::diag::{lookup, Diags, Inputs};
+use crate::diag::{lookup, Diags};
 use crate::policy::auth::{self, AuthPolicy, Keys, RemoteJwks, RouteAuth};
 use crate::policy::cache::{self, CachePolicy};
 use crate::policy::compression::{self, Compression};
 use crate::policy::cors::{self, CorsPolicy};
 use crate::policy::ip_access::{self, IpAccess};
-use crate::policy::ratelimit::{self, RateLimit, RedisLink};
-use crate::policy::{self, headers, validate, Policy};
-use crate::state::StateCx;
-use crate::telemetry::Metrics;
+use crate::policy::ratelimit::{self, RateLimit};
+use crate::policy::{self, headers, validate, CompileCx, Policy};
 use http::HeaderName;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,24 +30,17 @@ pub(super) struct Named {
 
 /// Compiles each entry of a named map, keeping those that compiled.
 fn each<R, T>(
-    d: &mut Diags,
+    cx: &mut CompileCx,
     map: &BTreeMap<String, R>,
-    mut compile: impl FnMut(&mut Diags, &str, &R) -> Option<T>,
+    compile: impl Fn(&mut CompileCx, &str, &R) -> Option<T>,
 ) -> BTreeMap<String, Arc<T>> {
     map.iter()
-        .filter_map(|(name, raw)| Some((name.clone(), Arc::new(compile(d, name, raw)?))))
+        .filter_map(|(name, raw)| Some((name.clone(), Arc::new(compile(cx, name, raw)?))))
         .collect()
 }
 
 impl Named {
-    pub(super) fn compile(
-        d: &mut Diags,
-        state: &mut StateCx,
-        inputs: &mut Inputs,
-        raw: &RawConfig,
-        redis: Option<Arc<RedisLink>>,
-        metrics: &Metrics,
-    ) -> Named {
+    pub(super) fn compile(cx: &mut CompileCx, raw: &RawConfig) -> Named {
         let names = |keys: Vec<&String>| keys.into_iter().cloned().collect();
         let defined = BTreeMap::from([
             ("rate limit", names(raw.rate_limits.keys().collect())),
@@ -60,18 +51,12 @@ impl Named {
             ("compression", names(raw.compression.keys().collect())),
         ]);
         Named {
-            rate_limits: each(d, &raw.rate_limits, |d, name, rl| {
-                ratelimit::compile(d, state, name, rl, redis.clone())
-            }),
-            auth: each(d, &raw.auth, |d, name, a| {
-                auth::compile(d, state, inputs, name, a)
-            }),
-            cors: each(d, &raw.cors, cors::compile),
-            ip_access: each(d, &raw.ip_access, ip_access::compile),
-            caches: each(d, &raw.caches, |d, name, c| {
-                cache::compile(d, state, metrics, name, c)
-            }),
-            compression: each(d, &raw.compression, compression::compile),
+            rate_limits: each(cx, &raw.rate_limits, ratelimit::compile),
+            auth: each(cx, &raw.auth, auth::compile),
+            cors: each(cx, &raw.cors, cors::compile),
+            ip_access: each(cx, &raw.ip_access, ip_access::compile),
+            caches: each(cx, &raw.caches, cache::compile),
+            compression: each(cx, &raw.compression, compression::compile),
             defined,
         }
     }
@@ -94,11 +79,14 @@ impl Named {
     /// The policies route `r` applies, in running order; None when one failed.
     pub(super) fn for_route(
         &self,
-        d: &mut Diags,
-        inputs: &mut Inputs,
+        cx: &mut CompileCx,
         at: &str,
         r: &RawRoute,
     ) -> Option<Vec<Policy>> {
+        // Inline policies first; the named ones only report through `d`.
+        let validate = r.validate.as_ref().map(|v| validate::compile(cx, at, v));
+        let headers = r.headers.as_ref().map(|h| headers::compile(cx, at, h));
+        let d = &mut *cx.d;
         let key = |k: &str| format!("{at}.{k}");
         let cors = self.find(d, &key("cors"), "CORS policy", r.cors.as_ref(), &self.cors);
         let ip = self.find(
@@ -123,11 +111,6 @@ impl Named {
             r.auth.is_some(),
             r.require.as_ref(),
         );
-        let validate = r
-            .validate
-            .as_ref()
-            .map(|v| validate::compile(d, inputs, at, v));
-        let headers = r.headers.as_ref().map(|h| headers::compile(d, at, h));
         let cache = self.find(d, &key("cache"), "cache", r.cache.as_ref(), &self.caches);
         if let Ok(Some(c)) = &cache {
             check_cache_route(d, &key("cache"), c, r);

@@ -5,11 +5,12 @@ use super::policies::Named;
 use crate::aggregate;
 use crate::config::model::{HeaderCond as RawCond, RawMatch, RawRespond, RawRoute};
 use crate::config::RawConfig;
-use crate::diag::{lookup, parse_methods, Diags, Inputs};
+use crate::diag::{lookup, parse_methods, Diags};
+use crate::policy::CompileCx;
 use crate::router::normalize::normalize;
 use crate::router::template::{Fill, PathTemplate};
 use crate::router::{HeaderCond, HeaderMatch, HostMatch, Matcher, PathMatch, PathRewrite};
-use crate::snapshot::{Action, Route, StaticResponse};
+use crate::snapshot::{Action, Backends, Route, StaticResponse};
 use crate::telemetry::{Metrics, RouteMetrics};
 use crate::upstream::Upstream;
 use http::{HeaderName, HeaderValue};
@@ -27,13 +28,12 @@ pub(super) struct Compiled {
 }
 
 pub(super) fn compile_routes(
-    d: &mut Diags,
-    inputs: &mut Inputs,
+    cx: &mut CompileCx,
     named: &Named,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     raw: &RawConfig,
-    metrics: &Metrics,
 ) -> Vec<Compiled> {
+    let metrics = cx.metrics;
     let default_max_body = raw.server.max_body.0;
     let raw_routes = &raw.routes;
     let mut names = std::collections::HashMap::new();
@@ -41,7 +41,7 @@ pub(super) fn compile_routes(
     for (i, r) in raw_routes.iter().enumerate() {
         let at = format!("routes[{i}]");
         if !is_name(&r.name) {
-            d.error(
+            cx.d.error(
                 &format!("{at}.name"),
                 format!("route name `{}` is not allowed", r.name),
                 Some("use letters, digits, `-` and `_`; names label metrics and logs".into()),
@@ -49,8 +49,8 @@ pub(super) fn compile_routes(
         }
         if let Some(first) = names.insert(r.name.as_str(), i) {
             names.insert(r.name.as_str(), first);
-            let line = d.pos(&format!("routes[{first}].name")).line;
-            d.error(
+            let line = cx.d.pos(&format!("routes[{first}].name")).line;
+            cx.d.error(
                 &format!("{at}.name"),
                 format!("duplicate route name `{}`", r.name),
                 Some(format!(
@@ -58,25 +58,25 @@ pub(super) fn compile_routes(
                 )),
             );
         }
-        let matcher = compile_matcher(d, &format!("{at}.match"), &r.matcher);
+        let matcher = compile_matcher(cx.d, &format!("{at}.match"), &r.matcher);
         // The names the route's template binds, for the rewrite and aggregate calls.
         let template = r.matcher.path_template.as_deref().map(PathTemplate::parse);
         let names: HashSet<&str> = match &template {
             Some(Ok(t)) => t.names().collect(),
             _ => HashSet::new(),
         };
-        let action = compile_action(d, &at, r, &names, upstreams, raw, metrics);
-        let rewrite = compile_rewrite(d, &at, r, &names);
-        let policies = named.for_route(d, inputs, &at, r);
+        let action = compile_action(cx.d, &at, r, &names, upstreams, raw, metrics);
+        let rewrite = compile_rewrite(cx.d, &at, r, &names);
+        let policies = named.for_route(cx, &at, r);
         if r.upgrade_idle_timeout.is_some_and(|t| t.is_zero()) {
-            d.error(
+            cx.d.error(
                 &format!("{at}.upgrade_idle_timeout"),
                 "upgrade_idle_timeout must be longer than 0",
                 Some("give a duration such as 60s, or leave it out for the default (60s)".into()),
             );
         }
         if r.timeout.is_some_and(|t| t.is_zero()) {
-            d.error(
+            cx.d.error(
                 &format!("{at}.timeout"),
                 "the route timeout must be longer than 0",
                 Some("give a duration such as 5s, or leave it out for no route deadline".into()),
@@ -86,10 +86,10 @@ pub(super) fn compile_routes(
             (matcher, action, rewrite, policies)
         {
             let upstream = match &action {
-                Action::Proxy(up) => &*up.name,
-                Action::Respond(_) | Action::Aggregate(_) => "none",
+                Action::Proxy(backends) => backends.names(),
+                Action::Respond(_) | Action::Aggregate(_) => "none".to_string(),
             };
-            let metrics = RouteMetrics::new(metrics, &r.name, upstream);
+            let metrics = RouteMetrics::new(metrics, &r.name, &upstream);
             routes.push(Compiled {
                 at: i,
                 matcher,
@@ -294,6 +294,18 @@ fn compile_header_match(
     Some(HeaderMatch { name, cond })
 }
 
+/// The keys that say what a route does: a route has exactly one of them.
+fn action_keys(r: &RawRoute) -> Vec<&'static str> {
+    [
+        ("upstream", r.upstream.is_some()),
+        ("respond", r.respond.is_some()),
+        ("aggregate", r.aggregate.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(key, set)| set.then_some(key))
+    .collect()
+}
+
 fn compile_action(
     d: &mut Diags,
     at: &str,
@@ -303,19 +315,28 @@ fn compile_action(
     raw: &RawConfig,
     metrics: &Metrics,
 ) -> Option<Action> {
+    let keys = action_keys(r);
+    if keys.len() != 1 {
+        let (message, help) = match keys.as_slice() {
+            [] => (
+                format!("route `{}` says nothing to do with a request", r.name),
+                "add `upstream: NAME`, `respond: {status: 200, json: ...}` or `aggregate:`",
+            ),
+            [a, b] => (
+                format!("route `{}` has both `{a}` and `{b}`", r.name),
+                "a route proxies (`upstream`), answers itself (`respond`) or aggregates (`aggregate`); keep one",
+            ),
+            _ => (
+                format!("route `{}` has `upstream`, `respond` and `aggregate`", r.name),
+                "a route proxies (`upstream`), answers itself (`respond`) or aggregates (`aggregate`); keep one",
+            ),
+        };
+        d.error(at, message, Some(help.into()));
+        return None;
+    }
+    let rewrites = r.strip_prefix.is_some() || r.rewrite.is_some();
     if let Some(agg) = &r.aggregate {
-        if r.upstream.is_some() || r.respond.is_some() {
-            d.error(
-                at,
-                format!(
-                    "route `{}` has `aggregate` and also `upstream` or `respond`",
-                    r.name
-                ),
-                Some("a route proxies, responds directly or aggregates; keep one".into()),
-            );
-            return None;
-        }
-        if r.strip_prefix.is_some() || r.rewrite.is_some() {
+        if rewrites {
             d.error(
                 at,
                 "`strip_prefix`/`rewrite` have no effect on an `aggregate` route",
@@ -325,42 +346,21 @@ fn compile_action(
         let compiled = aggregate::compile(d, at, agg, names, upstreams, metrics, &r.name)?;
         return Some(Action::Aggregate(Arc::new(compiled)));
     }
-    match (&r.upstream, &r.respond) {
-        (Some(_), Some(_)) => {
+    if let Some(resp) = &r.respond {
+        if rewrites {
             d.error(
                 at,
-                format!("route `{}` has both `upstream` and `respond`", r.name),
-                Some("a route either proxies to an upstream or responds directly; keep one".into()),
+                "`strip_prefix`/`rewrite` have no effect on a `respond` route",
+                Some("remove them".into()),
             );
-            None
         }
-        (None, None) => {
-            d.error(
-                at,
-                format!(
-                    "route `{}` has neither `upstream`, `respond` nor `aggregate`",
-                    r.name
-                ),
-                Some("add `upstream: NAME` or `respond: {status: 200, json: ...}`".into()),
-            );
-            None
-        }
-        (Some(name), None) => {
-            let defined: Vec<&String> = raw.upstreams.keys().collect();
-            let at = format!("{at}.upstream");
-            lookup(d, &at, "upstream", name, upstreams, &defined).map(Action::Proxy)
-        }
-        (None, Some(resp)) => {
-            if r.strip_prefix.is_some() || r.rewrite.is_some() {
-                d.error(
-                    at,
-                    "`strip_prefix`/`rewrite` have no effect on a `respond` route",
-                    Some("remove them".into()),
-                );
-            }
-            compile_respond(d, &format!("{at}.respond"), resp).map(|s| Action::Respond(Arc::new(s)))
-        }
+        let compiled = compile_respond(d, &format!("{at}.respond"), resp)?;
+        return Some(Action::Respond(Arc::new(compiled)));
     }
+    let name = r.upstream.as_ref()?;
+    let defined: Vec<&String> = raw.upstreams.keys().collect();
+    let at = format!("{at}.upstream");
+    lookup(d, &at, "upstream", name, upstreams, &defined).map(|up| Action::Proxy(Backends::one(up)))
 }
 
 fn compile_respond(d: &mut Diags, at: &str, r: &RawRespond) -> Option<StaticResponse> {

@@ -13,8 +13,7 @@
 //! entry is stored as the upstream sent it and compressed per client, so one entry serves
 //! every `Accept-Encoding` (and `Vary: Accept-Encoding` is added to the client's copy only).
 
-use super::{ApiDoc, PolicyState, RequestInfo, Stage, Unit};
-use crate::diag::Diags;
+use super::{ApiDoc, CompileCx, PolicyState, RequestInfo, Stage, Unit};
 use crate::errors::GatewayError;
 use crate::units::ByteSize;
 use bytes::Bytes;
@@ -396,7 +395,8 @@ impl Unit for Compression {
 }
 
 /// Compiles `compression.NAME`.
-pub fn compile(d: &mut Diags, name: &str, raw: &RawCompression) -> Option<Compression> {
+pub fn compile(cx: &mut CompileCx, name: &str, raw: &RawCompression) -> Option<Compression> {
+    let d = &mut *cx.d;
     let at = format!("compression.{name}");
     let errors = d.errors();
     if raw.algorithms.is_empty() {
@@ -473,10 +473,8 @@ mod tests {
 
     fn compiled(yaml: &str) -> (Option<Compression>, Vec<String>) {
         let raw: RawCompression = serde_yaml::from_str(yaml).unwrap();
-        let locator = crate::diag::Locator::new("");
-        let mut d = Diags::new(std::path::Path::new("g.yaml"), &locator);
-        let policy = compile(&mut d, "c", &raw);
-        (policy, d.items.into_iter().map(|x| x.message).collect())
+        let (policy, items) = crate::policy::with_test_cx(|cx| compile(cx, "c", &raw));
+        (policy, items.into_iter().map(|x| x.message).collect())
     }
 
     fn policy(yaml: &str) -> Compression {

@@ -2,8 +2,8 @@
 //! actual requests from allowed origins get the CORS response headers. A disallowed origin
 //! gets no CORS headers at all.
 
-use super::{ApiDoc, PolicyState, RequestInfo, Stage, Unit};
-use crate::diag::{parse_methods, Diags};
+use super::{ApiDoc, CompileCx, PolicyState, RequestInfo, Stage, Unit};
+use crate::diag::parse_methods;
 use crate::errors::{GatewayError, Refusal};
 use http::header::{
     ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, UPGRADE, VARY,
@@ -377,7 +377,8 @@ impl Unit for CorsPolicy {
 }
 
 /// Compiles the named policy `cors.NAME`.
-pub fn compile(d: &mut Diags, name: &str, c: &RawCors) -> Option<CorsPolicy> {
+pub fn compile(cx: &mut CompileCx, name: &str, c: &RawCors) -> Option<CorsPolicy> {
+    let d = &mut *cx.d;
     let at = format!("cors.{name}");
     let default_methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
         .map(String::from)
@@ -510,14 +511,13 @@ mod tests {
 
     #[test]
     fn compile_reports_bad_origins_and_methods() {
-        let locator = crate::diag::Locator::new("");
-        let mut d = Diags::new(std::path::Path::new("g.yaml"), &locator);
         let raw: RawCors = serde_yaml::from_str(
             "{ allow_origins: ['https://a.example/path'], allow_methods: [get] }",
         )
         .unwrap();
-        assert!(compile(&mut d, "web", &raw).is_none());
-        let messages: Vec<&str> = d.items.iter().map(|x| x.message.as_str()).collect();
+        let (policy, items) = crate::policy::with_test_cx(|cx| compile(cx, "web", &raw));
+        assert!(policy.is_none());
+        let messages: Vec<&str> = items.iter().map(|x| x.message.as_str()).collect();
         assert!(messages
             .iter()
             .any(|m| m.contains("`get` is not an HTTP method")));

@@ -3,7 +3,7 @@
 //! `${request_id}`. Names and literal text are checked at compile time; a value whose
 //! variables would put CR, LF or another control byte into it is never sent.
 
-use super::{ApiDoc, PolicyState, RequestInfo, Stage, Unit};
+use super::{ApiDoc, CompileCx, PolicyState, RequestInfo, Stage, Unit};
 use crate::diag::Diags;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -235,7 +235,8 @@ impl Unit for HeaderRules {
 }
 
 /// Compiles a route's `headers` (`at` is the route).
-pub fn compile(d: &mut Diags, at: &str, raw: &RawHeaders) -> Option<HeaderRules> {
+pub fn compile(cx: &mut CompileCx, at: &str, raw: &RawHeaders) -> Option<HeaderRules> {
+    let d = &mut *cx.d;
     let errors = d.errors();
     let request = compile_edits(d, &format!("{at}.headers.request"), &raw.request);
     let response = compile_edits(d, &format!("{at}.headers.response"), &raw.response);
@@ -354,17 +355,19 @@ fn template(d: &mut Diags, at: &str, value: &str) -> Option<Template> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diag::Locator;
     use serde_json::json;
-    use std::path::Path;
 
     fn compiled(yaml: &str) -> Result<HeaderRules, Vec<String>> {
         let raw: RawHeaders = serde_yaml::from_str(yaml).unwrap();
-        let locator = Locator::new("");
-        let mut d = Diags::new(Path::new("g.yaml"), &locator);
-        match compile(&mut d, "routes[0]", &raw) {
-            Some(rules) if !d.has_errors() => Ok(rules),
-            _ => Err(d.items.iter().map(|x| x.message.clone()).collect()),
+        let (rules, items) = crate::policy::with_test_cx(|cx| compile(cx, "routes[0]", &raw));
+        let errors: Vec<String> = items
+            .iter()
+            .filter(|x| x.severity == crate::diag::Severity::Error)
+            .map(|x| x.message.clone())
+            .collect();
+        match rules {
+            Some(rules) if errors.is_empty() => Ok(rules),
+            _ => Err(items.into_iter().map(|x| x.message).collect()),
         }
     }
 

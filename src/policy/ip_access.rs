@@ -2,8 +2,8 @@
 //! `server.trusted_proxies` decides it (the peer, or the client a trusted proxy names).
 //! A denied network always loses; with an `allow` list, only its networks get in.
 
-use super::{ApiDoc, PolicyState, RequestInfo, Stage, Unit};
-use crate::diag::{cidr, Diags};
+use super::{ApiDoc, CompileCx, PolicyState, RequestInfo, Stage, Unit};
+use crate::diag::cidr;
 use crate::errors::{GatewayError, Refusal};
 use http::HeaderName;
 use ipnet::IpNet;
@@ -97,7 +97,8 @@ impl Unit for IpAccess {
 }
 
 /// Compiles the named policy `ip_access.NAME`.
-pub fn compile(d: &mut Diags, name: &str, raw: &RawIpAccess) -> Option<IpAccess> {
+pub fn compile(cx: &mut CompileCx, name: &str, raw: &RawIpAccess) -> Option<IpAccess> {
+    let d = &mut *cx.d;
     let at = format!("ip_access.{name}");
     if raw.allow.is_empty() && raw.deny.is_empty() {
         d.error(
@@ -126,18 +127,14 @@ pub fn compile(d: &mut Diags, name: &str, raw: &RawIpAccess) -> Option<IpAccess>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diag::Locator;
-    use std::path::Path;
 
     fn policy(allow: &[&str], deny: &[&str]) -> Result<IpAccess, Vec<String>> {
-        let locator = Locator::new("");
-        let mut d = Diags::new(Path::new("g.yaml"), &locator);
         let raw = RawIpAccess {
             allow: allow.iter().map(|s| s.to_string()).collect(),
             deny: deny.iter().map(|s| s.to_string()).collect(),
         };
-        compile(&mut d, "p", &raw)
-            .ok_or_else(|| d.items.iter().map(|x| x.message.clone()).collect())
+        let (policy, items) = crate::policy::with_test_cx(|cx| compile(cx, "p", &raw));
+        policy.ok_or_else(|| items.into_iter().map(|x| x.message).collect())
     }
 
     fn ip(text: &str) -> Option<IpAddr> {

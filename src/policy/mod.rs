@@ -16,7 +16,11 @@ pub mod ip_access;
 pub mod ratelimit;
 pub mod validate;
 
+use crate::diag::{Diags, Inputs};
 use crate::errors::GatewayError;
+use crate::redis_link::RedisLink;
+use crate::state::StateCx;
+use crate::telemetry::Metrics;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -62,6 +66,39 @@ pub enum Stage {
     Cache,
     /// Header edits (run last on the way out, after every other policy's headers).
     Headers,
+}
+
+/// What every policy's compile step gets, whatever it needs of it: where to report (at the
+/// key's line and column), the state kept across reloads, the files it reads, the shared
+/// Redis link and the metrics registry. Every policy compiles with one signature,
+/// `compile(cx, name_or_route, fragment) -> Option<Policy>`.
+pub struct CompileCx<'c, 'd> {
+    pub d: &'c mut Diags<'d>,
+    pub state: &'c mut StateCx<'d>,
+    pub inputs: &'c mut Inputs,
+    pub redis: Option<Arc<RedisLink>>,
+    pub metrics: &'c Metrics,
+}
+
+/// A compile context for unit tests: an empty config `g.yaml`, fresh state.
+#[cfg(test)]
+pub fn with_test_cx<T>(f: impl FnOnce(&mut CompileCx) -> T) -> (T, Vec<crate::diag::Diagnostic>) {
+    let locator = crate::diag::Locator::new("");
+    let path = std::path::Path::new("g.yaml");
+    let mut d = Diags::new(path, &locator);
+    let stores = crate::state::Stores::default();
+    let mut state = stores.begin();
+    let mut inputs = Inputs::new(path);
+    let metrics = Metrics::new();
+    let mut cx = CompileCx {
+        d: &mut d,
+        state: &mut state,
+        inputs: &mut inputs,
+        redis: None,
+        metrics: &metrics,
+    };
+    let out = f(&mut cx);
+    (out, d.items)
 }
 
 /// What a policy sees of a request besides its head.

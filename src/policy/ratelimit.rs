@@ -3,19 +3,15 @@
 //! `per / requests`. Local state is sharded and bounded; the Redis backend runs the same
 //! algorithm atomically in a server-side script so replicas share one limit.
 
-use super::{ApiDoc, PolicyState, RequestInfo, Stage, Unit};
+use super::{ApiDoc, CompileCx, PolicyState, RequestInfo, Stage, Unit};
 use crate::bounded::Bounded;
-use crate::diag::Diags;
 use crate::errors::{Counted, GatewayError, Refusal};
 use crate::hashing::fnv1a;
-use crate::state::StateCx;
-use arc_swap::ArcSwapOption;
+use crate::redis_link::{LinkError, RedisLink};
 use pingora::http::{RequestHeader, ResponseHeader};
-use redis::aio::ConnectionManager;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
@@ -194,7 +190,7 @@ impl LocalStore {
 }
 
 /// GCRA in Redis, on Redis' clock so every replica agrees. Times in microseconds.
-const SCRIPT: &str = r"
+const SCRIPT_TEXT: &str = r"
 local interval = tonumber(ARGV[1])
 local capacity = tonumber(ARGV[2])
 local t = redis.call('TIME')
@@ -211,153 +207,29 @@ redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(ahead / 1000) + 1)
 return {1, math.floor((window - ahead) / interval), ahead, 0}
 ";
 
-/// A shared Redis connection that (re)connects in the background, never on a request.
-pub struct RedisLink {
-    client: redis::Client,
-    timeout: Duration,
-    conn: ArcSwapOption<ConnectionManager>,
-    /// Whether the last connection attempt or probe succeeded.
-    alive: AtomicBool,
-    last_attempt: Mutex<Option<Instant>>,
-    script: redis::Script,
-}
+/// The GCRA script, hashed once (Redis runs it by its SHA, loading it when missing).
+static SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(SCRIPT_TEXT));
 
-#[derive(Debug, thiserror::Error)]
-pub enum LimitError {
-    #[error("redis is not connected")]
-    NotConnected,
-    #[error("redis did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-}
-
-impl RedisLink {
-    pub fn new(url: &str, timeout: Duration) -> Result<RedisLink, String> {
-        let client = redis::Client::open(url).map_err(|e| {
-            // The redis crate's message can quote the URL: only the kind is kept.
-            format!(
-                "invalid redis url `{}`: {:?}",
-                crate::diag::redact_url(url),
-                e.kind()
-            )
-        })?;
-        Ok(RedisLink {
-            client,
-            timeout,
-            conn: ArcSwapOption::empty(),
-            alive: AtomicBool::new(false),
-            last_attempt: Mutex::new(None),
-            script: redis::Script::new(SCRIPT),
-        })
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.alive.load(Ordering::Relaxed)
-    }
-
-    /// One step of the background connector: connects when there is no connection, else
-    /// pings, and records whether Redis answered. A request never waits for this.
-    pub async fn probe(&self) {
-        let Some(conn) = self.conn.load_full() else {
-            return self.connect().await;
-        };
-        let mut conn = (*conn).clone();
-        let cmd = redis::cmd("PING");
-        let ping = cmd.query_async::<String>(&mut conn);
-        let ok = matches!(
-            tokio::time::timeout(self.timeout.max(Duration::from_millis(200)), ping).await,
-            Ok(Ok(_))
-        );
-        self.alive.store(ok, Ordering::Relaxed);
-    }
-
-    /// One connection attempt, awaited.
-    async fn connect(&self) {
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout.max(Duration::from_millis(200)))
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1);
-        match self.client.get_connection_manager_with_config(config).await {
-            Ok(conn) => {
-                self.conn.store(Some(Arc::new(conn)));
-                self.alive.store(true, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.alive.store(false, Ordering::Relaxed);
-                tracing::warn!(error = %e, "cannot connect to redis for rate limits");
-            }
-        }
-    }
-
-    /// Publishes on a channel over the shared connection (cache purges to other replicas).
-    pub async fn publish(&self, channel: &str, message: &str) -> Result<(), LimitError> {
-        let conn = self.conn.load_full().ok_or(LimitError::NotConnected)?;
-        let mut conn = (*conn).clone();
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(channel).arg(message);
-        let publish = cmd.query_async::<i64>(&mut conn);
-        let timeout = self.timeout.max(Duration::from_millis(200));
-        tokio::time::timeout(timeout, publish)
-            .await
-            .map_err(|_| LimitError::Timeout(timeout))??;
-        Ok(())
-    }
-
-    /// A connection of its own subscribed to `channel` (a subscribed connection can do
-    /// nothing else).
-    pub async fn subscribe(&self, channel: &str) -> Result<redis::aio::PubSub, LimitError> {
-        let timeout = self.timeout.max(Duration::from_millis(200));
-        let connect = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
-            pubsub.subscribe(channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        Ok(tokio::time::timeout(timeout, connect)
-            .await
-            .map_err(|_| LimitError::Timeout(timeout))??)
-    }
-
-    /// Starts a connection attempt (at most one a second) without waiting for it.
-    fn connect_in_background(self: &Arc<Self>) {
-        {
-            let mut last = self.last_attempt.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-                return;
-            }
-            *last = Some(Instant::now());
-        }
-        let link = self.clone();
-        tokio::spawn(async move { link.connect().await });
-    }
-
-    async fn check(
-        self: &Arc<Self>,
-        key: &str,
-        interval: u64,
-        capacity: u64,
-    ) -> Result<Decision, LimitError> {
-        let Some(conn) = self.conn.load_full() else {
-            self.connect_in_background();
-            return Err(LimitError::NotConnected);
-        };
-        let mut conn = (*conn).clone();
-        let micros = (interval / 1000).max(1);
-        let mut invocation = self.script.key(key);
-        invocation.arg(micros).arg(capacity);
-        let call = invocation.invoke_async::<(u64, u64, u64, u64)>(&mut conn);
-        let (allowed, remaining, reset, retry) =
-            tokio::time::timeout(self.timeout, call)
-                .await
-                .map_err(|_| LimitError::Timeout(self.timeout))??;
-        Ok(Decision {
-            allowed: allowed == 1,
-            limit: capacity,
-            remaining,
-            reset: Duration::from_micros(reset),
-            retry_after: Duration::from_micros(retry),
-        })
-    }
+/// Counts one request against `key` in Redis.
+async fn redis_check(
+    link: &Arc<RedisLink>,
+    key: &str,
+    interval: u64,
+    capacity: u64,
+) -> Result<Decision, LinkError> {
+    let micros = (interval / 1000).max(1);
+    let mut invocation = SCRIPT.key(key);
+    invocation.arg(micros).arg(capacity);
+    let (allowed, remaining, reset, retry) =
+        link.invoke::<(u64, u64, u64, u64)>(&invocation).await?;
+    Ok(Decision {
+        allowed: allowed == 1,
+        limit: capacity,
+        remaining,
+        reset: Duration::from_micros(reset),
+        retry_after: Duration::from_micros(retry),
+    })
 }
 
 pub enum Backend {
@@ -478,7 +350,7 @@ impl RateLimit {
                 deny_on_error,
             } => {
                 let redis_key = format!("portico:rl:{}:{key}", self.name);
-                match link.check(&redis_key, self.interval, self.capacity).await {
+                match redis_check(link, &redis_key, self.interval, self.capacity).await {
                     Ok(d) => d,
                     Err(e) if *deny_on_error => return Verdict::Unavailable(e.to_string()),
                     Err(e) => {
@@ -565,13 +437,8 @@ pub fn report(resp: &mut ResponseHeader, state: &PolicyState) -> pingora::Result
 
 /// Compiles the named limit `rate_limits.NAME`. Its buckets are kept across reloads while
 /// the fields that define them (rate, burst, key, size) stay the same.
-pub fn compile(
-    d: &mut Diags,
-    state: &mut StateCx,
-    name: &str,
-    rl: &RawRateLimit,
-    redis: Option<Arc<RedisLink>>,
-) -> Option<RateLimit> {
+pub fn compile(cx: &mut CompileCx, name: &str, rl: &RawRateLimit) -> Option<RateLimit> {
+    let (d, state, redis) = (&mut *cx.d, &mut *cx.state, cx.redis.clone());
     let at = format!("rate_limits.{name}");
     let mut ok = true;
     if rl.requests == 0 {

@@ -3,8 +3,8 @@
 //! config loads; a validated body is read whole (up to `max_body_bytes`) before the
 //! upstream is contacted, so an invalid one never reaches it.
 
-use super::{ApiDoc, PolicyState, RequestInfo, Stage, Unit};
-use crate::diag::{parse_methods, Diags, Inputs};
+use super::{ApiDoc, CompileCx, PolicyState, RequestInfo, Stage, Unit};
+use crate::diag::parse_methods;
 use crate::errors::{GatewayError, Refusal};
 use crate::units::ByteSize;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -253,12 +253,8 @@ pub fn content_length(req: &pingora::http::RequestHeader) -> Option<u64> {
 }
 
 /// Compiles a route's `validate` (`at` is the route): the schema is compiled here, once.
-pub fn compile(
-    d: &mut Diags,
-    inputs: &mut Inputs,
-    at: &str,
-    v: &RawValidate,
-) -> Option<RequestValidation> {
+pub fn compile(cx: &mut CompileCx, at: &str, v: &RawValidate) -> Option<RequestValidation> {
+    let (d, inputs) = (&mut *cx.d, &mut *cx.inputs);
     let at = format!("{at}.validate");
     if v.max_body_bytes.0 > MAX_BUFFERED_BODY || v.max_body_bytes.0 == 0 {
         d.error(&format!("{at}.max_body_bytes"), format!("max_body_bytes must be between 1 and {MAX_BUFFERED_BODY} (64KiB)"), Some("a validated body is held whole before the upstream sees the request; larger bodies cannot be replayed".into()));
@@ -406,15 +402,12 @@ mod tests {
 
     #[test]
     fn compile_bounds_the_buffered_body_and_checks_names() {
-        let locator = crate::diag::Locator::new("");
-        let mut d = Diags::new(Path::new("g.yaml"), &locator);
-        let mut inputs = Inputs::new(Path::new("g.yaml"));
         let raw: RawValidate = serde_yaml::from_str(
             "{ max_body_bytes: 1MiB, headers: ['bad name'], methods: [post] }",
         )
         .unwrap();
-        compile(&mut d, &mut inputs, "routes[0]", &raw);
-        let messages: Vec<&str> = d.items.iter().map(|x| x.message.as_str()).collect();
+        let (_, items) = crate::policy::with_test_cx(|cx| compile(cx, "routes[0]", &raw));
+        let messages: Vec<&str> = items.iter().map(|x| x.message.as_str()).collect();
         assert_eq!(messages.len(), 3, "{messages:?}");
         assert!(messages[0].contains("max_body_bytes must be between 1 and 65536"));
     }

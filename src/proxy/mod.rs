@@ -16,7 +16,7 @@ use crate::policy::cors;
 use crate::policy::validate::content_length;
 use crate::policy::RequestInfo;
 use crate::router::Match;
-use crate::snapshot::{Action, SnapshotHolder, StaticResponse};
+use crate::snapshot::{Action, Route, Snapshot, SnapshotHolder, StaticResponse};
 use crate::telemetry::Telemetry;
 use crate::upstream::{Balance, PickError, UpstreamTls};
 use async_trait::async_trait;
@@ -166,83 +166,25 @@ impl Gateway {
         Ok(true)
     }
 
-    /// Normalizes and routes the request, then runs the route's policies; returns Ok(true)
-    /// when the request was answered here.
+    /// Takes a request from its head to the point where it goes upstream: checks the head,
+    /// answers what the gateway answers itself (redirects, preflights), routes it, runs the
+    /// route's policies, then answers it here or readies its body. Ok(true): answered.
     async fn route_request(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let snapshot = ctx.snapshot.clone();
-        if let Some(why) = framing::ambiguity(session) {
-            tracing::warn!(request_id = %ctx.request.id, why, "ambiguous request framing refused");
-            return refuse(session, ctx, GatewayError::BadFraming(why)).await;
+        if let Err(refusal) = check_head(session, ctx) {
+            return refuse(session, ctx, refusal).await;
         }
-        let raw_target = session.req_header().raw_path();
-        let origin_form = raw_target.starts_with(b"/");
-        if !origin_form && !is_absolute_http(raw_target) {
-            return refuse(session, ctx, GatewayError::BadPath(NOT_A_PATH.into())).await;
-        }
-        if snapshot.settings.redirect_https && !ctx.request.tls {
+        if ctx.snapshot.settings.redirect_https && !ctx.request.tls {
             return redirect_https(session, ctx).await;
         }
         if let Some(answered) = self.preflight(session, ctx).await {
             return answered;
         }
-        let req = session.req_header();
-        let (found, path) = match snapshot.router.route(&req.method, &req.uri, &req.headers) {
+        let snapshot = ctx.snapshot.clone();
+        let (route, bound) = match find_route(session, ctx, &snapshot) {
             Ok(found) => found,
-            Err(e) => return refuse(session, ctx, GatewayError::BadPath(e.to_string())).await,
+            Err(refusal) => return refuse(session, ctx, refusal).await,
         };
-        let index = match found {
-            Match::Route(i) => i,
-            Match::NotFound => return refuse(session, ctx, GatewayError::RouteNotFound).await,
-            Match::MethodNotAllowed(allow) => {
-                return refuse(session, ctx, GatewayError::MethodNotAllowed { allow }).await
-            }
-        };
-        ctx.route = Some(index);
-        let route = &snapshot.routes[index];
-        if route.cache().is_some() {
-            ctx.request.cache_path = path.to_string();
-        }
-        if !route.allow_path_params && path.contains(';') {
-            drop(path);
-            let why = "`;` path parameters are not accepted on this route".to_string();
-            return refuse(session, ctx, GatewayError::BadPath(why)).await;
-        }
-        let bound = snapshot.router.bind(index, &path);
-        if let Action::Proxy(_) = route.action {
-            let upstream_path = route.rewrite.apply(&path, &bound);
-            // An absolute-form target goes upstream in origin-form, as it was routed.
-            if upstream_path != req.uri.path() || !origin_form {
-                // A rewrite with a query of its own gets the client's query after `&`.
-                let uri = match req.uri.query() {
-                    Some(q) if upstream_path.contains('?') => format!("{upstream_path}&{q}"),
-                    Some(q) => format!("{upstream_path}?{q}"),
-                    None => upstream_path.into_owned(),
-                };
-                let parsed = uri.parse().map_err(|_| GatewayError::BadRequest);
-                drop(path);
-                match parsed {
-                    Ok(uri) => ctx.upstream.uri = Some(uri),
-                    Err(e) => return refuse(session, ctx, e).await,
-                }
-            }
-        }
-        let info = RequestInfo {
-            client_ip: ctx.request.client_ip,
-            request_id: &ctx.request.id,
-            route: &route.name,
-        };
-        let mut refusal = None;
-        for policy in &route.policies {
-            if let Err(r) = policy
-                .unit()
-                .on_request(session, &info, &mut ctx.policy)
-                .await
-            {
-                refusal = Some(r);
-                break;
-            }
-        }
-        if let Some(refusal) = refusal {
+        if let Err(refusal) = run_policies(session, ctx, route).await {
             return refuse(session, ctx, refusal).await;
         }
         match &route.action {
@@ -250,21 +192,110 @@ impl Gateway {
             Action::Aggregate(agg) => return self.aggregate(session, ctx, agg, &bound).await,
             Action::Proxy(_) => {}
         }
-        if content_length(session.req_header()).is_some_and(|len| len > route.max_body) {
-            let limit = route.max_body;
-            return refuse(session, ctx, GatewayError::BodyTooLarge { limit }).await;
-        }
-        if !route.stream_request_body {
-            if let Err(error) = framing::read_chunked(session, route.max_body).await {
-                if let GatewayError::BadFraming(why) = error {
-                    tracing::warn!(request_id = %ctx.request.id, why, "malformed chunked body refused");
-                }
-                return refuse(session, ctx, error).await;
-            }
+        if let Err(refusal) = ready_body(session, ctx, route).await {
+            return refuse(session, ctx, refusal).await;
         }
         ctx.upstream.deadline = route.timeout.map(|t| Instant::now() + t);
         Ok(false)
     }
+}
+
+/// The values a route's template binds (`{id}` → `7`).
+type Bound = Vec<(String, String)>;
+
+/// Refuses a head whose framing could be read two ways, and a target that is not a path.
+fn check_head(session: &Session, ctx: &Ctx) -> Result<(), GatewayError> {
+    if let Some(why) = framing::ambiguity(session) {
+        tracing::warn!(request_id = %ctx.request.id, why, "ambiguous request framing refused");
+        return Err(GatewayError::BadFraming(why));
+    }
+    let raw_target = session.req_header().raw_path();
+    if !raw_target.starts_with(b"/") && !is_absolute_http(raw_target) {
+        return Err(GatewayError::BadPath(NOT_A_PATH.into()));
+    }
+    Ok(())
+}
+
+/// Normalizes the path and finds the route (404, 405 otherwise); on a proxy route, the
+/// path sent upstream. Returns the route and the values its template binds.
+fn find_route<'s>(
+    session: &Session,
+    ctx: &mut Ctx,
+    snapshot: &'s Snapshot,
+) -> Result<(&'s Route, Bound), GatewayError> {
+    let req = session.req_header();
+    let (found, path) = snapshot
+        .router
+        .route(&req.method, &req.uri, &req.headers)
+        .map_err(|e| GatewayError::BadPath(e.to_string()))?;
+    let index = match found {
+        Match::Route(i) => i,
+        Match::NotFound => return Err(GatewayError::RouteNotFound),
+        Match::MethodNotAllowed(allow) => return Err(GatewayError::MethodNotAllowed { allow }),
+    };
+    ctx.route = Some(index);
+    let route = &snapshot.routes[index];
+    if route.cache().is_some() {
+        ctx.request.cache_path = path.to_string();
+    }
+    if !route.allow_path_params && path.contains(';') {
+        let why = "`;` path parameters are not accepted on this route".to_string();
+        return Err(GatewayError::BadPath(why));
+    }
+    let bound = snapshot.router.bind(index, &path);
+    if let Action::Proxy(_) = route.action {
+        let upstream_path = route.rewrite.apply(&path, &bound);
+        // An absolute-form target goes upstream in origin-form, as it was routed.
+        if upstream_path != req.uri.path() || !req.raw_path().starts_with(b"/") {
+            // A rewrite with a query of its own gets the client's query after `&`.
+            let uri = match req.uri.query() {
+                Some(q) if upstream_path.contains('?') => format!("{upstream_path}&{q}"),
+                Some(q) => format!("{upstream_path}?{q}"),
+                None => upstream_path.into_owned(),
+            };
+            ctx.upstream.uri = Some(uri.parse().map_err(|_| GatewayError::BadRequest)?);
+        }
+    }
+    Ok((route, bound))
+}
+
+/// Runs the route's policies in order; the first refusal is the answer.
+async fn run_policies(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    route: &Route,
+) -> Result<(), GatewayError> {
+    let info = RequestInfo {
+        client_ip: ctx.request.client_ip,
+        request_id: &ctx.request.id,
+        route: &route.name,
+    };
+    for policy in &route.policies {
+        policy
+            .unit()
+            .on_request(session, &info, &mut ctx.policy)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The body limit by Content-Length, and a chunked HTTP/1 body read whole (unless the
+/// route streams it) so its framing is judged before the upstream is contacted.
+async fn ready_body(session: &mut Session, ctx: &Ctx, route: &Route) -> Result<(), GatewayError> {
+    if content_length(session.req_header()).is_some_and(|len| len > route.max_body) {
+        let limit = route.max_body;
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    if route.stream_request_body {
+        return Ok(());
+    }
+    framing::read_chunked(session, route.max_body)
+        .await
+        .inspect_err(|error| {
+            if let GatewayError::BadFraming(why) = error {
+                tracing::warn!(request_id = %ctx.request.id, why, "malformed chunked body refused");
+            }
+        })
 }
 
 /// A TLS peer. SNI is never empty: Pingora skips verification for a peer without one.

@@ -6,11 +6,9 @@
 
 pub mod store;
 
-use super::{ApiDoc, PolicyState, RequestInfo, Stage, Unit};
+use super::{ApiDoc, CompileCx, PolicyState, RequestInfo, Stage, Unit};
 use crate::diag::Diags;
 use crate::errors::GatewayError;
-use crate::state::StateCx;
-use crate::telemetry::Metrics;
 use crate::units::ByteSize;
 use http::header::{AUTHORIZATION, SET_COOKIE, VARY};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -105,13 +103,8 @@ pub struct CachePolicy {
     claims: Vec<String>,
 }
 
-pub fn compile(
-    d: &mut Diags,
-    state: &mut StateCx,
-    metrics: &Metrics,
-    name: &str,
-    raw: &RawCache,
-) -> Option<CachePolicy> {
+pub fn compile(cx: &mut CompileCx, name: &str, raw: &RawCache) -> Option<CachePolicy> {
+    let (d, state, metrics) = (&mut *cx.d, &mut *cx.state, cx.metrics);
     let at = format!("caches.{name}");
     let errors = d.errors();
     if raw.max_size.0 < 1024 {
