@@ -392,6 +392,21 @@ impl Call {
     }
 }
 
+/// A call's request in the upstream session's own version, never the client's: an HTTP/2
+/// client's request line would otherwise reach an HTTP/1.1 upstream as `GET /a HTTP/2`.
+fn for_upstream(
+    mut req: RequestHeader,
+    session: &pingora::protocols::http::client::HttpSession,
+) -> RequestHeader {
+    use pingora::protocols::http::client::HttpSession;
+    match session {
+        HttpSession::H1(_) => req.set_version(http::Version::HTTP_11),
+        HttpSession::H2(_) => req.set_version(http::Version::HTTP_2),
+        HttpSession::Custom(_) => {}
+    }
+    req
+}
+
 /// Sends a body-less request and reads the whole answer (at most `max_body` bytes).
 async fn exchange(
     session: &mut pingora::protocols::http::client::HttpSession,
@@ -404,6 +419,7 @@ async fn exchange(
         | pingora::ErrorType::ConnectTimedout => CallError::Timeout,
         _ => CallError::Unreachable,
     };
+    let req = for_upstream(req, session);
     session
         .write_request_header(Box::new(req))
         .await

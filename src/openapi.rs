@@ -36,19 +36,21 @@ pub fn document(raw: &RawConfig, routes: &[Route], config_path: &Path, version: 
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let mut unlisted = Vec::new();
     for (route, compiled) in raw.routes.iter().zip(routes) {
-        let Some((path, mut parameters)) = openapi_path(route) else {
+        let Some(listed) = openapi_path(route) else {
             unlisted.push(Value::from(route.name.as_str()));
             continue;
         };
-        parameters.extend(header_parameters(route));
-        let item = paths.entry(path).or_default();
-        for method in methods(route) {
-            // Routes match in file order: a later route with the same path and method is
-            // shadowed, so the first one documents it.
-            if !item.contains_key(&method) {
-                let policies = &compiled.policies;
-                let op = operation(route, policies, &method, &parameters, &mut components);
-                item.insert(method, op);
+        for (path, mut parameters) in with_bare_prefix(route, listed) {
+            parameters.extend(header_parameters(route));
+            let item = paths.entry(path).or_default();
+            for method in methods(route) {
+                // Routes match in file order: a later route with the same path and method
+                // is shadowed, so the first one documents it.
+                if !item.contains_key(&method) {
+                    let policies = &compiled.policies;
+                    let op = operation(route, policies, &method, &parameters, &mut components);
+                    item.insert(method, op);
+                }
             }
         }
     }
@@ -121,6 +123,15 @@ fn openapi_path(route: &RawRoute) -> Option<(String, Vec<Value>)> {
             vec![param("path", true, "any path (may contain `/`)")],
         )
     })
+}
+
+/// A prefix without a trailing `/` (`/api/catalog`) also matches the bare prefix itself,
+/// which `{path}` (a required parameter) cannot stand for: it gets its own path.
+fn with_bare_prefix(route: &RawRoute, listed: (String, Vec<Value>)) -> Vec<(String, Vec<Value>)> {
+    match &route.matcher.path_prefix {
+        Some(prefix) if !prefix.ends_with('/') => vec![(prefix.clone(), Vec::new()), listed],
+        _ => vec![listed],
+    }
 }
 
 /// Header conditions of the match, as required header parameters.
@@ -401,5 +412,24 @@ mod tests {
         );
         let one = path_of("{ name: a, match: { path_template: \"/u/{id}\" }, upstream: u }");
         assert_eq!(one, ("/u/{id}".to_string(), Value::from(ONE_SEGMENT)));
+    }
+
+    /// `/api/catalog` matches `/api/catalog` itself: it is listed beside `/api/catalog/{path}`.
+    #[test]
+    fn a_prefix_without_a_slash_lists_the_bare_prefix_too() {
+        let paths = |yaml: &str| {
+            let route: RawRoute = serde_yaml::from_str(yaml).unwrap();
+            let listed = openapi_path(&route).unwrap();
+            let all = with_bare_prefix(&route, listed);
+            all.into_iter().map(|(p, _)| p).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            paths("{ name: a, match: { path_prefix: /api/catalog }, upstream: u }"),
+            ["/api/catalog", "/api/catalog/{path}"]
+        );
+        assert_eq!(
+            paths("{ name: a, match: { path_prefix: /api/ }, upstream: u }"),
+            ["/api/{path}"]
+        );
     }
 }

@@ -339,3 +339,36 @@ fn check_and_route_explain_aggregates() {
         assert!(out.lines().any(|l| l == want), "`{want}` in:\n{out}");
     }
 }
+
+/// An HTTP/2 client's aggregate calls go to an HTTP/1.1 upstream as HTTP/1.1 requests, with
+/// the `Host` the client named in `:authority` (they were sent as `GET /a HTTP/2`: 505).
+#[test]
+fn an_http2_client_gets_its_aggregate_answer() {
+    let (users, orders) = (TestUpstream::start("users"), TestUpstream::start("orders"));
+    let gw = Gateway::start(&format!(
+        r#"  h2c: true
+{}routes:
+  - name: both
+    match: {{ path_template: "/both/{{id}}" }}
+    aggregate:
+      calls:
+        - {{ name: user, upstream: users, path: "/users/{{id}}", allow: [uri] }}
+        - {{ name: orders, upstream: orders, path: "/orders?user={{id}}", allow: [uri] }}
+"#,
+        upstreams(&users, &orders)
+    ));
+    let h2 = reqwest::blocking::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2.get(gw.url("/both/7")).send().unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().unwrap();
+    assert_eq!(
+        body,
+        json!({"user": {"uri": "/users/7"}, "orders": {"uri": "/orders?user=7"}})
+    );
+    let host = users.last().headers["host"].clone();
+    assert_eq!(host, [gw.proxy.to_string()]);
+}

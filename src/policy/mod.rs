@@ -119,8 +119,8 @@ pub struct PolicyState {
     pub cors_origin: Option<HeaderValue>,
     /// The identity headers made of the verified claims (`forward_claims`).
     pub forward: Vec<(http::HeaderName, HeaderValue)>,
-    /// What the cache did (`X-Cache`), once the response is known.
-    pub cache: Option<&'static str>,
+    /// The cache's path and what it did.
+    pub cache: cache::State,
     /// The coding the client accepts, then the encoder of the response body.
     pub compression: compression::State,
 }

@@ -26,8 +26,6 @@ pub struct RequestFacts {
     pub body_seen: u64,
     /// The client connection is TLS.
     pub tls: bool,
-    /// The normalized path, kept for the cache key on cache routes only.
-    pub cache_path: String,
 }
 
 /// The upstream side: the path sent, the tries made, and their timing.
@@ -84,7 +82,6 @@ impl Ctx {
                 started: Instant::now(),
                 body_seen: 0,
                 tls: false,
-                cache_path: String::new(),
             },
             route: None,
             policy: PolicyState::default(),

@@ -132,6 +132,12 @@ impl Gateway {
         bound: &[(String, String)],
     ) -> Result<bool> {
         let mut base = session.req_header().clone();
+        // An HTTP/2 client names the host in `:authority`; the calls may be HTTP/1.1.
+        if !base.headers.contains_key(HOST) {
+            if let Some(authority) = base.uri.authority().map(|a| a.to_string()) {
+                base.insert_header(HOST, authority)?;
+            }
+        }
         // Pingora strips a proxied request's hop-by-hop headers; these calls are ours.
         for name in forwarding::hop_by_hop(&base.headers) {
             base.remove_header(&name);
@@ -236,7 +242,7 @@ fn find_route<'s>(
     ctx.route = Some(index);
     let route = &snapshot.routes[index];
     if route.cache().is_some() {
-        ctx.request.cache_path = path.to_string();
+        ctx.policy.cache.path = path.to_string();
     }
     if !route.allow_path_params && path.contains(';') {
         let why = "`;` path parameters are not accepted on this route".to_string();
@@ -619,7 +625,7 @@ impl ProxyHttp for Gateway {
             if ctx.snapshot.metrics {
                 route.metrics.cache_result(result);
             }
-            ctx.policy.cache = Some(result);
+            ctx.policy.cache.result = Some(result);
         }
         if let Some(index) = ctx.route {
             // Split borrows: the route's policies read the snapshot and write their state.
@@ -657,7 +663,7 @@ impl ProxyHttp for Gateway {
         cache
             .key(
                 session.req_header(),
-                &ctx.request.cache_path,
+                &ctx.policy.cache.path,
                 claims,
                 trusted,
             )

@@ -220,6 +220,15 @@ fn heuristically_cacheable(status: StatusCode) -> bool {
     )
 }
 
+/// What the cache knows of one request.
+#[derive(Default)]
+pub struct State {
+    /// The normalized path, the key's user tag (for purges).
+    pub path: String,
+    /// What the cache did (`X-Cache`), once the response is known.
+    pub result: Option<&'static str>,
+}
+
 /// Says what the cache did with a request.
 pub const X_CACHE: &str = "x-cache";
 
@@ -256,7 +265,7 @@ impl Unit for CachePolicy {
         _info: &RequestInfo<'_>,
         state: &PolicyState,
     ) -> pingora::Result<()> {
-        match state.cache {
+        match state.cache.result {
             Some(result) => resp.insert_header(X_CACHE, result),
             None => Ok(()),
         }
