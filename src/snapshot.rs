@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[derive(Clone)]
 pub struct Settings {
     pub proxy_addr: Option<SocketAddr>,
     pub proxy_tls_addr: Option<SocketAddr>,
@@ -38,6 +39,43 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Settings that only take effect on restart and differ from `other`'s.
+    pub fn restart_needed(&self, other: &Settings) -> Vec<String> {
+        let (a, b) = (self, other);
+        let mut out = Vec::new();
+        if a.proxy_addr != b.proxy_addr {
+            out.push(format!(
+                "listen.proxy: {:?} → {:?}",
+                a.proxy_addr, b.proxy_addr
+            ));
+        }
+        if a.proxy_tls_addr != b.proxy_tls_addr {
+            out.push(format!(
+                "listen.proxy_tls: {:?} → {:?}",
+                a.proxy_tls_addr, b.proxy_tls_addr
+            ));
+        }
+        if a.h2c != b.h2c {
+            out.push(format!("listen.h2c: {} → {}", a.h2c, b.h2c));
+        }
+        if a.admin_addr != b.admin_addr {
+            out.push(format!("listen.admin: {} → {}", a.admin_addr, b.admin_addr));
+        }
+        if a.threads != b.threads {
+            out.push(format!("server.threads: {} → {}", a.threads, b.threads));
+        }
+        if a.grace_period != b.grace_period || a.shutdown_timeout != b.shutdown_timeout {
+            out.push("server.grace_period/shutdown_timeout".to_string());
+        }
+        if a.upgrade_socket != b.upgrade_socket || a.pid_file != b.pid_file {
+            out.push("server.upgrade_socket/pid_file".to_string());
+        }
+        if a.log_format != b.log_format {
+            out.push("server.log_format".to_string());
+        }
+        out
+    }
+
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
@@ -191,39 +229,6 @@ pub struct Snapshot {
     pub warnings: Vec<Diagnostic>,
     /// The long-lived state this snapshot uses, kept across reloads once it is live.
     pub state: Kept,
-}
-
-impl Snapshot {
-    /// Settings that only take effect on restart and differ from `other`'s.
-    pub fn restart_needed(&self, other: &Snapshot) -> Vec<String> {
-        let (a, b) = (&self.settings, &other.settings);
-        let mut out = Vec::new();
-        if a.proxy_addr != b.proxy_addr {
-            out.push(format!(
-                "listen.proxy: {:?} → {:?}",
-                a.proxy_addr, b.proxy_addr
-            ));
-        }
-        if a.proxy_tls_addr != b.proxy_tls_addr || a.h2c != b.h2c {
-            out.push("listen.proxy_tls/h2c".to_string());
-        }
-        if a.admin_addr != b.admin_addr {
-            out.push(format!("listen.admin: {} → {}", a.admin_addr, b.admin_addr));
-        }
-        if a.threads != b.threads {
-            out.push(format!("server.threads: {} → {}", a.threads, b.threads));
-        }
-        if a.grace_period != b.grace_period || a.shutdown_timeout != b.shutdown_timeout {
-            out.push("server.grace_period/shutdown_timeout".to_string());
-        }
-        if a.upgrade_socket != b.upgrade_socket || a.pid_file != b.pid_file {
-            out.push("server.upgrade_socket/pid_file".to_string());
-        }
-        if a.log_format != b.log_format {
-            out.push("server.log_format".to_string());
-        }
-        out
-    }
 }
 
 /// The active snapshot, shared by all phases and swapped whole on reload.

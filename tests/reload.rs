@@ -265,3 +265,55 @@ fn a_refused_edit_keeps_serving_and_the_next_good_save_is_picked_up() {
     assert!(wait_until(LIVE_WITHIN, || serves(&gw, "/v", "three")).is_some());
     assert_eq!(gw.admin_config()["last_reload"]["result"], "ok");
 }
+
+/// Before any reload, /health describes the startup load; a refused edit that is undone
+/// clears the error and says so, instead of keeping the old error beside "unchanged".
+#[test]
+fn an_undone_bad_edit_clears_the_reload_error() {
+    let body = "routes:\n  - { name: v, match: { path: /v }, respond: { text: one } }\n";
+    let gw = Gateway::start(body);
+    let first = gw.admin_json("/health")["last_reload"].clone();
+    assert_eq!(
+        (&first["result"], &first["trigger"]),
+        (&"ok".into(), &"startup".into())
+    );
+    assert!(first["at"].as_u64().unwrap() > 0, "{first}");
+    gw.write_config(&body.replace("respond:", "bogus: 1, respond:"));
+    let refused = wait_until(LIVE_WITHIN, || {
+        gw.admin_json("/health")["last_reload"]["result"] == "failed"
+    });
+    assert!(refused.is_some(), "{}", gw.log());
+    gw.write_config(body);
+    let cleared = wait_until(LIVE_WITHIN, || {
+        let status = gw.admin_json("/health")["last_reload"].clone();
+        status["result"] == "unchanged" && status["error"].is_null()
+    });
+    assert!(cleared.is_some(), "{}", gw.admin_json("/health"));
+    assert!(
+        gw.log().contains("back to the running config"),
+        "{}",
+        gw.log()
+    );
+}
+
+/// A restart-only setting changed and then changed back needs no restart: it is measured
+/// against what the process started with, and warned about once.
+#[test]
+fn a_restart_only_change_undone_clears_pending_restart() {
+    let routes = |text: &str| {
+        format!("routes:\n  - {{ name: v, match: {{ path: /v }}, respond: {{ text: {text} }} }}\n")
+    };
+    let gw = Gateway::start(&routes("one"));
+    gw.write_config(&format!("  h2c: true\n{}", routes("two")));
+    assert!(wait_until(LIVE_WITHIN, || serves(&gw, "/v", "two")).is_some());
+    let pending = gw.admin_config()["last_reload"]["pending_restart"].clone();
+    assert_eq!(pending, serde_json::json!(["listen.h2c: false → true"]));
+    gw.write_config(&format!("  h2c: true\n{}", routes("three")));
+    assert!(wait_until(LIVE_WITHIN, || serves(&gw, "/v", "three")).is_some());
+    gw.write_config(&routes("four"));
+    assert!(wait_until(LIVE_WITHIN, || serves(&gw, "/v", "four")).is_some());
+    let pending = gw.admin_config()["last_reload"]["pending_restart"].clone();
+    assert_eq!(pending, serde_json::json!([]));
+    let warned = gw.log().matches("needs a restart to take effect").count();
+    assert_eq!(warned, 1, "{}", gw.log());
+}

@@ -49,6 +49,9 @@ struct Inner {
     telemetry: Arc<Telemetry>,
     status: Mutex<ReloadStatus>,
     busy: tokio::sync::Mutex<()>,
+    /// The settings the process started with: what a restart-only change is measured
+    /// against (a change made and then undone needs no restart).
+    started: crate::snapshot::Settings,
 }
 
 #[derive(Clone)]
@@ -71,10 +74,15 @@ impl Reloader {
             metrics.reloads.with_label_values(&[result]);
         }
         metrics.last_reload_success.set(unix_now() as f64);
+        // The startup load is the first: /health never shows an empty result.
         let status = ReloadStatus {
+            result: "ok".into(),
+            trigger: "startup".into(),
+            at: unix_now(),
             last_success_at: unix_now(),
             ..ReloadStatus::default()
         };
+        let started = holder.load().settings.clone();
         Reloader {
             inner: Arc::new(Inner {
                 // Watch events name absolute paths: `-c gateway.yaml` must be compared as
@@ -85,6 +93,7 @@ impl Reloader {
                 telemetry,
                 status: Mutex::new(status),
                 busy: tokio::sync::Mutex::new(()),
+                started,
             }),
             watch,
         }
@@ -121,10 +130,18 @@ impl Reloader {
         status.at = unix_now();
         match outcome {
             Ok(None) => {
-                tracing::debug!(
-                    trigger,
-                    "config and referenced files unchanged; nothing to reload"
-                );
+                if status.error.take().is_some() {
+                    // The refused edit was undone: the file is the running config again.
+                    tracing::info!(
+                        trigger,
+                        "config file is back to the running config; the refused version is gone"
+                    );
+                } else {
+                    tracing::debug!(
+                        trigger,
+                        "config and referenced files unchanged; nothing to reload"
+                    );
+                }
                 status.result = "unchanged".into();
                 self.set_status(status);
                 Ok(())
@@ -135,12 +152,24 @@ impl Reloader {
                         resolve_target(target).await;
                     }
                 }
-                for w in &snapshot.warnings {
-                    tracing::warn!("{}", w.one_line());
+                // A warning the running config already had was logged when it first came.
+                let known: Vec<String> = current.warnings.iter().map(|w| w.one_line()).collect();
+                for line in snapshot.warnings.iter().map(|w| w.one_line()) {
+                    if known.contains(&line) {
+                        tracing::debug!("{line}");
+                    } else {
+                        tracing::warn!("{line}");
+                    }
                 }
-                let pending = current.restart_needed(&snapshot);
-                for p in &pending {
+                let pending = self.inner.started.restart_needed(&snapshot.settings);
+                for p in pending
+                    .iter()
+                    .filter(|p| !status.pending_restart.contains(p))
+                {
                     tracing::warn!("config change needs a restart to take effect: {p}");
+                }
+                if pending.is_empty() && !status.pending_restart.is_empty() {
+                    tracing::info!("the settings that needed a restart are back to those running");
                 }
                 tracing::info!(trigger, hash = %snapshot.hash, routes = snapshot.routes.len(), "config reloaded");
                 self.inner.stores.remember(&snapshot.state);
