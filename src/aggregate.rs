@@ -351,7 +351,7 @@ impl Call {
             let mut session = match connect {
                 Ok(Ok((session, _reused))) => session,
                 Ok(Err(e)) => {
-                    pick.finish(Some(false));
+                    pick.finish(Some(false), &up.name);
                     let timed_out = Instant::now() >= deadline;
                     if !timed_out && tried.len() <= up.retry_attempts as usize {
                         continue;
@@ -364,7 +364,7 @@ impl Call {
                     });
                 }
                 Err(_) => {
-                    pick.finish(Some(false));
+                    pick.finish(Some(false), &up.name);
                     return Err(CallError::Timeout);
                 }
             };
@@ -378,7 +378,7 @@ impl Call {
                 Err(CallError::TooLarge) => Some(true),
                 Err(_) => Some(false),
             };
-            pick.finish(ok_status);
+            pick.finish(ok_status, &up.name);
             let (status, body) = result?;
             connector
                 .release_http_session(session, &peer, Some(IDLE))

@@ -113,6 +113,8 @@ pub enum GatewayError {
     UpstreamUnreachable,
     /// The TLS handshake with the upstream failed (its certificate did not verify).
     UpstreamTls,
+    /// The upstream answered, but not with well-formed HTTP.
+    UpstreamBadResponse,
     UpstreamTimeout,
     RouteTimeout,
     Internal,
@@ -130,7 +132,9 @@ impl GatewayError {
             GatewayError::RouteNotFound => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::BodyTooLarge { .. } => 413,
-            GatewayError::UpstreamUnreachable | GatewayError::UpstreamTls => 502,
+            GatewayError::UpstreamUnreachable
+            | GatewayError::UpstreamTls
+            | GatewayError::UpstreamBadResponse => 502,
             GatewayError::NoUpstreamAvailable
             | GatewayError::NoHealthyUpstream
             | GatewayError::CircuitOpen => 503,
@@ -155,6 +159,7 @@ impl GatewayError {
             GatewayError::CircuitOpen => "circuit_open",
             GatewayError::UpstreamUnreachable => "upstream_unreachable",
             GatewayError::UpstreamTls => "upstream_tls_failed",
+            GatewayError::UpstreamBadResponse => "upstream_bad_response",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::RouteTimeout => "route_timeout",
             GatewayError::Internal => "internal_error",
@@ -186,6 +191,9 @@ impl GatewayError {
                 "the upstream could not be reached or closed the connection".into()
             }
             GatewayError::UpstreamTimeout => "the upstream did not answer in time".into(),
+            GatewayError::UpstreamBadResponse => {
+                "the upstream's answer was not well-formed HTTP".into()
+            }
             GatewayError::UpstreamTls => {
                 "the TLS handshake with the upstream failed: its certificate could not be verified"
                     .into()
@@ -210,6 +218,9 @@ impl GatewayError {
                 if e.esource() != &ErrorSource::Downstream =>
             {
                 Some(GatewayError::UpstreamTls)
+            }
+            (ErrorSource::Upstream, InvalidHTTPHeader | H1Error | H2Error | InvalidH2) => {
+                Some(GatewayError::UpstreamBadResponse)
             }
             (ErrorSource::Upstream, _) => Some(GatewayError::UpstreamUnreachable),
             (_, ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure) => {

@@ -250,6 +250,37 @@ fn unkeyed_forwarding_headers_cannot_poison_an_entry() {
     assert_eq!((second.as_str(), seen), ("HIT", json!(real)));
 }
 
+/// Headers that make origins answer another URL, scheme or method (X-Original-URL,
+/// Forwarded: host=, X-HTTP-Method-Override, ...) are not in the key: from a client that is
+/// not a trusted proxy they never reach the upstream on a cache route, so no client can
+/// store an answer for others.
+#[test]
+fn rewriting_headers_from_clients_never_reach_a_cached_upstream() {
+    let s = setup("");
+    let path = "/c/poison?h_cache-control=max-age%3D60";
+    let hostile = [
+        ("x-original-url", "/admin"),
+        ("x-rewrite-url", "/admin"),
+        ("forwarded", "host=evil.example;proto=https"),
+        ("x-forwarded-scheme", "https"),
+        ("x-http-method-override", "DELETE"),
+    ];
+    let r = get(&s.gw, path, &hostile);
+    assert_eq!(x_cache(&r), "MISS");
+    let seen = s.up.last();
+    for (name, _) in hostile {
+        assert!(
+            !seen.headers.contains_key(name),
+            "{name} reached the upstream"
+        );
+    }
+    let second = get(&s.gw, path, &[]);
+    assert_eq!(x_cache(&second), "HIT");
+    // A route without a cache forwards them as they came.
+    get(&s.gw, "/plain", &hostile);
+    assert_eq!(s.up.last().headers["x-original-url"], ["/admin"]);
+}
+
 #[test]
 fn a_trusted_proxys_forwarding_headers_are_part_of_the_key() {
     let s = setup("");

@@ -443,6 +443,67 @@ fn broken_upstream() -> std::net::SocketAddr {
     addr
 }
 
+/// What an operator reads during an incident: a malformed answer has its own code, and the
+/// failure, breaker and health lines name the upstream and the target (in `addr`: a field
+/// called `target` would collide with the record's module).
+#[test]
+fn incident_log_lines_name_the_upstream_and_target() {
+    let broken = broken_upstream();
+    let dead = dead_addr();
+    let gw = Gateway::start(&format!(
+        r#"upstreams:
+  broken: {{ targets: ["{broken}"], retries: {{ attempts: 0 }}, breaker: {{ consecutive_failures: 1, open_for: 1m }} }}
+  dead: {{ targets: ["{dead}"], health_check: {{ path: /health, interval: 1s, unhealthy_after: 1 }} }}
+routes:
+  - {{ name: bad, match: {{ path_prefix: /bad }}, upstream: broken }}
+  - {{ name: gone, match: {{ path_prefix: /gone }}, upstream: dead }}
+"#
+    ));
+    let resp = client().get(gw.url("/bad/x")).send().unwrap();
+    assert_json_error(resp, 502, "upstream_bad_response");
+    let records = || -> Vec<Value> {
+        gw.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let find = |message: &str| records().into_iter().find(|r| r["message"] == message);
+    // The request's line is written once its answer is out; the health check runs apart.
+    let logged = wait_until(Duration::from_secs(10), || {
+        find("target unhealthy: removed from balancing").is_some()
+            && find("request failed").is_some()
+    });
+    assert!(logged.is_some(), "{}", gw.log());
+    let failed = find("request failed").unwrap();
+    assert_eq!(
+        (&failed["code"], &failed["upstream"], &failed["addr"]),
+        (
+            &"upstream_bad_response".into(),
+            &"broken".into(),
+            &broken.to_string().into()
+        ),
+        "{failed}"
+    );
+    assert_eq!(
+        (&failed["cause"], &failed["side"]),
+        (&"InvalidHTTPHeader".into(), &"upstream".into())
+    );
+    let opened = find("circuit opened").unwrap();
+    assert_eq!(
+        (&opened["upstream"], &opened["addr"]),
+        (&"broken".into(), &broken.to_string().into())
+    );
+    let health = find("target unhealthy: removed from balancing").unwrap();
+    assert_eq!(
+        (&health["upstream"], &health["addr"]),
+        (&"dead".into(), &dead.to_string().into())
+    );
+    assert!(
+        health["target"].as_str().unwrap().starts_with("portico"),
+        "{health}"
+    );
+}
+
 /// Credentials in URLs, query strings and bytes echoed by an upstream never reach the log,
 /// `/health` or a refused reload's error.
 #[test]
@@ -457,7 +518,7 @@ fn secrets_in_urls_queries_and_upstream_bytes_are_never_logged() {
         .get(gw.url("/bad/x?token=REQUEST-QUERY-SECRET"))
         .send()
         .unwrap();
-    assert_json_error(resp, 502, "upstream_unreachable");
+    assert_json_error(resp, 502, "upstream_bad_response");
     let fetched = wait_until(Duration::from_secs(10), || {
         gw.log().contains("JWKS fetch failed")
     });

@@ -82,7 +82,8 @@ impl BackgroundService for HealthChecker {
                 last_run.insert(upstream.name.to_string(), Instant::now());
                 for target in &upstream.targets {
                     let (target, cfg) = (Arc::clone(target), cfg.clone());
-                    checks.spawn(async move { health::check(&target, &cfg).await });
+                    let name = Arc::clone(&upstream.name);
+                    checks.spawn(async move { health::check(&name, &target, &cfg).await });
                 }
             }
             while checks.join_next().await.is_some() {}

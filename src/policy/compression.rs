@@ -4,8 +4,7 @@
 //! The streaming gzip and zstd encoders are Pingora's own (`pingora-core`'s
 //! `protocols::http::compression`, zlib-ng and zstd). Its brotli encoder only flushes at the
 //! end and never closes the stream (no last meta-block: decoders report truncated data), so
-//! brotli goes through [`Brotli`], on the same `brotli` crate. A gzip body of known length
-//! up to 256 KiB is compressed in one pass by libdeflate ([`OnePassGzip`]), twice as fast. Pingora's ready-made module
+//! brotli goes through [`Brotli`], on the same `brotli` crate. Pingora's ready-made module
 //! is not used: it ignores q-values, takes the client's first coding rather than the
 //! server's order, has fixed types and a 20-byte minimum, and as a downstream module it
 //! would cost every request on every route.
@@ -252,74 +251,11 @@ impl Encode for Brotli {
     }
 }
 
-/// gzip bodies of a known length up to this are gathered and compressed in one pass.
-const ONE_PASS_MAX: u64 = 256 * 1024;
-
-thread_local! {
-    /// libdeflate's compressor holds about a megabyte of tables: one per worker thread and
-    /// level, reused, instead of one per response.
-    static DEFLATE: std::cell::RefCell<Option<(u32, libdeflater::Compressor)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// gzip of a whole body with libdeflate: about twice as fast as a streaming zlib-ng at the
-/// same level (an API answer is small and its length known, so nothing is gained by
-/// streaming it). The body is gathered, bounded by [`ONE_PASS_MAX`], and compressed at the end.
-struct OnePassGzip {
-    level: u32,
-    body: Vec<u8>,
-    total_out: usize,
-}
-
-impl Encode for OnePassGzip {
-    fn encode(&mut self, input: &[u8], end: bool) -> pingora::Result<Bytes> {
-        use pingora::{Error, ErrorType};
-        self.body.extend_from_slice(input);
-        if !end {
-            return Ok(Bytes::new());
-        }
-        let failed = || Error::explain(ErrorType::InternalError, "while compressing with gzip");
-        let out = DEFLATE.with_borrow_mut(|cached| {
-            let reuse = matches!(cached, Some((level, _)) if *level == self.level);
-            if !reuse {
-                let level = libdeflater::CompressionLvl::new(self.level as i32).ok()?;
-                *cached = Some((self.level, libdeflater::Compressor::new(level)));
-            }
-            let (_, compressor) = cached.as_mut()?;
-            let mut out = vec![0; compressor.gzip_compress_bound(self.body.len())];
-            let written = compressor.gzip_compress(&self.body, &mut out).ok()?;
-            out.truncate(written);
-            Some(out)
-        });
-        let out = out.ok_or_else(failed)?;
-        self.total_out = out.len();
-        Ok(Bytes::from(out))
-    }
-
-    fn stat(&self) -> (&'static str, usize, usize, std::time::Duration) {
-        (
-            "gzip",
-            self.body.len(),
-            self.total_out,
-            std::time::Duration::ZERO,
-        )
-    }
-}
-
-/// The encoder for a coding at a level, for a body of `length` bytes when known.
-fn encoder(
-    algorithm: Algorithm,
-    level: u32,
-    length: Option<u64>,
-) -> Option<Box<dyn Encode + Send + Sync>> {
-    match (algorithm, length) {
-        (Algorithm::Gzip, Some(len)) if len <= ONE_PASS_MAX => Some(Box::new(OnePassGzip {
-            level,
-            body: Vec::with_capacity(len as usize),
-            total_out: 0,
-        })),
-        (Algorithm::Brotli, _) => Some(Box::new(Brotli::new(level))),
-        (other, _) => other.compressor(level),
+/// The encoder for a coding at a level.
+fn encoder(algorithm: Algorithm, level: u32) -> Option<Box<dyn Encode + Send + Sync>> {
+    match algorithm {
+        Algorithm::Brotli => Some(Box::new(Brotli::new(level))),
+        other => other.compressor(level),
     }
 }
 
@@ -437,7 +373,7 @@ impl Unit for Compression {
         let State::Accepts(algorithm, level) = state.compression else {
             return Ok(());
         };
-        state.compression = match encoder(algorithm, level, content_length(resp)) {
+        state.compression = match encoder(algorithm, level) {
             Some(encoder) => {
                 mark_encoded(resp, algorithm)?;
                 State::Encoding(encoder)
@@ -583,14 +519,8 @@ mod tests {
     fn streams_are_complete() {
         use std::io::Read;
         let text = "portico ".repeat(2000);
-        let cases = [
-            (Algorithm::Gzip, None),
-            (Algorithm::Gzip, Some(text.len() as u64)),
-            (Algorithm::Brotli, None),
-            (Algorithm::Zstd, None),
-        ];
-        for (algorithm, length) in cases {
-            let mut enc = encoder(algorithm, 3, length).unwrap();
+        for algorithm in [Algorithm::Gzip, Algorithm::Brotli, Algorithm::Zstd] {
+            let mut enc = encoder(algorithm, 3).unwrap();
             let (a, b) = text.as_bytes().split_at(5000);
             let mut out = enc.encode(a, false).unwrap().to_vec();
             out.extend_from_slice(&enc.encode(b, true).unwrap());
@@ -605,7 +535,7 @@ mod tests {
                     .read_to_string(&mut back),
             }
             .unwrap();
-            assert_eq!(back, text, "{algorithm:?} {length:?}");
+            assert_eq!(back, text, "{algorithm:?}");
         }
     }
 

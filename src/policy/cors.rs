@@ -347,10 +347,7 @@ impl Unit for CorsPolicy {
     }
 
     fn api_doc(&self, _method: &str) -> ApiDoc {
-        ApiDoc {
-            errors: vec!["403"],
-            ..ApiDoc::default()
-        }
+        ApiDoc::refusing(&["403"])
     }
 
     fn identity_headers(&self) -> Vec<HeaderName> {

@@ -374,6 +374,7 @@ mod tests {
     fn info(id: &str) -> RequestInfo<'_> {
         RequestInfo {
             client_ip: Some("192.0.2.9".parse().unwrap()),
+            trusted_peer: false,
             request_id: id,
             route: "r",
         }

@@ -104,6 +104,8 @@ pub fn with_test_cx<T>(f: impl FnOnce(&mut CompileCx) -> T) -> (T, Vec<crate::di
 /// What a policy sees of a request besides its head.
 pub struct RequestInfo<'a> {
     pub client_ip: Option<IpAddr>,
+    /// The connection's peer is one of `trusted_proxies`.
+    pub trusted_peer: bool,
     pub request_id: &'a str,
     pub route: &'a str,
 }
@@ -136,6 +138,16 @@ pub struct ApiDoc {
     pub parameters: Vec<Value>,
     /// A sentence for the operation's description.
     pub note: Option<String>,
+}
+
+impl ApiDoc {
+    /// A policy that only adds the statuses it refuses with.
+    pub fn refusing(errors: &[&'static str]) -> ApiDoc {
+        ApiDoc {
+            errors: errors.to_vec(),
+            ..ApiDoc::default()
+        }
+    }
 }
 
 /// One policy, self-contained. Hooks default to doing nothing; the views have no default.

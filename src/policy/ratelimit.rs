@@ -396,10 +396,7 @@ impl Unit for RateLimit {
     }
 
     fn api_doc(&self, _method: &str) -> ApiDoc {
-        ApiDoc {
-            errors: vec!["429"],
-            ..ApiDoc::default()
-        }
+        ApiDoc::refusing(&["429"])
     }
 
     fn identity_headers(&self) -> Vec<http::HeaderName> {
@@ -562,6 +559,7 @@ mod tests {
     fn keys_come_from_the_request_and_claims_run_after_auth() {
         let info = RequestInfo {
             client_ip: Some("192.0.2.1".parse().unwrap()),
+            trusted_peer: false,
             request_id: "r",
             route: "api",
         };
@@ -589,6 +587,7 @@ mod tests {
     async fn the_hook_refuses_over_the_limit_and_reports_headers() {
         let info = RequestInfo {
             client_ip: Some("192.0.2.1".parse().unwrap()),
+            trusted_peer: false,
             request_id: "r",
             route: "api",
         };

@@ -17,6 +17,8 @@ pub struct RequestFacts {
     pub peer: Option<IpAddr>,
     /// The client, as `trusted_proxies` decides it.
     pub client_ip: Option<IpAddr>,
+    /// The peer is one of `trusted_proxies`.
+    pub trusted_peer: bool,
     /// The `X-Forwarded-For` to send, made once from the client's chain.
     pub forwarded_for: Option<http::HeaderValue>,
     /// This hop's `traceparent`, which holds the trace id.
@@ -77,6 +79,7 @@ impl Ctx {
                 id: String::new(),
                 peer: None,
                 client_ip: None,
+                trusted_peer: false,
                 forwarded_for: None,
                 traceparent: String::new(),
                 started: Instant::now(),
@@ -106,6 +109,7 @@ impl Ctx {
     pub fn info<'a>(&'a self, route: &'a Route) -> RequestInfo<'a> {
         RequestInfo {
             client_ip: self.request.client_ip,
+            trusted_peer: self.request.trusted_peer,
             request_id: &self.request.id,
             route: &route.name,
         }

@@ -273,6 +273,7 @@ async fn run_policies(
 ) -> Result<(), GatewayError> {
     let info = RequestInfo {
         client_ip: ctx.request.client_ip,
+        trusted_peer: ctx.request.trusted_peer,
         request_id: &ctx.request.id,
         route: &route.name,
     };
@@ -302,6 +303,33 @@ async fn ready_body(session: &mut Session, ctx: &Ctx, route: &Route) -> Result<(
                 tracing::warn!(request_id = %ctx.request.id, why, "malformed chunked body refused");
             }
         })
+}
+
+/// One line for a failed request: the code its client got, the upstream and target tried,
+/// and — for a failure Pingora saw rather than one the gateway decided — what went wrong
+/// on which side. Never the error's context: it can hold upstream bytes.
+fn log_failure(ctx: &Ctx, e: &Error) {
+    let code = ctx.error_code.unwrap_or("none");
+    let route = ctx.route().map_or("none", |r| &*r.name);
+    let upstream = ctx.upstream().map_or("none", |u| &*u.name);
+    let addr = ctx
+        .upstream
+        .target
+        .as_ref()
+        .map_or("none", |t| t.label.as_str());
+    let id = &ctx.request.id;
+    if let pingora::ErrorType::HTTPStatus(_) = e.etype() {
+        // The gateway's own decision: its code says it all.
+        tracing::warn!(request_id = %id, route, upstream, addr, code, "request failed");
+        return;
+    }
+    let side = match e.esource() {
+        pingora::ErrorSource::Upstream => "upstream",
+        pingora::ErrorSource::Downstream => "client",
+        pingora::ErrorSource::Internal | pingora::ErrorSource::Unset => "gateway",
+    };
+    let cause = e.etype().as_str();
+    tracing::warn!(request_id = %id, route, upstream, addr, code, cause, side, "request failed");
 }
 
 /// A TLS peer. SNI is never empty: Pingora skips verification for a peer without one.
@@ -379,8 +407,7 @@ fn route_cache(ctx: &Ctx) -> Result<&CachePolicy> {
 /// edits (claims forwarded, header edits). Proxied requests and aggregate calls alike (the
 /// hop-by-hop headers are already gone: Pingora's upstream request policy strips them).
 fn prepare_upstream_request(upstream_request: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
-    let settings = &ctx.snapshot.settings;
-    let trusted = ctx.request.peer.is_some_and(|p| settings.is_trusted(p));
+    let trusted = ctx.request.trusted_peer;
     if let Some(value) = &ctx.request.forwarded_for {
         upstream_request.insert_header(X_FORWARDED_FOR.as_str(), value.clone())?;
     }
@@ -448,6 +475,7 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let settings = &ctx.snapshot.settings;
+        facts.trusted_peer = facts.peer.is_some_and(|p| settings.is_trusted(p));
         let chain = forwarding::forwarded_chain(&req.headers);
         facts.client_ip = forwarding::client_ip(facts.peer, chain.as_deref(), settings);
         facts.forwarded_for = facts.peer.and_then(|peer| {
@@ -554,7 +582,8 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(pick) = ctx.upstream.pick.take() {
-            pick.finish(Some(false));
+            let upstream = ctx.upstream().map_or("", |u| &*u.name);
+            pick.finish(Some(false), upstream);
         }
         let failure = GatewayError::from_pingora(&e);
         ctx.upstream.tls_failed = matches!(failure, Some(GatewayError::UpstreamTls));
@@ -655,10 +684,7 @@ impl ProxyHttp for Gateway {
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut Box<Ctx>) -> Result<CacheKey> {
         let cache = route_cache(ctx)?;
-        let trusted = ctx
-            .request
-            .peer
-            .is_some_and(|p| ctx.snapshot.settings.is_trusted(p));
+        let trusted = ctx.request.trusted_peer;
         let claims = ctx.policy.claims.as_deref();
         cache
             .key(
@@ -730,14 +756,7 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<Ctx>) {
         if let Some(e) = e.filter(|e| e.esource() != &pingora::ErrorSource::Downstream) {
-            // The kind and source only: an error's context can hold upstream bytes.
-            tracing::warn!(
-                request_id = %ctx.request.id,
-                route = ctx.route().map_or("none", |r| &*r.name),
-                error = ?e.etype(),
-                source = ?e.esource(),
-                "request failed"
-            );
+            log_failure(ctx, e);
         }
         if let Some(pick) = ctx.upstream.pick.take() {
             // 5xx, resets and timeouts count against the target; a client that went away
@@ -748,7 +767,8 @@ impl ProxyHttp for Gateway {
                 (None, Some(_)) => Some(false),
                 (None, None) => None,
             };
-            pick.finish(outcome);
+            let upstream = ctx.upstream().map_or("", |u| &*u.name);
+            pick.finish(outcome, upstream);
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if ctx.snapshot.metrics {

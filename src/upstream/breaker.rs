@@ -46,6 +46,13 @@ struct Window {
     failures: u32,
 }
 
+/// Whose breaker this is, for its log lines.
+#[derive(Clone, Copy)]
+pub struct Who<'a> {
+    pub upstream: &'a str,
+    pub addr: &'a str,
+}
+
 pub struct Breaker {
     state: AtomicU8,
     consecutive: AtomicU32,
@@ -101,7 +108,7 @@ impl Breaker {
     }
 
     /// Admits a request (taking a probe slot when half-open) or rejects it.
-    pub fn admit(&self, cfg: &BreakerConfig) -> Admission {
+    pub fn admit(&self, cfg: &BreakerConfig, who: Who) -> Admission {
         if self.state() == State::Closed {
             return Admission::Normal;
         }
@@ -112,7 +119,11 @@ impl Breaker {
             }
             self.probes.store(0, Ordering::Relaxed);
             self.state.store(State::HalfOpen as u8, Ordering::Release);
-            tracing::info!("circuit half-open: probing");
+            tracing::info!(
+                upstream = who.upstream,
+                addr = who.addr,
+                "circuit half-open: probing"
+            );
         }
         match self.state() {
             State::Closed => Admission::Normal,
@@ -125,13 +136,19 @@ impl Breaker {
     }
 
     /// Records a finished try. `success: None` releases a probe slot without a verdict.
-    pub fn record(&self, cfg: &BreakerConfig, admission: Admission, success: Option<bool>) {
+    pub fn record(
+        &self,
+        cfg: &BreakerConfig,
+        admission: Admission,
+        success: Option<bool>,
+        who: Who,
+    ) {
         if admission == Admission::Probe {
             let _t = self.transition.lock().unwrap_or_else(|e| e.into_inner());
             self.probes.fetch_sub(1, Ordering::Relaxed);
             match success {
-                Some(true) => self.close(),
-                Some(false) => self.open(),
+                Some(true) => self.close(who),
+                Some(false) => self.open(who),
                 None => {}
             }
             return;
@@ -146,13 +163,13 @@ impl Breaker {
             }
         } else if self.consecutive.fetch_add(1, Ordering::Relaxed) + 1 >= cfg.consecutive_failures {
             let _t = self.transition.lock().unwrap_or_else(|e| e.into_inner());
-            self.open();
+            self.open(who);
             return;
         }
         if let Some((ratio, window, min)) = cfg.failure_ratio {
             if self.window_trips(success, ratio, window, min) {
                 let _t = self.transition.lock().unwrap_or_else(|e| e.into_inner());
-                self.open();
+                self.open(who);
             }
         }
     }
@@ -171,15 +188,15 @@ impl Breaker {
         w.total >= min && f64::from(w.failures) / f64::from(w.total) >= ratio
     }
 
-    fn open(&self) {
+    fn open(&self, who: Who) {
         if self.state() != State::Open {
-            tracing::warn!("circuit opened");
+            tracing::warn!(upstream = who.upstream, addr = who.addr, "circuit opened");
         }
         self.opened_at.store(self.millis(), Ordering::Relaxed);
         self.state.store(State::Open as u8, Ordering::Release);
     }
 
-    fn close(&self) {
+    fn close(&self, who: Who) {
         self.consecutive.store(0, Ordering::Relaxed);
         *self.window.lock().unwrap_or_else(|e| e.into_inner()) = Window {
             start: Instant::now(),
@@ -187,13 +204,18 @@ impl Breaker {
             failures: 0,
         };
         self.state.store(State::Closed as u8, Ordering::Release);
-        tracing::info!("circuit closed");
+        tracing::info!(upstream = who.upstream, addr = who.addr, "circuit closed");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const WHO: Who = Who {
+        upstream: "u",
+        addr: "127.0.0.1:1",
+    };
 
     fn cfg() -> BreakerConfig {
         BreakerConfig {
@@ -208,23 +230,23 @@ mod tests {
     fn opens_probes_and_closes() {
         let (b, c) = (Breaker::default(), cfg());
         for _ in 0..2 {
-            b.record(&c, Admission::Normal, Some(false));
+            b.record(&c, Admission::Normal, Some(false), WHO);
         }
-        b.record(&c, Admission::Normal, Some(true));
+        b.record(&c, Admission::Normal, Some(true), WHO);
         assert_eq!(b.state(), State::Closed, "a success resets the count");
         for _ in 0..3 {
-            b.record(&c, Admission::Normal, Some(false));
+            b.record(&c, Admission::Normal, Some(false), WHO);
         }
         assert_eq!(b.state(), State::Open);
-        assert_eq!(b.admit(&c), Admission::Rejected);
+        assert_eq!(b.admit(&c, WHO), Admission::Rejected);
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(b.admit(&c), Admission::Probe);
-        assert_eq!(b.admit(&c), Admission::Rejected, "one probe at a time");
-        b.record(&c, Admission::Probe, Some(false));
+        assert_eq!(b.admit(&c, WHO), Admission::Probe);
+        assert_eq!(b.admit(&c, WHO), Admission::Rejected, "one probe at a time");
+        b.record(&c, Admission::Probe, Some(false), WHO);
         assert_eq!(b.state(), State::Open, "a failed probe reopens");
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(b.admit(&c), Admission::Probe);
-        b.record(&c, Admission::Probe, Some(true));
+        assert_eq!(b.admit(&c, WHO), Admission::Probe);
+        b.record(&c, Admission::Probe, Some(true), WHO);
         assert_eq!(b.state(), State::Closed);
     }
 
@@ -237,7 +259,7 @@ mod tests {
         };
         let b = Breaker::default();
         for ok in [true, false, true, false] {
-            b.record(&c, Admission::Normal, Some(ok));
+            b.record(&c, Admission::Normal, Some(ok), WHO);
         }
         assert_eq!(b.state(), State::Open);
     }

@@ -37,20 +37,22 @@ impl Health {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    fn observe(&self, ok: bool, cfg: &HealthConfig, label: &str) {
+    /// `upstream` and `addr` name the target in the log (a field called `target` would
+    /// collide with the record's own, the module it comes from).
+    fn observe(&self, ok: bool, cfg: &HealthConfig, upstream: &str, addr: &str) {
         if ok {
             self.fail_streak.store(0, Ordering::Relaxed);
             let streak = self.ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
             if !self.is_healthy() && streak >= cfg.healthy_after {
                 self.healthy.store(true, Ordering::Relaxed);
-                tracing::info!(target = label, "target healthy again");
+                tracing::info!(upstream, addr, "target healthy again");
             }
         } else {
             self.ok_streak.store(0, Ordering::Relaxed);
             let streak = self.fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
             if self.is_healthy() && streak >= cfg.unhealthy_after {
                 self.healthy.store(false, Ordering::Relaxed);
-                tracing::warn!(target = label, "target unhealthy: removed from balancing");
+                tracing::warn!(upstream, addr, "target unhealthy: removed from balancing");
             }
         }
     }
@@ -89,7 +91,7 @@ async fn probe(target: &Target, cfg: &HealthConfig) -> bool {
 
 /// One health-check step for a target: probes it and records the result (the loop that
 /// calls this runs in `app`).
-pub async fn check(target: &Target, cfg: &HealthConfig) {
+pub async fn check(upstream: &str, target: &Target, cfg: &HealthConfig) {
     let ok = probe(target, cfg).await;
-    target.health.observe(ok, cfg, &target.label);
+    target.health.observe(ok, cfg, upstream, &target.label);
 }

@@ -186,10 +186,17 @@ pub struct Pick {
 }
 
 impl Pick {
-    /// `Some(success)`, or None when the try ended for reasons not the target's.
-    pub fn finish(mut self, success: Option<bool>) {
+    /// `Some(success)`, or None when the try ended for reasons not the target's;
+    /// `upstream` names it in the breaker's log lines.
+    pub fn finish(mut self, success: Option<bool>, upstream: &str) {
         if let Some(cfg) = &self.breaker {
-            self.target.breaker.record(cfg, self.admission, success);
+            let who = breaker::Who {
+                upstream,
+                addr: &self.target.label,
+            };
+            self.target
+                .breaker
+                .record(cfg, self.admission, success, who);
         }
         self.finished = true;
     }
@@ -200,7 +207,12 @@ impl Drop for Pick {
         self.target.in_flight.fetch_sub(1, Ordering::Relaxed);
         if !self.finished {
             if let Some(cfg) = &self.breaker {
-                self.target.breaker.record(cfg, self.admission, None);
+                // No verdict: a probe slot is released, no state changes, nothing logged.
+                let who = breaker::Who {
+                    upstream: "",
+                    addr: &self.target.label,
+                };
+                self.target.breaker.record(cfg, self.admission, None, who);
             }
         }
     }
@@ -269,7 +281,13 @@ impl Upstream {
             }
             let target = &self.targets[index];
             let admission = match &self.breaker {
-                Some(cfg) => target.breaker.admit(cfg),
+                Some(cfg) => target.breaker.admit(
+                    cfg,
+                    breaker::Who {
+                        upstream: &self.name,
+                        addr: &target.label,
+                    },
+                ),
                 None => Admission::Normal,
             };
             let Some(addr) = target.addr().filter(|_| admission != Admission::Rejected) else {

@@ -229,6 +229,24 @@ pub struct State {
     pub result: Option<&'static str>,
 }
 
+/// Request headers that make origins and frameworks answer another URL, host, scheme or
+/// method, which a cache key would not show: from a client that is not a trusted proxy
+/// they are removed on cache routes (else one client could store an answer others get);
+/// a trusted proxy's are kept and keyed.
+pub const UNKEYED: [&str; 11] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "forwarded",
+    "x-forwarded-scheme",
+    "x-forwarded-server",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// Says what the cache did with a request.
 pub const X_CACHE: &str = "x-cache";
 
@@ -257,6 +275,20 @@ impl Unit for CachePolicy {
 
     fn identity_headers(&self) -> Vec<HeaderName> {
         Vec::new()
+    }
+
+    fn on_upstream_request(
+        &self,
+        req: &mut RequestHeader,
+        info: &RequestInfo<'_>,
+        _state: &PolicyState,
+    ) -> pingora::Result<()> {
+        if !info.trusted_peer {
+            for name in UNKEYED {
+                req.remove_header(name);
+            }
+        }
+        Ok(())
     }
 
     fn on_response(
@@ -312,9 +344,10 @@ impl CachePolicy {
         part(&host.unwrap_or_default().to_ascii_lowercase());
         part(path.as_bytes());
         part(req.uri.query().unwrap_or_default().as_bytes());
-        let forwarding = ["x-forwarded-host", "x-forwarded-proto"];
+        let forwarding = ["x-forwarded-host", "x-forwarded-proto"].into_iter();
+        let from_proxy = forwarding.chain(UNKEYED).filter(|_| trusted);
         let extra = self.vary.iter().map(HeaderName::as_str);
-        for name in extra.chain(forwarding.into_iter().filter(|_| trusted)) {
+        for name in extra.chain(from_proxy) {
             for value in req.headers.get_all(name) {
                 part(value.as_bytes());
             }
