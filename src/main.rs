@@ -78,11 +78,17 @@ enum Command {
         #[arg(short, long, env = "PORTICO_CONFIG", default_value = "gateway.yaml")]
         config: PathBuf,
     },
-    /// Exit 0 when the gateway of a config answers `/health` on its admin listener, else 1
-    /// (a container HEALTHCHECK without curl).
+    /// Exit 0 when the running gateway answers `/health` on its admin listener, else 1 (a
+    /// container HEALTHCHECK without curl). The address is `--admin`, else the one `run`
+    /// wrote to $PORTICO_ADMIN_FILE (default: portico-admin in the temporary directory),
+    /// else `listen.admin` of `-c FILE` when given.
     Health {
-        #[arg(short, long, env = "PORTICO_CONFIG", default_value = "gateway.yaml")]
-        config: PathBuf,
+        /// The admin listener to ask (IP:PORT).
+        #[arg(long, env = "PORTICO_ADMIN")]
+        admin: Option<std::net::SocketAddr>,
+        /// Read `listen.admin` from this config instead (as `run` started it).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
     },
     /// Print the OpenAPI 3.1 document of the API a config exposes (also admin /openapi.json).
     Openapi {
@@ -161,7 +167,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             format,
         } => Ok(diff(&old, &new, requests.as_deref(), format)),
         Command::Demo { config } => demo(&config),
-        Command::Health { config } => health(&config),
+        Command::Health { admin, config } => health(admin, config.as_deref()),
         Command::Openapi { config } => {
             let snapshot = compile::load(&config)?;
             println!("{:#}", snapshot.openapi);
@@ -275,16 +281,36 @@ fn check(file: &Path, deny_warnings: bool, format: Format) -> ExitCode {
     }
 }
 
-/// Asks the admin listener named in the config for `/health`.
-fn health(config: &Path) -> anyhow::Result<ExitCode> {
+/// The admin listener `portico health` asks: the flag, the config given, or the address
+/// the running process wrote.
+fn admin_to_ask(
+    admin: Option<std::net::SocketAddr>,
+    config: Option<&Path>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    if let Some(admin) = admin {
+        return Ok(admin);
+    }
+    let text = match config {
+        Some(config) => Source::load(config)?.raw.listen.admin,
+        None => {
+            let file = app::admin_file();
+            std::fs::read_to_string(&file).with_context(|| {
+                format!(
+                    "no running gateway wrote its admin address to {}: pass --admin IP:PORT",
+                    file.display()
+                )
+            })?
+        }
+    };
+    let text = text.trim();
+    text.parse()
+        .with_context(|| format!("admin address `{text}`"))
+}
+
+/// Asks the running gateway's admin listener for `/health`.
+fn health(admin: Option<std::net::SocketAddr>, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     use std::io::{Read, Write};
-    let src = Source::load(config)?;
-    let admin: std::net::SocketAddr = src
-        .raw
-        .listen
-        .admin
-        .parse()
-        .with_context(|| format!("listen.admin `{}`", src.raw.listen.admin))?;
+    let admin = admin_to_ask(admin, config)?;
     // A wildcard listen address is reached on loopback.
     let target = match admin.ip() {
         ip if ip.is_unspecified() => std::net::SocketAddr::new([127, 0, 0, 1].into(), admin.port()),

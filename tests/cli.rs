@@ -549,6 +549,35 @@ fn health_asks_the_admin_listener_of_the_config() {
     );
 }
 
+/// The image's HEALTHCHECK (`portico health`, no arguments) asks the running process at the
+/// address it wrote, not the config file: a bad edit since, or an env var the health check
+/// lacks, does not make a healthy gateway unhealthy.
+#[test]
+fn health_asks_the_running_gateway_not_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin.addr");
+    let file = file.to_str().unwrap();
+    let gw = Gateway::start_with_env(
+        &[("PORTICO_ADMIN_FILE", file), ("HEALTH_TEST_TEXT", "ok")],
+        "routes:\n  - { name: p, match: { path: /p }, respond: { text: \"${HEALTH_TEST_TEXT}\" } }\n",
+    );
+    gw.overwrite_config("routes: [ this is not yaml\n");
+    let env = [("PORTICO_ADMIN_FILE", file)];
+    let (code, out, err) = portico_env(&["health"], gw.dir.path(), &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), format!("{}: healthy", gw.admin));
+    let dead = dead_addr().to_string();
+    let (code, _, err) = portico_env(&["health", "--admin", &dead], gw.dir.path(), &env);
+    assert_eq!(code, 1, "{err}");
+    let missing = [("PORTICO_ADMIN_FILE", "/nonexistent/portico-admin")];
+    let (code, _, err) = portico_env(&["health"], gw.dir.path(), &missing);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no running gateway wrote its admin address"),
+        "{err}"
+    );
+}
+
 #[test]
 fn check_reports_as_json_and_sarif_for_ci() {
     let dir = tempfile::tempdir().unwrap();

@@ -760,3 +760,75 @@ routes:
     let ok = client().get(gw.url("/svc/after")).send().unwrap();
     assert_eq!(ok.status(), 200, "still serving after hostile input");
 }
+
+/// An upstream that answers every request on its connections with `head` and `body`,
+/// whatever the path (for at most 10 s).
+fn scripted_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            let Ok((mut conn, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            use std::io::{Read, Write};
+            conn.set_nonblocking(false).unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(answer);
+        }
+    });
+    addr
+}
+
+/// RFC 9110 §8.6: repeated Content-Length values that agree (two headers, or a list) are
+/// one length; values that disagree are a framing the gateway cannot trust: 502.
+#[test]
+fn an_upstreams_repeated_content_length_is_collapsed_or_refused() {
+    let twice = scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    );
+    let list = scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nConnection: close\r\n\r\nhello",
+    );
+    let differ = scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello!",
+    );
+    let gw = Gateway::start(&format!(
+        r#"upstreams:
+  twice: {{ targets: ["{twice}"], retries: {{ attempts: 0 }} }}
+  list: {{ targets: ["{list}"], retries: {{ attempts: 0 }} }}
+  differ: {{ targets: ["{differ}"], retries: {{ attempts: 0 }} }}
+routes:
+  - {{ name: twice, match: {{ path: /twice }}, upstream: twice }}
+  - {{ name: list, match: {{ path: /list }}, upstream: list }}
+  - {{ name: differ, match: {{ path: /differ }}, upstream: differ }}
+"#
+    ));
+    for path in ["/twice", "/list"] {
+        let r = raw_request(
+            gw.proxy,
+            &format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{path}: {}", r.head);
+        let lengths: Vec<String> = r
+            .head
+            .lines()
+            .map(|l| l.to_ascii_lowercase())
+            .filter(|l| l.starts_with("content-length:"))
+            .collect();
+        assert_eq!(lengths, ["content-length: 5"], "{path}: {}", r.head);
+        assert_eq!(r.body, "hello");
+    }
+    let r = raw_request(
+        gw.proxy,
+        "GET /differ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 502, "{}", r.head);
+    assert!(r.body.contains("upstream_bad_response"), "{}", r.body);
+}

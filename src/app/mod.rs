@@ -195,6 +195,9 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
             tracing::warn!(file, error = %e, "cannot write the pid file");
         }
     }
+    if let Err(e) = std::fs::write(admin_file(), &admin_addr) {
+        tracing::warn!(file = %admin_file().display(), error = %e, "cannot write the admin address file");
+    }
     let tls_addr = tls_addr.map(|a| a.to_string());
     tracing::info!(proxy = proxy_addr, proxy_tls = tls_addr, admin = %admin_addr, "portico starting");
     Ok(Built {
@@ -239,11 +242,25 @@ fn finish(telemetry: &Telemetry, holder: &SnapshotHolder) {
     if let Some(tracing) = &holder.load().tracing {
         tracing.flush();
     }
-    // After an upgrade the file names the successor: only our own pid is removed.
+    // After an upgrade the files name the successor: only our own are removed.
+    let ours = holder.load().settings.admin_addr.to_string();
+    if std::fs::read_to_string(admin_file()).is_ok_and(|addr| addr.trim() == ours) {
+        let _ = std::fs::remove_file(admin_file());
+    }
     if let Some(file) = &holder.load().settings.pid_file {
         let ours = std::process::id().to_string();
         if std::fs::read_to_string(file).is_ok_and(|pid| pid.trim() == ours) {
             let _ = std::fs::remove_file(file);
         }
     }
+}
+
+/// Where `run` writes the address of its admin listener, for `portico health` (the
+/// container's HEALTHCHECK) to ask the running process without reading the config, which
+/// may have been edited badly since, or use env vars the health check lacks.
+/// `PORTICO_ADMIN_FILE`, or `portico-admin` in the temporary directory.
+pub fn admin_file() -> std::path::PathBuf {
+    std::env::var_os("PORTICO_ADMIN_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("portico-admin"))
 }

@@ -2,8 +2,11 @@
 //! `X-Forwarded-For` only from trusted proxies), `X-Forwarded-*`, a request id, and no
 //! hop-by-hop headers.
 
+use crate::errors::GatewayError;
 use crate::snapshot::Settings;
 use http::header::{HeaderMap, HeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use http::HeaderValue;
+use pingora::http::ResponseHeader;
 use std::borrow::Cow;
 use std::net::IpAddr;
 
@@ -262,6 +265,32 @@ pub fn hop_by_hop(headers: &HeaderMap) -> HopByHop {
     names.push(CONNECTION);
     names.retain(|n| *n != CONTENT_LENGTH && *n != TRANSFER_ENCODING);
     names
+}
+
+/// RFC 9110 §8.6: a Content-Length repeated (two fields, or a list `5, 5`) is one length
+/// when every value agrees, sent on as one field; values that disagree, or are not numbers,
+/// are a framing that cannot be trusted (the upstream's answer is refused).
+pub fn one_content_length(resp: &mut ResponseHeader) -> Result<(), GatewayError> {
+    let mut values = resp.headers.get_all(CONTENT_LENGTH).iter();
+    let first = values.next();
+    let single = values.next().is_none();
+    if first.is_none_or(|v| single && !v.as_bytes().contains(&b',')) {
+        return Ok(());
+    }
+    let mut length: Option<&[u8]> = None;
+    let items = resp.headers.get_all(CONTENT_LENGTH).iter();
+    for item in items.flat_map(|v| v.as_bytes().split(|b| *b == b',')) {
+        let item = item.trim_ascii();
+        let number = !item.is_empty() && item.iter().all(u8::is_ascii_digit);
+        if !number || length.is_some_and(|l| l != item) {
+            return Err(GatewayError::UpstreamBadResponse);
+        }
+        length = Some(item);
+    }
+    let value = length.and_then(|l| HeaderValue::from_bytes(l).ok());
+    let value = value.ok_or(GatewayError::UpstreamBadResponse)?;
+    resp.insert_header(CONTENT_LENGTH, value)
+        .map_err(|_| GatewayError::UpstreamBadResponse)
 }
 
 #[cfg(test)]

@@ -622,6 +622,9 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
+        if let Err(failure) = forwarding::one_content_length(upstream_response) {
+            return Err(ctx.fail(failure));
+        }
         ctx.upstream.status = Some(upstream_response.status.as_u16());
         if let Some(trace) = &mut ctx.trace {
             trace.answered(upstream_response.status.as_u16());
