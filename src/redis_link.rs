@@ -127,7 +127,9 @@ impl RedisLink {
     }
 
     /// Runs a script on the shared connection within the link's timeout. Without a
-    /// connection it fails at once and starts one in the background.
+    /// connection it fails at once and starts one in the background; while the background
+    /// probe finds Redis down (it asks every 500 ms), it fails at once too, instead of
+    /// making every request wait the whole timeout.
     pub async fn invoke<T: redis::FromRedisValue>(
         self: &Arc<Self>,
         invocation: &redis::ScriptInvocation<'_>,
@@ -136,6 +138,9 @@ impl RedisLink {
             self.connect_in_background();
             return Err(LinkError::NotConnected);
         };
+        if !self.is_connected() {
+            return Err(LinkError::NotConnected);
+        }
         let mut conn = (*conn).clone();
         let call = invocation.invoke_async::<T>(&mut conn);
         tokio::time::timeout(self.timeout, call)

@@ -536,3 +536,59 @@ fn a_slow_redis_costs_at_most_its_timeout() {
     assert_eq!(redis_state(&gw), serde_json::json!({"connected": false}));
     drop(silent);
 }
+
+/// While Redis is known down (/health says so), a limited request does not send Redis a
+/// command it will wait the whole `redis.timeout` for: Redis, paused (SIGSTOP) and then
+/// resumed, runs no script sent while it was down.
+#[test]
+fn a_redis_known_down_is_not_asked() {
+    let redis = RedisServer::start();
+    let gw = Gateway::start(&redis_config(&redis.url(), POLICIES));
+    until_redis_answers(&gw);
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
+    let signal = |sig: &str| {
+        let pid = redis.child.id().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    signal("-STOP");
+    let down = wait_until(Duration::from_secs(10), || {
+        redis_state(&gw) == serde_json::json!({"connected": false})
+    });
+    assert!(down.is_some(), "{}", gw.log());
+    for _ in 0..5 {
+        let r = client().get(gw.url("/allow")).send().unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            header(&r, "ratelimit-limit").is_empty(),
+            "unchecked, not counted"
+        );
+    }
+    signal("-CONT");
+    let up = wait_until(Duration::from_secs(10), || {
+        redis_state(&gw) == serde_json::json!({"connected": true})
+    });
+    assert!(up.is_some(), "{}", gw.log());
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .unwrap();
+    let scripts: Vec<&str> = stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha") || l.starts_with("cmdstat_eval:"))
+        .collect();
+    assert!(
+        scripts.is_empty(),
+        "scripts sent while Redis was down: {scripts:?}"
+    );
+}
