@@ -275,7 +275,8 @@ fn check(file: &Path, deny_warnings: bool, format: Format) -> ExitCode {
         Err(e) => {
             let errors = e.0.iter().filter(|d| d.severity == Severity::Error).count();
             eprintln!("{e}");
-            eprintln!("{}: refused: {errors} errors", file.display());
+            let noun = if errors == 1 { "error" } else { "errors" };
+            eprintln!("{}: refused: {errors} {noun}", file.display());
             ExitCode::FAILURE
         }
     }

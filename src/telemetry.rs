@@ -15,17 +15,24 @@ use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock};
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
-/// The log filter for `PORTICO_LOG` (default `info`). Pingora's proxy error lines quote the
-/// request's query and the error's context (for a malformed upstream head: the raw bytes,
-/// cookies and all), so they are off unless the filter names `pingora_proxy` itself;
-/// Portico logs each failed request without request data.
+/// Pingora modules whose records are quieted unless the filter names them. Its proxy
+/// error lines quote the request's query and the error's context (for a malformed upstream
+/// head: the raw bytes, cookies and all): Portico logs each failed request without request
+/// data. Its cache warns, once per process (every `check`), that no header compression
+/// dictionary is loaded: a dictionary only shrinks entries on disk, and Portico's are in
+/// memory.
+const QUIETED: [(&str, &str); 2] = [("pingora_proxy", "off"), ("pingora_cache::meta", "error")];
+
+/// The log filter for `PORTICO_LOG` (default `info`), with [`QUIETED`] added.
 pub fn log_filter(setting: Option<&str>) -> String {
     let setting = setting.filter(|s| !s.trim().is_empty()).unwrap_or("info");
-    if setting.contains("pingora_proxy") {
-        setting.to_string()
-    } else {
-        format!("{setting},pingora_proxy=off")
+    let mut filter = setting.to_string();
+    for (module, level) in QUIETED {
+        if !setting.contains(module) {
+            filter.push_str(&format!(",{module}={level}"));
+        }
     }
+    filter
 }
 
 /// How the gateway's own log records are written to stderr.

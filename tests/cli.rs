@@ -134,6 +134,25 @@ fn upstream_and_respond_together() {
     refused(&format!("{UPSTREAM}routes:\n  - name: a\n    match: {{ path: / }}\n    upstream: users\n    respond: {{ text: hi }}\n"), 8, 5, "both `upstream` and `respond`");
 }
 
+/// A config with a cache is checked and explained without Pingora's warning about a header
+/// compression dictionary (meaningless for an in-memory cache); one error is "1 error".
+#[test]
+fn check_and_route_print_only_their_own_findings() {
+    let body = "upstreams:\n  svc: { targets: [\"127.0.0.1:9\"] }\ncaches:\n  c: { max_size: 1MiB, ttl: 10s }\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: svc, cache: c }\n";
+    let (code, out) = check(body);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("dictionary"), "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("g.yaml"), format!("{HEAD}{body}")).unwrap();
+    let (code, _, err) = portico(&["route", "-c", "g.yaml", "GET", "/x"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.is_empty(), "{err}");
+    let (code, out) =
+        check("routes:\n  - { name: r, match: { path: / }, respond: { text: a }, bogus: 1 }\n");
+    assert_eq!(code, 1);
+    assert!(out.contains("refused: 1 error\n"), "{out}");
+}
+
 /// Action keys are counted: none, or all three, is one error naming them.
 #[test]
 fn a_route_does_exactly_one_thing() {
