@@ -36,6 +36,7 @@ pub struct Settings {
     pub idle_timeout: Duration,
     pub body_timeout: Duration,
     pub max_connections: usize,
+    pub max_requests_per_connection: usize,
 }
 
 impl Settings {

@@ -136,3 +136,70 @@ fn pipelined_requests_are_answered_in_order() {
     assert!(first < second, "in request order:\n{all}");
     assert_eq!(all.matches("HTTP/1.1 200 OK").count(), 2, "{all}");
 }
+
+/// `server.max_requests_per_connection` (nginx's `keepalive_requests`): an HTTP/1.1
+/// connection's last request is answered with `Connection: close`, even when more were
+/// pipelined behind it.
+#[test]
+fn an_http1_connection_makes_at_most_its_requests() {
+    let up = TestUpstream::start("svc");
+    let gw = gateway("max_requests_per_connection: 2", &up);
+    let mut conn = TcpStream::connect(gw.proxy).unwrap();
+    conn.write_all(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\nGET /3 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut all = String::new();
+    let _ = conn.read_to_string(&mut all);
+    assert_eq!(all.matches("HTTP/1.1 200 OK").count(), 2, "{all}");
+    let second = &all[all.rfind("HTTP/1.1 200 OK").unwrap()..];
+    assert!(
+        second.to_ascii_lowercase().contains("connection: close"),
+        "{all}"
+    );
+    assert!(!all.contains("\"uri\":\"/3\""), "{all}");
+}
+
+/// An HTTP/2 connection past its streams is sent GOAWAY: a client cannot open streams
+/// without end on one connection (17,100 in 10 s reached the upstream before).
+#[test]
+fn an_http2_connection_is_sent_goaway_after_its_streams() {
+    let up = TestUpstream::start("svc");
+    let gw = Gateway::start(&format!(
+        "  h2c: true\nserver: {{ threads: 1, max_requests_per_connection: 10 }}\nupstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: svc, match: {{ path_prefix: / }}, upstream: svc }}\n",
+        up.addr
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let answered = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(connection);
+        let mut answered = 0;
+        for i in 0..30 {
+            let Ok(ready) = client.ready().await else {
+                break;
+            };
+            client = ready;
+            let req = http::Request::get(format!("http://{}/s/{i}", gw.proxy))
+                .body(())
+                .unwrap();
+            let Ok((response, _)) = client.send_request(req, true) else {
+                break;
+            };
+            match response.await {
+                Ok(r) if r.status() == 200 => answered += 1,
+                _ => break,
+            }
+        }
+        let closed = tokio::time::timeout(Duration::from_secs(10), conn).await;
+        assert!(
+            closed.is_ok(),
+            "the gateway closes the connection after GOAWAY"
+        );
+        answered
+    });
+    // GOAWAY goes out as the 10th stream starts; a stream the client opened before it
+    // arrived is still served (RFC 9113 §6.8).
+    assert!((10..=12).contains(&answered), "{answered} streams answered");
+    assert!(up.count() <= 12, "{} reached the upstream", up.count());
+}

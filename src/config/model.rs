@@ -181,6 +181,11 @@ pub struct ServerSettings {
     /// Most client connections open at once; more are closed at accept.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most requests one client connection may make (HTTP/1.1 keep-alive requests, HTTP/2
+    /// streams, accepted or reset); then the connection is closed after its answer (HTTP/1.1)
+    /// or sent GOAWAY (HTTP/2), as nginx's `keepalive_requests` does. Default 1000.
+    #[serde(default = "default_max_requests_per_connection")]
+    pub max_requests_per_connection: usize,
     /// Where a new process (`run --upgrade`) takes over the listening sockets (default
     /// `/tmp/portico-upgrade-PORT.sock`, PORT of `listen.proxy`: one per gateway on a host).
     pub upgrade_socket: Option<String>,
@@ -206,6 +211,7 @@ impl Default for ServerSettings {
             resolve_interval: default_resolve_interval(),
             timeouts: ClientTimeouts::default(),
             max_connections: default_max_connections(),
+            max_requests_per_connection: default_max_requests_per_connection(),
             upgrade_socket: None,
             pid_file: None,
             log_format: Default::default(),
@@ -219,6 +225,10 @@ fn default_grace() -> Duration {
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(5)
 }
+fn default_max_requests_per_connection() -> usize {
+    1000
+}
+
 fn default_max_body() -> ByteSize {
     ByteSize(100 * 1024 * 1024)
 }

@@ -28,6 +28,8 @@ pub struct RequestFacts {
     pub body_seen: u64,
     /// The client connection is TLS.
     pub tls: bool,
+    /// This request's place on its HTTP/1.1 connection (1 for the first; 0 on HTTP/2).
+    pub nth_on_connection: usize,
 }
 
 /// The upstream side: the path sent, the tries made, and their timing.
@@ -85,6 +87,7 @@ impl Ctx {
                 started: Instant::now(),
                 body_seen: 0,
                 tls: false,
+                nth_on_connection: 0,
             },
             route: None,
             policy: PolicyState::default(),

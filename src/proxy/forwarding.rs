@@ -355,6 +355,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             body_timeout: Duration::from_secs(1),
             max_connections: 1,
+            max_requests_per_connection: 1,
         }
     }
 

@@ -13,10 +13,13 @@ use crate::snapshot::SnapshotHolder;
 use crate::telemetry::Telemetry;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::protocols::SocketDigest;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// What the proxy tells the guard of the connection whose task it runs on: whether a
@@ -28,6 +31,8 @@ struct Signals {
     state: AtomicU64,
     /// A request on this connection has been served (so the next head is an idle wait).
     served: AtomicBool,
+    /// Request heads read on this connection.
+    requests: AtomicUsize,
     /// The connection holds one count of `in_flight` until its first head has arrived, so
     /// a shutdown's drain waits for a client that has connected but not yet sent.
     awaiting_first: AtomicBool,
@@ -58,12 +63,68 @@ tokio::task_local! {
 }
 
 /// Called by the proxy when a request head has been read (on the connection's task), after
-/// the request is counted in flight.
-pub fn head_received() {
-    let _ = SIGNALS.try_with(|s| {
-        s.state.store(SERVING, Ordering::Relaxed);
-        s.first_head_done();
-    });
+/// the request is counted in flight. Returns how many heads this HTTP/1.1 connection has
+/// read, this one included (0 for an HTTP/2 stream: see [`h2_stream`]).
+pub fn head_received() -> usize {
+    SIGNALS
+        .try_with(|s| {
+            s.state.store(SERVING, Ordering::Relaxed);
+            s.first_head_done();
+            s.requests.fetch_add(1, Ordering::Relaxed) + 1
+        })
+        .unwrap_or(0)
+}
+
+/// An HTTP/2 connection being served: the streams it has opened, and how to tell it to
+/// take no more (a GOAWAY, as at shutdown; open streams finish).
+struct H2Conn {
+    streams: AtomicUsize,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// A TCP connection by its two ends: unique among open connections. (Its streams run on
+/// tasks of their own, which carry no task-local: they find it here.)
+type ConnKey = (SocketAddr, SocketAddr);
+
+fn h2_conns() -> &'static Mutex<HashMap<ConnKey, Arc<H2Conn>>> {
+    static CONNS: OnceLock<Mutex<HashMap<ConnKey, Arc<H2Conn>>>> = OnceLock::new();
+    CONNS.get_or_init(Mutex::default)
+}
+
+fn conn_key(digest: &SocketDigest) -> Option<ConnKey> {
+    let peer = digest.peer_addr()?.as_inet()?;
+    let local = digest.local_addr()?.as_inet()?;
+    Some((*peer, *local))
+}
+
+/// Called by the proxy for each HTTP/2 stream: counts it on its connection, and past
+/// `max` streams tells the connection to take no more.
+pub fn h2_stream(digest: Option<&SocketDigest>, max: usize) {
+    let Some(key) = digest.and_then(conn_key) else {
+        return;
+    };
+    let conn = h2_conns()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .cloned();
+    if let Some(conn) = conn {
+        if conn.streams.fetch_add(1, Ordering::Relaxed) + 1 >= max {
+            let _ = conn.stop.send(true);
+        }
+    }
+}
+
+/// Forgets a connection's entry however its call ends.
+struct Registered(ConnKey);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        h2_conns()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.0);
+    }
 }
 
 /// Called by the proxy when a request is done (its log line written).
@@ -147,6 +208,48 @@ impl Drop for Open<'_> {
     }
 }
 
+impl<A: ServerApp + Send + Sync + 'static> Guarded<A> {
+    /// Serves an HTTP/2 connection with a shutdown signal of its own: the process's, or
+    /// the proxy's once the connection has opened `max_requests_per_connection` streams.
+    async fn serve_h2(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let digest = stream.get_socket_digest();
+        let Some(key) = digest.as_deref().and_then(conn_key) else {
+            return self.inner.process_new(stream, shutdown).await;
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(*shutdown.borrow());
+        let conn = Arc::new(H2Conn {
+            streams: AtomicUsize::new(0),
+            stop,
+        });
+        h2_conns()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, conn.clone());
+        let _registered = Registered(key);
+        let serve = self.inner.process_new(stream, &stopped);
+        tokio::pin!(serve);
+        let mut process = shutdown.clone();
+        let mut forwarding = true;
+        loop {
+            tokio::select! {
+                done = &mut serve => return done,
+                changed = process.changed(), if forwarding => {
+                    forwarding = false;
+                    if changed.is_ok() && *process.borrow() {
+                        let _ = conn.stop.send(true);
+                    } else {
+                        forwarding = changed.is_ok();
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn process_new(
@@ -182,6 +285,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             epoch: Instant::now(),
             state: AtomicU64::new(1),
             served: AtomicBool::new(false),
+            requests: AtomicUsize::new(0),
             awaiting_first: AtomicBool::new(true),
             in_flight: self.in_flight.clone(),
         });
@@ -190,7 +294,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             Some(true) => {
                 // HTTP/2 streams are counted by the proxy, each on its own task.
                 drop(first_head);
-                return self.inner.process_new(stream, shutdown).await;
+                return self.serve_h2(stream, shutdown).await;
             }
             Some(false) => {}
             None => {

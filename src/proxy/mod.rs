@@ -344,6 +344,19 @@ fn tls_peer(addr: std::net::SocketAddr, tls: &UpstreamTls, host: &str) -> HttpPe
     peer
 }
 
+/// `server.max_requests_per_connection`: the last request an HTTP/1.1 connection may make
+/// is answered with `Connection: close`; an HTTP/2 connection's streams are counted, and
+/// past the limit it is sent GOAWAY (its open streams finish).
+fn limit_requests_per_connection(session: &mut Session, ctx: &Ctx) {
+    let max = ctx.snapshot.settings.max_requests_per_connection;
+    if let pingora::protocols::http::ServerSession::H2(_) = session.as_downstream() {
+        let digest = session.digest().and_then(|d| d.socket_digest.as_deref());
+        guard::h2_stream(digest, max);
+    } else if ctx.request.nth_on_connection >= max {
+        session.set_keepalive(None);
+    }
+}
+
 /// Notes whether the client connection is TLS.
 fn facts_tls(session: &Session, ctx: &mut Ctx) {
     ctx.request.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
@@ -452,12 +465,14 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> Box<Ctx> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        guard::head_received();
+        let nth = guard::head_received();
         let snapshot = self.holder.load();
         if snapshot.metrics {
             self.telemetry.metrics.in_flight.inc();
         }
-        Box::new(Ctx::new(snapshot))
+        let mut ctx = Box::new(Ctx::new(snapshot));
+        ctx.request.nth_on_connection = nth;
+        ctx
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
@@ -466,6 +481,7 @@ impl ProxyHttp for Gateway {
         downstream.set_read_timeout(Some(body_timeout));
         // Pipelined requests are answered in order (RFC 9112 §9.3.2) instead of dropped.
         downstream.set_pipelining_enabled(true);
+        limit_requests_per_connection(session, ctx);
         facts_tls(session, ctx);
         let req = session.req_header();
         let facts = &mut ctx.request;
