@@ -35,6 +35,8 @@ pub struct Settings {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub body_timeout: Duration,
+    /// Longest a write to the client may make no progress.
+    pub send_timeout: Duration,
     pub max_connections: usize,
     pub max_requests_per_connection: usize,
 }

@@ -203,3 +203,61 @@ fn an_http2_connection_is_sent_goaway_after_its_streams() {
     assert!((10..=12).contains(&answered), "{answered} streams answered");
     assert!(up.count() <= 12, "{} reached the upstream", up.count());
 }
+
+/// `server.timeouts.send`: a client that asks for a large body and never reads holds a
+/// client socket, an upstream socket and buffers; once writing to it makes no progress for
+/// the deadline, the request ends (both sides freed) while other clients are served.
+#[test]
+fn a_client_that_stops_reading_is_let_go() {
+    let up = TestUpstream::start("svc");
+    let gw = gateway("timeouts: { send: 1s }", &up);
+    let mut stalled = TcpStream::connect(gw.proxy).unwrap();
+    stalled
+        .write_all(b"GET /big?download=50000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let in_flight = || metric(&gw, "portico_requests_in_flight");
+    let started = wait_until(Duration::from_secs(10), || in_flight() == 1.0);
+    assert!(started.is_some(), "{}", gw.log());
+    let served = client().get(gw.url("/other")).send().unwrap();
+    assert_eq!(served.status(), 200, "another client is served meanwhile");
+    let freed = wait_until(Duration::from_secs(30), || in_flight() == 0.0);
+    assert!(
+        freed.is_some(),
+        "the stalled request is still held:\n{}",
+        gw.log()
+    );
+}
+
+/// The same for an HTTP/2 stream whose window stays 0: the client never lets the body come.
+#[test]
+fn an_http2_stream_at_window_zero_is_let_go() {
+    let up = TestUpstream::start("svc");
+    let gw = Gateway::start(&format!(
+        "  h2c: true\nserver: {{ threads: 1, timeouts: {{ send: 1s }} }}\nupstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: svc, match: {{ path_prefix: / }}, upstream: svc }}\n",
+        up.addr
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let in_flight = || metric(&gw, "portico_requests_in_flight");
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::get(format!("http://{}/big?download=50000000", gw.proxy))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(req, true).unwrap();
+        let head = response.await.unwrap();
+        assert_eq!(head.status(), 200);
+        // The body never flows (window 0); the client keeps the connection open meanwhile.
+        let freed = tokio::task::block_in_place(|| {
+            wait_until(Duration::from_secs(30), || in_flight() == 0.0)
+        });
+        drop(head);
+        assert!(freed.is_some(), "the stream at window 0 is still held");
+    });
+}

@@ -186,6 +186,7 @@ fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
         ("header", server.timeouts.header),
         ("idle", server.timeouts.idle),
         ("body", server.timeouts.body),
+        ("send", server.timeouts.send),
     ] {
         if value.is_zero() {
             d.error(
@@ -238,6 +239,7 @@ fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
         header_timeout: server.timeouts.header,
         idle_timeout: server.timeouts.idle,
         body_timeout: server.timeouts.body,
+        send_timeout: server.timeouts.send,
         max_connections: server.max_connections,
         max_requests_per_connection: server.max_requests_per_connection,
         proxy_addr: proxy_addr?,

@@ -252,6 +252,12 @@ pub struct ClientTimeouts {
     #[schemars(with = "crate::units::DurationText")]
     #[serde(default = "default_idle_timeout", with = "crate::units::duration")]
     pub body: Duration,
+    /// Longest a write to the client may make no progress (a client that stops reading,
+    /// an HTTP/2 stream at window 0) before the request is ended, freeing both sides
+    /// (default 60s, as nginx's send_timeout).
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_idle_timeout", with = "crate::units::duration")]
+    pub send: Duration,
 }
 
 impl Default for ClientTimeouts {
@@ -260,6 +266,7 @@ impl Default for ClientTimeouts {
             header: default_header_timeout(),
             idle: default_idle_timeout(),
             body: default_idle_timeout(),
+            send: default_idle_timeout(),
         }
     }
 }

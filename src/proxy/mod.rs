@@ -476,9 +476,12 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
-        let body_timeout = ctx.snapshot.settings.body_timeout;
+        let settings = &ctx.snapshot.settings;
         let downstream = session.as_downstream_mut();
-        downstream.set_read_timeout(Some(body_timeout));
+        downstream.set_read_timeout(Some(settings.body_timeout));
+        // A client that stops reading holds this request's upstream side too: a write that
+        // makes no progress this long ends the request (HTTP/1.1 and HTTP/2 streams alike).
+        downstream.set_write_timeout(Some(settings.send_timeout));
         // Pipelined requests are answered in order (RFC 9112 §9.3.2) instead of dropped.
         downstream.set_pipelining_enabled(true);
         limit_requests_per_connection(session, ctx);
