@@ -339,7 +339,7 @@ impl Metrics {
             ),
             connections_timed_out: counter(
                 "portico_downstream_timeouts_total",
-                "Client connections closed for not sending a request head in time, by reason (header, idle).",
+                "Client connections closed for not sending a request head in time, by reason (header, idle, tls_handshake).",
                 &["reason"],
             ),
             cache_requests: counter(

@@ -431,3 +431,51 @@ fn a_tls_only_gateway_warns_of_a_certificate_about_to_expire() {
         "{err}"
     );
 }
+
+/// A silent or trickling ClientHello is cut off at the header deadline (Pingora's own
+/// handshake allowed 60 s) and counts toward `max_connections`, so such clients cannot lock
+/// out HTTPS and plain clients; a real client is served once they are gone.
+#[test]
+fn silent_tls_handshakes_are_cut_off_and_counted() {
+    use std::io::{Read, Write};
+    let certs = certs();
+    let (_up, gw, tls) = start(
+        &certs,
+        "server: { timeouts: { header: 3s }, max_connections: 4 }\n",
+    );
+    let open = || metric(&gw, "portico_downstream_connections");
+    assert!(wait_until(Duration::from_secs(10), || open() == 0.0).is_some());
+    let mut silent: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(tls).unwrap())
+        .collect();
+    // One sends half a ClientHello and stops.
+    let mut partial = std::net::TcpStream::connect(tls).unwrap();
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    silent.push(partial);
+    let held = wait_until(Duration::from_secs(10), || open() == 4.0);
+    assert!(held.is_some(), "{}", gw.log());
+    let closed = |conn: &mut std::net::TcpStream| {
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        match conn.read(&mut buf) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
+    };
+    let mut fifth = std::net::TcpStream::connect(tls).unwrap();
+    assert!(closed(&mut fifth), "over max_connections: closed at accept");
+    for conn in &mut silent {
+        assert!(closed(conn), "closed at the header deadline");
+    }
+    let timed_out = "portico_downstream_timeouts_total{reason=\"tls_handshake\"}";
+    assert_eq!(metric(&gw, timed_out), 4.0);
+    let r = https_client(&certs, tls)
+        .get(format!("https://api.test:{}/x", tls.port()))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -10,7 +10,7 @@ mod tls;
 
 use crate::compile::compile_with;
 use crate::config::{ConfigError, Source};
-use crate::proxy::guard::Guarded;
+use crate::proxy::guard::{Guarded, TlsListener};
 use crate::proxy::Gateway;
 use crate::snapshot::{Snapshot, SnapshotHolder};
 use crate::state::Stores;
@@ -122,20 +122,30 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
     // open for `server.timeouts.idle` is closed by Pingora.
     options.h2_idle_timeout = Some(idle);
     app.server_options = Some(options);
+    let tls_addr = holder.load().settings.proxy_tls_addr;
+    // The guard makes TLS handshakes itself (under the header deadline and the connection
+    // limit): to Pingora the TLS port is a plain TCP listener.
+    let tls_listener = match tls_addr {
+        Some(addr) => Some(TlsListener {
+            port: addr.port(),
+            acceptor: tls::settings(holder.clone())?.build(),
+        }),
+        None => None,
+    };
     let guarded = Guarded::new(
         app,
         holder.clone(),
         telemetry.clone(),
         h2c,
         in_flight.clone(),
+        tls_listener,
     );
     let mut proxy = Service::new("portico".to_string(), guarded);
     if let Some(addr) = &proxy_addr {
         proxy.add_tcp(addr);
     }
-    let tls_addr = holder.load().settings.proxy_tls_addr;
     if let Some(addr) = tls_addr {
-        proxy.add_tls_with_settings(&addr.to_string(), None, tls::settings(holder.clone())?);
+        proxy.add_tcp(&addr.to_string());
     }
 
     let readiness = Readiness::default();

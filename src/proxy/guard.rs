@@ -13,6 +13,8 @@ use crate::snapshot::SnapshotHolder;
 use crate::telemetry::Telemetry;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::SocketDigest;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
@@ -136,8 +138,15 @@ pub fn request_done() {
     });
 }
 
+/// The TLS listener's port, and how its connections' handshakes are made.
+pub struct TlsListener {
+    pub port: u16,
+    pub acceptor: Acceptor,
+}
+
 pub struct Guarded<A> {
     inner: Arc<A>,
+    tls: Option<TlsListener>,
     holder: SnapshotHolder,
     telemetry: Arc<Telemetry>,
     open: AtomicUsize,
@@ -154,9 +163,11 @@ impl<A> Guarded<A> {
         telemetry: Arc<Telemetry>,
         h2c: bool,
         in_flight: Arc<AtomicUsize>,
+        tls: Option<TlsListener>,
     ) -> Guarded<A> {
         Guarded {
             inner: Arc::new(inner),
+            tls,
             holder,
             telemetry,
             open: AtomicUsize::new(0),
@@ -209,6 +220,40 @@ impl Drop for Open<'_> {
 }
 
 impl<A: ServerApp + Send + Sync + 'static> Guarded<A> {
+    /// On the TLS port, the handshake, within the header deadline (Pingora's own allows a
+    /// silent or trickling ClientHello 60 s, outside `max_connections`). Other connections
+    /// pass as they are; None closes the connection.
+    async fn tls_handshake(&self, stream: Stream, within: Duration) -> Option<Stream> {
+        let Some(tls) = &self.tls else {
+            return Some(stream);
+        };
+        let local = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().cloned());
+        if local.and_then(|a| a.as_inet().map(|a| a.port())) != Some(tls.port) {
+            return Some(stream);
+        }
+        // Pingora's listener gives the TCP stream boxed; its handshake takes it as it is.
+        let Ok(tcp) = stream.into_any().downcast::<L4Stream>() else {
+            return None;
+        };
+        match tokio::time::timeout(within, tls.acceptor.tls_handshake(*tcp)).await {
+            Ok(Ok(tls_stream)) => Some(Box::new(tls_stream)),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                let metrics = &self.telemetry.metrics;
+                let timed_out = metrics
+                    .connections_timed_out
+                    .with_label_values(&["tls_handshake"]);
+                timed_out.inc();
+                None
+            }
+        }
+    }
+
     /// Serves an HTTP/2 connection with a shutdown signal of its own: the process's, or
     /// the proxy's once the connection has opened `max_requests_per_connection` streams.
     async fn serve_h2(
@@ -254,7 +299,7 @@ impl<A: ServerApp + Send + Sync + 'static> Guarded<A> {
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn process_new(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         // Pingora's HTTP apps serve a whole connection (every keep-alive request) per
@@ -269,6 +314,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         metrics.connections_open.inc();
         let _open = Open(&self.open, &self.telemetry);
         let (header, idle) = (settings.header_timeout, settings.idle_timeout);
+        let mut stream = self.tls_handshake(stream, header).await?;
         if let Some(digest) = stream.get_ssl_digest() {
             let snapshot = self.holder.load();
             if !snapshot
