@@ -372,3 +372,36 @@ fn an_http2_client_gets_its_aggregate_answer() {
     let host = users.last().headers["host"].clone();
     assert_eq!(host, [gw.proxy.to_string()]);
 }
+
+/// A client that leaves while its aggregate calls run cancels them: the request ends at
+/// once instead of holding its upstream connections until the slowest call answers.
+#[test]
+fn a_client_that_leaves_cancels_its_calls() {
+    use std::io::Write;
+    let users = TestUpstream::start("users");
+    let gw = Gateway::start(&format!(
+        r#"upstreams:
+  users: {{ targets: ["{}"], timeouts: {{ read: 2m }} }}
+routes:
+  - name: slow
+    match: {{ path: /slow }}
+    aggregate:
+      timeout: 2m
+      calls:
+        - {{ name: user, upstream: users, path: "/users/1?sleep_ms=60000" }}
+"#,
+        users.addr
+    ));
+    let mut conn = std::net::TcpStream::connect(gw.proxy).unwrap();
+    conn.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let called = wait_until(Duration::from_secs(10), || users.count() == 1);
+    assert!(called.is_some(), "{}", gw.log());
+    drop(conn);
+    let in_flight = || metric(&gw, "portico_requests_in_flight");
+    let ended = wait_until(Duration::from_secs(20), || in_flight() == 0.0);
+    assert!(
+        ended.is_some(),
+        "the calls still run for a client that left"
+    );
+}

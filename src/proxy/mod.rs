@@ -62,6 +62,19 @@ fn is_absolute_http(target: &[u8]) -> bool {
     scheme(b"http://") || scheme(b"https://")
 }
 
+/// Resolves when the client closes or resets while it waits for its answer (bytes it
+/// sends meanwhile, a pipelined request, end the watch).
+async fn client_gone(session: &mut Session) {
+    if session
+        .as_downstream_mut()
+        .read_body_or_idle(true)
+        .await
+        .is_ok()
+    {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Answers a gateway error; `Ok(true)` tells Pingora the request was answered.
 async fn refuse(session: &mut Session, ctx: &mut Ctx, error: GatewayError) -> Result<bool> {
     respond::reject(session, ctx, &error, true).await?;
@@ -151,12 +164,21 @@ impl Gateway {
         ] {
             base.remove_header(&name);
         }
+        let query = session.req_header().uri.query().map(str::to_string);
         let values = Values {
             bound,
             claims: ctx.policy.claims.as_deref(),
-            query: session.req_header().uri.query(),
+            query: query.as_deref(),
         };
-        let answer = agg.run(&self.connector, &base, &values).await;
+        // A client that goes away cancels the calls: nobody would read their answer.
+        let answer = tokio::select! {
+            answer = agg.run(&self.connector, &base, &values) => answer,
+            () = client_gone(session) => {
+                tracing::debug!(request_id = %ctx.request.id, "client gone: aggregate calls cancelled");
+                let gone = Error::explain(pingora::ErrorType::ConnectionClosed, "client gone");
+                return Err(gone.into_down());
+            }
+        };
         let answer = match answer {
             Ok(answer) => answer,
             Err(failure) => return refuse(session, ctx, failure).await,
