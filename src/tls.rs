@@ -193,7 +193,7 @@ pub fn read_pair(
         Err(e) => {
             d.error(
                 key.0,
-                format!("`{}` does not go with `{}`: {e}", key.1, cert.1),
+                format!("`{}` {MISMATCHED} `{}`: {e}", key.1, cert.1),
                 Some("give the private key of the chain's first certificate".into()),
             );
             None
@@ -272,4 +272,12 @@ fn describe(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
         );
     }
     Ok((names, cert.validity().not_after.timestamp()))
+}
+/// What a key that is not the certificate's says: the reloader waits a moment for such a
+/// pair to settle (the two files are copied one after the other).
+const MISMATCHED: &str = "does not go with";
+
+/// Whether a diagnostic is a key that does not go with its certificate.
+pub fn is_mismatched_pair(d: &crate::diag::Diagnostic) -> bool {
+    d.message.contains(MISMATCHED)
 }

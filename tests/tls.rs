@@ -479,3 +479,29 @@ fn silent_tls_handshakes_are_cut_off_and_counted() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// Certificate rotation as it happens: the new certificate is copied, then its key. The
+/// reload waits for the pair to settle instead of refusing it (which logged an ERROR and
+/// fired the failed-reload alert), then serves the new certificate.
+#[test]
+fn a_certificate_copied_before_its_key_is_waited_for() {
+    let certs = certs();
+    let (_up, gw, tls) = start(&certs, "");
+    let url = format!("https://api.test:{}/x", tls.port());
+    let failed = || metric(&gw, "portico_config_reloads_total{result=\"failed\"}").max(0.0);
+    let before = failed();
+    let (cert, key, der) = leaf(&certs.ca, &["api.test"], |_| {});
+    std::fs::write(certs.path("api.pem"), cert).unwrap();
+    let waiting = wait_until(Duration::from_secs(15), || {
+        gw.log().contains("do not match yet")
+    });
+    assert!(waiting.is_some(), "{}", gw.log());
+    std::fs::write(certs.path("api.key"), key).unwrap();
+    let renewed = wait_until(Duration::from_secs(15), || {
+        let r = https_client(&certs, tls).get(&url).send().unwrap();
+        peer_cert(&r) == der
+    });
+    assert!(renewed.is_some(), "{}", gw.log());
+    assert_eq!(failed(), before, "no failed reload");
+    assert!(!gw.log().contains("config refused"), "{}", gw.log());
+}

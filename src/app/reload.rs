@@ -22,6 +22,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// How long a certificate whose key does not match (yet) is waited for before the reload
+/// is refused: long enough for a copy of the key after its certificate.
+const PAIR_SETTLE: Duration = Duration::from_secs(2);
+
+/// Whether every error is a certificate and key that do not go together.
+fn only_unsettled_pairs(e: &ConfigError) -> bool {
+    let errors =
+        e.0.iter()
+            .filter(|d| d.severity == crate::diag::Severity::Error);
+    let mut errors = errors.peekable();
+    errors.peek().is_some() && errors.all(crate::tls::is_mismatched_pair)
+}
+
 /// Bursts of file events closer than this are one change.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 const MAX_SETTLE: Duration = Duration::from_secs(1);
@@ -119,12 +132,22 @@ impl Reloader {
     pub async fn reload(&self, trigger: &str, force: bool) -> Result<(), ConfigError> {
         let _one_at_a_time = self.inner.busy.lock().await;
         let current = self.inner.holder.load();
-        let outcome = Source::load(&self.inner.path).and_then(|src| {
-            if !force && built_from(&src, &current) {
-                return Ok(None);
-            }
-            compile_with(&src, &self.inner.stores, &self.inner.telemetry.metrics).map(Some)
-        });
+        let mut outcome = self.load(&current, force);
+        // A certificate and its key are two files, rarely replaced at the same instant:
+        // a pair that does not match yet is given a moment to settle before it is refused.
+        let settle_until = tokio::time::Instant::now() + PAIR_SETTLE;
+        if outcome.as_ref().is_err_and(only_unsettled_pairs) {
+            tracing::info!(
+                trigger,
+                "a certificate and its key do not match yet: waiting for the pair to settle"
+            );
+        }
+        while outcome.as_ref().is_err_and(only_unsettled_pairs)
+            && tokio::time::Instant::now() < settle_until
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            outcome = self.load(&current, force);
+        }
         let mut status = self.status();
         status.trigger = trigger.to_string();
         status.at = unix_now();
@@ -198,6 +221,16 @@ impl Reloader {
                 Err(e)
             }
         }
+    }
+
+    /// The config file compiled, or None when it (and every file it names) is what
+    /// `current` was built from and `force` is not set.
+    fn load(&self, current: &Snapshot, force: bool) -> Result<Option<Snapshot>, ConfigError> {
+        let src = Source::load(&self.inner.path)?;
+        if !force && built_from(&src, current) {
+            return Ok(None);
+        }
+        compile_with(&src, &self.inner.stores, &self.inner.telemetry.metrics).map(Some)
     }
 
     fn set_status(&self, status: ReloadStatus) {
