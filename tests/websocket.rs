@@ -73,7 +73,7 @@ fn gateway(ws: &EchoServer, dir: &std::path::Path) -> Gateway {
     let secret = dir.join("hs.secret");
     std::fs::write(&secret, SECRET).unwrap();
     Gateway::start(&format!(
-        r#"server: {{ threads: 2 }}
+        r#"server: {{ threads: 2, timeouts: {{ send: 1s }} }}
 upstreams:
   ws: {{ targets: ["{addr}"] }}
 auth:
@@ -253,6 +253,31 @@ fn a_silent_tunnel_is_closed_after_the_routes_idle_timeout() {
         .await;
         assert!(ended.is_ok(), "the silent tunnel stayed open");
     });
+}
+
+/// A tunnel whose client sends but never reads: the echoes pile up until writing to the
+/// client makes no progress for `server.timeouts.send`, and the tunnel is closed, freeing
+/// both sides (it was held for good).
+#[test]
+fn a_tunnel_whose_client_stops_reading_is_closed() {
+    let ws = echo_server();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&ws, dir.path());
+    let open = || metric(&gw, "portico_upgraded_connections");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = format!("ws://{}/live", gw.proxy);
+    let (socket, _) = rt.block_on(tokio_tungstenite::connect_async(url)).unwrap();
+    let (mut sink, _stream) = socket.split();
+    // Sends until the tunnel refuses more; `_stream` is never read.
+    let sender = rt.spawn(async move {
+        let chunk = vec![7u8; 256 * 1024];
+        while sink.send(Message::binary(chunk.clone())).await.is_ok() {}
+    });
+    let opened = wait_until(Duration::from_secs(10), || open() == 1.0);
+    assert!(opened.is_some(), "{}", gw.log());
+    let closed = wait_until(Duration::from_secs(30), || open() == 0.0);
+    sender.abort();
+    assert!(closed.is_some(), "the stalled tunnel is still open");
 }
 
 /// An upgrade on a cache route bypasses the cache: it is never answered from it, and it
