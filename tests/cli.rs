@@ -153,6 +153,23 @@ fn check_and_route_print_only_their_own_findings() {
     assert!(out.contains("refused: 1 error\n"), "{out}");
 }
 
+/// Every problem at once: an unknown upstream is reported beside an unknown key and a bad
+/// duration (the file's remaining parts are checked as a whole config).
+#[test]
+fn semantic_errors_come_with_the_key_errors() {
+    let body = "upstreams:\n  svc: { targets: [\"127.0.0.1:9\"], health_check: { path: /h, interval: 2 } }\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: missing, bogus: 1 }\n";
+    let (code, out) = check(body);
+    assert_eq!(code, 1, "{out}");
+    for what in [
+        "invalid duration `2`",
+        "unknown upstream `missing`",
+        "unknown field `bogus`",
+        "refused: 3 errors",
+    ] {
+        assert!(out.contains(what), "`{what}` in:\n{out}");
+    }
+}
+
 /// Action keys are counted: none, or all three, is one error naming them.
 #[test]
 fn a_route_does_exactly_one_thing() {

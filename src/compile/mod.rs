@@ -23,8 +23,29 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Loads, checks and compiles a config file with fresh state (for `check` and tools).
+/// Loads and compiles a config file. When it does not parse, the part that does is checked
+/// too, so every problem is reported at once (an unknown upstream beside an unknown key).
 pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
-    compile(&Source::load(path)?)
+    match Source::load(path) {
+        Ok(src) => compile(&src),
+        Err(e) => Err(with_semantic_errors(e, path)),
+    }
+}
+
+/// `e`, and what compiling the repaired rest of the file finds elsewhere.
+fn with_semantic_errors(mut e: ConfigError, path: &Path) -> ConfigError {
+    let Some(src) = Source::repaired(path) else {
+        return e;
+    };
+    let Err(more) = compile(&src) else { return e };
+    let places: Vec<_> = e.0.iter().map(|d| (d.pos.line, d.pos.col)).collect();
+    let new = more
+        .0
+        .into_iter()
+        .filter(|d| d.severity == crate::diag::Severity::Error);
+    e.0.extend(new.filter(|d| !places.contains(&(d.pos.line, d.pos.col))));
+    e.0.sort_by_key(|d| (d.pos.line, d.pos.col));
+    e
 }
 
 /// Checks and compiles with fresh state and metrics (for `check` and tools).

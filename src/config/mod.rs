@@ -45,6 +45,20 @@ impl Source {
         }
     }
 
+    /// When `path` does not parse: its config with the parts the schema refuses taken out,
+    /// for the checks that need a whole config (see [`all_errors::repaired`]).
+    pub fn repaired(path: &Path) -> Option<Source> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let text = env::expand(&text, |name| std::env::var(name).ok()).ok()?;
+        let raw = all_errors::repaired(&text)?;
+        Some(Source {
+            path: path.to_path_buf(),
+            locator: Locator::new(&text),
+            raw,
+            hash: String::new(),
+        })
+    }
+
     /// Parses a config whose `${VAR}` references are already expanded.
     fn parse_expanded(path: &Path, text: String) -> Result<Source, ConfigError> {
         let locator = Locator::new(&text);
