@@ -303,7 +303,8 @@ fn admin_to_ask(
             })?
         }
     };
-    let text = text.trim();
+    // The file holds the address, then the pid of the process that wrote it.
+    let text = text.split_whitespace().next().unwrap_or_default();
     text.parse()
         .with_context(|| format!("admin address `{text}`"))
 }

@@ -153,21 +153,27 @@ fn check_and_route_print_only_their_own_findings() {
     assert!(out.contains("refused: 1 error\n"), "{out}");
 }
 
-/// Every problem at once: an unknown upstream is reported beside an unknown key and a bad
-/// duration (the file's remaining parts are checked as a whole config).
+/// Every problem at once: an unknown upstream is reported beside unknown keys (the file
+/// without them is checked as a whole config). A part that is wrong otherwise is not taken
+/// out for that check: a limit missing `per` is not also an "unknown rate limit".
 #[test]
 fn semantic_errors_come_with_the_key_errors() {
-    let body = "upstreams:\n  svc: { targets: [\"127.0.0.1:9\"], health_check: { path: /h, interval: 2 } }\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: missing, bogus: 1 }\n";
+    let body = "upstreams:\n  svc: { targets: [\"127.0.0.1:9\"], bogus_key: 1 }\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: missing, bogus: 1 }\n";
     let (code, out) = check(body);
     assert_eq!(code, 1, "{out}");
     for what in [
-        "invalid duration `2`",
+        "unknown field `bogus_key`",
         "unknown upstream `missing`",
         "unknown field `bogus`",
         "refused: 3 errors",
     ] {
         assert!(out.contains(what), "`{what}` in:\n{out}");
     }
+    let body = "rate_limits:\n  api: { requests: 10 }\nroutes:\n  - { name: r, match: { path: / }, respond: { text: a }, rate_limit: api, bogus: 1 }\n";
+    let (code, out) = check(body);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("missing field"), "{out}");
+    assert!(!out.contains("unknown rate limit"), "{out}");
 }
 
 /// Action keys are counted: none, or all three, is one error naming them.

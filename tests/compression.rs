@@ -219,3 +219,20 @@ fn one_cached_entry_serves_compressed_and_plain_clients() {
     let fetched = s.up.seen().iter().filter(|x| x.uri == "/c/doc").count();
     assert_eq!(fetched, 1, "one upstream fetch served all three");
 }
+
+/// A stored entry the upstream confirms (304) is sent by Pingora without a body chunk
+/// marked last, so no encoder could close its stream: it goes out plain and whole.
+#[test]
+fn a_revalidated_entry_is_sent_plain_and_whole() {
+    let s = setup();
+    let pad = "p".repeat(1200);
+    let path = format!("/c/echo?h_cache-control=no-cache&etag=v1&pad={pad}");
+    let first = get(&s.gw, &path, Some("gzip"));
+    assert_eq!(header(&first, "x-cache").as_deref(), Some("MISS"));
+    assert_eq!(header(&first, "content-encoding").as_deref(), Some("gzip"));
+    let stored = decode("gzip", &first.bytes().unwrap());
+    let again = get(&s.gw, &path, Some("gzip"));
+    assert_eq!(header(&again, "x-cache").as_deref(), Some("REVALIDATED"));
+    assert_eq!(header(&again, "content-encoding"), None);
+    assert_eq!(again.text().unwrap(), stored);
+}

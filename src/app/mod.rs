@@ -127,7 +127,7 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
     // limit): to Pingora the TLS port is a plain TCP listener.
     let tls_listener = match tls_addr {
         Some(addr) => Some(TlsListener {
-            port: addr.port(),
+            addr,
             acceptor: tls::settings(holder.clone())?.build(),
         }),
         None => None,
@@ -205,7 +205,10 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
             tracing::warn!(file, error = %e, "cannot write the pid file");
         }
     }
-    if let Err(e) = std::fs::write(admin_file(), &admin_addr) {
+    // The address, then our pid: after `run --upgrade` only the process that wrote it
+    // removes it.
+    let record = format!("{admin_addr} {}\n", std::process::id());
+    if let Err(e) = std::fs::write(admin_file(), record) {
         tracing::warn!(file = %admin_file().display(), error = %e, "cannot write the admin address file");
     }
     let tls_addr = tls_addr.map(|a| a.to_string());
@@ -253,8 +256,9 @@ fn finish(telemetry: &Telemetry, holder: &SnapshotHolder) {
         tracing.flush();
     }
     // After an upgrade the files name the successor: only our own are removed.
-    let ours = holder.load().settings.admin_addr.to_string();
-    if std::fs::read_to_string(admin_file()).is_ok_and(|addr| addr.trim() == ours) {
+    let ours = std::process::id().to_string();
+    let written = std::fs::read_to_string(admin_file());
+    if written.is_ok_and(|record| record.split_whitespace().nth(1) == Some(ours.as_str())) {
         let _ = std::fs::remove_file(admin_file());
     }
     if let Some(file) = &holder.load().settings.pid_file {

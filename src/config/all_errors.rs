@@ -41,64 +41,35 @@ pub fn schema_violations(path: &Path, text: &str, locator: &Locator) -> Vec<Diag
     out
 }
 
-/// The file's config with every part the schema refuses taken out (an unknown key, a value
-/// of the wrong type or form), so the checks that need a whole config — an upstream no
-/// route may name, a policy that does not exist — can report their findings in the same
-/// pass; None when what is left is still not a config (a required part was wrong).
+/// When the schema's only complaints are unknown keys: the file's config without them, so
+/// the checks that need a whole config — an upstream no route may name, a policy that does
+/// not exist — report their findings in the same pass. None otherwise: taking out a value
+/// of the wrong type or a part missing a field would make those checks report errors the
+/// file does not have (a limit missing `per` is no unknown limit).
 pub fn repaired(text: &str) -> Option<RawConfig> {
     let yaml = serde_yaml::from_str::<serde_yaml::Value>(text).ok()?;
     let mut instance = serde_json::to_value(yaml).ok()?;
     let (_, validator) = schema();
-    // A removal can uncover nothing new, but an `anyOf` reports its branch's problems
-    // only once the outer ones are gone: a few rounds at most.
-    for _ in 0..4 {
-        let mut cuts: Vec<(String, Option<String>)> = Vec::new();
-        for error in validator.iter_errors(&instance) {
-            flatten(error, &mut |e| {
+    let mut cuts: Vec<(String, String)> = Vec::new();
+    let mut other = false;
+    for error in validator.iter_errors(&instance) {
+        flatten(error, &mut |e| match &e.kind {
+            ValidationErrorKind::AdditionalProperties { unexpected } => {
                 let at = e.instance_path.as_str().to_string();
-                match &e.kind {
-                    ValidationErrorKind::AdditionalProperties { unexpected } => {
-                        cuts.extend(unexpected.iter().map(|k| (at.clone(), Some(k.clone()))));
-                    }
-                    _ => cuts.push((at, None)),
-                }
-            });
-        }
-        if cuts.is_empty() {
-            break;
-        }
-        for (at, key) in cuts {
-            cut(&mut instance, &at, key.as_deref());
+                cuts.extend(unexpected.iter().map(|k| (at.clone(), k.clone())));
+            }
+            _ => other = true,
+        });
+    }
+    if other || cuts.is_empty() {
+        return None;
+    }
+    for (at, key) in cuts {
+        if let Some(Value::Object(map)) = instance.pointer_mut(&at) {
+            map.remove(&key);
         }
     }
     serde_json::from_value(instance).ok()
-}
-
-/// Removes `key` of the object at `pointer`, or the node at `pointer` itself.
-fn cut(instance: &mut Value, pointer: &str, key: Option<&str>) {
-    if let Some(key) = key {
-        if let Some(Value::Object(map)) = instance.pointer_mut(pointer) {
-            map.remove(key);
-        }
-        return;
-    }
-    let Some((parent, last)) = pointer.rsplit_once('/') else {
-        return;
-    };
-    let last = last.replace("~1", "/").replace("~0", "~");
-    match instance.pointer_mut(parent) {
-        Some(Value::Object(map)) => {
-            map.remove(&last);
-        }
-        Some(Value::Array(items)) => {
-            if let Ok(i) = last.parse::<usize>() {
-                if i < items.len() {
-                    items[i] = Value::Null;
-                }
-            }
-        }
-        _ => {}
-    }
 }
 
 /// An `anyOf` (how an optional section is written) says only that no branch matched: its

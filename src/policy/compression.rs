@@ -13,6 +13,7 @@
 //! entry is stored as the upstream sent it and compressed per client, so one entry serves
 //! every `Accept-Encoding` (and `Vary: Accept-Encoding` is added to the client's copy only).
 
+use super::cache::REVALIDATED;
 use super::{ApiDoc, CompileCx, PolicyState, RequestInfo, Stage, Unit};
 use crate::errors::GatewayError;
 use crate::units::ByteSize;
@@ -43,7 +44,7 @@ pub struct RawCompression {
     /// Media types compressed: exact (`application/json`) or a whole type (`text/*`).
     #[serde(default = "default_types")]
     pub types: Vec<String>,
-    /// Level per coding: gzip 1-9, br 1-11, zstd 1-22.
+    /// Level per coding: gzip 1-9, br 1-11, zstd 1-12.
     #[serde(default)]
     pub level: RawLevels,
 }
@@ -55,7 +56,7 @@ pub struct RawLevels {
     pub gzip: Option<u32>,
     /// brotli level, 1-11 (default 4).
     pub br: Option<u32>,
-    /// zstd level, 1-22 (default 3).
+    /// zstd level, 1-12 (default 3; higher levels take tens of MB or more per response).
     pub zstd: Option<u32>,
 }
 
@@ -110,7 +111,8 @@ pub enum State {
 const CODINGS: [(&str, Algorithm, u32, u32); 3] = [
     ("gzip", Algorithm::Gzip, 9, 5),
     ("br", Algorithm::Brotli, 11, 4),
-    ("zstd", Algorithm::Zstd, 22, 3),
+    // Above 12, zstd's window and tables take tens to hundreds of MB per response.
+    ("zstd", Algorithm::Zstd, 12, 3),
 ];
 
 /// The q-value an `Accept-Encoding` gives `name` (explicitly, else through `*`), or None
@@ -168,8 +170,10 @@ impl Compression {
             .unwrap_or_default()
             .trim()
             .to_ascii_lowercase();
-        // gRPC frames its own messages (and compresses them itself).
+        // gRPC frames its own messages (and compresses them itself); server-sent events
+        // must reach the client as each is written, and an encoder holds small writes back.
         !media.starts_with("application/grpc")
+            && media != "text/event-stream"
             && self
                 .types
                 .iter()
@@ -370,6 +374,12 @@ impl Unit for Compression {
             return Ok(());
         }
         vary_on_accept_encoding(resp)?;
+        // A revalidated entry is sent by Pingora without a last body chunk marked as the
+        // end (the response just ends), so an encoder could not close its stream: plain.
+        if state.cache.result == Some(REVALIDATED) {
+            state.compression = State::Off;
+            return Ok(());
+        }
         let State::Accepts(algorithm, level) = state.compression else {
             return Ok(());
         };
@@ -550,6 +560,10 @@ mod tests {
         assert!(!p.applies(&response("application/json", Some(99))));
         assert!(!p.applies(&response("image/png", Some(5000))));
         assert!(!p.applies(&response("application/grpc", None)));
+        assert!(
+            !p.applies(&response("text/event-stream", None)),
+            "events stream as written"
+        );
         let mut gz = response("text/plain", None);
         gz.insert_header(CONTENT_ENCODING, "gzip").unwrap();
         assert!(!p.applies(&gz));
@@ -579,6 +593,8 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused() {
+        let (_, errors) = compiled("{ level: { zstd: 13 } }");
+        assert_eq!(errors, ["zstd level 13 is out of range"]);
         let (policy, errors) =
             compiled("{ algorithms: [gzip, lz4, gzip], level: { gzip: 12 }, types: [json] }");
         assert!(policy.is_none());

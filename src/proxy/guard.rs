@@ -117,15 +117,16 @@ pub fn h2_stream(digest: Option<&SocketDigest>, max: usize) {
     }
 }
 
-/// Forgets a connection's entry however its call ends.
-struct Registered(ConnKey);
+/// Forgets a connection's entry however its call ends (only its own: a new connection
+/// from the same address may have taken the key).
+struct Registered(ConnKey, Arc<H2Conn>);
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        h2_conns()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.0);
+        let mut conns = h2_conns().lock().unwrap_or_else(|e| e.into_inner());
+        if conns.get(&self.0).is_some_and(|c| Arc::ptr_eq(c, &self.1)) {
+            conns.remove(&self.0);
+        }
     }
 }
 
@@ -138,10 +139,19 @@ pub fn request_done() {
     });
 }
 
-/// The TLS listener's port, and how its connections' handshakes are made.
+/// The TLS listener's address, and how its connections' handshakes are made.
 pub struct TlsListener {
-    pub port: u16,
+    pub addr: SocketAddr,
     pub acceptor: Acceptor,
+}
+
+impl TlsListener {
+    /// Whether a connection accepted at `local` came in on this listener (one on every
+    /// address, `0.0.0.0:8443`, is told by its port).
+    fn accepted(&self, local: &SocketAddr) -> bool {
+        local.port() == self.addr.port()
+            && (self.addr.ip().is_unspecified() || local.ip() == self.addr.ip())
+    }
 }
 
 pub struct Guarded<A> {
@@ -227,10 +237,11 @@ impl<A: ServerApp + Send + Sync + 'static> Guarded<A> {
         let Some(tls) = &self.tls else {
             return Some(stream);
         };
-        let local = stream
-            .get_socket_digest()
-            .and_then(|d| d.local_addr().cloned());
-        if local.and_then(|a| a.as_inet().map(|a| a.port())) != Some(tls.port) {
+        let digest = stream.get_socket_digest();
+        let local = digest
+            .as_ref()
+            .and_then(|d| d.local_addr()?.as_inet().copied());
+        if !local.is_some_and(|l| tls.accepted(&l)) {
             return Some(stream);
         }
         // Pingora's listener gives the TCP stream boxed; its handshake takes it as it is.
@@ -274,7 +285,7 @@ impl<A: ServerApp + Send + Sync + 'static> Guarded<A> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, conn.clone());
-        let _registered = Registered(key);
+        let _registered = Registered(key, conn.clone());
         let serve = self.inner.process_new(stream, &stopped);
         tokio::pin!(serve);
         let mut process = shutdown.clone();

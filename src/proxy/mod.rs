@@ -63,13 +63,16 @@ fn is_absolute_http(target: &[u8]) -> bool {
 }
 
 /// Resolves when the client closes or resets while it waits for its answer (bytes it
-/// sends meanwhile, a pipelined request, end the watch).
+/// sends meanwhile, a pipelined request, end the watch). Not watched while a request body
+/// is unread: the watch reads the connection, and would take the body's first byte.
 async fn client_gone(session: &mut Session) {
-    if session
-        .as_downstream_mut()
-        .read_body_or_idle(true)
-        .await
-        .is_ok()
+    let watchable = session.is_body_done();
+    if !watchable
+        || session
+            .as_downstream_mut()
+            .read_body_or_idle(true)
+            .await
+            .is_ok()
     {
         std::future::pending::<()>().await;
     }

@@ -202,7 +202,7 @@ pub fn status(cache: &HttpCache) -> &'static str {
     match cache.phase() {
         CachePhase::Hit => "HIT",
         CachePhase::Stale | CachePhase::StaleUpdating => "STALE",
-        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "REVALIDATED",
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => REVALIDATED,
         // Looked up, then fetched (a response that may not be stored is disabled after).
         CachePhase::Miss | CachePhase::Expired => "MISS",
         CachePhase::Disabled(NoCacheReason::NeverEnabled) => "BYPASS",
@@ -246,6 +246,9 @@ pub const UNKEYED: [&str; 11] = [
     "x-http-method",
     "x-method-override",
 ];
+
+/// `X-Cache` of an entry the upstream confirmed (304) and the cache then serves.
+pub const REVALIDATED: &str = "REVALIDATED";
 
 /// Says what the cache did with a request.
 pub const X_CACHE: &str = "x-cache";
