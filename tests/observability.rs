@@ -421,26 +421,9 @@ fn admin_api_shows_config_routes_and_upstreams_without_secrets() {
 /// Answers every connection (for at most 10 s) with a response head that does not parse,
 /// echoing a cookie: what a hostile or broken upstream sends.
 fn broken_upstream() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            let Ok((mut conn, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            };
-            use std::io::{Read, Write};
-            conn.set_nonblocking(false).unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf);
-            let _ = conn.write_all(
-                b"HTTP/1.1 200 OK\r\nSet-Cookie: session=ECHOED-SECRET\r\nbroken header line\r\n\r\n",
-            );
-        }
-    });
-    addr
+    scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: session=ECHOED-SECRET\r\nbroken header line\r\n\r\n",
+    )
 }
 
 /// What an operator reads during an incident: a malformed answer has its own code, and the
@@ -468,10 +451,16 @@ routes:
             .collect()
     };
     let find = |message: &str| records().into_iter().find(|r| r["message"] == message);
-    // The request's line is written once its answer is out; the health check runs apart.
+    // The request's lines (its failure, then the breaker's) are written once its answer is
+    // out; the health check runs apart.
     let logged = wait_until(Duration::from_secs(10), || {
-        find("target unhealthy: removed from balancing").is_some()
-            && find("request failed").is_some()
+        [
+            "target unhealthy: removed from balancing",
+            "request failed",
+            "circuit opened",
+        ]
+        .iter()
+        .all(|m| find(m).is_some())
     });
     assert!(logged.is_some(), "{}", gw.log());
     let failed = find("request failed").unwrap();

@@ -761,29 +761,6 @@ routes:
     assert_eq!(ok.status(), 200, "still serving after hostile input");
 }
 
-/// An upstream that answers every request on its connections with `head` and `body`,
-/// whatever the path (for at most 10 s).
-fn scripted_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            let Ok((mut conn, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            };
-            use std::io::{Read, Write};
-            conn.set_nonblocking(false).unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf);
-            let _ = conn.write_all(answer);
-        }
-    });
-    addr
-}
-
 /// RFC 9110 §8.6: repeated Content-Length values that agree (two headers, or a list) are
 /// one length; values that disagree are a framing the gateway cannot trust: 502.
 #[test]
