@@ -23,7 +23,7 @@ use http::header::{
     CONTENT_TYPE, ETAG, TRANSFER_ENCODING, VARY,
 };
 use http::{HeaderName, HeaderValue, Method, Version};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::compression::{Algorithm, Encode};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -365,7 +365,6 @@ impl Unit for Compression {
 
     fn on_proxied_response(
         &self,
-        _req: &RequestHeader,
         resp: &mut ResponseHeader,
         state: &mut PolicyState,
     ) -> pingora::Result<()> {

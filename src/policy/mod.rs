@@ -191,7 +191,6 @@ pub trait Unit: Send + Sync {
     /// may prepare work on its body.
     fn on_proxied_response(
         &self,
-        _req: &RequestHeader,
         _resp: &mut ResponseHeader,
         _state: &mut PolicyState,
     ) -> Result<()> {

@@ -2,7 +2,7 @@
 //! by every phase, so a reload never mixes two configs in one request.
 
 use crate::errors::GatewayError;
-use crate::policy::{PolicyState, RequestInfo};
+use crate::policy::{Policy, PolicyState, RequestInfo};
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{Pick, Target, Upstream};
 use pingora::{Error, ErrorType};
@@ -102,6 +102,19 @@ impl Ctx {
 
     pub fn route(&self) -> Option<&Route> {
         self.route.map(|i| &self.snapshot.routes[i])
+    }
+
+    /// The route's policies (none before routing) beside the state they write: one borrow
+    /// of the snapshot, one of the state.
+    pub fn policies_and_state(&mut self) -> (&[Policy], &mut PolicyState) {
+        let Ctx {
+            snapshot,
+            policy,
+            route,
+            ..
+        } = self;
+        let policies = route.map_or(&[][..], |i| &snapshot.routes[i].policies[..]);
+        (policies, policy)
     }
 
     pub fn upstream(&self) -> Option<&Arc<Upstream>> {

@@ -703,16 +703,9 @@ impl ProxyHttp for Gateway {
             }
             ctx.policy.cache.result = Some(result);
         }
-        if let Some(index) = ctx.route {
-            // Split borrows: the route's policies read the snapshot and write their state.
-            let Ctx {
-                snapshot, policy, ..
-            } = &mut **ctx;
-            let req = session.req_header();
-            for p in &snapshot.routes[index].policies {
-                p.unit()
-                    .on_proxied_response(req, upstream_response, policy)?;
-            }
+        let (policies, state) = ctx.policies_and_state();
+        for p in policies {
+            p.unit().on_proxied_response(upstream_response, state)?;
         }
         respond::decorate(upstream_response, ctx)
     }
@@ -844,13 +837,9 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Box<Ctx>,
     ) -> Result<Option<Duration>> {
-        if let Some(index) = ctx.route {
-            let Ctx {
-                snapshot, policy, ..
-            } = &mut **ctx;
-            for p in &snapshot.routes[index].policies {
-                p.unit().on_response_body(body, end_of_stream, policy)?;
-            }
+        let (policies, state) = ctx.policies_and_state();
+        for p in policies {
+            p.unit().on_response_body(body, end_of_stream, state)?;
         }
         Ok(None)
     }
