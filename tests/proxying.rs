@@ -809,3 +809,39 @@ routes:
     assert_eq!(r.status, 502, "{}", r.head);
     assert!(r.body.contains("upstream_bad_response"), "{}", r.body);
 }
+
+/// An upstream that reads a request, then sends its answer's head a byte every 100 ms
+/// without end (each read is quick, the head never completes), until the socket is shut.
+fn trickling_upstream() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = conn.read(&mut buf);
+        let head = b"HTTP/1.1 200 OK\r\nX-Slow: "
+            .iter()
+            .chain(std::iter::repeat(&b'a'));
+        // Bounded: 60 s of bytes at most, far past the client's own timeout.
+        for byte in head.take(600) {
+            if conn.write_all(&[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_route_timeout_bounds_a_response_head_that_trickles_in() {
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  slow: {{ targets: [\"{}\"], timeouts: {{ read: 1s }} }}\nroutes:\n  - {{ name: slow, match: {{ path_prefix: / }}, upstream: slow, timeout: 2s }}\n",
+        trickling_upstream()
+    ));
+    assert_json_error(
+        client().get(gw.url("/x")).send().unwrap(),
+        504,
+        "route_timeout",
+    );
+}

@@ -46,6 +46,8 @@ pub struct UpstreamTry {
     pub status: Option<u16>,
     /// The last connection attempt failed in its TLS handshake.
     pub tls_failed: bool,
+    /// Ends the connection at the route deadline, while the upstream owes an answer.
+    pub watchdog: Option<super::deadline::Watchdog>,
 }
 
 pub struct Ctx {

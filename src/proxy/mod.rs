@@ -4,6 +4,7 @@
 
 mod access;
 pub mod ctx;
+mod deadline;
 pub mod forwarding;
 mod framing;
 pub mod guard;
@@ -674,6 +675,10 @@ impl ProxyHttp for Gateway {
             trace.answered(upstream_response.status.as_u16());
         }
         ctx.upstream.time = ctx.upstream.sent.map(|t| t.elapsed());
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // Upgraded: the tunnel is not under the route timeout.
+            ctx.upstream.watchdog = None;
+        }
         if ctx.past_deadline() {
             return Err(ctx.fail(GatewayError::RouteTimeout));
         }
@@ -848,14 +853,37 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Box<Ctx>,
     ) -> Result<Option<Duration>> {
         // The route timeout bounds getting the 101, not the tunnel after it.
         if ctx.past_deadline() && !session.was_upgraded() {
             return Err(ctx.fail(GatewayError::RouteTimeout));
         }
+        if end_of_stream {
+            // Answered in time: the connection may go back to the pool.
+            ctx.upstream.watchdog = None;
+        }
         Ok(None)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<()> {
+        // A retry's new connection replaces the last one's watchdog.
+        ctx.upstream.watchdog = None;
+        if let Some(deadline) = ctx.upstream.deadline {
+            if !ctx.upstream().is_some_and(|u| u.h2) {
+                ctx.upstream.watchdog = deadline::arm(fd, deadline);
+            }
+        }
+        Ok(())
     }
 
     async fn fail_to_proxy(
