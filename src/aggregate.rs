@@ -5,6 +5,7 @@
 //! fails the answer (502/504 naming it); an optional one is left out and named in
 //! `X-Portico-Partial`.
 
+use crate::descriptors::Descriptors;
 use crate::diag::{lookup, Diags};
 use crate::errors::GatewayError;
 use crate::router::template::{encode_segment as encode, placeholders, Piece as Part};
@@ -179,6 +180,8 @@ pub enum CallError {
     NotJson,
     NotObject,
     TooLarge,
+    /// The upstream connections' share of descriptors is taken.
+    Overloaded,
 }
 
 impl CallError {
@@ -193,6 +196,7 @@ impl CallError {
             CallError::NotJson => "not_json",
             CallError::NotObject => "not_object",
             CallError::TooLarge => "too_large",
+            CallError::Overloaded => "overloaded",
         }
     }
 
@@ -207,6 +211,9 @@ impl CallError {
             CallError::NotJson => "its body is not JSON".into(),
             CallError::NotObject => "its body is not a JSON object, so it cannot be merged".into(),
             CallError::TooLarge => format!("its body is over {max_body} bytes"),
+            CallError::Overloaded => {
+                "the gateway holds as many upstream connections as it may".into()
+            }
         }
     }
 }
@@ -332,11 +339,16 @@ impl Call {
     /// does), the body read whole up to `max_body`.
     async fn fetch(
         &self,
-        connector: &Connector,
+        link: &Link<'_>,
         req: &RequestHeader,
         deadline: Instant,
         max_body: u64,
     ) -> Result<Value, CallError> {
+        let connector = link.connector;
+        let _descriptor = link
+            .descriptors
+            .upstream(link.max_connections)
+            .ok_or(CallError::Overloaded)?;
         let up = &self.upstream;
         let mut tried = Vec::new();
         loop {
@@ -390,6 +402,14 @@ impl Call {
             return self.shape(value);
         }
     }
+}
+
+/// How calls reach their upstreams: pooled connections, each holding a descriptor from the
+/// upstream connections' share (see `descriptors`).
+pub struct Link<'a> {
+    pub connector: &'a Connector,
+    pub descriptors: &'a Arc<Descriptors>,
+    pub max_connections: usize,
 }
 
 /// A call's request in the upstream session's own version, never the client's: an HTTP/2
@@ -450,7 +470,7 @@ impl Aggregate {
     /// to its own path.
     pub async fn run(
         &self,
-        connector: &Connector,
+        link: &Link<'_>,
         base: &RequestHeader,
         values: &Values<'_>,
     ) -> Result<Answer, GatewayError> {
@@ -463,7 +483,7 @@ impl Aggregate {
             }
             let limit = call.timeout.unwrap_or(self.timeout).min(self.timeout);
             let deadline = started + limit;
-            let result = call.fetch(connector, &req, deadline, self.max_body).await;
+            let result = call.fetch(link, &req, deadline, self.max_body).await;
             let m = &call.metrics;
             let outcome = result.as_ref().err().map_or("ok", |e| e.outcome());
             m.calls

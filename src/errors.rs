@@ -117,6 +117,8 @@ pub enum GatewayError {
     UpstreamBadResponse,
     UpstreamTimeout,
     RouteTimeout,
+    /// The upstream connections' share of descriptors is taken (see `proxy::descriptors`).
+    Overloaded,
     Internal,
 }
 
@@ -137,7 +139,8 @@ impl GatewayError {
             | GatewayError::UpstreamBadResponse => 502,
             GatewayError::NoUpstreamAvailable
             | GatewayError::NoHealthyUpstream
-            | GatewayError::CircuitOpen => 503,
+            | GatewayError::CircuitOpen
+            | GatewayError::Overloaded => 503,
             GatewayError::UpstreamTimeout | GatewayError::RouteTimeout => 504,
             GatewayError::Internal => 500,
         }
@@ -162,6 +165,7 @@ impl GatewayError {
             GatewayError::UpstreamBadResponse => "upstream_bad_response",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::RouteTimeout => "route_timeout",
+            GatewayError::Overloaded => "gateway_overloaded",
             GatewayError::Internal => "internal_error",
         }
     }
@@ -199,6 +203,9 @@ impl GatewayError {
                     .into()
             }
             GatewayError::RouteTimeout => "the request exceeded the route's time limit".into(),
+            GatewayError::Overloaded => {
+                "the gateway holds as many upstream connections as it may; retry shortly".into()
+            }
             GatewayError::Internal => "the gateway failed to handle the request".into(),
         }
     }
@@ -260,6 +267,9 @@ impl GatewayError {
         match self {
             GatewayError::MethodNotAllowed { allow } => {
                 let _ = header.insert_header(http::header::ALLOW, allow.as_str());
+            }
+            GatewayError::Overloaded => {
+                let _ = header.insert_header(http::header::RETRY_AFTER, "1");
             }
             GatewayError::Refused(r) => {
                 for (name, value) in &r.headers {

@@ -10,6 +10,7 @@ pub mod app;
 pub mod bounded;
 pub mod compile;
 pub mod config;
+pub mod descriptors;
 pub mod diag;
 pub mod diff;
 pub mod errors;

@@ -39,6 +39,7 @@ pub struct Settings {
     pub send_timeout: Duration,
     pub max_connections: usize,
     pub max_requests_per_connection: usize,
+    pub max_streams_per_connection: u32,
 }
 
 impl Settings {
@@ -72,6 +73,12 @@ impl Settings {
         }
         if a.upgrade_socket != b.upgrade_socket || a.pid_file != b.pid_file {
             out.push("server.upgrade_socket/pid_file".to_string());
+        }
+        if a.max_streams_per_connection != b.max_streams_per_connection {
+            out.push(format!(
+                "server.max_streams_per_connection: {} → {}",
+                a.max_streams_per_connection, b.max_streams_per_connection
+            ));
         }
         if a.log_format != b.log_format {
             out.push("server.log_format".to_string());

@@ -261,3 +261,118 @@ fn an_http2_stream_at_window_zero_is_let_go() {
         assert!(freed.is_some(), "the stream at window 0 is still held");
     });
 }
+
+/// An upstream that holds every request it reads until `release` is set (or 30 s pass),
+/// then answers 200; `held` counts the requests it holds.
+struct GatedUpstream {
+    addr: std::net::SocketAddr,
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    release: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl GatedUpstream {
+    fn start() -> GatedUpstream {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(AtomicBool::new(false));
+        let (h, r) = (held.clone(), release.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let (Ok(mut conn), h, r) = (conn, h.clone(), r.clone()) else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    if conn.read(&mut buf).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let until = Instant::now() + Duration::from_secs(30);
+                    while !r.load(Ordering::SeqCst) && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    );
+                });
+            }
+        });
+        GatedUpstream {
+            addr,
+            held,
+            release,
+        }
+    }
+}
+
+/// `ulimit -n 1024` and `max_connections: 100`: the reserve (256 + two idle pools of 128)
+/// leaves 512 descriptors, 100 for clients and 412 for upstream connections. Ten HTTP/2
+/// connections of 100 slow streams each get 412 upstream connections and 588 answers of
+/// 503 at once; a new client and the admin port are served meanwhile, and nothing runs
+/// out of descriptors.
+#[test]
+fn upstream_connections_keep_to_their_share_of_descriptors() {
+    use std::sync::atomic::Ordering;
+    let up = GatedUpstream::start();
+    let gw = Gateway::start_with_fd_limit(
+        1024,
+        &format!(
+            "  h2c: true\nserver: {{ threads: 1, max_connections: 100 }}\nupstreams:\n  slow: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: ping, match: {{ path: /ping }}, respond: {{ status: 200, text: pong }} }}\n  - {{ name: slow, match: {{ path_prefix: / }}, upstream: slow }}\n",
+            up.addr
+        ),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<u16>();
+    rt.block_on(async {
+        for c in 0..10 {
+            let tcp = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+            let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(connection);
+            for s in 0..100 {
+                let mut client = client.clone().ready().await.unwrap();
+                let req = http::Request::get(format!("http://{}/s/{c}/{s}", gw.proxy))
+                    .body(())
+                    .unwrap();
+                let (response, _) = client.send_request(req, true).unwrap();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let status = response.await.map_or(0, |r| r.status().as_u16());
+                    let _ = tx.send(status);
+                });
+            }
+        }
+    });
+    let mut statuses = Vec::new();
+    let refused = wait_until(Duration::from_secs(30), || {
+        statuses.extend(rx.try_iter());
+        up.held.load(Ordering::SeqCst) == 412 && statuses.len() == 588
+    });
+    assert!(
+        refused.is_some(),
+        "{} held, {} answered:\n{}",
+        up.held.load(Ordering::SeqCst),
+        statuses.len(),
+        gw.log()
+    );
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+    // Headroom: a new client, a route with no upstream, and the admin port still work.
+    let c = client();
+    let ping = c.get(gw.url("/ping")).send().unwrap();
+    assert_eq!(ping.status(), 200);
+    assert_eq!(c.get(gw.admin_url("/health")).send().unwrap().status(), 200);
+    let busy = c.get(gw.url("/more")).send().unwrap();
+    assert_eq!(busy.headers()["retry-after"], "1");
+    assert_json_error(busy, 503, "gateway_overloaded");
+    up.release.store(true, Ordering::SeqCst);
+    let done = wait_until(Duration::from_secs(30), || {
+        statuses.extend(rx.try_iter());
+        statuses.len() == 1000
+    });
+    assert!(done.is_some(), "{} answered", statuses.len());
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 412);
+    assert!(!gw.log().contains("Too many open files"), "{}", gw.log());
+    drop(rt);
+}

@@ -10,9 +10,10 @@ mod tls;
 
 use crate::compile::compile_with;
 use crate::config::{ConfigError, Source};
+use crate::descriptors::{self, Descriptors};
 use crate::proxy::guard::{Guarded, TlsListener};
 use crate::proxy::Gateway;
-use crate::snapshot::{Snapshot, SnapshotHolder};
+use crate::snapshot::{Settings, Snapshot, SnapshotHolder};
 use crate::state::Stores;
 use crate::telemetry::Telemetry;
 use admin::Admin;
@@ -71,6 +72,29 @@ fn server_conf(snapshot: &Snapshot) -> ServerConf {
     }
 }
 
+/// Descriptors the process holds whatever the traffic: stdio, listeners, runtimes, the
+/// admin port's clients, Redis, logs, the config watcher, health probes.
+const FIXED_DESCRIPTORS: usize = 256;
+
+/// Raises the descriptor limit and splits it (see `descriptors`): the reserve is the fixed
+/// part plus the idle connections Pingora's pools may keep (the proxy's, and the
+/// aggregate calls' connector's).
+fn split_descriptors(conf: &ServerConf, settings: &Settings) -> Arc<Descriptors> {
+    let limit = descriptors::raise_limit();
+    let pools = conf.upstream_keepalive_pool_size * (conf.threads + 1);
+    let descriptors = Descriptors::new(limit, FIXED_DESCRIPTORS + pools);
+    let (clients, upstream) = descriptors.shares(settings.max_connections);
+    tracing::info!(limit, clients, upstream, "file descriptors split");
+    if clients < settings.max_connections {
+        tracing::warn!(
+            "server.max_connections {} is more than {limit} descriptors allow: at most {clients} \
+             client connections will be open (raise `ulimit -n` for more)",
+            settings.max_connections
+        );
+    }
+    descriptors
+}
+
 /// Loads the config and builds the server; extra services (the demo's) can be added
 /// before [`serve`].
 pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
@@ -105,11 +129,13 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
     server.bootstrap();
 
     let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let descriptors = split_descriptors(&server.configuration, &holder.load().settings);
     let gateway = Gateway {
         holder: holder.clone(),
         telemetry: telemetry.clone(),
         connector: pingora::connectors::http::Connector::new(None),
         in_flight: in_flight.clone(),
+        descriptors: descriptors.clone(),
     };
     let mut app = pingora::proxy::http_proxy(&server.configuration, gateway);
     let (h2c, idle) = {
@@ -122,6 +148,9 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
     // open for `server.timeouts.idle` is closed by Pingora.
     options.h2_idle_timeout = Some(idle);
     app.server_options = Some(options);
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_concurrent_streams(holder.load().settings.max_streams_per_connection);
+    app.h2_options = Some(h2);
     let tls_addr = holder.load().settings.proxy_tls_addr;
     // The guard makes TLS handshakes itself (under the header deadline and the connection
     // limit): to Pingora the TLS port is a plain TCP listener.
@@ -139,6 +168,7 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
         h2c,
         in_flight.clone(),
         tls_listener,
+        descriptors,
     );
     let mut proxy = Service::new("portico".to_string(), guarded);
     if let Some(addr) = &proxy_addr {

@@ -224,6 +224,13 @@ fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
             Some("leave it out for the default (1000)".into()),
         );
     }
+    if server.max_streams_per_connection == 0 {
+        d.error(
+            "server.max_streams_per_connection",
+            "max_streams_per_connection must be at least 1",
+            Some("leave it out for the default (100)".into()),
+        );
+    }
     if server.max_connections == 0 {
         d.error(
             "server.max_connections",
@@ -263,6 +270,7 @@ fn compile_settings(d: &mut Diags, raw: &RawConfig) -> Option<Settings> {
         send_timeout: server.timeouts.send,
         max_connections: server.max_connections,
         max_requests_per_connection: server.max_requests_per_connection,
+        max_streams_per_connection: server.max_streams_per_connection,
         proxy_addr: proxy_addr?,
         proxy_tls_addr: proxy_tls_addr?,
         h2c: raw.listen.h2c,

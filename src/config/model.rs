@@ -186,6 +186,11 @@ pub struct ServerSettings {
     /// or sent GOAWAY (HTTP/2), as nginx's `keepalive_requests` does. Default 1000.
     #[serde(default = "default_max_requests_per_connection")]
     pub max_requests_per_connection: usize,
+    /// Most HTTP/2 streams one client connection may have open at once (advertised as
+    /// SETTINGS_MAX_CONCURRENT_STREAMS; more are refused). Each open stream may hold an
+    /// upstream connection. Default 100; a change needs a restart.
+    #[serde(default = "default_max_streams_per_connection")]
+    pub max_streams_per_connection: u32,
     /// Where a new process (`run --upgrade`) takes over the listening sockets (default
     /// `/tmp/portico-upgrade-PORT.sock`, PORT of `listen.proxy`: one per gateway on a host).
     pub upgrade_socket: Option<String>,
@@ -212,6 +217,7 @@ impl Default for ServerSettings {
             timeouts: ClientTimeouts::default(),
             max_connections: default_max_connections(),
             max_requests_per_connection: default_max_requests_per_connection(),
+            max_streams_per_connection: default_max_streams_per_connection(),
             upgrade_socket: None,
             pid_file: None,
             log_format: Default::default(),
@@ -227,6 +233,9 @@ fn default_shutdown_timeout() -> Duration {
 }
 fn default_max_requests_per_connection() -> usize {
     1000
+}
+fn default_max_streams_per_connection() -> u32 {
+    100
 }
 
 fn default_max_body() -> ByteSize {

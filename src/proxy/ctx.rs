@@ -48,6 +48,8 @@ pub struct UpstreamTry {
     pub tls_failed: bool,
     /// Ends the connection at the route deadline, while the upstream owes an answer.
     pub watchdog: Option<super::deadline::Watchdog>,
+    /// The descriptor the upstream connection takes (see `descriptors`).
+    pub descriptor: Option<crate::descriptors::UpstreamHeld>,
 }
 
 pub struct Ctx {

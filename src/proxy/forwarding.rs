@@ -356,6 +356,7 @@ mod tests {
             body_timeout: Duration::from_secs(1),
             max_connections: 1,
             max_requests_per_connection: 1,
+            max_streams_per_connection: 1,
             send_timeout: Duration::from_secs(1),
         }
     }

@@ -5,10 +5,12 @@
 //! request head has arrived and when the request is done, and while a head is awaited the
 //! wrapper holds a deadline — `server.timeouts.header` for the first head, `idle` for each
 //! later one (the wait included). At most `server.max_connections` client connections are
-//! open at once. Limits come from the live snapshot. A new connection is handed to Pingora
-//! once its first bytes are there, and counts as in flight until its first head is read, so
-//! shutdown never drops a client that connected just before it.
+//! open at once (fewer when descriptors are short: see `descriptors`). Limits come from the
+//! live snapshot. A new connection is handed to Pingora once its first bytes are there, and
+//! counts as in flight until its first head is read, so shutdown never drops a client that
+//! connected just before it.
 
+use crate::descriptors::{Descriptors, Held};
 use crate::snapshot::SnapshotHolder;
 use crate::telemetry::Telemetry;
 use async_trait::async_trait;
@@ -159,7 +161,8 @@ pub struct Guarded<A> {
     tls: Option<TlsListener>,
     holder: SnapshotHolder,
     telemetry: Arc<Telemetry>,
-    open: AtomicUsize,
+    /// Client connections hold a descriptor each, from their share.
+    descriptors: Arc<Descriptors>,
     /// Cleartext HTTP/2 is served (the app looks for its preface too).
     h2c: bool,
     /// Requests in flight, which a shutdown's drain waits for (see `Signals`).
@@ -174,13 +177,14 @@ impl<A> Guarded<A> {
         h2c: bool,
         in_flight: Arc<AtomicUsize>,
         tls: Option<TlsListener>,
+        descriptors: Arc<Descriptors>,
     ) -> Guarded<A> {
         Guarded {
             inner: Arc::new(inner),
             tls,
             holder,
             telemetry,
-            open: AtomicUsize::new(0),
+            descriptors,
             h2c,
             in_flight,
         }
@@ -220,12 +224,14 @@ async fn first_bytes(stream: &mut Stream, h2c: bool, within: Duration) -> Option
 }
 
 /// Uncounts an open connection however its call ends (a timeout drops the call).
-struct Open<'a>(&'a AtomicUsize, &'a Telemetry);
+struct Open<'a> {
+    _descriptor: Held<'a>,
+    telemetry: &'a Telemetry,
+}
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-        self.1.metrics.connections_open.dec();
+        self.telemetry.metrics.connections_open.dec();
     }
 }
 
@@ -317,13 +323,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         // call, so a call is a connection.
         let settings = &self.holder.load().settings;
         let metrics = &self.telemetry.metrics;
-        if self.open.fetch_add(1, Ordering::SeqCst) >= settings.max_connections {
-            self.open.fetch_sub(1, Ordering::SeqCst);
+        let Some(held) = self.descriptors.client(settings.max_connections) else {
             metrics.connections_refused.inc();
             return None;
-        }
+        };
         metrics.connections_open.inc();
-        let _open = Open(&self.open, &self.telemetry);
+        let _open = Open {
+            _descriptor: held,
+            telemetry: &self.telemetry,
+        };
         let (header, idle) = (settings.header_timeout, settings.idle_timeout);
         let mut stream = self.tls_handshake(stream, header).await?;
         if let Some(digest) = stream.get_ssl_digest() {

@@ -10,7 +10,8 @@ mod framing;
 pub mod guard;
 mod respond;
 
-use crate::aggregate::{Aggregate, Values};
+use crate::aggregate::{Aggregate, Link, Values};
+use crate::descriptors::Descriptors;
 use crate::errors::{GatewayError, X_REQUEST_ID};
 use crate::policy::cache::{self, CachePolicy};
 use crate::policy::cors;
@@ -46,6 +47,8 @@ pub struct Gateway {
     /// Requests between their head and their log line (metrics or not): what a shutdown
     /// waits for.
     pub in_flight: Arc<AtomicUsize>,
+    /// Upstream connections held by requests come from their share.
+    pub descriptors: Arc<Descriptors>,
 }
 
 const NOT_A_PATH: &str = "the request target must be a path (`/...`) or an http(s) URL";
@@ -174,9 +177,14 @@ impl Gateway {
             claims: ctx.policy.claims.as_deref(),
             query: query.as_deref(),
         };
+        let link = Link {
+            connector: &self.connector,
+            descriptors: &self.descriptors,
+            max_connections: ctx.snapshot.settings.max_connections,
+        };
         // A client that goes away cancels the calls: nobody would read their answer.
         let answer = tokio::select! {
-            answer = agg.run(&self.connector, &base, &values) => answer,
+            answer = agg.run(&link, &base, &values) => answer,
             () = client_gone(session) => {
                 tracing::debug!(request_id = %ctx.request.id, "client gone: aggregate calls cancelled");
                 let gone = Error::explain(pingora::ErrorType::ConnectionClosed, "client gone");
@@ -565,6 +573,14 @@ impl ProxyHttp for Gateway {
         };
         if ctx.past_deadline() {
             return Err(ctx.fail(GatewayError::RouteTimeout));
+        }
+        if ctx.upstream.descriptor.is_none() {
+            // Held until the request ends; a retry reuses it.
+            let max_connections = ctx.snapshot.settings.max_connections;
+            ctx.upstream.descriptor = self.descriptors.upstream(max_connections);
+            if ctx.upstream.descriptor.is_none() {
+                return Err(ctx.fail(GatewayError::Overloaded));
+            }
         }
         let ip_key;
         let key = match &upstream.balance {

@@ -147,6 +147,18 @@ impl Gateway {
         })
     }
 
+    /// Starts `run` with at most `limit` open file descriptors (`prlimit`, which execs it:
+    /// the child is the gateway).
+    pub fn start_with_fd_limit(limit: u32, body: &str) -> Gateway {
+        let nofile = format!("--nofile={limit}:{limit}");
+        let wrapped = ["prlimit", &nofile, "--", bin(), "run"];
+        Gateway::start_env(&wrapped, &[], body, |dir, text| {
+            let config = dir.join("gateway.yaml");
+            std::fs::write(&config, text).unwrap();
+            config
+        })
+    }
+
     fn start_env(
         args: &[&str],
         envs: &[(&str, &str)],
@@ -160,7 +172,12 @@ impl Gateway {
         let config = place(dir.path(), &text);
         let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
         // Run in the config's directory, so a relative `-c` works as a user would type it.
-        let child = Command::new(bin())
+        // `args` may name the program first (a wrapper such as `prlimit`).
+        let (program, args) = match args.first() {
+            Some(&"prlimit") => ("prlimit", &args[1..]),
+            _ => (bin(), args),
+        };
+        let child = Command::new(program)
             .current_dir(dir.path())
             .envs(envs.iter().copied())
             .args(args)
