@@ -408,7 +408,7 @@ impl Call {
 /// upstream connections' share (see `descriptors`).
 pub struct Link<'a> {
     pub connector: &'a Connector,
-    pub descriptors: &'a Arc<Descriptors>,
+    pub descriptors: &'static Descriptors,
     pub max_connections: usize,
 }
 

@@ -16,7 +16,6 @@
 //! each at a time; an aggregate request one per call).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 pub struct Descriptors {
     /// Descriptors for client connections and upstream connections in use.
@@ -35,7 +34,7 @@ impl Drop for Held<'_> {
 }
 
 /// An upstream connection held by a request, for as long as the request lives.
-pub struct UpstreamHeld(Arc<Descriptors>);
+pub struct UpstreamHeld(&'static Descriptors);
 
 impl Drop for UpstreamHeld {
     fn drop(&mut self) {
@@ -52,13 +51,14 @@ fn take(count: &AtomicUsize, share: usize) -> bool {
 }
 
 impl Descriptors {
-    /// `limit` descriptors for the process, of which `reserve` are kept for the rest.
-    pub fn new(limit: usize, reserve: usize) -> Arc<Descriptors> {
-        Arc::new(Descriptors {
+    /// `limit` descriptors for the process, of which `reserve` are kept for the rest. One
+    /// per process, for its life: requests hold it without counting references.
+    pub fn new(limit: usize, reserve: usize) -> &'static Descriptors {
+        Box::leak(Box::new(Descriptors {
             budget: limit.saturating_sub(reserve),
             clients: AtomicUsize::new(0),
             upstream: AtomicUsize::new(0),
-        })
+        }))
     }
 
     /// The client and upstream shares under `max_connections`.
@@ -73,8 +73,8 @@ impl Descriptors {
     }
 
     /// An upstream connection's descriptor, unless the upstream share is taken.
-    pub fn upstream(self: &Arc<Self>, max_connections: usize) -> Option<UpstreamHeld> {
-        take(&self.upstream, self.shares(max_connections).1).then(|| UpstreamHeld(Arc::clone(self)))
+    pub fn upstream(&'static self, max_connections: usize) -> Option<UpstreamHeld> {
+        take(&self.upstream, self.shares(max_connections).1).then_some(UpstreamHeld(self))
     }
 }
 

@@ -79,7 +79,7 @@ const FIXED_DESCRIPTORS: usize = 256;
 /// Raises the descriptor limit and splits it (see `descriptors`): the reserve is the fixed
 /// part plus the idle connections Pingora's pools may keep (the proxy's, and the
 /// aggregate calls' connector's).
-fn split_descriptors(conf: &ServerConf, settings: &Settings) -> Arc<Descriptors> {
+fn split_descriptors(conf: &ServerConf, settings: &Settings) -> &'static Descriptors {
     let limit = descriptors::raise_limit();
     let pools = conf.upstream_keepalive_pool_size * (conf.threads + 1);
     let descriptors = Descriptors::new(limit, FIXED_DESCRIPTORS + pools);
@@ -135,7 +135,7 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
         telemetry: telemetry.clone(),
         connector: pingora::connectors::http::Connector::new(None),
         in_flight: in_flight.clone(),
-        descriptors: descriptors.clone(),
+        descriptors,
     };
     let mut app = pingora::proxy::http_proxy(&server.configuration, gateway);
     let (h2c, idle) = {

@@ -162,7 +162,7 @@ pub struct Guarded<A> {
     holder: SnapshotHolder,
     telemetry: Arc<Telemetry>,
     /// Client connections hold a descriptor each, from their share.
-    descriptors: Arc<Descriptors>,
+    descriptors: &'static Descriptors,
     /// Cleartext HTTP/2 is served (the app looks for its preface too).
     h2c: bool,
     /// Requests in flight, which a shutdown's drain waits for (see `Signals`).
@@ -177,7 +177,7 @@ impl<A> Guarded<A> {
         h2c: bool,
         in_flight: Arc<AtomicUsize>,
         tls: Option<TlsListener>,
-        descriptors: Arc<Descriptors>,
+        descriptors: &'static Descriptors,
     ) -> Guarded<A> {
         Guarded {
             inner: Arc::new(inner),

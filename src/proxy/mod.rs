@@ -48,7 +48,7 @@ pub struct Gateway {
     /// waits for.
     pub in_flight: Arc<AtomicUsize>,
     /// Upstream connections held by requests come from their share.
-    pub descriptors: Arc<Descriptors>,
+    pub descriptors: &'static Descriptors,
 }
 
 const NOT_A_PATH: &str = "the request target must be a path (`/...`) or an http(s) URL";
@@ -179,7 +179,7 @@ impl Gateway {
         };
         let link = Link {
             connector: &self.connector,
-            descriptors: &self.descriptors,
+            descriptors: self.descriptors,
             max_connections: ctx.snapshot.settings.max_connections,
         };
         // A client that goes away cancels the calls: nobody would read their answer.

@@ -445,6 +445,26 @@ mod tests {
         assert_eq!(back.variance(), Some([9; 16]));
     }
 
+    /// A parsed header's values are slices of the buffer the head was read into; an entry
+    /// must not keep that buffer (it made a 32 MiB cache of small answers take 250 MiB).
+    #[test]
+    fn a_stored_header_keeps_nothing_of_the_buffer_it_was_read_into() {
+        let read_buffer = Bytes::from(vec![b'v'; 64 * 1024]);
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header
+            .append_header("X-Case", header_value_from_raw(read_buffer.slice(0..5)))
+            .unwrap();
+        let now = std::time::SystemTime::now();
+        let meta = CacheMeta::new(now, now, 0, 0, header);
+        let object = Object::new([1; 16], "/a".into(), &meta, Bytes::new()).unwrap();
+        drop(meta);
+        assert!(read_buffer.is_unique(), "the entry keeps the read buffer");
+        assert_eq!(object.header.headers["x-case"], "vvvvv");
+        let mut wire = Vec::new();
+        object.header.header_to_h1_wire(&mut wire);
+        assert_eq!(wire, b"X-Case: vvvvv\r\n", "the name's case is kept");
+    }
+
     #[test]
     fn purges_by_path_and_prefix() {
         let s = store(1 << 20);
