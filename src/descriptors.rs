@@ -69,12 +69,12 @@ impl Descriptors {
 
     /// A client connection's descriptor, unless the clients' share is taken.
     pub fn client(&self, max_connections: usize) -> Option<Held<'_>> {
-        take(&self.clients, self.shares(max_connections).0).then_some(Held(&self.clients))
+        take(&self.clients, self.shares(max_connections).0).then(|| Held(&self.clients))
     }
 
     /// An upstream connection's descriptor, unless the upstream share is taken.
     pub fn upstream(&'static self, max_connections: usize) -> Option<UpstreamHeld> {
-        take(&self.upstream, self.shares(max_connections).1).then_some(UpstreamHeld(self))
+        take(&self.upstream, self.shares(max_connections).1).then(|| UpstreamHeld(self))
     }
 }
 
