@@ -188,15 +188,29 @@ pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
                     );
                 }
                 Action::Proxy(backends) => {
-                    let up = backends.pick();
-                    let targets: Vec<&str> = up.targets.iter().map(|t| t.label.as_str()).collect();
-                    let _ = writeln!(
-                        out,
-                        "  upstream: {} ({}) → {}",
-                        up.name,
-                        up.balance,
-                        targets.join(", ")
-                    );
+                    let split = backends.list.len() > 1;
+                    let total: u32 = backends.list.iter().map(|b| b.weight).sum();
+                    for b in &backends.list {
+                        let up = &b.upstream;
+                        let targets: Vec<String> = (0..up.targets.len())
+                            .map(|i| match up.weight(i) {
+                                1 => up.targets[i].label.clone(),
+                                w => format!("{} (weight {w})", up.targets[i].label),
+                            })
+                            .collect();
+                        let share = match split {
+                            true => format!("; weight {} of {total}", b.weight),
+                            false => String::new(),
+                        };
+                        let _ = writeln!(
+                            out,
+                            "  upstream: {} ({}) → {}{share}",
+                            up.name,
+                            up.balance,
+                            targets.join(", ")
+                        );
+                    }
+                    let up = &backends.list[0].upstream;
                     let _ = writeln!(
                         out,
                         "  upstream path: {}",

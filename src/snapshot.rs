@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,27 +133,53 @@ pub enum Action {
     Aggregate(Arc<crate::aggregate::Aggregate>),
 }
 
-/// Where a proxy route sends requests: its upstreams (one today; traffic splitting gives
-/// them weights).
+/// Where a proxy route sends requests: one upstream, or several sharing its traffic by
+/// weight (smooth weighted round robin, see `upstream::weighted`).
 pub struct Backends {
-    pub upstreams: Vec<Arc<Upstream>>,
+    pub list: Vec<Backend>,
+    /// The backends' turns in one cycle; empty with a single backend.
+    order: Box<[u16]>,
+    next: AtomicUsize,
+}
+
+pub struct Backend {
+    pub upstream: Arc<Upstream>,
+    pub weight: u32,
+    /// The route's metric handles labelled with this upstream.
+    pub metrics: RouteMetrics,
 }
 
 impl Backends {
-    pub fn one(upstream: Arc<Upstream>) -> Backends {
+    pub fn new(list: Vec<Backend>) -> Backends {
+        let order = match list.len() {
+            1 => Box::default(),
+            _ => crate::upstream::weighted::smooth_order(
+                &list.iter().map(|b| b.weight).collect::<Vec<_>>(),
+            ),
+        };
         Backends {
-            upstreams: vec![upstream],
+            list,
+            order,
+            next: AtomicUsize::new(0),
         }
     }
 
-    /// The upstream a request goes to.
-    pub fn pick(&self) -> &Arc<Upstream> {
-        &self.upstreams[0]
+    /// The backend a request goes to: the next turn, or the turn after it whose upstream
+    /// has a target to take it (so a failing canary does not fail its share of requests).
+    pub fn choose(&self) -> usize {
+        if self.order.is_empty() {
+            return 0;
+        }
+        let k = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..self.order.len())
+            .map(|i| self.order[(k + i) % self.order.len()] as usize)
+            .find(|b| self.list[*b].upstream.can_take())
+            .unwrap_or(self.order[k % self.order.len()] as usize)
     }
 
     /// The upstreams' names, for views and metric labels.
     pub fn names(&self) -> String {
-        let names: Vec<&str> = self.upstreams.iter().map(|u| &*u.name).collect();
+        let names: Vec<&str> = self.list.iter().map(|b| &*b.upstream.name).collect();
         names.join(",")
     }
 }
@@ -184,9 +211,10 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+    /// The backend a request was sent to (`chosen`); a route with one has it from the start.
+    pub fn backend(&self, chosen: Option<usize>) -> Option<&Backend> {
         match &self.action {
-            Action::Proxy(backends) => Some(backends.pick()),
+            Action::Proxy(b) => b.list.get(chosen.or((b.list.len() == 1).then_some(0))?),
             Action::Respond(_) | Action::Aggregate(_) => None,
         }
     }

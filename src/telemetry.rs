@@ -250,7 +250,7 @@ impl Metrics {
             upstream_duration: histogram(
                 "portico_upstream_duration_seconds",
                 "Time from sending the request upstream to its response head.",
-                &["route"],
+                &["route", "upstream"],
             ),
             in_flight: register(
                 &r,
@@ -472,7 +472,10 @@ impl RouteMetrics {
 
     /// Time from sending the request upstream to its response head.
     pub fn upstream_duration(&self, secs: f64) {
-        self.observe(&self.upstream_duration, &self.histograms.1, secs);
+        let labels = [&*self.route, &*self.upstream];
+        self.upstream_duration
+            .get_or_init(|| self.histograms.1.with_label_values(&labels))
+            .observe(secs);
     }
 
     fn observe(&self, slot: &OnceLock<Histogram>, family: &HistogramVec, secs: f64) {

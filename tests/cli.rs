@@ -733,3 +733,32 @@ fn a_duplicate_points_at_the_first_definition() {
     );
     assert!(out.contains("help: first at line 2, column 1;"), "{out}");
 }
+
+#[test]
+fn weighted_backends_are_checked() {
+    let body = format!(
+        "{UPSTREAM}routes:\n  - name: a\n    match: {{ path: / }}\n    backends:\n      - {{ upstream: users, weight: 0 }}\n      - {{ upstream: ghost, weight: 0 }}\n      - {{ upstream: users, weight: 1001 }}\n"
+    );
+    refused(&body, 12, 21, "unknown upstream `ghost`");
+    refused(&body, 13, 21, "upstream `users` is listed twice");
+    refused(&body, 13, 36, "weight 1001 is over 1000");
+    let zero = format!(
+        "{UPSTREAM}routes:\n  - name: a\n    match: {{ path: / }}\n    backends: [{{ upstream: users, weight: 0 }}]\n"
+    );
+    refused(
+        &zero,
+        10,
+        15,
+        "every backend has weight 0, so none takes traffic",
+    );
+    let both = format!(
+        "{UPSTREAM}routes:\n  - name: a\n    match: {{ path: / }}\n    upstream: users\n    backends: [{{ upstream: users }}]\n"
+    );
+    refused(&both, 8, 5, "has both `upstream` and `backends`");
+    refused(
+        "upstreams:\n  u: { targets: [{ addr: \"127.0.0.1:1\", weight: 0 }] }\n",
+        6,
+        17,
+        "every target of upstream `u` has weight 0",
+    );
+}

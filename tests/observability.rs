@@ -182,7 +182,7 @@ fn metrics_count_exactly_with_bounded_labels() {
         ),
         (
             "portico_upstream_duration_seconds_count",
-            &[("route", "api")],
+            &[("route", "api"), ("upstream", "svc")],
             Some(6.0),
         ),
         (

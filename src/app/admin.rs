@@ -93,7 +93,15 @@ impl Admin {
             .zip(snapshot.redacted["routes"].as_array().into_iter().flatten())
             .map(|(route, raw)| {
                 let action = match &route.action {
-                    Action::Proxy(b) => json!({"upstream": b.names()}),
+                    Action::Proxy(b) if b.list.len() == 1 => json!({"upstream": b.names()}),
+                    Action::Proxy(b) => {
+                        let list: Vec<_> = b
+                            .list
+                            .iter()
+                            .map(|b| json!({"upstream": &*b.upstream.name, "weight": b.weight}))
+                            .collect();
+                        json!({"backends": list})
+                    }
                     Action::Respond(r) => json!({"respond": r.status}),
                     Action::Aggregate(a) => {
                         let calls: Vec<&str> = a.calls.iter().map(|c| c.name.as_str()).collect();

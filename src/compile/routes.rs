@@ -3,15 +3,16 @@
 use super::is_name;
 use super::policies::Named;
 use crate::aggregate;
-use crate::config::model::{HeaderCond as RawCond, RawMatch, RawRespond, RawRoute};
+use crate::config::model::{HeaderCond as RawCond, RawBackend, RawMatch, RawRespond, RawRoute};
 use crate::config::RawConfig;
 use crate::diag::{lookup, parse_methods, Diags};
 use crate::policy::CompileCx;
 use crate::router::normalize::normalize;
 use crate::router::template::{Fill, PathTemplate};
 use crate::router::{HeaderCond, HeaderMatch, HostMatch, Matcher, PathMatch, PathRewrite};
-use crate::snapshot::{Action, Backends, Route, StaticResponse};
+use crate::snapshot::{Action, Backend, Backends, Route, StaticResponse};
 use crate::telemetry::{Metrics, RouteMetrics};
+use crate::upstream::weighted::MAX_WEIGHT;
 use crate::upstream::Upstream;
 use http::{HeaderName, HeaderValue};
 use std::collections::{BTreeMap, HashSet};
@@ -298,6 +299,7 @@ fn compile_header_match(
 fn action_keys(r: &RawRoute) -> Vec<&'static str> {
     [
         ("upstream", r.upstream.is_some()),
+        ("backends", r.backends.is_some()),
         ("respond", r.respond.is_some()),
         ("aggregate", r.aggregate.is_some()),
     ]
@@ -320,15 +322,15 @@ fn compile_action(
         let (message, help) = match keys.as_slice() {
             [] => (
                 format!("route `{}` says nothing to do with a request", r.name),
-                "add `upstream: NAME`, `respond: {status: 200, json: ...}` or `aggregate:`",
+                "add `upstream: NAME`, `backends: [...]`, `respond: {status: 200, json: ...}` or `aggregate:`",
             ),
             [a, b] => (
                 format!("route `{}` has both `{a}` and `{b}`", r.name),
-                "a route proxies (`upstream`), answers itself (`respond`) or aggregates (`aggregate`); keep one",
+                "a route proxies (`upstream`, or weighted `backends`), answers itself (`respond`) or aggregates (`aggregate`); keep one",
             ),
-            _ => (
-                format!("route `{}` has `upstream`, `respond` and `aggregate`", r.name),
-                "a route proxies (`upstream`), answers itself (`respond`) or aggregates (`aggregate`); keep one",
+            [first @ .., last] => (
+                format!("route `{}` has `{}` and `{last}`", r.name, first.join("`, `")),
+                "a route proxies (`upstream`, or weighted `backends`), answers itself (`respond`) or aggregates (`aggregate`); keep one",
             ),
         };
         d.error(at, message, Some(help.into()));
@@ -357,10 +359,69 @@ fn compile_action(
         let compiled = compile_respond(d, &format!("{at}.respond"), resp)?;
         return Some(Action::Respond(Arc::new(compiled)));
     }
-    let name = r.upstream.as_ref()?;
     let defined: Vec<&String> = raw.upstreams.keys().collect();
-    let at = format!("{at}.upstream");
-    lookup(d, &at, "upstream", name, upstreams, &defined).map(|up| Action::Proxy(Backends::one(up)))
+    let backend = |d: &mut Diags, at: &str, name: &str, weight: u32| {
+        let upstream = lookup(d, at, "upstream", name, upstreams, &defined)?;
+        let metrics = RouteMetrics::new(metrics, &r.name, name);
+        Some(Backend {
+            upstream,
+            weight,
+            metrics,
+        })
+    };
+    if let Some(name) = &r.upstream {
+        let one = backend(d, &format!("{at}.upstream"), name, 1)?;
+        return Some(Action::Proxy(Backends::new(vec![one])));
+    }
+    let raw_backends = r.backends.as_ref()?;
+    let at = format!("{at}.backends");
+    check_backends(d, &at, raw_backends);
+    let list: Vec<Backend> = raw_backends
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| backend(d, &format!("{at}[{i}].upstream"), &b.upstream, b.weight))
+        .collect();
+    (list.len() == raw_backends.len() && !list.is_empty())
+        .then(|| Action::Proxy(Backends::new(list)))
+}
+
+/// Weights in range, not all 0, and each upstream once.
+fn check_backends(d: &mut Diags, at: &str, backends: &[RawBackend]) {
+    if backends.is_empty() {
+        d.error(
+            at,
+            "`backends` is empty",
+            Some("list at least one `{ upstream: NAME, weight: N }`".into()),
+        );
+        return;
+    }
+    let mut seen = HashSet::new();
+    for (i, b) in backends.iter().enumerate() {
+        if b.weight > MAX_WEIGHT {
+            d.error(
+                &format!("{at}[{i}].weight"),
+                format!("weight {} is over {MAX_WEIGHT}", b.weight),
+                Some(
+                    "weights are shares against each other: 90 and 10 send 90 % to the first"
+                        .into(),
+                ),
+            );
+        }
+        if !seen.insert(b.upstream.as_str()) {
+            d.error(
+                &format!("{at}[{i}].upstream"),
+                format!("upstream `{}` is listed twice", b.upstream),
+                Some("list each upstream once, with its whole weight".into()),
+            );
+        }
+    }
+    if backends.iter().all(|b| b.weight == 0) {
+        d.error(
+            at,
+            "every backend has weight 0, so none takes traffic",
+            Some("give at least one backend a weight above 0".into()),
+        );
+    }
 }
 
 fn compile_respond(d: &mut Diags, at: &str, r: &RawRespond) -> Option<StaticResponse> {

@@ -3,13 +3,14 @@
 
 use super::is_name;
 use crate::config::model::{
-    RawBreaker, RawHealthCheck, RawUpstream, RawUpstreamTls, RetryOn, UpstreamProtocol,
+    RawBreaker, RawHealthCheck, RawTarget, RawUpstream, RawUpstreamTls, RetryOn, UpstreamProtocol,
 };
 use crate::diag::{Diags, Inputs};
 use crate::state::StateCx;
 use crate::tls;
 use crate::upstream::breaker::BreakerConfig;
 use crate::upstream::health::HealthConfig;
+use crate::upstream::weighted::MAX_WEIGHT;
 use crate::upstream::{Balance, Target, Upstream, UpstreamTls};
 use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 use std::collections::HashSet;
@@ -46,8 +47,16 @@ pub(super) fn compile_upstream(
     let breaker = up.breaker.as_ref().and_then(|b| compile_breaker(d, &at, b));
     let mut targets = Vec::new();
     let mut seen = HashSet::new();
-    for (i, text) in up.targets.iter().enumerate() {
+    for (i, target) in up.targets.iter().enumerate() {
         let path = format!("{at}.targets[{i}]");
+        let text = target.addr();
+        if target.weight() > MAX_WEIGHT {
+            d.error(
+                &format!("{path}.weight"),
+                format!("weight {} is over {MAX_WEIGHT}", target.weight()),
+                Some("weights are shares against each other: 3 and 1 send three times as much to the first".into()),
+            );
+        }
         match Target::parse(scheme(text).1) {
             // A target's addresses, health and breaker state are defined by its address and
             // its checks: timeouts, retries or balancing changes keep them.
@@ -67,7 +76,7 @@ pub(super) fn compile_upstream(
                 &path,
                 format!("target `{text}` is listed twice"),
                 Some(
-                    "it will get twice the share of traffic; remove the copy if unintended".into(),
+                    "it will get twice the share of traffic; remove the copy, and give the target a `weight` for a larger share".into(),
                 ),
             );
         }
@@ -113,7 +122,18 @@ pub(super) fn compile_upstream(
         );
     }
     let timeouts = (up.timeouts.connect, up.timeouts.read, up.timeouts.write);
+    let weights: Vec<u32> = up.targets.iter().map(RawTarget::weight).collect();
+    if !weights.is_empty() && weights.iter().all(|w| *w == 0) {
+        d.error(
+            &format!("{at}.targets"),
+            format!("every target of upstream `{name}` has weight 0, so none takes traffic"),
+            Some("give at least one target a weight above 0".into()),
+        );
+    }
     let mut upstream = Upstream::new(name, targets, balance?, timeouts, retry_attempts);
+    if upstream.targets.len() == weights.len() {
+        upstream.set_weights(&weights);
+    }
     upstream.next = state.keep("balancer", name, &up.targets, AtomicUsize::default);
     upstream.health_check = health_check;
     upstream.breaker = breaker;
@@ -137,7 +157,7 @@ fn compile_tls(
     at: &str,
     up: &RawUpstream,
 ) -> Option<UpstreamTls> {
-    let schemes: Vec<Option<&str>> = up.targets.iter().map(|t| scheme(t).0).collect();
+    let schemes: Vec<Option<&str>> = up.targets.iter().map(|t| scheme(t.addr()).0).collect();
     let https = schemes.iter().filter(|s| **s == Some("https")).count();
     if https > 0 && https < schemes.len() {
         d.error(

@@ -295,7 +295,8 @@ fn default_resolve_interval() -> Duration {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     /// HOST:PORT of each instance (or https://HOST:PORT for TLS); DNS names are re-resolved.
-    pub targets: Vec<String>,
+    /// `{ addr: HOST:PORT, weight: 3 }` gives one a weight (default 1; 0 drains it).
+    pub targets: Vec<RawTarget>,
     /// round_robin (default), random, least_requests, hash(header:NAME) or hash(client_ip).
     #[serde(default = "default_balance")]
     #[schemars(pattern(r"^\s*(round_robin|random|least_requests|hash\(client_ip\)|hash\(header:\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*\))\s*$"))]
@@ -316,6 +317,53 @@ pub struct RawUpstream {
     /// with prior knowledge.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+}
+
+/// A target: `HOST:PORT`, or `{ addr: HOST:PORT, weight: N }`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawTarget {
+    Addr(String),
+    Weighted(WeightedTarget),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedTarget {
+    /// HOST:PORT (or https://HOST:PORT).
+    pub addr: String,
+    /// Its share of the traffic against the others' weights (0 to 1000; 0 drains it).
+    pub weight: u32,
+}
+
+impl RawTarget {
+    pub fn addr(&self) -> &str {
+        match self {
+            RawTarget::Addr(a) | RawTarget::Weighted(WeightedTarget { addr: a, .. }) => a,
+        }
+    }
+
+    pub fn weight(&self) -> u32 {
+        match self {
+            RawTarget::Addr(_) => 1,
+            RawTarget::Weighted(w) => w.weight,
+        }
+    }
+}
+
+/// One of a route's `backends`: an upstream and its share of the route's traffic.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    /// The upstream.
+    pub upstream: String,
+    /// Its share against the other backends' weights (0 to 1000; 0 drains it). Default 1.
+    #[serde(default = "weight_one")]
+    pub weight: u32,
+}
+
+fn weight_one() -> u32 {
+    1
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -497,6 +545,9 @@ pub struct RawRoute {
     pub matcher: RawMatch,
     /// The upstream that serves this route.
     pub upstream: Option<String>,
+    /// Several upstreams sharing the route's traffic by weight (instead of `upstream`),
+    /// e.g. a canary: `[{ upstream: orders, weight: 90 }, { upstream: orders-v2, weight: 10 }]`.
+    pub backends: Option<Vec<RawBackend>>,
     /// Answer directly from the gateway, without an upstream.
     pub respond: Option<RawRespond>,
     /// Answer with the JSON of several upstream calls made in parallel.

@@ -9,7 +9,12 @@ use std::time::Duration;
 /// Counts a finished request on its route's handles (resolved at compile time).
 pub fn record_metrics(metrics: &Metrics, session: &Session, ctx: &Ctx, status: u16) {
     metrics.in_flight.dec();
-    let route = ctx.route().map_or(&ctx.snapshot.unrouted, |r| &r.metrics);
+    // A request sent to a backend counts under its upstream; others under the route's.
+    let route = match (ctx.route(), ctx.backend()) {
+        (_, Some(backend)) => &backend.metrics,
+        (Some(route), None) => &route.metrics,
+        (None, None) => &ctx.snapshot.unrouted,
+    };
     route.request(&session.req_header().method, status);
     route.duration(ctx.request.started.elapsed().as_secs_f64());
     if let Some(t) = ctx.upstream.time {

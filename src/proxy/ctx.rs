@@ -3,7 +3,7 @@
 
 use crate::errors::GatewayError;
 use crate::policy::{Policy, PolicyState, RequestInfo};
-use crate::snapshot::{Route, Snapshot};
+use crate::snapshot::{Backend, Route, Snapshot};
 use crate::upstream::{Pick, Target, Upstream};
 use pingora::{Error, ErrorType};
 use std::net::IpAddr;
@@ -35,6 +35,8 @@ pub struct RequestFacts {
 /// The upstream side: the path sent, the tries made, and their timing.
 #[derive(Default)]
 pub struct UpstreamTry {
+    /// The route's backend the request goes to, once chosen (see `Route::backend`).
+    pub backend: Option<usize>,
     pub uri: Option<http::Uri>,
     /// Inline: a request tries a few targets at most, and this is made per request.
     pub tried: smallvec::SmallVec<[usize; 4]>,
@@ -122,7 +124,11 @@ impl Ctx {
     }
 
     pub fn upstream(&self) -> Option<&Arc<Upstream>> {
-        self.route()?.upstream()
+        Some(&self.backend()?.upstream)
+    }
+
+    pub fn backend(&self) -> Option<&Backend> {
+        self.route()?.backend(self.upstream.backend)
     }
 
     /// What policies see of this request.

@@ -230,7 +230,7 @@ impl Gateway {
         match &route.action {
             Action::Respond(resp) => return respond_static(session, ctx, resp).await,
             Action::Aggregate(agg) => return self.aggregate(session, ctx, agg, &bound).await,
-            Action::Proxy(_) => {}
+            Action::Proxy(backends) => ctx.upstream.backend = Some(backends.choose()),
         }
         if let Err(refusal) = ready_body(session, ctx, route).await {
             return refuse(session, ctx, refusal).await;

@@ -3,6 +3,7 @@
 pub mod breaker;
 pub mod health;
 pub mod resolve;
+pub mod weighted;
 
 use breaker::{Admission, Breaker, BreakerConfig};
 use health::{Health, HealthConfig};
@@ -157,6 +158,10 @@ pub struct Upstream {
     pub tls: Option<UpstreamTls>,
     /// HTTP/2 to the targets.
     pub h2: bool,
+    /// Each target's weight; empty when all weigh the same.
+    weights: Box<[u32]>,
+    /// The targets' turns in a cycle of smooth weighted round robin; empty when unweighted.
+    order: Box<[u16]>,
 }
 
 /// How the gateway speaks TLS to an upstream's targets.
@@ -239,6 +244,29 @@ impl Upstream {
             next: Arc::default(),
             tls: None,
             h2: false,
+            weights: Box::default(),
+            order: Box::default(),
+        }
+    }
+
+    /// Gives the targets weights (in their order; 0 drains one).
+    pub fn set_weights(&mut self, weights: &[u32]) {
+        if weights.iter().all(|w| *w == weights[0]) && weights[0] > 0 {
+            return;
+        }
+        self.order = weighted::smooth_order(weights);
+        self.weights = weights.into();
+    }
+
+    pub fn weight(&self, i: usize) -> u32 {
+        self.weights.get(i).copied().unwrap_or(1)
+    }
+
+    /// The target whose turn `k` is.
+    fn turn(&self, k: usize) -> usize {
+        match self.order.len() {
+            0 => k,
+            len => self.order[k % len] as usize,
         }
     }
 
@@ -247,6 +275,7 @@ impl Upstream {
     fn available(&self, i: usize, tried: &[usize]) -> bool {
         let t = &self.targets[i];
         !tried.contains(&i)
+            && (self.weights.is_empty() || self.weights[i] > 0)
             && !t.addrs.load().is_empty()
             && t.health.is_healthy()
             && self
@@ -255,23 +284,31 @@ impl Upstream {
                 .is_none_or(|cfg| t.breaker.may_admit(cfg))
     }
 
+    /// Whether some target could take a request now.
+    pub fn can_take(&self) -> bool {
+        (0..self.targets.len()).any(|i| self.available(i, &[]))
+    }
+
     /// Picks a target, skipping `tried` ones. `key` is the hash input for hash balancing
     /// (header value or client IP).
     pub fn pick(&self, key: Option<&[u8]>, tried: &[usize]) -> Result<Pick, PickError> {
         let n = self.targets.len();
         let start = match &self.balance {
-            Balance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed),
-            Balance::Random => fastrand::usize(..n.max(1)),
+            Balance::RoundRobin => self.turn(self.next.fetch_add(1, Ordering::Relaxed)),
+            Balance::Random => self.turn(fastrand::usize(..self.order.len().max(n).max(1))),
             Balance::HashHeader(_) | Balance::HashClientIp => match key {
-                Some(k) => crate::hashing::fnv1a(k) as usize,
-                None => self.next.fetch_add(1, Ordering::Relaxed),
+                Some(k) => self.turn(crate::hashing::fnv1a(k) as usize),
+                None => self.turn(self.next.fetch_add(1, Ordering::Relaxed)),
             },
             Balance::LeastRequests => {
                 let offset = self.next.fetch_add(1, Ordering::Relaxed);
+                // Fewest requests per unit of weight.
                 (0..n)
                     .map(|i| (i + offset) % n)
                     .filter(|i| self.available(*i, tried))
-                    .min_by_key(|i| self.targets[*i].in_flight())
+                    .min_by_key(|i| {
+                        self.targets[*i].in_flight() as u64 * 1000 / u64::from(self.weight(*i))
+                    })
                     .unwrap_or(offset)
             }
         };

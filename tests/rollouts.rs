@@ -1,0 +1,110 @@
+//! Rollouts: traffic split by weight across backends (smooth weighted round robin) and
+//! across an upstream's targets, drained by weight 0, changed by a live reload.
+
+mod common;
+use common::*;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How many of `n` requests to `path` each upstream served (by its `x-upstream` header).
+fn spread(gw: &Gateway, path: &str, n: usize) -> HashMap<String, usize> {
+    let c = client();
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let resp = c.get(gw.url(path)).send().unwrap();
+        assert_eq!(resp.status(), 200);
+        let who = resp.headers()["x-upstream"].to_str().unwrap().to_string();
+        *counts.entry(who).or_default() += 1;
+    }
+    counts
+}
+
+fn split(stable: &TestUpstream, canary: &TestUpstream, weights: (u32, u32)) -> String {
+    format!(
+        "upstreams:\n  orders: {{ targets: [\"{}\"] }}\n  orders-v2: {{ targets: [\"{}\"] }}\nroutes:\n  - name: orders\n    match: {{ path_prefix: / }}\n    backends:\n      - {{ upstream: orders, weight: {} }}\n      - {{ upstream: orders-v2, weight: {} }}\n",
+        stable.addr, canary.addr, weights.0, weights.1
+    )
+}
+
+#[test]
+fn a_ninety_ten_split_sends_exactly_ninety_ten() {
+    let (stable, canary) = (TestUpstream::start("v1"), TestUpstream::start("v2"));
+    let gw = Gateway::start(&split(&stable, &canary, (90, 10)));
+    let counts = spread(&gw, "/api/orders", 1000);
+    assert_eq!((counts["v1"], counts["v2"]), (900, 100), "{counts:?}");
+    // Each backend's requests are counted under its upstream.
+    let series = |up: &str| {
+        format!("portico_requests_total{{method=\"GET\",route=\"orders\",status=\"200\",upstream=\"{up}\"}}")
+    };
+    assert_eq!(
+        metric(&gw, &series("orders")),
+        900.0,
+        "{}",
+        metrics_text(&gw)
+    );
+    assert_eq!(metric(&gw, &series("orders-v2")), 100.0);
+    let latency =
+        "portico_upstream_duration_seconds_count{route=\"orders\",upstream=\"orders-v2\"}";
+    assert_eq!(metric(&gw, latency), 100.0);
+}
+
+#[test]
+fn weight_zero_drains_a_backend_and_weights_change_by_reload() {
+    let (stable, canary) = (TestUpstream::start("v1"), TestUpstream::start("v2"));
+    let gw = Gateway::start(&split(&stable, &canary, (90, 10)));
+    assert_eq!(spread(&gw, "/x", 10).len(), 2);
+    gw.write_config(&split(&stable, &canary, (0, 1)));
+    let reloaded = wait_until(Duration::from_secs(10), || {
+        gw.admin_json("/routes")["routes"][0]["action"]["backends"][0]["weight"] == 0
+    });
+    assert!(reloaded.is_some(), "{}", gw.log());
+    let counts = spread(&gw, "/x", 50);
+    assert_eq!(counts.get("v2"), Some(&50), "{counts:?}");
+}
+
+#[test]
+fn target_weights_split_an_upstream_three_to_one() {
+    let (a, b) = (TestUpstream::start("a"), TestUpstream::start("b"));
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  svc: {{ targets: [{{ addr: \"{}\", weight: 3 }}, \"{}\"] }}\nroutes:\n  - {{ name: svc, match: {{ path_prefix: / }}, upstream: svc }}\n",
+        a.addr, b.addr
+    ));
+    let counts = spread(&gw, "/x", 400);
+    assert_eq!((counts["a"], counts["b"]), (300, 100), "{counts:?}");
+}
+
+#[test]
+fn a_split_route_is_explained_with_its_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("g.yaml"),
+        "version: 1\nlisten: { proxy: 127.0.0.1:1, admin: 127.0.0.1:2 }\nupstreams:\n  orders: { targets: [{ addr: 10.0.0.1:80, weight: 3 }, 10.0.0.2:80] }\n  orders-v2: { targets: [10.0.1.1:80] }\nroutes:\n  - name: orders\n    match: { path_prefix: /api/orders }\n    backends: [{ upstream: orders, weight: 90 }, { upstream: orders-v2, weight: 10 }]\n",
+    )
+    .unwrap();
+    let (code, out, err) = portico(
+        &["route", "-c", "g.yaml", "GET", "/api/orders/1"],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("upstream: orders (round_robin) → 10.0.0.1:80 (weight 3), 10.0.0.2:80; weight 90 of 100"),
+        "{out}"
+    );
+    assert!(
+        out.contains("upstream: orders-v2 (round_robin) → 10.0.1.1:80; weight 10 of 100"),
+        "{out}"
+    );
+    // A weight change is a change to `diff`.
+    let text = std::fs::read_to_string(dir.path().join("g.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("h.yaml"),
+        text.replace("weight: 90", "weight: 80"),
+    )
+    .unwrap();
+    let (code, out, _) = portico(&["diff", "g.yaml", "h.yaml"], dir.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("\"weight\":90},") && out.contains("\"weight\":80},"),
+        "{out}"
+    );
+}
