@@ -233,12 +233,17 @@ pub type HopByHop = smallvec::SmallVec<[HeaderName; 4]>;
 /// the names; a name `Connection` lists is only made when the headers have it (most
 /// listed names, such as `keep-alive`, are not there), since this runs for every response.
 pub fn hop_by_hop(headers: &HeaderMap) -> HopByHop {
-    let mut names: HopByHop = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n.as_str()))
-        .cloned()
-        .collect();
-    if !headers.contains_key(CONNECTION) {
+    let mut names = HopByHop::new();
+    let (mut connection, mut upgrade) = (false, false);
+    for name in headers.keys() {
+        if *name == CONNECTION {
+            connection = true;
+        } else if is_hop_by_hop(name.as_str()) {
+            upgrade |= *name == UPGRADE;
+            names.push(name.clone());
+        }
+    }
+    if !connection {
         return names;
     }
     let listed = || {
@@ -248,7 +253,7 @@ pub fn hop_by_hop(headers: &HeaderMap) -> HopByHop {
             .flat_map(|v| v.to_str().unwrap_or_default().split(','))
             .map(str::trim)
     };
-    if headers.contains_key(UPGRADE) && listed().any(|n| n.eq_ignore_ascii_case("upgrade")) {
+    if upgrade && listed().any(|n| n.eq_ignore_ascii_case("upgrade")) {
         return HopByHop::new();
     }
     // `close` names no header, and the fixed list is already in: only other names are

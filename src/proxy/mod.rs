@@ -698,8 +698,12 @@ impl ProxyHttp for Gateway {
         if ctx.past_deadline() {
             return Err(ctx.fail(GatewayError::RouteTimeout));
         }
+        // `Connection` itself stays: Pingora writes its own to an HTTP/1.1 client and drops
+        // it for HTTP/2, so removing it here would be work done twice.
         for name in forwarding::hop_by_hop(&upstream_response.headers) {
-            upstream_response.remove_header(&name);
+            if name != http::header::CONNECTION {
+                upstream_response.remove_header(&name);
+            }
         }
         Ok(())
     }
