@@ -69,7 +69,7 @@ pub fn outcome(snapshot: &Snapshot, probe: &Probe) -> Outcome {
             let bound = snapshot.router.bind(index, &path);
             let upstream_path = match route.action {
                 Action::Proxy(_) => Some(route.rewrite.apply(&path, &bound).into_owned()),
-                Action::Respond(_) | Action::Aggregate(_) => None,
+                Action::Respond(_) | Action::Aggregate(_) | Action::Redirect(_) => None,
             };
             Outcome::Route {
                 index,
@@ -177,6 +177,9 @@ pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
                             call.path.explain(&values)
                         );
                     }
+                }
+                Action::Redirect(redirect) => {
+                    let _ = writeln!(out, "  {}", redirect.explain());
                 }
                 Action::Respond(resp) => {
                     let _ = writeln!(

@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod otlp;
 pub mod policy;
 pub mod proxy;
+pub mod redirect;
 pub mod redis_link;
 pub mod router;
 pub mod snapshot;

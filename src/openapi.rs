@@ -171,6 +171,16 @@ fn operation(
     op.insert("summary".into(), format!("route `{}`", route.name).into());
     let (tag, about) = if let Some(u) = &route.upstream {
         (u.clone(), format!("Proxied to the upstream `{u}`."))
+    } else if let Some(backends) = route.backends.as_ref().filter(|b| !b.is_empty()) {
+        let shares: Vec<String> = backends
+            .iter()
+            .map(|b| format!("`{}` (weight {})", b.upstream, b.weight))
+            .collect();
+        let about = format!("Proxied to the upstreams {}.", shares.join(", "));
+        (backends[0].upstream.clone(), about)
+    } else if let Some(r) = &route.redirect {
+        let about = format!("Redirected by the gateway ({}).", r.status);
+        ("gateway".into(), about)
     } else if let Some(a) = &route.aggregate {
         let calls: Vec<&str> = a.calls.iter().map(|c| c.name.as_str()).collect();
         (
@@ -193,6 +203,14 @@ fn operation(
             };
             json!({ r.status.to_string(): {"description": "the fixed answer", "content": {kind: {"example": example}}} })
         }
+        None if route.redirect.is_some() => {
+            let status = route
+                .redirect
+                .as_ref()
+                .map_or(302, |r| r.status)
+                .to_string();
+            json!({ status: {"description": "a redirect", "headers": {"Location": {"schema": {"type": "string"}}}} })
+        }
         None if route.aggregate.is_some() => {
             json!({"200": {"description": "the calls' answers, merged", "content": {"application/json": {}}}})
         }
@@ -200,7 +218,7 @@ fn operation(
         None => json!({"default": {"description": "the upstream's answer"}}),
     };
     let mut errors = vec!["400", "413"];
-    if route.upstream.is_some() || route.aggregate.is_some() {
+    if route.upstream.is_some() || route.backends.is_some() || route.aggregate.is_some() {
         errors.extend(["502", "503", "504"]);
     }
     // What each policy adds: its security scheme, refusals, parameters and a note.

@@ -131,6 +131,7 @@ pub enum Action {
     Proxy(Backends),
     Respond(Arc<StaticResponse>),
     Aggregate(Arc<crate::aggregate::Aggregate>),
+    Redirect(Arc<crate::redirect::Redirect>),
 }
 
 /// Where a proxy route sends requests: one upstream, or several sharing its traffic by
@@ -215,7 +216,7 @@ impl Route {
     pub fn backend(&self, chosen: Option<usize>) -> Option<&Backend> {
         match &self.action {
             Action::Proxy(b) => b.list.get(chosen.or((b.list.len() == 1).then_some(0))?),
-            Action::Respond(_) | Action::Aggregate(_) => None,
+            Action::Respond(_) | Action::Aggregate(_) | Action::Redirect(_) => None,
         }
     }
 

@@ -762,3 +762,31 @@ fn weighted_backends_are_checked() {
         "every target of upstream `u` has weight 0",
     );
 }
+
+#[test]
+fn redirects_are_checked() {
+    refused(
+        "routes:\n  - name: a\n    match: { path: /a }\n    redirect: { status: 200 }\n",
+        8,
+        25,
+        "200 is not a redirect status",
+    );
+    refused(
+        "routes:\n  - name: a\n    match: { path: /a }\n    redirect: { prefix: /b/ }\n",
+        8,
+        25,
+        "this route has no `path_prefix`",
+    );
+    refused(
+        "routes:\n  - name: a\n    match: { path: /a }\n    redirect: { path: //evil.com }\n",
+        8,
+        23,
+        "`//evil.com` is not a path to redirect to",
+    );
+    refused(
+        "routes:\n  - name: a\n    match: { path: /a }\n    redirect: { host: \"evil.com:80\" }\n",
+        8,
+        23,
+        "`evil.com:80` is not a host name",
+    );
+}

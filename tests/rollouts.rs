@@ -108,3 +108,45 @@ fn a_split_route_is_explained_with_its_weights() {
         "{out}"
     );
 }
+
+/// A client that does not follow redirects, to see them.
+fn no_follow() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn redirects_build_their_location_and_keep_the_query() {
+    let gw = Gateway::start(
+        "routes:\n  - { name: old-docs, match: { path_prefix: /docs/v1/ }, redirect: { prefix: /docs/v2/, status: 301 } }\n  - { name: moved, match: { path: /old }, redirect: { scheme: https, host: new.example.com, port: 8443, path: /new } }\n  - { name: same, match: { path: /here }, redirect: { path: /there } }\n",
+    );
+    let c = no_follow();
+    let resp = c
+        .get(gw.url("/docs/v1/guide/intro?lang=en&v=2"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 301);
+    let here = format!("http://{}", gw.proxy);
+    assert_eq!(
+        resp.headers()["location"],
+        format!("{here}/docs/v2/guide/intro?lang=en&v=2").as_str()
+    );
+    assert!(resp.headers().contains_key("x-request-id"));
+    let resp = c.get(gw.url("/old?q=1")).send().unwrap();
+    assert_eq!(resp.status(), 302);
+    assert_eq!(
+        resp.headers()["location"],
+        "https://new.example.com:8443/new?q=1"
+    );
+    // The request's host (and port) when none is set; a host that is not one is refused.
+    let resp = c.get(gw.url("/here")).send().unwrap();
+    assert_eq!(resp.headers()["location"], format!("{here}/there").as_str());
+    let raw = raw_request(
+        gw.proxy,
+        "GET /here HTTP/1.1\r\nHost: evil.com/x@y\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(raw.status, 400);
+}

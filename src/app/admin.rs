@@ -103,6 +103,7 @@ impl Admin {
                         json!({"backends": list})
                     }
                     Action::Respond(r) => json!({"respond": r.status}),
+                    Action::Redirect(r) => json!({"redirect": r.status}),
                     Action::Aggregate(a) => {
                         let calls: Vec<&str> = a.calls.iter().map(|c| c.name.as_str()).collect();
                         json!({"aggregate": calls})

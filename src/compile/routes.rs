@@ -88,7 +88,9 @@ pub(super) fn compile_routes(
         {
             let upstream = match &action {
                 Action::Proxy(backends) => backends.names(),
-                Action::Respond(_) | Action::Aggregate(_) => "none".to_string(),
+                Action::Respond(_) | Action::Aggregate(_) | Action::Redirect(_) => {
+                    "none".to_string()
+                }
             };
             let metrics = RouteMetrics::new(metrics, &r.name, &upstream);
             routes.push(Compiled {
@@ -302,6 +304,7 @@ fn action_keys(r: &RawRoute) -> Vec<&'static str> {
         ("backends", r.backends.is_some()),
         ("respond", r.respond.is_some()),
         ("aggregate", r.aggregate.is_some()),
+        ("redirect", r.redirect.is_some()),
     ]
     .into_iter()
     .filter_map(|(key, set)| set.then_some(key))
@@ -322,15 +325,15 @@ fn compile_action(
         let (message, help) = match keys.as_slice() {
             [] => (
                 format!("route `{}` says nothing to do with a request", r.name),
-                "add `upstream: NAME`, `backends: [...]`, `respond: {status: 200, json: ...}` or `aggregate:`",
+                "add `upstream: NAME`, `backends: [...]`, `respond: {status: 200, json: ...}`, `redirect:` or `aggregate:`",
             ),
             [a, b] => (
                 format!("route `{}` has both `{a}` and `{b}`", r.name),
-                "a route proxies (`upstream`, or weighted `backends`), answers itself (`respond`) or aggregates (`aggregate`); keep one",
+                "a route proxies (`upstream`, or weighted `backends`), answers itself (`respond`, `redirect`) or aggregates (`aggregate`); keep one",
             ),
             [first @ .., last] => (
                 format!("route `{}` has `{}` and `{last}`", r.name, first.join("`, `")),
-                "a route proxies (`upstream`, or weighted `backends`), answers itself (`respond`) or aggregates (`aggregate`); keep one",
+                "a route proxies (`upstream`, or weighted `backends`), answers itself (`respond`, `redirect`) or aggregates (`aggregate`); keep one",
             ),
         };
         d.error(at, message, Some(help.into()));
@@ -347,6 +350,18 @@ fn compile_action(
         }
         let compiled = aggregate::compile(d, at, agg, names, upstreams, metrics, &r.name)?;
         return Some(Action::Aggregate(Arc::new(compiled)));
+    }
+    if let Some(redirect) = &r.redirect {
+        if rewrites {
+            d.error(
+                at,
+                "`strip_prefix`/`rewrite` have no effect on a `redirect` route",
+                Some("give the new path in `redirect.path` or `redirect.prefix`".into()),
+            );
+        }
+        let prefix = r.matcher.path_prefix.as_deref();
+        let compiled = crate::redirect::compile(d, at, redirect, prefix)?;
+        return Some(Action::Redirect(Arc::new(compiled)));
     }
     if let Some(resp) = &r.respond {
         if rewrites {

@@ -17,6 +17,7 @@ use crate::policy::cache::{self, CachePolicy};
 use crate::policy::cors;
 use crate::policy::validate::content_length;
 use crate::policy::RequestInfo;
+use crate::redirect::Redirect;
 use crate::router::Match;
 use crate::snapshot::{Action, Route, Snapshot, SnapshotHolder, StaticResponse};
 use crate::telemetry::Telemetry;
@@ -96,6 +97,30 @@ async fn respond_static(session: &mut Session, ctx: &Ctx, resp: &StaticResponse)
         header.insert_header(name.clone(), value.clone())?;
     }
     respond::answer(session, ctx, header, resp.body.clone(), true).await?;
+    Ok(true)
+}
+
+/// A `redirect` route's answer; a request with no usable host gets 400.
+async fn answer_redirect(session: &mut Session, ctx: &mut Ctx, r: &Redirect) -> Result<bool> {
+    let req = session.req_header();
+    let from = crate::redirect::From {
+        tls: ctx.request.tls,
+        authority: req
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str())),
+        path: req.uri.path(),
+        query: req.uri.query(),
+    };
+    let Some(location) = r.location(&from) else {
+        let why = "a valid Host header is needed to redirect".to_string();
+        return refuse(session, ctx, GatewayError::BadPath(why)).await;
+    };
+    let mut header = ResponseHeader::build(r.status, Some(3))?;
+    header.insert_header(http::header::LOCATION, location)?;
+    header.insert_header(CONTENT_LENGTH, 0)?;
+    respond::answer(session, ctx, header, Bytes::new(), true).await?;
     Ok(true)
 }
 
@@ -229,6 +254,7 @@ impl Gateway {
         }
         match &route.action {
             Action::Respond(resp) => return respond_static(session, ctx, resp).await,
+            Action::Redirect(redirect) => return answer_redirect(session, ctx, redirect).await,
             Action::Aggregate(agg) => return self.aggregate(session, ctx, agg, &bound).await,
             Action::Proxy(backends) => ctx.upstream.backend = Some(backends.choose()),
         }
