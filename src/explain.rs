@@ -228,11 +228,18 @@ pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
                             .timeout
                             .map_or("none".into(), |t| humantime::format_duration(t).to_string())
                     );
-                    let _ = writeln!(
-                        out,
-                        "  retries: {} on connect failure (idempotent methods)",
-                        up.retry_attempts
-                    );
+                    match &route.retry {
+                        Some(retry) => {
+                            let _ = writeln!(out, "  {}", retry.explain());
+                        }
+                        None => {
+                            let _ = writeln!(
+                                out,
+                                "  retries: {} on connect failure (idempotent methods)",
+                                up.retry_attempts
+                            );
+                        }
+                    }
                 }
             }
             let _ = writeln!(out, "  max body: {} bytes", route.max_body);

@@ -22,6 +22,7 @@ pub mod policy;
 pub mod proxy;
 pub mod redirect;
 pub mod redis_link;
+pub mod retry;
 pub mod router;
 pub mod snapshot;
 pub mod state;

@@ -93,7 +93,7 @@ impl Settings {
 }
 
 /// Fields an access-log line can carry (any may be excluded).
-pub const ACCESS_FIELDS: [&str; 23] = [
+pub const ACCESS_FIELDS: [&str; 24] = [
     "time",
     "request_id",
     "trace_id",
@@ -108,6 +108,7 @@ pub const ACCESS_FIELDS: [&str; 23] = [
     "route",
     "upstream",
     "target",
+    "tries",
     "status",
     "duration_ms",
     "upstream_ms",
@@ -208,6 +209,8 @@ pub struct Route {
     pub stream_request_body: bool,
     /// Longest an upgraded connection may be silent both ways.
     pub upgrade_idle_timeout: Duration,
+    /// What failed tries are tried again (the upstream's connect retries when absent).
+    pub retry: Option<crate::retry::RetryPolicy>,
     pub metrics: RouteMetrics,
 }
 

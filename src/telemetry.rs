@@ -189,6 +189,7 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub access_log_dropped: IntCounter,
     pub aggregate_calls: IntCounterVec,
+    pub retries: IntCounterVec,
     pub aggregate_duration: HistogramVec,
     pub redis_connected: IntGauge,
     pub connections_open: IntGauge,
@@ -302,6 +303,11 @@ impl Metrics {
                     "Access-log lines dropped because the writer fell behind.",
                 )
                 .expect("valid"),
+            ),
+            retries: counter(
+                "portico_upstream_retries_total",
+                "Tries made again by a route's retry policy, by route and reason.",
+                &["route", "reason"],
             ),
             aggregate_calls: counter(
                 "portico_aggregate_calls_total",

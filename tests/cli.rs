@@ -790,3 +790,34 @@ fn redirects_are_checked() {
         "`evil.com:80` is not a host name",
     );
 }
+
+#[test]
+fn retry_policies_are_checked() {
+    let route = |retry: &str| {
+        format!("{UPSTREAM}routes:\n  - name: a\n    match: {{ path: /a }}\n    upstream: users\n    retry: {retry}\n")
+    };
+    refused(
+        &route("{ attempts: 0 }"),
+        11,
+        24,
+        "attempts must be 1 to 10",
+    );
+    refused(
+        &route("{ on: [connect, 404] }"),
+        11,
+        28,
+        "`404` is not something to retry on",
+    );
+    refused(
+        &route("{ budget: 120% }"),
+        11,
+        22,
+        "`120%` is not a share such as 20%",
+    );
+    refused(
+        "routes:\n  - name: a\n    match: { path: /a }\n    respond: { text: hi }\n    retry: { attempts: 2 }\n",
+        9,
+        14,
+        "`retry` is for routes that proxy",
+    );
+}

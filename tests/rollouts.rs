@@ -150,3 +150,116 @@ fn redirects_build_their_location_and_keep_the_query() {
     .unwrap();
     assert_eq!(raw.status, 400);
 }
+
+/// A target that answers every request 503.
+fn unavailable() -> std::net::SocketAddr {
+    scripted_upstream(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+}
+
+/// A target that reads a request and never answers (each connection held 10 s at most).
+fn silent() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(20) {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                std::thread::sleep(Duration::from_secs(10));
+            });
+        }
+    });
+    addr
+}
+
+fn retry_route(targets: &str, retry: &str) -> String {
+    format!(
+        "upstreams:\n  svc: {{ targets: [{targets}], retries: {{ attempts: 0 }} }}\nroutes:\n  - name: svc\n    match: {{ path_prefix: / }}\n    upstream: svc\n    retry: {retry}\n"
+    )
+}
+
+fn retries(gw: &Gateway, reason: &str) -> f64 {
+    let series = format!("portico_upstream_retries_total{{reason=\"{reason}\",route=\"svc\"}}");
+    metric(gw, &series).max(0.0)
+}
+
+#[test]
+fn a_503_is_retried_on_another_target_and_a_post_is_not() {
+    let good = TestUpstream::start("good");
+    let targets = format!("\"{}\", \"{}\"", unavailable(), good.addr);
+    let gw = Gateway::start(&retry_route(
+        &targets,
+        "{ attempts: 2, on: [503, reset], backoff: 1ms }",
+    ));
+    let c = client();
+    for _ in 0..10 {
+        let resp = c.get(gw.url("/x")).send().unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // Round robin starts every request on the failing target, then retries on the other.
+    assert_eq!(retries(&gw, "503"), 10.0, "{}", metrics_text(&gw));
+    let logged = wait_until(Duration::from_secs(5), || gw.log().contains("\"tries\":2"));
+    assert!(logged.is_some(), "{}", gw.log());
+    // A POST reached the upstream: its 503 is the answer, never a second try.
+    let mut posts = Vec::new();
+    for _ in 0..2 {
+        posts.push(
+            c.post(gw.url("/x"))
+                .body("order")
+                .send()
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(posts, [503, 200], "the 503 went to the client as it was");
+    assert_eq!(retries(&gw, "503"), 10.0);
+}
+
+#[test]
+fn a_connect_failure_is_retried_even_for_a_post() {
+    let good = TestUpstream::start("good");
+    let dead = format!("127.0.0.1:{}", free_port());
+    let targets = format!("\"{dead}\", \"{}\"", good.addr);
+    let gw = Gateway::start(&retry_route(
+        &targets,
+        "{ attempts: 2, on: [connect], backoff: 1ms }",
+    ));
+    let resp = client().post(gw.url("/x")).body("order").send().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(retries(&gw, "connect"), 1.0);
+}
+
+#[test]
+fn a_try_that_times_out_is_retried_elsewhere() {
+    let good = TestUpstream::start("good");
+    let targets = format!("\"{}\", \"{}\"", silent(), good.addr);
+    let gw = Gateway::start(&retry_route(
+        &targets,
+        "{ attempts: 2, on: [timeout], per_try_timeout: 300ms, backoff: 1ms }",
+    ));
+    let resp = client().get(gw.url("/x")).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-upstream"], "good");
+    assert_eq!(retries(&gw, "timeout"), 1.0);
+}
+
+/// Every target fails: 50 requests of 3 tries each would make 100 retries; the budget
+/// (a reserve of 10, then a fifth of the requests) allows exactly 20.
+#[test]
+fn the_budget_caps_retries_when_every_target_fails() {
+    let targets = format!("\"{}\", \"{}\"", unavailable(), unavailable());
+    let gw = Gateway::start(&retry_route(
+        &targets,
+        "{ attempts: 3, on: [503], backoff: 1ms, budget: 20% }",
+    ));
+    let c = client();
+    for _ in 0..50 {
+        assert_eq!(c.get(gw.url("/x")).send().unwrap().status(), 503);
+    }
+    assert_eq!(retries(&gw, "503"), 20.0, "{}", metrics_text(&gw));
+}

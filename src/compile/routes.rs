@@ -69,6 +69,19 @@ pub(super) fn compile_routes(
         let action = compile_action(cx.d, &at, r, &names, upstreams, raw, metrics);
         let rewrite = compile_rewrite(cx.d, &at, r, &names);
         let policies = named.for_route(cx, &at, r);
+        let retry = match &r.retry {
+            Some(_) if r.upstream.is_none() && r.backends.is_none() => {
+                cx.d.error(
+                    &format!("{at}.retry"),
+                    "`retry` is for routes that proxy (`upstream` or `backends`)",
+                    Some("remove it; aggregate calls retry by their upstream's `retries`".into()),
+                );
+                None
+            }
+            Some(raw) => crate::retry::compile(cx.d, cx.state, &at, &r.name, raw),
+            None => None,
+        };
+        let retry_ok = r.retry.is_none() || retry.is_some();
         if r.upgrade_idle_timeout.is_some_and(|t| t.is_zero()) {
             cx.d.error(
                 &format!("{at}.upgrade_idle_timeout"),
@@ -83,8 +96,8 @@ pub(super) fn compile_routes(
                 Some("give a duration such as 5s, or leave it out for no route deadline".into()),
             );
         }
-        if let (Some(matcher), Some(action), Some(rewrite), Some(policies)) =
-            (matcher, action, rewrite, policies)
+        if let (Some(matcher), Some(action), Some(rewrite), Some(policies), true) =
+            (matcher, action, rewrite, policies, retry_ok)
         {
             let upstream = match &action {
                 Action::Proxy(backends) => backends.names(),
@@ -108,6 +121,7 @@ pub(super) fn compile_routes(
                     upgrade_idle_timeout: r
                         .upgrade_idle_timeout
                         .unwrap_or(DEFAULT_UPGRADE_IDLE_TIMEOUT),
+                    retry,
                     metrics,
                 },
             });

@@ -552,6 +552,8 @@ pub struct RawRoute {
     pub respond: Option<RawRespond>,
     /// Answer with the JSON of several upstream calls made in parallel.
     pub aggregate: Option<crate::aggregate::RawAggregate>,
+    /// Try failed requests again: on what, how often, within what budget.
+    pub retry: Option<crate::retry::RawRetry>,
     /// Answer with a redirect built from the request (301/302/303/307/308).
     pub redirect: Option<crate::redirect::RawRedirect>,
     /// A prefix removed from the path before it goes upstream.

@@ -66,6 +66,10 @@ pub fn access_line(out: &mut Vec<u8>, session: &Session, ctx: &Ctx, status: u16)
     if let Some(target) = &ctx.upstream.target {
         line.str("target", &target.label);
     }
+    // Tries beyond the first: retries and failovers.
+    if ctx.upstream.tried.len() > 1 {
+        line.num("tries", ctx.upstream.tried.len());
+    }
     line.num("status", status);
     line.millis("duration_ms", ctx.request.started.elapsed());
     if let Some(t) = ctx.upstream.time {

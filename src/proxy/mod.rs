@@ -18,6 +18,7 @@ use crate::policy::cors;
 use crate::policy::validate::content_length;
 use crate::policy::RequestInfo;
 use crate::redirect::Redirect;
+use crate::retry::Reason;
 use crate::router::Match;
 use crate::snapshot::{Action, Route, Snapshot, SnapshotHolder, StaticResponse};
 use crate::telemetry::Telemetry;
@@ -125,6 +126,35 @@ async fn answer_redirect(session: &mut Session, ctx: &mut Ctx, r: &Redirect) -> 
 }
 
 impl Gateway {
+    /// Whether the route's retry policy makes this failed try again: it covers `reason`, a
+    /// try is left, the method allows it (only a connect failure for one that is not
+    /// idempotent: the upstream never saw it), the body can be sent again, the route
+    /// deadline is not past, and the budget holds a retry. Counted when it does.
+    fn may_retry(&self, session: &Session, ctx: &mut Ctx, reason: Reason) -> bool {
+        let Some(route) = ctx.route() else {
+            return false;
+        };
+        let Some(retry) = &route.retry else {
+            return false;
+        };
+        let method_ok = reason == Reason::Connect || session.req_header().method.is_idempotent();
+        let again = retry.covers(reason)
+            && (ctx.upstream.tried.len() as u32) < retry.attempts
+            && method_ok
+            && !session.as_ref().retry_buffer_truncated()
+            && !ctx.past_deadline()
+            && retry.withdraw();
+        if again {
+            if ctx.snapshot.metrics {
+                let reason = reason.label();
+                let retries = &self.telemetry.metrics.retries;
+                retries.with_label_values(&[&*route.name, &reason]).inc();
+            }
+            ctx.upstream.retrying = Some(reason);
+        }
+        again
+    }
+
     /// A connection is being upgraded (WebSocket): counted while open; the client side may
     /// now be silent for the route's `upgrade_idle_timeout` (the upstream side got it in
     /// `upstream_peer`).
@@ -352,6 +382,11 @@ async fn ready_body(session: &mut Session, ctx: &Ctx, route: &Route) -> Result<(
     if content_length(session.req_header()).is_some_and(|len| len > route.max_body) {
         let limit = route.max_body;
         return Err(GatewayError::BodyTooLarge { limit });
+    }
+    if route.retry.is_some() {
+        // A retried try sends the body again: Pingora keeps up to 64 KiB of it for that
+        // (a larger body is not retried).
+        session.enable_retry_buffering();
     }
     if route.stream_request_body {
         return Ok(());
@@ -600,6 +635,14 @@ impl ProxyHttp for Gateway {
         if ctx.past_deadline() {
             return Err(ctx.fail(GatewayError::RouteTimeout));
         }
+        if let Some(retry) = ctx.route().and_then(|r| r.retry.as_ref()) {
+            if ctx.upstream.tried.is_empty() {
+                retry.deposit();
+            } else {
+                let wait = retry.backoff_before(ctx.upstream.tried.len() as u32);
+                tokio::time::sleep(ctx.remaining().map_or(wait, |r| r.min(wait))).await;
+            }
+        }
         if ctx.upstream.descriptor.is_none() {
             // Held until the request ends; a retry reuses it.
             let max_connections = ctx.snapshot.settings.max_connections;
@@ -622,7 +665,13 @@ impl ProxyHttp for Gateway {
             }
             _ => None,
         };
-        let pick = match upstream.pick(key, &ctx.upstream.tried) {
+        let mut pick = upstream.pick(key, &ctx.upstream.tried);
+        if pick.as_ref().err() == Some(&PickError::Exhausted) && ctx.upstream.retrying.is_some() {
+            // Every target was tried: a retry goes to one of them again.
+            pick = upstream.pick(key, &[]);
+        }
+        ctx.upstream.retrying = None;
+        let pick = match pick {
             Ok(pick) => pick,
             Err(why) => {
                 let failure = match why {
@@ -645,7 +694,9 @@ impl ProxyHttp for Gateway {
         }
         let cap = |t: Duration| Some(ctx.remaining().map_or(t, |r| r.min(t)));
         peer.options.connection_timeout = cap(upstream.connect_timeout);
-        peer.options.read_timeout = cap(upstream.read_timeout);
+        let per_try = ctx.route().and_then(|r| r.retry.as_ref()?.per_try_timeout);
+        peer.options.read_timeout =
+            cap(per_try.map_or(upstream.read_timeout, |t| t.min(upstream.read_timeout)));
         if session.is_upgrade_req() {
             // Once upgraded, the tunnel may be quiet for as long as the route allows.
             let idle = ctx.route().map(|r| r.upgrade_idle_timeout);
@@ -677,10 +728,53 @@ impl ProxyHttp for Gateway {
         if let Some(trace) = &mut ctx.trace {
             trace.failed(failure.map_or("connect_failed", |f| f.code()));
         }
+        if ctx.route().is_some_and(|r| r.retry.is_some()) {
+            let again = self.may_retry(session, ctx, Reason::Connect);
+            e.set_retry(again);
+            return e;
+        }
         let attempts = ctx.upstream().map_or(0, |u| u.retry_attempts as usize);
         let idempotent = session.req_header().method.is_idempotent();
         if idempotent && ctx.upstream.tried.len() <= attempts && !ctx.past_deadline() {
             e.set_retry(true);
+        }
+        e
+    }
+
+    /// After the connection was made: a route's retry policy decides on resets and
+    /// timeouts (and keeps its decision on a status it asked to retry); other routes keep
+    /// Pingora's rule (idempotent, body kept, a reused connection's failure).
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Box<Ctx>,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.upstream.retrying.is_some() {
+            return e;
+        }
+        if ctx.route().is_some_and(|r| r.retry.is_some()) {
+            let reason = match e.etype() {
+                pingora::ErrorType::ReadTimedout => Some(Reason::Timeout),
+                pingora::ErrorType::ConnectionClosed
+                | pingora::ErrorType::ReadError
+                | pingora::ErrorType::WriteError => Some(Reason::Reset),
+                _ => None,
+            };
+            let again = e.esource() == &pingora::ErrorSource::Upstream
+                && ctx.upstream.status.is_none()
+                && reason.is_some_and(|r| self.may_retry(session, ctx, r));
+            e.set_retry(again);
+            return e;
+        }
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
         }
         e
     }
@@ -705,14 +799,27 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         if let Err(failure) = forwarding::one_content_length(upstream_response) {
             return Err(ctx.fail(failure));
         }
-        ctx.upstream.status = Some(upstream_response.status.as_u16());
+        let status = upstream_response.status.as_u16();
+        if ctx.route().is_some_and(|r| r.retry.is_some())
+            && self.may_retry(session, ctx, Reason::Status(status))
+        {
+            // This answer goes nowhere: the try counts as failed and another is made.
+            if let Some(pick) = ctx.upstream.pick.take() {
+                let upstream = ctx.upstream().map_or("", |u| &*u.name);
+                pick.finish(Some(false), upstream);
+            }
+            let mut again = Error::new(pingora::ErrorType::HTTPStatus(status));
+            again.set_retry(true);
+            return Err(again.into_up());
+        }
+        ctx.upstream.status = Some(status);
         if let Some(trace) = &mut ctx.trace {
             trace.answered(upstream_response.status.as_u16());
         }
