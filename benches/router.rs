@@ -66,6 +66,7 @@ fn matching(c: &mut Criterion) {
                         method: &Method::GET,
                         host: None,
                         path: black_box(path),
+                        query: None,
                         headers: &headers,
                     };
                     black_box(snap.router.find(&req))

@@ -155,6 +155,27 @@ fn methods(route: &RawRoute) -> Vec<String> {
     }
 }
 
+/// The query parameters the route's match requires (one that must be absent is left out).
+fn query_params(route: &RawRoute) -> Vec<Value> {
+    use crate::config::model::QueryCondText;
+    route
+        .matcher
+        .query
+        .iter()
+        .filter_map(|(name, cond)| {
+            let schema = match cond {
+                QueryCondText::Equals(v) => json!({"type": "string", "enum": [v]}),
+                QueryCondText::Regex { regex } => {
+                    json!({"type": "string", "pattern": format!("^(?:{regex})$")})
+                }
+                QueryCondText::Present { present: true } => json!({"type": "string"}),
+                QueryCondText::Present { present: false } => return None,
+            };
+            Some(json!({"name": name, "in": "query", "required": true, "schema": schema}))
+        })
+        .collect()
+}
+
 fn operation(
     route: &RawRoute,
     policies: &[Policy],
@@ -163,6 +184,7 @@ fn operation(
     components: &mut Components,
 ) -> Value {
     let mut parameters = path_params.to_vec();
+    parameters.extend(query_params(route));
     let mut op = Map::new();
     op.insert(
         "operationId".into(),

@@ -263,3 +263,28 @@ fn the_budget_caps_retries_when_every_target_fails() {
     }
     assert_eq!(retries(&gw, "503"), 20.0, "{}", metrics_text(&gw));
 }
+
+#[test]
+fn routes_match_on_query_parameters() {
+    let gw = Gateway::start(
+        "routes:\n  - { name: debug, match: { path_prefix: /api/orders, query: { debug: \"1\" } }, respond: { text: debug } }\n  - { name: versioned, match: { path_prefix: /api/orders, query: { v: { regex: \"v[0-9]+\" } } }, respond: { text: versioned } }\n  - { name: beta, match: { path_prefix: /api/orders, query: { beta: { present: true } } }, respond: { text: beta } }\n  - { name: plain, match: { path_prefix: /api/orders }, respond: { text: plain } }\n",
+    );
+    let c = client();
+    for (query, want) in [
+        ("?debug=1", "debug"),
+        ("?debug=%31&x=2", "debug"),
+        ("?debug=2", "plain"),
+        ("?v=v12", "versioned"),
+        ("?v=v12x", "plain"),
+        ("?beta", "beta"),
+        ("", "plain"),
+    ] {
+        let body = c
+            .get(gw.url(&format!("/api/orders/7{query}")))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        assert_eq!(body, want, "{query}");
+    }
+}

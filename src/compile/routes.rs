@@ -3,13 +3,17 @@
 use super::is_name;
 use super::policies::Named;
 use crate::aggregate;
-use crate::config::model::{HeaderCond as RawCond, RawBackend, RawMatch, RawRespond, RawRoute};
+use crate::config::model::{
+    HeaderCond as RawCond, QueryCondText, RawBackend, RawMatch, RawRespond, RawRoute,
+};
 use crate::config::RawConfig;
 use crate::diag::{lookup, parse_methods, Diags};
 use crate::policy::CompileCx;
 use crate::router::normalize::normalize;
 use crate::router::template::{Fill, PathTemplate};
-use crate::router::{HeaderCond, HeaderMatch, HostMatch, Matcher, PathMatch, PathRewrite};
+use crate::router::{
+    HeaderCond, HeaderMatch, HostMatch, Matcher, PathMatch, PathRewrite, QueryCond, QueryMatch,
+};
 use crate::snapshot::{Action, Backend, Backends, Route, StaticResponse};
 use crate::telemetry::{Metrics, RouteMetrics};
 use crate::upstream::weighted::MAX_WEIGHT;
@@ -192,6 +196,13 @@ fn compile_matcher(d: &mut Diags, at: &str, m: &RawMatch) -> Option<Matcher> {
             compile_header_match(d, &format!("{at}.headers.{name}"), name, cond)
         })
         .collect();
+    let query = m
+        .query
+        .iter()
+        .filter_map(|(name, cond)| {
+            compile_query_match(d, &format!("{at}.query.{name}"), name, cond)
+        })
+        .collect();
     if d.items[errors_before..]
         .iter()
         .any(|x| x.severity == crate::diag::Severity::Error)
@@ -203,6 +214,7 @@ fn compile_matcher(d: &mut Diags, at: &str, m: &RawMatch) -> Option<Matcher> {
         methods,
         host,
         headers,
+        query,
         ignore_case: m.ignore_case,
     })
 }
@@ -275,6 +287,43 @@ fn compile_host(d: &mut Diags, at: &str, host: &str) -> Option<HostMatch> {
         HostMatch::Suffix(format!(".{name}"))
     } else {
         HostMatch::Exact(lower)
+    })
+}
+
+fn compile_query_match(
+    d: &mut Diags,
+    at: &str,
+    name: &str,
+    cond: &QueryCondText,
+) -> Option<QueryMatch> {
+    if name.is_empty() {
+        d.error(
+            at,
+            "a query parameter needs a name",
+            Some("e.g. `query: { debug: \"1\" }`".into()),
+        );
+        return None;
+    }
+    let cond = match cond {
+        QueryCondText::Equals(v) => QueryCond::Equals(v.clone()),
+        QueryCondText::Present { present } => QueryCond::Present(*present),
+        QueryCondText::Regex { regex } => {
+            match regex::Regex::new(&format!("^(?:{regex})$")) {
+                Ok(re) => QueryCond::Regex(re),
+                Err(e) => {
+                    d.error(
+                    &format!("{at}.regex"),
+                    format!("invalid regex `{regex}`: {}", e.to_string().lines().last().unwrap_or("")),
+                    Some("see https://docs.rs/regex for the syntax; it must match the whole value".into()),
+                );
+                    return None;
+                }
+            }
+        }
+    };
+    Some(QueryMatch {
+        name: name.to_string(),
+        cond,
     })
 }
 

@@ -618,6 +618,10 @@ pub struct RawMatch {
     /// Header conditions: a value to equal, or `{ present: true|false }`.
     #[serde(default)]
     pub headers: BTreeMap<String, HeaderCond>,
+    /// Query parameter conditions: a value to equal (`debug: "1"`), `{ regex: "^v[0-9]+$" }`,
+    /// or `{ present: true|false }`; the parameter's first value, percent-decoded.
+    #[serde(default)]
+    pub query: BTreeMap<String, QueryCondText>,
     /// Match the path regardless of letter case (`/Admin` like `/admin`).
     #[serde(default)]
     pub ignore_case: bool,
@@ -631,6 +635,21 @@ pub enum HeaderCond {
     Equals(String),
     Present {
         /// true: the header must be there; false: it must not.
+        present: bool,
+    },
+}
+
+/// A query parameter's condition as written.
+#[derive(Debug, Deserialize, Serialize, JsonSchema, Clone)]
+#[serde(untagged)]
+pub enum QueryCondText {
+    Equals(String),
+    Regex {
+        /// A regular expression the whole value must match.
+        regex: String,
+    },
+    Present {
+        /// true: the parameter must be there; false: it must not.
         present: bool,
     },
 }

@@ -84,6 +84,49 @@ pub struct HeaderMatch {
     pub cond: HeaderCond,
 }
 
+/// A query parameter's condition: the first value of the parameter (percent-decoded, `+`
+/// as a space) equals a text or matches a regex, or the parameter is there or not.
+pub enum QueryCond {
+    Equals(String),
+    Regex(Regex),
+    Present(bool),
+}
+
+pub struct QueryMatch {
+    pub name: String,
+    pub cond: QueryCond,
+}
+
+impl QueryMatch {
+    fn matches(&self, query: Option<&str>) -> bool {
+        let value = query.and_then(|q| query_value(q, &self.name));
+        match &self.cond {
+            QueryCond::Present(p) => value.is_some() == *p,
+            QueryCond::Equals(want) => value.is_some_and(|v| v == *want),
+            QueryCond::Regex(re) => value.is_some_and(|v| re.is_match(&v)),
+        }
+    }
+}
+
+/// The first value of parameter `name` in a query string, decoded.
+fn query_value<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
+    let decode = |s: &'q str| -> Cow<'q, str> {
+        if !s.contains(['%', '+']) {
+            return Cow::Borrowed(s);
+        }
+        let spaced = s.replace('+', " ");
+        Cow::Owned(
+            percent_encoding::percent_decode_str(&spaced)
+                .decode_utf8_lossy()
+                .into_owned(),
+        )
+    };
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(key) == name).then(|| decode(value))
+    })
+}
+
 pub struct Matcher {
     pub path: PathMatch,
     /// The path matches regardless of ASCII case (checked whole, not through the trie).
@@ -92,6 +135,7 @@ pub struct Matcher {
     pub methods: Option<Vec<Method>>,
     pub host: Option<HostMatch>,
     pub headers: Vec<HeaderMatch>,
+    pub query: Vec<QueryMatch>,
 }
 
 impl Matcher {
@@ -146,7 +190,21 @@ impl Matcher {
                     }
             })
         });
-        path && methods && host && headers
+        // A regex never covers another condition (conservative), nor is covered.
+        let query = self.query.iter().all(|mine| {
+            other.query.iter().any(|theirs| {
+                theirs.name == mine.name
+                    && match (&mine.cond, &theirs.cond) {
+                        (QueryCond::Equals(a), QueryCond::Equals(b)) => a == b,
+                        (QueryCond::Present(true), QueryCond::Equals(_) | QueryCond::Regex(_)) => {
+                            true
+                        }
+                        (QueryCond::Present(a), QueryCond::Present(b)) => a == b,
+                        _ => false,
+                    }
+            })
+        });
+        path && methods && host && headers && query
     }
 
     /// Everything but the method (the path's trie part is already known to match).
@@ -170,6 +228,9 @@ impl Matcher {
                 return false;
             }
         }
+        if !self.query.iter().all(|q| q.matches(req.query)) {
+            return false;
+        }
         self.headers.iter().all(|h| {
             let value = req.headers.get(&h.name);
             match &h.cond {
@@ -186,6 +247,7 @@ pub struct RequestView<'a> {
     pub method: &'a Method,
     pub host: Option<&'a str>,
     pub path: &'a str,
+    pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
 }
 
@@ -348,6 +410,7 @@ impl Router {
             method,
             host: host.as_deref(),
             path: &path,
+            query: uri.query(),
             headers,
         };
         Ok((self.find(&view), path))
@@ -439,6 +502,17 @@ pub fn host_of(raw: &str) -> Cow<'_, str> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn query_values_are_the_first_one_decoded() {
+        assert_eq!(
+            query_value("a=1&debug=1&debug=2", "debug").as_deref(),
+            Some("1")
+        );
+        assert_eq!(query_value("q=a+b%21", "q").as_deref(), Some("a b!"));
+        assert_eq!(query_value("flag&x=1", "flag").as_deref(), Some(""));
+        assert_eq!(query_value("debugx=1", "debug"), None);
+    }
+
     const NAMES: [&str; 5] = ["exact", "get-users", "regex", "users", "all"];
 
     fn route(_name: &str, path: PathMatch, methods: Option<Vec<Method>>) -> Matcher {
@@ -448,6 +522,7 @@ mod tests {
             methods,
             host: None,
             headers: Vec::new(),
+            query: Vec::new(),
         }
     }
 
@@ -457,6 +532,7 @@ mod tests {
             method: &method,
             host: None,
             path,
+            query: None,
             headers: &headers,
         };
         match router.find(&req) {
@@ -504,6 +580,7 @@ mod tests {
             method: &Method::DELETE,
             host: None,
             path: "/a/b",
+            query: None,
             headers: &headers,
         };
         assert!(matches!(router.find(&req), Match::MethodNotAllowed(a) if a == "GET, HEAD, POST"));
