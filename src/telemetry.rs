@@ -181,6 +181,7 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     pub in_flight: IntGauge,
     pub target_healthy: IntGaugeVec,
+    pub target_ejected: IntGaugeVec,
     pub breaker_state: IntGaugeVec,
     pub rate_limited: IntCounterVec,
     pub auth_failures: IntCounterVec,
@@ -261,6 +262,11 @@ impl Metrics {
             target_healthy: gauge(
                 "portico_upstream_target_healthy",
                 "1 when the target passes its health checks (or has none).",
+                &["upstream", "target"],
+            ),
+            target_ejected: gauge(
+                "portico_upstream_target_ejected",
+                "1 while outlier detection keeps the target out (upstreams with `outlier` only).",
                 &["upstream", "target"],
             ),
             breaker_state: gauge(

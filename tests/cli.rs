@@ -821,3 +821,19 @@ fn retry_policies_are_checked() {
         "`retry` is for routes that proxy",
     );
 }
+
+#[test]
+fn outlier_settings_are_checked() {
+    refused(
+        "upstreams:\n  u: { targets: [\"127.0.0.1:1\"], outlier: { consecutive_failures: 0, max_ejected: half } }\n",
+        6,
+        67,
+        "consecutive_failures must be at least 1",
+    );
+    refused(
+        "upstreams:\n  u: { targets: [\"127.0.0.1:1\"], outlier: { consecutive_failures: 0, max_ejected: half } }\n",
+        6,
+        83,
+        "`half` is not a share such as 50%",
+    );
+}

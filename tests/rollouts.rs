@@ -288,3 +288,48 @@ fn routes_match_on_query_parameters() {
         assert_eq!(body, want, "{query}");
     }
 }
+
+/// Two 503s in a row eject the failing target (never more than half of them); it comes
+/// back when its time is up, and a second ejection lasts twice as long.
+#[test]
+fn a_failing_target_is_ejected_and_returns() {
+    let good = TestUpstream::start("good");
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  svc:\n    targets: [\"{}\", \"{}\"]\n    outlier: {{ consecutive_failures: 2, base_ejection: 5s, max_ejected: 50% }}\nroutes:\n  - {{ name: svc, match: {{ path_prefix: / }}, upstream: svc }}\n",
+        unavailable(),
+        good.addr
+    ));
+    let c = client();
+    let status = || c.get(gw.url("/x")).send().unwrap().status().as_u16();
+    let first: Vec<u16> = (0..4).map(|_| status()).collect();
+    assert_eq!(first, [503, 200, 503, 200]);
+    // Its 5 s out are far longer than these few requests take.
+    assert!(
+        (0..5).all(|_| status() == 200),
+        "the ejected target gets nothing"
+    );
+    let bad = || gw.admin_json("/upstreams")["upstreams"]["svc"]["targets"][0].clone();
+    assert_eq!(bad()["times_ejected"], 1, "{}", bad());
+    assert!(bad()["ejected_for_ms"].is_u64());
+    let gauge = "portico_upstream_target_ejected{target=";
+    assert!(metrics_text(&gw)
+        .lines()
+        .any(|l| l.starts_with(gauge) && l.ends_with(" 1")));
+    let back = wait_until(Duration::from_secs(20), || {
+        bad()["ejected_for_ms"].is_null()
+    });
+    assert!(back.is_some(), "{}", bad());
+    // Back in turn: two more failures, and out again for twice as long.
+    let mut failures = 0;
+    for _ in 0..10 {
+        if status() == 503 {
+            failures += 1;
+        }
+        if failures == 2 {
+            break;
+        }
+    }
+    assert_eq!(failures, 2);
+    assert_eq!(bad()["times_ejected"], 2, "{}", bad());
+    assert!(bad()["ejected_for_ms"].is_u64());
+}

@@ -149,6 +149,8 @@ impl Admin {
                             "addresses": t.addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
                             "healthy": t.health.is_healthy(),
                             "breaker": t.breaker.state().as_str(),
+                            "ejected_for_ms": t.outlier.ejected_for().map(|d| d.as_millis() as u64),
+                            "times_ejected": t.outlier.times_ejected(),
                             "in_flight": t.in_flight(),
                         })
                     })
@@ -237,6 +239,7 @@ fn refresh_gauges(telemetry: &Telemetry, snapshot: &Snapshot) {
     let m = &telemetry.metrics;
     m.target_healthy.reset();
     m.breaker_state.reset();
+    m.target_ejected.reset();
     m.build_info.reset();
     m.build_info
         .with_label_values(&[VERSION, snapshot.hash.as_str()])
@@ -258,6 +261,11 @@ fn refresh_gauges(telemetry: &Telemetry, snapshot: &Snapshot) {
             m.breaker_state
                 .with_label_values(&labels)
                 .set(t.breaker.state() as i64);
+            if upstream.outlier.is_some() {
+                m.target_ejected
+                    .with_label_values(&labels)
+                    .set(i64::from(t.outlier.is_ejected()));
+            }
         }
     }
 }

@@ -3,13 +3,15 @@
 
 use super::is_name;
 use crate::config::model::{
-    RawBreaker, RawHealthCheck, RawTarget, RawUpstream, RawUpstreamTls, RetryOn, UpstreamProtocol,
+    RawBreaker, RawHealthCheck, RawOutlier, RawTarget, RawUpstream, RawUpstreamTls, RetryOn,
+    UpstreamProtocol,
 };
 use crate::diag::{Diags, Inputs};
 use crate::state::StateCx;
 use crate::tls;
 use crate::upstream::breaker::BreakerConfig;
 use crate::upstream::health::HealthConfig;
+use crate::upstream::outlier::{Ejector, OutlierConfig};
 use crate::upstream::weighted::MAX_WEIGHT;
 use crate::upstream::{Balance, Target, Upstream, UpstreamTls};
 use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
@@ -45,6 +47,7 @@ pub(super) fn compile_upstream(
         .as_ref()
         .and_then(|hc| compile_health(d, &at, hc));
     let breaker = up.breaker.as_ref().and_then(|b| compile_breaker(d, &at, b));
+    let outlier = up.outlier.as_ref().and_then(|o| compile_outlier(d, &at, o));
     let mut targets = Vec::new();
     let mut seen = HashSet::new();
     for (i, target) in up.targets.iter().enumerate() {
@@ -61,7 +64,7 @@ pub(super) fn compile_upstream(
             // A target's addresses, health and breaker state are defined by its address and
             // its checks: timeouts, retries or balancing changes keep them.
             Ok(t) => {
-                let defining = (text, &health_check, format!("{breaker:?}"));
+                let defining = (text, &health_check, format!("{breaker:?}{outlier:?}"));
                 let label = format!("{name}/{text}");
                 targets.push(state.keep("target", &label, &defining, || t));
             }
@@ -137,6 +140,10 @@ pub(super) fn compile_upstream(
     upstream.next = state.keep("balancer", name, &up.targets, AtomicUsize::default);
     upstream.health_check = health_check;
     upstream.breaker = breaker;
+    upstream.outlier = outlier.map(|cfg| {
+        let targets = upstream.targets.clone();
+        Arc::new(Ejector { cfg, targets })
+    });
     upstream.tls = tls;
     upstream.h2 = up.protocol == UpstreamProtocol::H2;
     Some(upstream)
@@ -279,6 +286,43 @@ fn compile_health(d: &mut Diags, at: &str, hc: &RawHealthCheck) -> Option<Health
         timeout: hc.timeout,
         unhealthy_after: hc.unhealthy_after.max(1),
         healthy_after: hc.healthy_after.max(1),
+    })
+}
+
+fn compile_outlier(d: &mut Diags, at: &str, o: &RawOutlier) -> Option<OutlierConfig> {
+    let at = format!("{at}.outlier");
+    let errors = d.errors();
+    if o.consecutive_failures == 0 {
+        d.error(
+            &format!("{at}.consecutive_failures"),
+            "consecutive_failures must be at least 1",
+            Some("e.g. consecutive_failures: 5".into()),
+        );
+    }
+    if o.base_ejection.is_zero() {
+        d.error(
+            &format!("{at}.base_ejection"),
+            "base_ejection must be longer than 0",
+            Some("e.g. base_ejection: 30s".into()),
+        );
+    }
+    let share = o
+        .max_ejected
+        .trim()
+        .strip_suffix('%')
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .filter(|p| (0.0..=100.0).contains(p));
+    if share.is_none() {
+        d.error(
+            &format!("{at}.max_ejected"),
+            format!("`{}` is not a share such as 50%", o.max_ejected),
+            Some("write a percentage from 0% to 100% of the upstream's targets".into()),
+        );
+    }
+    (d.errors() == errors).then(|| OutlierConfig {
+        consecutive_failures: o.consecutive_failures,
+        base_ejection: o.base_ejection,
+        max_ejected_per_mille: (share.unwrap_or(0.0) * 10.0).round() as u32,
     })
 }
 

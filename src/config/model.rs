@@ -311,6 +311,8 @@ pub struct RawUpstream {
     pub health_check: Option<RawHealthCheck>,
     /// A circuit breaker per target.
     pub breaker: Option<RawBreaker>,
+    /// Outlier ejection: targets failing in a row are taken out for a while.
+    pub outlier: Option<RawOutlier>,
     /// TLS to the targets (also implied by `https://` targets).
     pub tls: Option<RawUpstreamTls>,
     /// `h2` speaks HTTP/2 to the targets (gRPC needs it): by ALPN over TLS, else cleartext
@@ -422,6 +424,26 @@ fn default_unhealthy_after() -> u32 {
 }
 fn default_healthy_after() -> u32 {
     2
+}
+
+/// `outlier: { consecutive_failures: 5, base_ejection: 30s, max_ejected: 50% }`.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    /// Failures in a row (5xx, resets, timeouts, connect failures) that eject a target.
+    #[serde(default = "default_consecutive")]
+    pub consecutive_failures: u32,
+    /// How long a first ejection lasts; the n-th lasts n times as long.
+    #[schemars(with = "crate::units::DurationText")]
+    #[serde(default = "default_open_for", with = "crate::units::duration")]
+    pub base_ejection: Duration,
+    /// At most this share of the upstream's targets are out at once (default 50%).
+    #[serde(default = "default_max_ejected")]
+    pub max_ejected: String,
+}
+
+fn default_max_ejected() -> String {
+    "50%".into()
 }
 
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]

@@ -2,6 +2,7 @@
 
 pub mod breaker;
 pub mod health;
+pub mod outlier;
 pub mod resolve;
 pub mod weighted;
 
@@ -68,6 +69,7 @@ pub struct Target {
     in_flight: AtomicUsize,
     pub health: Health,
     pub breaker: Breaker,
+    pub outlier: outlier::Outlier,
 }
 
 impl Target {
@@ -98,6 +100,7 @@ impl Target {
             in_flight: AtomicUsize::new(0),
             health: Health::default(),
             breaker: Breaker::default(),
+            outlier: outlier::Outlier::default(),
         })
     }
 
@@ -152,6 +155,8 @@ pub struct Upstream {
     pub retry_attempts: u32,
     pub health_check: Option<HealthConfig>,
     pub breaker: Option<BreakerConfig>,
+    /// Outlier ejection over the targets (passive health).
+    pub outlier: Option<Arc<outlier::Ejector>>,
     /// The balancer's position, kept across reloads while the target list stays.
     pub next: Arc<AtomicUsize>,
     /// TLS to the targets.
@@ -187,6 +192,7 @@ pub struct Pick {
     pub target: Arc<Target>,
     admission: Admission,
     breaker: Option<BreakerConfig>,
+    outlier: Option<Arc<outlier::Ejector>>,
     finished: bool,
 }
 
@@ -202,6 +208,9 @@ impl Pick {
             self.target
                 .breaker
                 .record(cfg, self.admission, success, who);
+        }
+        if let (Some(ejector), Some(success)) = (&self.outlier, success) {
+            ejector.record(&self.target, success, upstream);
         }
         self.finished = true;
     }
@@ -241,6 +250,7 @@ impl Upstream {
             retry_attempts,
             health_check: None,
             breaker: None,
+            outlier: None,
             next: Arc::default(),
             tls: None,
             h2: false,
@@ -278,6 +288,7 @@ impl Upstream {
             && (self.weights.is_empty() || self.weights[i] > 0)
             && !t.addrs.load().is_empty()
             && t.health.is_healthy()
+            && (self.outlier.is_none() || !t.outlier.is_ejected())
             && self
                 .breaker
                 .as_ref()
@@ -337,6 +348,7 @@ impl Upstream {
                 target: target.clone(),
                 admission,
                 breaker: self.breaker.clone(),
+                outlier: self.outlier.clone(),
                 finished: false,
             });
         }
@@ -353,7 +365,7 @@ impl Upstream {
             PickError::Exhausted
         } else if untried().all(|t| t.addrs.load().is_empty()) {
             PickError::NoAddress
-        } else if untried().any(|t| t.health.is_healthy()) {
+        } else if untried().any(|t| t.health.is_healthy() && !t.outlier.is_ejected()) {
             PickError::CircuitOpen
         } else {
             PickError::Unhealthy
