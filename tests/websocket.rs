@@ -273,7 +273,9 @@ fn a_tunnel_whose_client_stops_reading_is_closed() {
         let chunk = vec![7u8; 256 * 1024];
         while sink.send(Message::binary(chunk.clone())).await.is_ok() {}
     });
-    let opened = wait_until(Duration::from_secs(10), || open() == 1.0);
+    // Counted, not seen open: under load the tunnel may open and close between two looks.
+    let upgraded = || metric(&gw, "portico_upgrades_total{route=\"live\"}");
+    let opened = wait_until(Duration::from_secs(10), || upgraded() == 1.0);
     assert!(opened.is_some(), "{}", gw.log());
     let closed = wait_until(Duration::from_secs(30), || open() == 0.0);
     sender.abort();
