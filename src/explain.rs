@@ -228,6 +228,9 @@ pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
                             .timeout
                             .map_or("none".into(), |t| humantime::format_duration(t).to_string())
                     );
+                    if let Some(sticky) = &route.sticky {
+                        let _ = writeln!(out, "  {}", sticky.explain());
+                    }
                     match &route.retry {
                         Some(retry) => {
                             let _ = writeln!(out, "  {}", retry.explain());

@@ -26,6 +26,7 @@ pub mod retry;
 pub mod router;
 pub mod snapshot;
 pub mod state;
+pub mod sticky;
 pub mod telemetry;
 pub mod tls;
 pub mod units;

@@ -179,6 +179,32 @@ impl Backends {
             .unwrap_or(self.order[k % self.order.len()] as usize)
     }
 
+    /// The backend for a request a sticky route keeps (see `sticky`), and whether the
+    /// client must be told again (its cookie named none, or a backend that cannot take it).
+    pub fn choose_kept(&self, keep: &crate::sticky::Keep) -> (usize, bool) {
+        use crate::sticky::Keep;
+        let usable = |i: usize| self.list[i].weight > 0 && self.list[i].upstream.can_take();
+        match keep {
+            Keep::Backend(name) => {
+                let named = self.list.iter().position(|b| *b.upstream.name == **name);
+                match named.filter(|i| usable(*i)) {
+                    Some(i) => (i, false),
+                    None => (self.choose(), true),
+                }
+            }
+            Keep::Hash(h) if !self.order.is_empty() => {
+                let len = self.order.len();
+                let start = (*h % len as u64) as usize;
+                let found = (0..len)
+                    .map(|i| self.order[(start + i) % len] as usize)
+                    .find(|b| usable(*b));
+                (found.unwrap_or(self.order[start] as usize), false)
+            }
+            Keep::Hash(_) => (0, false),
+            Keep::Nothing => (self.choose(), true),
+        }
+    }
+
     /// The upstreams' names, for views and metric labels.
     pub fn names(&self) -> String {
         let names: Vec<&str> = self.list.iter().map(|b| &*b.upstream.name).collect();
@@ -209,6 +235,8 @@ pub struct Route {
     pub stream_request_body: bool,
     /// Longest an upgraded connection may be silent both ways.
     pub upgrade_idle_timeout: Duration,
+    /// How a split route keeps a client on its backend.
+    pub sticky: Option<crate::sticky::Sticky>,
     /// What failed tries are tried again (the upstream's connect retries when absent).
     pub retry: Option<crate::retry::RetryPolicy>,
     pub metrics: RouteMetrics,

@@ -837,3 +837,34 @@ fn outlier_settings_are_checked() {
         "`half` is not a share such as 50%",
     );
 }
+
+#[test]
+fn sticky_settings_are_checked() {
+    refused(
+        &format!("{UPSTREAM}routes:\n  - name: a\n    match: {{ path: /a }}\n    upstream: users\n    sticky: {{ cookie: c }}\n"),
+        11,
+        15,
+        "this route has none",
+    );
+    let split = |sticky: &str| {
+        format!("{UPSTREAM}routes:\n  - name: a\n    match: {{ path: /a }}\n    backends: [{{ upstream: users }}]\n    sticky: {sticky}\n")
+    };
+    refused(
+        &split("{ claim: sub }"),
+        11,
+        22,
+        "sticky by claim needs the route's `auth`",
+    );
+    refused(
+        &split("{ cookie: c, key_env: PORTICO_TEST_UNSET_KEY }"),
+        11,
+        23,
+        "needs signing keys of 32 bytes or more in $PORTICO_TEST_UNSET_KEY",
+    );
+    refused(
+        &split("{ cookie: c, claim: sub }"),
+        11,
+        15,
+        "one of `cookie`, `claim` or `header`",
+    );
+}

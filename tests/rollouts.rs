@@ -333,3 +333,108 @@ fn a_failing_target_is_ejected_and_returns() {
     assert_eq!(bad()["times_ejected"], 2, "{}", bad());
     assert!(bad()["ejected_for_ms"].is_u64());
 }
+
+const STICKY_KEY: &str = "a-sticky-cookie-key-of-32-bytes-or-more";
+
+fn sticky_split(a: &TestUpstream, b: &TestUpstream, weights: (u32, u32), sticky: &str) -> String {
+    format!(
+        "upstreams:\n  v1: {{ targets: [\"{}\"] }}\n  v2: {{ targets: [\"{}\"] }}\nauth:\n  jwt: {{ algorithms: [HS256], secret_env: STICKY_JWT }}\nroutes:\n  - name: orders\n    match: {{ path_prefix: / }}\n    backends: [{{ upstream: v1, weight: {} }}, {{ upstream: v2, weight: {} }}]\n    sticky: {sticky}\n",
+        a.addr, b.addr, weights.0, weights.1
+    )
+}
+
+/// (backend that answered, the cookie it set if any) for a request with `cookie`.
+fn sticky_get(gw: &Gateway, cookie: Option<&str>) -> (String, Option<String>) {
+    let mut req = client().get(gw.url("/o"));
+    if let Some(c) = cookie {
+        req = req.header("cookie", format!("portico-orders={c}"));
+    }
+    let resp = req.send().unwrap();
+    assert_eq!(resp.status(), 200);
+    let who = resp.headers()["x-upstream"].to_str().unwrap().to_string();
+    let set = resp.headers().get("set-cookie").map(|v| {
+        let v = v.to_str().unwrap();
+        assert!(v.contains("HttpOnly") && v.contains("Max-Age=3600"), "{v}");
+        v.split(';')
+            .next()
+            .unwrap()
+            .trim_start_matches("portico-orders=")
+            .to_string()
+    });
+    (who, set)
+}
+
+#[test]
+fn a_sticky_cookie_holds_and_moves_when_its_backend_is_drained() {
+    let (a, b) = (TestUpstream::start("v1"), TestUpstream::start("v2"));
+    let envs = [
+        ("PORTICO_STICKY_KEY", STICKY_KEY),
+        ("STICKY_JWT", STICKY_KEY),
+    ];
+    let body = |w| sticky_split(&a, &b, w, "{ cookie: portico-orders, ttl: 1h }");
+    let gw = Gateway::start_with_env(&envs, &body((1, 1)));
+    let (first, cookie) = sticky_get(&gw, None);
+    let cookie = cookie.expect("the first answer sets the cookie");
+    for _ in 0..50 {
+        let (who, set) = sticky_get(&gw, Some(&cookie));
+        assert_eq!((who.as_str(), set), (first.as_str(), None));
+    }
+    // A forged cookie (another backend's name under the old signature) is ignored.
+    let other = if first == "v1" { "v2" } else { "v1" };
+    let forged = cookie.replacen(&first, other, 1);
+    let (_, set) = sticky_get(&gw, Some(&forged));
+    assert!(set.is_some(), "a forged cookie is replaced");
+    // Drain the kept backend: the cookie's client moves, and is told.
+    let drained = if first == "v1" { (0, 1) } else { (1, 0) };
+    gw.write_config(&body(drained));
+    let reloaded = wait_until(Duration::from_secs(10), || {
+        let w = &gw.admin_json("/routes")["routes"][0]["action"]["backends"];
+        w[0]["weight"] == drained.0 && w[1]["weight"] == drained.1
+    });
+    assert!(reloaded.is_some(), "{}", gw.log());
+    let (moved, set) = sticky_get(&gw, Some(&cookie));
+    assert_eq!(moved, other);
+    assert!(set.unwrap().starts_with(&format!("{other}.")));
+}
+
+#[test]
+fn sticky_by_claim_keeps_each_user_and_a_client_header_cannot_choose() {
+    let (a, b) = (TestUpstream::start("v1"), TestUpstream::start("v2"));
+    let envs = [("STICKY_JWT", STICKY_KEY)];
+    let gw = Gateway::start_with_env(
+        &envs,
+        &sticky_split(&a, &b, (1, 1), "{ claim: sub }")
+            .replace("    sticky:", "    auth: jwt\n    sticky:"),
+    );
+    let c = client();
+    let mut seen = std::collections::HashSet::new();
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+        let token = hs256_token(STICKY_KEY, user);
+        let backends: std::collections::HashSet<String> = (0..10)
+            .map(|_| {
+                let resp = c.get(gw.url("/o")).bearer_auth(&token).send().unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.headers()["x-upstream"].to_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(backends.len(), 1, "{user} moved: {backends:?}");
+        seen.extend(backends);
+    }
+    assert_eq!(seen.len(), 2, "six users spread over both backends");
+    // By header: a client's own X-Session is not trusted, so it pins nothing.
+    let gw = Gateway::start_with_env(
+        &envs,
+        &sticky_split(&a, &b, (1, 1), "{ header: X-Session }"),
+    );
+    let answered: std::collections::HashSet<String> = (0..10)
+        .map(|_| {
+            let resp = c
+                .get(gw.url("/o"))
+                .header("x-session", "constant")
+                .send()
+                .unwrap();
+            resp.headers()["x-upstream"].to_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(answered.len(), 2, "the header chose nothing");
+}

@@ -86,6 +86,19 @@ pub(super) fn compile_routes(
             None => None,
         };
         let retry_ok = r.retry.is_none() || retry.is_some();
+        let sticky = match &r.sticky {
+            Some(_) if r.backends.is_none() => {
+                cx.d.error(
+                    &format!("{at}.sticky"),
+                    "`sticky` keeps clients on one of a route's `backends`, and this route has none",
+                    Some("split the route with `backends`, or remove `sticky`".into()),
+                );
+                None
+            }
+            Some(raw) => crate::sticky::compile(cx.d, &at, raw, r.auth.is_some()),
+            None => None,
+        };
+        let sticky_ok = r.sticky.is_none() || sticky.is_some();
         if r.upgrade_idle_timeout.is_some_and(|t| t.is_zero()) {
             cx.d.error(
                 &format!("{at}.upgrade_idle_timeout"),
@@ -101,7 +114,7 @@ pub(super) fn compile_routes(
             );
         }
         if let (Some(matcher), Some(action), Some(rewrite), Some(policies), true) =
-            (matcher, action, rewrite, policies, retry_ok)
+            (matcher, action, rewrite, policies, retry_ok && sticky_ok)
         {
             let upstream = match &action {
                 Action::Proxy(backends) => backends.names(),
@@ -126,6 +139,7 @@ pub(super) fn compile_routes(
                         .upgrade_idle_timeout
                         .unwrap_or(DEFAULT_UPGRADE_IDLE_TIMEOUT),
                     retry,
+                    sticky,
                     metrics,
                 },
             });

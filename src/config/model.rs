@@ -574,6 +574,8 @@ pub struct RawRoute {
     pub respond: Option<RawRespond>,
     /// Answer with the JSON of several upstream calls made in parallel.
     pub aggregate: Option<crate::aggregate::RawAggregate>,
+    /// Keep each client on one of the `backends`: by a signed cookie, a claim or a header.
+    pub sticky: Option<crate::sticky::RawSticky>,
     /// Try failed requests again: on what, how often, within what budget.
     pub retry: Option<crate::retry::RawRetry>,
     /// Answer with a redirect built from the request (301/302/303/307/308).

@@ -48,6 +48,8 @@ pub struct UpstreamTry {
     pub status: Option<u16>,
     /// The last connection attempt failed in its TLS handshake.
     pub tls_failed: bool,
+    /// A sticky route's cookie for the answer (see `sticky`).
+    pub set_cookie: Option<String>,
     /// A try the route's retry policy decided to make again, and why (see `retry`).
     pub retrying: Option<crate::retry::Reason>,
     /// Ends the connection at the route deadline, while the upstream owes an answer.

@@ -20,7 +20,7 @@ use crate::policy::RequestInfo;
 use crate::redirect::Redirect;
 use crate::retry::Reason;
 use crate::router::Match;
-use crate::snapshot::{Action, Route, Snapshot, SnapshotHolder, StaticResponse};
+use crate::snapshot::{Action, Backends, Route, Snapshot, SnapshotHolder, StaticResponse};
 use crate::telemetry::Telemetry;
 use crate::upstream::{Balance, PickError, UpstreamTls};
 use async_trait::async_trait;
@@ -99,6 +99,32 @@ async fn respond_static(session: &mut Session, ctx: &Ctx, resp: &StaticResponse)
     }
     respond::answer(session, ctx, header, resp.body.clone(), true).await?;
     Ok(true)
+}
+
+/// The backend a request goes to: the next turn, or for a sticky route the one that keeps
+/// it (noting the cookie to send when the client must be told).
+fn choose_backend(session: &Session, ctx: &mut Ctx, route: &Route, backends: &Backends) {
+    let Some(sticky) = &route.sticky else {
+        ctx.upstream.backend = Some(backends.choose());
+        return;
+    };
+    let req = session.req_header();
+    let seen = crate::sticky::Seen {
+        route: &route.name,
+        cookie_header: req
+            .headers
+            .get(http::header::COOKIE)
+            .and_then(|v| v.to_str().ok()),
+        claims: ctx.policy.claims.as_deref(),
+        headers: &req.headers,
+        trusted_peer: ctx.request.trusted_peer,
+    };
+    let (chosen, tell) = backends.choose_kept(&sticky.keep(&seen));
+    ctx.upstream.backend = Some(chosen);
+    if tell {
+        let name = &backends.list[chosen].upstream.name;
+        ctx.upstream.set_cookie = sticky.set_cookie(&route.name, name, ctx.request.tls);
+    }
 }
 
 /// A `redirect` route's answer; a request with no usable host gets 400.
@@ -286,7 +312,7 @@ impl Gateway {
             Action::Respond(resp) => return respond_static(session, ctx, resp).await,
             Action::Redirect(redirect) => return answer_redirect(session, ctx, redirect).await,
             Action::Aggregate(agg) => return self.aggregate(session, ctx, agg, &bound).await,
-            Action::Proxy(backends) => ctx.upstream.backend = Some(backends.choose()),
+            Action::Proxy(backends) => choose_backend(session, ctx, route, backends),
         }
         if let Err(refusal) = ready_body(session, ctx, route).await {
             return refuse(session, ctx, refusal).await;
@@ -853,6 +879,9 @@ impl ProxyHttp for Gateway {
         }
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
             self.upgraded(session, ctx);
+        }
+        if let Some(cookie) = ctx.upstream.set_cookie.take() {
+            upstream_response.append_header(http::header::SET_COOKIE, cookie)?;
         }
         if let Some(route) = ctx.route().filter(|r| r.cache().is_some()) {
             let result = cache::status(&session.cache);
