@@ -89,6 +89,7 @@ listen: { proxy: 127.0.0.1:$1, admin: 127.0.0.1:$2 }
 server: { threads: 1 }
 upstreams:
   origin: { targets: ["127.0.0.1:$3"] }
+  origin-b: { targets: ["127.0.0.1:$3"] }
 auth:
   rs: { algorithms: [RS256], public_key_file: "$PWD/tests/keys/rsa1.pub.pem" }
   hs: { algorithms: [HS256], secret_env: JWT_SECRET, issuer: https://idp.example.com, audience: api, forward_claims: { sub: X-User-Id } }
@@ -115,6 +116,9 @@ routes:
         - { name: user, upstream: origin, path: "/json/users/{id}" }
         - { name: orders, upstream: origin, path: "/json/orders?user={id}", allow: [id, total] }
         - { name: prefs, upstream: origin, path: "/json/prefs/{id}", merge: true }
+  - name: split
+    match: { path_prefix: /split/ }
+    backends: [{ upstream: origin, weight: 9 }, { upstream: origin-b, weight: 1 }]
   - name: all
     match: { path_prefix: / }
     upstream: origin
