@@ -438,3 +438,60 @@ fn sticky_by_claim_keeps_each_user_and_a_client_header_cannot_choose() {
         .collect();
     assert_eq!(answered.len(), 2, "the header chose nothing");
 }
+
+/// The targets that answered 10 requests made by `send`.
+fn answered_by(
+    send: impl Fn() -> reqwest::blocking::Response,
+) -> std::collections::HashSet<String> {
+    (0..10)
+        .map(|_| {
+            let resp = send();
+            assert_eq!(resp.status(), 200);
+            resp.headers()["x-upstream"].to_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn hash_balancing_keys_on_verified_claims_and_cookies_never_on_a_client_header() {
+    let (a, b) = (TestUpstream::start("a"), TestUpstream::start("b"));
+    let pool = |balance: &str, name: &str| {
+        format!(
+            "  {name}: {{ targets: [\"{}\", \"{}\"], balance: \"{balance}\" }}\n",
+            a.addr, b.addr
+        )
+    };
+    let gw = Gateway::start_with_env(
+        &[("STICKY_JWT", STICKY_KEY)],
+        &format!(
+            "upstreams:\n{}{}{}auth:\n  jwt: {{ algorithms: [HS256], secret_env: STICKY_JWT }}\nroutes:\n  - {{ name: claim, match: {{ path_prefix: /claim }}, upstream: by-claim, auth: jwt }}\n  - {{ name: cookie, match: {{ path_prefix: /cookie }}, upstream: by-cookie }}\n  - {{ name: header, match: {{ path_prefix: /header }}, upstream: by-header }}\n",
+            pool("hash(claim:sub)", "by-claim"),
+            pool("hash(cookie:sid)", "by-cookie"),
+            pool("hash(header:X-User-Id)", "by-header"),
+        ),
+    );
+    let c = client();
+    let mut users = std::collections::HashSet::new();
+    for user in ["alice", "bob", "carol", "dave"] {
+        let token = hs256_token(STICKY_KEY, user);
+        let got = answered_by(|| c.get(gw.url("/claim")).bearer_auth(&token).send().unwrap());
+        assert_eq!(got.len(), 1, "{user}: {got:?}");
+        users.extend(got);
+    }
+    assert_eq!(users.len(), 2, "users spread over both targets");
+    let got = answered_by(|| {
+        c.get(gw.url("/cookie"))
+            .header("cookie", "a=1; sid=s-42")
+            .send()
+            .unwrap()
+    });
+    assert_eq!(got.len(), 1);
+    // The client is not a trusted proxy: its X-User-Id pins nothing (round robin).
+    let got = answered_by(|| {
+        c.get(gw.url("/header"))
+            .header("x-user-id", "constant")
+            .send()
+            .unwrap()
+    });
+    assert_eq!(got.len(), 2, "a client-sent header chose the target");
+}

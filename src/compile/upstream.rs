@@ -90,7 +90,7 @@ pub(super) fn compile_upstream(
                 &format!("{at}.balance"),
                 e,
                 Some(
-                    "use round_robin, random, least_requests, hash(header:NAME) or hash(client_ip)"
+                    "use round_robin, random, least_requests, hash(header:NAME), hash(client_ip), hash(claim:NAME) or hash(cookie:NAME)"
                         .into(),
                 ),
             )

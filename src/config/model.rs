@@ -297,9 +297,10 @@ pub struct RawUpstream {
     /// HOST:PORT of each instance (or https://HOST:PORT for TLS); DNS names are re-resolved.
     /// `{ addr: HOST:PORT, weight: 3 }` gives one a weight (default 1; 0 drains it).
     pub targets: Vec<RawTarget>,
-    /// round_robin (default), random, least_requests, hash(header:NAME) or hash(client_ip).
+    /// round_robin (default), random, least_requests, hash(header:NAME) (from trusted
+    /// proxies), hash(client_ip), hash(claim:NAME) (verified) or hash(cookie:NAME).
     #[serde(default = "default_balance")]
-    #[schemars(pattern(r"^\s*(round_robin|random|least_requests|hash\(client_ip\)|hash\(header:\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*\))\s*$"))]
+    #[schemars(pattern(r"^\s*(round_robin|random|least_requests|hash\(client_ip\)|hash\(header:\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*\)|hash\((claim|cookie):\s*[0-9A-Za-z._-]+\s*\))\s*$"))]
     pub balance: String,
     /// Connect, read and write timeouts per try.
     #[serde(default)]

@@ -677,11 +677,34 @@ impl ProxyHttp for Gateway {
                 return Err(ctx.fail(GatewayError::Overloaded));
             }
         }
-        let ip_key;
+        let (ip_key, claim_key);
+        let headers = &session.req_header().headers;
         let key = match &upstream.balance {
-            Balance::HashHeader(name) => {
-                session.req_header().headers.get(name).map(|v| v.as_bytes())
+            // A client's own copy would let it choose its target: only a trusted proxy's.
+            Balance::HashHeader(name) if ctx.request.trusted_peer => {
+                headers.get(name).map(|v| v.as_bytes())
             }
+            Balance::HashClaim(claim) => {
+                claim_key = ctx
+                    .policy
+                    .claims
+                    .as_ref()
+                    .and_then(|c| match c.get(claim)? {
+                        serde_json::Value::String(s) => Some(s.clone()),
+                        serde_json::Value::Null => None,
+                        other => Some(other.to_string()),
+                    });
+                claim_key.as_deref().map(str::as_bytes)
+            }
+            Balance::HashCookie(name) => headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    (k == name).then_some(v.as_bytes())
+                }),
             Balance::HashClientIp => {
                 ip_key = ctx.request.client_ip.map(|ip| match ip {
                     IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),

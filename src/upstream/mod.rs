@@ -21,8 +21,13 @@ pub enum Balance {
     RoundRobin,
     Random,
     LeastRequests,
+    /// A header's value, from trusted proxies only (a client's own copy is ignored).
     HashHeader(HeaderName),
     HashClientIp,
+    /// A verified claim (the route's `auth`).
+    HashClaim(String),
+    /// A cookie's value.
+    HashCookie(String),
 }
 
 impl std::fmt::Display for Balance {
@@ -34,13 +39,30 @@ impl std::fmt::Display for Balance {
             Balance::LeastRequests => f.write_str("least_requests"),
             Balance::HashHeader(h) => write!(f, "hash(header:{h})"),
             Balance::HashClientIp => f.write_str("hash(client_ip)"),
+            Balance::HashClaim(c) => write!(f, "hash(claim:{c})"),
+            Balance::HashCookie(c) => write!(f, "hash(cookie:{c})"),
         }
     }
 }
 
 impl Balance {
-    /// Parses `round_robin`, `random`, `least_requests`, `hash(header:NAME)`, `hash(client_ip)`.
+    /// Parses `round_robin`, `random`, `least_requests`, `hash(header:NAME)`, `hash(client_ip)`,
+    /// `hash(claim:NAME)`, `hash(cookie:NAME)`.
     pub fn parse(text: &str) -> Result<Balance, String> {
+        let inner = |prefix: &str| {
+            let name = text.trim().strip_prefix(prefix)?.strip_suffix(')')?.trim();
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            token.then(|| name.to_string())
+        };
+        if let Some(claim) = inner("hash(claim:") {
+            return Ok(Balance::HashClaim(claim));
+        }
+        if let Some(cookie) = inner("hash(cookie:") {
+            return Ok(Balance::HashCookie(cookie));
+        }
         match text.trim() {
             "round_robin" => Ok(Balance::RoundRobin),
             "random" => Ok(Balance::Random),
@@ -307,7 +329,10 @@ impl Upstream {
         let start = match &self.balance {
             Balance::RoundRobin => self.turn(self.next.fetch_add(1, Ordering::Relaxed)),
             Balance::Random => self.turn(fastrand::usize(..self.order.len().max(n).max(1))),
-            Balance::HashHeader(_) | Balance::HashClientIp => match key {
+            Balance::HashHeader(_)
+            | Balance::HashClientIp
+            | Balance::HashClaim(_)
+            | Balance::HashCookie(_) => match key {
                 Some(k) => self.turn(crate::hashing::fnv1a(k) as usize),
                 None => self.turn(self.next.fetch_add(1, Ordering::Relaxed)),
             },
@@ -426,6 +451,8 @@ mod tests {
             "least_requests",
             "hash(header:x-user-id)",
             "hash(client_ip)",
+            "hash(claim:sub)",
+            "hash(cookie:sid)",
         ] {
             assert_eq!(
                 Balance::parse(text).unwrap().to_string(),
