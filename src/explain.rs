@@ -264,6 +264,44 @@ pub struct Case {
     /// ...or expected status when no route takes it (400, 404, 405).
     pub status: Option<u16>,
     pub upstream_path: Option<String>,
+    /// The backend (upstream) a split route keeps this request on: by its sticky cookie, or
+    /// its sticky header as a trusted proxy would send it.
+    pub backend: Option<String>,
+}
+
+/// The backend a split route keeps `probe` on, or why none can be said.
+fn kept_backend(snapshot: &Snapshot, index: usize, probe: &Probe) -> Result<String, String> {
+    let route = &snapshot.routes[index];
+    let Action::Proxy(backends) = &route.action else {
+        return Err(format!(
+            "route `{}` does not proxy, so it has no backend",
+            route.name
+        ));
+    };
+    if let [one] = backends.list.as_slice() {
+        return Ok(one.upstream.name.to_string());
+    }
+    let keep = route.sticky.as_ref().map(|sticky| {
+        sticky.keep(&crate::sticky::Seen {
+            route: &route.name,
+            cookie_header: probe
+                .headers
+                .get(http::header::COOKIE)
+                .and_then(|v| v.to_str().ok()),
+            claims: None,
+            headers: &probe.headers,
+            trusted_peer: true,
+        })
+    });
+    match keep {
+        Some(keep @ (crate::sticky::Keep::Backend(_) | crate::sticky::Keep::Hash(_))) => {
+            Ok(backends.list[backends.choose_kept(&keep).0].upstream.name.to_string())
+        }
+        _ => Err(format!(
+            "route `{}` picks its backend by weight for this request (no valid sticky cookie or header)",
+            route.name
+        )),
+    }
 }
 
 /// Each case's request and why it failed (None: it passed).
@@ -366,6 +404,12 @@ fn check_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
         ) => {
             if snapshot.routes[*index].name.as_ref() != want {
                 return Err(format!("expected route `{want}`, got {got_text}"));
+            }
+            if let Some(want) = &case.backend {
+                let got = kept_backend(snapshot, *index, &probe)?;
+                if &got != want {
+                    return Err(format!("expected backend `{want}`, got `{got}`"));
+                }
             }
             match (&case.upstream_path, upstream_path) {
                 (Some(want), Some(got)) if want != got => {

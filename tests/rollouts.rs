@@ -495,3 +495,40 @@ fn hash_balancing_keys_on_verified_claims_and_cookies_never_on_a_client_header()
     });
     assert_eq!(got.len(), 2, "a client-sent header chose the target");
 }
+
+#[test]
+fn route_test_cases_can_expect_a_sticky_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("g.yaml"),
+        "version: 1\nlisten: { proxy: 127.0.0.1:1, admin: 127.0.0.1:2 }\nupstreams:\n  v1: { targets: [10.0.0.1:80] }\n  v2: { targets: [10.0.0.2:80] }\nroutes:\n  - name: orders\n    match: { path_prefix: /o }\n    backends: [{ upstream: v1 }, { upstream: v2 }]\n    sticky: { header: X-Session }\n",
+    )
+    .unwrap();
+    let case = |session: &str, backend: &str| {
+        format!("- {{ request: GET /o, headers: {{ X-Session: {session} }}, route: orders, backend: {backend} }}\n")
+    };
+    // Each session is kept on one backend: exactly one of the two expectations holds.
+    for session in ["s1", "s2", "s3"] {
+        let mut passed = 0;
+        for backend in ["v1", "v2"] {
+            std::fs::write(dir.path().join("cases.yaml"), case(session, backend)).unwrap();
+            let (code, _, _) = portico(
+                &["route", "-c", "g.yaml", "--test", "cases.yaml"],
+                dir.path(),
+            );
+            passed += usize::from(code == 0);
+        }
+        assert_eq!(passed, 1, "session {session}");
+    }
+    std::fs::write(
+        dir.path().join("cases.yaml"),
+        "- { request: GET /o, route: orders, backend: v1 }\n",
+    )
+    .unwrap();
+    let (code, out, _) = portico(
+        &["route", "-c", "g.yaml", "--test", "cases.yaml"],
+        dir.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(out.contains("picks its backend by weight"), "{out}");
+}
