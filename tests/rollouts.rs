@@ -6,6 +6,14 @@ use common::*;
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// A folder holding `g.yaml`: `body` after a `listen` that is never bound (for the CLI).
+fn config_dir(body: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("version: 1\nlisten: {{ proxy: 127.0.0.1:1, admin: 127.0.0.1:2 }}\n{body}");
+    std::fs::write(dir.path().join("g.yaml"), text).unwrap();
+    dir
+}
+
 /// How many of `n` requests to `path` each upstream served (by its `x-upstream` header).
 fn spread(gw: &Gateway, path: &str, n: usize) -> HashMap<String, usize> {
     let c = client();
@@ -75,12 +83,9 @@ fn target_weights_split_an_upstream_three_to_one() {
 
 #[test]
 fn a_split_route_is_explained_with_its_weights() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("g.yaml"),
-        "version: 1\nlisten: { proxy: 127.0.0.1:1, admin: 127.0.0.1:2 }\nupstreams:\n  orders: { targets: [{ addr: 10.0.0.1:80, weight: 3 }, 10.0.0.2:80] }\n  orders-v2: { targets: [10.0.1.1:80] }\nroutes:\n  - name: orders\n    match: { path_prefix: /api/orders }\n    backends: [{ upstream: orders, weight: 90 }, { upstream: orders-v2, weight: 10 }]\n",
-    )
-    .unwrap();
+    let dir = config_dir(
+        "upstreams:\n  orders: { targets: [{ addr: 10.0.0.1:80, weight: 3 }, 10.0.0.2:80] }\n  orders-v2: { targets: [10.0.1.1:80] }\nroutes:\n  - name: orders\n    match: { path_prefix: /api/orders }\n    backends: [{ upstream: orders, weight: 90 }, { upstream: orders-v2, weight: 10 }]\n",
+    );
     let (code, out, err) = portico(
         &["route", "-c", "g.yaml", "GET", "/api/orders/1"],
         dir.path(),
@@ -498,12 +503,9 @@ fn hash_balancing_keys_on_verified_claims_and_cookies_never_on_a_client_header()
 
 #[test]
 fn route_test_cases_can_expect_a_sticky_backend() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("g.yaml"),
-        "version: 1\nlisten: { proxy: 127.0.0.1:1, admin: 127.0.0.1:2 }\nupstreams:\n  v1: { targets: [10.0.0.1:80] }\n  v2: { targets: [10.0.0.2:80] }\nroutes:\n  - name: orders\n    match: { path_prefix: /o }\n    backends: [{ upstream: v1 }, { upstream: v2 }]\n    sticky: { header: X-Session }\n",
-    )
-    .unwrap();
+    let dir = config_dir(
+        "upstreams:\n  v1: { targets: [10.0.0.1:80] }\n  v2: { targets: [10.0.0.2:80] }\nroutes:\n  - name: orders\n    match: { path_prefix: /o }\n    backends: [{ upstream: v1 }, { upstream: v2 }]\n    sticky: { header: X-Session }\n",
+    );
     let case = |session: &str, backend: &str| {
         format!("- {{ request: GET /o, headers: {{ X-Session: {session} }}, route: orders, backend: {backend} }}\n")
     };
