@@ -116,6 +116,9 @@ routes:
         - { name: user, upstream: origin, path: "/json/users/{id}" }
         - { name: orders, upstream: origin, path: "/json/orders?user={id}", allow: [id, total] }
         - { name: prefs, upstream: origin, path: "/json/prefs/{id}", merge: true }
+  - name: single
+    match: { path_prefix: /single/ }
+    upstream: origin
   - name: split
     match: { path_prefix: /split/ }
     backends: [{ upstream: origin, weight: 9 }, { upstream: origin-b, weight: 1 }]
@@ -139,4 +142,5 @@ measure() {
   RPS[$name]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   P99[$name]=$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+# ratio A B [DIGITS]: A/B with DIGITS decimals (default 2).
+ratio() { awk -v a="$1" -v b="$2" -v d="${3:-2}" 'BEGIN {printf "%." d "f", a/b}'; }
