@@ -63,10 +63,13 @@ fn hash_balancing_is_sticky_per_key() {
         TestUpstream::start("b"),
         TestUpstream::start("c"),
     ];
-    let gw = Gateway::start(&pool(
-        "hash(header:x-user-id)",
-        &ups.iter().collect::<Vec<_>>(),
-    ));
+    // A header is hashed only when a trusted proxy sent it (a client's own copy would let
+    // it choose its target): the test client is the trusted proxy here.
+    let trusted = pool("hash(header:x-user-id)", &ups.iter().collect::<Vec<_>>()).replace(
+        "server: { threads: 2 }",
+        "server: { threads: 2, trusted_proxies: [127.0.0.1/32] }",
+    );
+    let gw = Gateway::start(&trusted);
     let c = client();
     let mut homes: HashMap<String, String> = HashMap::new();
     for round in 0..3 {
