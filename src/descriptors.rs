@@ -54,6 +54,9 @@ impl Descriptors {
     /// `limit` descriptors for the process, of which `reserve` are kept for the rest. One
     /// per process, for its life: requests hold it without counting references.
     pub fn new(limit: usize, reserve: usize) -> &'static Descriptors {
+        // A reserve past half the limit (many threads under a low limit) would leave no
+        // client a descriptor: it gets half, and the idle pools must keep to what is left.
+        let reserve = reserve.min(limit / 2);
         Box::leak(Box::new(Descriptors {
             budget: limit.saturating_sub(reserve),
             clients: AtomicUsize::new(0),
@@ -111,5 +114,7 @@ mod tests {
         );
         drop(upstream);
         assert!(d.upstream(100).is_some() && d.client(100).is_some());
+        // 8 threads' pools under a 1024 limit: the reserve is held to half.
+        assert_eq!(Descriptors::new(1024, 1408).shares(10_000), (256, 256));
     }
 }

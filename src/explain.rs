@@ -284,10 +284,6 @@ fn kept_backend(snapshot: &Snapshot, index: usize, probe: &Probe) -> Result<Stri
     let keep = route.sticky.as_ref().map(|sticky| {
         sticky.keep(&crate::sticky::Seen {
             route: &route.name,
-            cookie_header: probe
-                .headers
-                .get(http::header::COOKIE)
-                .and_then(|v| v.to_str().ok()),
             claims: None,
             headers: &probe.headers,
             trusted_peer: true,

@@ -53,6 +53,7 @@ pub struct From<'a> {
     pub tls: bool,
     /// The Host header (or HTTP/2 authority).
     pub authority: Option<&'a str>,
+    /// The path as the router matched it (normalized).
     pub path: &'a str,
     pub query: Option<&'a str>,
 }
@@ -83,10 +84,14 @@ impl Redirect {
         match &self.path {
             NewPath::Same => out.push_str(req.path),
             NewPath::Whole(p) => out.push_str(p),
-            NewPath::Prefix(matched, new) => {
-                out.push_str(new);
-                out.push_str(req.path.strip_prefix(matched.as_str()).unwrap_or_default());
-            }
+            // The path is the normalized one the route matched (maybe in any case).
+            NewPath::Prefix(matched, new) => match req.path.get(..matched.len()) {
+                Some(head) if head.eq_ignore_ascii_case(matched) => {
+                    out.push_str(new);
+                    out.push_str(&req.path[matched.len()..]);
+                }
+                _ => out.push_str(req.path),
+            },
         }
         if let Some(q) = req.query {
             out.push('?');

@@ -48,7 +48,6 @@ pub enum Sticky {
 /// What a sticky route knows of a request.
 pub struct Seen<'a> {
     pub route: &'a str,
-    pub cookie_header: Option<&'a str>,
     pub claims: Option<&'a serde_json::Value>,
     pub headers: &'a http::HeaderMap,
     pub trusted_peer: bool,
@@ -65,10 +64,13 @@ impl Sticky {
     /// What keeps this request on a backend, if anything.
     pub fn keep(&self, seen: &Seen<'_>) -> Keep {
         match self {
+            // Every Cookie field: HTTP/2 clients send one per cookie.
             Sticky::Cookie { name, keys, .. } => seen
-                .cookie_header
-                .and_then(|h| cookie_value(h, name))
-                .and_then(|v| verify(keys, seen.route, v))
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|h| cookie_value(h.to_str().ok()?, name))
+                .find_map(|v| verify(keys, seen.route, v))
                 .map_or(Keep::Nothing, Keep::Backend),
             Sticky::Claim(claim) => match seen.claims.and_then(|c| c.get(claim)) {
                 Some(serde_json::Value::String(s)) => {

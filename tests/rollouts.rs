@@ -139,6 +139,12 @@ fn redirects_build_their_location_and_keep_the_query() {
         format!("{here}/docs/v2/guide/intro?lang=en&v=2").as_str()
     );
     assert!(resp.headers().contains_key("x-request-id"));
+    // The prefix is replaced on the path as the router matched it (normalized).
+    let resp = c.get(gw.url("/%64ocs/v1/guide")).send().unwrap();
+    assert_eq!(
+        resp.headers()["location"],
+        format!("{here}/docs/v2/guide").as_str()
+    );
     let resp = c.get(gw.url("/old?q=1")).send().unwrap();
     assert_eq!(resp.status(), 302);
     assert_eq!(
@@ -243,14 +249,22 @@ fn a_connect_failure_is_retried_even_for_a_post() {
 fn a_try_that_times_out_is_retried_elsewhere() {
     let good = TestUpstream::start("good");
     let targets = format!("\"{}\", \"{}\"", silent(), good.addr);
-    let gw = Gateway::start(&retry_route(
+    // One failure ejects a target: the retried try must count against the silent one.
+    let config = retry_route(
         &targets,
         "{ attempts: 2, on: [timeout], per_try_timeout: 300ms, backoff: 1ms }",
-    ));
+    )
+    .replace(
+        "retries: { attempts: 0 }",
+        "retries: { attempts: 0 }, outlier: { consecutive_failures: 1, base_ejection: 30s }",
+    );
+    let gw = Gateway::start(&config);
     let resp = client().get(gw.url("/x")).send().unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-upstream"], "good");
     assert_eq!(retries(&gw, "timeout"), 1.0);
+    let silent_target = &gw.admin_json("/upstreams")["upstreams"]["svc"]["targets"][0];
+    assert_eq!(silent_target["times_ejected"], 1, "{silent_target}");
 }
 
 /// Every target fails: 50 requests of 3 tries each would make 100 retries; the budget

@@ -140,10 +140,7 @@ pub(super) fn compile_upstream(
     upstream.next = state.keep("balancer", name, &up.targets, AtomicUsize::default);
     upstream.health_check = health_check;
     upstream.breaker = breaker;
-    upstream.outlier = outlier.map(|cfg| {
-        let targets = upstream.targets.clone();
-        Arc::new(Ejector { cfg, targets })
-    });
+    upstream.outlier = outlier.map(|cfg| Arc::new(Ejector::new(cfg, upstream.targets.clone())));
     upstream.tls = tls;
     upstream.h2 = up.protocol == UpstreamProtocol::H2;
     Some(upstream)

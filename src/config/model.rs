@@ -644,7 +644,7 @@ pub struct RawMatch {
     #[serde(default)]
     pub headers: BTreeMap<String, HeaderCond>,
     /// Query parameter conditions: a value to equal (`debug: "1"`), `{ regex: "^v[0-9]+$" }`,
-    /// or `{ present: true|false }`; the parameter's first value, percent-decoded.
+    /// or `{ present: true|false }`; percent-decoded, every value of a repeated parameter.
     #[serde(default)]
     pub query: BTreeMap<String, QueryCondText>,
     /// Match the path regardless of letter case (`/Admin` like `/admin`).

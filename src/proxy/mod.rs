@@ -111,10 +111,6 @@ fn choose_backend(session: &Session, ctx: &mut Ctx, route: &Route, backends: &Ba
     let req = session.req_header();
     let seen = crate::sticky::Seen {
         route: &route.name,
-        cookie_header: req
-            .headers
-            .get(http::header::COOKIE)
-            .and_then(|v| v.to_str().ok()),
         claims: ctx.policy.claims.as_deref(),
         headers: &req.headers,
         trusted_peer: ctx.request.trusted_peer,
@@ -130,6 +126,8 @@ fn choose_backend(session: &Session, ctx: &mut Ctx, route: &Route, backends: &Ba
 /// A `redirect` route's answer; a request with no usable host gets 400.
 async fn answer_redirect(session: &mut Session, ctx: &mut Ctx, r: &Redirect) -> Result<bool> {
     let req = session.req_header();
+    // The router took this path, so it normalizes.
+    let path = crate::router::normalize::normalize(req.uri.path()).unwrap_or_default();
     let from = crate::redirect::From {
         tls: ctx.request.tls,
         authority: req
@@ -137,7 +135,7 @@ async fn answer_redirect(session: &mut Session, ctx: &mut Ctx, r: &Redirect) -> 
             .get(HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri.authority().map(|a| a.as_str())),
-        path: req.uri.path(),
+        path: &path,
         query: req.uri.query(),
     };
     let Some(location) = r.location(&from) else {
@@ -816,8 +814,17 @@ impl ProxyHttp for Gateway {
             let again = e.esource() == &pingora::ErrorSource::Upstream
                 && ctx.upstream.status.is_none()
                 && reason.is_some_and(|r| self.may_retry(session, ctx, r));
-            e.set_retry(again);
-            return e;
+            if again {
+                // The failed try counts against its target (breaker, outlier ejection).
+                if let Some(pick) = ctx.upstream.pick.take() {
+                    let upstream = ctx.upstream().map_or("", |u| &*u.name);
+                    pick.finish(Some(false), upstream);
+                }
+                e.set_retry(true);
+                return e;
+            }
+            // Not the policy's to retry: a pooled connection the upstream had closed is
+            // still tried again once, as on every route (Pingora's rule, below).
         }
         if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
         {
@@ -873,10 +880,10 @@ impl ProxyHttp for Gateway {
             trace.answered(upstream_response.status.as_u16());
         }
         ctx.upstream.time = ctx.upstream.sent.map(|t| t.elapsed());
-        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            // Upgraded: the tunnel is not under the route timeout.
-            ctx.upstream.watchdog = None;
-        }
+        // The head is in: the watchdog's work is done (a body's chunks are checked against
+        // the deadline as they come, and each read has the capped read timeout), and no
+        // answer, bodiless ones included, can reach the pool with it armed.
+        ctx.upstream.watchdog = None;
         if ctx.past_deadline() {
             return Err(ctx.fail(GatewayError::RouteTimeout));
         }
@@ -1058,16 +1065,12 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         _body: &mut Option<Bytes>,
-        end_of_stream: bool,
+        _end_of_stream: bool,
         ctx: &mut Box<Ctx>,
     ) -> Result<Option<Duration>> {
         // The route timeout bounds getting the 101, not the tunnel after it.
         if ctx.past_deadline() && !session.was_upgraded() {
             return Err(ctx.fail(GatewayError::RouteTimeout));
-        }
-        if end_of_stream {
-            // Answered in time: the connection may go back to the pool.
-            ctx.upstream.watchdog = None;
         }
         Ok(None)
     }

@@ -84,8 +84,9 @@ pub struct HeaderMatch {
     pub cond: HeaderCond,
 }
 
-/// A query parameter's condition: the first value of the parameter (percent-decoded, `+`
-/// as a space) equals a text or matches a regex, or the parameter is there or not.
+/// A query parameter's condition: the parameter's value (percent-decoded, `+` as a space)
+/// equals a text or matches a regex — every value, when it is repeated, since upstreams
+/// differ on which one they read — or the parameter is there or not.
 pub enum QueryCond {
     Equals(String),
     Regex(Regex),
@@ -99,17 +100,19 @@ pub struct QueryMatch {
 
 impl QueryMatch {
     fn matches(&self, query: Option<&str>) -> bool {
-        let value = query.and_then(|q| query_value(q, &self.name));
+        let query = query.unwrap_or_default();
+        let mut values = query_values(query, &self.name).peekable();
+        let present = values.peek().is_some();
         match &self.cond {
-            QueryCond::Present(p) => value.is_some() == *p,
-            QueryCond::Equals(want) => value.is_some_and(|v| v == *want),
-            QueryCond::Regex(re) => value.is_some_and(|v| re.is_match(&v)),
+            QueryCond::Present(p) => present == *p,
+            QueryCond::Equals(want) => present && values.all(|v| v == *want),
+            QueryCond::Regex(re) => present && values.all(|v| re.is_match(&v)),
         }
     }
 }
 
-/// The first value of parameter `name` in a query string, decoded.
-fn query_value<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
+/// Every value of parameter `name` in a query string, decoded.
+fn query_values<'q>(query: &'q str, name: &'q str) -> impl Iterator<Item = Cow<'q, str>> {
     let decode = |s: &'q str| -> Cow<'q, str> {
         if !s.contains(['%', '+']) {
             return Cow::Borrowed(s);
@@ -121,10 +124,13 @@ fn query_value<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
                 .into_owned(),
         )
     };
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode(key) == name).then(|| decode(value))
-    })
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(move |pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(key) == name).then(|| decode(value))
+        })
 }
 
 pub struct Matcher {
@@ -503,14 +509,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn query_values_are_the_first_one_decoded() {
-        assert_eq!(
-            query_value("a=1&debug=1&debug=2", "debug").as_deref(),
-            Some("1")
+    fn query_values_are_decoded_and_a_repeat_must_agree() {
+        let values = |q, n| query_values(q, n).collect::<Vec<_>>();
+        assert_eq!(values("a=1&debug=1&debug=2", "debug"), ["1", "2"]);
+        assert_eq!(values("q=a+b%21", "q"), ["a b!"]);
+        assert_eq!(values("flag&x=1", "flag"), [""]);
+        assert!(values("debugx=1", "debug").is_empty());
+        let m = QueryMatch {
+            name: "debug".into(),
+            cond: QueryCond::Equals("1".into()),
+        };
+        assert!(m.matches(Some("debug=1&debug=1")));
+        assert!(
+            !m.matches(Some("debug=1&debug=0")),
+            "a repeat that disagrees"
         );
-        assert_eq!(query_value("q=a+b%21", "q").as_deref(), Some("a b!"));
-        assert_eq!(query_value("flag&x=1", "flag").as_deref(), Some(""));
-        assert_eq!(query_value("debugx=1", "debug"), None);
+        assert!(!m.matches(None));
     }
 
     const NAMES: [&str; 5] = ["exact", "get-users", "regex", "users", "all"];

@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The longest ejection is this many times `base_ejection` (Envoy caps it too).
+pub const MAX_TIMES: u32 = 10;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutlierConfig {
     pub consecutive_failures: u32,
@@ -71,10 +74,11 @@ impl Outlier {
             && self.consecutive.fetch_add(1, Ordering::Relaxed) + 1 >= cfg.consecutive_failures
     }
 
-    /// Takes the target out for `base_ejection` × the times it has been out.
+    /// Takes the target out for `base_ejection` × the times it has been out (at most
+    /// [`MAX_TIMES`] times as long).
     fn eject(&self, cfg: &OutlierConfig) -> Duration {
         let times = self.times.fetch_add(1, Ordering::Relaxed) + 1;
-        let out_for = cfg.base_ejection.saturating_mul(times);
+        let out_for = cfg.base_ejection.saturating_mul(times.min(MAX_TIMES));
         self.until.store(
             self.now_ms() + out_for.as_millis() as u64,
             Ordering::Relaxed,
@@ -89,9 +93,20 @@ impl Outlier {
 pub struct Ejector {
     pub cfg: OutlierConfig,
     pub targets: Vec<Arc<super::Target>>,
+    /// Counting the targets out and ejecting one is one step, so failures at once cannot
+    /// all see room under `max_ejected` (rare: only at a threshold).
+    ejecting: std::sync::Mutex<()>,
 }
 
 impl Ejector {
+    pub fn new(cfg: OutlierConfig, targets: Vec<Arc<super::Target>>) -> Ejector {
+        Ejector {
+            cfg,
+            targets,
+            ejecting: std::sync::Mutex::default(),
+        }
+    }
+
     /// Records a try's outcome on `target`; an ejection is logged and returned.
     pub fn record(
         &self,
@@ -106,6 +121,7 @@ impl Ejector {
         if !target.outlier.failed(&self.cfg) {
             return None;
         }
+        let _one_at_a_time = self.ejecting.lock().unwrap_or_else(|e| e.into_inner());
         let out = self
             .targets
             .iter()
@@ -137,10 +153,7 @@ mod tests {
             .iter()
             .map(|t| Arc::new(super::super::Target::parse(t).unwrap()))
             .collect();
-        let e = Ejector {
-            cfg,
-            targets: targets.clone(),
-        };
+        let e = Ejector::new(cfg, targets.clone());
         assert_eq!(e.record(&targets[0], false, "u"), None);
         assert_eq!(
             e.record(&targets[0], false, "u"),
