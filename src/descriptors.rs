@@ -7,7 +7,8 @@
 //!   health probes;
 //! - client connections: at most `server.max_connections`, and at most half of what the
 //!   reserve leaves;
-//! - upstream connections held by requests (proxied, or an aggregate's calls): the rest.
+//! - upstream connections held by requests (proxied, or an aggregate's calls, and the
+//!   duplicate a route deadline's watchdog holds until the answer's head): the rest.
 //!
 //! A client connection past its share is closed at accept; a request that needs an
 //! upstream connection past that share is answered 503 `gateway_overloaded` at once, so

@@ -1090,8 +1090,14 @@ impl ProxyHttp for Gateway {
             // Not for an upgrade: its 101 ends the deadline at once, and a watchdog armed
             // over a tunnel's socket made WebSocket tunnels flaky under load (reset
             // mid-stream, 6 in 44 runs; none in 30 without it); the cause is not found.
-            if !ctx.upstream().is_some_and(|u| u.h2) && !session.is_upgrade_req() {
-                ctx.upstream.watchdog = deadline::arm(fd, deadline);
+            let armed = !ctx.upstream().is_some_and(|u| u.h2) && !session.is_upgrade_req();
+            // With no descriptor to spare, the head stays bounded per read only.
+            let max_connections = ctx.snapshot.settings.max_connections;
+            if let Some(held) = armed
+                .then(|| self.descriptors.upstream(max_connections))
+                .flatten()
+            {
+                ctx.upstream.watchdog = deadline::arm(fd, deadline, held);
             }
         }
         Ok(())
