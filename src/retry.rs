@@ -227,7 +227,7 @@ pub fn compile(
             Some("give a duration such as 1s, or leave it out".into()),
         );
     }
-    match parse_percent(&raw.budget) {
+    match crate::units::per_mille(&raw.budget) {
         Some(per_mille) => policy.budget_per_mille = per_mille,
         None => d.error(
             &format!("{at}.budget"),
@@ -244,15 +244,6 @@ fn text(on: &RetryOnText) -> String {
         RetryOnText::Status(s) => s.to_string(),
         RetryOnText::Word(w) => w.clone(),
     }
-}
-
-/// `20%` → 200 (thousandths); 0% to 100%, at most one decimal.
-fn parse_percent(text: &str) -> Option<u64> {
-    let number = text.trim().strip_suffix('%')?.trim();
-    let value: f64 = number.parse().ok()?;
-    (0.0..=100.0)
-        .contains(&value)
-        .then(|| (value * 10.0).round() as u64)
 }
 
 #[cfg(test)]
@@ -286,8 +277,6 @@ mod tests {
             RESERVE + 200,
             "the reserve, then a fifth of the requests"
         );
-        assert_eq!(parse_percent("20%"), Some(200));
-        assert_eq!(parse_percent("120%"), None);
         let b = p.backoff_before(3);
         assert!(
             b >= Duration::from_millis(40) && b <= Duration::from_millis(80),

@@ -14,6 +14,7 @@ use crate::units::duration;
 use ring::hmac;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `sticky: { cookie: NAME, ttl: 1h }`, `{ claim: sub }` or `{ header: X-Session }`.
@@ -64,23 +65,12 @@ impl Sticky {
     /// What keeps this request on a backend, if anything.
     pub fn keep(&self, seen: &Seen<'_>) -> Keep {
         match self {
-            // Every Cookie field: HTTP/2 clients send one per cookie.
-            Sticky::Cookie { name, keys, .. } => seen
-                .headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|h| cookie_value(h.to_str().ok()?, name))
+            Sticky::Cookie { name, keys, .. } => cookies(seen.headers, name)
                 .find_map(|v| verify(keys, seen.route, v))
                 .map_or(Keep::Nothing, Keep::Backend),
-            Sticky::Claim(claim) => match seen.claims.and_then(|c| c.get(claim)) {
-                Some(serde_json::Value::String(s)) => {
-                    Keep::Hash(crate::hashing::fnv1a(s.as_bytes()))
-                }
-                Some(other) if !other.is_null() => {
-                    Keep::Hash(crate::hashing::fnv1a(other.to_string().as_bytes()))
-                }
-                _ => Keep::Nothing,
-            },
+            Sticky::Claim(claim) => claim_key(seen.claims, claim).map_or(Keep::Nothing, |k| {
+                Keep::Hash(crate::hashing::fnv1a(k.as_bytes()))
+            }),
             Sticky::Header(name) if seen.trusted_peer => {
                 seen.headers.get(name).map_or(Keep::Nothing, |v| {
                     Keep::Hash(crate::hashing::fnv1a(v.as_bytes()))
@@ -137,12 +127,26 @@ fn verify(keys: &[hmac::Key], route: &str, value: &str) -> Option<String> {
     (valid && expires_at > now).then(|| backend.to_string())
 }
 
-/// The value of cookie `name` in a `Cookie` header.
-fn cookie_value<'h>(header: &'h str, name: &str) -> Option<&'h str> {
-    header.split(';').find_map(|pair| {
-        let (k, v) = pair.trim().split_once('=')?;
-        (k == name).then_some(v)
-    })
+/// The values of cookie `name` in every `Cookie` field (HTTP/2 clients send one per cookie).
+pub fn cookies<'h>(headers: &'h http::HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(';'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+/// A verified claim as a key to hash: a string as it is, another value as JSON.
+pub fn claim_key<'c>(claims: Option<&'c serde_json::Value>, name: &str) -> Option<Cow<'c, str>> {
+    match claims?.get(name)? {
+        serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
+        serde_json::Value::Null => None,
+        other => Some(Cow::Owned(other.to_string())),
+    }
 }
 
 /// Compiles a route's `sticky` (its cookie keys read from the environment, as `secret_env`).
@@ -255,9 +259,15 @@ mod tests {
         assert_eq!(verify(&keys, "orders", &forged), None);
         let expired = sign(&new, "orders", "orders-v2", 1);
         assert_eq!(verify(&keys, "orders", &expired), None);
+        let mut headers = http::HeaderMap::new();
+        headers.append(http::header::COOKIE, "a=1".parse().unwrap());
+        headers.append(
+            http::header::COOKIE,
+            "b=2; portico-orders=x.y.z".parse().unwrap(),
+        );
         assert_eq!(
-            cookie_value("a=1; portico-orders=x.y.z", "portico-orders"),
-            Some("x.y.z")
+            cookies(&headers, "portico-orders").collect::<Vec<_>>(),
+            ["x.y.z"]
         );
     }
 }

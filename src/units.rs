@@ -200,10 +200,19 @@ impl JsonSchema for DurationText {
     }
 }
 
+/// A share written `20%` (0% to 100%, at most one decimal), in thousandths: 200.
+pub fn per_mille(text: &str) -> Option<u64> {
+    let number = text.trim().strip_suffix('%')?.trim();
+    let value: f64 = number.parse().ok()?;
+    (0.0..=100.0)
+        .contains(&value)
+        .then(|| (value * 10.0).round() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::duration::parse;
-    use super::ByteSize;
+    use super::{per_mille, ByteSize};
     use std::time::Duration;
 
     #[test]
@@ -234,5 +243,13 @@ mod tests {
         assert_eq!(ByteSize::parse("42"), Ok(ByteSize(42)));
         assert!(ByteSize::parse("10 parsecs").is_err());
         assert!(ByteSize::parse("MiB").is_err());
+    }
+
+    #[test]
+    fn shares_are_thousandths() {
+        assert_eq!(per_mille("20%"), Some(200));
+        assert_eq!(per_mille(" 12.5 % "), Some(125));
+        assert_eq!(per_mille("120%"), None);
+        assert_eq!(per_mille("half"), None);
     }
 }

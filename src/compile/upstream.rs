@@ -303,12 +303,7 @@ fn compile_outlier(d: &mut Diags, at: &str, o: &RawOutlier) -> Option<OutlierCon
             Some("e.g. base_ejection: 30s".into()),
         );
     }
-    let share = o
-        .max_ejected
-        .trim()
-        .strip_suffix('%')
-        .and_then(|n| n.trim().parse::<f64>().ok())
-        .filter(|p| (0.0..=100.0).contains(p));
+    let share = crate::units::per_mille(&o.max_ejected);
     if share.is_none() {
         d.error(
             &format!("{at}.max_ejected"),
@@ -319,7 +314,7 @@ fn compile_outlier(d: &mut Diags, at: &str, o: &RawOutlier) -> Option<OutlierCon
     (d.errors() == errors).then(|| OutlierConfig {
         consecutive_failures: o.consecutive_failures,
         base_ejection: o.base_ejection,
-        max_ejected_per_mille: (share.unwrap_or(0.0) * 10.0).round() as u32,
+        max_ejected_per_mille: share.unwrap_or(0) as u32,
     })
 }
 

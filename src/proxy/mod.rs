@@ -683,26 +683,12 @@ impl ProxyHttp for Gateway {
                 headers.get(name).map(|v| v.as_bytes())
             }
             Balance::HashClaim(claim) => {
-                claim_key = ctx
-                    .policy
-                    .claims
-                    .as_ref()
-                    .and_then(|c| match c.get(claim)? {
-                        serde_json::Value::String(s) => Some(s.clone()),
-                        serde_json::Value::Null => None,
-                        other => Some(other.to_string()),
-                    });
+                claim_key = crate::sticky::claim_key(ctx.policy.claims.as_deref(), claim);
                 claim_key.as_deref().map(str::as_bytes)
             }
-            Balance::HashCookie(name) => headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .find_map(|pair| {
-                    let (k, v) = pair.trim().split_once('=')?;
-                    (k == name).then_some(v.as_bytes())
-                }),
+            Balance::HashCookie(name) => crate::sticky::cookies(headers, name)
+                .next()
+                .map(str::as_bytes),
             Balance::HashClientIp => {
                 ip_key = ctx.request.client_ip.map(|ip| match ip {
                     IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
