@@ -5,17 +5,15 @@
 //! fails the answer (502/504 naming it); an optional one is left out and named in
 //! `X-Portico-Partial`.
 
-use crate::descriptors::Descriptors;
 use crate::diag::{lookup, Diags};
 use crate::errors::GatewayError;
 use crate::router::template::{encode_segment as encode, placeholders, Piece as Part};
 use crate::telemetry::Metrics;
 use crate::units::ByteSize;
-use crate::upstream::{PickError, Upstream};
+use crate::upstream::call::{self, Link};
+use crate::upstream::Upstream;
 use bytes::Bytes;
-use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
-use pingora::prelude::HttpPeer;
 use prometheus::{Histogram, IntCounterVec};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -70,7 +68,6 @@ fn yes() -> bool {
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
-const IDLE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
@@ -218,13 +215,15 @@ impl CallError {
     }
 }
 
-impl From<PickError> for CallError {
-    fn from(e: PickError) -> CallError {
+impl From<call::CallError> for CallError {
+    fn from(e: call::CallError) -> CallError {
         match e {
-            PickError::Exhausted => CallError::Unreachable,
-            PickError::CircuitOpen => CallError::CircuitOpen,
-            PickError::Unhealthy => CallError::NoHealthyUpstream,
-            PickError::NoAddress => CallError::NoAddress,
+            call::CallError::Timeout => CallError::Timeout,
+            call::CallError::Unreachable => CallError::Unreachable,
+            call::CallError::CircuitOpen => CallError::CircuitOpen,
+            call::CallError::NoHealthyUpstream => CallError::NoHealthyUpstream,
+            call::CallError::NoAddress => CallError::NoAddress,
+            call::CallError::Overloaded => CallError::Overloaded,
         }
     }
 }
@@ -335,8 +334,7 @@ impl Call {
         Ok(body)
     }
 
-    /// One call: a target is picked (retrying another on connect failure, as proxying
-    /// does), the body read whole up to `max_body`.
+    /// One call (see `upstream::call`), its answer shaped.
     async fn fetch(
         &self,
         link: &Link<'_>,
@@ -344,124 +342,14 @@ impl Call {
         deadline: Instant,
         max_body: u64,
     ) -> Result<Value, CallError> {
-        let connector = link.connector;
-        let _descriptor = link
-            .descriptors
-            .upstream(link.max_connections)
-            .ok_or(CallError::Overloaded)?;
-        let up = &self.upstream;
-        let mut tried = Vec::new();
-        loop {
-            let pick = up.pick(None, &tried)?;
-            tried.push(pick.index);
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mut peer = HttpPeer::new(pick.addr, false, String::new());
-            peer.options.connection_timeout = Some(up.connect_timeout.min(left));
-            peer.options.read_timeout = Some(up.read_timeout.min(left));
-            peer.options.write_timeout = Some(up.write_timeout.min(left));
-            let connect = tokio::time::timeout(left, connector.get_http_session(&peer)).await;
-            let mut session = match connect {
-                Ok(Ok((session, _reused))) => session,
-                Ok(Err(e)) => {
-                    pick.finish(Some(false), &up.name);
-                    let timed_out = Instant::now() >= deadline;
-                    if !timed_out && tried.len() <= up.retry_attempts as usize {
-                        continue;
-                    }
-                    tracing::debug!(call = %self.name, error = %e, "aggregate call could not connect");
-                    return Err(if timed_out {
-                        CallError::Timeout
-                    } else {
-                        CallError::Unreachable
-                    });
-                }
-                Err(_) => {
-                    pick.finish(Some(false), &up.name);
-                    return Err(CallError::Timeout);
-                }
-            };
-            // Timed out here, not by dropping the call, so the target's breaker hears of it.
-            let left = deadline.saturating_duration_since(Instant::now());
-            let result = tokio::time::timeout(left, exchange(&mut session, req.clone(), max_body))
-                .await
-                .unwrap_or(Err(CallError::Timeout));
-            let ok_status = match &result {
-                Ok((status, _)) => Some(*status < 500),
-                Err(CallError::TooLarge) => Some(true),
-                Err(_) => Some(false),
-            };
-            pick.finish(ok_status, &up.name);
-            let (status, body) = result?;
-            connector
-                .release_http_session(session, &peer, Some(IDLE))
-                .await;
-            if !(200..300).contains(&status) {
-                return Err(CallError::BadStatus(status));
-            }
-            let value = serde_json::from_slice(&body).map_err(|_| CallError::NotJson)?;
-            return self.shape(value);
+        let reply = call::call(link, &self.upstream, req, Bytes::new(), deadline, max_body).await?;
+        if !(200..300).contains(&reply.status) {
+            return Err(CallError::BadStatus(reply.status));
         }
+        let body = reply.body.ok_or(CallError::TooLarge)?;
+        let value = serde_json::from_slice(&body).map_err(|_| CallError::NotJson)?;
+        self.shape(value)
     }
-}
-
-/// How calls reach their upstreams: pooled connections, each holding a descriptor from the
-/// upstream connections' share (see `descriptors`).
-pub struct Link<'a> {
-    pub connector: &'a Connector,
-    pub descriptors: &'static Descriptors,
-    pub max_connections: usize,
-}
-
-/// A call's request in the upstream session's own version, never the client's: an HTTP/2
-/// client's request line would otherwise reach an HTTP/1.1 upstream as `GET /a HTTP/2`.
-fn for_upstream(
-    mut req: RequestHeader,
-    session: &pingora::protocols::http::client::HttpSession,
-) -> RequestHeader {
-    use pingora::protocols::http::client::HttpSession;
-    match session {
-        HttpSession::H1(_) => req.set_version(http::Version::HTTP_11),
-        HttpSession::H2(_) => req.set_version(http::Version::HTTP_2),
-        HttpSession::Custom(_) => {}
-    }
-    req
-}
-
-/// Sends a body-less request and reads the whole answer (at most `max_body` bytes).
-async fn exchange(
-    session: &mut pingora::protocols::http::client::HttpSession,
-    req: RequestHeader,
-    max_body: u64,
-) -> Result<(u16, Vec<u8>), CallError> {
-    let timeout = |e: pingora::BError| match e.etype() {
-        pingora::ErrorType::ReadTimedout
-        | pingora::ErrorType::WriteTimedout
-        | pingora::ErrorType::ConnectTimedout => CallError::Timeout,
-        _ => CallError::Unreachable,
-    };
-    let req = for_upstream(req, session);
-    session
-        .write_request_header(Box::new(req))
-        .await
-        .map_err(timeout)?;
-    session.finish_request_body().await.map_err(timeout)?;
-    session.read_response_header().await.map_err(timeout)?;
-    let status = session.response_header().map_or(0, |h| h.status.as_u16());
-    let declared = session
-        .response_header()
-        .and_then(|h| h.headers.get(http::header::CONTENT_LENGTH))
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max_body) {
-        return Err(CallError::TooLarge);
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = session.read_response_body().await.map_err(timeout)? {
-        body.extend_from_slice(&chunk);
-        if body.len() as u64 > max_body {
-            return Err(CallError::TooLarge);
-        }
-    }
-    Ok((status, body))
 }
 
 impl Aggregate {

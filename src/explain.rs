@@ -231,6 +231,9 @@ pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
                     if let Some(sticky) = &route.sticky {
                         let _ = writeln!(out, "  {}", sticky.explain());
                     }
+                    if let Some(mirror) = &route.mirror {
+                        let _ = writeln!(out, "  {}", mirror.explain());
+                    }
                     match &route.retry {
                         Some(retry) => {
                             let _ = writeln!(out, "  {}", retry.explain());

@@ -9,6 +9,7 @@ use crate::policy::Policy;
 use crate::snapshot::Route;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 /// A route without `match.methods` takes any method: all those OpenAPI can name.
@@ -245,6 +246,13 @@ fn operation(
     }
     // What each policy adds: its security scheme, refusals, parameters and a note.
     let mut description = about;
+    if let Some(m) = &route.mirror {
+        let _ = write!(
+            description,
+            " {}% of requests are also copied to `{}` for comparison; the answer is always the primary's.",
+            m.percent, m.upstream
+        );
+    }
     for policy in policies {
         let doc = policy.unit().api_doc(method);
         if let Some((name, scheme)) = doc.security {

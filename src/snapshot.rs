@@ -239,6 +239,8 @@ pub struct Route {
     pub sticky: Option<crate::sticky::Sticky>,
     /// What failed tries are tried again (the upstream's connect retries when absent).
     pub retry: Option<crate::retry::RetryPolicy>,
+    /// Where copies of the route's requests go, and how their answers are compared.
+    pub mirror: Option<Arc<crate::mirror::Mirror>>,
     pub metrics: RouteMetrics,
 }
 

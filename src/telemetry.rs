@@ -192,6 +192,8 @@ pub struct Metrics {
     pub aggregate_calls: IntCounterVec,
     pub retries: IntCounterVec,
     pub aggregate_duration: HistogramVec,
+    pub mirror_requests: IntCounterVec,
+    pub mirror_latency_difference: HistogramVec,
     pub redis_connected: IntGauge,
     pub connections_open: IntGauge,
     pub connections_refused: IntCounter,
@@ -213,6 +215,11 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Symmetric around 0: a shadow may be slower or faster than its primary.
+const DIFFERENCE_BUCKETS: [f64; 14] = [
+    -5.0, -1.0, -0.25, -0.1, -0.05, -0.01, -0.001, 0.001, 0.01, 0.05, 0.1, 0.25, 1.0, 5.0,
 ];
 
 impl Metrics {
@@ -325,6 +332,19 @@ impl Metrics {
                 "Time an aggregate route's call took, by route and call.",
                 &["route", "call"],
             ),
+            mirror_requests: counter(
+                "portico_mirror_requests_total",
+                "Mirrored copies by route and outcome: match, status_differs, body_differs, error, dropped (over max_in_flight), too_large (body over max_body).",
+                &["route", "outcome"],
+            ),
+            mirror_latency_difference: {
+                let opts = HistogramOpts::new(
+                    "portico_mirror_latency_difference_seconds",
+                    "The shadow's time to its answer's head minus the primary's, by route (negative: the shadow was faster).",
+                )
+                .buckets(DIFFERENCE_BUCKETS.to_vec());
+                register(&r, HistogramVec::new(opts, &["route"]).expect("valid"))
+            },
             redis_connected: register(
                 &r,
                 IntGauge::new(

@@ -868,3 +868,47 @@ fn sticky_settings_are_checked() {
         "one of `cookie`, `claim` or `header`",
     );
 }
+
+#[test]
+fn mirrors_are_checked() {
+    let route = |mirror: &str| {
+        format!("{UPSTREAM}  shadow: {{ targets: [\"127.0.0.1:8002\"] }}\nroutes:\n  - name: a\n    match: {{ path: / }}\n    upstream: users\n    mirror: {mirror}\n")
+    };
+    refused(&route("{ upstream: ghost }"), 12, 25, "ghost");
+    refused(
+        &route("{ upstream: users }"),
+        12,
+        25,
+        "already serves this route",
+    );
+    refused(
+        &route("{ upstream: shadow, percent: 150 }"),
+        12,
+        42,
+        "percent 150 is outside 0 to 100",
+    );
+    refused(
+        &route("{ upstream: shadow, compare: { ignore: [meta] } }"),
+        12,
+        53,
+        "`meta` is not a JSON pointer",
+    );
+    refused(
+        &route("{ upstream: shadow, max_in_flight: 0 }"),
+        12,
+        48,
+        "max_in_flight must be at least 1",
+    );
+    let respond = format!(
+        "{UPSTREAM}routes:\n  - name: a\n    match: {{ path: / }}\n    respond: {{ status: 200 }}\n    mirror: {{ upstream: users }}\n"
+    );
+    refused(&respond, 11, 15, "`mirror` copies requests a route proxies");
+    // The shadow and a split route's backends count as used: no warning.
+    let (code, out) = check(&route("{ upstream: shadow, percent: 5 }"));
+    assert_eq!((code, out.contains("warning:")), (0, false), "{out}");
+    let split = format!(
+        "{UPSTREAM}  canary: {{ targets: [\"127.0.0.1:8002\"] }}\nroutes:\n  - name: a\n    match: {{ path: / }}\n    backends: [{{ upstream: users, weight: 9 }}, {{ upstream: canary, weight: 1 }}]\n"
+    );
+    let (code, out) = check(&split);
+    assert_eq!((code, out.contains("warning:")), (0, false), "{out}");
+}

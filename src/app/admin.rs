@@ -118,6 +118,9 @@ impl Admin {
                     "timeout_ms": route.timeout.map(|t| t.as_millis() as u64),
                     "max_body": route.max_body,
                 });
+                if let Some(m) = &route.mirror {
+                    view["mirror"] = json!({"upstream": &*m.upstream.name, "percent": m.percent});
+                }
                 // Each named policy by its key (`"auth": "jwt"`), as the route's file says.
                 for policy in &route.policies {
                     if let Some(name) = policy.name() {
@@ -126,6 +129,20 @@ impl Admin {
                 }
                 view
             })
+            .collect();
+        json_response(
+            StatusCode::OK,
+            json!({"config_hash": snapshot.hash, "routes": routes}),
+        )
+    }
+
+    /// Each mirrored route: its shadow, copies in flight and its last differences.
+    fn mirrors(&self) -> Response<Vec<u8>> {
+        let snapshot = self.holder.load();
+        let routes: serde_json::Map<String, serde_json::Value> = snapshot
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.name.to_string(), r.mirror.as_ref()?.view())))
             .collect();
         json_response(
             StatusCode::OK,
@@ -292,10 +309,11 @@ impl ServeHttp for Admin {
             "/openapi.json" => json_response(StatusCode::OK, self.holder.load().openapi.clone()),
             "/routes" => self.routes(),
             "/upstreams" => self.upstreams(),
+            "/mirrors" => self.mirrors(),
             "/metrics" => self.metrics(),
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                json!({"error": {"status": 404, "code": "not_found", "message": "admin endpoints: /health, /ready, /config, /routes, /upstreams, /metrics, /openapi.json, POST /cache/purge"}}),
+                json!({"error": {"status": 404, "code": "not_found", "message": "admin endpoints: /health, /ready, /config, /routes, /upstreams, /mirrors, /metrics, /openapi.json, POST /cache/purge"}}),
             ),
         }
     }

@@ -133,7 +133,7 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
     let gateway = Gateway {
         holder: holder.clone(),
         telemetry: telemetry.clone(),
-        connector: pingora::connectors::http::Connector::new(None),
+        connector: Arc::new(pingora::connectors::http::Connector::new(None)),
         in_flight: in_flight.clone(),
         descriptors,
     };

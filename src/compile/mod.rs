@@ -340,6 +340,8 @@ fn warn_unused_upstreams(d: &mut Diags, raw: &RawConfig) {
     let used = |name: &String| {
         raw.routes.iter().any(|r| {
             r.upstream.as_ref() == Some(name)
+                || r.backends.iter().flatten().any(|b| &b.upstream == name)
+                || r.mirror.as_ref().is_some_and(|m| &m.upstream == name)
                 || r.aggregate
                     .as_ref()
                     .is_some_and(|a| a.calls.iter().any(|c| &c.upstream == name))

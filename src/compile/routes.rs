@@ -99,6 +99,8 @@ pub(super) fn compile_routes(
             None => None,
         };
         let sticky_ok = r.sticky.is_none() || sticky.is_some();
+        let mirror = compile_mirror(cx, &at, r, upstreams, raw);
+        let mirror_ok = r.mirror.is_none() || mirror.is_some();
         if r.upgrade_idle_timeout.is_some_and(|t| t.is_zero()) {
             cx.d.error(
                 &format!("{at}.upgrade_idle_timeout"),
@@ -113,9 +115,13 @@ pub(super) fn compile_routes(
                 Some("give a duration such as 5s, or leave it out for no route deadline".into()),
             );
         }
-        if let (Some(matcher), Some(action), Some(rewrite), Some(policies), true) =
-            (matcher, action, rewrite, policies, retry_ok && sticky_ok)
-        {
+        if let (Some(matcher), Some(action), Some(rewrite), Some(policies), true) = (
+            matcher,
+            action,
+            rewrite,
+            policies,
+            retry_ok && sticky_ok && mirror_ok,
+        ) {
             let upstream = match &action {
                 Action::Proxy(backends) => backends.names(),
                 Action::Respond(_) | Action::Aggregate(_) | Action::Redirect(_) => {
@@ -140,12 +146,39 @@ pub(super) fn compile_routes(
                         .unwrap_or(DEFAULT_UPGRADE_IDLE_TIMEOUT),
                     retry,
                     sticky,
+                    mirror,
                     metrics,
                 },
             });
         }
     }
     routes
+}
+
+/// A route's `mirror`: for routes that proxy, to an upstream not their own.
+fn compile_mirror(
+    cx: &mut CompileCx,
+    at: &str,
+    r: &RawRoute,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    raw: &RawConfig,
+) -> Option<Arc<crate::mirror::Mirror>> {
+    let m = r.mirror.as_ref()?;
+    let own: Vec<&str> = match (&r.upstream, &r.backends) {
+        (Some(one), _) => vec![one.as_str()],
+        (None, Some(list)) => list.iter().map(|b| b.upstream.as_str()).collect(),
+        (None, None) => {
+            cx.d.error(
+                &format!("{at}.mirror"),
+                "`mirror` copies requests a route proxies, and this route has no `upstream` or `backends`",
+                Some("remove `mirror`, or mirror on the route that proxies these requests".into()),
+            );
+            return None;
+        }
+    };
+    let defined: Vec<&String> = raw.upstreams.keys().collect();
+    let (d, state, metrics) = (&mut *cx.d, &mut *cx.state, cx.metrics);
+    crate::mirror::compile(d, state, metrics, at, &r.name, m, &own, upstreams, &defined)
 }
 
 fn compile_matcher(d: &mut Diags, at: &str, m: &RawMatch) -> Option<Matcher> {

@@ -577,6 +577,9 @@ pub struct RawRoute {
     pub aggregate: Option<crate::aggregate::RawAggregate>,
     /// Keep each client on one of the `backends`: by a signed cookie, a claim or a header.
     pub sticky: Option<crate::sticky::RawSticky>,
+    /// Copy chosen requests to a shadow upstream and compare its answers with the
+    /// client's (the client's answer never waits for it).
+    pub mirror: Option<crate::mirror::RawMirror>,
     /// Try failed requests again: on what, how often, within what budget.
     pub retry: Option<crate::retry::RawRetry>,
     /// Answer with a redirect built from the request (301/302/303/307/308).

@@ -75,6 +75,8 @@ pub struct Ctx {
     pub upgraded: bool,
     /// The spans of a sampled request, when `telemetry.tracing` is on.
     pub trace: Option<crate::otlp::RequestTrace>,
+    /// What a mirrored request's copy and verdict need (see `mirror`).
+    pub mirror: Option<Box<crate::mirror::Capture>>,
 }
 
 impl RequestFacts {
@@ -105,6 +107,7 @@ impl Ctx {
             failure: None,
             error_code: None,
             trace: None,
+            mirror: None,
             calls: None,
             upgraded: false,
         }

@@ -4,9 +4,11 @@
 
 use crate::errors::GatewayError;
 use crate::snapshot::Settings;
-use http::header::{HeaderMap, HeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    HeaderMap, HeaderName, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE,
+};
 use http::HeaderValue;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use std::borrow::Cow;
 use std::net::IpAddr;
 
@@ -270,6 +272,23 @@ pub fn hop_by_hop(headers: &HeaderMap) -> HopByHop {
     names.push(CONNECTION);
     names.retain(|n| *n != CONTENT_LENGTH && *n != TRANSFER_ENCODING);
     names
+}
+
+/// Makes a copy of a client's request the gateway's own, to send itself (an aggregate's
+/// calls, a mirror's copy): the host named (an HTTP/2 client names it in `:authority`, and
+/// the call may be HTTP/1.1), hop-by-hop headers and the client's framing dropped (the call
+/// frames its own body).
+pub fn own_request(req: &mut RequestHeader) {
+    if !req.headers.contains_key(HOST) {
+        if let Some(authority) = req.uri.authority().map(|a| a.to_string()) {
+            let _ = req.insert_header(HOST, authority);
+        }
+    }
+    for name in hop_by_hop(&req.headers) {
+        req.remove_header(&name);
+    }
+    req.remove_header(&CONTENT_LENGTH);
+    req.remove_header(&TRANSFER_ENCODING);
 }
 
 /// RFC 9110 §8.6: a Content-Length repeated (two fields, or a list `5, 5`) is one length

@@ -10,7 +10,7 @@ mod framing;
 pub mod guard;
 mod respond;
 
-use crate::aggregate::{Aggregate, Link, Values};
+use crate::aggregate::{Aggregate, Values};
 use crate::descriptors::Descriptors;
 use crate::errors::{GatewayError, X_REQUEST_ID};
 use crate::policy::cache::{self, CachePolicy};
@@ -22,7 +22,8 @@ use crate::retry::Reason;
 use crate::router::Match;
 use crate::snapshot::{Action, Backends, Route, Snapshot, SnapshotHolder, StaticResponse};
 use crate::telemetry::Telemetry;
-use crate::upstream::{Balance, PickError, UpstreamTls};
+use crate::upstream::call::Link;
+use crate::upstream::{Balance, PickError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::Ctx;
@@ -45,7 +46,7 @@ pub struct Gateway {
     pub holder: SnapshotHolder,
     pub telemetry: Arc<Telemetry>,
     /// Pooled upstream connections for aggregate calls.
-    pub connector: Connector,
+    pub connector: Arc<Connector>,
     /// Requests between their head and their log line (metrics or not): what a shutdown
     /// waits for.
     pub in_flight: Arc<AtomicUsize>,
@@ -221,6 +222,24 @@ impl Gateway {
         Some(written.map(|()| true))
     }
 
+    /// Sends a mirrored request's copy, once the primary answered it whole.
+    fn mirror(&self, ctx: &Ctx, capture: Box<crate::mirror::Capture>) {
+        let (Some(route), Some(status)) = (ctx.route(), ctx.upstream.status) else {
+            return;
+        };
+        let Some(mirror) = &route.mirror else { return };
+        let sender = crate::mirror::Sender {
+            connector: self.connector.clone(),
+            descriptors: self.descriptors,
+            max_connections: ctx.snapshot.settings.max_connections,
+        };
+        let primary = crate::mirror::Primary {
+            status,
+            head_time: ctx.upstream.time.unwrap_or_default(),
+        };
+        mirror.send(&sender, capture, primary, &route.name, &ctx.request.id);
+    }
+
     /// Answers an aggregate route: its calls carry the headers this request would carry
     /// upstream, each as a body-less GET to its own path.
     async fn aggregate(
@@ -231,25 +250,10 @@ impl Gateway {
         bound: &[(String, String)],
     ) -> Result<bool> {
         let mut base = session.req_header().clone();
-        // An HTTP/2 client names the host in `:authority`; the calls may be HTTP/1.1.
-        if !base.headers.contains_key(HOST) {
-            if let Some(authority) = base.uri.authority().map(|a| a.to_string()) {
-                base.insert_header(HOST, authority)?;
-            }
-        }
-        // Pingora strips a proxied request's hop-by-hop headers; these calls are ours.
-        for name in forwarding::hop_by_hop(&base.headers) {
-            base.remove_header(&name);
-        }
+        forwarding::own_request(&mut base);
         prepare_upstream_request(&mut base, ctx)?;
         base.set_method(Method::GET);
-        for name in [
-            CONTENT_LENGTH,
-            http::header::TRANSFER_ENCODING,
-            CONTENT_TYPE,
-        ] {
-            base.remove_header(&name);
-        }
+        base.remove_header(&CONTENT_TYPE);
         let query = session.req_header().uri.query().map(str::to_string);
         let values = Values {
             bound,
@@ -311,6 +315,10 @@ impl Gateway {
             Action::Redirect(redirect) => return answer_redirect(session, ctx, redirect).await,
             Action::Aggregate(agg) => return self.aggregate(session, ctx, agg, &bound).await,
             Action::Proxy(backends) => choose_backend(session, ctx, route, backends),
+        }
+        if let Some(mirror) = route.mirror.as_ref().filter(|_| !session.is_upgrade_req()) {
+            let req = session.req_header();
+            ctx.mirror = mirror.capture(&ctx.request.id, req.uri.path(), content_length(req));
         }
         if let Err(refusal) = ready_body(session, ctx, route).await {
             return refuse(session, ctx, refusal).await;
@@ -449,18 +457,6 @@ fn log_failure(ctx: &Ctx, e: &Error) {
     };
     let cause = e.etype().as_str();
     tracing::warn!(request_id = %id, route, upstream, addr, code, cause, side, "request failed");
-}
-
-/// A TLS peer. SNI is never empty: Pingora skips verification for a peer without one.
-fn tls_peer(addr: std::net::SocketAddr, tls: &UpstreamTls, host: &str) -> HttpPeer {
-    let sni = tls.sni.clone().unwrap_or_else(|| host.to_string());
-    let mut peer = HttpPeer::new(addr, true, sni);
-    peer.options.verify_cert = tls.verify;
-    peer.options.verify_hostname = tls.verify;
-    peer.options.ca = tls.ca.clone();
-    peer.client_cert_key = tls.client.clone();
-    peer.group_key = tls.pool;
-    peer
 }
 
 /// `server.max_requests_per_connection`: the last request an HTTP/1.1 connection may make
@@ -644,6 +640,12 @@ impl ProxyHttp for Gateway {
             if ctx.request.body_seen > limit && !session.was_upgraded() {
                 return Err(ctx.fail(GatewayError::BodyTooLarge { limit }));
             }
+            if let Some(capture) = &mut ctx.mirror {
+                let mirror = ctx.snapshot.routes[ctx.route.unwrap_or(0)].mirror.as_ref();
+                if !mirror.is_some_and(|m| m.request_body(capture, chunk)) {
+                    ctx.mirror = None;
+                }
+            }
         }
         Ok(())
     }
@@ -718,13 +720,7 @@ impl ProxyHttp for Gateway {
                 return Err(ctx.fail(failure));
             }
         };
-        let mut peer = match &upstream.tls {
-            None => HttpPeer::new(pick.addr, false, String::new()),
-            Some(tls) => tls_peer(pick.addr, tls, &pick.target.host),
-        };
-        if upstream.h2 {
-            peer.options.set_http_version(2, 2);
-        }
+        let mut peer = crate::upstream::call::peer(&upstream, &pick);
         let cap = |t: Duration| Some(ctx.remaining().map_or(t, |r| r.min(t)));
         peer.options.connection_timeout = cap(upstream.connect_timeout);
         let per_try = ctx.route().and_then(|r| r.retry.as_ref()?.per_try_timeout);
@@ -834,6 +830,11 @@ impl ProxyHttp for Gateway {
         // This attempt's span is the upstream's parent.
         if let Some(tp) = ctx.trace.as_ref().and_then(|t| t.traceparent()) {
             upstream_request.insert_header(TRACEPARENT.as_str(), tp)?;
+        }
+        if let Some(capture) = &mut ctx.mirror {
+            let mut copy = upstream_request.clone();
+            forwarding::own_request(&mut copy);
+            capture.sent(copy);
         }
         ctx.upstream.sent = Some(Instant::now());
         Ok(())
@@ -1013,6 +1014,9 @@ impl ProxyHttp for Gateway {
             let upstream = ctx.upstream().map_or("", |u| &*u.name);
             pick.finish(outcome, upstream);
         }
+        if let Some(capture) = ctx.mirror.take().filter(|_| e.is_none()) {
+            self.mirror(ctx, capture);
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if ctx.snapshot.metrics {
             access::record_metrics(&self.telemetry.metrics, session, ctx, status);
@@ -1050,10 +1054,15 @@ impl ProxyHttp for Gateway {
     fn upstream_response_body_filter(
         &self,
         session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Box<Ctx>,
     ) -> Result<Option<Duration>> {
+        if let (Some(capture), Some(chunk)) = (&mut ctx.mirror, body) {
+            if let Some(mirror) = ctx.snapshot.routes[ctx.route.unwrap_or(0)].mirror.as_ref() {
+                mirror.answer_body(capture, chunk);
+            }
+        }
         // The route timeout bounds getting the 101, not the tunnel after it.
         if ctx.past_deadline() && !session.was_upgraded() {
             return Err(ctx.fail(GatewayError::RouteTimeout));

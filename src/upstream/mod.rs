@@ -1,6 +1,7 @@
 //! Upstream pools: targets with their resolved addresses, and the balancer that picks one.
 
 pub mod breaker;
+pub mod call;
 pub mod health;
 pub mod outlier;
 pub mod resolve;
