@@ -5,8 +5,10 @@
 //! The copy is sent once the primary exchange is over, from a task of its own: the client's
 //! answer never waits for it and never changes, and the verdict compares like with like.
 //! Which requests are copied is decided by request id, so the same id is always copied or
-//! never. Copies in flight are bounded per route (past it a copy is dropped and counted),
-//! take a descriptor from the upstream connections' share, and end at the shadow's
+//! never. Copies are bounded per route from the moment a request is chosen until its copy
+//! is answered (`max_in_flight`, which also bounds the bodies held for them): a request
+//! chosen past it is not copied, and counted as dropped, at the cost of an atomic add. A
+//! copy takes a descriptor from the upstream connections' share and ends at the shadow's
 //! connect + read timeouts. Only what a verdict needs is kept: the last differences per
 //! route (never bodies, queries or header values) for the admin `/mirrors`.
 
@@ -37,7 +39,8 @@ pub struct RawMirror {
     /// request with a given `X-Request-Id` is always copied, or never.
     #[serde(default = "hundred")]
     pub percent: f64,
-    /// Copies in flight at most (default 64); past it a copy is dropped and counted.
+    /// Copies in flight at most, counted from when a request is chosen (default 64); a
+    /// request chosen past it is not copied, and counted as dropped.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
     /// Requests with larger bodies are not copied, and answers are compared up to this
@@ -142,6 +145,8 @@ pub fn chosen(id: &str, share: u64) -> bool {
 /// A request being copied: its head as sent to the primary, its body, and the primary's
 /// answer body, each bounded by `max_body`.
 pub struct Capture {
+    /// This copy's place among the route's `max_in_flight`.
+    _held: InFlight,
     request: Option<RequestHeader>,
     body: Vec<u8>,
     path: String,
@@ -163,8 +168,9 @@ pub struct Sender {
 }
 
 impl Mirror {
-    /// A capture when this request is copied: chosen by its id, and its declared body (if
-    /// any) within `max_body` (else counted as `too_large`).
+    /// A capture when this request is copied: chosen by its id, its declared body (if
+    /// any) within `max_body` (else counted as `too_large`), and a place free among
+    /// `max_in_flight` (else counted as `dropped`).
     pub fn capture(&self, id: &str, path: &str, declared: Option<u64>) -> Option<Box<Capture>> {
         if !chosen(id, self.share) {
             return None;
@@ -173,7 +179,14 @@ impl Mirror {
             self.count(Outcome::TooLarge);
             return None;
         }
+        let record = &self.record;
+        if record.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_in_flight {
+            record.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.count(Outcome::Dropped);
+            return None;
+        }
         Some(Box::new(Capture {
+            _held: InFlight(record.clone()),
             request: None,
             body: Vec::new(),
             path: path.to_string(),
@@ -210,8 +223,8 @@ impl Mirror {
         }
     }
 
-    /// Sends the copy from a task of its own, unless `max_in_flight` copies are out (then
-    /// it is dropped and counted). Returns at once.
+    /// Sends the copy from a task of its own, which keeps its place among `max_in_flight`
+    /// until the shadow answered. Returns at once.
     pub fn send(
         self: &Arc<Mirror>,
         sender: &Sender,
@@ -223,13 +236,6 @@ impl Mirror {
         let Some(request) = capture.request.as_ref() else {
             return;
         };
-        let record = &self.record;
-        if record.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_in_flight {
-            record.in_flight.fetch_sub(1, Ordering::Relaxed);
-            self.count(Outcome::Dropped);
-            return;
-        }
-        let held = InFlight(record.clone());
         let mut copy = request.clone();
         let _ = copy.insert_header("x-portico-mirror", "1");
         let (mirror, connector) = (self.clone(), sender.connector.clone());
@@ -241,7 +247,6 @@ impl Mirror {
             primary,
         };
         tokio::spawn(async move {
-            let _held = held;
             let link = Link {
                 connector: &connector,
                 descriptors,

@@ -254,3 +254,26 @@ fn upstream_tls_mistakes_are_config_errors() {
         assert!(err.contains(want), "`{want}` in:\n{err}");
     }
 }
+
+/// The gateway's own calls (an aggregate's) go to an upstream as a proxied request does:
+/// over verified TLS, in HTTP/2 when it says so; an unverifiable one fails the call.
+#[test]
+fn aggregate_calls_use_the_upstreams_tls_and_http2() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_ok = ca("upstream CA");
+    let up = serve(Some(server_config(&ca_ok, None)));
+    let ca_file = write(dir.path(), "ca.pem", &ca_ok.cert.pem());
+    let a = up.addr;
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  one: {{ targets: [\"https://{a}\"], tls: {{ sni: localhost, ca_file: \"{ca_file}\" }} }}\n  two: {{ targets: [\"https://{a}\"], tls: {{ ca_file: \"{ca_file}\" }}, protocol: h2 }}\n  unverified: {{ targets: [\"https://{a}\"] }}\nroutes:\n  - name: both\n    match: {{ path: /both }}\n    aggregate:\n      calls:\n        - {{ name: one, upstream: one, path: /a }}\n        - {{ name: two, upstream: two, path: /b }}\n        - {{ name: bad, upstream: unverified, path: /c, required: false }}\n"
+    ));
+    let r = client().get(gw.url("/both")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-portico-partial"], "bad");
+    let body: Value = r.json().unwrap();
+    assert_eq!(
+        body["one"],
+        json!({"version": "HTTP/1.1", "client": null, "path": "/a"})
+    );
+    assert_eq!(body["two"]["version"], "HTTP/2.0", "{body}");
+}
