@@ -116,7 +116,10 @@ pub async fn call(
         peer.options.connection_timeout = Some(up.connect_timeout.min(left));
         peer.options.read_timeout = Some(up.read_timeout.min(left));
         peer.options.write_timeout = Some(up.write_timeout.min(left));
-        let connect = tokio::time::timeout(left, link.connector.get_http_session(&peer)).await;
+        // Boxed, as is the exchange: Pingora's connect future is large, and inline it would
+        // make every caller's future (a mirror's spawned task) as large, copied on each move.
+        let connecting = Box::pin(link.connector.get_http_session(&peer));
+        let connect = tokio::time::timeout(left, connecting).await;
         let mut session = match connect {
             Ok(Ok((session, _reused))) => session,
             Ok(Err(e)) => {
@@ -139,7 +142,7 @@ pub async fn call(
         };
         // Timed out here, not by dropping the call, so the target's breaker hears of it.
         let left = deadline.saturating_duration_since(Instant::now());
-        let exchanged = exchange(&mut session, req.clone(), body.clone(), max_body);
+        let exchanged = Box::pin(exchange(&mut session, req.clone(), body.clone(), max_body));
         let result = tokio::time::timeout(left, exchanged)
             .await
             .unwrap_or(Err(CallError::Timeout));
