@@ -70,8 +70,9 @@ fn default_in_flight() -> usize {
 const DEFAULT_MAX_BODY: u64 = 64 * 1024;
 /// Differences kept per route for `/mirrors`.
 const KEPT: usize = 100;
-/// Pointers named per difference.
+/// Pointers named per difference, and the longest one kept (keys come from bodies).
 const POINTERS: usize = 20;
+const POINTER_LEN: usize = 200;
 
 /// What became of a copy: the `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +153,8 @@ pub struct Capture {
     path: String,
     answer: Vec<u8>,
     answer_whole: bool,
+    /// The primary's answer is content-encoded.
+    answer_encoded: bool,
 }
 
 /// The primary exchange, as the verdict needs it.
@@ -192,6 +195,7 @@ impl Mirror {
             path: path.to_string(),
             answer: Vec::new(),
             answer_whole: true,
+            answer_encoded: false,
         }))
     }
 
@@ -267,26 +271,31 @@ impl Mirror {
         let (outcome, pointers) = match &reply {
             Err(_) => (Outcome::Error, Vec::new()),
             Ok(r) if r.status != primary.status => (Outcome::StatusDiffers, Vec::new()),
+            // Encoded bytes are not the content (levels and encoders differ).
+            Ok(r) if r.encoded || capture.answer_encoded => (Outcome::Match, Vec::new()),
             Ok(r) => {
                 let ours = capture.answer_whole.then_some(&capture.answer[..]);
                 self.compare_bodies(ours, r.body.as_deref())
             }
         };
-        self.count(outcome);
         if let Ok(r) = &reply {
             let difference = r.head_time.as_secs_f64() - primary.head_time.as_secs_f64();
             self.latency_difference.observe(difference);
         }
+        self.count(outcome);
         if outcome != Outcome::Match {
             self.keep(seen, capture, outcome, &reply, pointers);
         }
     }
 
-    /// Bodies over `max_body` are not compared; JSON is compared value by value (outside
-    /// the ignored pointers), anything else byte for byte.
+    /// JSON is compared value by value (outside the ignored pointers), anything else byte
+    /// for byte; one body over `max_body` and the other not differ, two over it are not
+    /// compared.
     fn compare_bodies(&self, ours: Option<&[u8]>, theirs: Option<&[u8]>) -> (Outcome, Vec<String>) {
-        let (Some(ours), Some(theirs)) = (ours, theirs) else {
-            return (Outcome::Match, Vec::new());
+        let (ours, theirs) = match (ours, theirs) {
+            (Some(ours), Some(theirs)) => (ours, theirs),
+            (None, None) => return (Outcome::Match, Vec::new()),
+            _ => return (Outcome::BodyDiffers, vec![String::new()]),
         };
         let json = |b: &[u8]| serde_json::from_slice::<Value>(b).ok();
         let pointers = match (json(ours), json(theirs)) {
@@ -377,6 +386,16 @@ impl Capture {
     pub fn sent(&mut self, request: RequestHeader) {
         self.request = Some(request);
         self.body.clear();
+        self.answer.clear();
+        self.answer_whole = true;
+    }
+
+    /// The primary's answer head is in.
+    pub fn answered(&mut self, head: &pingora::http::ResponseHeader) {
+        self.answer_encoded = head
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
     }
 }
 
@@ -406,7 +425,7 @@ fn differences(a: &Value, b: &Value, at: &mut String, ignore: &[String], found: 
         match (a, b) {
             (Some(a), Some(b)) => differences(a, b, at, ignore, found),
             _ if ignore.iter().any(|i| i == at) || found.len() >= POINTERS => {}
-            _ => found.push(at.clone()),
+            _ => found.push(shown(at)),
         }
         at.truncate(len);
     };
@@ -423,8 +442,20 @@ fn differences(a: &Value, b: &Value, at: &mut String, ignore: &[String], found: 
             }
         }
         _ if a == b => {}
-        _ => found.push(at.clone()),
+        _ => found.push(shown(at)),
     }
+}
+
+/// A pointer as listed: cut at `POINTER_LEN` bytes (on a character boundary).
+fn shown(pointer: &str) -> String {
+    if pointer.len() <= POINTER_LEN {
+        return pointer.to_string();
+    }
+    let mut end = POINTER_LEN;
+    while !pointer.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &pointer[..end])
 }
 
 /// Compiles a route's `mirror` (`at` is the route). `own` are the upstreams the route
@@ -542,6 +573,9 @@ mod tests {
         assert_eq!(diff(a.clone(), a, &[]), Vec::<String>::new());
         assert_eq!(diff(json!(1), json!("1"), &[]), [""]);
         assert_eq!(diff(json!(1), json!(2), &[""]), Vec::<String>::new());
+        let long = "k".repeat(300);
+        let cut = diff(json!({&long: 1}), json!({}), &[]);
+        assert_eq!(cut, [format!("/{}…", &long[..199])]);
     }
 
     #[test]

@@ -911,4 +911,14 @@ fn mirrors_are_checked() {
     );
     let (code, out) = check(&split);
     assert_eq!((code, out.contains("warning:")), (0, false), "{out}");
+    // A shadow that serves another route is warned about.
+    let shared = format!(
+        "{UPSTREAM}  other: {{ targets: [\"127.0.0.1:8002\"] }}\nroutes:\n  - name: a\n    match: {{ path: / }}\n    upstream: users\n    mirror: {{ upstream: other }}\n  - {{ name: b, match: {{ path: /b }}, upstream: other }}\n"
+    );
+    let (code, out) = check(&shared);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("g.yaml:12:25: warning: `other` also serves route `b`"),
+        "{out}"
+    );
 }

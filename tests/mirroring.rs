@@ -67,17 +67,24 @@ fn every_request_is_copied_with_its_body_and_a_mirror_header() {
         .post(gw.url("/orders"))
         .header("x-request-id", "post")
         .header("content-type", "application/json")
+        .header("expect", "100-continue")
         .body("{\"qty\": 3}")
         .send()
         .unwrap();
     assert_eq!(post.status(), 200);
+    let empty = c
+        .post(gw.url("/orders/empty"))
+        .header("x-request-id", "empty")
+        .send()
+        .unwrap();
+    assert_eq!(empty.status(), 200);
     assert!(
-        wait_until(WAIT, || outcome(&gw, "match") == 6.0).is_some(),
+        wait_until(WAIT, || outcome(&gw, "match") == 7.0).is_some(),
         "{}",
         metrics_text(&gw)
     );
     let copies = shadow.seen();
-    assert_eq!(copies.len(), 6, "{copies:?}");
+    assert_eq!(copies.len(), 7, "{copies:?}");
     for copy in &copies {
         assert_eq!(header(copy, "x-portico-mirror"), Some("1"), "{copy:?}");
     }
@@ -85,21 +92,28 @@ fn every_request_is_copied_with_its_body_and_a_mirror_header() {
         .iter()
         .filter_map(|s| header(s, "x-request-id"))
         .collect();
-    let want: BTreeSet<&str> = ["get-0", "get-1", "get-2", "get-3", "get-4", "post"].into();
+    let want: BTreeSet<&str> =
+        ["get-0", "get-1", "get-2", "get-3", "get-4", "post", "empty"].into();
     assert_eq!(ids, want, "the large body was not copied");
-    let copied_post = copies.iter().find(|s| s.method == "POST").unwrap();
+    let by_id = |id: &str| {
+        copies
+            .iter()
+            .find(|s| header(s, "x-request-id") == Some(id))
+            .unwrap()
+    };
+    let copied_post = by_id("post");
     assert_eq!(
         (copied_post.uri.as_str(), copied_post.body_len),
         ("/orders", 10)
     );
-    let copied_get = copies
-        .iter()
-        .find(|s| header(s, "x-request-id") == Some("get-3"));
-    assert_eq!(copied_get.unwrap().uri, "/orders/3?page=2");
-    assert_eq!(primary.count(), 7);
+    // The gateway holds the body it sends: no `Expect` for the shadow to answer first.
+    assert_eq!(header(copied_post, "expect"), None, "{copied_post:?}");
+    assert_eq!(header(by_id("empty"), "content-length"), Some("0"));
+    assert_eq!(by_id("get-3").uri, "/orders/3?page=2");
+    assert_eq!(primary.count(), 8);
     assert_eq!(outcome(&gw, "body_differs"), 0.0);
     let difference = "portico_mirror_latency_difference_seconds_count{route=\"orders\"}";
-    assert_eq!(metric(&gw, difference), 6.0);
+    assert_eq!(metric(&gw, difference), 7.0);
 }
 
 #[test]
@@ -202,7 +216,7 @@ fn a_dead_shadow_is_counted_as_an_error_and_costs_the_client_nothing() {
     assert_eq!(shadow["error"], "unreachable", "{view}");
 }
 
-/// A shadow that takes each request and holds it, unanswered, until released (or 20 s).
+/// A shadow that takes each request and holds it, unanswered, until released (or 60 s).
 struct HoldingShadow {
     addr: SocketAddr,
     held: Arc<AtomicUsize>,
@@ -232,7 +246,7 @@ impl HoldingShadow {
                         }
                     }
                     held.fetch_add(1, Ordering::SeqCst);
-                    let until = Instant::now() + Duration::from_secs(20);
+                    let until = Instant::now() + Duration::from_secs(60);
                     while !release.load(Ordering::SeqCst) && Instant::now() < until {
                         std::thread::sleep(Duration::from_millis(10));
                     }
@@ -255,7 +269,11 @@ fn a_holding_shadow_delays_no_client_and_copies_past_max_in_flight_are_dropped()
     let primary = TestUpstream::start("v1");
     let shadow = HoldingShadow::start();
     let gw = Gateway::start(&mirrored(primary.addr, shadow.addr, ", max_in_flight: 2"));
-    let c = client();
+    // A client that waited for its copy would wait for the release, long past this.
+    let c = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     for i in 0..5 {
         let resp = c.get(gw.url(&format!("/x/{i}"))).send().unwrap();
         assert_eq!(resp.status(), 200);
@@ -323,4 +341,33 @@ fn every_view_shows_the_mirror() {
         routes["routes"][0]["mirror"],
         serde_json::json!({"upstream": "orders-v3", "percent": 5.0})
     );
+}
+
+#[test]
+fn encoded_answers_are_judged_by_status_and_interim_heads_are_skipped() {
+    let primary = TestUpstream::start("v1");
+    // The shadow sends 100 Continue and 103 Early Hints before its answer.
+    let shadow = scripted_upstream(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+    );
+    let gw = Gateway::start(&mirrored(primary.addr, shadow, ""));
+    let resp = client().get(gw.url("/a")).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        wait_until(WAIT, || outcome(&gw, "body_differs") == 1.0).is_some(),
+        "{}",
+        metrics_text(&gw)
+    );
+    let (primary, shadow) = (TestUpstream::start("v1"), TestUpstream::start("v3"));
+    let gw = Gateway::start(&mirrored(primary.addr, shadow.addr, ""));
+    // Both answers say gzip: their bytes are not compared, only their statuses.
+    let resp = client()
+        .get(gw.url("/a?h_content-encoding=gzip"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(wait_until(WAIT, || outcome(&gw, "match") == 1.0).is_some());
+    let resp = client().get(gw.url("/a")).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(wait_until(WAIT, || outcome(&gw, "body_differs") == 1.0).is_some());
 }

@@ -176,6 +176,24 @@ fn compile_mirror(
             return None;
         }
     };
+    // Copies count in the shadow's breaker, outlier detection and load like any request.
+    let serves = |o: &&RawRoute| {
+        o.upstream.as_ref() == Some(&m.upstream)
+            || o.backends
+                .iter()
+                .flatten()
+                .any(|b| b.upstream == m.upstream)
+    };
+    if let Some(other) = raw.routes.iter().filter(|o| o.name != r.name).find(serves) {
+        cx.d.warn(
+            &format!("{at}.mirror.upstream"),
+            format!(
+                "`{}` also serves route `{}`: copies that fail there count in its breaker and outlier detection",
+                m.upstream, other.name
+            ),
+            Some("mirror to an upstream of its own (define it again under another name)".into()),
+        );
+    }
     let defined: Vec<&String> = raw.upstreams.keys().collect();
     let (d, state, metrics) = (&mut *cx.d, &mut *cx.state, cx.metrics);
     crate::mirror::compile(d, state, metrics, at, &r.name, m, &own, upstreams, &defined)

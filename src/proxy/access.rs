@@ -144,9 +144,9 @@ impl<'a> JsonLine<'a> {
         if self.exclude.iter().any(|x| x == name) {
             return false;
         }
-        self.out.push(if self.empty { b'{' } else { b',' });
+        let lead: &[u8] = if self.empty { b"{\"" } else { b",\"" };
         self.empty = false;
-        self.out.push(b'"');
+        self.out.extend_from_slice(lead);
         self.out.extend_from_slice(name.as_bytes());
         self.out.extend_from_slice(b"\":");
         true

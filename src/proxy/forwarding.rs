@@ -5,7 +5,7 @@
 use crate::errors::GatewayError;
 use crate::snapshot::Settings;
 use http::header::{
-    HeaderMap, HeaderName, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE,
 };
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -276,19 +276,20 @@ pub fn hop_by_hop(headers: &HeaderMap) -> HopByHop {
 
 /// Makes a copy of a client's request the gateway's own, to send itself (an aggregate's
 /// calls, a mirror's copy): the host named (an HTTP/2 client names it in `:authority`, and
-/// the call may be HTTP/1.1), hop-by-hop headers and the client's framing dropped (the call
-/// frames its own body).
-pub fn own_request(req: &mut RequestHeader) {
+/// the call may be HTTP/1.1), hop-by-hop headers, the client's framing and `Expect`
+/// dropped (the call frames its own body, which it already holds).
+pub fn own_request(req: &mut RequestHeader, authority: Option<&http::uri::Authority>) {
     if !req.headers.contains_key(HOST) {
-        if let Some(authority) = req.uri.authority().map(|a| a.to_string()) {
+        if let Some(authority) = authority.map(|a| a.to_string()) {
             let _ = req.insert_header(HOST, authority);
         }
     }
     for name in hop_by_hop(&req.headers) {
         req.remove_header(&name);
     }
-    req.remove_header(&CONTENT_LENGTH);
-    req.remove_header(&TRANSFER_ENCODING);
+    for name in [CONTENT_LENGTH, TRANSFER_ENCODING, EXPECT] {
+        req.remove_header(&name);
+    }
 }
 
 /// RFC 9110 §8.6: a Content-Length repeated (two fields, or a list `5, 5`) is one length

@@ -7,6 +7,7 @@ use super::{Pick, PickError, Upstream, UpstreamTls};
 use crate::descriptors::Descriptors;
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
+use http::Method;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
@@ -65,10 +66,13 @@ pub struct Reply {
     pub body: Option<Vec<u8>>,
     /// From sending the request to its answer's head.
     pub head_time: Duration,
+    /// The body is content-encoded (gzip, br...), so its bytes are not the content's.
+    pub encoded: bool,
 }
 
 /// The peer for a picked target: TLS and HTTP/2 as its upstream says (timeouts are the
 /// caller's).
+#[inline]
 pub fn peer(up: &Upstream, pick: &Pick) -> HttpPeer {
     let mut peer = match &up.tls {
         None => HttpPeer::new(pick.addr, false, String::new()),
@@ -168,7 +172,9 @@ fn for_upstream(mut req: RequestHeader, session: &HttpSession, body: &Bytes) -> 
         HttpSession::H2(_) => req.set_version(http::Version::HTTP_2),
         HttpSession::Custom(_) => {}
     }
-    if !body.is_empty() {
+    // An empty body of a method that carries one is framed too (some servers want 411).
+    let carries = matches!(req.method, Method::POST | Method::PUT | Method::PATCH);
+    if !body.is_empty() || carries {
         let _ = req.insert_header(CONTENT_LENGTH, body.len());
     }
     req
@@ -200,9 +206,19 @@ async fn exchange(
             .map_err(timeout)?;
     }
     session.finish_request_body().await.map_err(timeout)?;
-    session.read_response_header().await.map_err(timeout)?;
+    // Interim answers (100 Continue, 103 Early Hints) come before the answer itself.
+    let status = loop {
+        session.read_response_header().await.map_err(timeout)?;
+        let status = session.response_header().map_or(0, |h| h.status.as_u16());
+        if !(100..200).contains(&status) || status == 101 {
+            break status;
+        }
+    };
     let head_time = sent.elapsed();
-    let status = session.response_header().map_or(0, |h| h.status.as_u16());
+    let encoded = session
+        .response_header()
+        .and_then(|h| h.headers.get(http::header::CONTENT_ENCODING))
+        .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
     let declared = session
         .response_header()
         .and_then(|h| h.headers.get(CONTENT_LENGTH))
@@ -211,6 +227,7 @@ async fn exchange(
         status,
         body: None,
         head_time,
+        encoded,
     };
     if declared.is_some_and(|len| len > max_body) {
         return Ok(reply);
