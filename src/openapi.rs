@@ -246,6 +246,12 @@ fn operation(
     }
     // What each policy adds: its security scheme, refusals, parameters and a note.
     let mut description = about;
+    if let Some(cookie) = route.sticky.as_ref().and_then(|s| s.cookie.as_ref()) {
+        let _ = write!(
+            description,
+            " The answer may set the cookie `{cookie}`, which keeps the client on one version."
+        );
+    }
     if let Some(m) = &route.mirror {
         let _ = write!(
             description,

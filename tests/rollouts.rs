@@ -206,6 +206,11 @@ fn a_503_is_retried_on_another_target_and_a_post_is_not() {
         &targets,
         "{ attempts: 2, on: [503, reset], backoff: 1ms }",
     ));
+    let retry = &gw.admin_json("/routes")["routes"][0]["retry"];
+    assert_eq!(
+        retry,
+        "retry: 2 tries in all on reset, 503, backoff 1ms, budget 20%"
+    );
     let c = client();
     for _ in 0..10 {
         let resp = c.get(gw.url("/x")).send().unwrap();
@@ -392,6 +397,14 @@ fn a_sticky_cookie_holds_and_moves_when_its_backend_is_drained() {
     ];
     let body = |w| sticky_split(&a, &b, w, "{ cookie: portico-orders, ttl: 1h }");
     let gw = Gateway::start_with_env(&envs, &body((1, 1)));
+    // The views say it: `/routes` as `portico route` does, the OpenAPI the cookie.
+    let route = &gw.admin_json("/routes")["routes"][0];
+    assert_eq!(
+        route["sticky"],
+        "sticky: by the signed cookie `portico-orders` (for 1h)"
+    );
+    let api = gw.admin_json("/openapi.json").to_string();
+    assert!(api.contains("may set the cookie `portico-orders`"), "{api}");
     let (first, cookie) = sticky_get(&gw, None);
     let cookie = cookie.expect("the first answer sets the cookie");
     for _ in 0..50 {

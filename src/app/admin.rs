@@ -121,6 +121,13 @@ impl Admin {
                 if let Some(m) = &route.mirror {
                     view["mirror"] = json!({"upstream": &*m.upstream.name, "percent": m.percent});
                 }
+                // As `portico route` says them.
+                if let Some(sticky) = &route.sticky {
+                    view["sticky"] = sticky.explain().into();
+                }
+                if let Some(retry) = &route.retry {
+                    view["retry"] = retry.explain().into();
+                }
                 // Each named policy by its key (`"auth": "jwt"`), as the route's file says.
                 for policy in &route.policies {
                     if let Some(name) = policy.name() {
