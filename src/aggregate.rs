@@ -168,63 +168,39 @@ impl CallPath {
 /// Why a call failed; the outcome label of its metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallError {
-    Timeout,
-    Unreachable,
-    CircuitOpen,
-    NoHealthyUpstream,
-    NoAddress,
+    /// No answer (see `upstream::call`).
+    Call(call::CallError),
     BadStatus(u16),
     NotJson,
     NotObject,
     TooLarge,
-    /// The upstream connections' share of descriptors is taken.
-    Overloaded,
 }
 
 impl CallError {
     pub fn outcome(self) -> &'static str {
         match self {
-            CallError::Timeout => "timeout",
-            CallError::Unreachable => "unreachable",
-            CallError::CircuitOpen => "circuit_open",
-            CallError::NoHealthyUpstream => "no_healthy_upstream",
-            CallError::NoAddress => "no_upstream_available",
+            CallError::Call(e) => e.outcome(),
             CallError::BadStatus(_) => "bad_status",
             CallError::NotJson => "not_json",
             CallError::NotObject => "not_object",
             CallError::TooLarge => "too_large",
-            CallError::Overloaded => "overloaded",
         }
     }
 
     fn describe(self, max_body: u64) -> String {
         match self {
-            CallError::Timeout => "it did not answer in time".into(),
-            CallError::Unreachable => "its upstream could not be reached".into(),
-            CallError::CircuitOpen => "its upstream's circuit breaker is open".into(),
-            CallError::NoHealthyUpstream => "every target of its upstream is unhealthy".into(),
-            CallError::NoAddress => "no target of its upstream has an address".into(),
+            CallError::Call(e) => e.describe().into(),
             CallError::BadStatus(s) => format!("it answered {s}"),
             CallError::NotJson => "its body is not JSON".into(),
             CallError::NotObject => "its body is not a JSON object, so it cannot be merged".into(),
             CallError::TooLarge => format!("its body is over {max_body} bytes"),
-            CallError::Overloaded => {
-                "the gateway holds as many upstream connections as it may".into()
-            }
         }
     }
 }
 
 impl From<call::CallError> for CallError {
     fn from(e: call::CallError) -> CallError {
-        match e {
-            call::CallError::Timeout => CallError::Timeout,
-            call::CallError::Unreachable => CallError::Unreachable,
-            call::CallError::CircuitOpen => CallError::CircuitOpen,
-            call::CallError::NoHealthyUpstream => CallError::NoHealthyUpstream,
-            call::CallError::NoAddress => CallError::NoAddress,
-            call::CallError::Overloaded => CallError::Overloaded,
-        }
+        CallError::Call(e)
     }
 }
 
@@ -395,7 +371,7 @@ impl Aggregate {
                 Err(e) if call.required => {
                     return Err(GatewayError::AggregateFailed {
                         call: call.name.clone(),
-                        timeout: e == CallError::Timeout,
+                        timeout: e == CallError::Call(call::CallError::Timeout),
                         reason: e.describe(self.max_body),
                     })
                 }

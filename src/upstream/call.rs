@@ -46,6 +46,18 @@ impl CallError {
             CallError::Overloaded => "overloaded",
         }
     }
+
+    /// Why, in words, after "the call failed: ".
+    pub fn describe(self) -> &'static str {
+        match self {
+            CallError::Timeout => "it did not answer in time",
+            CallError::Unreachable => "its upstream could not be reached",
+            CallError::CircuitOpen => "its upstream's circuit breaker is open",
+            CallError::NoHealthyUpstream => "every target of its upstream is unhealthy",
+            CallError::NoAddress => "no target of its upstream has an address",
+            CallError::Overloaded => "the gateway holds as many upstream connections as it may",
+        }
+    }
 }
 
 impl From<PickError> for CallError {
