@@ -282,10 +282,11 @@ impl Mirror {
             let difference = r.head_time.as_secs_f64() - primary.head_time.as_secs_f64();
             self.latency_difference.observe(difference);
         }
-        self.count(outcome);
         if outcome != Outcome::Match {
             self.keep(seen, capture, outcome, &reply, pointers);
         }
+        // Counted last: whoever sees the count also sees the copy's record.
+        self.count(outcome);
     }
 
     /// JSON is compared value by value (outside the ignored pointers), anything else byte
