@@ -39,7 +39,6 @@ request = function()
 end
 LUA
 
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
 wait_port "$ORIGIN"
 
 # run CACHE: starts Portico (with `cache: api` on the route or not), drives it, prints

@@ -144,3 +144,11 @@ measure() {
 }
 # ratio A B [DIGITS]: A/B with DIGITS decimals (default 2).
 ratio() { awk -v a="$1" -v b="$2" -v d="${3:-2}" 'BEGIN {printf "%." d "f", a/b}'; }
+
+# wait_port PORT: waits up to 10 s for a listener; on failure shows the servers' error logs.
+wait_port() {
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "port $1 did not open" >&2
+  for f in "$work"/*.err; do echo "== $f"; tail -n 5 "$f"; done >&2
+  exit 1
+}

@@ -43,7 +43,6 @@ nginx -c "$work/origin.conf" & pids+=($!)
 nginx -c "$work/nginx.conf" & NGINX_PID=$! pids+=($!)
 PORTICO_LOG=warn target/release/portico run -c "$work/gateway.yaml" 2>"$work/portico.err" >/dev/null & PORTICO_PID=$! pids+=($!)
 
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
 for p in $ORIGIN $NGINX $PORTICO; do wait_port "$p"; done
 encoding=$(curl -s -o /dev/null -w '%header{content-encoding}' -H 'Accept-Encoding: gzip' "http://127.0.0.1:$PORTICO/doc.json")
 [ "$encoding" = gzip ] || { echo "portico did not compress (content-encoding: '$encoding')" >&2; exit 1; }

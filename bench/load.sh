@@ -48,7 +48,6 @@ PORTICO_LOG=warn target/release/portico run -c "$work/gateway.yaml" 2>"$work/por
 PORTICO_LOG=warn target/release/portico run -c "$work/quiet.yaml" 2>"$work/quiet.err" >/dev/null & pids+=($!)
 target/release/examples/bare_pingora "127.0.0.1:$PINGORA" "127.0.0.1:$ORIGIN" 2>"$work/pingora.err" >/dev/null & pids+=($!)
 
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; for f in "$work"/*.err; do echo "== $f"; tail -n 5 "$f"; done >&2; exit 1; }
 for p in $ORIGIN $NGINX $HAPROXY $PORTICO $QUIET $PINGORA; do wait_port "$p"; done
 
 # wrk prints latency with units; normalize p99 to milliseconds.

@@ -45,7 +45,6 @@ CONF
 nginx -c "$work/origin.conf" & pids+=($!)
 nginx -c "$work/shadow.conf" & pids+=($!)
 PORTICO_LOG=warn target/release/portico run -c "$work/gateway.yaml" 2>"$work/portico.err" >/dev/null & PORTICO_PID=$! pids+=($!)
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
 for p in $ORIGIN $SHADOW $PORTICO $ADMIN; do wait_port "$p"; done
 
 # CPU time (user + system) of Portico in clock ticks, per row: what each request costs it.

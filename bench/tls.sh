@@ -45,7 +45,6 @@ CONF
 nginx -c "$work/origin.conf" & pids+=($!)
 nginx -c "$work/nginx.conf" & pids+=($!)
 PORTICO_LOG=warn target/release/portico run -c "$work/gateway.yaml" 2>"$work/portico.err" >/dev/null & pids+=($!)
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; for f in "$work"/*.err; do echo "== $f"; tail -n 5 "$f"; done >&2; exit 1; }
 for p in $ORIGIN $NGINX $PORTICO_TLS; do wait_port "$p"; done
 
 declare -A KEEP HAND H2
