@@ -146,6 +146,8 @@ pub fn chosen(id: &str, share: u64) -> bool {
 /// A request being copied: its head as sent to the primary, its body, and the primary's
 /// answer body, each bounded by `max_body`.
 pub struct Capture {
+    /// The route's mirror, whose bounds and verdict the capture follows.
+    mirror: Arc<Mirror>,
     /// This copy's place among the route's `max_in_flight`.
     _held: InFlight,
     request: Option<RequestHeader>,
@@ -174,7 +176,12 @@ impl Mirror {
     /// A capture when this request is copied: chosen by its id, its declared body (if
     /// any) within `max_body` (else counted as `too_large`), and a place free among
     /// `max_in_flight` (else counted as `dropped`).
-    pub fn capture(&self, id: &str, path: &str, declared: Option<u64>) -> Option<Box<Capture>> {
+    pub fn capture(
+        self: &Arc<Mirror>,
+        id: &str,
+        path: &str,
+        declared: Option<u64>,
+    ) -> Option<Box<Capture>> {
         if !chosen(id, self.share) {
             return None;
         }
@@ -189,6 +196,7 @@ impl Mirror {
             return None;
         }
         Some(Box::new(Capture {
+            mirror: self.clone(),
             _held: InFlight(record.clone()),
             request: None,
             body: Vec::new(),
@@ -202,66 +210,6 @@ impl Mirror {
     fn count(&self, outcome: Outcome) {
         let at = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
         self.counted[at].inc();
-    }
-
-    /// Takes a chunk of the request body; false (counted as `too_large`) when the body
-    /// outgrows `max_body` and the request is not copied.
-    pub fn request_body(&self, capture: &mut Capture, chunk: &[u8]) -> bool {
-        capture.body.extend_from_slice(chunk);
-        let fits = capture.body.len() as u64 <= self.max_body;
-        if !fits {
-            self.count(Outcome::TooLarge);
-        }
-        fits
-    }
-
-    /// Takes a chunk of the primary's answer, up to `max_body`.
-    pub fn answer_body(&self, capture: &mut Capture, chunk: &[u8]) {
-        if !capture.answer_whole {
-            return;
-        }
-        capture.answer.extend_from_slice(chunk);
-        if capture.answer.len() as u64 > self.max_body {
-            capture.answer_whole = false;
-            capture.answer = Vec::new();
-        }
-    }
-
-    /// Sends the copy from a task of its own, which keeps its place among `max_in_flight`
-    /// until the shadow answered. Returns at once.
-    pub fn send(
-        self: &Arc<Mirror>,
-        sender: &Sender,
-        capture: Box<Capture>,
-        primary: Primary,
-        route: &str,
-        id: &str,
-    ) {
-        let Some(request) = capture.request.as_ref() else {
-            return;
-        };
-        let mut copy = request.clone();
-        let _ = copy.insert_header("x-portico-mirror", "1");
-        let (mirror, connector) = (self.clone(), sender.connector.clone());
-        let (descriptors, max_connections) = (sender.descriptors, sender.max_connections);
-        let seen = Seen {
-            route: route.to_string(),
-            id: id.to_string(),
-            method: copy.method.to_string(),
-            primary,
-        };
-        tokio::spawn(async move {
-            let link = Link {
-                connector: &connector,
-                descriptors,
-                max_connections,
-            };
-            let up = &mirror.upstream;
-            let deadline = Instant::now() + up.connect_timeout + up.read_timeout;
-            let body = Bytes::from(capture.body.clone());
-            let reply = call::call(&link, up, &copy, body, deadline, mirror.max_body).await;
-            mirror.judge(&seen, &capture, reply);
-        });
     }
 
     /// Compares the shadow's answer with the primary's, counts the outcome and keeps a
@@ -382,6 +330,60 @@ impl Mirror {
 }
 
 impl Capture {
+    /// Sends the copy from a task of its own, which keeps its place among `max_in_flight`
+    /// until the shadow answered. Returns at once.
+    pub fn send(self: Box<Capture>, sender: &Sender, primary: Primary, route: &str, id: &str) {
+        let capture = self;
+        let Some(request) = capture.request.as_ref() else {
+            return;
+        };
+        let mut copy = request.clone();
+        let _ = copy.insert_header("x-portico-mirror", "1");
+        let (mirror, connector) = (capture.mirror.clone(), sender.connector.clone());
+        let (descriptors, max_connections) = (sender.descriptors, sender.max_connections);
+        let seen = Seen {
+            route: route.to_string(),
+            id: id.to_string(),
+            method: copy.method.to_string(),
+            primary,
+        };
+        tokio::spawn(async move {
+            let link = Link {
+                connector: &connector,
+                descriptors,
+                max_connections,
+            };
+            let up = &mirror.upstream;
+            let deadline = Instant::now() + up.connect_timeout + up.read_timeout;
+            let body = Bytes::from(capture.body.clone());
+            let reply = call::call(&link, up, &copy, body, deadline, mirror.max_body).await;
+            mirror.judge(&seen, &capture, reply);
+        });
+    }
+
+    /// Takes a chunk of the request body; false (counted as `too_large`) when the body
+    /// outgrows `max_body` and the request is not copied.
+    pub fn request_body(&mut self, chunk: &[u8]) -> bool {
+        self.body.extend_from_slice(chunk);
+        let fits = self.body.len() as u64 <= self.mirror.max_body;
+        if !fits {
+            self.mirror.count(Outcome::TooLarge);
+        }
+        fits
+    }
+
+    /// Takes a chunk of the primary's answer, up to `max_body`.
+    pub fn answer_body(&mut self, chunk: &[u8]) {
+        if !self.answer_whole {
+            return;
+        }
+        self.answer.extend_from_slice(chunk);
+        if self.answer.len() as u64 > self.mirror.max_body {
+            self.answer_whole = false;
+            self.answer = Vec::new();
+        }
+    }
+
     /// The request as sent to the primary (made the gateway's own by the caller); a retry
     /// replaces it, and its body is taken again.
     pub fn sent(&mut self, request: RequestHeader) {

@@ -227,7 +227,6 @@ impl Gateway {
         let (Some(route), Some(status)) = (ctx.route(), ctx.upstream.status) else {
             return;
         };
-        let Some(mirror) = &route.mirror else { return };
         let sender = crate::mirror::Sender {
             connector: self.connector.clone(),
             descriptors: self.descriptors,
@@ -237,7 +236,7 @@ impl Gateway {
             status,
             head_time: ctx.upstream.time.unwrap_or_default(),
         };
-        mirror.send(&sender, capture, primary, &route.name, &ctx.request.id);
+        capture.send(&sender, primary, &route.name, &ctx.request.id);
     }
 
     /// Answers an aggregate route: its calls carry the headers this request would carry
@@ -643,11 +642,8 @@ impl ProxyHttp for Gateway {
             if ctx.request.body_seen > limit && !session.was_upgraded() {
                 return Err(ctx.fail(GatewayError::BodyTooLarge { limit }));
             }
-            if let Some(capture) = &mut ctx.mirror {
-                let mirror = ctx.snapshot.routes[ctx.route.unwrap_or(0)].mirror.as_ref();
-                if !mirror.is_some_and(|m| m.request_body(capture, chunk)) {
-                    ctx.mirror = None;
-                }
+            if ctx.mirror.as_mut().is_some_and(|c| !c.request_body(chunk)) {
+                ctx.mirror = None;
             }
         }
         Ok(())
@@ -1064,9 +1060,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Box<Ctx>,
     ) -> Result<Option<Duration>> {
         if let (Some(capture), Some(chunk)) = (&mut ctx.mirror, body) {
-            if let Some(mirror) = ctx.snapshot.routes[ctx.route.unwrap_or(0)].mirror.as_ref() {
-                mirror.answer_body(capture, chunk);
-            }
+            capture.answer_body(chunk);
         }
         // The route timeout bounds getting the 101, not the tunnel after it.
         if ctx.past_deadline() && !session.was_upgraded() {
