@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `aggregate: { timeout: 2s, calls: [...] }` on a route.
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAggregate {
     /// Longest the whole answer may take (default 5s); no call runs longer.
@@ -36,7 +36,7 @@ pub struct RawAggregate {
     pub calls: Vec<RawCall>,
 }
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCall {
     /// The key of this call's body in the answer.

@@ -129,15 +129,8 @@ pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
         } => {
             let route = &snapshot.routes[index];
             let raw = &src.raw.routes[index];
-            let pos = src.locator.find(&format!("routes[{index}]"));
-            let _ = writeln!(
-                out,
-                "{head} → route `{}` ({}:{}:{})",
-                route.name,
-                src.path.display(),
-                pos.line,
-                pos.col
-            );
+            let place = src.places.describe(&format!("routes[{index}]"));
+            let _ = writeln!(out, "{head} → route `{}` ({place})", route.name);
             let _ = writeln!(out, "  matched because: {}", describe_match(&raw.matcher));
             if !route.policies.is_empty() {
                 let chain: Vec<String> = route.policies.iter().map(|p| p.label()).collect();
@@ -255,7 +248,7 @@ pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
 }
 
 /// One row of a `--test` table.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Case {
     /// `METHOD /path?query`

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// `mirror:` on a route.
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMirror {
     /// The shadow upstream the copies go to (not one of the route's own).
@@ -51,7 +51,7 @@ pub struct RawMirror {
     pub compare: RawCompare,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCompare {
     /// JSON pointers (RFC 6901) left out of the body comparison, with everything under

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 /// `telemetry.tracing`: where spans go and how many.
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTracing {
     /// The OTLP/HTTP receiver (an OpenTelemetry Collector, Jaeger, Tempo...), e.g.

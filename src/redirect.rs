@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// `redirect: { prefix: /docs/v2/, status: 301 }` on a route.
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedirect {
     /// 301, 302 (default), 303, 307 or 308.
@@ -222,8 +222,8 @@ mod tests {
 
     fn redirect(yaml: &str, prefix: Option<&str>) -> Redirect {
         let raw: RawRedirect = serde_yaml::from_str(yaml).unwrap();
-        let locator = crate::diag::Locator::new("");
-        let mut d = Diags::new(std::path::Path::new("g.yaml"), &locator);
+        let places = crate::diag::Places::one("g.yaml".as_ref(), Default::default());
+        let mut d = Diags::new(&places);
         compile(&mut d, "r", &raw, prefix).expect("compiles")
     }
 

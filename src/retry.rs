@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// `retry:` on a route.
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
     /// Tries in all, the first included (default 2; at most 10).

@@ -274,6 +274,8 @@ pub struct Snapshot {
     pub settings: Settings,
     pub router: Router,
     pub routes: Vec<Route>,
+    /// Where each route is written (`file:line:col`), in route order.
+    pub defined_at: Vec<String>,
     /// Metrics of requests no route took.
     pub unrouted: RouteMetrics,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `sticky: { cookie: NAME, ttl: 1h }`, `{ claim: sub }` or `{ header: X-Session }`.
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSticky {
     /// A cookie the gateway sets, naming the backend (signed).

@@ -187,6 +187,8 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
+    /// Per file of the config: 1 when its current text is live, 0 when it is refused.
+    pub config_file_ok: IntGaugeVec,
     pub build_info: IntGaugeVec,
     pub access_log_dropped: IntCounter,
     pub aggregate_calls: IntCounterVec,
@@ -303,6 +305,11 @@ impl Metrics {
                     "Unix time of the last successful config load.",
                 )
                 .expect("valid"),
+            ),
+            config_file_ok: gauge(
+                "portico_config_file_ok",
+                "1 when the config file's current text is live, 0 when it is refused (its last good version, if any, stays).",
+                &["file"],
             ),
             build_info: gauge(
                 "portico_build_info",

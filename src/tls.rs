@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use x509_parser::extensions::GeneralName;
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     /// Certificate chains and keys (PEM); the first is served when no name matches.
@@ -22,7 +22,7 @@ pub struct RawTls {
     pub min_version: TlsVersion,
 }
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCertificate {
     /// The certificate chain: the server's certificate first.

@@ -69,7 +69,7 @@ impl Serialize for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
+        #[derive(Clone, Deserialize)]
         #[serde(untagged)]
         enum Repr {
             Num(u64),

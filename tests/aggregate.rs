@@ -324,7 +324,7 @@ fn check_and_route_explain_aggregates() {
     let (code, _, err) = portico(&["check", "g.yaml"], dir.path());
     assert_eq!(code, 0, "{err}");
     let want =
-        "g.yaml:12:25: warning: route `e` is shadowed by the earlier route `d` and never matches";
+        "g.yaml:12:25: warning: route `e` is shadowed by the earlier route `d` (g.yaml:6:5) and never matches";
     assert!(err.contains(want), "`{want}` in:\n{err}");
     let (code, out, err) = portico(
         &["route", "-c", "g.yaml", "GET", "/d/7?q=a%20b"],

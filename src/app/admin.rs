@@ -58,6 +58,7 @@ impl Admin {
                 "config_hash": snapshot.hash,
                 "config_path": snapshot.path.display().to_string(),
                 "last_reload": self.reloader.status(),
+                "config_files": self.reloader.file_statuses(),
                 "redis": snapshot.redis.as_ref().map(|r| {
                     let mut state = json!({"connected": r.is_connected()});
                     if !snapshot.caches.is_empty() {
@@ -91,7 +92,8 @@ impl Admin {
             .routes
             .iter()
             .zip(snapshot.redacted["routes"].as_array().into_iter().flatten())
-            .map(|(route, raw)| {
+            .zip(&snapshot.defined_at)
+            .map(|((route, raw), defined_at)| {
                 let action = match &route.action {
                     Action::Proxy(b) if b.list.len() == 1 => json!({"upstream": b.names()}),
                     Action::Proxy(b) => {
@@ -111,6 +113,7 @@ impl Admin {
                 };
                 let mut view = json!({
                     "name": &*route.name,
+                    "defined_at": defined_at,
                     "match": raw["match"],
                     "action": action,
                     "policies": route.policies.iter().map(|p| p.label()).collect::<Vec<_>>(),

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod demo;
+mod isolate;
 pub mod reload;
 pub mod services;
 mod tls;
@@ -52,13 +53,14 @@ fn load_config(
     path: &Path,
     stores: &Stores,
     telemetry: &Telemetry,
-) -> Result<Snapshot, ConfigError> {
-    let snapshot = compile_with(&Source::load(path)?, stores, &telemetry.metrics)?;
+) -> Result<(Snapshot, Source), ConfigError> {
+    let source = Source::load(path)?;
+    let snapshot = compile_with(&source, stores, &telemetry.metrics)?;
     for w in &snapshot.warnings {
         tracing::warn!("{}", w.one_line());
     }
     stores.remember(&snapshot.state);
-    Ok(snapshot)
+    Ok((snapshot, source))
 }
 
 fn server_conf(snapshot: &Snapshot) -> ServerConf {
@@ -100,7 +102,7 @@ fn split_descriptors(conf: &ServerConf, settings: &Settings) -> &'static Descrip
 pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
     let stores = Arc::new(Stores::default());
     let telemetry = Telemetry::new();
-    let snapshot = load_config(opts.config, &stores, &telemetry)?;
+    let (snapshot, source) = load_config(opts.config, &stores, &telemetry)?;
     if !opts.upgrade {
         // Pingora retries a busy address forever; a second gateway on a taken port should
         // fail at once instead. (An upgrade takes over addresses that are in use.)
@@ -180,7 +182,7 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
 
     let readiness = Readiness::default();
     let reloader = Reloader::new(
-        opts.config,
+        &source,
         holder.clone(),
         stores,
         telemetry.clone(),

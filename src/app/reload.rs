@@ -3,7 +3,9 @@
 //! config is loaded, checked and compiled off the request path, then swapped in whole; a
 //! refused one leaves the running snapshot serving.
 
+use super::isolate::{self, Good, Refused};
 use crate::compile::compile_with;
+use crate::config::files::{config_dirs, is_config_name};
 use crate::config::{ConfigError, Source};
 use crate::diag::inputs_digest;
 use crate::snapshot::{Snapshot, SnapshotHolder};
@@ -17,6 +19,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,7 +44,8 @@ const MAX_SETTLE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct ReloadStatus {
-    /// "ok", "failed" or "unchanged"; empty before the first reload.
+    /// "ok", "partial" (some files refused, the rest applied), "failed" or "unchanged";
+    /// empty before the first reload.
     pub result: String,
     pub trigger: String,
     /// Unix seconds.
@@ -55,8 +59,69 @@ pub struct ReloadStatus {
     pub last_success_at: u64,
 }
 
+/// A file of the config as `/health` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileStatus {
+    pub file: String,
+    /// `ok`; `stale` (its current text is refused, its last good version is live); or
+    /// `refused` (refused, and never live).
+    pub status: &'static str,
+    /// Unix seconds since the file has been stale or refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// The config's files: each team file's live version and every file's status.
+#[derive(Default)]
+struct Files {
+    good: Good,
+    status: BTreeMap<PathBuf, FileStatus>,
+    /// The config's files (base first) and the directories where a new one joins it.
+    config: Relevant,
+}
+
+/// What the watcher reacts to: these files, and config files appearing in these dirs.
+#[derive(Default, Clone)]
+struct Relevant {
+    files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+}
+
+/// What a reload read: the config to run (None when it is the running one), the files
+/// left out, and every file's version.
+struct Load {
+    snapshot: Option<Snapshot>,
+    refused: Vec<Refused>,
+    good: Good,
+    config: Relevant,
+}
+
+impl Relevant {
+    /// A file as the metric names it: relative to the base file's directory, as deployed.
+    fn label(&self, p: &Path) -> String {
+        let root = self.files.first().and_then(|b| b.parent());
+        let relative = root.and_then(|r| p.strip_prefix(r).ok());
+        relative.unwrap_or(p).display().to_string()
+    }
+}
+
+fn relevant_of(src: &Source) -> Relevant {
+    let files = std::iter::once(src.base.path.clone())
+        .chain(src.parts.iter().map(|p| p.path.clone()))
+        .collect();
+    Relevant {
+        files,
+        dirs: config_dirs(src),
+    }
+}
+
 struct Inner {
+    /// The config's path made absolute (watch events name absolute paths).
     path: PathBuf,
+    /// The config's path as given: files are named (in logs, `/health`) as `check` names them.
+    given: PathBuf,
     holder: SnapshotHolder,
     stores: Arc<Stores>,
     telemetry: Arc<Telemetry>,
@@ -65,6 +130,7 @@ struct Inner {
     /// The settings the process started with: what a restart-only change is measured
     /// against (a change made and then undone needs no restart).
     started: crate::snapshot::Settings,
+    files: Mutex<Files>,
 }
 
 #[derive(Clone)]
@@ -74,13 +140,15 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// `source` is the config the process started with.
     pub fn new(
-        path: &Path,
+        source: &Source,
         holder: SnapshotHolder,
         stores: Arc<Stores>,
         telemetry: Arc<Telemetry>,
         watch: bool,
     ) -> Reloader {
+        let path = source.path.as_path();
         // Present from the start: a dashboard sees 0, not a missing series.
         let metrics = &telemetry.metrics;
         for result in ["ok", "failed"] {
@@ -96,17 +164,28 @@ impl Reloader {
             ..ReloadStatus::default()
         };
         let started = holder.load().settings.clone();
+        let mut files = Files::default();
+        let good = source.parts.iter().map(|p| (p.path.clone(), p.clone()));
+        set_files(
+            &mut files,
+            &telemetry,
+            good.collect(),
+            &[],
+            relevant_of(source),
+        );
         Reloader {
             inner: Arc::new(Inner {
                 // Watch events name absolute paths: `-c gateway.yaml` must be compared as
                 // the file in the working directory, not as a bare name.
                 path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+                given: path.to_path_buf(),
                 holder,
                 stores,
                 telemetry,
                 status: Mutex::new(status),
                 busy: tokio::sync::Mutex::new(()),
                 started,
+                files: Mutex::new(files),
             }),
             watch,
         }
@@ -124,7 +203,7 @@ impl Reloader {
     /// from; a file that does not load counts as different.
     fn differs_from_running(&self) -> bool {
         let current = self.inner.holder.load();
-        Source::load(&self.inner.path).map_or(true, |src| !built_from(&src, &current))
+        Source::load(&self.inner.given).map_or(true, |src| !built_from(&src, &current))
     }
 
     /// Loads, checks and compiles the file, then swaps it in. `force` reloads even when the
@@ -152,59 +231,29 @@ impl Reloader {
         status.trigger = trigger.to_string();
         status.at = unix_now();
         match outcome {
-            Ok(None) => {
-                if status.error.take().is_some() {
-                    // The refused edit was undone: the file is the running config again.
-                    tracing::info!(
-                        trigger,
-                        "config file is back to the running config; the refused version is gone"
-                    );
-                } else {
-                    tracing::debug!(
-                        trigger,
-                        "config and referenced files unchanged; nothing to reload"
-                    );
-                }
-                status.result = "unchanged".into();
-                self.set_status(status);
-                Ok(())
-            }
-            Ok(Some(snapshot)) => {
-                for target in snapshot.upstreams.values().flat_map(|u| &u.targets) {
+            Ok(load) => {
+                for target in load
+                    .snapshot
+                    .iter()
+                    .flat_map(|s| s.upstreams.values())
+                    .flat_map(|u| &u.targets)
+                {
                     if target.is_dns() && target.addrs().is_empty() {
                         resolve_target(target).await;
                     }
                 }
-                // A warning the running config already had was logged when it first came.
-                let known: Vec<String> = current.warnings.iter().map(|w| w.one_line()).collect();
-                for line in snapshot.warnings.iter().map(|w| w.one_line()) {
-                    if known.contains(&line) {
-                        tracing::debug!("{line}");
-                    } else {
-                        tracing::warn!("{line}");
-                    }
+                let refused = self.apply_files(trigger, &load, status.at);
+                match load.snapshot {
+                    Some(snapshot) => self.go_live(trigger, &current, snapshot, &mut status),
+                    None => self.unchanged(trigger, &mut status),
                 }
-                let pending = self.inner.started.restart_needed(&snapshot.settings);
-                for p in pending
-                    .iter()
-                    .filter(|p| !status.pending_restart.contains(p))
-                {
-                    tracing::warn!("config change needs a restart to take effect: {p}");
+                if !refused.is_empty() {
+                    status.result = "partial".into();
+                    status.error = Some(refused.clone());
+                    status.failed += 1;
+                    let metrics = &self.inner.telemetry.metrics;
+                    metrics.reloads.with_label_values(&["partial"]).inc();
                 }
-                if pending.is_empty() && !status.pending_restart.is_empty() {
-                    tracing::info!("the settings that needed a restart are back to those running");
-                }
-                tracing::info!(trigger, hash = %snapshot.hash, routes = snapshot.routes.len(), "config reloaded");
-                self.inner.stores.remember(&snapshot.state);
-                self.inner.holder.store(snapshot);
-                let metrics = &self.inner.telemetry.metrics;
-                metrics.reloads.with_label_values(&["ok"]).inc();
-                metrics.last_reload_success.set(status.at as f64);
-                status.result = "ok".into();
-                status.error = None;
-                status.succeeded += 1;
-                status.last_success_at = status.at;
-                status.pending_restart = pending;
                 self.set_status(status);
                 Ok(())
             }
@@ -212,6 +261,7 @@ impl Reloader {
                 // One record on one line, the diagnostics as a field.
                 let errors = e.one_line();
                 tracing::error!(trigger, errors, "config refused, the running config stays");
+                self.mark_stale(&e, status.at);
                 let metrics = &self.inner.telemetry.metrics;
                 metrics.reloads.with_label_values(&["failed"]).inc();
                 status.result = "failed".into();
@@ -223,30 +273,163 @@ impl Reloader {
         }
     }
 
-    /// The config file compiled, or None when it (and every file it names) is what
-    /// `current` was built from and `force` is not set.
-    fn load(&self, current: &Snapshot, force: bool) -> Result<Option<Snapshot>, ConfigError> {
-        let src = Source::load(&self.inner.path)?;
-        if !force && built_from(&src, current) {
-            return Ok(None);
+    fn unchanged(&self, trigger: &str, status: &mut ReloadStatus) {
+        if status.error.take().is_some() {
+            // The refused edit was undone: the file is the running config again.
+            tracing::info!(
+                trigger,
+                "config file is back to the running config; the refused version is gone"
+            );
+        } else {
+            tracing::debug!(
+                trigger,
+                "config and referenced files unchanged; nothing to reload"
+            );
         }
-        compile_with(&src, &self.inner.stores, &self.inner.telemetry.metrics).map(Some)
+        status.result = "unchanged".into();
+    }
+
+    fn go_live(
+        &self,
+        trigger: &str,
+        current: &Snapshot,
+        snapshot: Snapshot,
+        status: &mut ReloadStatus,
+    ) {
+        // A warning the running config already had was logged when it first came.
+        let known: Vec<String> = current.warnings.iter().map(|w| w.one_line()).collect();
+        for line in snapshot.warnings.iter().map(|w| w.one_line()) {
+            if known.contains(&line) {
+                tracing::debug!("{line}");
+            } else {
+                tracing::warn!("{line}");
+            }
+        }
+        let pending = self.inner.started.restart_needed(&snapshot.settings);
+        for p in pending
+            .iter()
+            .filter(|p| !status.pending_restart.contains(p))
+        {
+            tracing::warn!("config change needs a restart to take effect: {p}");
+        }
+        if pending.is_empty() && !status.pending_restart.is_empty() {
+            tracing::info!("the settings that needed a restart are back to those running");
+        }
+        tracing::info!(trigger, hash = %snapshot.hash, routes = snapshot.routes.len(), "config reloaded");
+        self.inner.stores.remember(&snapshot.state);
+        self.inner.holder.store(snapshot);
+        let metrics = &self.inner.telemetry.metrics;
+        metrics.reloads.with_label_values(&["ok"]).inc();
+        metrics.last_reload_success.set(status.at as f64);
+        status.result = "ok".into();
+        status.error = None;
+        status.succeeded += 1;
+        status.last_success_at = status.at;
+        status.pending_restart = pending;
+    }
+
+    /// Records which version of each file is live and logs each refused file; returns the
+    /// refused files' errors as text (empty when none is refused).
+    fn apply_files(&self, trigger: &str, load: &Load, now: u64) -> String {
+        for r in &load.refused {
+            let errors = ConfigError(r.errors.clone()).one_line();
+            let file = r.path.display().to_string();
+            match r.kept {
+                true => tracing::error!(trigger, file, errors, "config file refused, its last good version stays"),
+                false => tracing::error!(trigger, file, errors, "config file refused; it has no good version, so its routes are not in the config"),
+            }
+        }
+        let mut files = self.files();
+        let telemetry = &self.inner.telemetry;
+        let (good, config) = (load.good.clone(), load.config.clone());
+        set_files(&mut files, telemetry, good, &load.refused, config);
+        for r in &load.refused {
+            if let Some(s) = files.status.get_mut(&r.path) {
+                s.since.get_or_insert(now);
+            }
+        }
+        let text: Vec<String> = load
+            .refused
+            .iter()
+            .flat_map(|r| &r.errors)
+            .map(ToString::to_string)
+            .collect();
+        text.join("\n")
+    }
+
+    /// A refused reload: the files its errors are in are stale (the running config keeps
+    /// their last good version).
+    fn mark_stale(&self, e: &ConfigError, now: u64) {
+        let mut files = self.files();
+        let files = &mut *files;
+        for (path, status) in files.status.iter_mut() {
+            let errors: Vec<String> =
+                e.0.iter()
+                    .filter(|d| &d.file == path)
+                    .map(|d| d.one_line())
+                    .collect();
+            if !errors.is_empty() {
+                status.status = "stale";
+                status.since.get_or_insert(now);
+                status.errors = errors;
+                let metrics = &self.inner.telemetry.metrics;
+                let label = files.config.label(path);
+                metrics.config_file_ok.with_label_values(&[&label]).set(0);
+            }
+        }
+    }
+
+    fn files(&self) -> std::sync::MutexGuard<'_, Files> {
+        self.inner.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every file of the config: live (`ok`), or refused with its last good version live
+    /// (`stale`), or refused without one (`refused`).
+    pub fn file_statuses(&self) -> Vec<FileStatus> {
+        self.files().status.values().cloned().collect()
+    }
+
+    /// The config compiled from each file's current text, or its last good version where
+    /// that text is refused; no snapshot when that is what `current` was built from and
+    /// `force` is not set.
+    fn load(&self, current: &Snapshot, force: bool) -> Result<Load, ConfigError> {
+        let good = self.files().good.clone();
+        let (stores, metrics) = (&self.inner.stores, &self.inner.telemetry.metrics);
+        let chosen = isolate::choose(&self.inner.given, &good, |src| {
+            if !force && built_from(src, current) {
+                return Ok(None);
+            }
+            compile_with(src, stores, metrics).map(Some)
+        })?;
+        let good = chosen
+            .source
+            .parts
+            .iter()
+            .map(|p| (p.path.clone(), p.clone()));
+        Ok(Load {
+            snapshot: chosen.built,
+            refused: chosen.refused,
+            good: good.collect(),
+            config: relevant_of(&chosen.source),
+        })
     }
 
     fn set_status(&self, status: ReloadStatus) {
         *self.inner.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
     }
 
-    /// Directories whose changes may change the config: the config file's own and those of
-    /// the files it refers to (keys, JWKS, schemas).
+    /// Directories whose changes may change the config: the config files' own, those where
+    /// a new config file joins it, and those of the files it refers to (keys, JWKS, schemas).
     fn watched_dirs(&self) -> Vec<PathBuf> {
-        let snapshot = self.inner.holder.load();
-        let mut dirs: Vec<PathBuf> = std::iter::once(&self.inner.path)
-            .chain(&snapshot.inputs)
+        let relevant = self.relevant();
+        let mut dirs: Vec<PathBuf> = relevant
+            .files
+            .iter()
             .map(|f| match f.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
                 _ => PathBuf::from("."),
             })
+            .chain(relevant.dirs)
             .collect();
         dirs.sort();
         dirs.dedup();
@@ -268,26 +451,28 @@ impl Reloader {
         }
     }
 
-    /// The files whose changes matter: the config and the files it refers to.
-    fn relevant_files(&self) -> Vec<PathBuf> {
+    /// The files whose changes matter (the config's and those it refers to), and the
+    /// directories where a new config file matters.
+    fn relevant(&self) -> Relevant {
         let snapshot = self.inner.holder.load();
-        std::iter::once(self.inner.path.clone())
-            .chain(snapshot.inputs.iter().cloned())
-            .collect()
+        let mut relevant = self.files().config.clone();
+        relevant.files.push(self.inner.path.clone());
+        relevant.files.extend(snapshot.inputs.iter().cloned());
+        relevant
     }
 
     fn start_watcher(
         &self,
         tx: mpsc::UnboundedSender<()>,
-        relevant: Arc<ArcSwap<Vec<PathBuf>>>,
+        relevant: Arc<ArcSwap<Relevant>>,
     ) -> Option<notify::RecommendedWatcher> {
         let handler = move |event: notify::Result<notify::Event>| {
             let Ok(ev) = event else { return };
             if matches!(ev.kind, EventKind::Access(_)) {
                 return;
             }
-            let files = relevant.load();
-            if ev.paths.iter().any(|p| is_relevant(p, &files)) {
+            let relevant = relevant.load();
+            if ev.paths.iter().any(|p| is_relevant(p, &relevant)) {
                 tracing::debug!(kind = ?ev.kind, paths = ?ev.paths, "config change seen");
                 let _ = tx.send(());
             }
@@ -302,22 +487,78 @@ impl Reloader {
     }
 }
 
+/// Records each file's version and status after a reload (or at start); a file no
+/// longer in the config leaves the statuses and the metric.
+fn set_files(
+    files: &mut Files,
+    telemetry: &Telemetry,
+    good: Good,
+    refused: &[Refused],
+    config: Relevant,
+) {
+    let metric = &telemetry.metrics.config_file_ok;
+    // The metric names a file relative to the base file's directory, as it is deployed.
+    let root = config
+        .files
+        .first()
+        .and_then(|b| b.parent())
+        .unwrap_or(Path::new(""));
+    let label = |p: &Path| p.strip_prefix(root).unwrap_or(p).display().to_string();
+    let mut status = BTreeMap::new();
+    for path in config.files.iter().chain(refused.iter().map(|r| &r.path)) {
+        let file = path.display().to_string();
+        let before = files.status.remove(path);
+        let entry = match refused.iter().find(|r| &r.path == path) {
+            Some(r) => FileStatus {
+                file,
+                status: if r.kept { "stale" } else { "refused" },
+                since: before.and_then(|b| b.since),
+                errors: r.errors.iter().map(|d| d.one_line()).collect(),
+            },
+            None => FileStatus {
+                file,
+                status: "ok",
+                since: None,
+                errors: Vec::new(),
+            },
+        };
+        let ok = i64::from(entry.status == "ok");
+        metric.with_label_values(&[&label(path)]).set(ok);
+        status.insert(path.clone(), entry);
+    }
+    for gone in files.status.keys() {
+        let _ = metric.remove_label_values(&[&label(gone)]);
+    }
+    files.status = status;
+    files.good = good;
+    files.config = config;
+}
+
 /// `snapshot` was compiled from this text, and the files it refers to are unchanged.
 fn built_from(src: &Source, snapshot: &Snapshot) -> bool {
     src.hash == snapshot.hash && inputs_digest(&snapshot.inputs) == snapshot.inputs_digest
 }
 
-/// A change to one of `files` (compared by name within the same directory, so a file
-/// replaced by rename counts), or to a Kubernetes volume's `..data`-style entry.
-fn is_relevant(path: &Path, files: &[PathBuf]) -> bool {
+/// A change to one of the files (compared by name within the same directory, so a file
+/// replaced by rename counts), to a config file in one of the dirs (a new team file), or
+/// to a Kubernetes volume's `..data`-style entry.
+fn is_relevant(path: &Path, relevant: &Relevant) -> bool {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default();
+    let in_dir = |d: &PathBuf| path.parent().is_some_and(|p| same_dir_path(d, p));
     name.starts_with("..")
-        || files
+        || (is_config_name(path) && relevant.dirs.iter().any(in_dir))
+        || relevant
+            .files
             .iter()
             .any(|f| f == path || (f.file_name() == path.file_name() && same_dir(f, path)))
+}
+
+fn same_dir_path(a: &Path, b: &Path) -> bool {
+    let canon = |d: &Path| d.canonicalize().unwrap_or_else(|_| d.to_path_buf());
+    canon(a) == canon(b)
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {
@@ -355,7 +596,7 @@ impl BackgroundService for Reloader {
             }
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let relevant = Arc::new(ArcSwap::from_pointee(self.relevant_files()));
+        let relevant = Arc::new(ArcSwap::from_pointee(self.relevant()));
         let mut watcher = if self.watch {
             self.start_watcher(tx, relevant.clone())
         } else {
@@ -370,7 +611,7 @@ impl BackgroundService for Reloader {
             }
         }
         loop {
-            relevant.store(Arc::new(self.relevant_files()));
+            relevant.store(Arc::new(self.relevant()));
             if let Some(w) = watcher.as_mut() {
                 self.watch_new_dirs(w, &mut watched);
             }

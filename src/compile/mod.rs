@@ -28,7 +28,8 @@ use std::sync::Arc;
 pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
     match Source::load(path) {
         Ok(src) => compile(&src),
-        Err(e) => Err(with_semantic_errors(e, path)),
+        Err(e) if path.is_file() => Err(with_semantic_errors(e, path)),
+        Err(e) => Err(e),
     }
 }
 
@@ -60,7 +61,7 @@ pub fn compile_with(
     stores: &Stores,
     metrics: &Metrics,
 ) -> Result<Snapshot, ConfigError> {
-    let mut d = Diags::new(&src.path, &src.locator);
+    let mut d = Diags::new(&src.places);
     let raw = &src.raw;
     if raw.version != 1 {
         d.error(
@@ -71,7 +72,7 @@ pub fn compile_with(
     }
     let settings = compile_settings(&mut d, raw);
     let mut state = stores.begin();
-    let mut inputs = Inputs::new(&src.path);
+    let mut inputs = Inputs::new(&src.base.path);
     pingora::tls::install_default_crypto_provider();
     let upstreams: BTreeMap<String, Arc<Upstream>> = raw
         .upstreams
@@ -107,7 +108,8 @@ pub fn compile_with(
     warn_unused_upstreams(&mut d, raw);
     let access_log = compile_access_log(&mut d, &raw.telemetry.access_log);
     let tracing = compile_tracing(&mut d, &mut state, raw);
-    d.items.sort_by_key(|x| (x.pos.line, x.pos.col));
+    d.items
+        .sort_by(|a, b| (&a.file, a.pos.line, a.pos.col).cmp(&(&b.file, b.pos.line, b.pos.col)));
     let Some(settings) = settings.filter(|_| !d.has_errors()) else {
         return Err(ConfigError(d.items));
     };
@@ -118,6 +120,10 @@ pub fn compile_with(
         path: src.path.clone(),
         settings,
         router,
+        defined_at: at
+            .iter()
+            .map(|i| src.places.describe(&format!("routes[{i}]")))
+            .collect(),
         routes,
         unrouted: RouteMetrics::new(metrics, "none", "none"),
         upstreams,
@@ -324,13 +330,14 @@ fn warn_shadowed(d: &mut Diags, router: &Router, raw: &RawConfig, at: &[usize]) 
     for j in 0..router.matchers().len() {
         if let Some(i) = router.shadowed_by(j) {
             let (later, earlier) = (&raw.routes[at[j]], &raw.routes[at[i]]);
+            let place = d.place(&format!("routes[{}]", at[i]));
             d.warn(
                 &format!("routes[{}].match", at[j]),
                 format!(
-                    "route `{}` is shadowed by the earlier route `{}` and never matches",
+                    "route `{}` is shadowed by the earlier route `{}` ({place}) and never matches",
                     later.name, earlier.name
                 ),
-                Some("move it above that route or narrow the earlier one".into()),
+                Some("move it above that route or narrow the earlier one; a config's files are tried base first, then by name".into()),
             );
         }
     }

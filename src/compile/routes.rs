@@ -54,12 +54,12 @@ pub(super) fn compile_routes(
         }
         if let Some(first) = names.insert(r.name.as_str(), i) {
             names.insert(r.name.as_str(), first);
-            let line = cx.d.pos(&format!("routes[{first}].name")).line;
+            let place = cx.d.place(&format!("routes[{first}].name"));
             cx.d.error(
                 &format!("{at}.name"),
                 format!("duplicate route name `{}`", r.name),
                 Some(format!(
-                    "the first is routes[{first}], line {line}; route names must be unique, so rename one"
+                    "the first is at {place}; route names are global across a config's files, so rename one"
                 )),
             );
         }

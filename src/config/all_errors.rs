@@ -2,7 +2,7 @@
 //! when it fails the same text is also checked against the config's JSON Schema, which goes
 //! on past each problem; each violation is located at `file:line:col` like serde's own.
 
-use super::model::RawConfig;
+use super::model::{RawConfig, RawPart};
 use crate::diag::{closest, Diagnostic, Locator, Severity};
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::ValidationError;
@@ -10,26 +10,53 @@ use serde_json::Value;
 use std::path::Path;
 use std::sync::OnceLock;
 
-/// The config's schema (as `portico schema` prints it) and its compiled validator.
-fn schema() -> &'static (Value, jsonschema::Validator) {
-    static SCHEMA: OnceLock<(Value, jsonschema::Validator)> = OnceLock::new();
-    SCHEMA.get_or_init(|| {
-        let schema = serde_json::to_value(schemars::schema_for!(RawConfig)).unwrap_or_default();
-        let validator = jsonschema::validator_for(&schema).expect("the generated schema compiles");
-        (schema, validator)
-    })
+/// A kind of config file (the base, or a team's part) and its schema.
+pub trait Model: serde::de::DeserializeOwned + schemars::JsonSchema {
+    /// The schema (as `portico schema` prints it) and its compiled validator, built once.
+    fn checker() -> &'static (Value, jsonschema::Validator);
+}
+
+fn build<T: schemars::JsonSchema>() -> (Value, jsonschema::Validator) {
+    let schema = serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default();
+    let validator = jsonschema::validator_for(&schema).expect("the generated schema compiles");
+    (schema, validator)
+}
+
+impl Model for RawConfig {
+    fn checker() -> &'static (Value, jsonschema::Validator) {
+        static SCHEMA: OnceLock<(Value, jsonschema::Validator)> = OnceLock::new();
+        SCHEMA.get_or_init(build::<Self>)
+    }
+}
+
+impl Model for RawPart {
+    fn checker() -> &'static (Value, jsonschema::Validator) {
+        static SCHEMA: OnceLock<(Value, jsonschema::Validator)> = OnceLock::new();
+        SCHEMA.get_or_init(build::<Self>)
+    }
+}
+
+/// The text as YAML with its merge keys applied and its top-level `x-` keys (where
+/// shared anchors are written) taken out: what the file model reads.
+pub fn merged(text: &str) -> Option<serde_yaml::Value> {
+    let mut yaml = serde_yaml::from_str::<serde_yaml::Value>(text).ok()?;
+    yaml.apply_merge().ok()?;
+    if let serde_yaml::Value::Mapping(map) = &mut yaml {
+        map.retain(|k, _| !k.as_str().is_some_and(|k| k.starts_with("x-")));
+    }
+    Some(yaml)
 }
 
 /// Every schema violation in `text`, in file order; empty when the text is not YAML or
 /// satisfies the schema (serde's own error then stands alone).
-pub fn schema_violations(path: &Path, text: &str, locator: &Locator) -> Vec<Diagnostic> {
-    let Ok(yaml) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+pub fn schema_violations<T: Model>(path: &Path, text: &str, locator: &Locator) -> Vec<Diagnostic> {
+    let Some(yaml) = merged(text) else {
         return Vec::new();
     };
     let Ok(instance) = serde_json::to_value(yaml) else {
         return Vec::new();
     };
-    let (schema, validator) = schema();
+    let (schema, validator) = T::checker();
     let mut out = Vec::new();
     for error in validator.iter_errors(&instance) {
         flatten(error, &mut |e| {
@@ -46,10 +73,9 @@ pub fn schema_violations(path: &Path, text: &str, locator: &Locator) -> Vec<Diag
 /// not exist — report their findings in the same pass. None otherwise: taking out a value
 /// of the wrong type or a part missing a field would make those checks report errors the
 /// file does not have (a limit missing `per` is no unknown limit).
-pub fn repaired(text: &str) -> Option<RawConfig> {
-    let yaml = serde_yaml::from_str::<serde_yaml::Value>(text).ok()?;
-    let mut instance = serde_json::to_value(yaml).ok()?;
-    let (_, validator) = schema();
+pub fn repaired<T: Model>(text: &str) -> Option<T> {
+    let mut instance = serde_json::to_value(merged(text)?).ok()?;
+    let (_, validator) = T::checker();
     let mut cuts: Vec<(String, String)> = Vec::new();
     let mut other = false;
     for error in validator.iter_errors(&instance) {

@@ -1,92 +1,160 @@
-//! Loading gateway.yaml: env expansion, YAML → file model, with every error located.
+//! Loading a config: gateway.yaml, or a directory of files merged into one; env
+//! expansion, YAML → file model, with every error located.
 
 mod all_errors;
 pub mod env;
+pub mod files;
 pub mod model;
 
 pub use crate::diag::{ConfigError, Diagnostic, Severity};
-pub use model::RawConfig;
+pub use all_errors::Model;
+pub use files::Parsed;
+pub use model::{RawConfig, RawPart};
 
-use crate::diag::{Locator, Pos};
+use crate::diag::{Locator, Places, Pos};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// A parsed config file, ready to be checked and compiled.
+/// A parsed config, ready to be checked and compiled: one file, or a directory's files
+/// merged (names and routes of every file in one file model).
 pub struct Source {
+    /// What `-c` named: a file or a directory.
     pub path: PathBuf,
     pub raw: RawConfig,
-    pub locator: Locator,
-    /// Short hex digest of the expanded text; identifies the active config.
+    /// Where each config path was written.
+    pub places: Places,
+    /// Short hex digest of the expanded texts; identifies the active config.
     pub hash: String,
+    /// The base file (listeners, server settings) as parsed.
+    pub base: Arc<Parsed<RawConfig>>,
+    /// The other files, in route order, as parsed.
+    pub parts: Vec<Arc<Parsed<RawPart>>>,
 }
 
 impl Source {
-    /// Reads and parses `path` with the process environment.
+    /// Reads and parses the config at `path` (a file or a directory) with the process
+    /// environment; a file that does not parse refuses the whole config.
     pub fn load(path: &Path) -> Result<Source, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            single(
-                path,
-                Pos { line: 1, col: 1 },
-                format!("cannot read config: {e}"),
-                Some("check the path (`-c`, PORTICO_CONFIG) and that it is readable".into()),
-            )
-        })?;
-        Source::parse(path, &text, |name| std::env::var(name).ok())
+        let read = files::read(path)?;
+        let mut errors = Vec::new();
+        let mut parts = Vec::new();
+        for (_, part) in read.parts {
+            match part {
+                Ok(part) => parts.push(part),
+                Err(e) => errors.extend(e.0),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigError(errors));
+        }
+        files::assemble(path, read.base, parts)
     }
 
+    /// A config that is one text (tests and tools); `include` is not followed.
     pub fn parse(
         path: &Path,
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Source, ConfigError> {
-        match env::expand(text, &env) {
-            Ok(expanded) => Source::parse_expanded(path, expanded),
-            Err(unset) => Err(unset_errors(path, text, &env, unset)),
-        }
+        let base = parse_text::<RawConfig>(path, text, env)?;
+        files::assemble(path, Arc::new(base), Vec::new())
     }
 
-    /// When `path` does not parse: its config with the parts the schema refuses taken out,
-    /// for the checks that need a whole config (see [`all_errors::repaired`]).
+    /// When the file at `path` does not parse: its config with the parts the schema
+    /// refuses taken out, for the checks that need a whole config (see
+    /// [`all_errors::repaired`]). None for a directory.
     pub fn repaired(path: &Path) -> Option<Source> {
         let text = std::fs::read_to_string(path).ok()?;
         let text = env::expand(&text, |name| std::env::var(name).ok()).ok()?;
-        let raw = all_errors::repaired(&text)?;
-        Some(Source {
+        let raw = all_errors::repaired::<RawConfig>(&text)?;
+        let base = Parsed {
             path: path.to_path_buf(),
-            locator: Locator::new(&text),
+            locator: Arc::new(Locator::new(&text)),
             raw,
             hash: String::new(),
-        })
+        };
+        files::assemble(path, Arc::new(base), Vec::new()).ok()
     }
+}
 
-    /// Parses a config whose `${VAR}` references are already expanded.
-    fn parse_expanded(path: &Path, text: String) -> Result<Source, ConfigError> {
-        let locator = Locator::new(&text);
-        if !locator.duplicates.is_empty() {
-            let diags = locator.duplicates.iter().map(|(key, pos, first)| Diagnostic {
-                severity: Severity::Error,
-                file: path.to_path_buf(),
-                pos: *pos,
-                message: format!("duplicate key `{key}`"),
-                help: Some(format!("first at line {}, column {}; each key may appear once in a mapping (YAML would silently keep only one), so merge or rename them", first.line, first.col)),
-            });
-            return Err(ConfigError(diags.collect()));
-        }
-        let raw: RawConfig = serde_yaml::from_str(&text)
-            .map_err(|e| every_error(yaml_error(path, &text, &e), path, &text, &locator))?;
-        let hash = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
-        Ok(Source {
-            path: path.to_path_buf(),
-            locator,
-            raw,
-            hash,
-        })
+/// Reads and parses one file of a config with the process environment.
+pub fn parse_file<T: Model>(path: &Path) -> Result<Parsed<T>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        single(
+            path,
+            Pos { line: 1, col: 1 },
+            format!("cannot read config: {e}"),
+            Some("check the path (`-c`, PORTICO_CONFIG) and that it is readable".into()),
+        )
+    })?;
+    parse_text(path, &text, |name| std::env::var(name).ok())
+}
+
+fn parse_text<T: Model>(
+    path: &Path,
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Parsed<T>, ConfigError> {
+    match env::expand(text, &env) {
+        Ok(expanded) => parse_expanded(path, expanded),
+        Err(unset) => Err(unset_errors::<T>(path, text, &env, unset)),
     }
+}
+
+/// Parses a file whose `${VAR}` references are already expanded.
+fn parse_expanded<T: Model>(path: &Path, text: String) -> Result<Parsed<T>, ConfigError> {
+    let locator = Locator::new(&text);
+    if !locator.duplicates.is_empty() {
+        let diags = locator.duplicates.iter().map(|(key, pos, first)| Diagnostic {
+            severity: Severity::Error,
+            file: path.to_path_buf(),
+            pos: *pos,
+            message: format!("duplicate key `{key}`"),
+            help: Some(format!("first at line {}, column {}; each key may appear once in a mapping (YAML would silently keep only one), so merge or rename them", first.line, first.col)),
+        });
+        return Err(ConfigError(diags.collect()));
+    }
+    let raw = deserialize::<T>(path, &text, &locator)
+        .map_err(|first| every_error::<T>(first, path, &text, &locator))?;
+    let hash = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
+    Ok(Parsed {
+        path: path.to_path_buf(),
+        locator: Arc::new(locator),
+        raw,
+        hash,
+    })
+}
+
+/// serde's reading of the text. With merge keys it reads the merged tree, which has no
+/// positions: its error is located by the path serde was at.
+fn deserialize<T: Model>(path: &Path, text: &str, locator: &Locator) -> Result<T, ConfigError> {
+    let merged = match locator.needs_merge {
+        true => all_errors::merged(text),
+        false => None,
+    };
+    let Some(tree) = merged else {
+        return serde_yaml::from_str(text).map_err(|e| yaml_error(path, text, &e));
+    };
+    serde_path_to_error::deserialize(tree).map_err(|e| {
+        let message = e.inner().to_string();
+        let mut at = e.path().to_string();
+        if let Some((_, rest)) = message.split_once("unknown field `") {
+            let key = rest.split('`').next().unwrap_or_default();
+            at = if at == "." {
+                key.to_string()
+            } else {
+                format!("{at}.{key}")
+            };
+        }
+        let help = yaml_help(&message);
+        single(path, locator.find(&at), message, help)
+    })
 }
 
 /// Every unset `${VAR}`, and what else is wrong with the file: it is still checked with
 /// unset variables read as empty (what that breaks on their lines is left to their errors).
-fn unset_errors(
+fn unset_errors<T: Model>(
     path: &Path,
     text: &str,
     env: &impl Fn(&str) -> Option<String>,
@@ -110,7 +178,7 @@ fn unset_errors(
         .collect();
     let lines: Vec<usize> = unset.iter().map(|d| d.pos.line).collect();
     let blank = |name: &str| Some(env(name).unwrap_or_default());
-    let mut all = match env::expand(text, blank).map(|t| Source::parse_expanded(path, t)) {
+    let mut all = match env::expand(text, blank).map(|t| parse_expanded::<T>(path, t)) {
         Ok(Err(ConfigError(rest))) => rest,
         _ => Vec::new(),
     };
@@ -121,8 +189,13 @@ fn unset_errors(
 }
 
 /// serde's first error, and every other the schema finds (serde's message wins on its line).
-fn every_error(first: ConfigError, path: &Path, text: &str, locator: &Locator) -> ConfigError {
-    let mut all = all_errors::schema_violations(path, text, locator);
+fn every_error<T: Model>(
+    first: ConfigError,
+    path: &Path,
+    text: &str,
+    locator: &Locator,
+) -> ConfigError {
+    let mut all = all_errors::schema_violations::<T>(path, text, locator);
     let lines: Vec<usize> = first.0.iter().map(|d| d.pos.line).collect();
     all.retain(|d| !lines.contains(&d.pos.line));
     all.extend(first.0);
@@ -205,7 +278,11 @@ fn yaml_help(message: &str) -> Option<String> {
 /// `server.log_format` as written in a config file, read before logging starts (and before
 /// the config is compiled); None when the file or the key cannot be read.
 pub fn peek_log_format(path: &Path) -> Option<crate::telemetry::LogFormat> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let base = match path.is_dir() {
+        true => files::base_of(path).ok()?,
+        false => path.to_path_buf(),
+    };
+    let text = std::fs::read_to_string(base).ok()?;
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
     serde_yaml::from_value(doc.get("server")?.get("log_format")?.clone()).ok()
 }

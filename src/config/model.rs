@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// The config format version; this Portico reads 1.
@@ -55,9 +55,75 @@ pub struct RawConfig {
     /// The routes, tried in file order; the first match takes the request.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// More config files (team files) by glob, relative to this file's directory, e.g.
+    /// `[teams/*.yaml]`; each may define upstreams, named policies, routes and defaults.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Policies and limits for this file's routes that do not name their own.
+    pub defaults: Option<RawDefaults>,
 }
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+/// A file of a config directory beside the base (or one the base includes): one team's
+/// upstreams, named policies and routes. Names are global across files.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPart {
+    /// Always 1 when given (a team file may leave it out).
+    pub version: Option<u32>,
+    /// Policies and limits for this file's routes that do not name their own.
+    pub defaults: Option<RawDefaults>,
+    /// The services behind the gateway, by name.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    /// Named rate limits that routes refer to with `rate_limit: NAME`.
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RawRateLimit>,
+    /// Named JWT policies that routes refer to with `auth: NAME`.
+    #[serde(default)]
+    pub auth: BTreeMap<String, RawAuth>,
+    /// Named CORS policies that routes refer to with `cors: NAME`.
+    #[serde(default)]
+    pub cors: BTreeMap<String, RawCors>,
+    /// Named client-network rules that routes refer to with `ip_access: NAME`.
+    #[serde(default)]
+    pub ip_access: BTreeMap<String, RawIpAccess>,
+    /// Named response caches that routes refer to with `cache: NAME`.
+    #[serde(default)]
+    pub caches: BTreeMap<String, RawCache>,
+    /// Named response compression that routes apply with `compression: NAME`.
+    #[serde(default)]
+    pub compression: BTreeMap<String, crate::policy::compression::RawCompression>,
+    /// The routes, tried after the base file's and those of files earlier by name.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// What a file's routes get when they do not say: a route naming its own policy keeps
+/// it, and `none` (e.g. `auth: none`) opts one route out.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    /// A named JWT policy.
+    pub auth: Option<String>,
+    /// A named CORS policy.
+    pub cors: Option<String>,
+    /// A named rate limit.
+    pub rate_limit: Option<String>,
+    /// A named client-network rule.
+    pub ip_access: Option<String>,
+    /// A `caches:` entry.
+    pub cache: Option<String>,
+    /// A `compression:` entry.
+    pub compression: Option<String>,
+    /// Total time for each request, across retries.
+    #[schemars(with = "Option<crate::units::DurationText>")]
+    #[serde(default, with = "crate::units::duration::option")]
+    pub timeout: Option<Duration>,
+    /// The request body limit.
+    pub max_body: Option<ByteSize>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTelemetry {
     /// Serve Prometheus metrics on the admin listener at /metrics (default true).
@@ -80,7 +146,7 @@ impl Default for RawTelemetry {
     }
 }
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAccessLog {
     /// Write one JSON line per request to stdout (default true).
@@ -115,7 +181,7 @@ fn one() -> f64 {
     1.0
 }
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
     /// redis://[user:password@]HOST:PORT[/DB]; credentials are never shown.
@@ -130,7 +196,7 @@ fn default_redis_timeout() -> Duration {
     Duration::from_millis(50)
 }
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
     /// Plain HTTP (optional when `proxy_tls` is given).
@@ -147,7 +213,7 @@ pub struct Listen {
     pub redirect_https: bool,
 }
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Pingora worker threads; defaults to the number of CPUs.
@@ -246,7 +312,7 @@ fn default_max_connections() -> usize {
 }
 
 /// `server.timeouts`: how long a client may take.
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientTimeouts {
     /// For a whole request head on a new connection (default 10s).
@@ -291,7 +357,7 @@ fn default_resolve_interval() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     /// HOST:PORT of each instance (or https://HOST:PORT for TLS); DNS names are re-resolved.
@@ -355,7 +421,7 @@ impl RawTarget {
 }
 
 /// One of a route's `backends`: an upstream and its share of the route's traffic.
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
     /// The upstream.
@@ -377,7 +443,7 @@ pub enum UpstreamProtocol {
     H2,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstreamTls {
     /// The name sent in SNI and verified in the certificate (default: the target's host).
@@ -393,7 +459,7 @@ pub struct RawUpstreamTls {
     pub client_key: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
     /// The path probed with GET; 2xx and 3xx pass.
@@ -428,7 +494,7 @@ fn default_healthy_after() -> u32 {
 }
 
 /// `outlier: { consecutive_failures: 5, base_ejection: 30s, max_ejected: 50% }`.
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawOutlier {
     /// Failures in a row (5xx, resets, timeouts, connect failures) that eject a target.
@@ -447,7 +513,7 @@ fn default_max_ejected() -> String {
     "50%".into()
 }
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBreaker {
     /// Failures in a row (5xx, resets, timeouts) that open the circuit.
@@ -491,7 +557,7 @@ fn default_balance() -> String {
     "round_robin".to_string()
 }
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     /// Longest a connection to a target may take (default 2s).
@@ -525,7 +591,7 @@ fn default_read() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retries {
     /// Extra tries after the first one.
@@ -558,7 +624,7 @@ pub enum RetryOn {
     ConnectFailure,
 }
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     /// A unique name: it labels metrics and logs.
@@ -628,7 +694,7 @@ pub struct RawRoute {
     pub stream_request_body: bool,
 }
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema, Default)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     /// An exact path.
@@ -682,7 +748,7 @@ pub enum QueryCondText {
     },
 }
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRespond {
     /// The status code (default 200).

@@ -18,6 +18,9 @@ pub struct Locator {
     /// Keys that appear twice in one mapping: (path of the second one, its position).
     /// A repeated key's path, where it is repeated and where it first appears.
     pub duplicates: Vec<(String, Pos, Pos)>,
+    /// The text has a YAML merge key (`<<: *anchor`) or a top-level `x-` key (where
+    /// anchors are kept): serde reads it only after the merge is applied.
+    pub needs_merge: bool,
 }
 
 impl Locator {
@@ -26,10 +29,20 @@ impl Locator {
     pub fn new(text: &str) -> Self {
         let mut builder = Builder::default();
         let _ = Parser::new_from_str(text).load(&mut builder, false);
+        builder.resolve_aliases();
+        let needs_merge = builder.values.keys().any(|k| {
+            k.starts_with("x-") || k.ends_with(".<<") || k.contains(".<<[") || k.starts_with("<<")
+        });
         Locator {
             values: builder.values,
             duplicates: builder.duplicates,
+            needs_merge,
         }
+    }
+
+    /// Whether the file has a node at `path`.
+    pub fn has(&self, path: &str) -> bool {
+        self.values.contains_key(path)
     }
 
     /// Position of the node at `path`, or of its nearest ancestor that exists in the file.
@@ -68,6 +81,49 @@ struct Builder {
     values: HashMap<String, Pos>,
     duplicates: Vec<(String, Pos, Pos)>,
     frames: Vec<(String, Frame)>,
+    /// Anchor id → the path of the node it names.
+    anchors: HashMap<usize, String>,
+    /// Where each alias is used, and its anchor id, in document order.
+    aliases: Vec<(String, usize)>,
+}
+
+impl Builder {
+    /// What an alias (or a merge key) brings in is located where its anchor wrote it: a
+    /// merged route's bad field points at the line of the shared definition. Keys the
+    /// mapping writes itself win, as they do in the merge.
+    fn resolve_aliases(&mut self) {
+        for (used_at, id) in std::mem::take(&mut self.aliases) {
+            let Some(source) = self.anchors.get(&id).filter(|s| !s.is_empty()).cloned() else {
+                continue;
+            };
+            let target = match used_at
+                .find(".<<")
+                .or(used_at.starts_with("<<").then_some(0))
+            {
+                Some(cut) => used_at[..cut].to_string(),
+                None => used_at.clone(),
+            };
+            let copied: Vec<(String, Pos)> = self
+                .values
+                .iter()
+                .filter_map(|(k, pos)| {
+                    let rest = k.strip_prefix(source.as_str())?;
+                    if !rest.starts_with(['.', '[']) {
+                        return None;
+                    }
+                    let rest = if target.is_empty() {
+                        rest.trim_start_matches('.')
+                    } else {
+                        rest
+                    };
+                    Some((format!("{target}{rest}"), *pos))
+                })
+                .collect();
+            for (k, pos) in copied {
+                self.values.entry(k).or_insert(pos);
+            }
+        }
+    }
 }
 
 impl Builder {
@@ -137,6 +193,17 @@ impl MarkedEventReceiver for Builder {
                 if !matches!(ev, Event::MappingStart(..)) {
                     self.values.entry(path.clone()).or_insert(pos);
                 }
+                match &ev {
+                    Event::Alias(id) => self.aliases.push((path.clone(), *id)),
+                    Event::Scalar(_, _, id, _)
+                    | Event::MappingStart(id, _)
+                    | Event::SequenceStart(id, _)
+                        if *id != 0 =>
+                    {
+                        self.anchors.insert(*id, path.clone());
+                    }
+                    _ => {}
+                }
                 match ev {
                     Event::MappingStart(..) => self.frames.push((
                         path,
@@ -170,6 +237,17 @@ mod tests {
         assert_eq!(loc.find("routes[1].name"), Pos { line: 5, col: 11 });
         assert_eq!(loc.find("routes[1].upstream"), Pos { line: 5, col: 5 });
         assert!(loc.duplicates.is_empty());
+    }
+
+    #[test]
+    fn merged_keys_are_located_where_their_anchor_wrote_them() {
+        let text = "x-api: &api\n  auth: jwt\n  cors: web\nroutes:\n  - name: a\n    <<: *api\n    cors: other\n  - { name: b, <<: [*api] }\n";
+        let loc = Locator::new(text);
+        assert!(loc.needs_merge);
+        assert_eq!(loc.find("routes[0].auth"), Pos { line: 2, col: 9 });
+        assert_eq!(loc.find("routes[0].cors"), Pos { line: 7, col: 11 });
+        assert_eq!(loc.find("routes[1].cors"), Pos { line: 3, col: 9 });
+        assert!(!Locator::new("routes: []\n").needs_merge);
     }
 
     #[test]

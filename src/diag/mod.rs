@@ -81,16 +81,98 @@ pub const HEADER_NAME_HELP: &str =
     "a header name is letters, digits and `-` (any of !#$%&'*+.^_`|~ too), without spaces or `:`";
 
 pub struct Diags<'a> {
-    file: &'a Path,
-    locator: &'a Locator,
+    places: &'a Places,
     pub items: Vec<Diagnostic>,
 }
 
+/// Where each part of a config was written. A config is one file, or a directory's files
+/// merged into one: a config path (`routes[12].auth`, `upstreams.users`) is looked up in
+/// the file that defines it, at its place there.
+#[derive(Debug, Default)]
+pub struct Places {
+    files: Vec<(PathBuf, std::sync::Arc<Locator>)>,
+    routes: Vec<RouteOrigin>,
+    /// `section.name` → the file that defines it (named upstreams and policies).
+    named: std::collections::HashMap<String, usize>,
+}
+
+/// Where a merged route came from.
+#[derive(Debug, Clone)]
+pub struct RouteOrigin {
+    /// The index of its file in [`Places`].
+    pub file: usize,
+    /// Its index among that file's routes.
+    pub index: usize,
+    /// The keys its file's `defaults` gave it (located at `defaults.KEY`).
+    pub defaulted: Vec<&'static str>,
+}
+
+impl Places {
+    /// The places of a config that is one file.
+    pub fn one(path: &Path, locator: Locator) -> Places {
+        let mut places = Places::default();
+        places.add_file(path, std::sync::Arc::new(locator));
+        places
+    }
+
+    /// Adds a file (the first is the base); returns its index.
+    pub fn add_file(&mut self, path: &Path, locator: std::sync::Arc<Locator>) -> usize {
+        self.files.push((path.to_path_buf(), locator));
+        self.files.len() - 1
+    }
+
+    pub fn add_route(&mut self, origin: RouteOrigin) {
+        self.routes.push(origin);
+    }
+
+    pub fn add_named(&mut self, section: &str, name: &str, file: usize) {
+        self.named.insert(format!("{section}.{name}"), file);
+    }
+
+    /// The file and position of a config path; the base file's root when nothing matches.
+    pub fn find(&self, path: &str) -> (&Path, Pos) {
+        let (file, local) = self.local(path);
+        let Some((name, locator)) = self.files.get(file) else {
+            return (Path::new(""), Pos { line: 1, col: 1 });
+        };
+        (name, locator.find(&local))
+    }
+
+    /// `file:line:col` of a config path, to name another place in a message.
+    pub fn describe(&self, path: &str) -> String {
+        let (file, pos) = self.find(path);
+        format!("{}:{}:{}", file.display(), pos.line, pos.col)
+    }
+
+    /// The file index and the path within that file.
+    fn local(&self, path: &str) -> (usize, String) {
+        if let Some((origin, tail)) = self.route_of(path) {
+            let key = tail.trim_start_matches('.');
+            let key = &key[..key.find(['.', '[']).unwrap_or(key.len())];
+            if !key.is_empty() && origin.defaulted.contains(&key) {
+                return (origin.file, format!("defaults{tail}"));
+            }
+            return (origin.file, format!("routes[{}]{tail}", origin.index));
+        }
+        let name = path.find(['.', '[']).and_then(|cut| {
+            let rest = &path[cut + 1..];
+            let end = rest.find(['.', '[']).unwrap_or(rest.len());
+            self.named.get(&path[..cut + 1 + end])
+        });
+        (name.copied().unwrap_or(0), path.to_string())
+    }
+
+    fn route_of<'p>(&self, path: &'p str) -> Option<(&RouteOrigin, &'p str)> {
+        let rest = path.strip_prefix("routes[")?;
+        let (index, tail) = rest.split_once(']')?;
+        Some((self.routes.get(index.parse::<usize>().ok()?)?, tail))
+    }
+}
+
 impl<'a> Diags<'a> {
-    pub fn new(file: &'a Path, locator: &'a Locator) -> Self {
+    pub fn new(places: &'a Places) -> Self {
         Diags {
-            file,
-            locator,
+            places,
             items: Vec::new(),
         }
     }
@@ -113,9 +195,9 @@ impl<'a> Diags<'a> {
         self.push(Severity::Warning, path, message.into(), help.into());
     }
 
-    /// Where a config path is (e.g. to point at a first definition).
-    pub fn pos(&self, path: &str) -> Pos {
-        self.locator.find(path)
+    /// `file:line:col` of a config path (e.g. to point at a first definition).
+    pub fn place(&self, path: &str) -> String {
+        self.places.describe(path)
     }
 
     fn push(&mut self, severity: Severity, path: &str, message: String, help: Option<String>) {
@@ -123,10 +205,11 @@ impl<'a> Diags<'a> {
             help.is_some(),
             "a diagnostic without a help line: {message}"
         );
+        let (file, pos) = self.places.find(path);
         self.items.push(Diagnostic {
             severity,
-            file: self.file.to_path_buf(),
-            pos: self.locator.find(path),
+            file: file.to_path_buf(),
+            pos,
             message,
             help,
         });

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// `compression.NAME`
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCompression {
     /// Codings offered, in the server's order of preference when the client's q-values
@@ -49,7 +49,7 @@ pub struct RawCompression {
     pub level: RawLevels,
 }
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema, Default)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawLevels {
     /// gzip level, 1-9 (default 5).

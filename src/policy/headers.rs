@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// `headers: { request: {...}, response: {...} }`
-#[derive(Debug, Deserialize, Serialize, JsonSchema, Default)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawHeaders {
     /// Edits to the request sent upstream.
@@ -23,7 +23,7 @@ pub struct RawHeaders {
     pub response: RawHeaderEdits,
 }
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema, Default)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawHeaderEdits {
     /// Replaces any value the header had.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
 /// `ip_access: { office: { allow: [10.0.0.0/8], deny: [10.6.0.0/16] } }`
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawIpAccess {
     /// Networks (CIDR or single IP) let in; when present, every other client is refused.

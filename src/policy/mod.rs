@@ -83,9 +83,9 @@ pub struct CompileCx<'c, 'd> {
 /// A compile context for unit tests: an empty config `g.yaml`, fresh state.
 #[cfg(test)]
 pub fn with_test_cx<T>(f: impl FnOnce(&mut CompileCx) -> T) -> (T, Vec<crate::diag::Diagnostic>) {
-    let locator = crate::diag::Locator::new("");
     let path = std::path::Path::new("g.yaml");
-    let mut d = Diags::new(path, &locator);
+    let places = crate::diag::Places::one(path, Default::default());
+    let mut d = Diags::new(&places);
     let stores = crate::state::Stores::default();
     let mut state = stores.begin();
     let mut inputs = Inputs::new(path);

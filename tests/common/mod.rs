@@ -215,8 +215,11 @@ impl Gateway {
             )
             .is_ok_and(|r| r.status == 200);
             // A TLS-only config has no plain listener to wait for.
-            let plain =
-                std::fs::read_to_string(&self.config).is_ok_and(|t| t.contains("  proxy: "));
+            let base = match self.config.is_dir() {
+                true => self.config.join("gateway.yaml"),
+                false => self.config.clone(),
+            };
+            let plain = std::fs::read_to_string(base).is_ok_and(|t| t.contains("  proxy: "));
             let proxy_up = !plain || TcpStream::connect(self.proxy).is_ok();
             if ready && proxy_up {
                 return;

@@ -3,7 +3,7 @@
 
 use super::*;
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
     /// HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA:
@@ -73,7 +73,7 @@ impl OneOrMany {
 }
 
 /// `require: { claims: { role: [admin, user], amr: { all_of: [pwd, mfa] } } }`
-#[derive(Debug, Deserialize, Serialize, JsonSchema, Default)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawRequire {
     /// Per claim, the values accepted: a list (any of), `{ any_of }` or `{ all_of }`.

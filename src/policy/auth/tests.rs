@@ -44,8 +44,8 @@ fn token_sources() {
 
 #[test]
 fn require_without_auth_is_an_error_at_its_key() {
-    let locator = crate::diag::Locator::new("");
-    let mut d = Diags::new(std::path::Path::new("g.yaml"), &locator);
+    let places = crate::diag::Places::one("g.yaml".as_ref(), Default::default());
+    let mut d = Diags::new(&places);
     let require: RawRequire = serde_yaml::from_str("claims: { role: [] }").unwrap();
     assert!(compile_route(&mut d, "routes[0]", None, false, Some(&require)).is_none());
     assert!(d.items[0].message.contains("this route has no `auth`"));

@@ -132,7 +132,7 @@ pub struct AuthPolicy {
 /// Whether the token's header has a `crit` member (parsed as JSON, so an escaped key
 /// counts too).
 pub(super) fn has_crit(token: &str) -> bool {
-    #[derive(serde::Deserialize)]
+    #[derive(Clone, serde::Deserialize)]
     struct Crit {
         crit: Option<serde::de::IgnoredAny>,
     }

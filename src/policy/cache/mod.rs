@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use store::{MemoryStore, StoreMetrics};
 
-#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCache {
     /// Total bytes the cache holds in memory.
@@ -479,7 +479,7 @@ impl CachePolicy {
 }
 
 /// A purge, as `POST /cache/purge` takes it and as replicas receive it over Redis.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Purge {
     pub cache: String,
@@ -493,7 +493,7 @@ pub struct Purge {
 pub const PURGE_CHANNEL: &str = "portico:cache:purge";
 
 /// A purge sent to the other replicas; `origin` tells a replica its own purges apart.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Broadcast {
     pub origin: u64,
     pub purge: Purge,
