@@ -104,7 +104,7 @@ impl Report {
 pub fn diff(old: &Snapshot, new: &Snapshot, access_log: Option<&str>) -> Report {
     let mut entities = Vec::new();
     for section in SINGLE {
-        let (a, b) = (&old.redacted[section], &new.redacted[section]);
+        let (a, b) = (&old.redacted()[section], &new.redacted()[section]);
         if a != b {
             let mut fields = fields(a, b, "");
             // A scalar section (`version`) is its own one field.
@@ -120,8 +120,11 @@ pub fn diff(old: &Snapshot, new: &Snapshot, access_log: Option<&str>) -> Report 
             });
         }
     }
-    for section in named_sections(&old.redacted, &new.redacted) {
-        let (a, b) = (named(&old.redacted, section), named(&new.redacted, section));
+    for section in named_sections(old.redacted(), new.redacted()) {
+        let (a, b) = (
+            named(old.redacted(), section),
+            named(new.redacted(), section),
+        );
         let names: BTreeSet<&String> = a.iter().chain(&b).map(|(n, _)| n).collect();
         for name in names {
             let find = |list: &[(String, Value)]| {
@@ -269,7 +272,7 @@ fn aspects(a: &Behaviour, b: &Behaviour) -> Vec<&'static str> {
 }
 
 fn behaviour(snapshot: &Snapshot, probe: &Probe) -> Behaviour {
-    let config = &snapshot.redacted;
+    let config = snapshot.redacted();
     match explain::outcome(snapshot, probe) {
         Outcome::Status(status, _) => Behaviour {
             route: format!("none ({status})"),

@@ -170,7 +170,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Health { admin, config } => health(admin, config.as_deref()),
         Command::Openapi { config } => {
             let snapshot = compile::load(&config)?;
-            println!("{:#}", snapshot.openapi);
+            println!("{:#}", portico::openapi::of(&snapshot));
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
@@ -292,7 +292,7 @@ fn admin_to_ask(
         return Ok(admin);
     }
     let text = match config {
-        Some(config) => Source::load(config)?.raw.listen.admin,
+        Some(config) => Source::load(config)?.raw.listen.admin.clone(),
         None => {
             let file = app::admin_file();
             std::fs::read_to_string(&file).with_context(|| {

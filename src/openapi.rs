@@ -6,7 +6,7 @@
 
 use crate::config::model::{HeaderCond, RawConfig, RawRoute};
 use crate::policy::Policy;
-use crate::snapshot::Route;
+use crate::snapshot::{Route, Snapshot};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -27,6 +27,18 @@ const VALIDATED: [&str; 3] = ["post", "put", "patch"];
 
 /// The document for a config whose file is at `config_path` (schema files are read
 /// relative to its directory; one that cannot be read is left out).
+/// The snapshot's document, made on first use.
+pub fn of(snapshot: &Snapshot) -> &Value {
+    snapshot.openapi.get_or_init(|| {
+        document(
+            &snapshot.raw,
+            &snapshot.routes,
+            &snapshot.base,
+            &snapshot.hash,
+        )
+    })
+}
+
 pub fn document(raw: &RawConfig, routes: &[Route], config_path: &Path, version: &str) -> Value {
     let dir = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut components = Components {

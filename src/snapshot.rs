@@ -294,10 +294,16 @@ pub struct Snapshot {
     pub inputs_digest: String,
     pub metrics: bool,
     pub access_log: AccessLogSettings,
-    /// The config as loaded, with credentials in URLs redacted (for the admin `/config`).
-    pub redacted: serde_json::Value,
-    /// The OpenAPI document of the routes (admin `/openapi.json`, `portico openapi`).
-    pub openapi: serde_json::Value,
+    /// The file model it was compiled from (a directory's files merged).
+    pub raw: Arc<crate::config::RawConfig>,
+    /// The base file: schema files named by routes are read from its directory.
+    pub base: PathBuf,
+    /// The config with credentials in URLs redacted (`/config`, `/routes`, `diff`), made
+    /// when first asked: a large config's JSON costs more than compiling it.
+    pub redacted: std::sync::OnceLock<serde_json::Value>,
+    /// The OpenAPI document of the routes (admin `/openapi.json`, `portico openapi`), made
+    /// when first asked (`openapi::of`).
+    pub openapi: std::sync::OnceLock<serde_json::Value>,
     /// Where sampled requests' spans go (`telemetry.tracing`).
     pub tracing: Option<Arc<crate::otlp::Tracing>>,
     pub warnings: Vec<Diagnostic>,
@@ -306,6 +312,13 @@ pub struct Snapshot {
 }
 
 /// The active snapshot, shared by all phases and swapped whole on reload.
+impl Snapshot {
+    /// The config as loaded, with credentials in URLs redacted.
+    pub fn redacted(&self) -> &serde_json::Value {
+        self.redacted.get_or_init(|| redact(&self.raw))
+    }
+}
+
 #[derive(Clone)]
 pub struct SnapshotHolder(Arc<ArcSwap<Snapshot>>);
 
@@ -321,4 +334,21 @@ impl SnapshotHolder {
     pub fn store(&self, snapshot: Snapshot) {
         self.0.store(Arc::new(snapshot));
     }
+}
+
+/// The config as JSON, with the credentials of URLs (Redis, JWKS) taken out.
+fn redact(raw: &crate::config::RawConfig) -> serde_json::Value {
+    use crate::diag::redact_url;
+    let mut value = serde_json::to_value(raw).unwrap_or_default();
+    if let Some(url) = value.pointer_mut("/redis/url") {
+        *url = redact_url(url.as_str().unwrap_or_default()).into();
+    }
+    if let Some(policies) = value.get_mut("auth").and_then(|a| a.as_object_mut()) {
+        for policy in policies.values_mut() {
+            if let Some(url) = policy.get_mut("jwks_url").filter(|u| u.is_string()) {
+                *url = redact_url(url.as_str().unwrap_or_default()).into();
+            }
+        }
+    }
+    value
 }

@@ -80,7 +80,7 @@ impl Admin {
                 "config_hash": snapshot.hash,
                 "config_path": snapshot.path.display().to_string(),
                 "last_reload": self.reloader.status(),
-                "config": snapshot.redacted,
+                "config": snapshot.redacted(),
             }),
         )
     }
@@ -91,7 +91,12 @@ impl Admin {
         let routes: Vec<serde_json::Value> = snapshot
             .routes
             .iter()
-            .zip(snapshot.redacted["routes"].as_array().into_iter().flatten())
+            .zip(
+                snapshot.redacted()["routes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten(),
+            )
             .zip(&snapshot.defined_at)
             .map(|((route, raw), defined_at)| {
                 let action = match &route.action {
@@ -316,7 +321,10 @@ impl ServeHttp for Admin {
             "/health" => self.health(),
             "/ready" => self.ready(),
             "/config" => self.config(),
-            "/openapi.json" => json_response(StatusCode::OK, self.holder.load().openapi.clone()),
+            "/openapi.json" => {
+                let snapshot = self.holder.load();
+                json_response(StatusCode::OK, crate::openapi::of(&snapshot).clone())
+            }
             "/routes" => self.routes(),
             "/upstreams" => self.upstreams(),
             "/mirrors" => self.mirrors(),

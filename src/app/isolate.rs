@@ -39,7 +39,7 @@ pub fn choose<T>(
     good: &Good,
     mut build: impl FnMut(&Source) -> Result<T, ConfigError>,
 ) -> Result<Chosen<T>, ConfigError> {
-    let read = files::read(path)?;
+    let read = files::read(path, good)?;
     let mut refused = Vec::new();
     // (path, version used, whether it is a new version that may still be refused)
     let mut chosen: Vec<(PathBuf, Option<Part>, bool)> = Vec::new();

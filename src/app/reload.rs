@@ -57,6 +57,8 @@ pub struct ReloadStatus {
     pub pending_restart: Vec<String>,
     /// Unix seconds of the last successful load (the startup load counts).
     pub last_success_at: u64,
+    /// How long the last reload took to read, check and compile the config, in ms.
+    pub took_ms: u64,
 }
 
 /// A file of the config as `/health` shows it.
@@ -211,7 +213,9 @@ impl Reloader {
     pub async fn reload(&self, trigger: &str, force: bool) -> Result<(), ConfigError> {
         let _one_at_a_time = self.inner.busy.lock().await;
         let current = self.inner.holder.load();
+        let started = std::time::Instant::now();
         let mut outcome = self.load(&current, force);
+        let took_ms = started.elapsed().as_millis() as u64;
         // A certificate and its key are two files, rarely replaced at the same instant:
         // a pair that does not match yet is given a moment to settle before it is refused.
         let settle_until = tokio::time::Instant::now() + PAIR_SETTLE;
@@ -230,6 +234,7 @@ impl Reloader {
         let mut status = self.status();
         status.trigger = trigger.to_string();
         status.at = unix_now();
+        status.took_ms = took_ms;
         match outcome {
             Ok(load) => {
                 for target in load
@@ -315,7 +320,8 @@ impl Reloader {
         if pending.is_empty() && !status.pending_restart.is_empty() {
             tracing::info!("the settings that needed a restart are back to those running");
         }
-        tracing::info!(trigger, hash = %snapshot.hash, routes = snapshot.routes.len(), "config reloaded");
+        let took_ms = status.took_ms;
+        tracing::info!(trigger, hash = %snapshot.hash, routes = snapshot.routes.len(), took_ms, "config reloaded");
         self.inner.stores.remember(&snapshot.state);
         self.inner.holder.store(snapshot);
         let metrics = &self.inner.telemetry.metrics;

@@ -8,7 +8,7 @@ mod upstream;
 
 use crate::config::model::RawAccessLog;
 use crate::config::{RawConfig, Source};
-use crate::diag::{cidr, inputs_digest, redact_url, ConfigError, Diags, Inputs};
+use crate::diag::{cidr, inputs_digest, ConfigError, Diags, Inputs};
 use crate::policy::CompileCx;
 use crate::redis_link::RedisLink;
 use crate::router::Router;
@@ -114,7 +114,6 @@ pub fn compile_with(
         return Err(ConfigError(d.items));
     };
     let identity_headers = named.identity_headers(routes.iter().flat_map(|r| &r.policies));
-    let openapi = crate::openapi::document(raw, &routes, &src.path, &src.hash);
     Ok(Snapshot {
         hash: src.hash.clone(),
         path: src.path.clone(),
@@ -136,8 +135,10 @@ pub fn compile_with(
         inputs: inputs.files,
         metrics: raw.telemetry.metrics,
         access_log,
-        redacted: redacted(raw),
-        openapi,
+        raw: src.raw.clone(),
+        base: src.base.path.clone(),
+        redacted: Default::default(),
+        openapi: Default::default(),
         tracing,
         warnings: d.items,
         state: state.finish(),
@@ -398,21 +399,6 @@ fn compile_access_log(d: &mut Diags, a: &RawAccessLog) -> AccessLogSettings {
 /// The config as JSON with the credentials that URLs may carry (Redis password, JWKS URL
 /// user info and query) replaced by `***`. Secrets themselves are never in the file: they
 /// come from env vars and files, which are named, not shown.
-fn redacted(raw: &RawConfig) -> serde_json::Value {
-    let mut value = serde_json::to_value(raw).unwrap_or_default();
-    if let Some(url) = value.pointer_mut("/redis/url") {
-        *url = redact_url(url.as_str().unwrap_or_default()).into();
-    }
-    if let Some(policies) = value.get_mut("auth").and_then(|a| a.as_object_mut()) {
-        for policy in policies.values_mut() {
-            if let Some(url) = policy.get_mut("jwks_url").filter(|u| u.is_string()) {
-                *url = redact_url(url.as_str().unwrap_or_default()).into();
-            }
-        }
-    }
-    value
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,13 +35,14 @@ pub struct Read {
 /// The name `-c DIR` looks for first.
 const BASE_NAME: &str = "gateway.yaml";
 
-/// Reads every file of the config at `path`. Only the base refuses the whole read.
-pub fn read(path: &Path) -> Result<Read, ConfigError> {
+/// Reads every file of the config at `path`; a file whose text is that of its version in
+/// `known` is not parsed again. Only the base refuses the whole read.
+pub fn read(path: &Path, known: &BTreeMap<PathBuf, Part>) -> Result<Read, ConfigError> {
     let base_path = match path.is_dir() {
         true => base_of(path)?,
         false => path.to_path_buf(),
     };
-    let base = Arc::new(parse_file::<RawConfig>(&base_path)?);
+    let base = parse_file::<RawConfig>(&base_path, None)?;
     let mut others = included(&base)?;
     if path.is_dir() {
         others.extend(yaml_files(path));
@@ -52,7 +53,7 @@ pub fn read(path: &Path) -> Result<Read, ConfigError> {
     let parts = others
         .into_iter()
         .map(|p| {
-            let parsed = parse_file::<RawPart>(&p).map(Arc::new);
+            let parsed = parse_file::<RawPart>(&p, known.get(&p));
             (p, parsed)
         })
         .collect();
@@ -278,7 +279,7 @@ pub fn assemble(
     };
     Ok(Source {
         path: path.to_path_buf(),
-        raw,
+        raw: Arc::new(raw),
         places,
         hash,
         base,

@@ -21,7 +21,7 @@ use std::sync::Arc;
 pub struct Source {
     /// What `-c` named: a file or a directory.
     pub path: PathBuf,
-    pub raw: RawConfig,
+    pub raw: Arc<RawConfig>,
     /// Where each config path was written.
     pub places: Places,
     /// Short hex digest of the expanded texts; identifies the active config.
@@ -36,7 +36,7 @@ impl Source {
     /// Reads and parses the config at `path` (a file or a directory) with the process
     /// environment; a file that does not parse refuses the whole config.
     pub fn load(path: &Path) -> Result<Source, ConfigError> {
-        let read = files::read(path)?;
+        let read = files::read(path, &Default::default())?;
         let mut errors = Vec::new();
         let mut parts = Vec::new();
         for (_, part) in read.parts {
@@ -78,8 +78,12 @@ impl Source {
     }
 }
 
-/// Reads and parses one file of a config with the process environment.
-pub fn parse_file<T: Model>(path: &Path) -> Result<Parsed<T>, ConfigError> {
+/// Reads and parses one file of a config with the process environment. When its expanded
+/// text is that of `known`, `known` is the answer: a reload parses only what changed.
+pub fn parse_file<T: Model>(
+    path: &Path,
+    known: Option<&Arc<Parsed<T>>>,
+) -> Result<Arc<Parsed<T>>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         single(
             path,
@@ -88,7 +92,19 @@ pub fn parse_file<T: Model>(path: &Path) -> Result<Parsed<T>, ConfigError> {
             Some("check the path (`-c`, PORTICO_CONFIG) and that it is readable".into()),
         )
     })?;
-    parse_text(path, &text, |name| std::env::var(name).ok())
+    let env = |name: &str| std::env::var(name).ok();
+    match env::expand(&text, env) {
+        Ok(expanded) => match known.filter(|k| k.hash == digest(&expanded)) {
+            Some(known) => Ok(known.clone()),
+            None => parse_expanded(path, expanded).map(Arc::new),
+        },
+        Err(unset) => Err(unset_errors::<T>(path, &text, &env, unset)),
+    }
+}
+
+/// Short hex digest of a file's expanded text.
+fn digest(text: &str) -> String {
+    hex::encode(&Sha256::digest(text.as_bytes())[..8])
 }
 
 fn parse_text<T: Model>(
@@ -117,7 +133,7 @@ fn parse_expanded<T: Model>(path: &Path, text: String) -> Result<Parsed<T>, Conf
     }
     let raw = deserialize::<T>(path, &text, &locator)
         .map_err(|first| every_error::<T>(first, path, &text, &locator))?;
-    let hash = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
+    let hash = digest(&text);
     Ok(Parsed {
         path: path.to_path_buf(),
         locator: Arc::new(locator),
