@@ -96,7 +96,12 @@ enum Command {
         config: PathBuf,
     },
     /// Print the JSON Schema of gateway.yaml (committed as schemas/gateway.schema.json).
-    Schema,
+    Schema {
+        /// The schema of a team file of a config directory instead
+        /// (schemas/team.schema.json).
+        #[arg(long)]
+        team_file: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -173,8 +178,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("{:#}", portico::openapi::of(&snapshot));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Schema => {
-            print!("{}", portico::config::json_schema());
+        Command::Schema { team_file } => {
+            print!("{}", portico::config::json_schema(team_file));
             Ok(ExitCode::SUCCESS)
         }
         Command::Version => {

@@ -21,20 +21,28 @@ fn the_committed_schema_matches_the_code() {
     assert_eq!(code, 0, "{err}");
     let committed = std::fs::read_to_string(root().join("schemas/gateway.schema.json")).unwrap();
     assert!(out == committed, "schemas/gateway.schema.json is stale: run `cargo run -- schema > schemas/gateway.schema.json`");
+    let (code, out, err) = portico(&["schema", "--team-file"], &root());
+    assert_eq!(code, 0, "{err}");
+    let committed = std::fs::read_to_string(root().join("schemas/team.schema.json")).unwrap();
+    assert!(out == committed, "schemas/team.schema.json is stale: run `cargo run -- schema --team-file > schemas/team.schema.json`");
 }
 
 /// Validates `config` (a file on disk) against the schema and runs `portico check` on it.
 fn assert_valid(config: &Path, env: &[(&str, &str)]) {
-    let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("schemas/gateway.schema.json")).unwrap(),
-    )
-    .unwrap();
+    assert_valid_with("schemas/gateway.schema.json", config, config, env);
+}
+
+/// Validates `file` against `schema` and runs `portico check` on `config` (the file, or
+/// the directory holding it).
+fn assert_valid_with(schema: &str, file: &Path, config: &Path, env: &[(&str, &str)]) {
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join(schema)).unwrap()).unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
-    let text = std::fs::read_to_string(config).unwrap();
+    let text = std::fs::read_to_string(file).unwrap();
     assert!(
         text.starts_with("# yaml-language-server: $schema="),
         "{} starts with the $schema modeline",
-        config.display()
+        file.display()
     );
     let value = yaml_to_json(&text);
     let errors: Vec<String> = validator
@@ -44,7 +52,7 @@ fn assert_valid(config: &Path, env: &[(&str, &str)]) {
     assert!(
         errors.is_empty(),
         "{} breaks the schema: {errors:?}",
-        config.display()
+        file.display()
     );
     let out = std::process::Command::new(bin())
         .arg("check")
@@ -85,21 +93,26 @@ fn every_example_config_validates_and_passes_check() {
     }
     assert_valid(&etc.path().join("gateway.yaml"), &[]);
 
-    // The ConfigMap, as Kubernetes mounts it: one file per data key.
-    let cm: serde_yaml::Value = serde_yaml::from_str(
-        &std::fs::read_to_string(root().join("deploy/kubernetes/configmap.yaml")).unwrap(),
-    )
-    .unwrap();
+    // The ConfigMaps, as Kubernetes projects them: one file per data key, one directory.
     let mount = tempfile::tempdir().unwrap();
-    for (key, value) in cm["data"].as_mapping().unwrap() {
-        std::fs::write(
-            mount.path().join(key.as_str().unwrap()),
-            value.as_str().unwrap(),
-        )
-        .unwrap();
+    for file in ["configmap.yaml", "team-messages.yaml"] {
+        let cm = &docs(&format!("deploy/kubernetes/{file}"))[0];
+        for (key, value) in cm["data"].as_mapping().unwrap() {
+            std::fs::write(
+                mount.path().join(key.as_str().unwrap()),
+                value.as_str().unwrap(),
+            )
+            .unwrap();
+        }
     }
     assert_valid(
         &mount.path().join("gateway.yaml"),
+        &[("JWT_SECRET", "test")],
+    );
+    assert_valid_with(
+        "schemas/team.schema.json",
+        &mount.path().join("messages.yaml"),
+        mount.path(),
         &[("JWT_SECRET", "test")],
     );
 }
@@ -166,15 +179,26 @@ fn manifests_parse_and_mount_the_configmap_as_a_directory() {
         "subPath mounts never receive ConfigMap updates"
     );
     assert_eq!(mount["mountPath"], "/etc/portico");
-    assert_eq!(container["args"][2], "/etc/portico/gateway.yaml");
+    assert_eq!(container["args"][2], "/etc/portico");
     let volume = pod["volumes"]
         .as_sequence()
         .unwrap()
         .iter()
         .find(|v| v["name"] == "config")
         .unwrap();
-    let configmap = &docs("deploy/kubernetes/configmap.yaml")[0];
-    assert_eq!(volume["configMap"]["name"], configmap["metadata"]["name"]);
+    // The base and each team's ConfigMap, projected into one directory.
+    let sources: Vec<&serde_yaml::Value> = volume["projected"]["sources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|s| &s["configMap"]["name"])
+        .collect();
+    let base = &docs("deploy/kubernetes/configmap.yaml")[0];
+    let team = &docs("deploy/kubernetes/team-messages.yaml")[0];
+    assert_eq!(
+        sources,
+        [&base["metadata"]["name"], &team["metadata"]["name"]]
+    );
     // Pod Security Standards, restricted level.
     assert_eq!(pod["automountServiceAccountToken"], false);
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
@@ -242,7 +266,7 @@ fn manifests_parse_and_mount_the_configmap_as_a_directory() {
 
     // Termination must outlast the drain: drain_delay + grace_period + shutdown_timeout.
     let config: serde_yaml::Value =
-        serde_yaml::from_str(configmap["data"]["gateway.yaml"].as_str().unwrap()).unwrap();
+        serde_yaml::from_str(base["data"]["gateway.yaml"].as_str().unwrap()).unwrap();
     let secs = |v: &serde_yaml::Value| {
         humantime::parse_duration(v.as_str().unwrap())
             .unwrap()

@@ -303,9 +303,17 @@ pub fn peek_log_format(path: &Path) -> Option<crate::telemetry::LogFormat> {
     serde_yaml::from_value(doc.get("server")?.get("log_format")?.clone()).ok()
 }
 
-pub fn json_schema() -> String {
-    let mut schema = schemars::schema_for!(RawConfig);
-    schema.insert("title".into(), "Portico gateway.yaml".into());
+/// With `team_file`, the schema of a config directory's other files.
+pub fn json_schema(team_file: bool) -> String {
+    let mut schema = match team_file {
+        true => schemars::schema_for!(RawPart),
+        false => schemars::schema_for!(RawConfig),
+    };
+    let title = match team_file {
+        true => "Portico team file (a config directory's file beside gateway.yaml)",
+        false => "Portico gateway.yaml",
+    };
+    schema.insert("title".into(), title.into());
     let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
     text.push('\n');
     text
