@@ -297,7 +297,12 @@ fn admin_to_ask(
         return Ok(admin);
     }
     let text = match config {
-        Some(config) => Source::load(config)?.raw.listen.admin.clone(),
+        // Only the base file: a team file's mistake must not fail a healthy gateway's check.
+        Some(config) => portico::config::files::base_raw(config)?
+            .raw
+            .listen
+            .admin
+            .clone(),
         None => {
             let file = app::admin_file();
             std::fs::read_to_string(&file).with_context(|| {

@@ -182,6 +182,22 @@ fn a_broken_team_file_keeps_its_last_good_version_while_another_teams_edit_goes_
     assert_eq!(body(&gw, "/a/two").0, 404);
     assert_eq!(state_of(&gw, "team-a.yaml").0, "stale");
     assert_eq!(state_of(&gw, "team-b.yaml").0, "ok");
+    // Both reloads kept team a's last good version: partial, never ok or failed.
+    let reloads = |result: &str| {
+        metric(
+            &gw,
+            &format!("portico_config_reloads_total{{result=\"{result}\"}}"),
+        )
+    };
+    assert_eq!(
+        (reloads("ok"), reloads("partial"), reloads("failed")),
+        (0.0, 2.0, 0.0)
+    );
+    assert!(
+        !gw.log().contains("back to the running config"),
+        "{}",
+        gw.log()
+    );
     assert_eq!(
         metric(&gw, "portico_config_file_ok{file=\"team-a.yaml\"}"),
         0.0
@@ -196,6 +212,51 @@ fn a_broken_team_file_keeps_its_last_good_version_while_another_teams_edit_goes_
     put(&gw, "team-a.yaml", &team(&[("a-one", "/a/one", "a3")]));
     assert!(wait_until(LIVE_WITHIN, || serves(&gw, "/a/one", "a3")).is_some());
     assert_eq!(state_of(&gw, "team-a.yaml"), ("ok".into(), None));
+    assert_eq!(gw.admin_json("/health")["last_reload"]["result"], "ok");
+    assert_eq!(reloads("ok"), 1.0);
+}
+
+#[test]
+fn a_name_a_changed_file_takes_from_an_unchanged_one_refuses_the_changed_file() {
+    let gw = start_dir(
+        "",
+        &[
+            ("alpha.yaml", team(&[("a", "/a", "a1")])),
+            ("beta.yaml", team(&[("b", "/b", "b1")])),
+            ("zeta.yaml", team(&[("payments", "/pay", "z1")])),
+        ],
+    );
+    // Alpha takes zeta's route name (the duplicate is found at zeta, the later file) while
+    // beta makes an edit of its own: alpha is refused, beta's edit goes live, zeta is ok.
+    let dir = gw.config.clone();
+    std::fs::write(
+        dir.join(".alpha.tmp"),
+        team(&[("a", "/a", "a2"), ("payments", "/a/pay", "a")]),
+    )
+    .unwrap();
+    std::fs::write(dir.join(".beta.tmp"), team(&[("b", "/b", "b2")])).unwrap();
+    std::fs::rename(dir.join(".alpha.tmp"), dir.join("alpha.yaml")).unwrap();
+    std::fs::rename(dir.join(".beta.tmp"), dir.join("beta.yaml")).unwrap();
+    assert!(
+        wait_until(LIVE_WITHIN, || serves(&gw, "/b", "b2")).is_some(),
+        "{}",
+        gw.log()
+    );
+    assert!(serves(&gw, "/a", "a1"));
+    assert!(serves(&gw, "/pay", "z1"));
+    assert_eq!(state_of(&gw, "zeta.yaml"), ("ok".into(), None));
+    let (status, error) = state_of(&gw, "alpha.yaml");
+    assert_eq!(status, "stale");
+    let error = error.unwrap();
+    assert!(error.contains("duplicate route name `payments`"), "{error}");
+    assert_eq!(
+        metric(&gw, "portico_config_file_ok{file=\"zeta.yaml\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&gw, "portico_config_file_ok{file=\"alpha.yaml\"}"),
+        0.0
+    );
 }
 
 #[test]
@@ -375,6 +436,34 @@ fn include_globs_add_team_files_to_a_base_file() {
         "{}",
         gw.log()
     );
+    // A second include naming the same files (another spelling) reads each once, and a
+    // directory made after the start joins when it appears.
+    let base = std::fs::read_to_string(&gw.config).unwrap();
+    let base = base.replace(
+        "include: [teams/*.yaml]",
+        "include: [teams/*.yaml, ./teams/x.yaml, later/*.yaml]",
+    );
+    std::fs::write(gw.dir.path().join(".g.tmp"), base).unwrap();
+    std::fs::rename(gw.dir.path().join(".g.tmp"), &gw.config).unwrap();
+    assert!(
+        wait_until(LIVE_WITHIN, || gw.admin_json("/health")["config_files"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 3)
+        .is_some(),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(gw.admin_json("/health")["last_reload"]["result"], "ok");
+    let later = gw.dir.path().join("later");
+    std::fs::create_dir(&later).unwrap();
+    std::fs::write(later.join("z.yaml"), team(&[("z", "/z", "z1")])).unwrap();
+    assert!(
+        wait_until(LIVE_WITHIN, || serves(&gw, "/z", "z1")).is_some(),
+        "{}",
+        gw.log()
+    );
 }
 
 /// `portico check conf` in a fresh directory holding `files`.
@@ -437,12 +526,15 @@ routes:
     let team = team.replace("2 seconds", "2s");
     let (code, err) = check(&[("gateway.yaml", &base), ("team.yaml", &team)]);
     assert_eq!(code, 1, "{err}");
-    // The default's unknown policy is reported at the default; `auth: none` opted b out.
+    // The default's unknown policy is reported at the default.
     assert!(
-        err.contains("conf/team.yaml:1:30: error: unknown auth policy `api`"),
+        err.contains("conf/team.yaml:1:30: error: defaults: no `auth` entry is named `api`"),
         "{err}"
     );
-    assert_eq!(err.matches("unknown auth policy").count(), 1, "{err}");
+    // Once it exists, `auth: none` opts b out and a takes it.
+    let base = format!("{base}auth:\n  api: {{ algorithms: [HS256], secret_env: PATH }}\n");
+    let (code, err) = check(&[("gateway.yaml", &base), ("team.yaml", &team)]);
+    assert_eq!(code, 0, "{err}");
 }
 
 #[test]
@@ -512,4 +604,56 @@ fn route_test_openapi_and_diff_read_a_directory() {
     let (code, out, err) = portico(&["diff", "old", "new"], dir.path());
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("a2"), "{out}");
+}
+
+#[test]
+fn a_team_file_cannot_read_the_gateways_environment_or_files_outside_the_directory() {
+    let secret_route =
+        "routes:\n  - { name: s, match: { path: /s }, respond: { text: \"${ADMIN_TOKEN}\" } }\n";
+    let (code, err) = check(&[("gateway.yaml", BASE), ("team.yaml", secret_route)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("conf/team.yaml:2:55: error: a team file may not read the environment variable `ADMIN_TOKEN`\n  help: list it in the base file's `team_env: [ADMIN_TOKEN]`"),
+        "{err}"
+    );
+    // The base lists what teams may read.
+    let base = format!("{BASE}team_env: [HOME]\n");
+    let (code, err) = check(&[
+        ("gateway.yaml", &base),
+        ("team.yaml", &secret_route.replace("ADMIN_TOKEN", "HOME")),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for file in ["/etc/hostname", "../outside.json"] {
+        let validate = format!("routes:\n  - {{ name: v, match: {{ path: /v }}, respond: {{ text: x }}, validate: {{ body: \"{file}\" }} }}\n");
+        let (code, err) = check(&[("gateway.yaml", BASE), ("team.yaml", &validate)]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(&format!(
+                "a team file may not name `{file}`, outside the config directory"
+            )),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn errors_about_names_with_dots_point_into_the_team_file() {
+    let limits = "rate_limits:\n  team.a: { requests: 0, per: 1s }\n";
+    let (code, err) = check(&[("gateway.yaml", BASE), ("team.yaml", limits)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.starts_with("conf/team.yaml:2:"), "{err}");
+}
+
+#[test]
+fn the_team_file_schema_accepts_anchor_keys_and_refuses_base_sections() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("schemas/team.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let ok = serde_json::json!({"x-slow": {"timeout": "10s"}, "defaults": {"auth": "api"}, "routes": []});
+    assert!(validator.is_valid(&ok));
+    let listen = serde_json::json!({"listen": {"proxy": "0.0.0.0:80"}});
+    assert!(!validator.is_valid(&listen));
 }

@@ -32,8 +32,10 @@ pub struct Chosen<T> {
 
 /// The files as they are now, a refused file replaced by its version in `good`. `build`
 /// checks a candidate (compiles it); the errors it reports in a changed team file refuse
-/// that file alone, and the rest is tried again. Err when the base, or a file that did
-/// not change, has errors: the whole reload is refused (with every file's errors).
+/// that file alone, and the rest is tried again. Errors in a file that did not change are
+/// charged to the changed file whose last good version clears them. Err when no changed
+/// team file can be refused to clear the errors (they are in the base, or the base's
+/// change causes them): the whole reload is refused (with every file's errors).
 pub fn choose<T>(
     path: &Path,
     good: &Good,
@@ -60,12 +62,15 @@ pub fn choose<T>(
             }
         }
     }
+    let mut attempt = |chosen: &[(PathBuf, Option<Part>, bool)]| {
+        let parts: Vec<_> = chosen.iter().filter_map(|(_, v, _)| v.clone()).collect();
+        files::assemble(path, read.base.clone(), parts)
+            .and_then(|source| build(&source).map(|built| (source, built)))
+            .map_err(|e| e.0)
+    };
     // Each round refuses at least one file, or ends.
     loop {
-        let parts: Vec<_> = chosen.iter().filter_map(|(_, v, _)| v.clone()).collect();
-        let attempt = files::assemble(path, read.base.clone(), parts)
-            .and_then(|source| build(&source).map(|built| (source, built)));
-        let errors = match attempt {
+        let errors = match attempt(&chosen) {
             Ok((source, built)) => {
                 return Ok(Chosen {
                     source,
@@ -73,28 +78,61 @@ pub fn choose<T>(
                     refused,
                 })
             }
-            Err(e) => e.0,
+            Err(errors) => errors,
         };
         let blamed = |p: &Path| errors.iter().any(|d| is_error(d) && d.file == p);
-        let mut progress = false;
-        for (p, version, new) in chosen.iter_mut().filter(|(p, _, new)| *new && blamed(p)) {
-            *version = good.get(p).cloned();
-            *new = false;
-            progress = true;
-            let mine = errors.iter().filter(|d| d.file == *p).cloned().collect();
-            refused.push(Refused {
-                path: p.clone(),
-                errors: mine,
-                kept: version.is_some(),
-            });
+        let mut culprits: Vec<usize> = (0..chosen.len())
+            .filter(|&i| chosen[i].2 && blamed(&chosen[i].0))
+            .collect();
+        if culprits.is_empty() {
+            // The errors are in files that did not change (a name a changed file now
+            // defines twice, or took away): the changed file whose old version clears
+            // them is refused, not the file the error is in.
+            culprits.extend(culprit(&chosen, good, &mut attempt));
         }
-        if !progress {
+        if culprits.is_empty() {
             let mut all: Vec<Diagnostic> = refused.into_iter().flat_map(|r| r.errors).collect();
             all.extend(errors);
             return Err(ConfigError(all));
         }
+        for i in culprits {
+            let (p, version, new) = &mut chosen[i];
+            *version = good.get(p).cloned();
+            *new = false;
+            let mine: Vec<Diagnostic> = errors.iter().filter(|d| d.file == *p).cloned().collect();
+            refused.push(Refused {
+                path: p.clone(),
+                errors: if mine.is_empty() {
+                    errors.clone()
+                } else {
+                    mine
+                },
+                kept: version.is_some(),
+            });
+        }
         explain_dependencies(&mut refused);
     }
+}
+
+/// The changed file whose last good version alone makes the errors outside changed files
+/// go away.
+fn culprit<T>(
+    chosen: &[(PathBuf, Option<Part>, bool)],
+    good: &Good,
+    attempt: &mut impl FnMut(&[(PathBuf, Option<Part>, bool)]) -> Result<T, Vec<Diagnostic>>,
+) -> Option<usize> {
+    let changed = |c: &[(PathBuf, Option<Part>, bool)], d: &Diagnostic| {
+        c.iter().any(|(p, _, new)| *new && d.file == *p)
+    };
+    (0..chosen.len()).filter(|&i| chosen[i].2).find(|&i| {
+        let mut trial = chosen.to_vec();
+        trial[i].1 = good.get(&trial[i].0).cloned();
+        trial[i].2 = false;
+        match attempt(&trial) {
+            Ok(_) => true,
+            Err(errors) => errors.iter().all(|d| !is_error(d) || changed(&trial, d)),
+        }
+    })
 }
 
 fn is_error(d: &Diagnostic) -> bool {

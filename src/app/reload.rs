@@ -51,7 +51,9 @@ pub struct ReloadStatus {
     /// Unix seconds.
     pub at: u64,
     pub error: Option<String>,
+    /// Reloads that put a new config live (with some files refused, too).
     pub succeeded: u64,
+    /// Reloads refused whole.
     pub failed: u64,
     /// Changed settings that the running process cannot apply without a restart.
     pub pending_restart: Vec<String>,
@@ -79,6 +81,9 @@ pub struct FileStatus {
 #[derive(Default)]
 struct Files {
     good: Good,
+    /// Each file's status as the last applied reload left it.
+    applied: BTreeMap<PathBuf, FileStatus>,
+    /// What `/health` shows: `applied`, with a refused reload's errors on its files.
     status: BTreeMap<PathBuf, FileStatus>,
     /// The config's files (base first) and the directories where a new one joins it.
     config: Relevant,
@@ -153,7 +158,7 @@ impl Reloader {
         let path = source.path.as_path();
         // Present from the start: a dashboard sees 0, not a missing series.
         let metrics = &telemetry.metrics;
-        for result in ["ok", "failed"] {
+        for result in ["ok", "partial", "failed"] {
             metrics.reloads.with_label_values(&[result]);
         }
         metrics.last_reload_success.set(unix_now() as f64);
@@ -248,14 +253,18 @@ impl Reloader {
                     }
                 }
                 let refused = self.apply_files(trigger, &load, status.at);
+                let partial = !refused.is_empty();
                 match load.snapshot {
-                    Some(snapshot) => self.go_live(trigger, &current, snapshot, &mut status),
+                    Some(snapshot) => {
+                        self.go_live(trigger, &current, snapshot, &mut status, partial)
+                    }
+                    None if partial => {}
                     None => self.unchanged(trigger, &mut status),
                 }
-                if !refused.is_empty() {
+                if partial {
+                    // Some files refused: what the others changed (if anything) is live.
                     status.result = "partial".into();
-                    status.error = Some(refused.clone());
-                    status.failed += 1;
+                    status.error = Some(refused);
                     let metrics = &self.inner.telemetry.metrics;
                     metrics.reloads.with_label_values(&["partial"]).inc();
                 }
@@ -300,6 +309,7 @@ impl Reloader {
         current: &Snapshot,
         snapshot: Snapshot,
         status: &mut ReloadStatus,
+        partial: bool,
     ) {
         // A warning the running config already had was logged when it first came.
         let known: Vec<String> = current.warnings.iter().map(|w| w.one_line()).collect();
@@ -325,7 +335,9 @@ impl Reloader {
         self.inner.stores.remember(&snapshot.state);
         self.inner.holder.store(snapshot);
         let metrics = &self.inner.telemetry.metrics;
-        metrics.reloads.with_label_values(&["ok"]).inc();
+        if !partial {
+            metrics.reloads.with_label_values(&["ok"]).inc();
+        }
         metrics.last_reload_success.set(status.at as f64);
         status.result = "ok".into();
         status.error = None;
@@ -368,6 +380,7 @@ impl Reloader {
     fn mark_stale(&self, e: &ConfigError, now: u64) {
         let mut files = self.files();
         let files = &mut *files;
+        files.status = files.applied.clone();
         for (path, status) in files.status.iter_mut() {
             let errors: Vec<String> =
                 e.0.iter()
@@ -378,10 +391,11 @@ impl Reloader {
                 status.status = "stale";
                 status.since.get_or_insert(now);
                 status.errors = errors;
-                let metrics = &self.inner.telemetry.metrics;
-                let label = files.config.label(path);
-                metrics.config_file_ok.with_label_values(&[&label]).set(0);
             }
+            let metrics = &self.inner.telemetry.metrics;
+            let label = files.config.label(path);
+            let ok = i64::from(status.status == "ok");
+            metrics.config_file_ok.with_label_values(&[&label]).set(ok);
         }
     }
 
@@ -435,7 +449,7 @@ impl Reloader {
                 Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
                 _ => PathBuf::from("."),
             })
-            .chain(relevant.dirs)
+            .chain(relevant.dirs.iter().map(|d| existing_ancestor(d)))
             .collect();
         dirs.sort();
         dirs.dedup();
@@ -462,7 +476,9 @@ impl Reloader {
     fn relevant(&self) -> Relevant {
         let snapshot = self.inner.holder.load();
         let mut relevant = self.files().config.clone();
-        relevant.files.push(self.inner.path.clone());
+        if !self.inner.path.is_dir() {
+            relevant.files.push(self.inner.path.clone());
+        }
         relevant.files.extend(snapshot.inputs.iter().cloned());
         relevant
     }
@@ -513,7 +529,7 @@ fn set_files(
     let mut status = BTreeMap::new();
     for path in config.files.iter().chain(refused.iter().map(|r| &r.path)) {
         let file = path.display().to_string();
-        let before = files.status.remove(path);
+        let before = files.applied.remove(path);
         let entry = match refused.iter().find(|r| &r.path == path) {
             Some(r) => FileStatus {
                 file,
@@ -532,9 +548,10 @@ fn set_files(
         metric.with_label_values(&[&label(path)]).set(ok);
         status.insert(path.clone(), entry);
     }
-    for gone in files.status.keys() {
+    for gone in files.applied.keys() {
         let _ = metric.remove_label_values(&[&label(gone)]);
     }
+    files.applied = status.clone();
     files.status = status;
     files.good = good;
     files.config = config;
@@ -554,12 +571,22 @@ fn is_relevant(path: &Path, relevant: &Relevant) -> bool {
         .and_then(|n| n.to_str())
         .unwrap_or_default();
     let in_dir = |d: &PathBuf| path.parent().is_some_and(|p| same_dir_path(d, p));
+    // A directory an `include` names (or one above it) is made or moved: its files count.
+    let makes_dir = |d: &PathBuf| std::path::absolute(d).is_ok_and(|d| d.starts_with(path));
     name.starts_with("..")
         || (is_config_name(path) && relevant.dirs.iter().any(in_dir))
+        || relevant.dirs.iter().any(makes_dir)
         || relevant
             .files
             .iter()
             .any(|f| f == path || (f.file_name() == path.file_name() && same_dir(f, path)))
+}
+
+/// `dir`, or its nearest ancestor that exists (watched until `dir` is made).
+fn existing_ancestor(dir: &Path) -> PathBuf {
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let found = absolute.ancestors().find(|a| a.is_dir());
+    found.unwrap_or(Path::new("/")).to_path_buf()
 }
 
 fn same_dir_path(a: &Path, b: &Path) -> bool {

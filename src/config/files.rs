@@ -5,7 +5,7 @@
 //! file by file in name order, and each file's `defaults` fill its routes' gaps.
 
 use super::model::{RawConfig, RawDefaults, RawPart, RawRoute};
-use super::{parse_file, single, ConfigError, Diagnostic, Severity, Source};
+use super::{parse_file, single, ConfigError, Diagnostic, EnvAccess, Severity, Source};
 use crate::diag::{Locator, Places, Pos, RouteOrigin};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -38,22 +38,27 @@ const BASE_NAME: &str = "gateway.yaml";
 /// Reads every file of the config at `path`; a file whose text is that of its version in
 /// `known` is not parsed again. Only the base refuses the whole read.
 pub fn read(path: &Path, known: &BTreeMap<PathBuf, Part>) -> Result<Read, ConfigError> {
-    let base_path = match path.is_dir() {
-        true => base_of(path)?,
-        false => path.to_path_buf(),
-    };
-    let base = parse_file::<RawConfig>(&base_path, None)?;
+    let base = base_raw(path)?;
+    let base_path = base.path.clone();
     let mut others = included(&base)?;
     if path.is_dir() {
         others.extend(yaml_files(path));
     }
-    others.retain(|p| !same_file(p, &base_path));
     others.sort_by_key(|p| route_order_key(p, &base_path));
-    others.dedup_by(|a, b| same_file(a, b));
+    // One file reached twice (a directory and an include, or two spellings of a path) is
+    // read once, where it first comes.
+    let mut seen = vec![canonical(&base_path)];
+    others.retain(|p| {
+        let c = canonical(p);
+        let first = !seen.contains(&c);
+        seen.push(c);
+        first
+    });
+    let access = EnvAccess::Only(&base.raw.team_env);
     let parts = others
         .into_iter()
         .map(|p| {
-            let parsed = parse_file::<RawPart>(&p, known.get(&p));
+            let parsed = parse_file::<RawPart>(&p, known.get(&p), access);
             (p, parsed)
         })
         .collect();
@@ -86,8 +91,17 @@ fn route_order_key(p: &Path, base: &Path) -> PathBuf {
     p.strip_prefix(parent(base)).unwrap_or(p).to_path_buf()
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    a == b || (a.canonicalize().ok().is_some() && a.canonicalize().ok() == b.canonicalize().ok())
+fn canonical(p: &Path) -> PathBuf {
+    p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The base file of the config at `path` (a file, or a directory's base), parsed alone.
+pub fn base_raw(path: &Path) -> Result<Arc<Parsed<RawConfig>>, ConfigError> {
+    let base = match path.is_dir() {
+        true => base_of(path)?,
+        false => path.to_path_buf(),
+    };
+    parse_file::<RawConfig>(&base, None, EnvAccess::All)
 }
 
 /// The base file of a directory: `gateway.yaml`, or else the one file with `listen`.
@@ -270,6 +284,17 @@ pub fn assemble(
         digest.update(&part.hash);
     }
     reserved_names(&raw, &places, &mut errors);
+    let all_defaults = std::iter::once((base.path.as_path(), &base.locator, raw.defaults.as_ref()))
+        .chain(
+            parts
+                .iter()
+                .map(|p| (p.path.as_path(), &p.locator, p.raw.defaults.as_ref())),
+        );
+    for (file, locator, defaults) in all_defaults {
+        if let Some(defaults) = defaults {
+            unknown_defaults(&raw, defaults, file, locator, &mut errors);
+        }
+    }
     if !errors.is_empty() {
         return Err(ConfigError(errors));
     }
@@ -341,6 +366,40 @@ fn names_in(raw: &RawConfig, section: &str) -> Vec<String> {
         "caches" => keys(&raw.caches),
         "compression" => keys(&raw.compression),
         _ => Vec::new(),
+    }
+}
+
+/// A default naming a policy that does not exist is refused even when no route takes it.
+fn unknown_defaults(
+    raw: &RawConfig,
+    defaults: &RawDefaults,
+    file: &Path,
+    locator: &Locator,
+    errors: &mut Vec<Diagnostic>,
+) {
+    let named = [
+        ("auth", &defaults.auth, "auth"),
+        ("cors", &defaults.cors, "cors"),
+        ("rate_limit", &defaults.rate_limit, "rate_limits"),
+        ("ip_access", &defaults.ip_access, "ip_access"),
+        ("cache", &defaults.cache, "caches"),
+        ("compression", &defaults.compression, "compression"),
+    ];
+    for (key, name, section) in named {
+        let Some(name) = name.as_deref().filter(|n| *n != "none") else {
+            continue;
+        };
+        if !names_in(raw, section).iter().any(|n| n == name) {
+            errors.push(Diagnostic {
+                severity: Severity::Error,
+                file: file.to_path_buf(),
+                pos: locator.find(&format!("defaults.{key}")),
+                message: format!("defaults: no `{section}` entry is named `{name}`"),
+                help: Some(format!(
+                    "define `{name}` under `{section}` (in any file), or fix the name"
+                )),
+            });
+        }
     }
 }
 

@@ -78,27 +78,55 @@ impl Source {
     }
 }
 
-/// Reads and parses one file of a config with the process environment. When its expanded
-/// text is that of `known`, `known` is the answer: a reload parses only what changed.
+/// Which environment variables a file may read as `${VAR}`: the base file any, a team
+/// file only those the base lists in `team_env` (a team must not read the gateway's
+/// secrets into an answer).
+#[derive(Clone, Copy)]
+pub enum EnvAccess<'a> {
+    All,
+    Only(&'a [String]),
+}
+
+impl EnvAccess<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        match self {
+            EnvAccess::Only(names) if !names.iter().any(|n| n == name) => None,
+            _ => std::env::var(name).ok(),
+        }
+    }
+
+    fn refuses(&self, name: &str) -> bool {
+        matches!(self, EnvAccess::Only(names) if !names.iter().any(|n| n == name))
+    }
+}
+
+/// Reads and parses one file of a config with the environment `access` allows. When its
+/// expanded text is that of `known`, `known` is the answer: a reload parses only what
+/// changed.
 pub fn parse_file<T: Model>(
     path: &Path,
     known: Option<&Arc<Parsed<T>>>,
+    access: EnvAccess,
 ) -> Result<Arc<Parsed<T>>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
+        let help = match e.kind() {
+            std::io::ErrorKind::InvalidData => "save the file as UTF-8 text",
+            _ => "check the path (`-c`, PORTICO_CONFIG) and that it is readable",
+        };
         single(
             path,
             Pos { line: 1, col: 1 },
             format!("cannot read config: {e}"),
-            Some("check the path (`-c`, PORTICO_CONFIG) and that it is readable".into()),
+            Some(help.into()),
         )
     })?;
-    let env = |name: &str| std::env::var(name).ok();
+    let env = |name: &str| access.get(name);
     match env::expand(&text, env) {
         Ok(expanded) => match known.filter(|k| k.hash == digest(&expanded)) {
             Some(known) => Ok(known.clone()),
             None => parse_expanded(path, expanded).map(Arc::new),
         },
-        Err(unset) => Err(unset_errors::<T>(path, &text, &env, unset)),
+        Err(unset) => Err(unset_errors::<T>(path, &text, &env, unset, access)),
     }
 }
 
@@ -114,7 +142,7 @@ fn parse_text<T: Model>(
 ) -> Result<Parsed<T>, ConfigError> {
     match env::expand(text, &env) {
         Ok(expanded) => parse_expanded(path, expanded),
-        Err(unset) => Err(unset_errors::<T>(path, text, &env, unset)),
+        Err(unset) => Err(unset_errors::<T>(path, text, &env, unset, EnvAccess::All)),
     }
 }
 
@@ -175,21 +203,37 @@ fn unset_errors<T: Model>(
     text: &str,
     env: &impl Fn(&str) -> Option<String>,
     unset: Vec<env::UnsetVar>,
+    access: EnvAccess,
 ) -> ConfigError {
     let unset: Vec<Diagnostic> = unset
         .into_iter()
-        .map(|u| Diagnostic {
-            severity: Severity::Error,
-            file: path.to_path_buf(),
-            pos: Pos {
-                line: u.line,
-                col: u.col,
-            },
-            message: format!("environment variable `{}` is not set", u.name),
-            help: Some(format!(
-                "export {0}=..., or give a default: ${{{0}:-value}}",
-                u.name
-            )),
+        .map(|u| {
+            let (message, help) = match access.refuses(&u.name) {
+                true => (
+                    format!(
+                        "a team file may not read the environment variable `{}`",
+                        u.name
+                    ),
+                    format!(
+                        "list it in the base file's `team_env: [{}]`, or write the value here",
+                        u.name
+                    ),
+                ),
+                false => (
+                    format!("environment variable `{}` is not set", u.name),
+                    format!("export {0}=..., or give a default: ${{{0}:-value}}", u.name),
+                ),
+            };
+            Diagnostic {
+                severity: Severity::Error,
+                file: path.to_path_buf(),
+                pos: Pos {
+                    line: u.line,
+                    col: u.col,
+                },
+                message,
+                help: Some(help),
+            }
         })
         .collect();
     let lines: Vec<usize> = unset.iter().map(|d| d.pos.line).collect();
@@ -314,6 +358,11 @@ pub fn json_schema(team_file: bool) -> String {
         false => "Portico gateway.yaml",
     };
     schema.insert("title".into(), title.into());
+    // Top-level `x-` keys hold shared YAML anchors; they are not read as config.
+    schema.insert(
+        "patternProperties".into(),
+        serde_json::json!({"^x-": {"description": "Ignored: a place for YAML anchors shared with `<<: *name`."}}),
+    );
     let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
     text.push('\n');
     text

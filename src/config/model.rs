@@ -61,6 +61,10 @@ pub struct RawConfig {
     pub include: Vec<String>,
     /// Policies and limits for this file's routes that do not name their own.
     pub defaults: Option<RawDefaults>,
+    /// Environment variables team files may use as `${VAR}` (none by default: a team file
+    /// cannot read the gateway's environment, its secrets included).
+    #[serde(default)]
+    pub team_env: Vec<String>,
 }
 
 /// A file of a config directory beside the base (or one the base includes): one team's

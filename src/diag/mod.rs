@@ -154,12 +154,18 @@ impl Places {
             }
             return (origin.file, format!("routes[{}]{tail}", origin.index));
         }
-        let name = path.find(['.', '[']).and_then(|cut| {
-            let rest = &path[cut + 1..];
-            let end = rest.find(['.', '[']).unwrap_or(rest.len());
-            self.named.get(&path[..cut + 1 + end])
-        });
-        (name.copied().unwrap_or(0), path.to_string())
+        // A name may hold `.` (`orders.v2`): the longest `section.name` defined wins.
+        let ends = path.match_indices(['.', '[']).map(|(i, _)| i).skip(1);
+        let file = ends
+            .chain(std::iter::once(path.len()))
+            .filter_map(|end| self.named.get(&path[..end]))
+            .last();
+        (file.copied().unwrap_or(0), path.to_string())
+    }
+
+    /// Whether a config path was written in a team file (not the base).
+    pub fn in_team_file(&self, path: &str) -> bool {
+        self.local(path).0 != 0
     }
 
     fn route_of<'p>(&self, path: &'p str) -> Option<(&RouteOrigin, &'p str)> {
@@ -198,6 +204,11 @@ impl<'a> Diags<'a> {
     /// `file:line:col` of a config path (e.g. to point at a first definition).
     pub fn place(&self, path: &str) -> String {
         self.places.describe(path)
+    }
+
+    /// Whether a config path was written in a team file (not the base).
+    pub fn in_team_file(&self, path: &str) -> bool {
+        self.places.in_team_file(path)
     }
 
     fn push(&mut self, severity: Severity, path: &str, message: String, help: Option<String>) {
@@ -244,8 +255,24 @@ impl Inputs {
         }
     }
 
-    /// Reads `file` (relative to the config's directory), reporting failures at `at`.
+    /// Reads `file` (relative to the config's directory), reporting failures at `at`. A
+    /// team file may only name files inside that directory: it must not publish the
+    /// gateway's other files (a schema is bundled into the OpenAPI document).
     pub fn read(&mut self, d: &mut Diags, at: &str, file: &str) -> Option<String> {
+        let escapes = Path::new(file).components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+        if escapes && d.in_team_file(at) {
+            d.error(
+                at,
+                format!("a team file may not name `{file}`, outside the config directory"),
+                Some("name a file under the base file's directory (no `/` at the start, no `..`), or move this part to the base file".into()),
+            );
+            return None;
+        }
         let path = self.base.join(file);
         match std::fs::read_to_string(&path) {
             Ok(text) => {
@@ -337,13 +364,10 @@ pub fn lookup<T: Clone>(
     }
     if !defined.iter().any(|n| *n == name) {
         let names: Vec<&str> = defined.iter().map(|s| s.as_str()).collect();
-        let list = if names.is_empty() {
-            "none".to_string()
-        } else {
-            names.join(", ")
-        };
+        let list = names.join(", ");
         let help = match closest(name, names.iter().copied()) {
             Some(near) => format!("did you mean `{near}`? defined: {list}"),
+            None if names.is_empty() => format!("no {kind} is defined"),
             None => format!("defined: {list}"),
         };
         d.error(at, format!("unknown {kind} `{name}`"), Some(help));
