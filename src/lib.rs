@@ -16,6 +16,7 @@ pub mod diff;
 pub mod errors;
 pub mod explain;
 pub mod hashing;
+pub mod import;
 pub mod mirror;
 pub mod openapi;
 pub mod otlp;

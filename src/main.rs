@@ -104,6 +104,34 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Translate another controller's objects into a config directory (a base
+    /// gateway.yaml and one file per namespace) and REPORT.md: what was not translated
+    /// and why. Raw nginx snippets are listed, never executed.
+    Import {
+        #[command(subcommand)]
+        from: ImportFrom,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportFrom {
+    /// `networking.k8s.io/v1` Ingress objects with ingress-nginx annotations (multi-document
+    /// YAML, or a `kubectl get ingress -A -o yaml` list).
+    Ingress {
+        /// The YAML files to read.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The directory to write (made if missing; existing files of the same names are
+        /// replaced).
+        #[arg(long, default_value = "portico-import")]
+        out: PathBuf,
+        /// The cluster's DNS domain: Services become SERVICE.NAMESPACE.svc.DOMAIN:PORT.
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+        /// A named Service port's number: [NAMESPACE/]SERVICE:PORT_NAME=NUMBER (repeat it).
+        #[arg(long)]
+        port_map: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -182,6 +210,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", portico::config::json_schema(team_file));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Import { from } => import(from),
         Command::Version => {
             println!("portico {}", portico::VERSION);
             Ok(ExitCode::SUCCESS)
@@ -397,5 +426,47 @@ fn demo(config: &Path) -> anyhow::Result<ExitCode> {
     }
     demo::announce_when_ready(&mut built.server, &snapshot);
     app::serve(built);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `portico import`: writes the translation and REPORT.md, prints the report; exit 0 when
+/// something was translated, 2 when nothing could be read.
+fn import(from: ImportFrom) -> anyhow::Result<ExitCode> {
+    let ImportFrom::Ingress {
+        files,
+        out,
+        cluster_domain,
+        port_map,
+    } = from;
+    let mut opts = portico::import::Options {
+        cluster_domain,
+        ..Default::default()
+    };
+    for entry in &port_map {
+        if let Err(e) = opts.add_port_map(entry) {
+            eprintln!("--port-map {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let objects = match portico::import::read_objects(&files) {
+        Ok(objects) => objects,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let output = portico::import::ingress::translate(&objects, &opts);
+    let written = output
+        .write(&out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    print!("{}", output.report());
+    for path in written {
+        eprintln!("wrote {}", path.display());
+    }
+    eprintln!(
+        "wrote {}; next: `portico check {}`",
+        out.join("REPORT.md").display(),
+        out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,1078 @@
+//! `networking.k8s.io/v1` Ingress objects and ingress-nginx's annotations → a config
+//! directory: a base (listeners, TLS certificates from the Ingress `tls` sections) and one
+//! file per namespace (upstreams for the Services, policies, routes).
+//!
+//! Route order follows nginx's: in each file, routes with a host before host-less ones,
+//! exact paths before prefixes, longer prefixes before shorter, regex paths last in the
+//! order written. A `Prefix` path `/foo` is what ingress-nginx makes of it: `/foo` exactly
+//! and everything under `/foo/`.
+
+use super::{map, name_of, yaml_file, Note, Options, Outcome, Output};
+use serde_yaml::Value;
+use std::collections::BTreeMap;
+
+const NGINX: &str = "nginx.ingress.kubernetes.io/";
+
+/// The annotations a translation reads (without the prefix).
+const HANDLED: &[&str] = &[
+    "rewrite-target",
+    "use-regex",
+    "ssl-redirect",
+    "force-ssl-redirect",
+    "enable-cors",
+    "cors-allow-origin",
+    "cors-allow-methods",
+    "cors-allow-headers",
+    "cors-expose-headers",
+    "cors-allow-credentials",
+    "cors-max-age",
+    "limit-rps",
+    "limit-rpm",
+    "limit-burst-multiplier",
+    "whitelist-source-range",
+    "allowlist-source-range",
+    "denylist-source-range",
+    "proxy-body-size",
+    "proxy-connect-timeout",
+    "proxy-read-timeout",
+    "proxy-send-timeout",
+    "backend-protocol",
+    "canary",
+    "canary-weight",
+    "canary-weight-total",
+    "canary-by-header",
+    "canary-by-header-value",
+    "canary-by-cookie",
+    "affinity",
+    "session-cookie-name",
+    "session-cookie-max-age",
+    "session-cookie-expires",
+    "permanent-redirect",
+    "permanent-redirect-code",
+    "temporal-redirect",
+    "app-root",
+    "upstream-vhost",
+];
+
+/// Annotations that need the authentication issue's features.
+const AUTH: &[&str] = &[
+    "auth-url",
+    "auth-response-headers",
+    "auth-method",
+    "auth-signin",
+    "auth-type",
+    "auth-secret",
+    "auth-secret-type",
+    "auth-realm",
+];
+
+struct Ingress<'a> {
+    namespace: String,
+    name: String,
+    /// ingress-nginx's annotations, without their prefix.
+    nginx: BTreeMap<String, String>,
+    spec: &'a Value,
+}
+
+impl Ingress<'_> {
+    fn object(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    fn ann(&self, key: &str) -> Option<&str> {
+        self.nginx.get(key).map(String::as_str)
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        self.ann(key)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+}
+
+/// One route, with what nginx's ordering and canaries need to know.
+struct Route {
+    host: Option<String>,
+    path: String,
+    rank: u8,
+    seq: usize,
+    /// The ingress it came from (`ns/name`).
+    from: String,
+    value: Value,
+}
+
+#[derive(Default)]
+struct Team {
+    upstreams: BTreeMap<String, Value>,
+    rate_limits: BTreeMap<String, Value>,
+    cors: BTreeMap<String, Value>,
+    ip_access: BTreeMap<String, Value>,
+    routes: Vec<Route>,
+}
+
+#[derive(Default)]
+struct Translation<'o> {
+    opts: Option<&'o Options>,
+    out: Output,
+    teams: BTreeMap<String, Team>,
+    /// Default backends: a file of their own that sorts last, so no namespace's catch-all
+    /// takes another namespace's routes.
+    defaults: Team,
+    certificates: Vec<(String, String)>,
+    redirect_https: bool,
+    seq: usize,
+    /// Route names given so far (two Ingresses may share a name across namespaces, and a
+    /// file may hold the same Ingress twice).
+    names: std::collections::HashSet<String>,
+}
+
+/// Translates every Ingress among `objects`.
+pub fn translate(objects: &[Value], opts: &Options) -> Output {
+    let mut t = Translation {
+        opts: Some(opts),
+        ..Translation::default()
+    };
+    t.out.read = objects.len();
+    let ingresses: Vec<Ingress> = objects.iter().filter_map(|o| t.ingress(o)).collect();
+    t.out.translated = ingresses.len();
+    let (canaries, mains): (Vec<&Ingress>, Vec<&Ingress>) =
+        ingresses.iter().partition(|i| i.flag("canary"));
+    for ing in &mains {
+        t.main(ing);
+    }
+    for ing in &canaries {
+        t.canary(ing);
+    }
+    t.finish()
+}
+
+impl Translation<'_> {
+    fn opts(&self) -> &Options {
+        self.opts.expect("set by translate")
+    }
+
+    fn note(&mut self, ing: &Ingress, what: &str, outcome: Outcome, why: impl Into<String>) {
+        let what = match HANDLED.contains(&what) {
+            true => format!("{NGINX}{what}"),
+            false => what.to_string(),
+        };
+        self.out.notes.push(Note {
+            object: ing.object(),
+            what,
+            outcome,
+            why: why.into(),
+        });
+    }
+
+    /// An Ingress of `networking.k8s.io/v1`, or None (with a note for other versions).
+    fn ingress<'v>(&mut self, o: &'v Value) -> Option<Ingress<'v>> {
+        if o.get("kind").and_then(Value::as_str) != Some("Ingress") {
+            return None;
+        }
+        let meta = o.get("metadata")?;
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(String::from);
+        let name = text(meta.get("name")).unwrap_or_default();
+        let namespace = text(meta.get("namespace")).unwrap_or_else(|| "default".into());
+        let mut nginx = BTreeMap::new();
+        for (k, v) in meta
+            .get("annotations")
+            .and_then(Value::as_mapping)
+            .into_iter()
+            .flatten()
+        {
+            let (Some(k), Some(v)) = (k.as_str(), value_text(v)) else {
+                continue;
+            };
+            if let Some(key) = k.strip_prefix(NGINX) {
+                nginx.insert(key.to_string(), v);
+            }
+        }
+        let ing = Ingress {
+            namespace,
+            name,
+            nginx,
+            spec: o.get("spec")?,
+        };
+        let version = o
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if version != "networking.k8s.io/v1" {
+            let why = format!("apiVersion `{version}`: only networking.k8s.io/v1 is read (`kubectl get ingress -o yaml` gives it)");
+            self.note(&ing, "apiVersion", Outcome::NotTranslated, why);
+            return None;
+        }
+        Some(ing)
+    }
+
+    fn main(&mut self, ing: &Ingress) {
+        self.annotation_notes(ing);
+        if let Some(auth) = AUTH.iter().find(|a| ing.nginx.contains_key(**a)) {
+            // Fail closed: a route that needed authentication is not exposed without it.
+            let why = format!("its routes are left out: `{auth}` needs forward or basic authentication, which Portico does not have yet (the authentication issue), and they must not be exposed without it");
+            self.note(ing, "routes", Outcome::NotYet, why);
+            return;
+        }
+        self.tls(ing);
+        let policies = self.policies(ing);
+        if let Some(backend) = ing.spec.get("defaultBackend") {
+            if let Some(upstream) = self.upstream(ing, backend) {
+                let name = name_of(&[&ing.namespace, &ing.name, "default"]);
+                let mut route = vec![
+                    ("name", Value::from(name)),
+                    ("match", map(vec![("path_prefix", "/".into())])),
+                    ("upstream", upstream.into()),
+                ];
+                route.extend(policies.clone());
+                let seq = self.next();
+                self.defaults.routes.push(Route {
+                    host: None,
+                    path: "/".into(),
+                    rank: 9,
+                    seq,
+                    from: ing.object(),
+                    value: map(route),
+                });
+            }
+        }
+        let rules = ing.spec.get("rules").and_then(Value::as_sequence);
+        for (r, rule) in rules.into_iter().flatten().enumerate() {
+            let host = rule.get("host").and_then(Value::as_str).map(String::from);
+            if let Some(bad) = host.as_deref().filter(|h| !is_host(h)) {
+                let why = format!("host `{bad}` is not a host name: the rule is left out (a placeholder to fill in?)");
+                self.note(ing, "spec.rules.host", Outcome::NotTranslated, why);
+                continue;
+            }
+            if let Some(host) = host.as_deref().filter(|h| h.starts_with("*.")) {
+                let why = format!("host `{host}`: matched as Portico's `*.` (any subdomain, not the apex), as Ingress defines it");
+                self.note(ing, "spec.rules.host", Outcome::Translated, why);
+            }
+            let paths = rule
+                .get("http")
+                .and_then(|h| h.get("paths"))
+                .and_then(Value::as_sequence);
+            for (p, path) in paths.into_iter().flatten().enumerate() {
+                self.path(ing, host.as_deref(), &format!("r{r}p{p}"), path, &policies);
+            }
+        }
+    }
+
+    fn next(&mut self) -> usize {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// The routes of one `paths` entry (two for a `Prefix`: the path itself and under it).
+    fn path(
+        &mut self,
+        ing: &Ingress,
+        host: Option<&str>,
+        id: &str,
+        p: &Value,
+        policies: &[(&'static str, Value)],
+    ) {
+        let raw = p
+            .get("path")
+            .and_then(Value::as_str)
+            .unwrap_or("/")
+            .to_string();
+        let kind = p
+            .get("pathType")
+            .and_then(Value::as_str)
+            .unwrap_or("ImplementationSpecific");
+        let Some(backend) = p.get("backend") else {
+            return;
+        };
+        let action = match self.redirect_action(ing) {
+            Some(redirect) => vec![("redirect", redirect)],
+            None => match self.upstream(ing, backend) {
+                Some(upstream) => vec![("upstream", Value::from(upstream))],
+                None => return,
+            },
+        };
+        let name = name_of(&[&ing.namespace, &ing.name, id]);
+        if let Some(app_root) = ing.ann("app-root") {
+            if raw == "/" {
+                let redirect = map(vec![("status", 302.into()), ("path", app_root.into())]);
+                self.push(
+                    ing,
+                    host,
+                    "/",
+                    0,
+                    vec![
+                        ("name", Value::from(format!("{name}-app-root"))),
+                        ("match", matcher(host, "path", "/")),
+                        ("redirect", redirect),
+                    ],
+                );
+            }
+        }
+        let rewrite = ing.ann("rewrite-target");
+        let regex = ing.flag("use-regex")
+            || (rewrite.is_some() && kind == "ImplementationSpecific" && is_regex(&raw));
+        let route = |suffix: &str, key: &'static str, path: &str, rewrite: Option<String>| {
+            let mut fields = vec![
+                ("name", Value::from(format!("{name}{suffix}"))),
+                ("match", matcher(host, key, path)),
+            ];
+            fields.extend(action.clone());
+            if let Some(r) = rewrite {
+                fields.push(("rewrite", r.into()));
+            }
+            fields.extend(policies.iter().cloned());
+            fields
+        };
+        if regex {
+            match (rewrite, strip_idiom(&raw, rewrite)) {
+                (Some(_), Some((prefix, target))) => {
+                    let exact = route("-exact", "path", &prefix, Some(target.clone()));
+                    self.push(ing, host, &prefix, 1, exact);
+                    let under = route(
+                        "",
+                        "path_prefix",
+                        &format!("{prefix}/"),
+                        Some(slash(&target)),
+                    );
+                    self.push(ing, host, &format!("{prefix}/"), 2, under);
+                }
+                (Some(target), None) => {
+                    let why = format!("`{target}` with the regex path `{raw}`: Portico rewrites a matched prefix or a path template, not regex captures; only `PREFIX(/|$)(.*)` → `/$2` (strip the prefix) is translated. The route proxies the path unchanged");
+                    self.note(ing, "rewrite-target", Outcome::NotTranslated, why);
+                    let fields = route("", "path_regex", &format!("(?i)(?:{raw}).*"), None);
+                    self.push(ing, host, &raw, 3, fields);
+                }
+                (None, _) => {
+                    let fields = route("", "path_regex", &format!("(?i)(?:{raw}).*"), None);
+                    self.push(ing, host, &raw, 3, fields);
+                }
+            }
+            return;
+        }
+        match kind {
+            "Exact" => {
+                let fields = route("", "path", &raw, rewrite.map(String::from));
+                self.push(ing, host, &raw, 1, fields);
+            }
+            "Prefix" if raw.trim_end_matches('/').is_empty() => {
+                let fields = route("", "path_prefix", "/", rewrite.map(slash));
+                self.push(ing, host, "/", 2, fields);
+            }
+            "Prefix" => {
+                let base = raw.trim_end_matches('/').to_string();
+                let exact = route("-exact", "path", &base, rewrite.map(String::from));
+                self.push(ing, host, &base, 1, exact);
+                let under = route("", "path_prefix", &format!("{base}/"), rewrite.map(slash));
+                self.push(ing, host, &format!("{base}/"), 2, under);
+            }
+            _ => {
+                // ImplementationSpecific: nginx's `location /foo`, a string prefix.
+                let fields = route("", "path_prefix", &raw, rewrite.map(String::from));
+                self.push(ing, host, &raw, 2, fields);
+            }
+        }
+    }
+
+    fn push(
+        &mut self,
+        ing: &Ingress,
+        host: Option<&str>,
+        path: &str,
+        rank: u8,
+        mut fields: Vec<(&str, Value)>,
+    ) {
+        let seq = self.next();
+        if let Some((_, name)) = fields.iter_mut().find(|(k, _)| *k == "name") {
+            let wanted = name.as_str().unwrap_or_default().to_string();
+            let unique = (1..)
+                .map(|n| {
+                    if n == 1 {
+                        wanted.clone()
+                    } else {
+                        format!("{wanted}-{n}")
+                    }
+                })
+                .find(|n| !self.names.contains(n))
+                .expect("some suffix is free");
+            self.names.insert(unique.clone());
+            *name = unique.into();
+        }
+        let team = self.teams.entry(ing.namespace.clone()).or_default();
+        team.routes.push(Route {
+            host: host.map(String::from),
+            path: path.to_string(),
+            rank,
+            seq,
+            from: ing.object(),
+            value: map(fields),
+        });
+    }
+
+    /// `permanent-redirect` / `temporal-redirect`: the route answers with the redirect.
+    fn redirect_action(&mut self, ing: &Ingress) -> Option<Value> {
+        let (key, target, status) =
+            match (ing.ann("permanent-redirect"), ing.ann("temporal-redirect")) {
+                (Some(url), _) => (
+                    "permanent-redirect",
+                    url,
+                    ing.ann("permanent-redirect-code")
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(301u16),
+                ),
+                (None, Some(url)) => ("temporal-redirect", url, 302),
+                (None, None) => return None,
+            };
+        let Ok(uri) = target.parse::<http::Uri>() else {
+            self.note(
+                ing,
+                key,
+                Outcome::NotTranslated,
+                format!("`{target}` is not a URL"),
+            );
+            return None;
+        };
+        let path = uri
+            .path_and_query()
+            .map(|p| p.path().to_string())
+            .filter(|p| !p.is_empty());
+        let redirect = map(vec![
+            ("status", status.into()),
+            (
+                "scheme",
+                uri.scheme_str().map(Value::from).unwrap_or(Value::Null),
+            ),
+            ("host", uri.host().map(Value::from).unwrap_or(Value::Null)),
+            (
+                "port",
+                uri.port_u16().map(Value::from).unwrap_or(Value::Null),
+            ),
+            ("path", path.map(Value::from).unwrap_or(Value::Null)),
+        ]);
+        let why = "the request's query string is kept on the redirect (nginx's `return` drops it)";
+        self.note(ing, key, Outcome::Translated, why);
+        Some(redirect)
+    }
+
+    /// The named policies and route keys every route of the Ingress gets.
+    fn policies(&mut self, ing: &Ingress) -> Vec<(&'static str, Value)> {
+        let mut keys = Vec::new();
+        let base = name_of(&[&ing.namespace, &ing.name]);
+        if ing.flag("enable-cors") {
+            let name = format!("{base}-cors");
+            let cors = self.cors(ing);
+            self.team(ing).cors.insert(name.clone(), cors);
+            keys.push(("cors", Value::from(name)));
+        }
+        if let Some(limit) = self.rate_limit(ing) {
+            let name = format!("{base}-limit");
+            self.team(ing).rate_limits.insert(name.clone(), limit);
+            keys.push(("rate_limit", Value::from(name)));
+        }
+        if let Some(rule) = self.ip_access(ing) {
+            let name = format!("{base}-ip");
+            self.team(ing).ip_access.insert(name.clone(), rule);
+            keys.push(("ip_access", Value::from(name)));
+        }
+        if let Some(size) = ing.ann("proxy-body-size") {
+            match byte_size(size) {
+                Some(Some(size)) => keys.push(("max_body", Value::from(size))),
+                Some(None) => self.note(ing, "proxy-body-size", Outcome::NotTranslated, "`0` (no limit): Portico always has one; server.max_body (100 MiB by default) applies"),
+                None => self.note(ing, "proxy-body-size", Outcome::NotTranslated, format!("`{size}` is not a size")),
+            }
+        }
+        if let Some(host) = ing.ann("upstream-vhost") {
+            let set = map(vec![("Host", host.into())]);
+            keys.push(("headers", map(vec![("request", map(vec![("set", set)]))])));
+        }
+        if ing.ann("affinity") == Some("cookie") {
+            let why = "per-pod session affinity: Portico balances the Service's address, not its pods (route to a headless Service's pods to balance them); on a canary split the cookie keeps the backend instead";
+            self.note(ing, "affinity", Outcome::NotTranslated, why);
+        }
+        keys
+    }
+
+    fn team(&mut self, ing: &Ingress) -> &mut Team {
+        self.teams.entry(ing.namespace.clone()).or_default()
+    }
+
+    fn cors(&mut self, ing: &Ingress) -> Value {
+        let list = |v: Option<&str>, default: &str| -> Vec<Value> {
+            v.unwrap_or(default)
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(Value::from)
+                .collect()
+        };
+        let origins = list(ing.ann("cors-allow-origin"), "*");
+        let any = origins.iter().any(|o| o.as_str() == Some("*"));
+        let mut credentials = ing
+            .ann("cors-allow-credentials")
+            .is_none_or(|v| v == "true");
+        if any && credentials {
+            credentials = false;
+            self.note(ing, "cors-allow-credentials", Outcome::Translated, "off: `*` with credentials is refused by browsers, and by Portico (list the origins to allow credentials)");
+        }
+        let max_age = ing.ann("cors-max-age").unwrap_or("1728000");
+        map(vec![
+            ("allow_origins", Value::Sequence(origins)),
+            ("allow_methods", Value::Sequence(list(ing.ann("cors-allow-methods"), "GET, PUT, POST, DELETE, PATCH, OPTIONS"))),
+            ("allow_headers", Value::Sequence(list(ing.ann("cors-allow-headers"), "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,Range,Authorization"))),
+            ("expose_headers", Value::Sequence(list(ing.ann("cors-expose-headers"), ""))),
+            ("allow_credentials", credentials.into()),
+            ("max_age", format!("{}s", max_age.trim()).into()),
+        ])
+    }
+
+    fn rate_limit(&mut self, ing: &Ingress) -> Option<Value> {
+        let (key, per, value) = match (ing.ann("limit-rps"), ing.ann("limit-rpm")) {
+            (Some(rps), rpm) => {
+                if rpm.is_some() {
+                    self.note(
+                        ing,
+                        "limit-rpm",
+                        Outcome::NotTranslated,
+                        "with limit-rps too: a Portico route has one limit; limit-rps is kept",
+                    );
+                }
+                ("limit-rps", "1s", rps)
+            }
+            (None, Some(rpm)) => ("limit-rpm", "1m", rpm),
+            (None, None) => return None,
+        };
+        let Ok(requests) = value.trim().parse::<u64>() else {
+            self.note(
+                ing,
+                key,
+                Outcome::NotTranslated,
+                format!("`{value}` is not a number"),
+            );
+            return None;
+        };
+        let multiplier: u64 = ing
+            .ann("limit-burst-multiplier")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(5);
+        Some(map(vec![
+            ("requests", requests.into()),
+            ("per", per.into()),
+            ("burst", (requests * multiplier).into()),
+            ("key", "client_ip".into()),
+        ]))
+    }
+
+    fn ip_access(&mut self, ing: &Ingress) -> Option<Value> {
+        let cidrs = |v: &str| -> Vec<Value> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(Value::from)
+                .collect()
+        };
+        let allow = ing
+            .ann("allowlist-source-range")
+            .or(ing.ann("whitelist-source-range"));
+        let deny = ing.ann("denylist-source-range");
+        if allow.is_none() && deny.is_none() {
+            return None;
+        }
+        Some(map(vec![
+            (
+                "allow",
+                allow
+                    .map(|a| Value::Sequence(cidrs(a)))
+                    .unwrap_or(Value::Null),
+            ),
+            (
+                "deny",
+                deny.map(|d| Value::Sequence(cidrs(d)))
+                    .unwrap_or(Value::Null),
+            ),
+        ]))
+    }
+
+    /// The upstream for a backend Service (made once per Service, port, protocol and
+    /// timeouts), or None with a note.
+    fn upstream(&mut self, ing: &Ingress, backend: &Value) -> Option<String> {
+        let Some(service) = backend.get("service") else {
+            self.note(
+                ing,
+                "backend.resource",
+                Outcome::NotTranslated,
+                "a resource backend: only Service backends are proxied",
+            );
+            return None;
+        };
+        let svc = service
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let port = service.get("port");
+        let number = match (
+            port.and_then(|p| p.get("number")).and_then(Value::as_u64),
+            port.and_then(|p| p.get("name")).and_then(Value::as_str),
+        ) {
+            (Some(n), _) => u16::try_from(n).ok()?,
+            (None, Some(name)) => match self.opts().named_port(&ing.namespace, &svc, name) {
+                Some(n) => n,
+                None => {
+                    let why = format!("Service `{svc}` port `{name}` is named: give its number with `--port-map {}/{svc}:{name}=NUMBER`", ing.namespace);
+                    self.note(ing, "backend.service.port", Outcome::NotTranslated, why);
+                    return None;
+                }
+            },
+            (None, None) => return None,
+        };
+        let target = format!(
+            "{svc}.{}.svc.{}:{number}",
+            ing.namespace,
+            self.opts().cluster_domain
+        );
+        let protocol = ing
+            .ann("backend-protocol")
+            .unwrap_or("HTTP")
+            .to_ascii_uppercase();
+        let (h2, tls) = match protocol.as_str() {
+            "HTTP" => (false, false),
+            "HTTPS" => (false, true),
+            "GRPC" => (true, false),
+            "GRPCS" => (true, true),
+            other => {
+                let why = format!("`{other}`: Portico speaks HTTP/1.1, HTTP/2 and gRPC to upstreams; proxied as HTTP");
+                self.note(ing, "backend-protocol", Outcome::NotTranslated, why);
+                (false, false)
+            }
+        };
+        if tls {
+            self.note(ing, "backend-protocol", Outcome::Translated, "Portico verifies the backend's certificate (ingress-nginx did not by default): set the upstream's `tls.ca_file` to its CA, or `verify: false`");
+        }
+        let seconds = |key: &str| {
+            ing.ann(key)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|s| Value::from(format!("{s}s")))
+        };
+        let timeouts = map(vec![
+            (
+                "connect",
+                seconds("proxy-connect-timeout").unwrap_or(Value::Null),
+            ),
+            ("read", seconds("proxy-read-timeout").unwrap_or(Value::Null)),
+            (
+                "write",
+                seconds("proxy-send-timeout").unwrap_or(Value::Null),
+            ),
+        ]);
+        let definition = map(vec![
+            ("targets", Value::Sequence(vec![target.into()])),
+            ("protocol", if h2 { "h2".into() } else { Value::Null }),
+            ("tls", if tls { map(vec![]) } else { Value::Null }),
+            (
+                "timeouts",
+                if timeouts.as_mapping().is_some_and(|m| m.is_empty()) {
+                    Value::Null
+                } else {
+                    timeouts
+                },
+            ),
+        ]);
+        let base = name_of(&[&ing.namespace, &svc, &number.to_string()]);
+        let team = self.teams.entry(ing.namespace.clone()).or_default();
+        let mut name = base.clone();
+        for n in 2.. {
+            match team.upstreams.get(&name) {
+                Some(existing) if *existing == definition => return Some(name),
+                None => break,
+                Some(_) => name = format!("{base}-{n}"),
+            }
+        }
+        team.upstreams.insert(name.clone(), definition);
+        Some(name)
+    }
+
+    /// Certificates from the `tls` sections (the Secrets to mount), and whether plain
+    /// requests are redirected.
+    fn tls(&mut self, ing: &Ingress) {
+        let sections = ing.spec.get("tls").and_then(Value::as_sequence);
+        let mut has_tls = false;
+        for section in sections.into_iter().flatten() {
+            let Some(secret) = section.get("secretName").and_then(Value::as_str) else {
+                self.note(ing, "spec.tls", Outcome::NotTranslated, "a TLS section without secretName (the controller's default certificate): give Portico a certificate for these hosts");
+                continue;
+            };
+            has_tls = true;
+            let entry = (ing.namespace.clone(), secret.to_string());
+            if !self.certificates.contains(&entry) {
+                self.certificates.push(entry);
+            }
+        }
+        let redirect = match (ing.ann("force-ssl-redirect"), ing.ann("ssl-redirect")) {
+            (Some("true"), _) => true,
+            (_, Some("false")) => false,
+            _ => has_tls,
+        };
+        if redirect {
+            self.redirect_https = true;
+        } else if has_tls {
+            self.note(ing, "ssl-redirect", Outcome::NotTranslated, "`false`: Portico's listen.redirect_https applies to every host of the plain listener; it is on because another Ingress redirects, or off for all");
+        }
+    }
+
+    /// A canary Ingress: its backend joins the main route of the same host and path.
+    fn canary(&mut self, ing: &Ingress) {
+        self.annotation_notes(ing);
+        let rules = ing.spec.get("rules").and_then(Value::as_sequence);
+        for rule in rules.into_iter().flatten() {
+            let host = rule.get("host").and_then(Value::as_str);
+            let paths = rule
+                .get("http")
+                .and_then(|h| h.get("paths"))
+                .and_then(Value::as_sequence);
+            for p in paths.into_iter().flatten() {
+                let path = p.get("path").and_then(Value::as_str).unwrap_or("/");
+                let Some(canary) = p.get("backend").and_then(|b| self.upstream(ing, b)) else {
+                    continue;
+                };
+                self.attach_canary(ing, host, path, &canary);
+            }
+        }
+    }
+
+    fn attach_canary(&mut self, ing: &Ingress, host: Option<&str>, path: &str, canary: &str) {
+        let weight: u64 = ing
+            .ann("canary-weight")
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0);
+        let total: u64 = ing
+            .ann("canary-weight-total")
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(100);
+        let header = ing.ann("canary-by-header").map(String::from);
+        let header_value = ing.ann("canary-by-header-value").map(String::from);
+        if ing.ann("canary-by-cookie").is_some() {
+            self.note(ing, "canary-by-cookie", Outcome::NotTranslated, "Portico routes match headers and query parameters, not cookie values: use canary-by-header");
+        }
+        let affinity = ing.ann("affinity") == Some("cookie");
+        let cookie = ing
+            .ann("session-cookie-name")
+            .unwrap_or("INGRESSCOOKIE")
+            .to_string();
+        let base = path.trim_end_matches('/');
+        let mains: Vec<usize> = match self.teams.get(&ing.namespace) {
+            Some(team) => (0..team.routes.len())
+                .filter(|&i| {
+                    let r = &team.routes[i];
+                    r.host.as_deref() == host
+                        && r.path.trim_end_matches('/') == base
+                        && r.value.get("upstream").is_some()
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        if mains.is_empty() {
+            let why = format!(
+                "no main Ingress has host `{}` and path `{path}`",
+                host.unwrap_or("*")
+            );
+            self.note(ing, "canary", Outcome::NotTranslated, why);
+            return;
+        }
+        let team = self.teams.entry(ing.namespace.clone()).or_default();
+        let mut added = Vec::new();
+        let mut sticky = false;
+        for &i in &mains {
+            let route = &mut team.routes[i];
+            let main = route.value.get("upstream").cloned().unwrap_or(Value::Null);
+            let name = route
+                .value
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if weight > 0 {
+                let m = route.value.as_mapping_mut().expect("a route is a mapping");
+                m.remove("upstream");
+                let backends = vec![
+                    map(vec![
+                        ("upstream", main.clone()),
+                        ("weight", total.saturating_sub(weight).into()),
+                    ]),
+                    map(vec![("upstream", canary.into()), ("weight", weight.into())]),
+                ];
+                m.insert("backends".into(), Value::Sequence(backends));
+                if affinity {
+                    m.insert(
+                        "sticky".into(),
+                        map(vec![("cookie", cookie.clone().into())]),
+                    );
+                    sticky = true;
+                }
+            }
+            if let Some(h) = &header {
+                // Before the main route: the header decides, then the weight does.
+                let mut when = |suffix: &str, value: &str, upstream: Value| {
+                    let mut v = route.value.clone();
+                    let m = v.as_mapping_mut().expect("a route is a mapping");
+                    m.insert("name".into(), format!("{name}-{suffix}").into());
+                    m.remove("backends");
+                    m.remove("sticky");
+                    m.insert("upstream".into(), upstream);
+                    let matcher = m
+                        .get_mut("match")
+                        .and_then(Value::as_mapping_mut)
+                        .expect("a route matches");
+                    matcher.insert("headers".into(), map(vec![(h.as_str(), value.into())]));
+                    added.push(Route {
+                        host: route.host.clone(),
+                        path: route.path.clone(),
+                        rank: route.rank,
+                        seq: route.seq,
+                        from: route.from.clone(),
+                        value: v,
+                    });
+                };
+                match &header_value {
+                    Some(value) => when("canary", value, canary.into()),
+                    None => {
+                        when("canary", "always", canary.into());
+                        when("main", "never", main.clone());
+                    }
+                }
+            }
+        }
+        // Header routes sort before their main route (same rank and place; earlier seq).
+        for mut r in added {
+            r.seq = r.seq.saturating_sub(1);
+            team.routes.push(r);
+        }
+        if sticky {
+            let why = "the split keeps each client on its backend with a signed cookie: set PORTICO_STICKY_KEY (32 bytes or more) in the gateway's environment";
+            self.note(ing, "affinity", Outcome::Translated, why);
+        }
+    }
+
+    /// What each annotation of the Ingress becomes.
+    fn annotation_notes(&mut self, ing: &Ingress) {
+        for key in ing.nginx.keys() {
+            let (outcome, why) = if key.ends_with("-snippet") {
+                (Outcome::NeverExecuted, "raw nginx configuration: Portico never runs it (such snippets are how IngressNightmare became remote code execution); translate its intent by hand")
+            } else if AUTH.contains(&key.as_str()) {
+                (Outcome::NotYet, "needs forward or basic authentication, which Portico does not have yet (the authentication issue)")
+            } else if HANDLED.contains(&key.as_str()) {
+                continue;
+            } else {
+                (
+                    Outcome::NotTranslated,
+                    "no Portico equivalent is translated; review it by hand",
+                )
+            };
+            self.note(ing, &format!("{NGINX}{key}"), outcome, why);
+        }
+    }
+
+    fn finish(mut self) -> Output {
+        let mut files = BTreeMap::new();
+        let listen = map(vec![
+            ("proxy", "0.0.0.0:8080".into()),
+            (
+                "proxy_tls",
+                if self.certificates.is_empty() {
+                    Value::Null
+                } else {
+                    "0.0.0.0:8443".into()
+                },
+            ),
+            ("admin", "0.0.0.0:9901".into()),
+            (
+                "redirect_https",
+                if self.redirect_https && !self.certificates.is_empty() {
+                    true.into()
+                } else {
+                    Value::Null
+                },
+            ),
+        ]);
+        let certificates: Vec<Value> = self
+            .certificates
+            .iter()
+            .map(|(ns, secret)| {
+                let dir = format!("tls/{ns}/{secret}");
+                map(vec![
+                    ("cert", format!("{dir}/tls.crt").into()),
+                    ("key", format!("{dir}/tls.key").into()),
+                ])
+            })
+            .collect();
+        for (ns, secret) in &self.certificates {
+            self.out.notes.push(Note {
+                object: format!("{ns}/{secret}"),
+                what: "Secret".into(),
+                outcome: Outcome::Translated,
+                why: format!("mount the TLS Secret at tls/{ns}/{secret}/ beside gateway.yaml (tls.crt, tls.key)"),
+            });
+        }
+        let base = map(vec![
+            ("version", 1.into()),
+            ("listen", listen),
+            (
+                "tls",
+                if certificates.is_empty() {
+                    Value::Null
+                } else {
+                    map(vec![("certificates", Value::Sequence(certificates))])
+                },
+            ),
+        ]);
+        let header = "Imported by `portico import ingress`: the listeners and certificates.\nEach namespace's routes are in NAMESPACE.yaml beside this file; REPORT.md lists\nwhat was not translated. Check it all with `portico check DIR`.";
+        files.insert("gateway.yaml".to_string(), yaml_file(header, &base));
+        for (ns, team) in std::mem::take(&mut self.teams) {
+            let header = format!("Namespace `{ns}`, imported by `portico import ingress`.");
+            files.insert(format!("{ns}.yaml"), yaml_file(&header, &team_value(team)));
+        }
+        if !self.defaults.routes.is_empty() {
+            let defaults = std::mem::take(&mut self.defaults);
+            let header =
+                "Default backends of the imported Ingresses: tried after every namespace's routes.";
+            files.insert(
+                "zz-default-backends.yaml".into(),
+                yaml_file(header, &team_value(defaults)),
+            );
+        }
+        self.out.files = files;
+        self.out
+    }
+}
+
+fn team_value(mut team: Team) -> Value {
+    team.routes.sort_by(|a, b| {
+        (
+            a.host.is_none(),
+            a.rank,
+            std::cmp::Reverse(if a.rank == 2 { a.path.len() } else { 0 }),
+            a.seq,
+        )
+            .cmp(&(
+                b.host.is_none(),
+                b.rank,
+                std::cmp::Reverse(if b.rank == 2 { b.path.len() } else { 0 }),
+                b.seq,
+            ))
+    });
+    let section = |m: BTreeMap<String, Value>| -> Value {
+        if m.is_empty() {
+            return Value::Null;
+        }
+        Value::Mapping(m.into_iter().map(|(k, v)| (Value::from(k), v)).collect())
+    };
+    map(vec![
+        ("upstreams", section(team.upstreams)),
+        ("rate_limits", section(team.rate_limits)),
+        ("cors", section(team.cors)),
+        ("ip_access", section(team.ip_access)),
+        (
+            "routes",
+            Value::Sequence(team.routes.into_iter().map(|r| r.value).collect()),
+        ),
+    ])
+}
+
+fn matcher(host: Option<&str>, key: &str, path: &str) -> Value {
+    map(vec![
+        ("host", host.map(Value::from).unwrap_or(Value::Null)),
+        (key, path.into()),
+    ])
+}
+
+/// A rewrite target for a prefix that ends in `/`: the target ends in `/` too, so
+/// `/foo/x` → `/bar/x`, never `/barx`.
+fn slash(target: &str) -> String {
+    match target.ends_with('/') {
+        true => target.to_string(),
+        false => format!("{target}/"),
+    }
+}
+
+/// A DNS name, or `*.` and one.
+fn is_host(host: &str) -> bool {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+fn is_regex(path: &str) -> bool {
+    path.contains(['(', '[', '*', '+', '?', '$', '^', '|', '\\'])
+}
+
+/// ingress-nginx's documented idiom: path `/prefix(/|$)(.*)` with target `/$2` strips
+/// the prefix. Returns the prefix and the target without `$2`.
+fn strip_idiom(path: &str, target: Option<&str>) -> Option<(String, String)> {
+    let prefix = path.strip_suffix("(/|$)(.*)")?;
+    if prefix.is_empty() || is_regex(prefix) {
+        return None;
+    }
+    let target = target?.strip_suffix("$2")?;
+    let target = if target.is_empty() { "/" } else { target };
+    Some((prefix.to_string(), target.to_string()))
+}
+
+/// nginx's size (`8m`, `512k`, `1g`, bytes): Some(None) for `0` (no limit).
+fn byte_size(text: &str) -> Option<Option<String>> {
+    let text = text.trim().to_ascii_lowercase();
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = digits.parse().ok()?;
+    if n == 0 {
+        return Some(None);
+    }
+    let unit = match unit {
+        "" => "B",
+        "k" => "KiB",
+        "m" => "MiB",
+        "g" => "GiB",
+        _ => return None,
+    };
+    Some(Some(format!("{n}{unit}")))
+}
+
+/// An annotation's value as text (YAML may give a number or a boolean).
+fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_strip_prefix_idiom_is_recognized() {
+        assert_eq!(
+            strip_idiom("/something(/|$)(.*)", Some("/$2")),
+            Some(("/something".into(), "/".into()))
+        );
+        assert_eq!(
+            strip_idiom("/api(/|$)(.*)", Some("/v2/$2")),
+            Some(("/api".into(), "/v2/".into()))
+        );
+        assert_eq!(strip_idiom("/a/(.+)", Some("/$1")), None);
+    }
+
+    #[test]
+    fn sizes_are_nginx_sizes() {
+        assert_eq!(byte_size("8m"), Some(Some("8MiB".into())));
+        assert_eq!(byte_size("512K"), Some(Some("512KiB".into())));
+        assert_eq!(byte_size("100"), Some(Some("100B".into())));
+        assert_eq!(byte_size("0"), Some(None));
+        assert_eq!(byte_size("lots"), None);
+    }
+}

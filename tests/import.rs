@@ -1,0 +1,340 @@
+//! `portico import ingress` on real manifests (tests/data/ingress-nginx, from the
+//! ingress-nginx documentation: see its SOURCE.md): every supported annotation has a case,
+//! the report lists what is not translated, the result passes `check`, and the rewrites and
+//! redirects the documentation promises happen on real requests through the gateway.
+
+mod common;
+use common::*;
+use serde_yaml::Value;
+use std::path::{Path, PathBuf};
+
+const STICKY_KEY: (&str, &str) = ("PORTICO_STICKY_KEY", "0123456789abcdef0123456789abcdef");
+
+fn data(file: &str) -> String {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/ingress-nginx");
+    dir.join(file).display().to_string()
+}
+
+/// `portico import ingress FILES --out OUT ...` in `cwd`: (report on stdout, exit code).
+fn import(cwd: &Path, files: &[&str], extra: &[&str]) -> (String, i32) {
+    let paths: Vec<String> = files.iter().map(|f| data(f)).collect();
+    let mut args = vec!["import", "ingress"];
+    args.extend(paths.iter().map(String::as_str));
+    args.extend(["--out", "out"]);
+    args.extend(extra);
+    let (code, out, err) = portico(&args, cwd);
+    assert_eq!(code, 0, "{err}");
+    (out, code)
+}
+
+fn yaml(path: &Path) -> Value {
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn route<'a>(file: &'a Value, name: &str) -> &'a Value {
+    file["routes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no route {name}"))
+}
+
+/// A certificate and key for each Secret the base names (as the user would mount them).
+fn mount_secrets(out: &Path) {
+    let base = yaml(&out.join("gateway.yaml"));
+    for cert in base["tls"]["certificates"].as_sequence().unwrap() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["example.com".to_string()]).unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        let cert_path = out.join(cert["cert"].as_str().unwrap());
+        std::fs::create_dir_all(cert_path.parent().unwrap()).unwrap();
+        std::fs::write(&cert_path, pem).unwrap();
+        std::fs::write(out.join(cert["key"].as_str().unwrap()), key.serialize_pem()).unwrap();
+    }
+}
+
+const ALL: [&str; 9] = [
+    "affinity-cookie.yaml",
+    "annotations.yaml",
+    "canary.yaml",
+    "configuration-snippet.yaml",
+    "docker-registry-tls.yaml",
+    "external-auth.yaml",
+    "multi-tls.yaml",
+    "rewrite.yaml",
+    "tls-termination.yaml",
+];
+
+#[test]
+fn the_fetched_manifests_import_with_a_report_and_pass_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, _) = import(dir.path(), &ALL, &["--port-map", "shop/orders:http=8080"]);
+    let out = dir.path().join("out");
+    let files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml") || n.ends_with(".md"))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "REPORT.md",
+            "default.yaml",
+            "gateway.yaml",
+            "shop.yaml",
+            "zz-default-backends.yaml"
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("REPORT.md")).unwrap(),
+        report
+    );
+    for line in [
+        "27 object(s) read, 23 translated into 4 file(s).",
+        "## never executed (2)",
+        "- `default/nginx-configuration-snippet` nginx.ingress.kubernetes.io/configuration-snippet: raw nginx configuration: Portico never runs it",
+        "- `shop/api` nginx.ingress.kubernetes.io/server-snippet: raw nginx configuration",
+        "- `default/external-auth` routes: its routes are left out: `auth-url` needs forward or basic authentication",
+        "- `shop/admin` routes: its routes are left out: `auth-type` needs forward or basic authentication",
+        "- `shop/checkout-beta` nginx.ingress.kubernetes.io/canary-by-cookie: Portico routes match headers and query parameters, not cookie values",
+        "- `docker-registry/docker-registry` spec.rules.host: host `registry.<your domain>` is not a host name",
+        "- `docker-registry/docker-registry` nginx.ingress.kubernetes.io/proxy-body-size: `0` (no limit)",
+        "- `shop/legacy` backend.service.port: Service `checkout` port `web` is named: give its number with `--port-map shop/checkout:web=NUMBER`",
+        "- `shop/legacy` nginx.ingress.kubernetes.io/proxy-buffering: no Portico equivalent is translated; review it by hand",
+        "- `shop/legacy` nginx.ingress.kubernetes.io/rewrite-target: `/items/$1` with the regex path `/old/([0-9]+)`",
+        "- `default/nginx-test` nginx.ingress.kubernetes.io/affinity: per-pod session affinity",
+        "- `shop/checkout-canary` nginx.ingress.kubernetes.io/affinity: the split keeps each client on its backend with a signed cookie: set PORTICO_STICKY_KEY",
+        "- `shop/partners` nginx.ingress.kubernetes.io/backend-protocol: Portico verifies the backend's certificate",
+        "- `default/foobar` Secret: mount the TLS Secret at tls/default/foobar/ beside gateway.yaml (tls.crt, tls.key)",
+    ] {
+        assert!(report.contains(line), "`{line}` in:\n{report}");
+    }
+    mount_secrets(&out);
+    let (code, _, err) = portico_env(&["check", "out"], dir.path(), &[STICKY_KEY]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn every_supported_annotation_has_a_case() {
+    let dir = tempfile::tempdir().unwrap();
+    import(
+        dir.path(),
+        &[
+            "annotations.yaml",
+            "rewrite.yaml",
+            "canary.yaml",
+            "tls-termination.yaml",
+        ],
+        &[
+            "--port-map",
+            "shop/orders:http=8080",
+            "--cluster-domain",
+            "k8s.example",
+        ],
+    );
+    let out = dir.path().join("out");
+    let shop = yaml(&out.join("shop.yaml"));
+    let default = yaml(&out.join("default.yaml"));
+    let base = yaml(&out.join("gateway.yaml"));
+    let up = |name: &str| shop["upstreams"][name].clone();
+    // Services, named ports, timeouts, backend-protocol.
+    assert_eq!(
+        up("shop-orders-8080")["targets"][0],
+        "orders.shop.svc.k8s.example:8080"
+    );
+    let timeouts = &up("shop-orders-8080")["timeouts"];
+    assert_eq!(
+        (&timeouts["connect"], &timeouts["read"], &timeouts["write"]),
+        (&"5s".into(), &"120s".into(), &"60s".into())
+    );
+    assert!(up("shop-partners-443")["tls"].is_mapping());
+    assert_eq!(up("shop-inventory-50051")["protocol"], "h2");
+    assert!(up("shop-inventory-50051")["tls"].is_null());
+    assert_eq!(up("shop-inventory-50052")["protocol"], "h2");
+    assert!(up("shop-inventory-50052")["tls"].is_mapping());
+    // CORS, limits, source ranges, body size, upstream-vhost; Prefix is exact + under.
+    let api = route(&shop, "shop-api-r0p0");
+    assert_eq!(api["match"]["path_prefix"], "/orders/");
+    assert_eq!(
+        route(&shop, "shop-api-r0p0-exact")["match"]["path"],
+        "/orders"
+    );
+    assert_eq!(
+        route(&shop, "shop-api-r0p1")["match"]["path"],
+        "/orders/export"
+    );
+    assert_eq!(api["max_body"], "8MiB");
+    assert_eq!(api["headers"]["request"]["set"]["Host"], "api.internal");
+    let cors = &shop["cors"][api["cors"].as_str().unwrap()];
+    assert_eq!(cors["allow_origins"][1], "https://admin.example.com");
+    assert_eq!(
+        cors["allow_methods"],
+        serde_yaml::from_str::<Value>("[GET, POST]").unwrap()
+    );
+    assert_eq!(cors["allow_headers"][1], "Authorization");
+    assert_eq!(cors["expose_headers"][0], "X-Request-Id");
+    assert_eq!(
+        (&cors["allow_credentials"], &cors["max_age"]),
+        (&true.into(), &"600s".into())
+    );
+    let limit = &shop["rate_limits"][api["rate_limit"].as_str().unwrap()];
+    assert_eq!(
+        (&limit["requests"], &limit["per"], &limit["burst"]),
+        (&20.into(), &"1s".into(), &100.into())
+    );
+    let ip = &shop["ip_access"][api["ip_access"].as_str().unwrap()];
+    assert_eq!(
+        ip["allow"],
+        serde_yaml::from_str::<Value>("[10.0.0.0/8, 127.0.0.1]").unwrap()
+    );
+    // The admin Ingress needs basic auth: its routes stay out.
+    assert!(shop["routes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .all(|r| r["match"]["host"] != "admin.shop.example"));
+    let partners = route(&shop, "shop-partners-r0p0");
+    let limit = &shop["rate_limits"][partners["rate_limit"].as_str().unwrap()];
+    assert_eq!(
+        (&limit["requests"], &limit["per"], &limit["burst"]),
+        (&600.into(), &"1m".into(), &3000.into())
+    );
+    let ip = &shop["ip_access"][partners["ip_access"].as_str().unwrap()];
+    assert_eq!(ip["deny"][0], "192.0.2.0/24");
+    // Canary by weight (with the cookie), by header, by header value.
+    let checkout = route(&shop, "shop-checkout-r0p0");
+    assert_eq!(checkout["backends"][0]["weight"], 90);
+    assert_eq!(checkout["backends"][1]["upstream"], "shop-checkout-v2-80");
+    assert_eq!(checkout["sticky"]["cookie"], "shop-backend");
+    assert_eq!(
+        route(&shop, "shop-checkout-r0p1-canary")["match"]["headers"]["X-Beta"],
+        "always"
+    );
+    assert_eq!(
+        route(&shop, "shop-checkout-r0p1-main")["match"]["headers"]["X-Beta"],
+        "never"
+    );
+    assert_eq!(
+        route(&shop, "shop-region-r0p0-canary")["match"]["headers"]["X-Region"],
+        "eu"
+    );
+    // Redirects.
+    let moved = &route(&shop, "shop-moved-r0p0")["redirect"];
+    assert_eq!(
+        (&moved["status"], &moved["host"], &moved["path"]),
+        (&308.into(), &"www.shop.example".into(), &"/new-home".into())
+    );
+    assert_eq!(
+        route(&shop, "shop-maintenance-r0p0")["redirect"]["status"],
+        302
+    );
+    assert_eq!(
+        route(&default, "default-approot-r0p0-app-root")["redirect"]["path"],
+        "/app1"
+    );
+    // The rewrite idiom; a use-regex path without it is an anchored, case-insensitive regex.
+    let rewrite = route(&default, "default-rewrite-r0p0");
+    assert_eq!(
+        (&rewrite["match"]["path_prefix"], &rewrite["rewrite"]),
+        (&"/something/".into(), &"/".into())
+    );
+    assert_eq!(
+        route(&shop, "shop-legacy-r0p0")["match"]["path_regex"],
+        "(?i)(?:/old/([0-9]+)).*"
+    );
+    // The default backend sorts after every namespace; TLS and the redirect in the base.
+    let defaults = yaml(&out.join("zz-default-backends.yaml"));
+    assert_eq!(
+        route(&defaults, "shop-legacy-default")["match"]["path_prefix"],
+        "/"
+    );
+    assert_eq!(base["listen"]["redirect_https"], true);
+    assert_eq!(
+        base["tls"]["certificates"][0]["cert"],
+        "tls/default/tls-secret/tls.crt"
+    );
+}
+
+/// The imported files, with each Service's address replaced by a loopback upstream's and
+/// the base replaced by one with the test's listeners.
+fn serve_import(files: &[&str], services: &[(&str, &TestUpstream)]) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    import(dir.path(), files, &[]);
+    let out = dir.path().join("out");
+    let mut texts = Vec::new();
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".yaml") && name != "gateway.yaml" {
+            let mut text = std::fs::read_to_string(&path).unwrap();
+            for (service, upstream) in services {
+                text = text.replace(service, &upstream.addr.to_string());
+            }
+            texts.push((name, text));
+        }
+    }
+    Gateway::start_with(&["run"], "", move |gw_dir, base| {
+        let conf = gw_dir.join("conf");
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::write(conf.join("gateway.yaml"), base).unwrap();
+        for (name, text) in &texts {
+            std::fs::write(conf.join(name), text).unwrap();
+        }
+        PathBuf::from("conf")
+    })
+}
+
+#[test]
+fn the_documented_rewrites_redirects_and_canary_happen_on_real_requests() {
+    let svc = TestUpstream::start("http-svc");
+    let production = TestUpstream::start("production");
+    let canary = TestUpstream::start("canary");
+    let gw = serve_import(
+        &["rewrite.yaml", "canary.yaml"],
+        &[
+            ("http-svc.default.svc.cluster.local:80", &svc),
+            ("production.default.svc.cluster.local:80", &production),
+            ("canary.default.svc.cluster.local:80", &canary),
+        ],
+    );
+    // Redirects are the answers under test, not to be followed.
+    let c = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |host: &str, path: &str| c.get(gw.url(path)).header("host", host).send().unwrap();
+    // docs/examples/rewrite: "rewrite.bar.com/something rewrites to rewrite.bar.com/", and so on.
+    for (path, upstream_path) in [
+        ("/something", "/"),
+        ("/something/", "/"),
+        ("/something/new", "/new"),
+    ] {
+        let r = get("rewrite.bar.com", path);
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["x-upstream"], "http-svc");
+        let seen = svc.seen.lock().unwrap().last().unwrap().uri.clone();
+        assert_eq!(seen, upstream_path, "{path}");
+    }
+    // "curl -I -k http://approot.bar.com/ → 302, Location: http://approot.bar.com/app1"
+    let r = get("approot.bar.com", "/");
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], "http://approot.bar.com/app1");
+    let r = get("approot.bar.com", "/app1/x");
+    assert_eq!(r.headers()["x-upstream"], "http-svc");
+    // docs/examples/canary: canary-weight 50 splits the host's requests evenly.
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..4 {
+        let r = get("echo.prod.mydomain.com", "/");
+        assert_eq!(r.status(), 200);
+        *counts
+            .entry(r.headers()["x-upstream"].to_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts,
+        [("canary".to_string(), 2), ("production".to_string(), 2)].into()
+    );
+}
