@@ -199,56 +199,202 @@ fn fields(a: &Value, b: &Value, at: &str) -> Vec<FieldChange> {
     }
 }
 
+/// One request of an access log: Portico's JSON lines, or an nginx line in ingress-nginx's
+/// default format (which names the upstream that served it) or nginx's `combined`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Recorded {
+    pub method: String,
+    /// The path and query.
+    pub target: String,
+    pub host: Option<String>,
+    /// ingress-nginx's `$proxy_upstream_name` (`NAMESPACE-SERVICE-PORT`).
+    pub upstream: Option<String>,
+}
+
+impl Recorded {
+    fn describe(&self) -> String {
+        match &self.host {
+            Some(host) => format!("{} {} (Host: {host})", self.method, self.target),
+            None => format!("{} {}", self.method, self.target),
+        }
+    }
+
+    fn probe(&self, host: Option<&str>) -> Option<Probe> {
+        let headers: Vec<String> = host.map(|h| format!("Host: {h}")).into_iter().collect();
+        Probe::parse(&self.method, &self.target, &headers).ok()
+    }
+}
+
+/// The distinct requests of a log, in the order first seen.
+pub fn recorded(log: &str) -> Vec<Recorded> {
+    let mut seen = BTreeSet::new();
+    log.lines()
+        .filter_map(|line| json_line(line).or_else(|| nginx_line(line)))
+        .filter(|r| seen.insert(r.clone()))
+        .collect()
+}
+
+fn json_line(line: &str) -> Option<Recorded> {
+    let entry = serde_json::from_str::<Value>(line).ok()?;
+    // The gateway's own log records (JSON too) have a level; access lines do not.
+    if entry.get("level").is_some() {
+        return None;
+    }
+    let (method, path) = (entry["method"].as_str()?, entry["path"].as_str()?);
+    let target = match entry["query"].as_str() {
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path.to_string(),
+    };
+    let host = entry["host"]
+        .as_str()
+        .filter(|h| !h.is_empty())
+        .map(String::from);
+    Some(Recorded {
+        method: method.into(),
+        target,
+        host,
+        upstream: None,
+    })
+}
+
+/// `$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent
+/// "$http_referer" "$http_user_agent"` (combined), optionally followed by ingress-nginx's
+/// `$request_length $request_time [$proxy_upstream_name] ...`.
+fn nginx_line(line: &str) -> Option<Recorded> {
+    static LINE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = LINE.get_or_init(|| {
+        regex::Regex::new(r#"^\S+ - \S+ \[[^\]]*\] "(\S+) (\S+)[^"]*" \d{3} \S+ "[^"]*" "[^"]*"(?: \S+ \S+ \[([^\]]*)\])?"#)
+            .expect("the pattern compiles")
+    });
+    let caps = re.captures(line)?;
+    let upstream = caps.get(3).map(|m| m.as_str()).filter(|u| !u.is_empty());
+    Some(Recorded {
+        method: caps[1].to_string(),
+        target: caps[2].to_string(),
+        host: None,
+        upstream: upstream.map(String::from),
+    })
+}
+
 /// Replays each distinct recorded request through both configs.
 fn replay(old: &Snapshot, new: &Snapshot, log: &str) -> (usize, Vec<RequestChange>) {
-    let mut seen = BTreeSet::new();
+    let requests = recorded(log);
     let mut changed = Vec::new();
-    for line in log.lines() {
-        let Ok(entry) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        // The gateway's own log records (JSON too) have a level; access lines do not.
-        let (Some(method), Some(path)) = (entry["method"].as_str(), entry["path"].as_str()) else {
-            continue;
-        };
-        if entry.get("level").is_some() {
-            continue;
-        }
-        let host = entry["host"].as_str().unwrap_or_default();
-        let target = match entry["query"].as_str() {
-            Some(q) if !q.is_empty() => format!("{path}?{q}"),
-            _ => path.to_string(),
-        };
-        if !seen.insert((method.to_string(), host.to_string(), target.clone())) {
-            continue;
-        }
-        let headers: Vec<String> = (!host.is_empty())
-            .then(|| format!("Host: {host}"))
-            .into_iter()
-            .collect();
-        let Ok(probe) = Probe::parse(method, &target, &headers) else {
+    for r in &requests {
+        let Some(probe) = r.probe(r.host.as_deref()) else {
             continue;
         };
         let (a, b) = (behaviour(old, &probe), behaviour(new, &probe));
         let changes = aspects(&a, &b);
         if !changes.is_empty() {
-            let request = format!(
-                "{method} {target}{}",
-                if host.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (Host: {host})")
-                }
-            );
             changed.push(RequestChange {
-                request,
+                request: r.describe(),
                 changes,
                 old: a,
                 new: b,
             });
         }
     }
-    (seen.len(), changed)
+    (requests.len(), changed)
+}
+
+/// A migration's proof: each request of an ingress-nginx access log replayed through
+/// `new`, listed when it would not reach the Service that served it (the log's
+/// `$proxy_upstream_name`, which `portico import ingress` names upstreams after), or when a
+/// request nginx answered without an upstream now reaches one. The log has no host: a
+/// request is tried with each host `new` routes to that upstream. Requests of a log
+/// without upstream names are listed when no route takes them.
+pub fn against_log(new: &Snapshot, log: &str) -> Report {
+    let requests = recorded(log);
+    let mut changed = Vec::new();
+    for r in &requests {
+        let recorded_upstream = r
+            .upstream
+            .as_deref()
+            .filter(|u| *u != "upstream-default-backend");
+        let hosts = match (&r.host, recorded_upstream) {
+            (Some(h), _) => vec![Some(h.clone())],
+            (None, Some(u)) => hosts_serving(new, u),
+            (None, None) => vec![None],
+        };
+        let outcomes: Vec<(Behaviour, Vec<String>)> = hosts
+            .iter()
+            .filter_map(|h| r.probe(h.as_deref()))
+            .map(|probe| (behaviour(new, &probe), served_by(new, &probe)))
+            .collect();
+        let unrouted = |b: &Behaviour| b.route.starts_with("none");
+        let same = match (recorded_upstream, &r.upstream) {
+            // Served by a Service: a route for one of its hosts may send it there.
+            (Some(u), _) => outcomes.iter().any(|(_, ups)| ups.iter().any(|x| x == u)),
+            // nginx's default backend answered (no rule took it): still no route.
+            (None, Some(_)) => outcomes.iter().all(|(b, _)| unrouted(b)),
+            // No upstream recorded (`combined`): some route takes it.
+            (None, None) => outcomes.iter().any(|(b, _)| !unrouted(b)),
+        };
+        if same {
+            continue;
+        }
+        let Some((new_behaviour, _)) = outcomes.into_iter().next() else {
+            continue;
+        };
+        let old = Behaviour {
+            route: "(recorded)".into(),
+            upstream: r.upstream.clone(),
+            upstream_path: None,
+            auth: Value::Null,
+            limit: Value::Null,
+            upstream_definition: Value::Null,
+        };
+        let changes = match recorded_upstream {
+            Some(_) => vec!["upstream"],
+            None => vec!["route"],
+        };
+        changed.push(RequestChange {
+            request: r.describe(),
+            changes,
+            old,
+            new: new_behaviour,
+        });
+    }
+    Report {
+        entities: Vec::new(),
+        replayed: requests.len(),
+        requests: changed,
+    }
+}
+
+/// The hosts of the routes that send requests to `upstream` (None: a host-less one).
+fn hosts_serving(snapshot: &Snapshot, upstream: &str) -> Vec<Option<String>> {
+    let config = snapshot.redacted();
+    let mut hosts: Vec<Option<String>> = config["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| route_upstreams(r).iter().any(|u| u == upstream))
+        .map(|r| r["match"]["host"].as_str().map(String::from))
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    if hosts.is_empty() {
+        hosts.push(None);
+    }
+    hosts
+}
+
+/// The upstreams a route may send a request to (its upstream, or each of its backends).
+fn route_upstreams(route: &Value) -> Vec<String> {
+    let single = route["upstream"].as_str().map(String::from);
+    let split = route["backends"].as_array().into_iter().flatten();
+    let split = split.filter_map(|b| b["upstream"].as_str().map(String::from));
+    single.into_iter().chain(split).collect()
+}
+
+/// The upstreams the route a probe takes may send it to.
+fn served_by(snapshot: &Snapshot, probe: &Probe) -> Vec<String> {
+    match explain::outcome(snapshot, probe) {
+        Outcome::Route { index, .. } => route_upstreams(&snapshot.redacted()["routes"][index]),
+        Outcome::Status(..) => Vec::new(),
+    }
 }
 
 fn aspects(a: &Behaviour, b: &Behaviour) -> Vec<&'static str> {

@@ -48,8 +48,10 @@ enum Command {
     /// field), and recorded requests that would be handled differently. Exit 0 when nothing
     /// changes, 1 when behaviour changes, 2 on error.
     Diff {
+        /// The running config (or, alone with --requests, the config to check the log's
+        /// requests against: a migration's proof).
         old: PathBuf,
-        new: PathBuf,
+        new: Option<PathBuf>,
         /// A JSON access log (Portico's stdout) whose requests are replayed through both.
         #[arg(long)]
         requests: Option<PathBuf>,
@@ -198,7 +200,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             new,
             requests,
             format,
-        } => Ok(diff(&old, &new, requests.as_deref(), format)),
+        } => Ok(match new {
+            Some(new) => diff(&old, &new, requests.as_deref(), format),
+            None => against_log(&old, requests.as_deref(), format),
+        }),
         Command::Demo { config } => demo(&config),
         Command::Health { admin, config } => health(admin, config.as_deref()),
         Command::Openapi { config } => {
@@ -256,6 +261,40 @@ fn diff(old: &Path, new: &Path, requests: Option<&Path>, format: DiffFormat) -> 
     match format {
         DiffFormat::Json => println!("{:#}", serde_json::to_value(&report).unwrap_or_default()),
         DiffFormat::Text => print!("{}", portico::diff::text(&report, log.is_some())),
+    }
+    if report.changes_behaviour() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `portico diff CONFIG --requests LOG`: the log's requests that CONFIG would send
+/// elsewhere. Exit 0 when none, 1 when some, 2 on error.
+fn against_log(config: &Path, requests: Option<&Path>, format: DiffFormat) -> ExitCode {
+    let error = ExitCode::from(2);
+    let Some(requests) = requests else {
+        eprintln!("give two configs (OLD NEW), or one with --requests LOG");
+        return error;
+    };
+    let snapshot = match compile::load(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}\n{}: refused", config.display());
+            return error;
+        }
+    };
+    let log = match std::fs::read_to_string(requests) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("cannot read the access log: {e}");
+            return error;
+        }
+    };
+    let report = portico::diff::against_log(&snapshot, &log);
+    match format {
+        DiffFormat::Json => println!("{:#}", serde_json::to_value(&report).unwrap_or_default()),
+        DiffFormat::Text => print!("{}", portico::diff::text(&report, true)),
     }
     if report.changes_behaviour() {
         ExitCode::FAILURE

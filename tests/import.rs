@@ -338,3 +338,26 @@ fn the_documented_rewrites_redirects_and_canary_happen_on_real_requests() {
         [("canary".to_string(), 2), ("production".to_string(), 2)].into()
     );
 }
+
+#[test]
+fn an_ingress_nginx_access_log_replays_through_the_import() {
+    let dir = tempfile::tempdir().unwrap();
+    import(dir.path(), &["rewrite.yaml", "canary.yaml"], &[]);
+    // ingress-nginx's default log-format-upstream, then two lines of nginx's `combined`.
+    let log = r#"192.168.1.10 - - [03/Dec/2026:10:00:00 +0000] "GET /something/new HTTP/1.1" 200 612 "-" "curl/8.5.0" 89 0.004 [default-http-svc-80] [] 10.244.0.12:8080 612 0.004 200 5f0c0e7a3e4d9b1c
+192.168.1.10 - - [03/Dec/2026:10:00:01 +0000] "GET / HTTP/1.1" 200 612 "-" "curl/8.5.0" 75 0.002 [default-production-80] [default-canary-80] 10.244.0.13:80 612 0.002 200 6a1d1f8b4e5e0c2d
+192.168.1.10 - - [03/Dec/2026:10:00:02 +0000] "GET /?v=2 HTTP/1.1" 200 612 "-" "curl/8.5.0" 75 0.002 [default-canary-80] [] 10.244.0.14:80 612 0.002 200 7b2e2a9c5f6f1d3e
+192.168.1.10 - - [03/Dec/2026:10:00:03 +0000] "GET /nothing-here HTTP/1.1" 404 146 "-" "curl/8.5.0" 82 0.000 [upstream-default-backend] [] - - - - 8c3f3b0d6a7a2e4f
+192.168.1.10 - - [03/Dec/2026:10:00:04 +0000] "POST /orders HTTP/1.1" 201 20 "-" "curl/8.5.0" 120 0.010 [default-orders-8080] [] 10.244.0.15:8080 20 0.010 201 9d4a4c1e7b8b3f5a
+192.168.1.10 - - [03/Dec/2026:10:00:05 +0000] "GET /something/new HTTP/1.1" 200 612 "-" "curl/8.5.0" 89 0.004 [default-http-svc-80] [] 10.244.0.12:8080 612 0.004 200 ae5b5d2f8c9c4a6b
+10.0.0.7 - - [03/Dec/2026:10:00:06 +0000] "GET /unrouted HTTP/1.1" 200 5 "-" "Mozilla/5.0"
+10.0.0.7 - - [03/Dec/2026:10:00:07 +0000] "GET /something HTTP/1.1" 200 5 "-" "Mozilla/5.0"
+"#;
+    std::fs::write(dir.path().join("access.log"), log).unwrap();
+    let (code, out, err) = portico(&["diff", "out", "--requests", "access.log"], dir.path());
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        out,
+        "3 of 7 recorded request(s) would be handled differently\n  POST /orders: upstream\n    upstream: default-orders-8080 → (none)\n  GET /unrouted: route\n    route: (recorded) → none (404)\n  GET /something: route\n    route: (recorded) → none (404)\n"
+    );
+}
