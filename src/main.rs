@@ -134,6 +134,19 @@ enum ImportFrom {
         #[arg(long)]
         port_map: Vec<String>,
     },
+    /// Gateway API objects: `Gateway`s and the `HTTPRoute`s and `GRPCRoute`s attached to
+    /// them.
+    GatewayApi {
+        /// The YAML files to read (the Gateways among them).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The directory to write.
+        #[arg(long, default_value = "portico-import")]
+        out: PathBuf,
+        /// The cluster's DNS domain: Services become SERVICE.NAMESPACE.svc.DOMAIN:PORT.
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -471,12 +484,19 @@ fn demo(config: &Path) -> anyhow::Result<ExitCode> {
 /// `portico import`: writes the translation and REPORT.md, prints the report; exit 0 when
 /// something was translated, 2 when nothing could be read.
 fn import(from: ImportFrom) -> anyhow::Result<ExitCode> {
-    let ImportFrom::Ingress {
-        files,
-        out,
-        cluster_domain,
-        port_map,
-    } = from;
+    let (files, out, cluster_domain, port_map, gateway_api) = match from {
+        ImportFrom::Ingress {
+            files,
+            out,
+            cluster_domain,
+            port_map,
+        } => (files, out, cluster_domain, port_map, false),
+        ImportFrom::GatewayApi {
+            files,
+            out,
+            cluster_domain,
+        } => (files, out, cluster_domain, Vec::new(), true),
+    };
     let mut opts = portico::import::Options {
         cluster_domain,
         ..Default::default()
@@ -494,7 +514,10 @@ fn import(from: ImportFrom) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let output = portico::import::ingress::translate(&objects, &opts);
+    let output = match gateway_api {
+        true => portico::import::gateway_api::translate(&objects, &opts),
+        false => portico::import::ingress::translate(&objects, &opts),
+    };
     let written = output
         .write(&out)
         .with_context(|| format!("writing {}", out.display()))?;

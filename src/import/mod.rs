@@ -3,6 +3,7 @@
 //! not translated and why. Nothing an object says is executed: raw nginx snippets are
 //! listed, never copied.
 
+pub mod gateway_api;
 pub mod ingress;
 
 use serde_yaml::{Mapping, Value};

@@ -1,7 +1,9 @@
 //! A real HTTP/1.1 upstream (hyper) that records what it receives and answers with JSON.
 //! Query parameters steer it: `sleep_ms=N`, `status=N`, `download=BYTES`, `h_NAME=VALUE`
 //! (a response header, percent-decoded) and `etag=TAG` (sets `ETag: "TAG"` and answers a
-//! matching `If-None-Match` with 304).
+//! matching `If-None-Match` with 304). Like the Gateway API conformance suite's echo
+//! server, a request header `X-Echo-Set-Header: Name:value,Name2:value2` adds response
+//! headers too.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -169,10 +171,19 @@ async fn handle(
             .unwrap());
     }
     let q = query(req.uri());
-    let extra: Vec<(String, String)> = q
+    let mut extra: Vec<(String, String)> = q
         .iter()
         .filter_map(|(k, v)| Some((k.strip_prefix("h_")?.to_string(), decode(v))))
         .collect();
+    let echo = req
+        .headers()
+        .get("x-echo-set-header")
+        .and_then(|v| v.to_str().ok());
+    for pair in echo.into_iter().flat_map(|v| v.split(',')) {
+        if let Some((name, value)) = pair.split_once(':') {
+            extra.push((name.trim().to_string(), value.trim().to_string()));
+        }
+    }
     let etag = q.get("etag").map(|t| format!("\"{t}\""));
     let not_modified = etag.is_some()
         && req

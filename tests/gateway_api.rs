@@ -1,0 +1,344 @@
+//! `portico import gateway-api` on the Gateway API conformance suite's HTTPRoute manifests
+//! (tests/data/gateway-api, see its SOURCE.md): each manifest is imported with the suite's
+//! `same-namespace` Gateway, served by the real gateway with loopback echo upstreams as
+//! infra-backend-v1/v2/v3, and the requests the suite's Go tests send must reach the
+//! backends, paths and headers they expect (expectations.yaml, transcribed from them).
+
+mod common;
+use common::*;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Deserialize)]
+struct Conformance {
+    test: String,
+    manifest: String,
+    #[serde(default)]
+    cases: Vec<Case>,
+    #[serde(default)]
+    weights: BTreeMap<String, u64>,
+}
+
+#[derive(Deserialize, Debug)]
+struct Case {
+    request: Req,
+    backend: Option<String>,
+    #[serde(default = "ok")]
+    status: u16,
+    upstream_path: Option<String>,
+    upstream_host: Option<String>,
+    #[serde(default)]
+    upstream_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    absent_upstream_headers: Vec<String>,
+    #[serde(default)]
+    response_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    absent_response_headers: Vec<String>,
+    redirect: Option<Redirect>,
+    #[serde(default)]
+    mirrored_to: Vec<String>,
+    /// Response headers the echo backend is asked to set (`X-Echo-Set-Header`).
+    #[serde(default)]
+    backend_response_headers: BTreeMap<String, String>,
+}
+
+fn ok() -> u16 {
+    200
+}
+
+#[derive(Deserialize, Debug)]
+struct Req {
+    #[serde(default = "get")]
+    method: String,
+    path: String,
+    host: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+#[derive(Deserialize, Debug)]
+struct Redirect {
+    scheme: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    path: Option<String>,
+}
+
+fn data() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/gateway-api")
+}
+
+const BACKENDS: [&str; 3] = ["infra-backend-v1", "infra-backend-v2", "infra-backend-v3"];
+
+/// Imports `manifest` with the base Gateway and serves it with `backends` standing in for
+/// the suite's Services.
+fn serve(manifest: &str, backends: &BTreeMap<&str, TestUpstream>) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    let files = [data().join("base.yaml"), data().join(manifest)];
+    let mut args = vec!["import".to_string(), "gateway-api".to_string()];
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    args.extend(["--out".into(), "out".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, report, err) = portico(&args, dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !report.contains("## not translated"),
+        "{manifest}: {report}"
+    );
+    let team = dir.path().join("out/gateway-conformance-infra.yaml");
+    let mut text = std::fs::read_to_string(&team).unwrap();
+    for (name, upstream) in backends {
+        let service = format!("{name}.gateway-conformance-infra.svc.cluster.local:8080");
+        text = text.replace(&service, &upstream.addr.to_string());
+    }
+    Gateway::start_with(&["run"], "", move |gw_dir, base| {
+        let conf = gw_dir.join("conf");
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::write(conf.join("gateway.yaml"), base).unwrap();
+        std::fs::write(conf.join("routes.yaml"), &text).unwrap();
+        PathBuf::from("conf")
+    })
+}
+
+/// A header's values joined with `,`, as the suite compares them.
+fn header(seen: &BTreeMap<String, Vec<String>>, name: &str) -> Option<String> {
+    seen.get(&name.to_ascii_lowercase()).map(|v| v.join(","))
+}
+
+fn response_header(r: &reqwest::blocking::Response, name: &str) -> Option<String> {
+    let values: Vec<&str> = r
+        .headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+/// Where Portico answers differently from the suite on purpose, and what it answers:
+/// - a route for GET takes HEAD too (HTTP's rule: HEAD is GET without the body), where the
+///   Gateway API's method match is exact (the import's report says so for every GET match);
+/// - a path that routes only for other methods is answered 405 with `Allow`, not 404.
+fn deviation(test: &str, case: &Case) -> Option<u16> {
+    match (test, case.request.method.as_str(), case.status) {
+        ("HTTPRouteMethodMatching", "HEAD", 404) => Some(200),
+        ("HTTPRouteMethodMatching", _, 404) => Some(405),
+        _ => None,
+    }
+}
+
+fn check_case(test: &str, gw: &Gateway, backends: &BTreeMap<&str, TestUpstream>, case: &Case) {
+    let what = format!("{test}: {case:?}");
+    if let Some(status) = deviation(test, case) {
+        let method = reqwest::Method::from_bytes(case.request.method.as_bytes()).unwrap();
+        let r = client()
+            .request(method, gw.url(&case.request.path))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "deviation: {what}");
+        return;
+    }
+    let c = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let before: BTreeMap<&str, usize> = backends
+        .iter()
+        .map(|(n, u)| (*n, u.seen.lock().unwrap().len()))
+        .collect();
+    let method = reqwest::Method::from_bytes(case.request.method.as_bytes()).unwrap();
+    let mut req = c.request(method, gw.url(&case.request.path));
+    if let Some(host) = &case.request.host {
+        req = req.header("host", host);
+    }
+    for (k, v) in &case.request.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    if !case.backend_response_headers.is_empty() {
+        let pairs: Vec<String> = case
+            .backend_response_headers
+            .iter()
+            .map(|(k, v)| format!("{k}:{v}"))
+            .collect();
+        req = req.header("x-echo-set-header", pairs.join(","));
+    }
+    let r = req.send().unwrap();
+    assert_eq!(r.status().as_u16(), case.status, "{what}");
+    for (k, v) in &case.response_headers {
+        assert_eq!(
+            response_header(&r, k).as_deref(),
+            Some(v.as_str()),
+            "response header {k}: {what}"
+        );
+    }
+    for k in &case.absent_response_headers {
+        assert!(
+            r.headers().get(k.as_str()).is_none(),
+            "response header {k} absent: {what}"
+        );
+    }
+    if let Some(redirect) = &case.redirect {
+        // As the suite checks: what a case leaves unset is the request's own (scheme http,
+        // the request's path) and the port is the listener's, 80, or none.
+        let location = r.headers()["location"].to_str().unwrap().to_string();
+        let uri: http::Uri = location.parse().unwrap();
+        let scheme = redirect.scheme.as_deref().unwrap_or("http");
+        assert_eq!(uri.scheme_str(), Some(scheme), "{location}: {what}");
+        if let Some(host) = &redirect.host {
+            assert_eq!(uri.host(), Some(host.as_str()), "{location}: {what}");
+        }
+        match redirect.port {
+            Some(port) => assert_eq!(uri.port_u16(), Some(port), "{location}: {what}"),
+            None => assert!(
+                matches!(uri.port_u16(), None | Some(80)),
+                "{location}: {what}"
+            ),
+        }
+        let path = redirect
+            .path
+            .as_deref()
+            .unwrap_or(case.request.path.split('?').next().unwrap());
+        assert_eq!(uri.path(), path, "{location}: {what}");
+    }
+    let Some(backend) = &case.backend else { return };
+    assert_eq!(r.headers()["x-upstream"], backend.as_str(), "{what}");
+    let upstream = &backends[backend.as_str()];
+    let seen = upstream.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(seen.method, case.request.method, "{what}");
+    match &case.upstream_path {
+        Some(path) => assert_eq!(
+            seen.uri.split('?').next().unwrap_or_default(),
+            path,
+            "{what}"
+        ),
+        // Not rewritten: the backend sees the request's path and query as sent.
+        None => assert_eq!(seen.uri, case.request.path, "{what}"),
+    }
+    if let Some(host) = &case.upstream_host {
+        assert_eq!(
+            header(&seen.headers, "host").as_deref(),
+            Some(host.as_str()),
+            "{what}"
+        );
+    }
+    for (k, v) in &case.upstream_headers {
+        assert_eq!(
+            header(&seen.headers, k).as_deref(),
+            Some(v.as_str()),
+            "upstream header {k}: {what}"
+        );
+    }
+    let named = |k: &str| {
+        let listed = case
+            .upstream_headers
+            .keys()
+            .chain(&case.absent_upstream_headers);
+        listed.into_iter().any(|h| h.eq_ignore_ascii_case(k))
+    };
+    for (k, v) in &case.request.headers {
+        if !named(k) {
+            assert_eq!(
+                header(&seen.headers, k).as_deref(),
+                Some(v.as_str()),
+                "request header {k} passed on: {what}"
+            );
+        }
+    }
+    for k in &case.absent_upstream_headers {
+        assert!(
+            header(&seen.headers, k).is_none(),
+            "upstream header {k} absent: {what}"
+        );
+    }
+    for mirror in &case.mirrored_to {
+        let shadow = &backends[mirror.as_str()];
+        let copied = wait_until(Duration::from_secs(10), || {
+            shadow.seen.lock().unwrap().len() > before[mirror.as_str()]
+        });
+        assert!(copied.is_some(), "mirrored to {mirror}: {what}");
+        let copy = shadow.seen.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(
+            (copy.method.as_str(), copy.uri.as_str()),
+            (seen.method.as_str(), seen.uri.as_str()),
+            "the copy: {what}"
+        );
+    }
+}
+
+#[test]
+fn the_conformance_suites_requests_reach_the_expected_backends() {
+    let text = std::fs::read_to_string(data().join("expectations.yaml")).unwrap();
+    let suites: Vec<Conformance> = serde_yaml::from_str(&text).unwrap();
+    assert!(suites.len() >= 10, "{} suites", suites.len());
+    let mut cases = 0;
+    for suite in &suites {
+        let backends: BTreeMap<&str, TestUpstream> = BACKENDS
+            .iter()
+            .map(|n| (*n, TestUpstream::start(n)))
+            .collect();
+        let gw = serve(&suite.manifest, &backends);
+        for case in &suite.cases {
+            check_case(&suite.test, &gw, &backends, case);
+            cases += 1;
+        }
+        if !suite.weights.is_empty() {
+            check_weights(&suite.test, &gw, &suite.weights);
+        }
+    }
+    assert!(cases >= 60, "{cases} cases");
+}
+
+/// A weighted rule: over one turn of the weighted cycle (the weights' sum), each backend
+/// gets exactly its weight (Portico's split is a smooth weighted round robin).
+fn check_weights(test: &str, gw: &Gateway, weights: &BTreeMap<String, u64>) {
+    let total: u64 = weights.values().sum();
+    let mut got: BTreeMap<String, u64> = BTreeMap::new();
+    for _ in 0..total {
+        let r = client().get(gw.url("/")).send().unwrap();
+        assert_eq!(r.status(), 200, "{test}");
+        *got.entry(r.headers()["x-upstream"].to_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    let want: BTreeMap<String, u64> = weights
+        .iter()
+        .filter(|(_, w)| **w > 0)
+        .map(|(k, w)| (k.clone(), *w))
+        .collect();
+    assert_eq!(got, want, "{test}");
+}
+
+#[test]
+fn routes_not_attached_to_a_gateway_and_unsupported_matches_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: { name: lonely, namespace: apps }\nspec:\n  parentRefs: [{ name: elsewhere }]\n  rules:\n  - backendRefs: [{ name: web, port: 80 }]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: { name: regex, namespace: gateway-conformance-infra }\nspec:\n  parentRefs: [{ name: same-namespace }]\n  rules:\n  - matches:\n    - headers: [{ type: RegularExpression, name: X-Id, value: '[0-9]+' }]\n    backendRefs: [{ name: web, port: 80 }]\n";
+    std::fs::write(dir.path().join("routes.yaml"), route).unwrap();
+    let base = data().join("base.yaml").display().to_string();
+    let (code, out, err) = portico(
+        &[
+            "import",
+            "gateway-api",
+            &base,
+            "routes.yaml",
+            "--out",
+            "out",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "- `apps/lonely` spec.parentRefs: attached to no Gateway among the files read"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("- `gateway-conformance-infra/regex` headers: a `RegularExpression` headers match on `X-Id`"), "{out}");
+    let (code, _, err) = portico(&["check", "out"], dir.path());
+    assert_eq!(code, 0, "{err}");
+}
