@@ -107,6 +107,9 @@ fn describe_match(m: &RawMatch) -> String {
             HeaderCond::Present { present: false } => format!("header {name} absent"),
         });
     }
+    for (name, value) in &m.cookies {
+        parts.push(format!("cookie {name} = {value}"));
+    }
     if parts.is_empty() {
         "any request".into()
     } else {

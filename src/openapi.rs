@@ -158,6 +158,9 @@ fn header_parameters(route: &RawRoute) -> Vec<Value> {
             HeaderCond::Present { present: true } => Some(json!({"name": name, "in": "header", "required": true, "schema": {"type": "string"}})),
             HeaderCond::Present { present: false } => None,
         })
+        .chain(route.matcher.cookies.iter().map(|(name, v)| {
+            json!({"name": name, "in": "cookie", "required": true, "schema": {"type": "string", "enum": [v]}})
+        }))
         .collect()
 }
 

@@ -80,8 +80,18 @@ const BACKENDS: [&str; 3] = ["infra-backend-v1", "infra-backend-v2", "infra-back
 /// Imports `manifest` with the base Gateway and serves it with `backends` standing in for
 /// the suite's Services.
 fn serve(manifest: &str, backends: &BTreeMap<&str, TestUpstream>) -> Gateway {
+    let addrs: Vec<(&str, String)> = backends
+        .iter()
+        .map(|(n, u)| (*n, u.addr.to_string()))
+        .collect();
+    serve_files(&data().join(manifest), &addrs, "")
+}
+
+/// Imports `manifest` with the base Gateway; each `(service, address)` stands in for the
+/// Service's port 8080 (a GRPCRoute's 50051), and `listen` goes under the listeners.
+fn serve_files(manifest: &std::path::Path, services: &[(&str, String)], listen: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
-    let files = [data().join("base.yaml"), data().join(manifest)];
+    let files = [data().join("base.yaml"), manifest.to_path_buf()];
     let mut args = vec!["import".to_string(), "gateway-api".to_string()];
     args.extend(files.iter().map(|f| f.display().to_string()));
     args.extend(["--out".into(), "out".into()]);
@@ -90,15 +100,18 @@ fn serve(manifest: &str, backends: &BTreeMap<&str, TestUpstream>) -> Gateway {
     assert_eq!(code, 0, "{err}");
     assert!(
         !report.contains("## not translated"),
-        "{manifest}: {report}"
+        "{}: {report}",
+        manifest.display()
     );
     let team = dir.path().join("out/gateway-conformance-infra.yaml");
     let mut text = std::fs::read_to_string(&team).unwrap();
-    for (name, upstream) in backends {
-        let service = format!("{name}.gateway-conformance-infra.svc.cluster.local:8080");
-        text = text.replace(&service, &upstream.addr.to_string());
+    for (name, addr) in services {
+        for port in [8080, 50051] {
+            let service = format!("{name}.gateway-conformance-infra.svc.cluster.local:{port}");
+            text = text.replace(&service, addr);
+        }
     }
-    Gateway::start_with(&["run"], "", move |gw_dir, base| {
+    Gateway::start_with(&["run"], listen, move |gw_dir, base| {
         let conf = gw_dir.join("conf");
         std::fs::create_dir(&conf).unwrap();
         std::fs::write(conf.join("gateway.yaml"), base).unwrap();
@@ -341,4 +354,54 @@ fn routes_not_attached_to_a_gateway_and_unsupported_matches_are_reported() {
     assert!(out.contains("- `gateway-conformance-infra/regex` headers: a `RegularExpression` headers match on `X-Id`"), "{out}");
     let (code, _, err) = portico(&["check", "out"], dir.path());
     assert_eq!(code, 0, "{err}");
+}
+
+/// GRPCRoute basics, with a real gRPC client and server (the standard health service): a
+/// method match goes to its backend over HTTP/2, a method no rule takes is UNIMPLEMENTED.
+#[test]
+fn a_grpc_routes_method_match_reaches_its_backend() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (addr, _reporter) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("shop", tonic_health::ServingStatus::Serving)
+            .await;
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await
+                .unwrap();
+        });
+        (addr, reporter)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: { name: health, namespace: gateway-conformance-infra }\nspec:\n  parentRefs: [{ name: same-namespace }]\n  rules:\n  - matches:\n    - method: { service: grpc.health.v1.Health, method: Check }\n    backendRefs: [{ name: grpc-backend, port: 50051 }]\n";
+    let manifest = dir.path().join("grpcroute.yaml");
+    std::fs::write(&manifest, route).unwrap();
+    let gw = serve_files(
+        &manifest,
+        &[("grpc-backend", addr.to_string())],
+        "  h2c: true\n",
+    );
+    rt.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.proxy))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let ask = |service: &str| tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        };
+        let ok = client.check(ask("shop")).await.unwrap();
+        assert_eq!(
+            ok.get_ref().status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+        let unrouted = client.watch(ask("shop")).await.unwrap_err();
+        assert_eq!(unrouted.code(), tonic::Code::Unimplemented, "{unrouted:?}");
+    });
 }

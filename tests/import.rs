@@ -99,12 +99,10 @@ fn the_fetched_manifests_import_with_a_report_and_pass_check() {
         "- `shop/api` nginx.ingress.kubernetes.io/server-snippet: raw nginx configuration",
         "- `default/external-auth` routes: its routes are left out: `auth-url` needs forward or basic authentication",
         "- `shop/admin` routes: its routes are left out: `auth-type` needs forward or basic authentication",
-        "- `shop/checkout-beta` nginx.ingress.kubernetes.io/canary-by-cookie: Portico routes match headers and query parameters, not cookie values",
         "- `docker-registry/docker-registry` spec.rules.host: host `registry.<your domain>` is not a host name",
         "- `docker-registry/docker-registry` nginx.ingress.kubernetes.io/proxy-body-size: `0` (no limit)",
         "- `shop/legacy` backend.service.port: Service `checkout` port `web` is named: give its number with `--port-map shop/checkout:web=NUMBER`",
         "- `shop/legacy` nginx.ingress.kubernetes.io/proxy-buffering: no Portico equivalent is translated; review it by hand",
-        "- `shop/legacy` nginx.ingress.kubernetes.io/rewrite-target: `/items/$1` with the regex path `/old/([0-9]+)`",
         "- `default/nginx-test` nginx.ingress.kubernetes.io/affinity: per-pod session affinity",
         "- `shop/checkout-canary` nginx.ingress.kubernetes.io/affinity: the split keeps each client on its backend with a signed cookie: set PORTICO_STICKY_KEY",
         "- `shop/partners` nginx.ingress.kubernetes.io/backend-protocol: Portico verifies the backend's certificate",
@@ -210,15 +208,27 @@ fn every_supported_annotation_has_a_case() {
     assert_eq!(checkout["backends"][1]["upstream"], "shop-checkout-v2-80");
     assert_eq!(checkout["sticky"]["cookie"], "shop-backend");
     assert_eq!(
-        route(&shop, "shop-checkout-r0p1-canary")["match"]["headers"]["X-Beta"],
+        route(&shop, "shop-checkout-r0p1-header-canary")["match"]["headers"]["X-Beta"],
         "always"
     );
     assert_eq!(
-        route(&shop, "shop-checkout-r0p1-main")["match"]["headers"]["X-Beta"],
+        route(&shop, "shop-checkout-r0p1-header-main")["match"]["headers"]["X-Beta"],
         "never"
     );
+    let by_cookie = route(&shop, "shop-checkout-r0p1-cookie-canary");
+    assert_eq!(by_cookie["match"]["cookies"]["beta"], "always");
+    assert_eq!(by_cookie["upstream"], "shop-checkout-v2-80");
+    let names: Vec<&str> = shop["routes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    let at = |n: &str| names.iter().position(|x| *x == n).unwrap();
+    assert!(at("shop-checkout-r0p1-header-canary") < at("shop-checkout-r0p1-cookie-canary"));
+    assert!(at("shop-checkout-r0p1-cookie-main") < at("shop-checkout-r0p1"));
     assert_eq!(
-        route(&shop, "shop-region-r0p0-canary")["match"]["headers"]["X-Region"],
+        route(&shop, "shop-region-r0p0-header-canary")["match"]["headers"]["X-Region"],
         "eu"
     );
     // Redirects.
@@ -241,10 +251,9 @@ fn every_supported_annotation_has_a_case() {
         (&rewrite["match"]["path_prefix"], &rewrite["rewrite"]),
         (&"/something/".into(), &"/".into())
     );
-    assert_eq!(
-        route(&shop, "shop-legacy-r0p0")["match"]["path_regex"],
-        "(?i)(?:/old/([0-9]+)).*"
-    );
+    let legacy = route(&shop, "shop-legacy-r0p0");
+    assert_eq!(legacy["match"]["path_regex"], "(?i)(?:/old/([0-9]+)).*");
+    assert_eq!(legacy["rewrite"], "/items/{1}");
     // The default backend sorts after every namespace; TLS and the redirect in the base.
     let defaults = yaml(&out.join("zz-default-backends.yaml"));
     assert_eq!(

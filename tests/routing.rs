@@ -22,6 +22,9 @@ routes:
   - name: host-wild
     match: { path_prefix: /h/, host: "*.example.com" }
     respond: { text: host-wild }
+  - name: cookie
+    match: { path_prefix: /hdr/, cookies: { beta: always } }
+    respond: { text: cookie }
   - name: header-equals
     match: { path_prefix: /hdr/, headers: { X-Env: staging } }
     respond: { text: header-equals }
@@ -47,6 +50,17 @@ fn every_matcher_selects_the_first_matching_route() {
     let gw = Gateway::start(MATCHERS);
     let c = client();
     assert_eq!(text(c.get(gw.url("/exact")).send().unwrap()), "exact");
+    let with_cookie = |value: &str| {
+        let r = c
+            .get(gw.url("/hdr/x"))
+            .header("cookie", value)
+            .send()
+            .unwrap();
+        text(r)
+    };
+    assert_eq!(with_cookie("a=1; beta=always"), "cookie");
+    assert_ne!(with_cookie("beta=never"), "cookie");
+    assert_ne!(with_cookie("xbeta=always"), "cookie");
     assert_json_error(
         c.get(gw.url("/exact/more")).send().unwrap(),
         404,
@@ -214,6 +228,10 @@ routes:
     match: {{ path_prefix: /v1/ }}
     rewrite: /internal/v2/
     upstream: svc
+  - name: groups
+    match: {{ path_regex: "/old/([0-9]+)/(?<kind>[a-z]+)(/.*)?" }}
+    rewrite: "/items/{{1}}/{{kind}}{{3}}"
+    upstream: svc
   - name: plain
     match: {{ path_prefix: / }}
     upstream: svc
@@ -227,6 +245,11 @@ routes:
     assert_eq!(up.last().uri, "/users/7?fields=name&x=%2F");
     c.get(gw.url("/v1/orders/9")).send().unwrap();
     assert_eq!(up.last().uri, "/internal/v2/orders/9");
+    // A regex's groups, by number and name; one that took no part is empty.
+    c.get(gw.url("/old/42/book/a/b?q=1")).send().unwrap();
+    assert_eq!(up.last().uri, "/items/42/book/a/b?q=1");
+    c.get(gw.url("/old/42/book")).send().unwrap();
+    assert_eq!(up.last().uri, "/items/42/book");
     let raw = raw_request(
         gw.proxy,
         "GET /a//b/../c HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",

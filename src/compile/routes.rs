@@ -66,9 +66,14 @@ pub(super) fn compile_routes(
         let matcher = compile_matcher(cx.d, &format!("{at}.match"), &r.matcher);
         // The names the route's template binds, for the rewrite and aggregate calls.
         let template = r.matcher.path_template.as_deref().map(PathTemplate::parse);
+        let groups = r
+            .matcher
+            .path_regex
+            .as_deref()
+            .map_or_else(Vec::new, regex_groups);
         let names: HashSet<&str> = match &template {
             Some(Ok(t)) => t.names().collect(),
-            _ => HashSet::new(),
+            _ => groups.iter().map(String::as_str).collect(),
         };
         let action = compile_action(cx.d, &at, r, &names, upstreams, raw, metrics);
         let rewrite = compile_rewrite(cx.d, &at, r, &names);
@@ -274,12 +279,18 @@ fn compile_matcher(d: &mut Diags, at: &str, m: &RawMatch) -> Option<Matcher> {
     {
         return None;
     }
+    let cookies = m
+        .cookies
+        .iter()
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
     Some(Matcher {
         path: path?,
         methods,
         host,
         headers,
         query,
+        cookies,
         ignore_case: m.ignore_case,
     })
 }
@@ -619,6 +630,18 @@ fn compile_respond(d: &mut Diags, at: &str, r: &RawRespond) -> Option<StaticResp
     })
 }
 
+/// The capture groups of a path regex, by number and by name (empty when it does not
+/// compile: that error is the matcher's).
+fn regex_groups(re: &str) -> Vec<String> {
+    let Ok(re) = regex::Regex::new(re) else {
+        return Vec::new();
+    };
+    let names = re.capture_names().enumerate().skip(1);
+    names
+        .flat_map(|(i, name)| std::iter::once(i.to_string()).chain(name.map(String::from)))
+        .collect()
+}
+
 fn compile_rewrite(
     d: &mut Diags,
     at: &str,
@@ -653,7 +676,7 @@ fn compile_rewrite(
             }
             Some(PathRewrite::Strip(p.clone()))
         }
-        (None, Some(to)) if r.matcher.path_template.is_some() => {
+        (None, Some(to)) if r.matcher.path_template.is_some() || r.matcher.path_regex.is_some() => {
             match Fill::parse(to, names.iter().copied()) {
                 Ok(fill) if to.starts_with('/') => Some(PathRewrite::Template(fill)),
                 Ok(_) => {
@@ -668,7 +691,7 @@ fn compile_rewrite(
                     d.error(
                         &format!("{at}.rewrite"),
                         e,
-                        Some("use the {names} of the route's path_template".into()),
+                        Some("use the {names} of the route's path_template, or the groups of its path_regex by number ({1}) or name".into()),
                     );
                     None
                 }

@@ -720,6 +720,9 @@ pub struct RawMatch {
     /// or `{ present: true|false }`; percent-decoded, every value of a repeated parameter.
     #[serde(default)]
     pub query: BTreeMap<String, QueryCondText>,
+    /// Cookies that must have these values: `{ beta: always }`.
+    #[serde(default)]
+    pub cookies: BTreeMap<String, String>,
     /// Match the path regardless of letter case (`/Admin` like `/admin`).
     #[serde(default)]
     pub ignore_case: bool,

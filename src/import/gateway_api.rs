@@ -40,6 +40,8 @@ struct Translation<'o> {
     seq: usize,
     /// Each Gateway's first HTTP listener port (a redirect's default port).
     http_ports: BTreeMap<(String, String), u64>,
+    /// A GRPCRoute was translated: the plain listener takes HTTP/2 (h2c) too.
+    grpc: bool,
 }
 
 /// Translates the Gateways, HTTPRoutes and GRPCRoutes among `objects`.
@@ -51,6 +53,7 @@ pub fn translate(objects: &[Value], opts: &Options) -> Output {
         certificates: Vec::new(),
         seq: 0,
         http_ports: BTreeMap::new(),
+        grpc: false,
     };
     t.out.read = objects.len();
     let kind = |o: &Value| {
@@ -82,6 +85,7 @@ pub fn translate(objects: &[Value], opts: &Options) -> Output {
             continue;
         }
         t.out.translated += 1;
+        t.grpc |= k == "GRPCRoute";
         t.route(o, k == "GRPCRoute");
     }
     t.finish()
@@ -647,6 +651,7 @@ impl Translation<'_> {
                 },
             ),
             ("admin", "0.0.0.0:9901".into()),
+            ("h2c", if self.grpc { true.into() } else { Value::Null }),
         ]);
         let certificates: Vec<Value> = self
             .certificates

@@ -335,9 +335,14 @@ impl Translation<'_> {
                     self.push(ing, host, &format!("{prefix}/"), 2, under);
                 }
                 (Some(target), None) => {
-                    let why = format!("`{target}` with the regex path `{raw}`: Portico rewrites a matched prefix or a path template, not regex captures; only `PREFIX(/|$)(.*)` → `/$2` (strip the prefix) is translated. The route proxies the path unchanged");
-                    self.note(ing, "rewrite-target", Outcome::NotTranslated, why);
-                    let fields = route("", "path_regex", &format!("(?i)(?:{raw}).*"), None);
+                    // nginx's `rewrite` replaces the whole URI with the target, its `$N`
+                    // the groups of the path: Portico's `{N}`.
+                    let fields = route(
+                        "",
+                        "path_regex",
+                        &format!("(?i)(?:{raw}).*"),
+                        Some(captures(target)),
+                    );
                     self.push(ing, host, &raw, 3, fields);
                 }
                 (None, _) => {
@@ -747,9 +752,7 @@ impl Translation<'_> {
             .unwrap_or(100);
         let header = ing.ann("canary-by-header").map(String::from);
         let header_value = ing.ann("canary-by-header-value").map(String::from);
-        if ing.ann("canary-by-cookie").is_some() {
-            self.note(ing, "canary-by-cookie", Outcome::NotTranslated, "Portico routes match headers and query parameters, not cookie values: use canary-by-header");
-        }
+        let cookie_name = ing.ann("canary-by-cookie").map(String::from);
         let affinity = ing.ann("affinity") == Some("cookie");
         let cookie = ing
             .ann("session-cookie-name")
@@ -806,12 +809,18 @@ impl Translation<'_> {
                     sticky = true;
                 }
             }
-            if let Some(h) = &header {
-                // Before the main route: the header decides, then the weight does.
+            // Before the main route: the header decides, then the cookie, then the
+            // weight (ingress-nginx's order).
+            let header_rule = header
+                .as_deref()
+                .map(|h| ("headers", h, header_value.as_deref()));
+            let cookie_rule = cookie_name.as_deref().map(|c| ("cookies", c, None));
+            for (key, on, value) in header_rule.into_iter().chain(cookie_rule) {
+                let kind = if key == "headers" { "header" } else { "cookie" };
                 let mut when = |suffix: &str, value: &str, upstream: Value| {
                     let mut v = route.value.clone();
                     let m = v.as_mapping_mut().expect("a route is a mapping");
-                    m.insert("name".into(), format!("{name}-{suffix}").into());
+                    m.insert("name".into(), format!("{name}-{kind}-{suffix}").into());
                     m.remove("backends");
                     m.remove("sticky");
                     m.insert("upstream".into(), upstream);
@@ -819,7 +828,7 @@ impl Translation<'_> {
                         .get_mut("match")
                         .and_then(Value::as_mapping_mut)
                         .expect("a route matches");
-                    matcher.insert("headers".into(), map(vec![(h.as_str(), value.into())]));
+                    matcher.insert(key.into(), map(vec![(on, value.into())]));
                     added.push(Route {
                         host: route.host.clone(),
                         path: route.path.clone(),
@@ -829,7 +838,7 @@ impl Translation<'_> {
                         value: v,
                     });
                 };
-                match &header_value {
+                match value {
                     Some(value) => when("canary", value, canary.into()),
                     None => {
                         when("canary", "always", canary.into());
@@ -990,6 +999,18 @@ fn slash(target: &str) -> String {
     }
 }
 
+/// nginx's `$1` / `${1}` / `${name}` in a rewrite target as Portico's `{1}` / `{name}`.
+fn captures(target: &str) -> String {
+    static GROUP: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = GROUP
+        .get_or_init(|| regex::Regex::new(r"\$(?:\{(\w+)\}|(\d+))").expect("the pattern compiles"));
+    re.replace_all(target, |c: &regex::Captures| {
+        let name = c.get(1).or(c.get(2)).map_or("", |m| m.as_str());
+        format!("{{{name}}}")
+    })
+    .into_owned()
+}
+
 /// A DNS name, or `*.` and one.
 fn is_host(host: &str) -> bool {
     let name = host.strip_prefix("*.").unwrap_or(host);
@@ -1065,6 +1086,7 @@ mod tests {
             Some(("/api".into(), "/v2/".into()))
         );
         assert_eq!(strip_idiom("/a/(.+)", Some("/$1")), None);
+        assert_eq!(captures("/items/$1/${2}/${id}"), "/items/{1}/{2}/{id}");
     }
 
     #[test]

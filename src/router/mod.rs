@@ -142,6 +142,8 @@ pub struct Matcher {
     pub host: Option<HostMatch>,
     pub headers: Vec<HeaderMatch>,
     pub query: Vec<QueryMatch>,
+    /// Cookies that must have these values (name, value).
+    pub cookies: Vec<(String, String)>,
 }
 
 impl Matcher {
@@ -210,7 +212,8 @@ impl Matcher {
                     }
             })
         });
-        path && methods && host && headers && query
+        let cookies = self.cookies.iter().all(|c| other.cookies.contains(c));
+        path && methods && host && headers && query && cookies
     }
 
     /// Everything but the method (the path's trie part is already known to match).
@@ -235,6 +238,13 @@ impl Matcher {
             }
         }
         if !self.query.iter().all(|q| q.matches(req.query)) {
+            return false;
+        }
+        if !self
+            .cookies
+            .iter()
+            .all(|(name, value)| cookie(req.headers, name) == Some(value))
+        {
             return false;
         }
         self.headers.iter().all(|h| {
@@ -363,6 +373,8 @@ impl Router {
                 .into_iter()
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
+            // A regex with groups binds each by number (`1`) and by name.
+            PathMatch::Regex(re) if re.captures_len() > 1 => regex_bindings(re, path),
             _ => Vec::new(),
         }
     }
@@ -504,6 +516,34 @@ pub fn host_of(raw: &str) -> Cow<'_, str> {
     }
 }
 
+/// A cookie's value among the request's `Cookie` headers (the first of that name).
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+}
+
+/// The groups of `re` that took part in matching `path`, by number and by name.
+fn regex_bindings(re: &Regex, path: &str) -> Vec<(String, String)> {
+    let Some(caps) = re.captures(path) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, name) in re.capture_names().enumerate().skip(1) {
+        let Some(value) = caps.get(i) else { continue };
+        out.push((i.to_string(), value.as_str().to_string()));
+        if let Some(name) = name {
+            out.push((name.to_string(), value.as_str().to_string()));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -537,7 +577,18 @@ mod tests {
             host: None,
             headers: Vec::new(),
             query: Vec::new(),
+            cookies: Vec::new(),
         }
+    }
+
+    #[test]
+    fn cookies_are_read_from_every_cookie_header() {
+        let mut headers = HeaderMap::new();
+        headers.append(http::header::COOKIE, "a=1; beta=always".parse().unwrap());
+        headers.append(http::header::COOKIE, "beta=never; c=3".parse().unwrap());
+        assert_eq!(cookie(&headers, "beta"), Some("always"));
+        assert_eq!(cookie(&headers, "c"), Some("3"));
+        assert_eq!(cookie(&headers, "bet"), None);
     }
 
     fn find(router: &Router, method: Method, path: &str) -> Option<&'static str> {

@@ -227,7 +227,7 @@ pub fn placeholders(text: &str) -> Result<Vec<Piece<'_>>, String> {
 }
 
 /// A target path with `{name}` placeholders filled from a route template's bindings
-/// (`rewrite: /internal/users/{id}`).
+/// (`rewrite: /internal/users/{id}`), or a path regex's capture groups (`{1}`, `{name}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fill {
     parts: Vec<FillPart>,
@@ -254,7 +254,7 @@ impl Fill {
                 }
                 Piece::Name(name) => {
                     return Err(format!(
-                        "`{{{name}}}` is not bound by the route's path_template"
+                        "`{{{name}}}` is not bound by the route's path_template or path_regex"
                     ))
                 }
             });
