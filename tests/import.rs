@@ -198,13 +198,16 @@ fn every_supported_annotation_has_a_case() {
     let limit = &shop["rate_limits"][partners["rate_limit"].as_str().unwrap()];
     assert_eq!(
         (&limit["requests"], &limit["per"], &limit["burst"]),
-        (&600.into(), &"1m".into(), &3000.into())
+        (&600.into(), &"1m".into(), &1200.into())
     );
     let ip = &shop["ip_access"][partners["ip_access"].as_str().unwrap()];
     assert_eq!(ip["deny"][0], "192.0.2.0/24");
+    assert_eq!(ip["allow"][0], "203.0.113.0/24");
     // Canary by weight (with the cookie), by header, by header value.
     let checkout = route(&shop, "shop-checkout-r0p0");
-    assert_eq!(checkout["backends"][0]["weight"], 90);
+    assert_eq!(checkout["backends"][0]["weight"], 990);
+    assert_eq!(checkout["backends"][1]["weight"], 10);
+    assert_eq!(checkout["sticky"]["ttl"], "3600s");
     assert_eq!(checkout["backends"][1]["upstream"], "shop-checkout-v2-80");
     assert_eq!(checkout["sticky"]["cookie"], "shop-backend");
     assert_eq!(

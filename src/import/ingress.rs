@@ -781,6 +781,11 @@ impl Translation<'_> {
         let team = self.teams.entry(ing.namespace.clone()).or_default();
         let mut added = Vec::new();
         let mut sticky = false;
+        // The cookie's lifetime: max-age, else expires (both in seconds).
+        let ttl = ing
+            .ann("session-cookie-max-age")
+            .or(ing.ann("session-cookie-expires"))
+            .and_then(|s| s.trim().parse::<u64>().ok());
         for &i in &mains {
             let route = &mut team.routes[i];
             let main = route.value.get("upstream").cloned().unwrap_or(Value::Null);
@@ -802,10 +807,12 @@ impl Translation<'_> {
                 ];
                 m.insert("backends".into(), Value::Sequence(backends));
                 if affinity {
-                    m.insert(
-                        "sticky".into(),
-                        map(vec![("cookie", cookie.clone().into())]),
-                    );
+                    let ttl = ttl.map(|s| Value::from(format!("{s}s")));
+                    let fields = vec![
+                        ("cookie", cookie.clone().into()),
+                        ("ttl", ttl.unwrap_or(Value::Null)),
+                    ];
+                    m.insert("sticky".into(), map(fields));
                     sticky = true;
                 }
             }
