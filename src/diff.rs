@@ -323,9 +323,18 @@ pub fn against_log(new: &Snapshot, log: &str) -> Report {
             .map(|probe| (behaviour(new, &probe), served_by(new, &probe)))
             .collect();
         let unrouted = |b: &Behaviour| b.route.starts_with("none");
+        // The import names a second definition of a Service's port `NAME-2`.
+        let same_service = |x: &str, u: &str| {
+            x == u
+                || x.strip_prefix(u)
+                    .and_then(|r| r.strip_prefix('-'))
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+        };
         let same = match (recorded_upstream, &r.upstream) {
             // Served by a Service: a route for one of its hosts may send it there.
-            (Some(u), _) => outcomes.iter().any(|(_, ups)| ups.iter().any(|x| x == u)),
+            (Some(u), _) => outcomes
+                .iter()
+                .any(|(_, ups)| ups.iter().any(|x| same_service(x, u))),
             // nginx's default backend answered (no rule took it): still no route.
             (None, Some(_)) => outcomes.iter().all(|(b, _)| unrouted(b)),
             // No upstream recorded (`combined`): some route takes it.

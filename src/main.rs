@@ -133,6 +133,9 @@ enum ImportFrom {
         /// A named Service port's number: [NAMESPACE/]SERVICE:PORT_NAME=NUMBER (repeat it).
         #[arg(long)]
         port_map: Vec<String>,
+        /// The Ingress class to import (`spec.ingressClassName`); others are left out.
+        #[arg(long, default_value = "nginx")]
+        ingress_class: String,
     },
     /// Gateway API objects: `Gateway`s and the `HTTPRoute`s and `GRPCRoute`s attached to
     /// them.
@@ -305,6 +308,10 @@ fn against_log(config: &Path, requests: Option<&Path>, format: DiffFormat) -> Ex
         }
     };
     let report = portico::diff::against_log(&snapshot, &log);
+    if report.replayed == 0 {
+        eprintln!("no request of the log could be read: Portico's JSON access log, ingress-nginx's default format and nginx's combined are");
+        return error;
+    }
     match format {
         DiffFormat::Json => println!("{:#}", serde_json::to_value(&report).unwrap_or_default()),
         DiffFormat::Text => print!("{}", portico::diff::text(&report, true)),
@@ -484,21 +491,24 @@ fn demo(config: &Path) -> anyhow::Result<ExitCode> {
 /// `portico import`: writes the translation and REPORT.md, prints the report; exit 0 when
 /// something was translated, 2 when nothing could be read.
 fn import(from: ImportFrom) -> anyhow::Result<ExitCode> {
-    let (files, out, cluster_domain, port_map, gateway_api) = match from {
+    let (files, out, cluster_domain, port_map, ingress_class) = match from {
         ImportFrom::Ingress {
             files,
             out,
             cluster_domain,
             port_map,
-        } => (files, out, cluster_domain, port_map, false),
+            ingress_class,
+        } => (files, out, cluster_domain, port_map, Some(ingress_class)),
         ImportFrom::GatewayApi {
             files,
             out,
             cluster_domain,
-        } => (files, out, cluster_domain, Vec::new(), true),
+        } => (files, out, cluster_domain, Vec::new(), None),
     };
+    let gateway_api = ingress_class.is_none();
     let mut opts = portico::import::Options {
         cluster_domain,
+        ingress_class: ingress_class.unwrap_or_default(),
         ..Default::default()
     };
     for entry in &port_map {
@@ -521,7 +531,21 @@ fn import(from: ImportFrom) -> anyhow::Result<ExitCode> {
     let written = output
         .write(&out)
         .with_context(|| format!("writing {}", out.display()))?;
-    print!("{}", output.report());
+    // What `check` says of the result, in the report: routes one file shadows in another
+    // (files are tried by name) are the ones to review first.
+    let checked = match compile::load(&out) {
+        Ok(snapshot) => snapshot.warnings,
+        Err(e) => e.0,
+    };
+    let mut report = output.report();
+    if !checked.is_empty() {
+        report.push_str(&format!("\n## portico check ({})\n\n", checked.len()));
+        for d in &checked {
+            report.push_str(&format!("- {}\n", d.one_line()));
+        }
+        std::fs::write(out.join("REPORT.md"), &report).with_context(|| "writing REPORT.md")?;
+    }
+    print!("{report}");
     for path in written {
         eprintln!("wrote {}", path.display());
     }

@@ -97,8 +97,8 @@ fn the_fetched_manifests_import_with_a_report_and_pass_check() {
         "## never executed (2)",
         "- `default/nginx-configuration-snippet` nginx.ingress.kubernetes.io/configuration-snippet: raw nginx configuration: Portico never runs it",
         "- `shop/api` nginx.ingress.kubernetes.io/server-snippet: raw nginx configuration",
-        "- `default/external-auth` routes: its routes are left out: `auth-url` needs forward or basic authentication",
-        "- `shop/admin` routes: its routes are left out: `auth-type` needs forward or basic authentication",
+        "- `default/external-auth` routes: its routes answer 503: `auth-url` needs forward, basic or client-certificate authentication",
+        "- `shop/admin` routes: its routes answer 503: `auth-secret` needs forward, basic or client-certificate authentication",
         "- `docker-registry/docker-registry` spec.rules.host: host `registry.<your domain>` is not a host name",
         "- `docker-registry/docker-registry` nginx.ingress.kubernetes.io/proxy-body-size: `0` (no limit)",
         "- `shop/legacy` backend.service.port: Service `checkout` port `web` is named: give its number with `--port-map shop/checkout:web=NUMBER`",
@@ -188,12 +188,11 @@ fn every_supported_annotation_has_a_case() {
         ip["allow"],
         serde_yaml::from_str::<Value>("[10.0.0.0/8, 127.0.0.1]").unwrap()
     );
-    // The admin Ingress needs basic auth: its routes stay out.
-    assert!(shop["routes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .all(|r| r["match"]["host"] != "admin.shop.example"));
+    // The admin Ingress needs basic auth: its routes answer 503 in their place (fail
+    // closed: no wider route takes their requests).
+    let admin = route(&shop, "shop-admin-r0p0");
+    assert_eq!(admin["respond"]["status"], 503);
+    assert!(admin["upstream"].is_null());
     let partners = route(&shop, "shop-partners-r0p0");
     let limit = &shop["rate_limits"][partners["rate_limit"].as_str().unwrap()];
     assert_eq!(
@@ -248,21 +247,24 @@ fn every_supported_annotation_has_a_case() {
         route(&default, "default-approot-r0p0-app-root")["redirect"]["path"],
         "/app1"
     );
-    // The rewrite idiom; a use-regex path without it is an anchored, case-insensitive regex.
+    // A rewrite-target makes the path an anchored, case-insensitive regex whose groups
+    // build the whole path sent upstream, as nginx's `rewrite` does.
     let rewrite = route(&default, "default-rewrite-r0p0");
     assert_eq!(
-        (&rewrite["match"]["path_prefix"], &rewrite["rewrite"]),
-        (&"/something/".into(), &"/".into())
+        rewrite["match"]["path_regex"],
+        "(?i)(?:/something(/|$)(.*)).*"
     );
+    assert_eq!(rewrite["rewrite"], "/{2}");
     let legacy = route(&shop, "shop-legacy-r0p0");
     assert_eq!(legacy["match"]["path_regex"], "(?i)(?:/old/([0-9]+)).*");
     assert_eq!(legacy["rewrite"], "/items/{1}");
     // The default backend sorts after every namespace; TLS and the redirect in the base.
     let defaults = yaml(&out.join("zz-default-backends.yaml"));
-    assert_eq!(
-        route(&defaults, "shop-legacy-default")["match"]["path_prefix"],
-        "/"
-    );
+    // The legacy Ingress has rules for one host: its default backend is that host's.
+    let fallback = route(&defaults, "shop-legacy-default0");
+    assert_eq!(fallback["match"]["path_prefix"], "/");
+    assert_eq!(fallback["match"]["host"], "legacy.shop.example");
+    assert_eq!(defaults["routes"].as_sequence().unwrap().len(), 1);
     assert_eq!(base["listen"]["redirect_https"], true);
     assert_eq!(
         base["tls"]["certificates"][0]["cert"],
@@ -371,5 +373,130 @@ fn an_ingress_nginx_access_log_replays_through_the_import() {
     assert_eq!(
         out,
         "3 of 7 recorded request(s) would be handled differently\n  POST /orders: upstream\n    upstream: default-orders-8080 → (none)\n  GET /unrouted: route\n    route: (recorded) → none (404)\n  GET /something: route\n    route: (recorded) → none (404)\n"
+    );
+}
+
+/// What an adversarial review found: each case imports safely.
+#[test]
+fn auth_classes_names_and_redirect_variables_import_safely() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingresses = r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: { name: site, namespace: web }
+spec:
+  ingressClassName: nginx
+  rules:
+  - host: app.example.com
+    http: { paths: [{ path: /, pathType: Prefix, backend: { service: { name: frontend, port: { number: 80 } } } }] }
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: admin
+  namespace: web
+  annotations: { nginx.ingress.kubernetes.io/auth-tls-verify-client: "on" }
+spec:
+  ingressClassName: nginx
+  rules:
+  - host: app.example.com
+    http: { paths: [{ path: /admin, pathType: Prefix, backend: { service: { name: frontend, port: { number: 80 } } } }] }
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: { name: grafana, namespace: monitoring }
+spec:
+  ingressClassName: nginx-internal
+  rules:
+  - http: { paths: [{ path: /grafana, pathType: Prefix, backend: { service: { name: grafana, port: { number: 3000 } } } }] }
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: admin.api
+  namespace: shop
+  annotations: { nginx.ingress.kubernetes.io/whitelist-source-range: 10.0.0.0/8 }
+spec:
+  rules:
+  - host: a.shop.example
+    http: { paths: [{ path: /, pathType: Prefix, backend: { service: { name: api, port: { number: 80 } } } }] }
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: admin-api
+  namespace: shop
+  annotations: { nginx.ingress.kubernetes.io/whitelist-source-range: 0.0.0.0/0 }
+spec:
+  rules:
+  - host: b.shop.example
+    http: { paths: [{ path: /, pathType: Prefix, backend: { service: { name: api, port: { number: 80 } } } }] }
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: moved
+  namespace: gateway
+  annotations: { nginx.ingress.kubernetes.io/permanent-redirect: "https://new.example.com$request_uri" }
+spec:
+  rules:
+  - host: old.example.com
+    http: { paths: [{ path: /, pathType: Prefix, backend: { service: { name: x, port: { number: 80 } } } }] }
+"#;
+    std::fs::write(dir.path().join("in.yaml"), ingresses).unwrap();
+    let (code, report, err) = portico(
+        &["import", "ingress", "in.yaml", "--out", "out"],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        report.contains(
+            "- `monitoring/grafana` ingressClassName: class `nginx-internal`: another controller's"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains("- `web/admin` routes: its routes answer 503: `auth-tls-verify-client`"),
+        "{report}"
+    );
+    // The namespace `gateway` does not overwrite the base.
+    assert!(dir.path().join("out/ns-gateway.yaml").is_file());
+    let (code, _, err) = portico(&["check", "out"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    let route = |host: &str, path: &str| {
+        let (code, out, err) = portico(
+            &[
+                "route",
+                "-c",
+                "out",
+                "GET",
+                path,
+                "-H",
+                &format!("Host: {host}"),
+            ],
+            dir.path(),
+        );
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    // The route that needed client certificates answers 503; the wider route does not take it.
+    let admin = route("app.example.com", "/admin/users");
+    assert!(
+        admin.contains("route `web-admin-r0p0`") && admin.contains("status 503"),
+        "{admin}"
+    );
+    assert!(route("app.example.com", "/x").contains("upstream: web-frontend-80"));
+    // Each Ingress keeps its own allowlist though their names meet.
+    let a = route("a.shop.example", "/");
+    let b = route("b.shop.example", "/");
+    assert!(a.contains("10.0.0.0/8") && !a.contains("0.0.0.0/0"), "{a}");
+    assert!(b.contains("0.0.0.0/0"), "{b}");
+    // `$request_uri`: the redirect keeps the request's path.
+    let moved = std::fs::read_to_string(dir.path().join("out/ns-gateway.yaml")).unwrap();
+    assert!(
+        moved.contains("host: new.example.com")
+            && !moved.contains("$request_uri")
+            && !moved.contains("path: /\n"),
+        "{moved}"
     );
 }

@@ -42,6 +42,8 @@ struct Translation<'o> {
     http_ports: BTreeMap<(String, String), u64>,
     /// A GRPCRoute was translated: the plain listener takes HTTP/2 (h2c) too.
     grpc: bool,
+    /// Upstream names defined so far.
+    defined: std::collections::BTreeSet<String>,
 }
 
 /// Translates the Gateways, HTTPRoutes and GRPCRoutes among `objects`.
@@ -54,6 +56,7 @@ pub fn translate(objects: &[Value], opts: &Options) -> Output {
         seq: 0,
         http_ports: BTreeMap::new(),
         grpc: false,
+        defined: Default::default(),
     };
     t.out.read = objects.len();
     let kind = |o: &Value| {
@@ -287,13 +290,12 @@ impl Translation<'_> {
                 .collect();
             match backends.as_slice() {
                 [] => {
-                    self.note(
-                        object,
-                        "backendRefs",
-                        Outcome::NotTranslated,
-                        "a rule with no usable backend (Gateway API answers 500): left out",
-                    );
-                    return None;
+                    // As the Gateway API does: its requests get 500, not another route.
+                    let why =
+                        "a rule with no usable backend: it answers 500, as the Gateway API does";
+                    self.note(object, "backendRefs", Outcome::Translated, why);
+                    let body = map(vec![("error", "no usable backend".into())]);
+                    fields.push(("respond", map(vec![("status", 500.into()), ("json", body)])));
                 }
                 [(one, _)] => fields.push(("upstream", one.clone().into())),
                 many => {
@@ -315,7 +317,16 @@ impl Translation<'_> {
             fields.push(("headers", headers));
         }
         if let Some(timeout) = rule.get("timeouts").and_then(|t| text(t, "request")) {
-            fields.push(("timeout", timeout.into()));
+            match go_duration(timeout) {
+                Some(Some(d)) => fields.push(("timeout", d.into())),
+                Some(None) => {}
+                None => self.note(
+                    object,
+                    "timeouts.request",
+                    Outcome::NotTranslated,
+                    format!("`{timeout}` is not a duration"),
+                ),
+            }
         }
         if rule
             .get("timeouts")
@@ -359,9 +370,14 @@ impl Translation<'_> {
             ("targets", Value::Sequence(vec![target.into()])),
             ("protocol", if grpc { "h2".into() } else { Value::Null }),
         ]);
-        let name = name_of(&[svc_ns, svc, &port.to_string()]);
-        let team = self.teams.entry(ns.to_string()).or_default();
-        team.upstreams.insert(name.clone(), definition);
+        // One upstream per Service port and protocol, in the file of the first route that
+        // names it (names are global across files).
+        let protocol = if grpc { "-h2" } else { "" };
+        let name = name_of(&[svc_ns, svc, &format!("{port}{protocol}")]);
+        if self.defined.insert(name.clone()) {
+            let team = self.teams.entry(ns.to_string()).or_default();
+            team.upstreams.insert(name.clone(), definition);
+        }
         Some(name)
     }
 
@@ -635,7 +651,9 @@ impl Translation<'_> {
         let path = rewrite.get("path")?;
         match text(path, "type")? {
             "ReplaceFullPath" => text(path, "replaceFullPath").map(|p| Rewrite::Full(p.into())),
-            _ => text(path, "replacePrefixMatch").map(|p| Rewrite::Prefix(p.into())),
+            // An empty replacement strips the prefix: the path keeps its leading `/`.
+            _ => text(path, "replacePrefixMatch")
+                .map(|p| Rewrite::Prefix(if p.is_empty() { "/".into() } else { p.into() })),
         }
     }
 
@@ -708,7 +726,7 @@ impl Translation<'_> {
             let header = format!("Namespace `{ns}`, imported by `portico import gateway-api`.");
             self.out
                 .files
-                .insert(format!("{ns}.yaml"), yaml_file(&header, &body));
+                .insert(super::file_for(&ns), yaml_file(&header, &body));
         }
         self.out
     }
@@ -717,6 +735,31 @@ impl Translation<'_> {
 enum Rewrite {
     Full(String),
     Prefix(String),
+}
+
+/// A Gateway API duration (`1m30s`, `500ms`) as Portico writes one (`1m 30s`); Some(None)
+/// for zero (no timeout), None when it is not one.
+fn go_duration(text: &str) -> Option<Option<String>> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let (number, tail) = rest.split_at(digits);
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        if number.is_empty() || !["h", "m", "s", "ms"].contains(&unit) {
+            return None;
+        }
+        if number.trim_start_matches('0').is_empty() {
+            rest = tail;
+            continue;
+        }
+        parts.push(format!("{number}{unit}"));
+        rest = tail;
+    }
+    Some((!parts.is_empty()).then(|| parts.join(" ")))
 }
 
 fn count(v: &Value) -> usize {
@@ -798,4 +841,18 @@ fn slash(target: &str) -> String {
 
 fn regex_escape(s: &str) -> String {
     regex::escape(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_duration;
+
+    #[test]
+    fn gateway_api_durations_become_portico_durations() {
+        assert_eq!(go_duration("1m30s"), Some(Some("1m 30s".into())));
+        assert_eq!(go_duration("500ms"), Some(Some("500ms".into())));
+        assert_eq!(go_duration("0s"), Some(None));
+        assert_eq!(go_duration("1h0m5s"), Some(Some("1h 5s".into())));
+        assert_eq!(go_duration("soon"), None);
+    }
 }

@@ -54,18 +54,6 @@ const HANDLED: &[&str] = &[
     "upstream-vhost",
 ];
 
-/// Annotations that need the authentication issue's features.
-const AUTH: &[&str] = &[
-    "auth-url",
-    "auth-response-headers",
-    "auth-method",
-    "auth-signin",
-    "auth-type",
-    "auth-secret",
-    "auth-secret-type",
-    "auth-realm",
-];
-
 struct Ingress<'a> {
     namespace: String,
     name: String,
@@ -123,6 +111,9 @@ struct Translation<'o> {
     /// Route names given so far (two Ingresses may share a name across namespaces, and a
     /// file may hold the same Ingress twice).
     names: std::collections::HashSet<String>,
+    /// Upstream and policy names given so far (names are global across the files):
+    /// the namespace and definition of each upstream.
+    named: BTreeMap<String, Option<(String, Value)>>,
 }
 
 /// Translates every Ingress among `objects`.
@@ -186,12 +177,41 @@ impl Translation<'_> {
                 nginx.insert(key.to_string(), v);
             }
         }
+        let Some(spec) = o.get("spec") else {
+            let object = format!("{namespace}/{name}");
+            self.out.notes.push(Note {
+                object,
+                what: "spec".into(),
+                outcome: Outcome::NotTranslated,
+                why: "an Ingress without a spec: left out".into(),
+            });
+            return None;
+        };
         let ing = Ingress {
             namespace,
             name,
             nginx,
-            spec: o.get("spec")?,
+            spec,
         };
+        let class = spec
+            .get("ingressClassName")
+            .or(meta
+                .get("annotations")
+                .and_then(|a| a.get("kubernetes.io/ingress.class")))
+            .and_then(Value::as_str);
+        let wanted = self.opts().ingress_class.clone();
+        match class {
+            Some(c) if c != wanted => {
+                let why = format!("class `{c}`: another controller's (`--ingress-class {wanted}` is imported): left out");
+                self.note(&ing, "ingressClassName", Outcome::NotTranslated, why);
+                return None;
+            }
+            None => {
+                let why = "no ingress class: ingress-nginx serves it only with --watch-ingress-without-class; imported";
+                self.note(&ing, "ingressClassName", Outcome::Translated, why);
+            }
+            Some(_) => {}
+        }
         let version = o
             .get("apiVersion")
             .and_then(Value::as_str)
@@ -206,35 +226,23 @@ impl Translation<'_> {
 
     fn main(&mut self, ing: &Ingress) {
         self.annotation_notes(ing);
-        if let Some(auth) = AUTH.iter().find(|a| ing.nginx.contains_key(**a)) {
-            // Fail closed: a route that needed authentication is not exposed without it.
-            let why = format!("its routes are left out: `{auth}` needs forward or basic authentication, which Portico does not have yet (the authentication issue), and they must not be exposed without it");
+        if let Some(auth) = needs_auth(ing) {
+            // Fail closed: a route that needed authentication answers 503 in its place
+            // (so no wider route takes its requests) until authentication is added.
+            let why = format!("its routes answer 503: `{auth}` needs forward, basic or client-certificate authentication, which Portico does not have yet (the authentication issue), and they must not be exposed without it");
             self.note(ing, "routes", Outcome::NotYet, why);
-            return;
         }
         self.tls(ing);
         let policies = self.policies(ing);
-        if let Some(backend) = ing.spec.get("defaultBackend") {
-            if let Some(upstream) = self.upstream(ing, backend) {
-                let name = name_of(&[&ing.namespace, &ing.name, "default"]);
-                let mut route = vec![
-                    ("name", Value::from(name)),
-                    ("match", map(vec![("path_prefix", "/".into())])),
-                    ("upstream", upstream.into()),
-                ];
-                route.extend(policies.clone());
-                let seq = self.next();
-                self.defaults.routes.push(Route {
-                    host: None,
-                    path: "/".into(),
-                    rank: 9,
-                    seq,
-                    from: ing.object(),
-                    value: map(route),
-                });
-            }
-        }
         let rules = ing.spec.get("rules").and_then(Value::as_sequence);
+        if let Some(backend) = ing.spec.get("defaultBackend") {
+            self.default_backend(
+                ing,
+                backend,
+                rules.map(Vec::as_slice).unwrap_or(&[]),
+                &policies,
+            );
+        }
         for (r, rule) in rules.into_iter().flatten().enumerate() {
             let host = rule.get("host").and_then(Value::as_str).map(String::from);
             if let Some(bad) = host.as_deref().filter(|h| !is_host(h)) {
@@ -254,6 +262,96 @@ impl Translation<'_> {
                 self.path(ing, host.as_deref(), &format!("r{r}p{p}"), path, &policies);
             }
         }
+    }
+
+    /// An Ingress's default backend: for its own hosts when it has rules (after every
+    /// namespace's routes), for any request no route takes when it has none.
+    fn default_backend(
+        &mut self,
+        ing: &Ingress,
+        backend: &Value,
+        rules: &[Value],
+        policies: &[(&'static str, Value)],
+    ) {
+        let Some(action) = self.action(ing, backend) else {
+            return;
+        };
+        let mut hosts: Vec<Option<String>> = rules
+            .iter()
+            .filter_map(|r| r.get("host").and_then(Value::as_str))
+            .filter(|h| is_host(h))
+            .map(|h| Some(h.to_string()))
+            .collect();
+        hosts.dedup();
+        if hosts.is_empty() || rules.iter().any(|r| r.get("host").is_none()) {
+            hosts.push(None);
+        }
+        for (h, host) in hosts.iter().enumerate() {
+            let name = name_of(&[&ing.namespace, &ing.name, &format!("default{h}")]);
+            let mut route = vec![
+                ("name", Value::from(self.unique_route_name(name))),
+                ("match", matcher(host.as_deref(), "path_prefix", "/")),
+            ];
+            route.extend(action.clone());
+            route.extend(policies.iter().cloned());
+            let seq = self.next();
+            self.defaults.routes.push(Route {
+                host: host.clone(),
+                path: "/".into(),
+                rank: 9,
+                seq,
+                from: ing.object(),
+                value: map(route),
+            });
+        }
+    }
+
+    /// What a route of the Ingress does with a backend: proxy to it, answer with the
+    /// Ingress's redirect, or 503 when the Ingress needs authentication Portico lacks.
+    fn action(&mut self, ing: &Ingress, backend: &Value) -> Option<Vec<(&'static str, Value)>> {
+        if needs_auth(ing).is_some() {
+            let body = map(vec![("error", "authentication not migrated".into())]);
+            return Some(vec![(
+                "respond",
+                map(vec![("status", 503.into()), ("json", body)]),
+            )]);
+        }
+        if let Some(redirect) = self.redirect_action(ing) {
+            return Some(vec![("redirect", redirect)]);
+        }
+        let upstream = self.upstream(ing, backend)?;
+        Some(vec![("upstream", Value::from(upstream))])
+    }
+
+    /// A policy name no other file uses (names are global).
+    fn unique_named(&mut self, wanted: String) -> String {
+        let unique = (1..)
+            .map(|n| {
+                if n == 1 {
+                    wanted.clone()
+                } else {
+                    format!("{wanted}-{n}")
+                }
+            })
+            .find(|n| !self.named.contains_key(n))
+            .expect("some suffix is free");
+        self.named.insert(unique.clone(), None);
+        unique
+    }
+
+    fn unique_route_name(&mut self, wanted: String) -> String {
+        let unique = (1..)
+            .map(|n| {
+                if n == 1 {
+                    wanted.clone()
+                } else {
+                    format!("{wanted}-{n}")
+                }
+            })
+            .find(|n| !self.names.contains(n))
+            .expect("some suffix is free");
+        self.names.insert(unique.clone());
+        unique
     }
 
     fn next(&mut self) -> usize {
@@ -280,14 +378,16 @@ impl Translation<'_> {
             .and_then(Value::as_str)
             .unwrap_or("ImplementationSpecific");
         let Some(backend) = p.get("backend") else {
+            self.note(
+                ing,
+                "spec.rules.http.paths",
+                Outcome::NotTranslated,
+                format!("path `{raw}` has no backend: left out"),
+            );
             return;
         };
-        let action = match self.redirect_action(ing) {
-            Some(redirect) => vec![("redirect", redirect)],
-            None => match self.upstream(ing, backend) {
-                Some(upstream) => vec![("upstream", Value::from(upstream))],
-                None => return,
-            },
+        let Some(action) = self.action(ing, backend) else {
+            return;
         };
         let name = name_of(&[&ing.namespace, &ing.name, id]);
         if let Some(app_root) = ing.ann("app-root") {
@@ -307,8 +407,6 @@ impl Translation<'_> {
             }
         }
         let rewrite = ing.ann("rewrite-target");
-        let regex = ing.flag("use-regex")
-            || (rewrite.is_some() && kind == "ImplementationSpecific" && is_regex(&raw));
         let route = |suffix: &str, key: &'static str, path: &str, rewrite: Option<String>| {
             let mut fields = vec![
                 ("name", Value::from(format!("{name}{suffix}"))),
@@ -321,56 +419,38 @@ impl Translation<'_> {
             fields.extend(policies.iter().cloned());
             fields
         };
-        if regex {
-            match (rewrite, strip_idiom(&raw, rewrite)) {
-                (Some(_), Some((prefix, target))) => {
-                    let exact = route("-exact", "path", &prefix, Some(target.clone()));
-                    self.push(ing, host, &prefix, 1, exact);
-                    let under = route(
-                        "",
-                        "path_prefix",
-                        &format!("{prefix}/"),
-                        Some(slash(&target)),
-                    );
-                    self.push(ing, host, &format!("{prefix}/"), 2, under);
-                }
-                (Some(target), None) => {
-                    // nginx's `rewrite` replaces the whole URI with the target, its `$N`
-                    // the groups of the path: Portico's `{N}`.
-                    let fields = route(
-                        "",
-                        "path_regex",
-                        &format!("(?i)(?:{raw}).*"),
-                        Some(captures(target)),
-                    );
-                    self.push(ing, host, &raw, 3, fields);
-                }
-                (None, _) => {
-                    let fields = route("", "path_regex", &format!("(?i)(?:{raw}).*"), None);
-                    self.push(ing, host, &raw, 3, fields);
-                }
-            }
+        // With use-regex or a rewrite-target, ingress-nginx makes the path a case-insensitive
+        // regex location anchored at the start, and its `rewrite` replaces the whole URI
+        // with the target, `$N` being the path's groups (Portico's `{N}`).
+        if ing.flag("use-regex") || rewrite.is_some() {
+            let fields = route(
+                "",
+                "path_regex",
+                &format!("(?i)(?:{raw}).*"),
+                rewrite.map(captures),
+            );
+            self.push(ing, host, &raw, 3, fields);
             return;
         }
         match kind {
             "Exact" => {
-                let fields = route("", "path", &raw, rewrite.map(String::from));
+                let fields = route("", "path", &raw, None);
                 self.push(ing, host, &raw, 1, fields);
             }
             "Prefix" if raw.trim_end_matches('/').is_empty() => {
-                let fields = route("", "path_prefix", "/", rewrite.map(slash));
+                let fields = route("", "path_prefix", "/", None);
                 self.push(ing, host, "/", 2, fields);
             }
             "Prefix" => {
                 let base = raw.trim_end_matches('/').to_string();
-                let exact = route("-exact", "path", &base, rewrite.map(String::from));
+                let exact = route("-exact", "path", &base, None);
                 self.push(ing, host, &base, 1, exact);
-                let under = route("", "path_prefix", &format!("{base}/"), rewrite.map(slash));
+                let under = route("", "path_prefix", &format!("{base}/"), None);
                 self.push(ing, host, &format!("{base}/"), 2, under);
             }
             _ => {
                 // ImplementationSpecific: nginx's `location /foo`, a string prefix.
-                let fields = route("", "path_prefix", &raw, rewrite.map(String::from));
+                let fields = route("", "path_prefix", &raw, None);
                 self.push(ing, host, &raw, 2, fields);
             }
         }
@@ -425,6 +505,14 @@ impl Translation<'_> {
                 (None, Some(url)) => ("temporal-redirect", url, 302),
                 (None, None) => return None,
             };
+        // `https://new.example.com$request_uri`: keep the request's path (and query).
+        let keeps_path = target.ends_with("$request_uri");
+        let target = target.strip_suffix("$request_uri").unwrap_or(target);
+        if target.contains('$') {
+            let why = format!("`{target}` uses nginx variables: Portico keeps the request's path and query, other variables are not translated");
+            self.note(ing, key, Outcome::NotTranslated, why);
+            return None;
+        }
         let Ok(uri) = target.parse::<http::Uri>() else {
             self.note(
                 ing,
@@ -437,7 +525,7 @@ impl Translation<'_> {
         let path = uri
             .path_and_query()
             .map(|p| p.path().to_string())
-            .filter(|p| !p.is_empty());
+            .filter(|p| !p.is_empty() && !keeps_path);
         let redirect = map(vec![
             ("status", status.into()),
             (
@@ -461,18 +549,18 @@ impl Translation<'_> {
         let mut keys = Vec::new();
         let base = name_of(&[&ing.namespace, &ing.name]);
         if ing.flag("enable-cors") {
-            let name = format!("{base}-cors");
+            let name = self.unique_named(format!("{base}-cors"));
             let cors = self.cors(ing);
             self.team(ing).cors.insert(name.clone(), cors);
             keys.push(("cors", Value::from(name)));
         }
         if let Some(limit) = self.rate_limit(ing) {
-            let name = format!("{base}-limit");
+            let name = self.unique_named(format!("{base}-limit"));
             self.team(ing).rate_limits.insert(name.clone(), limit);
             keys.push(("rate_limit", Value::from(name)));
         }
         if let Some(rule) = self.ip_access(ing) {
-            let name = format!("{base}-ip");
+            let name = self.unique_named(format!("{base}-ip"));
             self.team(ing).ip_access.insert(name.clone(), rule);
             keys.push(("ip_access", Value::from(name)));
         }
@@ -516,14 +604,25 @@ impl Translation<'_> {
             credentials = false;
             self.note(ing, "cors-allow-credentials", Outcome::Translated, "off: `*` with credentials is refused by browsers, and by Portico (list the origins to allow credentials)");
         }
-        let max_age = ing.ann("cors-max-age").unwrap_or("1728000");
+        let max_age = match ing
+            .ann("cors-max-age")
+            .map(|a| (a, a.trim().parse::<u64>()))
+        {
+            None => Some(1_728_000),
+            Some((_, Ok(seconds))) => Some(seconds),
+            Some((text, Err(_))) => {
+                let why = format!("`{text}` is not a number of seconds: left out");
+                self.note(ing, "cors-max-age", Outcome::NotTranslated, why);
+                None
+            }
+        };
         map(vec![
             ("allow_origins", Value::Sequence(origins)),
             ("allow_methods", Value::Sequence(list(ing.ann("cors-allow-methods"), "GET, PUT, POST, DELETE, PATCH, OPTIONS"))),
             ("allow_headers", Value::Sequence(list(ing.ann("cors-allow-headers"), "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,Range,Authorization"))),
             ("expose_headers", Value::Sequence(list(ing.ann("cors-expose-headers"), ""))),
             ("allow_credentials", credentials.into()),
-            ("max_age", format!("{}s", max_age.trim()).into()),
+            ("max_age", max_age.map_or(Value::Null, |s| format!("{s}s").into())),
         ])
     }
 
@@ -559,7 +658,7 @@ impl Translation<'_> {
         Some(map(vec![
             ("requests", requests.into()),
             ("per", per.into()),
-            ("burst", (requests * multiplier).into()),
+            ("burst", requests.saturating_mul(multiplier).into()),
             ("key", "client_ip".into()),
         ]))
     }
@@ -612,20 +711,26 @@ impl Translation<'_> {
             .unwrap_or_default()
             .to_string();
         let port = service.get("port");
-        let number = match (
+        // The upstream is named as ingress-nginx names it in its log
+        // (`NAMESPACE-SERVICE-PORT`, the port's name when it has one).
+        let (number, port_label) = match (
             port.and_then(|p| p.get("number")).and_then(Value::as_u64),
             port.and_then(|p| p.get("name")).and_then(Value::as_str),
         ) {
-            (Some(n), _) => u16::try_from(n).ok()?,
+            (Some(n), _) if (1..=65535).contains(&n) => (n as u16, n.to_string()),
             (None, Some(name)) => match self.opts().named_port(&ing.namespace, &svc, name) {
-                Some(n) => n,
+                Some(n) => (n, name.to_string()),
                 None => {
                     let why = format!("Service `{svc}` port `{name}` is named: give its number with `--port-map {}/{svc}:{name}=NUMBER`", ing.namespace);
                     self.note(ing, "backend.service.port", Outcome::NotTranslated, why);
                     return None;
                 }
             },
-            (None, None) => return None,
+            _ => {
+                let why = format!("Service `{svc}` has no valid port (`port.number` 1 to 65535, or `port.name`): left out");
+                self.note(ing, "backend.service.port", Outcome::NotTranslated, why);
+                return None;
+            }
         };
         let target = format!(
             "{svc}.{}.svc.{}:{number}",
@@ -679,16 +784,18 @@ impl Translation<'_> {
                 },
             ),
         ]);
-        let base = name_of(&[&ing.namespace, &svc, &number.to_string()]);
-        let team = self.teams.entry(ing.namespace.clone()).or_default();
+        let base = name_of(&[&ing.namespace, &svc, &port_label]);
+        let mine = Some((ing.namespace.clone(), definition.clone()));
         let mut name = base.clone();
         for n in 2.. {
-            match team.upstreams.get(&name) {
-                Some(existing) if *existing == definition => return Some(name),
+            match self.named.get(&name) {
+                Some(existing) if *existing == mine => return Some(name),
                 None => break,
                 Some(_) => name = format!("{base}-{n}"),
             }
         }
+        self.named.insert(name.clone(), mine);
+        let team = self.teams.entry(ing.namespace.clone()).or_default();
         team.upstreams.insert(name.clone(), definition);
         Some(name)
     }
@@ -870,7 +977,7 @@ impl Translation<'_> {
         for key in ing.nginx.keys() {
             let (outcome, why) = if key.ends_with("-snippet") {
                 (Outcome::NeverExecuted, "raw nginx configuration: Portico never runs it (such snippets are how IngressNightmare became remote code execution); translate its intent by hand")
-            } else if AUTH.contains(&key.as_str()) {
+            } else if key.starts_with("auth-") {
                 (Outcome::NotYet, "needs forward or basic authentication, which Portico does not have yet (the authentication issue)")
             } else if HANDLED.contains(&key.as_str()) {
                 continue;
@@ -941,7 +1048,7 @@ impl Translation<'_> {
         files.insert("gateway.yaml".to_string(), yaml_file(header, &base));
         for (ns, team) in std::mem::take(&mut self.teams) {
             let header = format!("Namespace `{ns}`, imported by `portico import ingress`.");
-            files.insert(format!("{ns}.yaml"), yaml_file(&header, &team_value(team)));
+            files.insert(super::file_for(&ns), yaml_file(&header, &team_value(team)));
         }
         if !self.defaults.routes.is_empty() {
             let defaults = std::mem::take(&mut self.defaults);
@@ -957,16 +1064,25 @@ impl Translation<'_> {
     }
 }
 
+/// An exact host before a wildcard, both before none (nginx's server choice).
+fn host_rank(host: &Option<String>) -> u8 {
+    match host {
+        Some(h) if h.starts_with("*.") => 1,
+        Some(_) => 0,
+        None => 2,
+    }
+}
+
 fn team_value(mut team: Team) -> Value {
     team.routes.sort_by(|a, b| {
         (
-            a.host.is_none(),
+            host_rank(&a.host),
             a.rank,
             std::cmp::Reverse(if a.rank == 2 { a.path.len() } else { 0 }),
             a.seq,
         )
             .cmp(&(
-                b.host.is_none(),
+                host_rank(&b.host),
                 b.rank,
                 std::cmp::Reverse(if b.rank == 2 { b.path.len() } else { 0 }),
                 b.seq,
@@ -997,15 +1113,6 @@ fn matcher(host: Option<&str>, key: &str, path: &str) -> Value {
     ])
 }
 
-/// A rewrite target for a prefix that ends in `/`: the target ends in `/` too, so
-/// `/foo/x` → `/bar/x`, never `/barx`.
-fn slash(target: &str) -> String {
-    match target.ends_with('/') {
-        true => target.to_string(),
-        false => format!("{target}/"),
-    }
-}
-
 /// nginx's `$1` / `${1}` / `${name}` in a rewrite target as Portico's `{1}` / `{name}`.
 fn captures(target: &str) -> String {
     static GROUP: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
@@ -1016,6 +1123,14 @@ fn captures(target: &str) -> String {
         format!("{{{name}}}")
     })
     .into_owned()
+}
+
+/// The authentication annotation an Ingress has (`auth-url`, `auth-type`, `auth-tls-*`...).
+fn needs_auth<'a>(ing: &'a Ingress) -> Option<&'a str> {
+    ing.nginx
+        .keys()
+        .map(String::as_str)
+        .find(|k| k.starts_with("auth-"))
 }
 
 /// A DNS name, or `*.` and one.
@@ -1029,22 +1144,6 @@ fn is_host(host: &str) -> bool {
                 && !label.ends_with('-')
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         })
-}
-
-fn is_regex(path: &str) -> bool {
-    path.contains(['(', '[', '*', '+', '?', '$', '^', '|', '\\'])
-}
-
-/// ingress-nginx's documented idiom: path `/prefix(/|$)(.*)` with target `/$2` strips
-/// the prefix. Returns the prefix and the target without `$2`.
-fn strip_idiom(path: &str, target: Option<&str>) -> Option<(String, String)> {
-    let prefix = path.strip_suffix("(/|$)(.*)")?;
-    if prefix.is_empty() || is_regex(prefix) {
-        return None;
-    }
-    let target = target?.strip_suffix("$2")?;
-    let target = if target.is_empty() { "/" } else { target };
-    Some((prefix.to_string(), target.to_string()))
 }
 
 /// nginx's size (`8m`, `512k`, `1g`, bytes): Some(None) for `0` (no limit).
@@ -1083,16 +1182,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_strip_prefix_idiom_is_recognized() {
-        assert_eq!(
-            strip_idiom("/something(/|$)(.*)", Some("/$2")),
-            Some(("/something".into(), "/".into()))
-        );
-        assert_eq!(
-            strip_idiom("/api(/|$)(.*)", Some("/v2/$2")),
-            Some(("/api".into(), "/v2/".into()))
-        );
-        assert_eq!(strip_idiom("/a/(.+)", Some("/$1")), None);
+    fn nginx_groups_become_portico_placeholders() {
         assert_eq!(captures("/items/$1/${2}/${id}"), "/items/{1}/{2}/{id}");
     }
 

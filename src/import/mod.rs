@@ -19,6 +19,8 @@ pub struct Options {
     /// Named Service ports: `NAMESPACE/SERVICE:NAME` (or `SERVICE:NAME`, any namespace)
     /// → port number.
     pub port_map: BTreeMap<String, u16>,
+    /// The Ingress class imported (others are another controller's).
+    pub ingress_class: String,
 }
 
 impl Default for Options {
@@ -26,6 +28,7 @@ impl Default for Options {
         Options {
             cluster_domain: "cluster.local".into(),
             port_map: BTreeMap::new(),
+            ingress_class: "nginx".into(),
         }
     }
 }
@@ -192,6 +195,15 @@ pub(crate) fn yaml_file(header: &str, body: &Value) -> String {
     }
     text.push_str(&serde_yaml::to_string(body).unwrap_or_default());
     text
+}
+
+/// The file of a namespace: `NAMESPACE.yaml`, unless that is a name the import writes
+/// itself (`gateway.yaml`, `zz-default-backends.yaml`).
+pub(crate) fn file_for(namespace: &str) -> String {
+    match namespace {
+        "gateway" | "zz-default-backends" => format!("ns-{namespace}.yaml"),
+        _ => format!("{namespace}.yaml"),
+    }
 }
 
 /// A name Portico accepts (letters, digits, `-`, `_`) made from Kubernetes names.
