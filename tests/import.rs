@@ -149,6 +149,13 @@ fn every_supported_annotation_has_a_case() {
         (&"5s".into(), &"120s".into(), &"60s".into())
     );
     assert!(up("shop-partners-443")["tls"].is_mapping());
+    // Where an Ingress says nothing, ingress-nginx's defaults are kept, not Portico's.
+    let plain = &up("shop-inventory-50051")["timeouts"];
+    assert_eq!(
+        (&plain["connect"], &plain["read"], &plain["write"]),
+        (&"5s".into(), &"60s".into(), &"60s".into())
+    );
+    assert_eq!(route(&shop, "shop-grpc-r0p0")["max_body"], "1MiB");
     assert_eq!(up("shop-inventory-50051")["protocol"], "h2");
     assert!(up("shop-inventory-50051")["tls"].is_null());
     assert_eq!(up("shop-inventory-50052")["protocol"], "h2");

@@ -2,9 +2,11 @@
 //! directory: a base (listeners, TLS certificates from the Ingress `tls` sections) and one
 //! file per namespace (upstreams for the Services, policies, routes).
 //!
-//! Route order follows nginx's: in each file, routes with a host before host-less ones,
-//! exact paths before prefixes, longer prefixes before shorter, regex paths last in the
-//! order written. A `Prefix` path `/foo` is what ingress-nginx makes of it: `/foo` exactly
+//! Route order follows nginx's: in each file, an exact host before a wildcard, both before
+//! none; exact paths, then regex paths (nginx tries them before prefixes; longest first, as
+//! ingress-nginx sorts them), then prefixes, longest first. ingress-nginx's defaults are
+//! kept where Portico's differ: timeouts 5s to connect and 60s to read and write, bodies up
+//! to 1 MiB. A `Prefix` path `/foo` is what ingress-nginx makes of it: `/foo` exactly
 //! and everything under `/foo/`.
 
 use super::{map, name_of, yaml_file, Note, Options, Outcome, Output};
@@ -398,11 +400,15 @@ impl Translation<'_> {
                     host,
                     "/",
                     0,
-                    vec![
+                    // The Ingress's policies (its allowlist too) apply to the redirect.
+                    [
                         ("name", Value::from(format!("{name}-app-root"))),
                         ("match", matcher(host, "path", "/")),
                         ("redirect", redirect),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(policies.iter().cloned())
+                    .collect(),
                 );
             }
         }
@@ -429,7 +435,7 @@ impl Translation<'_> {
                 &format!("(?i)(?:{raw}).*"),
                 rewrite.map(captures),
             );
-            self.push(ing, host, &raw, 3, fields);
+            self.push(ing, host, &raw, 2, fields);
             return;
         }
         match kind {
@@ -439,19 +445,19 @@ impl Translation<'_> {
             }
             "Prefix" if raw.trim_end_matches('/').is_empty() => {
                 let fields = route("", "path_prefix", "/", None);
-                self.push(ing, host, "/", 2, fields);
+                self.push(ing, host, "/", 3, fields);
             }
             "Prefix" => {
                 let base = raw.trim_end_matches('/').to_string();
                 let exact = route("-exact", "path", &base, None);
                 self.push(ing, host, &base, 1, exact);
                 let under = route("", "path_prefix", &format!("{base}/"), None);
-                self.push(ing, host, &format!("{base}/"), 2, under);
+                self.push(ing, host, &format!("{base}/"), 3, under);
             }
             _ => {
                 // ImplementationSpecific: nginx's `location /foo`, a string prefix.
                 let fields = route("", "path_prefix", &raw, None);
-                self.push(ing, host, &raw, 2, fields);
+                self.push(ing, host, &raw, 3, fields);
             }
         }
     }
@@ -563,6 +569,10 @@ impl Translation<'_> {
             let name = self.unique_named(format!("{base}-ip"));
             self.team(ing).ip_access.insert(name.clone(), rule);
             keys.push(("ip_access", Value::from(name)));
+        }
+        // ingress-nginx's default body limit is 1m, Portico's 100 MiB: keep nginx's.
+        if ing.ann("proxy-body-size").is_none() {
+            keys.push(("max_body", Value::from("1MiB")));
         }
         if let Some(size) = ing.ann("proxy-body-size") {
             match byte_size(size) {
@@ -763,12 +773,15 @@ impl Translation<'_> {
         let timeouts = map(vec![
             (
                 "connect",
-                seconds("proxy-connect-timeout").unwrap_or(Value::Null),
+                seconds("proxy-connect-timeout").unwrap_or("5s".into()),
             ),
-            ("read", seconds("proxy-read-timeout").unwrap_or(Value::Null)),
+            (
+                "read",
+                seconds("proxy-read-timeout").unwrap_or("60s".into()),
+            ),
             (
                 "write",
-                seconds("proxy-send-timeout").unwrap_or(Value::Null),
+                seconds("proxy-send-timeout").unwrap_or("60s".into()),
             ),
         ]);
         let definition = map(vec![
@@ -1078,13 +1091,13 @@ fn team_value(mut team: Team) -> Value {
         (
             host_rank(&a.host),
             a.rank,
-            std::cmp::Reverse(if a.rank == 2 { a.path.len() } else { 0 }),
+            std::cmp::Reverse(if a.rank >= 2 { a.path.len() } else { 0 }),
             a.seq,
         )
             .cmp(&(
                 host_rank(&b.host),
                 b.rank,
-                std::cmp::Reverse(if b.rank == 2 { b.path.len() } else { 0 }),
+                std::cmp::Reverse(if b.rank >= 2 { b.path.len() } else { 0 }),
                 b.seq,
             ))
     });
