@@ -115,21 +115,28 @@ enum Command {
     },
 }
 
+/// What every import reads and writes.
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// The YAML files to read.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// The directory to write (made if missing; existing files of the same names are
+    /// replaced).
+    #[arg(long, default_value = "portico-import")]
+    out: PathBuf,
+    /// The cluster's DNS domain: Services become SERVICE.NAMESPACE.svc.DOMAIN:PORT.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+}
+
 #[derive(Subcommand)]
 enum ImportFrom {
     /// `networking.k8s.io/v1` Ingress objects with ingress-nginx annotations (multi-document
     /// YAML, or a `kubectl get ingress -A -o yaml` list).
     Ingress {
-        /// The YAML files to read.
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// The directory to write (made if missing; existing files of the same names are
-        /// replaced).
-        #[arg(long, default_value = "portico-import")]
-        out: PathBuf,
-        /// The cluster's DNS domain: Services become SERVICE.NAMESPACE.svc.DOMAIN:PORT.
-        #[arg(long, default_value = "cluster.local")]
-        cluster_domain: String,
+        #[command(flatten)]
+        args: ImportArgs,
         /// A named Service port's number: [NAMESPACE/]SERVICE:PORT_NAME=NUMBER (repeat it).
         #[arg(long)]
         port_map: Vec<String>,
@@ -140,15 +147,8 @@ enum ImportFrom {
     /// Gateway API objects: `Gateway`s and the `HTTPRoute`s and `GRPCRoute`s attached to
     /// them.
     GatewayApi {
-        /// The YAML files to read (the Gateways among them).
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// The directory to write.
-        #[arg(long, default_value = "portico-import")]
-        out: PathBuf,
-        /// The cluster's DNS domain: Services become SERVICE.NAMESPACE.svc.DOMAIN:PORT.
-        #[arg(long, default_value = "cluster.local")]
-        cluster_domain: String,
+        #[command(flatten)]
+        args: ImportArgs,
     },
 }
 
@@ -491,20 +491,19 @@ fn demo(config: &Path) -> anyhow::Result<ExitCode> {
 /// `portico import`: writes the translation and REPORT.md, prints the report; exit 0 when
 /// something was translated, 2 when nothing could be read.
 fn import(from: ImportFrom) -> anyhow::Result<ExitCode> {
-    let (files, out, cluster_domain, port_map, ingress_class) = match from {
+    let (args, port_map, ingress_class) = match from {
         ImportFrom::Ingress {
-            files,
-            out,
-            cluster_domain,
+            args,
             port_map,
             ingress_class,
-        } => (files, out, cluster_domain, port_map, Some(ingress_class)),
-        ImportFrom::GatewayApi {
-            files,
-            out,
-            cluster_domain,
-        } => (files, out, cluster_domain, Vec::new(), None),
+        } => (args, port_map, Some(ingress_class)),
+        ImportFrom::GatewayApi { args } => (args, Vec::new(), None),
     };
+    let ImportArgs {
+        files,
+        out,
+        cluster_domain,
+    } = args;
     let gateway_api = ingress_class.is_none();
     let mut opts = portico::import::Options {
         cluster_domain,

@@ -658,57 +658,9 @@ impl Translation<'_> {
     }
 
     fn finish(mut self) -> Output {
-        let listen = map(vec![
-            ("proxy", "0.0.0.0:8080".into()),
-            (
-                "proxy_tls",
-                if self.certificates.is_empty() {
-                    Value::Null
-                } else {
-                    "0.0.0.0:8443".into()
-                },
-            ),
-            ("admin", "0.0.0.0:9901".into()),
-            ("h2c", if self.grpc { true.into() } else { Value::Null }),
-        ]);
-        let certificates: Vec<Value> = self
-            .certificates
-            .iter()
-            .map(|(ns, secret)| {
-                let dir = format!("tls/{ns}/{secret}");
-                map(vec![
-                    ("cert", format!("{dir}/tls.crt").into()),
-                    ("key", format!("{dir}/tls.key").into()),
-                ])
-            })
-            .collect();
-        for (ns, secret) in self.certificates.clone() {
-            let why = format!(
-                "mount the TLS Secret at tls/{ns}/{secret}/ beside gateway.yaml (tls.crt, tls.key)"
-            );
-            self.note(
-                &format!("{ns}/{secret}"),
-                "Secret",
-                Outcome::Translated,
-                why,
-            );
-        }
-        let base = map(vec![
-            ("version", 1.into()),
-            ("listen", listen),
-            (
-                "tls",
-                if certificates.is_empty() {
-                    Value::Null
-                } else {
-                    map(vec![("certificates", Value::Sequence(certificates))])
-                },
-            ),
-        ]);
-        let header = "Imported by `portico import gateway-api`: the Gateways' listeners and certificates.\nEach namespace's routes are in NAMESPACE.yaml; REPORT.md lists what was not translated.";
-        self.out
-            .files
-            .insert("gateway.yaml".into(), yaml_file(header, &base));
+        let listen = vec![("h2c", if self.grpc { true.into() } else { Value::Null })];
+        let base = super::base_file("gateway-api", listen, &self.certificates, &mut self.out);
+        self.out.files.insert("gateway.yaml".into(), base);
         for (ns, mut team) in std::mem::take(&mut self.teams) {
             team.routes.sort_by_key(|r| r.key);
             let upstreams: serde_yaml::Mapping = team

@@ -327,33 +327,15 @@ impl Translation<'_> {
 
     /// A policy name no other file uses (names are global).
     fn unique_named(&mut self, wanted: String) -> String {
-        let unique = (1..)
-            .map(|n| {
-                if n == 1 {
-                    wanted.clone()
-                } else {
-                    format!("{wanted}-{n}")
-                }
-            })
-            .find(|n| !self.named.contains_key(n))
-            .expect("some suffix is free");
-        self.named.insert(unique.clone(), None);
-        unique
+        let name = super::unique(&wanted, |n| self.named.contains_key(n));
+        self.named.insert(name.clone(), None);
+        name
     }
 
     fn unique_route_name(&mut self, wanted: String) -> String {
-        let unique = (1..)
-            .map(|n| {
-                if n == 1 {
-                    wanted.clone()
-                } else {
-                    format!("{wanted}-{n}")
-                }
-            })
-            .find(|n| !self.names.contains(n))
-            .expect("some suffix is free");
-        self.names.insert(unique.clone());
-        unique
+        let name = super::unique(&wanted, |n| self.names.contains(n));
+        self.names.insert(name.clone());
+        name
     }
 
     fn next(&mut self) -> usize {
@@ -473,18 +455,7 @@ impl Translation<'_> {
         let seq = self.next();
         if let Some((_, name)) = fields.iter_mut().find(|(k, _)| *k == "name") {
             let wanted = name.as_str().unwrap_or_default().to_string();
-            let unique = (1..)
-                .map(|n| {
-                    if n == 1 {
-                        wanted.clone()
-                    } else {
-                        format!("{wanted}-{n}")
-                    }
-                })
-                .find(|n| !self.names.contains(n))
-                .expect("some suffix is free");
-            self.names.insert(unique.clone());
-            *name = unique.into();
+            *name = self.unique_route_name(wanted).into();
         }
         let team = self.teams.entry(ing.namespace.clone()).or_default();
         team.routes.push(Route {
@@ -1006,59 +977,13 @@ impl Translation<'_> {
 
     fn finish(mut self) -> Output {
         let mut files = BTreeMap::new();
-        let listen = map(vec![
-            ("proxy", "0.0.0.0:8080".into()),
-            (
-                "proxy_tls",
-                if self.certificates.is_empty() {
-                    Value::Null
-                } else {
-                    "0.0.0.0:8443".into()
-                },
-            ),
-            ("admin", "0.0.0.0:9901".into()),
-            (
-                "redirect_https",
-                if self.redirect_https && !self.certificates.is_empty() {
-                    true.into()
-                } else {
-                    Value::Null
-                },
-            ),
-        ]);
-        let certificates: Vec<Value> = self
-            .certificates
-            .iter()
-            .map(|(ns, secret)| {
-                let dir = format!("tls/{ns}/{secret}");
-                map(vec![
-                    ("cert", format!("{dir}/tls.crt").into()),
-                    ("key", format!("{dir}/tls.key").into()),
-                ])
-            })
-            .collect();
-        for (ns, secret) in &self.certificates {
-            self.out.notes.push(Note {
-                object: format!("{ns}/{secret}"),
-                what: "Secret".into(),
-                outcome: Outcome::Translated,
-                why: format!("mount the TLS Secret at tls/{ns}/{secret}/ beside gateway.yaml (tls.crt, tls.key)"),
-            });
-        }
-        let base = map(vec![
-            ("version", 1.into()),
-            ("listen", listen),
-            (
-                "tls",
-                if certificates.is_empty() {
-                    Value::Null
-                } else {
-                    map(vec![("certificates", Value::Sequence(certificates))])
-                },
-            ),
-        ]);
-        let header = "Imported by `portico import ingress`: the listeners and certificates.\nEach namespace's routes are in NAMESPACE.yaml beside this file; REPORT.md lists\nwhat was not translated. Check it all with `portico check DIR`.";
-        files.insert("gateway.yaml".to_string(), yaml_file(header, &base));
+        let redirect = self.redirect_https && !self.certificates.is_empty();
+        let listen = vec![(
+            "redirect_https",
+            if redirect { true.into() } else { Value::Null },
+        )];
+        let base = super::base_file("ingress", listen, &self.certificates, &mut self.out);
+        files.insert("gateway.yaml".to_string(), base);
         for (ns, team) in std::mem::take(&mut self.teams) {
             let header = format!("Namespace `{ns}`, imported by `portico import ingress`.");
             files.insert(super::file_for(&ns), yaml_file(&header, &team_value(team)));

@@ -197,6 +197,64 @@ pub(crate) fn yaml_file(header: &str, body: &Value) -> String {
     text
 }
 
+/// The base file of an import: `listen` (its proxy, TLS and admin listeners added here)
+/// and a certificate for each TLS Secret `(namespace, name)`, each noted as one to mount.
+pub(crate) fn base_file(
+    tool: &str,
+    mut listen: Vec<(&str, Value)>,
+    certificates: &[(String, String)],
+    out: &mut Output,
+) -> String {
+    let tls_listener = match certificates.is_empty() {
+        true => Value::Null,
+        false => "0.0.0.0:8443".into(),
+    };
+    listen.splice(
+        0..0,
+        [
+            ("proxy", "0.0.0.0:8080".into()),
+            ("proxy_tls", tls_listener),
+            ("admin", "0.0.0.0:9901".into()),
+        ],
+    );
+    let mut entries = Vec::new();
+    for (ns, secret) in certificates {
+        let dir = format!("tls/{ns}/{secret}");
+        entries.push(map(vec![
+            ("cert", format!("{dir}/tls.crt").into()),
+            ("key", format!("{dir}/tls.key").into()),
+        ]));
+        out.notes.push(Note {
+            object: format!("{ns}/{secret}"),
+            what: "Secret".into(),
+            outcome: Outcome::Translated,
+            why: format!("mount the TLS Secret at {dir}/ beside gateway.yaml (tls.crt, tls.key)"),
+        });
+    }
+    let tls = match entries.is_empty() {
+        true => Value::Null,
+        false => map(vec![("certificates", Value::Sequence(entries))]),
+    };
+    let base = map(vec![
+        ("version", 1.into()),
+        ("listen", map(listen)),
+        ("tls", tls),
+    ]);
+    let header = format!("Imported by `portico import {tool}`: the listeners and certificates.\nEach namespace's routes are in NAMESPACE.yaml beside this file; REPORT.md lists\nwhat was not translated. Check it all with `portico check DIR`.");
+    yaml_file(&header, &base)
+}
+
+/// `wanted`, or `wanted-2`, `wanted-3`... the first that `taken` does not hold.
+pub(crate) fn unique(wanted: &str, taken: impl Fn(&str) -> bool) -> String {
+    (1..)
+        .map(|n| match n {
+            1 => wanted.to_string(),
+            n => format!("{wanted}-{n}"),
+        })
+        .find(|n| !taken(n))
+        .expect("some suffix is free")
+}
+
 /// The file of a namespace: `NAMESPACE.yaml`, unless that is a name the import writes
 /// itself (`gateway.yaml`, `zz-default-backends.yaml`).
 pub(crate) fn file_for(namespace: &str) -> String {
