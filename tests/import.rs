@@ -107,6 +107,7 @@ fn the_fetched_manifests_import_with_a_report_and_pass_check() {
         "- `shop/checkout-canary` nginx.ingress.kubernetes.io/affinity: the split keeps each client on its backend with a signed cookie: set PORTICO_STICKY_KEY",
         "- `shop/partners` nginx.ingress.kubernetes.io/backend-protocol: Portico verifies the backend's certificate",
         "- `default/foobar` Secret: mount the TLS Secret at tls/default/foobar/ beside gateway.yaml (tls.crt, tls.key)",
+        "- `*` listen.redirect_https: on for every host of the plain listener (Portico's is global, ingress-nginx's per host); `/.well-known/acme-challenge/` requests are redirected too; hosts without a TLS section are redirected as well: admin.shop.example, api.shop.example,",
     ] {
         assert!(report.contains(line), "`{line}` in:\n{report}");
     }

@@ -113,6 +113,8 @@ struct Translation<'o> {
     /// Route names given so far (two Ingresses may share a name across namespaces, and a
     /// file may hold the same Ingress twice).
     names: std::collections::HashSet<String>,
+    /// The hosts the Ingresses' TLS sections name.
+    tls_hosts: std::collections::BTreeSet<String>,
     /// Upstream and policy names given so far (names are global across the files):
     /// the namespace and definition of each upstream.
     named: BTreeMap<String, Option<(String, Value)>>,
@@ -795,6 +797,9 @@ impl Translation<'_> {
                 continue;
             };
             has_tls = true;
+            let hosts = section.get("hosts").and_then(Value::as_sequence);
+            let hosts = hosts.into_iter().flatten().filter_map(Value::as_str);
+            self.tls_hosts.extend(hosts.map(String::from));
             let entry = (ing.namespace.clone(), secret.to_string());
             if !self.certificates.contains(&entry) {
                 self.certificates.push(entry);
@@ -807,9 +812,39 @@ impl Translation<'_> {
         };
         if redirect {
             self.redirect_https = true;
+            if !has_tls {
+                let why = "`force-ssl-redirect` without a TLS section: Portico redirects only when it has a TLS listener, so this Ingress's own redirect needs a certificate for its hosts";
+                self.note(ing, "force-ssl-redirect", Outcome::NotTranslated, why);
+            }
         } else if has_tls {
             self.note(ing, "ssl-redirect", Outcome::NotTranslated, "`false`: Portico's listen.redirect_https applies to every host of the plain listener; it is on because another Ingress redirects, or off for all");
         }
+    }
+
+    /// `redirect_https` is the plain listener's: it redirects hosts without a certificate
+    /// too (to a TLS listener that has none for them), and ACME HTTP-01 challenges.
+    fn report_global_redirect(&mut self) {
+        let routed = self
+            .teams
+            .values()
+            .flat_map(|t| &t.routes)
+            .filter_map(|r| r.host.clone());
+        let plain: std::collections::BTreeSet<String> =
+            routed.filter(|h| !self.tls_hosts.contains(h)).collect();
+        let mut why = String::from("on for every host of the plain listener (Portico's is global, ingress-nginx's per host); `/.well-known/acme-challenge/` requests are redirected too");
+        if !plain.is_empty() {
+            let list: Vec<&str> = plain.iter().map(String::as_str).collect();
+            why.push_str(&format!(
+                "; hosts without a TLS section are redirected as well: {}",
+                list.join(", ")
+            ));
+        }
+        self.out.notes.push(Note {
+            object: "*".into(),
+            what: "listen.redirect_https".into(),
+            outcome: Outcome::Translated,
+            why,
+        });
     }
 
     /// A canary Ingress: its backend joins the main route of the same host and path.
@@ -978,6 +1013,9 @@ impl Translation<'_> {
     fn finish(mut self) -> Output {
         let mut files = BTreeMap::new();
         let redirect = self.redirect_https && !self.certificates.is_empty();
+        if redirect {
+            self.report_global_redirect();
+        }
         let listen = vec![(
             "redirect_https",
             if redirect { true.into() } else { Value::Null },
