@@ -347,7 +347,7 @@ fn routes_not_attached_to_a_gateway_and_unsupported_matches_are_reported() {
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(
-            "- `apps/lonely` spec.parentRefs: attached to no Gateway among the files read"
+            "- `apps/lonely` spec.parentRefs: attached to no listener among the files read"
         ),
         "{out}"
     );
@@ -404,4 +404,110 @@ fn a_grpc_routes_method_match_reaches_its_backend() {
         let unrouted = client.watch(ask("shop")).await.unwrap_err();
         assert_eq!(unrouted.code(), tonic::Code::Unimplemented, "{unrouted:?}");
     });
+}
+
+/// Which listener a route attaches to decides what it serves: a Gateway's allowed
+/// namespaces, its listeners' hostnames and sections, the usual HTTP → HTTPS redirect
+/// route, and ReferenceGrants for another namespace's Service.
+#[test]
+fn attachment_rules_decide_what_a_route_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: { name: edge, namespace: infra }
+spec:
+  listeners:
+  - { name: http, port: 80, protocol: HTTP, hostname: "*.example.com" }
+  - name: https
+    port: 443
+    protocol: HTTPS
+    hostname: "*.example.com"
+    tls: { certificateRefs: [{ name: wildcard }] }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: to-https, namespace: infra }
+spec:
+  parentRefs: [{ name: edge, sectionName: http }]
+  rules:
+  - filters: [{ type: RequestRedirect, requestRedirect: { scheme: https, statusCode: 301 } }]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: app, namespace: infra }
+spec:
+  parentRefs: [{ name: edge, sectionName: https }]
+  hostnames: [app.example.com, app.other.org]
+  rules:
+  - backendRefs: [{ name: app, port: 80 }]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: tenant, namespace: tenant }
+spec:
+  parentRefs: [{ name: edge, namespace: infra }]
+  rules:
+  - backendRefs: [{ name: web, port: 80 }]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: vault, namespace: infra }
+spec:
+  parentRefs: [{ name: edge }]
+  hostnames: [vault.example.com]
+  rules:
+  - backendRefs: [{ name: vault, namespace: secrets, port: 8200 }]
+  - matches: [{ path: { type: PathPrefix, value: /shared } }]
+    backendRefs: [{ name: shared, namespace: common, port: 80 }]
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: { name: infra-routes, namespace: common }
+spec:
+  from: [{ group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: infra }]
+  to: [{ group: "", kind: Service }]
+"#;
+    std::fs::write(dir.path().join("objects.yaml"), objects).unwrap();
+    let (code, report, err) = portico(
+        &["import", "gateway-api", "objects.yaml", "--out", "out"],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "- `infra/to-https` rules: a redirect to https on HTTP listeners only: translated as listen.redirect_https",
+        "- `tenant/tenant` spec.parentRefs: attached to no listener among the files read",
+        "- `infra/vault` backendRefs: `secrets/vault` is in another namespace and no ReferenceGrant there allows it",
+    ] {
+        assert!(report.contains(line), "`{line}` in:\n{report}");
+    }
+    let base: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(dir.path().join("out/gateway.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(base["listen"]["redirect_https"], true);
+    let routes: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.path().join("out/infra.yaml")).unwrap())
+            .unwrap();
+    let hosts: Vec<&str> = routes["routes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["match"]["host"].as_str())
+        .collect();
+    // The listener's `*.example.com` keeps app.example.com and drops app.other.org.
+    assert!(
+        hosts.contains(&"app.example.com") && !hosts.contains(&"app.other.org"),
+        "{hosts:?}"
+    );
+    let text = std::fs::read_to_string(dir.path().join("out/infra.yaml")).unwrap();
+    assert!(
+        text.contains("shared.common.svc.cluster.local:80"),
+        "{text}"
+    );
+    assert!(!text.contains("vault.secrets"), "{text}");
+    assert!(
+        text.contains("status: 500"),
+        "the refused backend's rule answers 500:\n{text}"
+    );
 }

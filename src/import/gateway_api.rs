@@ -44,6 +44,10 @@ struct Translation<'o> {
     grpc: bool,
     /// Upstream names defined so far.
     defined: std::collections::BTreeSet<String>,
+    /// The ReferenceGrants read: what lets a route use another namespace's Service.
+    grants: Vec<Value>,
+    /// A redirect-to-https route on HTTP listeners was read.
+    redirect_https: bool,
 }
 
 /// Translates the Gateways, HTTPRoutes and GRPCRoutes among `objects`.
@@ -57,6 +61,8 @@ pub fn translate(objects: &[Value], opts: &Options) -> Output {
         http_ports: BTreeMap::new(),
         grpc: false,
         defined: Default::default(),
+        grants: Vec::new(),
+        redirect_https: false,
     };
     t.out.read = objects.len();
     let kind = |o: &Value| {
@@ -65,31 +71,44 @@ pub fn translate(objects: &[Value], opts: &Options) -> Output {
             .unwrap_or_default()
             .to_string()
     };
-    let gateways: Vec<(String, String)> = objects
+    let mut listeners = Vec::new();
+    for g in objects.iter().filter(|o| kind(o) == "Gateway") {
+        t.gateway(g);
+        listeners.extend(listeners_of(g));
+    }
+    t.grants = objects
         .iter()
-        .filter(|o| kind(o) == "Gateway")
-        .map(|g| {
-            t.gateway(g);
-            (namespace(g), name(g))
-        })
+        .filter(|o| kind(o) == "ReferenceGrant")
+        .cloned()
         .collect();
     for o in objects {
         let (k, object) = (kind(o), format!("{}/{}", namespace(o), name(o)));
         if k != "HTTPRoute" && k != "GRPCRoute" {
             continue;
         }
-        if !attached(o, &gateways) {
-            t.note(
-                &object,
-                "spec.parentRefs",
-                Outcome::NotTranslated,
-                "attached to no Gateway among the files read: pass the Gateway too",
-            );
+        let attached: Vec<&Listener> = listeners.iter().filter(|l| l.admits(o)).collect();
+        let Some(hostnames) = hostnames(o, &attached) else {
+            let why = "attached to no listener among the files read (parentRefs, sectionName, port, allowedRoutes and hostnames decide): pass its Gateway, or fix the reference";
+            t.note(&object, "spec.parentRefs", Outcome::NotTranslated, why);
             continue;
+        };
+        if attached.iter().all(|l| l.protocol == "HTTP") && t.https_redirect_only(o) {
+            // The usual HTTP listener's route that sends everything to HTTPS: Portico's
+            // redirect_https does that for the plain listener.
+            t.redirect_https = true;
+            let why =
+                "a redirect to https on HTTP listeners only: translated as listen.redirect_https";
+            t.note(&object, "rules", Outcome::Translated, why);
+            t.out.translated += 1;
+            continue;
+        }
+        if attached.iter().all(|l| l.protocol == "HTTPS") {
+            let why = "attached to HTTPS listeners only: Portico serves every route on its plain listener too (turn listen.redirect_https on to send plain requests to HTTPS)";
+            t.note(&object, "spec.parentRefs", Outcome::Translated, why);
         }
         t.out.translated += 1;
         t.grpc |= k == "GRPCRoute";
-        t.route(o, k == "GRPCRoute");
+        t.route(o, k == "GRPCRoute", &hostnames);
     }
     t.finish()
 }
@@ -118,16 +137,98 @@ fn seq_of(v: Option<&Value>) -> &[Value] {
         .unwrap_or(&[])
 }
 
-/// Whether a route's parentRefs name one of the Gateways read.
-fn attached(route: &Value, gateways: &[(String, String)]) -> bool {
-    let ns = namespace(route);
-    seq_of(route.get("spec").and_then(|s| s.get("parentRefs")))
+/// A Gateway listener, as far as attaching routes goes.
+struct Listener {
+    gateway: (String, String),
+    name: String,
+    port: u64,
+    protocol: String,
+    hostname: Option<String>,
+    /// `Same` (the default), `All` or `Selector` (taken as `All`: labels are not read).
+    from: String,
+}
+
+fn listeners_of(g: &Value) -> Vec<Listener> {
+    let spec = g.get("spec");
+    seq_of(spec.and_then(|s| s.get("listeners")))
         .iter()
-        .any(|p| {
-            let gw_ns = text(p, "namespace").unwrap_or(&ns);
-            let gw = text(p, "name").unwrap_or_default();
-            gateways.iter().any(|(n, g)| n == gw_ns && g == gw)
+        .map(|l| Listener {
+            gateway: (namespace(g), name(g)),
+            name: text(l, "name").unwrap_or_default().into(),
+            port: l.get("port").and_then(Value::as_u64).unwrap_or(0),
+            protocol: text(l, "protocol").unwrap_or("HTTP").into(),
+            hostname: text(l, "hostname").map(String::from),
+            from: l
+                .get("allowedRoutes")
+                .and_then(|a| a.get("namespaces"))
+                .and_then(|n| text(n, "from"))
+                .unwrap_or("Same")
+                .into(),
         })
+        .collect()
+}
+
+impl Listener {
+    /// Whether `route` attaches here: a parentRef naming this Gateway (and this listener,
+    /// by sectionName or port, when it says), from a namespace the listener allows.
+    fn admits(&self, route: &Value) -> bool {
+        let ns = namespace(route);
+        let allowed = match self.from.as_str() {
+            "Same" => ns == self.gateway.0,
+            _ => true,
+        };
+        allowed
+            && seq_of(route.get("spec").and_then(|s| s.get("parentRefs")))
+                .iter()
+                .any(|p| {
+                    let gw = (
+                        text(p, "namespace").unwrap_or(&ns).to_string(),
+                        text(p, "name").unwrap_or_default().to_string(),
+                    );
+                    let section = text(p, "sectionName").is_none_or(|s| s == self.name);
+                    let port = p
+                        .get("port")
+                        .and_then(Value::as_u64)
+                        .is_none_or(|p| p == self.port);
+                    gw == self.gateway && section && port
+                })
+    }
+}
+
+/// The hostnames a route serves on its listeners: its own where a listener's hostname
+/// allows them (a wildcard listener narrows to the route's names under it), the
+/// listener's when the route has none. None when no listener admits it, or no name is
+/// left.
+fn hostnames(route: &Value, listeners: &[&Listener]) -> Option<Vec<Option<String>>> {
+    let own: Vec<String> = seq_of(route.get("spec").and_then(|s| s.get("hostnames")))
+        .iter()
+        .filter_map(Value::as_str)
+        .map(String::from)
+        .collect();
+    let mut out: Vec<Option<String>> = Vec::new();
+    for l in listeners {
+        match (&l.hostname, own.is_empty()) {
+            (None, true) => out.push(None),
+            (None, false) => out.extend(own.iter().cloned().map(Some)),
+            (Some(lh), true) => out.push(Some(lh.clone())),
+            (Some(lh), false) => {
+                for h in &own {
+                    let under = |wild: &str, name: &str| {
+                        wild.strip_prefix('*')
+                            .is_some_and(|suffix| name.ends_with(suffix))
+                    };
+                    if h == lh || under(lh, h) {
+                        out.push(Some(h.clone()));
+                    } else if under(h, lh) {
+                        out.push(Some(lh.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    (!out.is_empty()).then_some(out)
 }
 
 impl Translation<'_> {
@@ -138,6 +239,48 @@ impl Translation<'_> {
             outcome,
             why: why.into(),
         });
+    }
+
+    /// Whether a ReferenceGrant in `to_ns` lets routes of `from_ns` use Service `svc`.
+    fn granted(&self, from_ns: &str, to_ns: &str, svc: &str) -> bool {
+        self.grants
+            .iter()
+            .filter(|g| namespace(g) == to_ns)
+            .any(|g| {
+                let spec = g.get("spec");
+                let from = seq_of(spec.and_then(|s| s.get("from"))).iter().any(|f| {
+                    matches!(text(f, "kind"), Some("HTTPRoute" | "GRPCRoute"))
+                        && text(f, "namespace") == Some(from_ns)
+                });
+                let to = seq_of(spec.and_then(|s| s.get("to"))).iter().any(|t| {
+                    text(t, "kind") == Some("Service") && text(t, "name").is_none_or(|n| n == svc)
+                });
+                from && to
+            })
+    }
+
+    /// Whether every rule of a route only redirects to https (the HTTP listener's route of
+    /// the usual HTTP → HTTPS pattern).
+    fn https_redirect_only(&self, route: &Value) -> bool {
+        let rules = seq_of(route.get("spec").and_then(|s| s.get("rules")));
+        !rules.is_empty()
+            && rules.iter().all(|r| {
+                let filters = seq_of(r.get("filters"));
+                filters.len() == 1
+                    && text(&filters[0], "type") == Some("RequestRedirect")
+                    && filters[0]
+                        .get("requestRedirect")
+                        .and_then(|rr| text(rr, "scheme"))
+                        == Some("https")
+                    && filters[0]
+                        .get("requestRedirect")
+                        .and_then(|rr| rr.get("hostname"))
+                        .is_none()
+                    && filters[0]
+                        .get("requestRedirect")
+                        .and_then(|rr| rr.get("path"))
+                        .is_none()
+            })
     }
 
     fn gateway(&mut self, g: &Value) {
@@ -173,18 +316,10 @@ impl Translation<'_> {
         }
     }
 
-    fn route(&mut self, o: &Value, grpc: bool) {
+    fn route(&mut self, o: &Value, grpc: bool, hostnames: &[Option<String>]) {
         let ns = namespace(o);
         let object = format!("{ns}/{}", name(o));
         let spec = o.get("spec").cloned().unwrap_or(Value::Null);
-        let hostnames: Vec<Option<String>> = match seq_of(spec.get("hostnames")) {
-            [] => vec![None],
-            hs => hs
-                .iter()
-                .filter_map(Value::as_str)
-                .map(|h| Some(h.to_string()))
-                .collect(),
-        };
         // A redirect without a port keeps the port clients used: the Gateway listener's.
         let port = seq_of(spec.get("parentRefs")).iter().find_map(|p| {
             let gw_ns = text(p, "namespace").unwrap_or(&ns).to_string();
@@ -365,6 +500,11 @@ impl Translation<'_> {
             );
             return None;
         };
+        if svc_ns != ns && !self.granted(ns, svc_ns, svc) {
+            let why = format!("`{svc_ns}/{svc}` is in another namespace and no ReferenceGrant there allows it: the Gateway API refuses it (500)");
+            self.note(object, "backendRefs", Outcome::NotTranslated, why);
+            return None;
+        }
         let target = format!("{svc}.{svc_ns}.svc.{}:{port}", self.opts.cluster_domain);
         let definition = map(vec![
             ("targets", Value::Sequence(vec![target.into()])),
@@ -658,7 +798,14 @@ impl Translation<'_> {
     }
 
     fn finish(mut self) -> Output {
-        let listen = vec![("h2c", if self.grpc { true.into() } else { Value::Null })];
+        let redirect = self.redirect_https && !self.certificates.is_empty();
+        let listen = vec![
+            ("h2c", if self.grpc { true.into() } else { Value::Null }),
+            (
+                "redirect_https",
+                if redirect { true.into() } else { Value::Null },
+            ),
+        ];
         let base = super::base_file("gateway-api", listen, &self.certificates, &mut self.out);
         self.out.files.insert("gateway.yaml".into(), base);
         for (ns, mut team) in std::mem::take(&mut self.teams) {
