@@ -315,6 +315,10 @@ pub fn against_log(new: &Snapshot, log: &str) -> Report {
         let hosts = match (&r.host, recorded_upstream) {
             (Some(h), _) => vec![Some(h.clone())],
             (None, Some(u)) => hosts_serving(new, u),
+            // A `combined` line has no host: any host the config routes may have sent it.
+            (None, None) if r.upstream.is_none() => {
+                std::iter::once(None).chain(all_hosts(new)).collect()
+            }
             (None, None) => vec![None],
         };
         let outcomes: Vec<(Behaviour, Vec<String>)> = hosts
@@ -387,6 +391,20 @@ fn hosts_serving(snapshot: &Snapshot, upstream: &str) -> Vec<Option<String>> {
     if hosts.is_empty() {
         hosts.push(None);
     }
+    hosts
+}
+
+/// Every host the config's routes name.
+fn all_hosts(snapshot: &Snapshot) -> Vec<Option<String>> {
+    let config = snapshot.redacted();
+    let mut hosts: Vec<Option<String>> = config["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["match"]["host"].as_str().map(|h| Some(h.to_string())))
+        .collect();
+    hosts.sort();
+    hosts.dedup();
     hosts
 }
 

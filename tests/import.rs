@@ -380,7 +380,7 @@ fn an_ingress_nginx_access_log_replays_through_the_import() {
     assert_eq!(code, 1, "{out}{err}");
     assert_eq!(
         out,
-        "3 of 7 recorded request(s) would be handled differently\n  POST /orders: upstream\n    upstream: default-orders-8080 → (none)\n  GET /unrouted: route\n    route: (recorded) → none (404)\n  GET /something: route\n    route: (recorded) → none (404)\n"
+        "1 of 7 recorded request(s) would be handled differently\n  POST /orders: upstream\n    upstream: default-orders-8080 → (none)\n"
     );
 }
 
