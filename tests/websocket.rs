@@ -69,11 +69,19 @@ fn echo_server() -> EchoServer {
     }
 }
 
+/// The gateway in front of `ws`. The timeouts under test are short (1 s) only on the
+/// tests that wait for them (`quick`): elsewhere a loaded machine could stall a test's
+/// frames past them.
 fn gateway(ws: &EchoServer, dir: &std::path::Path) -> Gateway {
+    gateway_with(ws, dir, false)
+}
+
+fn gateway_with(ws: &EchoServer, dir: &std::path::Path, quick: bool) -> Gateway {
     let secret = dir.join("hs.secret");
     std::fs::write(&secret, SECRET).unwrap();
+    let (send, idle) = if quick { ("1s", "1s") } else { ("30s", "30s") };
     Gateway::start(&format!(
-        r#"server: {{ threads: 2, timeouts: {{ send: 1s }} }}
+        r#"server: {{ threads: 2, timeouts: {{ send: {send} }} }}
 upstreams:
   ws: {{ targets: ["{addr}"] }}
 auth:
@@ -83,7 +91,7 @@ caches:
 cors:
   web: {{ allow_origins: ["https://app.example.com"], allow_credentials: true }}
 routes:
-  - {{ name: chat, match: {{ path_prefix: /chat }}, upstream: ws, auth: hs, upgrade_idle_timeout: 1s, timeout: 5s, max_body: 16 }}
+  - {{ name: chat, match: {{ path_prefix: /chat }}, upstream: ws, auth: hs, upgrade_idle_timeout: {idle}, timeout: 5s, max_body: 16 }}
   - {{ name: cached, match: {{ path_prefix: /cached }}, upstream: ws, cache: api }}
   - {{ name: live, match: {{ path_prefix: /live }}, upstream: ws, cors: web }}
 "#,
@@ -231,7 +239,7 @@ fn frames_flow_both_ways_and_the_closed_tunnel_is_counted_and_logged() {
 fn a_silent_tunnel_is_closed_after_the_routes_idle_timeout() {
     let ws = echo_server();
     let dir = tempfile::tempdir().unwrap();
-    let gw = gateway(&ws, dir.path());
+    let gw = gateway_with(&ws, dir.path(), true);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (mut socket, _) =
@@ -262,7 +270,7 @@ fn a_silent_tunnel_is_closed_after_the_routes_idle_timeout() {
 fn a_tunnel_whose_client_stops_reading_is_closed() {
     let ws = echo_server();
     let dir = tempfile::tempdir().unwrap();
-    let gw = gateway(&ws, dir.path());
+    let gw = gateway_with(&ws, dir.path(), true);
     let open = || metric(&gw, "portico_upgraded_connections");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let url = format!("ws://{}/live", gw.proxy);
