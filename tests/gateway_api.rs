@@ -103,7 +103,7 @@ fn serve_files(manifest: &std::path::Path, services: &[(&str, String)], listen: 
         "{}: {report}",
         manifest.display()
     );
-    let team = dir.path().join("out/gateway-conformance-infra.yaml");
+    let team = dir.path().join("out/ns-gateway-conformance-infra.yaml");
     let mut text = std::fs::read_to_string(&team).unwrap();
     for (name, addr) in services {
         for port in [8080, 50051] {
@@ -486,9 +486,10 @@ spec:
     )
     .unwrap();
     assert_eq!(base["listen"]["redirect_https"], true);
-    let routes: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.path().join("out/infra.yaml")).unwrap())
-            .unwrap();
+    let routes: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(dir.path().join("out/ns-infra.yaml")).unwrap(),
+    )
+    .unwrap();
     let hosts: Vec<&str> = routes["routes"]
         .as_sequence()
         .unwrap()
@@ -500,7 +501,7 @@ spec:
         hosts.contains(&"app.example.com") && !hosts.contains(&"app.other.org"),
         "{hosts:?}"
     );
-    let text = std::fs::read_to_string(dir.path().join("out/infra.yaml")).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("out/ns-infra.yaml")).unwrap();
     assert!(
         text.contains("shared.common.svc.cluster.local:80"),
         "{text}"

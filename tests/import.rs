@@ -82,9 +82,9 @@ fn the_fetched_manifests_import_with_a_report_and_pass_check() {
         files,
         [
             "REPORT.md",
-            "default.yaml",
             "gateway.yaml",
-            "shop.yaml",
+            "ns-default.yaml",
+            "ns-shop.yaml",
             "zz-default-backends.yaml"
         ]
     );
@@ -135,8 +135,8 @@ fn every_supported_annotation_has_a_case() {
         ],
     );
     let out = dir.path().join("out");
-    let shop = yaml(&out.join("shop.yaml"));
-    let default = yaml(&out.join("default.yaml"));
+    let shop = yaml(&out.join("ns-shop.yaml"));
+    let default = yaml(&out.join("ns-default.yaml"));
     let base = yaml(&out.join("gateway.yaml"));
     let up = |name: &str| shop["upstreams"][name].clone();
     // Services, named ports, timeouts, backend-protocol.
@@ -507,4 +507,58 @@ spec:
             && !moved.contains("path: /\n"),
         "{moved}"
     );
+}
+
+/// nginx picks the longest match across namespaces; Portico tries the namespace files by
+/// name: a broad route of an earlier namespace moves after them, so the later
+/// namespace's longer match still takes its requests.
+#[test]
+fn a_broad_route_of_an_earlier_namespace_does_not_take_a_later_ones_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingresses = r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: { name: shop, namespace: aaa }
+spec:
+  rules:
+  - host: shop.example.com
+    http: { paths: [{ path: /, pathType: Prefix, backend: { service: { name: web, port: { number: 80 } } } }] }
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: { name: api, namespace: zzz }
+spec:
+  rules:
+  - host: shop.example.com
+    http: { paths: [{ path: /api, pathType: Prefix, backend: { service: { name: api, port: { number: 80 } } } }] }
+"#;
+    std::fs::write(dir.path().join("in.yaml"), ingresses).unwrap();
+    let (code, report, err) = portico(
+        &["import", "ingress", "in.yaml", "--out", "out"],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(report.contains("- `aaa/shop` route `aaa-shop-r0p0`: moved to zz-broad-routes.yaml: in ns-aaa.yaml it would take the requests of namespace zzz's `zzz-api-r0p0-exact`"), "{report}");
+    assert!(
+        !report.contains("## portico check"),
+        "no shadowing left:\n{report}"
+    );
+    let route = |path: &str| {
+        let (code, out, err) = portico(
+            &[
+                "route",
+                "-c",
+                "out",
+                "GET",
+                path,
+                "-H",
+                "Host: shop.example.com",
+            ],
+            dir.path(),
+        );
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    assert!(route("/api/orders").contains("upstream: zzz-api-80"));
+    assert!(route("/cart").contains("upstream: aaa-web-80"));
 }

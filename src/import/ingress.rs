@@ -847,6 +847,47 @@ impl Translation<'_> {
         });
     }
 
+    /// nginx picks the longest match across every Ingress of a host; Portico tries the
+    /// namespace files by name. A prefix route that would take the requests of a more
+    /// specific route in a later file moves to a file tried after the namespaces, with a
+    /// note. Returns those routes.
+    fn move_shadowing_routes(&mut self) -> Team {
+        let mut files: Vec<String> = self.teams.keys().cloned().collect();
+        files.sort_by_key(|ns| super::file_for(ns));
+        let mut moving: Vec<(String, usize, String)> = Vec::new();
+        for (a, ns_a) in files.iter().enumerate() {
+            for later in &files[a + 1..] {
+                let (early, late) = (&self.teams[ns_a], &self.teams[later]);
+                for (i, r1) in early.routes.iter().enumerate() {
+                    if let Some(r2) = late.routes.iter().find(|r2| covers(r1, r2)) {
+                        let name = r2.value["name"].as_str().unwrap_or_default().to_string();
+                        moving.push((ns_a.clone(), i, format!("{later}'s `{name}`")));
+                    }
+                }
+            }
+        }
+        moving.sort();
+        moving.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+        let mut moved = Team::default();
+        for (ns, i, shadowed) in moving.into_iter().rev() {
+            let route = self
+                .teams
+                .get_mut(&ns)
+                .expect("a namespace read")
+                .routes
+                .remove(i);
+            let name = route.value["name"].as_str().unwrap_or_default().to_string();
+            self.out.notes.push(Note {
+                object: route.from.clone(),
+                what: format!("route `{name}`"),
+                outcome: Outcome::Translated,
+                why: format!("moved to zz-broad-routes.yaml: in {} it would take the requests of namespace {shadowed}, which nginx prefers (the longer match)", super::file_for(&ns)),
+            });
+            moved.routes.push(route);
+        }
+        moved
+    }
+
     /// A canary Ingress: its backend joins the main route of the same host and path.
     fn canary(&mut self, ing: &Ingress) {
         self.annotation_notes(ing);
@@ -1022,9 +1063,17 @@ impl Translation<'_> {
         )];
         let base = super::base_file("ingress", listen, &self.certificates, &mut self.out);
         files.insert("gateway.yaml".to_string(), base);
+        let moved = self.move_shadowing_routes();
         for (ns, team) in std::mem::take(&mut self.teams) {
             let header = format!("Namespace `{ns}`, imported by `portico import ingress`.");
             files.insert(super::file_for(&ns), yaml_file(&header, &team_value(team)));
+        }
+        if !moved.routes.is_empty() {
+            let header = "Routes that would take a later namespace's more specific routes' requests\n(nginx picks the longest match across namespaces; files are tried by name):\ntried after every namespace's routes.";
+            files.insert(
+                "zz-broad-routes.yaml".into(),
+                yaml_file(header, &team_value(moved)),
+            );
         }
         if !self.defaults.routes.is_empty() {
             let defaults = std::mem::take(&mut self.defaults);
@@ -1038,6 +1087,17 @@ impl Translation<'_> {
         self.out.files = files;
         self.out
     }
+}
+
+/// A prefix route that takes every request of `other`: no other condition, the same host
+/// (or none), and `other`'s path under its prefix.
+fn covers(route: &Route, other: &Route) -> bool {
+    let m = &route.value["match"];
+    let plain =
+        m.get("headers").is_none() && m.get("cookies").is_none() && m.get("methods").is_none();
+    let host = route.host.is_none() || route.host == other.host;
+    let path = other.rank != 2 && other.path.starts_with(&route.path);
+    route.rank == 3 && plain && host && path
 }
 
 /// An exact host before a wildcard, both before none (nginx's server choice).

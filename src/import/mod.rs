@@ -240,7 +240,7 @@ pub(crate) fn base_file(
         ("listen", map(listen)),
         ("tls", tls),
     ]);
-    let header = format!("Imported by `portico import {tool}`: the listeners and certificates.\nEach namespace's routes are in NAMESPACE.yaml beside this file; REPORT.md lists\nwhat was not translated. Check it all with `portico check DIR`.");
+    let header = format!("Imported by `portico import {tool}`: the listeners and certificates.\nEach namespace's routes are in ns-NAMESPACE.yaml beside this file; REPORT.md lists\nwhat was not translated. Check it all with `portico check DIR`.");
     yaml_file(&header, &base)
 }
 
@@ -255,13 +255,10 @@ pub(crate) fn unique(wanted: &str, taken: impl Fn(&str) -> bool) -> String {
         .expect("some suffix is free")
 }
 
-/// The file of a namespace: `NAMESPACE.yaml`, unless that is a name the import writes
-/// itself (`gateway.yaml`, `zz-default-backends.yaml`).
+/// The file of a namespace: `ns-NAMESPACE.yaml`. The prefix keeps every namespace's
+/// file between the base and the files tried after them (`zz-...`), whatever its name.
 pub(crate) fn file_for(namespace: &str) -> String {
-    match namespace {
-        "gateway" | "zz-default-backends" => format!("ns-{namespace}.yaml"),
-        _ => format!("{namespace}.yaml"),
-    }
+    format!("ns-{namespace}.yaml")
 }
 
 /// A name Portico accepts (letters, digits, `-`, `_`) made from Kubernetes names.
