@@ -38,8 +38,6 @@ struct Translation<'o> {
     teams: BTreeMap<String, Team>,
     certificates: Vec<(String, String)>,
     seq: usize,
-    /// Each Gateway's first HTTP listener port (a redirect's default port).
-    http_ports: BTreeMap<(String, String), u64>,
     /// A GRPCRoute was translated: the plain listener takes HTTP/2 (h2c) too.
     grpc: bool,
     /// Upstream names defined so far.
@@ -58,7 +56,6 @@ pub fn translate(objects: &[Value], opts: &Options) -> Output {
         teams: BTreeMap::new(),
         certificates: Vec::new(),
         seq: 0,
-        http_ports: BTreeMap::new(),
         grpc: false,
         defined: Default::default(),
         grants: Vec::new(),
@@ -108,7 +105,8 @@ pub fn translate(objects: &[Value], opts: &Options) -> Output {
         }
         t.out.translated += 1;
         t.grpc |= k == "GRPCRoute";
-        t.route(o, k == "GRPCRoute", &hostnames);
+        let port = attached.first().map_or(80, |l| l.port);
+        t.route(o, k == "GRPCRoute", &hostnames, port);
     }
     t.finish()
 }
@@ -297,10 +295,6 @@ impl Translation<'_> {
                     continue;
                 }
             }
-            if protocol == "HTTP" {
-                let key = (namespace(g), name(g));
-                self.http_ports.entry(key).or_insert(port);
-            }
             let why = format!("{protocol} port {port}: Portico listens on 8080 (HTTP) and 8443 (HTTPS); map the Service's port to them");
             self.note(&object, "spec.listeners.port", Outcome::Translated, why);
             let refs = l.get("tls").and_then(|t| t.get("certificateRefs"));
@@ -316,18 +310,14 @@ impl Translation<'_> {
         }
     }
 
-    fn route(&mut self, o: &Value, grpc: bool, hostnames: &[Option<String>]) {
+    /// `listener_port`: the port of the listener it attached to (a redirect's default).
+    fn route(&mut self, o: &Value, grpc: bool, hostnames: &[Option<String>], listener_port: u64) {
         let ns = namespace(o);
         let object = format!("{ns}/{}", name(o));
         let spec = o.get("spec").cloned().unwrap_or(Value::Null);
         // A redirect without a port keeps the port clients used: the Gateway listener's.
-        let port = seq_of(spec.get("parentRefs")).iter().find_map(|p| {
-            let gw_ns = text(p, "namespace").unwrap_or(&ns).to_string();
-            let gw = text(p, "name").unwrap_or_default().to_string();
-            self.http_ports.get(&(gw_ns, gw)).copied()
-        });
         for (r, rule) in seq_of(spec.get("rules")).iter().enumerate() {
-            let Some(action) = self.action(&object, &ns, rule, grpc, port.unwrap_or(80)) else {
+            let Some(action) = self.action(&object, &ns, rule, grpc, listener_port) else {
                 continue;
             };
             let default_match = [Value::Null];

@@ -534,11 +534,15 @@ impl Translation<'_> {
             keys.push(("cors", Value::from(name)));
         }
         if let Some(limit) = self.rate_limit(ing) {
+            let why = "over the limit Portico answers 429 with Retry-After (ingress-nginx's default limit-req-status-code is 503)";
+            self.note(ing, "limit-rps", Outcome::Translated, why);
             let name = self.unique_named(format!("{base}-limit"));
             self.team(ing).rate_limits.insert(name.clone(), limit);
             keys.push(("rate_limit", Value::from(name)));
         }
         if let Some(rule) = self.ip_access(ing) {
+            let why = "the client address is the connection's peer unless the base's server.trusted_proxies names the load balancers in front (as ingress-nginx's use-forwarded-headers did): set it, or the load balancer's address is what is allowed";
+            self.note(ing, "whitelist-source-range", Outcome::Translated, why);
             let name = self.unique_named(format!("{base}-ip"));
             self.team(ing).ip_access.insert(name.clone(), rule);
             keys.push(("ip_access", Value::from(name)));
