@@ -413,12 +413,20 @@ impl Translation<'_> {
         // regex location anchored at the start, and its `rewrite` replaces the whole URI
         // with the target, `$N` being the path's groups (Portico's `{N}`).
         if ing.flag("use-regex") || rewrite.is_some() {
-            let fields = route(
-                "",
-                "path_regex",
-                &format!("(?i)(?:{raw}).*"),
-                rewrite.map(captures),
-            );
+            let target = rewrite.map(captures);
+            // nginx variables (`$host`, `$arg_x`) have no Portico form: the path is sent
+            // unchanged rather than with the variable's name in it.
+            let target = match target {
+                Some(t) if t.contains('$') => {
+                    let why = format!(
+                        "`{t}` uses nginx variables: not translated, the path is proxied unchanged"
+                    );
+                    self.note(ing, "rewrite-target", Outcome::NotTranslated, why);
+                    None
+                }
+                other => other,
+            };
+            let fields = route("", "path_regex", &format!("(?i)(?:{raw}).*"), target);
             self.push(ing, host, &raw, 2, fields);
             return;
         }
