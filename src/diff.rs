@@ -317,7 +317,8 @@ pub fn against_log(new: &Snapshot, log: &str) -> Report {
             (None, Some(u)) => hosts_serving(new, u),
             // A `combined` line has no host: any host the config routes may have sent it.
             (None, None) if r.upstream.is_none() => {
-                std::iter::once(None).chain(all_hosts(new)).collect()
+                let hosts = route_hosts(new, |_| true).into_iter().flatten();
+                std::iter::once(None).chain(hosts.map(Some)).collect()
             }
             (None, None) => vec![None],
         };
@@ -376,35 +377,27 @@ pub fn against_log(new: &Snapshot, log: &str) -> Report {
     }
 }
 
-/// The hosts of the routes that send requests to `upstream` (None: a host-less one).
-fn hosts_serving(snapshot: &Snapshot, upstream: &str) -> Vec<Option<String>> {
+/// The hosts of the routes `keep` selects (None: a host-less one), each once.
+fn route_hosts(snapshot: &Snapshot, keep: impl Fn(&Value) -> bool) -> Vec<Option<String>> {
     let config = snapshot.redacted();
-    let mut hosts: Vec<Option<String>> = config["routes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| route_upstreams(r).iter().any(|u| u == upstream))
+    let routes = config["routes"].as_array().into_iter().flatten();
+    let mut hosts: Vec<Option<String>> = routes
+        .filter(|r| keep(r))
         .map(|r| r["match"]["host"].as_str().map(String::from))
         .collect();
     hosts.sort();
     hosts.dedup();
-    if hosts.is_empty() {
-        hosts.push(None);
-    }
     hosts
 }
 
-/// Every host the config's routes name.
-fn all_hosts(snapshot: &Snapshot) -> Vec<Option<String>> {
-    let config = snapshot.redacted();
-    let mut hosts: Vec<Option<String>> = config["routes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["match"]["host"].as_str().map(|h| Some(h.to_string())))
-        .collect();
-    hosts.sort();
-    hosts.dedup();
+/// The hosts of the routes that send requests to `upstream` (a host-less probe when none).
+fn hosts_serving(snapshot: &Snapshot, upstream: &str) -> Vec<Option<String>> {
+    let hosts = route_hosts(snapshot, |r| {
+        route_upstreams(r).iter().any(|u| u == upstream)
+    });
+    if hosts.is_empty() {
+        return vec![None];
+    }
     hosts
 }
 

@@ -384,6 +384,22 @@ fn an_ingress_nginx_access_log_replays_through_the_import() {
     );
 }
 
+/// `portico import ingress` of `text` into `dir/out`: the report.
+fn import_text(dir: &Path, text: &str) -> String {
+    std::fs::write(dir.join("in.yaml"), text).unwrap();
+    let (code, report, err) = portico(&["import", "ingress", "in.yaml", "--out", "out"], dir);
+    assert_eq!(code, 0, "{err}");
+    report
+}
+
+/// `portico route` of `GET path` with `Host: host` on `dir/out`.
+fn explain(dir: &Path, host: &str, path: &str) -> String {
+    let host = format!("Host: {host}");
+    let (code, out, err) = portico(&["route", "-c", "out", "GET", path, "-H", &host], dir);
+    assert_eq!(code, 0, "{err}");
+    out
+}
+
 /// What an adversarial review found: each case imports safely.
 #[test]
 fn auth_classes_names_and_redirect_variables_import_safely() {
@@ -451,12 +467,7 @@ spec:
   - host: old.example.com
     http: { paths: [{ path: /, pathType: Prefix, backend: { service: { name: x, port: { number: 80 } } } }] }
 "#;
-    std::fs::write(dir.path().join("in.yaml"), ingresses).unwrap();
-    let (code, report, err) = portico(
-        &["import", "ingress", "in.yaml", "--out", "out"],
-        dir.path(),
-    );
-    assert_eq!(code, 0, "{err}");
+    let report = import_text(dir.path(), ingresses);
     assert!(
         report.contains(
             "- `monitoring/grafana` ingressClassName: class `nginx-internal`: another controller's"
@@ -471,22 +482,7 @@ spec:
     assert!(dir.path().join("out/ns-gateway.yaml").is_file());
     let (code, _, err) = portico(&["check", "out"], dir.path());
     assert_eq!(code, 0, "{err}");
-    let route = |host: &str, path: &str| {
-        let (code, out, err) = portico(
-            &[
-                "route",
-                "-c",
-                "out",
-                "GET",
-                path,
-                "-H",
-                &format!("Host: {host}"),
-            ],
-            dir.path(),
-        );
-        assert_eq!(code, 0, "{err}");
-        out
-    };
+    let route = |host: &str, path: &str| explain(dir.path(), host, path);
     // The route that needed client certificates answers 503; the wider route does not take it.
     let admin = route("app.example.com", "/admin/users");
     assert!(
@@ -532,33 +528,13 @@ spec:
   - host: shop.example.com
     http: { paths: [{ path: /api, pathType: Prefix, backend: { service: { name: api, port: { number: 80 } } } }] }
 "#;
-    std::fs::write(dir.path().join("in.yaml"), ingresses).unwrap();
-    let (code, report, err) = portico(
-        &["import", "ingress", "in.yaml", "--out", "out"],
-        dir.path(),
-    );
-    assert_eq!(code, 0, "{err}");
+    let report = import_text(dir.path(), ingresses);
     assert!(report.contains("- `aaa/shop` route `aaa-shop-r0p0`: moved to zz-broad-routes.yaml: in ns-aaa.yaml it would take the requests of namespace zzz's `zzz-api-r0p0-exact`"), "{report}");
     assert!(
         !report.contains("## portico check"),
         "no shadowing left:\n{report}"
     );
-    let route = |path: &str| {
-        let (code, out, err) = portico(
-            &[
-                "route",
-                "-c",
-                "out",
-                "GET",
-                path,
-                "-H",
-                "Host: shop.example.com",
-            ],
-            dir.path(),
-        );
-        assert_eq!(code, 0, "{err}");
-        out
-    };
+    let route = |path: &str| explain(dir.path(), "shop.example.com", path);
     assert!(route("/api/orders").contains("upstream: zzz-api-80"));
     assert!(route("/cart").contains("upstream: aaa-web-80"));
 }

@@ -708,7 +708,7 @@ impl Translation<'_> {
         let (key, path, rank) = match (service, rpc) {
             (Some(s), Some(r)) => ("path", format!("/{s}/{r}"), 0),
             (Some(s), None) => ("path_prefix", format!("/{s}/"), 1),
-            (None, Some(r)) => ("path_regex", format!("/[^/]+/{}", regex_escape(r)), 2),
+            (None, Some(r)) => ("path_regex", format!("/[^/]+/{}", regex::escape(r)), 2),
             (None, None) => ("path_prefix", "/".to_string(), 1),
         };
         self.seq += 1;
@@ -926,10 +926,6 @@ fn slash(target: &str) -> String {
         true => target.to_string(),
         false => format!("{target}/"),
     }
-}
-
-fn regex_escape(s: &str) -> String {
-    regex::escape(s)
 }
 
 #[cfg(test)]
