@@ -5,7 +5,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use portico::compile::compile;
 use portico::config::Source;
-use portico::policy::auth::AuthPolicy;
+use portico::policy::auth::{AuthPolicy, Jwt};
 use portico::policy::ratelimit::LocalStore;
 use portico::policy::Policy;
 use std::hint::black_box;
@@ -67,6 +67,10 @@ fn jwt(c: &mut Criterion) {
     .unwrap();
     for (name, token) in [("hs", hs), ("rs", rs)] {
         let p = policy(name);
+        let AuthPolicy::Jwt(p) = &*p else {
+            unreachable!("a JWT policy")
+        };
+        let p: &Jwt = p;
         assert!(rt.block_on(p.verify(&token)).is_ok());
         c.bench_function(
             &format!(

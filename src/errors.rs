@@ -34,6 +34,9 @@ pub struct Refusal {
     /// An extra field of the JSON error (`violations`).
     pub detail: Option<(&'static str, serde_json::Value)>,
     pub counted: Counted,
+    /// A body written by someone else (a forward-auth service's denial) sent instead of
+    /// the JSON error, with the headers above (its `Content-Type` among them).
+    pub answer: Option<Bytes>,
 }
 
 impl Refusal {
@@ -46,6 +49,7 @@ impl Refusal {
             headers: Vec::new(),
             detail: None,
             counted: Counted::Nothing,
+            answer: None,
         }
     }
 
@@ -258,9 +262,16 @@ impl GatewayError {
         if let GatewayError::AggregateFailed { call, .. } = self {
             body["error"]["call"] = call.as_str().into();
         }
-        let body = Bytes::from(body.to_string());
+        let answer = match self {
+            GatewayError::Refused(r) => r.answer.clone(),
+            _ => None,
+        };
+        let json = answer.is_none();
+        let body = answer.unwrap_or_else(|| Bytes::from(body.to_string()));
         let mut header = ResponseHeader::build(self.status(), Some(5)).expect("valid status");
-        let _ = header.insert_header(http::header::CONTENT_TYPE, "application/json");
+        if json {
+            let _ = header.insert_header(http::header::CONTENT_TYPE, "application/json");
+        }
         let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
         let _ = header.insert_header(http::header::CACHE_CONTROL, "no-store");
         let _ = header.insert_header(X_REQUEST_ID.as_str(), request_id);

@@ -106,6 +106,11 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// API keys for `type: api_key` policies.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Translate another controller's objects into a config directory (a base
     /// gateway.yaml and one file per namespace) and REPORT.md: what was not translated
     /// and why. Raw nginx snippets are listed, never executed.
@@ -113,6 +118,15 @@ enum Command {
         #[command(subcommand)]
         from: ImportFrom,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Print the SHA-256 a keys file stores (`key_sha256`) of the key read from stdin (a
+    /// trailing newline is not part of the key). The key itself is never stored.
+    Hash,
+    /// Make a new random key (32 bytes, base64url) and print it with its SHA-256.
+    New,
 }
 
 /// What every import reads and writes.
@@ -232,11 +246,37 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Import { from } => import(from),
+        Command::Keys { action } => keys(action),
         Command::Version => {
             println!("portico {}", portico::VERSION);
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `portico keys hash|new`.
+fn keys(action: KeysAction) -> anyhow::Result<ExitCode> {
+    use portico::policy::auth::api_key::key_digest_hex;
+    match action {
+        KeysAction::Hash => {
+            let mut key = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut key)?;
+            anyhow::ensure!(
+                !key.trim_end_matches(['\r', '\n']).is_empty(),
+                "no key on stdin: `printf %s KEY | portico keys hash`"
+            );
+            println!("{}", key_digest_hex(&key));
+        }
+        KeysAction::New => {
+            let mut bytes = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+                .map_err(|_| anyhow::anyhow!("no randomness from the system"))?;
+            let key =
+                base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
+            println!("key:        {key}\nkey_sha256: {}", key_digest_hex(&key));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -185,6 +185,8 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     pub rate_limited: IntCounterVec,
     pub auth_failures: IntCounterVec,
+    pub password_checks: IntCounterVec,
+    pub quota_unchecked: IntCounterVec,
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
     /// Per file of the config: 1 when its current text is live, 0 when it is refused.
@@ -292,6 +294,16 @@ impl Metrics {
                 "portico_auth_failures_total",
                 "Requests refused by authentication or authorization, by route and reason.",
                 &["route", "reason"],
+            ),
+            password_checks: counter(
+                "portico_auth_password_checks_total",
+                "Passwords checked against their hash (bcrypt, SHA-512-crypt), by auth policy.",
+                &["policy"],
+            ),
+            quota_unchecked: counter(
+                "portico_quota_unchecked_total",
+                "Requests a quota could not count because Redis failed (let through or refused per `on_redis_error`), by quota.",
+                &["quota"],
             ),
             reloads: counter(
                 "portico_config_reloads_total",

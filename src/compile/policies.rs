@@ -1,5 +1,5 @@
-//! The named policies (`auth:`, `rate_limits:`, `cors:`, `ip_access:`, `caches:`,
-//! `compression:`) compiled once, and the one place that turns a route's policy keys into
+//! The named policies (`auth:`, `rate_limits:`, `quotas:`, `cors:`, `ip_access:`,
+//! `caches:`, `compression:`) compiled once, and the one place that turns a route's policy keys into
 //! its ordered policy chain.
 
 use crate::config::model::RawRoute;
@@ -10,6 +10,7 @@ use crate::policy::cache::{self, CachePolicy};
 use crate::policy::compression::{self, Compression};
 use crate::policy::cors::{self, CorsPolicy};
 use crate::policy::ip_access::{self, IpAccess};
+use crate::policy::quota::{self, Quota};
 use crate::policy::ratelimit::{self, RateLimit};
 use crate::policy::{self, headers, validate, CompileCx, Policy};
 use http::HeaderName;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 /// The named policies, compiled; routes refer to them by name.
 pub(super) struct Named {
     rate_limits: BTreeMap<String, Arc<RateLimit>>,
+    quotas: BTreeMap<String, Arc<Quota>>,
     auth: BTreeMap<String, Arc<AuthPolicy>>,
     cors: BTreeMap<String, Arc<CorsPolicy>>,
     ip_access: BTreeMap<String, Arc<IpAccess>>,
@@ -44,15 +46,31 @@ impl Named {
         let names = |keys: Vec<&String>| keys.into_iter().cloned().collect();
         let defined = BTreeMap::from([
             ("rate limit", names(raw.rate_limits.keys().collect())),
+            ("quota", names(raw.quotas.keys().collect())),
             ("auth policy", names(raw.auth.keys().collect())),
             ("CORS policy", names(raw.cors.keys().collect())),
             ("ip_access policy", names(raw.ip_access.keys().collect())),
             ("cache", names(raw.caches.keys().collect())),
             ("compression", names(raw.compression.keys().collect())),
         ]);
+        let rate_limits = each(cx, &raw.rate_limits, ratelimit::compile);
+        let quotas = each(cx, &raw.quotas, quota::compile);
+        // API-key consumers name their own limit and quota: resolved once those compiled.
+        let auth = raw
+            .auth
+            .iter()
+            .filter_map(|(name, a)| {
+                let mut policy = auth::compile(cx, name, a)?;
+                if let AuthPolicy::ApiKey(keys) = &mut policy {
+                    keys.link(&rate_limits, &quotas, cx.d);
+                }
+                Some((name.clone(), Arc::new(policy)))
+            })
+            .collect();
         Named {
-            rate_limits: each(cx, &raw.rate_limits, ratelimit::compile),
-            auth: each(cx, &raw.auth, auth::compile),
+            rate_limits,
+            quotas,
+            auth,
             cors: each(cx, &raw.cors, cors::compile),
             ip_access: each(cx, &raw.ip_access, ip_access::compile),
             caches: each(cx, &raw.caches, cache::compile),
@@ -103,6 +121,7 @@ impl Named {
             r.rate_limit.as_ref(),
             &self.rate_limits,
         );
+        let quota = self.find(d, &key("quota"), "quota", r.quota.as_ref(), &self.quotas);
         let auth = self.find(d, &key("auth"), "auth policy", r.auth.as_ref(), &self.auth);
         let route_auth = auth::compile_route(
             d,
@@ -126,6 +145,7 @@ impl Named {
         policies.extend(cors.ok()?.map(Policy::Cors));
         policies.extend(ip.ok()?.map(Policy::IpAccess));
         policies.extend(limit.ok()?.map(Policy::RateLimit));
+        policies.extend(quota.ok()?.map(Policy::Quota));
         auth.ok()?;
         policies.extend(route_auth.map(|a| Policy::Auth(Arc::new(a))));
         policies.extend(transpose(validate)?.map(|v| Policy::Validate(Arc::new(v))));
@@ -146,6 +166,7 @@ impl Named {
         all.extend(self.cors.values().cloned().map(Policy::Cors));
         all.extend(self.ip_access.values().cloned().map(Policy::IpAccess));
         all.extend(self.rate_limits.values().cloned().map(Policy::RateLimit));
+        all.extend(self.quotas.values().cloned().map(Policy::Quota));
         all.extend(self.auth.values().map(|a| Policy::Auth(Arc::new(named(a)))));
         all.extend(self.caches.values().cloned().map(Policy::Cache));
         all.extend(self.compression.values().cloned().map(Policy::Compression));
@@ -170,8 +191,11 @@ impl Named {
     pub(super) fn remote_jwks(&self) -> Vec<Arc<RemoteJwks>> {
         self.auth
             .values()
-            .filter_map(|a| match &a.keys {
-                Keys::Remote(r) => Some(r.clone()),
+            .filter_map(|a| match &**a {
+                AuthPolicy::Jwt(j) => match &j.keys {
+                    Keys::Remote(r) => Some(r.clone()),
+                    _ => None,
+                },
                 _ => None,
             })
             .collect()

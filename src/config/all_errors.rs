@@ -113,6 +113,27 @@ fn flatten<'a>(error: ValidationError<'a>, out: &mut dyn FnMut(ValidationError<'
                 flatten(e, out);
             }
         }
+        // A policy's kinds (`type:`): the branch meant is the one whose `type` fits.
+        ValidationErrorKind::OneOfNotValid { context } => {
+            let at = error.instance_path.as_str().to_string();
+            let tag = format!("{at}/type");
+            let meant: Vec<Vec<ValidationError<'a>>> = context
+                .into_iter()
+                .filter(|branch| {
+                    !branch.iter().any(|e| match &e.kind {
+                        ValidationErrorKind::Constant { .. } => e.instance_path.as_str() == tag,
+                        ValidationErrorKind::Required { property } => {
+                            e.instance_path.as_str() == at && property == "type"
+                        }
+                        _ => false,
+                    })
+                })
+                .collect();
+            // No kind fits when the `type` itself is wrong, which serde reports by name.
+            if let Ok([branch]) = <[_; 1]>::try_from(meant) {
+                branch.into_iter().for_each(|e| flatten(e, out));
+            }
+        }
         _ => out(error),
     }
 }
@@ -147,6 +168,8 @@ fn schema_node<'s>(schema: &'s Value, keyword_path: &str) -> Option<&'s Value> {
         node = if segment == "$ref" {
             let target = node.get("$ref")?.as_str()?.strip_prefix('#')?;
             schema.pointer(target)?
+        } else if let Value::Array(items) = node {
+            items.get(segment.parse::<usize>().ok()?)?
         } else {
             node.get(segment)?
         };

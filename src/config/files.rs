@@ -223,9 +223,10 @@ fn wildcard(pattern: &str, name: &str) -> bool {
 }
 
 /// The sections whose entries are named (and whose names are global).
-pub const NAMED_SECTIONS: [&str; 7] = [
+pub const NAMED_SECTIONS: [&str; 8] = [
     "upstreams",
     "rate_limits",
+    "quotas",
     "auth",
     "cors",
     "ip_access",
@@ -264,6 +265,7 @@ pub fn assemble(
         let p = &part.raw;
         add.named("upstreams", &mut raw.upstreams, &p.upstreams);
         add.named("rate_limits", &mut raw.rate_limits, &p.rate_limits);
+        add.named("quotas", &mut raw.quotas, &p.quotas);
         add.named("auth", &mut raw.auth, &p.auth);
         add.named("cors", &mut raw.cors, &p.cors);
         add.named("ip_access", &mut raw.ip_access, &p.ip_access);
@@ -360,6 +362,7 @@ fn names_in(raw: &RawConfig, section: &str) -> Vec<String> {
     match section {
         "upstreams" => keys(&raw.upstreams),
         "rate_limits" => keys(&raw.rate_limits),
+        "quotas" => keys(&raw.quotas),
         "auth" => keys(&raw.auth),
         "cors" => keys(&raw.cors),
         "ip_access" => keys(&raw.ip_access),

@@ -32,9 +32,14 @@ pub struct RawConfig {
     /// Named rate limits that routes refer to with `rate_limit: NAME`.
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RawRateLimit>,
-    /// Named JWT policies that routes refer to with `auth: NAME`.
+    /// Named auth policies (JWT, API keys, Basic, forward auth, introspection) that
+    /// routes refer to with `auth: NAME`.
     #[serde(default)]
     pub auth: BTreeMap<String, RawAuth>,
+    /// Named quotas (requests per calendar window) that routes apply with `quota: NAME`
+    /// and API-key consumers name as their own.
+    #[serde(default)]
+    pub quotas: BTreeMap<String, crate::policy::quota::RawQuota>,
     /// Named CORS policies that routes refer to with `cors: NAME`.
     #[serde(default)]
     pub cors: BTreeMap<String, RawCors>,
@@ -82,9 +87,14 @@ pub struct RawPart {
     /// Named rate limits that routes refer to with `rate_limit: NAME`.
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RawRateLimit>,
-    /// Named JWT policies that routes refer to with `auth: NAME`.
+    /// Named auth policies (JWT, API keys, Basic, forward auth, introspection) that
+    /// routes refer to with `auth: NAME`.
     #[serde(default)]
     pub auth: BTreeMap<String, RawAuth>,
+    /// Named quotas (requests per calendar window) that routes apply with `quota: NAME`
+    /// and API-key consumers name as their own.
+    #[serde(default)]
+    pub quotas: BTreeMap<String, crate::policy::quota::RawQuota>,
     /// Named CORS policies that routes refer to with `cors: NAME`.
     #[serde(default)]
     pub cors: BTreeMap<String, RawCors>,
@@ -107,7 +117,7 @@ pub struct RawPart {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDefaults {
-    /// A named JWT policy.
+    /// A named auth policy.
     pub auth: Option<String>,
     /// A named CORS policy.
     pub cors: Option<String>,
@@ -666,8 +676,10 @@ pub struct RawRoute {
     pub max_body: Option<ByteSize>,
     /// A named rate limit.
     pub rate_limit: Option<String>,
-    /// A named JWT policy every request must pass.
+    /// A named auth policy every request must pass.
     pub auth: Option<String>,
+    /// A named quota (requests per calendar window).
+    pub quota: Option<String>,
     /// Claims the verified token must carry (needs `auth`).
     pub require: Option<crate::policy::auth::RawRequire>,
     /// A named CORS policy.

@@ -201,6 +201,23 @@ impl<'a> Diags<'a> {
         self.push(Severity::Warning, path, message.into(), help.into());
     }
 
+    /// An error in a file the config refers to (a keys or htpasswd file), at its own line.
+    pub fn error_in(
+        &mut self,
+        file: &Path,
+        pos: Pos,
+        message: impl Into<String>,
+        help: impl Into<Option<String>>,
+    ) {
+        self.items.push(Diagnostic {
+            severity: Severity::Error,
+            file: file.to_path_buf(),
+            pos,
+            message: message.into(),
+            help: help.into(),
+        });
+    }
+
     /// `file:line:col` of a config path (e.g. to point at a first definition).
     pub fn place(&self, path: &str) -> String {
         self.places.describe(path)
@@ -253,6 +270,11 @@ impl Inputs {
             base,
             files: Vec::new(),
         }
+    }
+
+    /// The path `file` names (relative to the config's directory).
+    pub fn path_of(&self, file: &str) -> PathBuf {
+        self.base.join(file)
     }
 
     /// Reads `file` (relative to the config's directory), reporting failures at `at`. A

@@ -377,6 +377,7 @@ mod tests {
             trusted_peer: false,
             request_id: id,
             route: "r",
+            tls: false,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod compression;
 pub mod cors;
 pub mod headers;
 pub mod ip_access;
+pub mod quota;
 pub mod ratelimit;
 pub mod validate;
 
@@ -36,6 +37,7 @@ pub enum Policy {
     Cors(Arc<cors::CorsPolicy>),
     IpAccess(Arc<ip_access::IpAccess>),
     RateLimit(Arc<ratelimit::RateLimit>),
+    Quota(Arc<quota::Quota>),
     Auth(Arc<auth::RouteAuth>),
     Validate(Arc<validate::RequestValidation>),
     Headers(Arc<headers::HeaderRules>),
@@ -108,6 +110,8 @@ pub struct RequestInfo<'a> {
     pub trusted_peer: bool,
     pub request_id: &'a str,
     pub route: &'a str,
+    /// The client connected over TLS.
+    pub tls: bool,
 }
 
 /// What policies learned about a request, read by later phases and the access log.
@@ -119,8 +123,12 @@ pub struct PolicyState {
     pub rate: Option<ratelimit::Decision>,
     /// The request's Origin, when the route's CORS policy allows it.
     pub cors_origin: Option<HeaderValue>,
-    /// The identity headers made of the verified claims (`forward_claims`).
+    /// The identity headers made of the verified claims (`forward_claims`), or copied
+    /// from a forward-auth answer.
     pub forward: Vec<(http::HeaderName, HeaderValue)>,
+    /// An API-key consumer's own rate limit was counted: it replaces the route's limits
+    /// keyed by identity.
+    pub consumer_limited: bool,
     /// The cache's path and what it did.
     pub cache: cache::State,
     /// The coding the client accepts, then the encoder of the response body.
@@ -225,6 +233,7 @@ impl Policy {
             Policy::Cors(p) => &**p,
             Policy::IpAccess(p) => &**p,
             Policy::RateLimit(p) => &**p,
+            Policy::Quota(p) => &**p,
             Policy::Auth(p) => &**p,
             Policy::Validate(p) => &**p,
             Policy::Headers(p) => &**p,

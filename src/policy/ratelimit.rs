@@ -26,9 +26,12 @@ pub struct RawRateLimit {
     /// Requests allowed at once beyond the steady rate.
     #[serde(default)]
     pub burst: u64,
-    /// What is counted apart: client_ip (default), route, header:NAME or claim:NAME.
+    /// What is counted apart: client_ip (default), route, header:NAME, claim:NAME or
+    /// consumer (an API key's consumer; its own `rate_limit` replaces this one).
     #[serde(default = "default_limit_key")]
-    #[schemars(pattern(r"^(client_ip|route|header:\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*|claim:.+)$"))]
+    #[schemars(pattern(
+        r"^(client_ip|route|consumer|header:\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*|claim:.+)$"
+    ))]
     pub key: String,
     /// local (per replica, default) or redis (shared by every replica).
     #[serde(default)]
@@ -78,6 +81,8 @@ impl LimitKey {
         match text {
             "client_ip" => Ok(LimitKey::ClientIp),
             "route" => Ok(LimitKey::Route),
+            // An API-key consumer's name is its `consumer` claim.
+            "consumer" => Ok(LimitKey::Claim("consumer".into())),
             _ => {
                 if let Some(h) = text.strip_prefix("header:") {
                     http::HeaderName::from_bytes(h.trim().as_bytes())
@@ -280,7 +285,6 @@ impl RateLimit {
         matches!(self.key, LimitKey::Claim(_))
     }
 
-    /// The key a request is counted by.
     /// The key a request is counted by; `Err` when it repeats the header it is keyed on.
     fn key_for(
         &self,
@@ -324,6 +328,9 @@ impl RateLimit {
         info: &RequestInfo<'_>,
         state: &mut PolicyState,
     ) -> Result<(), GatewayError> {
+        if state.consumer_limited && self.by_identity() {
+            return Ok(());
+        }
         let key = self.key_for(req, info, state)?;
         match self.check(&key).await {
             Verdict::Allow(d) => {
@@ -459,7 +466,7 @@ pub fn compile(cx: &mut CompileCx, name: &str, rl: &RawRateLimit) -> Option<Rate
             d.error(
                 &format!("{at}.key"),
                 e,
-                Some("use client_ip, route, header:NAME or claim:NAME".into()),
+                Some("use client_ip, route, consumer, header:NAME or claim:NAME".into()),
             )
         })
         .ok();
@@ -562,6 +569,7 @@ mod tests {
             trusted_peer: false,
             request_id: "r",
             route: "api",
+            tls: false,
         };
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("x-key", "k1").unwrap();
@@ -590,6 +598,7 @@ mod tests {
             trusted_peer: false,
             request_id: "r",
             route: "api",
+            tls: false,
         };
         let req = RequestHeader::build("GET", b"/", None).unwrap();
         let l = limit("client_ip");

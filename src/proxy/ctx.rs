@@ -145,6 +145,7 @@ impl Ctx {
             trusted_peer: self.request.trusted_peer,
             request_id: &self.request.id,
             route: &route.name,
+            tls: self.request.tls,
         }
     }
 

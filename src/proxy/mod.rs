@@ -400,6 +400,7 @@ async fn run_policies(
         trusted_peer: ctx.request.trusted_peer,
         request_id: &ctx.request.id,
         route: &route.name,
+        tls: ctx.request.tls,
     };
     for policy in &route.policies {
         policy

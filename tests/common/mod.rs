@@ -159,7 +159,7 @@ impl Gateway {
         })
     }
 
-    fn start_env(
+    pub fn start_env(
         args: &[&str],
         envs: &[(&str, &str)],
         body: &str,

@@ -4,7 +4,7 @@
 use super::*;
 
 /// The OpenAPI security scheme of an auth policy, from its text in the file.
-pub(super) fn security_scheme(a: &RawAuth) -> Value {
+pub(super) fn security_scheme(a: &RawJwt) -> Value {
     let description = format!("JWT ({}), verified by the gateway", a.algorithms.join(", "));
     match a.token.split_once(':') {
         Some(("header", h)) => {
@@ -39,6 +39,13 @@ pub fn compile_route(
         }
         (None, _) => Vec::new(),
     };
+    if let (Some(AuthPolicy::Forward(f)), false) = (policy.as_deref(), require.is_empty()) {
+        d.error(
+            &format!("{at}.require"),
+            format!("auth `{}` asks an auth service, which makes no claims to check", f.name),
+            Some("let the auth service decide (it sees the method, host and path), or use a token-based policy".into()),
+        );
+    }
     policy.map(|policy| RouteAuth { policy, require })
 }
 
@@ -62,9 +69,45 @@ pub(super) fn family(alg: Algorithm) -> Family {
 
 pub(super) const KEY_HELP: &str = "HS* algorithms take `secret_env` or `secret_file`; RS/PS/ES/EdDSA take one of `public_key_file`, `jwks_file`, `jwks_url`";
 
-/// Compiles the named policy `auth.NAME`: keys are read and decoded here, once, so a
-/// request only looks them up. A remote JWKS cache is kept across reloads per URL.
+/// Compiles the named policy `auth.NAME`, whatever its kind.
 pub fn compile(cx: &mut CompileCx, name: &str, a: &RawAuth) -> Option<AuthPolicy> {
+    Some(match a {
+        RawAuth::Jwt(j) => AuthPolicy::Jwt(compile_jwt(cx, name, j)?),
+        RawAuth::ApiKey(k) => AuthPolicy::ApiKey(api_key::compile(cx, name, k)?),
+        RawAuth::Basic(b) => AuthPolicy::Basic(basic::compile(cx, name, b)?),
+        RawAuth::Forward(f) => AuthPolicy::Forward(forward::compile(cx, name, f)?),
+        RawAuth::Introspection(i) => {
+            AuthPolicy::Introspection(introspection::compile(cx, name, i)?)
+        }
+    })
+}
+
+/// Identity headers (`{ claim: Header }`), each name checked at its key.
+pub(super) fn forward_headers(
+    d: &mut Diags,
+    at: &str,
+    map: &BTreeMap<String, String>,
+) -> Vec<(String, HeaderName)> {
+    map.iter()
+        .filter_map(
+            |(claim, header)| match HeaderName::from_bytes(header.as_bytes()) {
+                Ok(h) => Some((claim.clone(), h)),
+                Err(_) => {
+                    d.error(
+                        &format!("{at}.{claim}"),
+                        format!("`{header}` is not a valid header name"),
+                        Some(crate::diag::HEADER_NAME_HELP.into()),
+                    );
+                    None
+                }
+            },
+        )
+        .collect()
+}
+
+/// Compiles a JWT policy: keys are read and decoded here, once, so a request only looks
+/// them up. A remote JWKS cache is kept across reloads per URL.
+fn compile_jwt(cx: &mut CompileCx, name: &str, a: &RawJwt) -> Option<Jwt> {
     let (d, state, inputs) = (&mut *cx.d, &mut *cx.state, &mut *cx.inputs);
     let at = format!("auth.{name}");
     let algorithms: Vec<Algorithm> = a
@@ -106,28 +149,12 @@ pub fn compile(cx: &mut CompileCx, name: &str, a: &RawAuth) -> Option<AuthPolicy
             )
         })
         .ok()?;
-    let forward = a
-        .forward_claims
-        .iter()
-        .filter_map(
-            |(claim, header)| match HeaderName::from_bytes(header.as_bytes()) {
-                Ok(h) => Some((claim.clone(), h)),
-                Err(_) => {
-                    d.error(
-                        &format!("{at}.forward_claims.{claim}"),
-                        format!("`{header}` is not a valid header name"),
-                        Some(crate::diag::HEADER_NAME_HELP.into()),
-                    );
-                    None
-                }
-            },
-        )
-        .collect();
+    let forward = forward_headers(d, &format!("{at}.forward_claims"), &a.forward_claims);
     let validations = algorithms
         .iter()
         .map(|alg| (*alg, validation(*alg, a)))
         .collect();
-    Some(AuthPolicy {
+    Some(Jwt {
         name: name.into(),
         source,
         keys,
@@ -139,7 +166,7 @@ pub fn compile(cx: &mut CompileCx, name: &str, a: &RawAuth) -> Option<AuthPolicy
     })
 }
 
-pub(super) fn validation(alg: Algorithm, a: &RawAuth) -> Validation {
+pub(super) fn validation(alg: Algorithm, a: &RawJwt) -> Validation {
     let mut v = Validation::new(alg);
     v.leeway = a.leeway.as_secs();
     v.validate_nbf = true;
@@ -165,7 +192,7 @@ pub(super) fn validation(alg: Algorithm, a: &RawAuth) -> Validation {
 pub(super) fn compile_keys(
     d: &mut Diags,
     at: &str,
-    a: &RawAuth,
+    a: &RawJwt,
     hmac: bool,
     families: &[Family],
     inputs: &mut Inputs,

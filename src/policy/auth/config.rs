@@ -1,11 +1,79 @@
-//! The `auth:` fragment as the file gives it: keys, algorithms, the token's place, claims
-//! to require and to forward.
+//! The `auth:` fragment as the file gives it: its `type` (JWT when left out) and that
+//! kind's fields; a route's `require`.
 
 use super::*;
 
+/// An auth policy as the file gives it. `type` picks the kind; without it, a policy is JWT
+/// (the only kind before there were others).
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[schemars(transform = jwt_type_optional)]
+pub enum RawAuth {
+    /// Signed tokens (JWT), verified with pinned algorithms.
+    Jwt(RawJwt),
+    /// Keys listed per consumer in a keys file (stored hashed).
+    ApiKey(api_key::RawApiKey),
+    /// HTTP Basic against an htpasswd file (bcrypt or SHA-512-crypt).
+    Basic(basic::RawBasic),
+    /// Asks an auth service about each request (Traefik's forwardAuth, nginx auth_request).
+    Forward(forward::RawForward),
+    /// Opaque tokens checked at an OAuth 2.0 introspection endpoint (RFC 7662).
+    Introspection(introspection::RawIntrospection),
+}
+
+impl<'de> Deserialize<'de> for RawAuth {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Tagged {
+            Jwt(RawJwt),
+            ApiKey(api_key::RawApiKey),
+            Basic(basic::RawBasic),
+            Forward(forward::RawForward),
+            Introspection(introspection::RawIntrospection),
+        }
+        let mut value = serde_yaml::Value::deserialize(d)?;
+        if let serde_yaml::Value::Mapping(m) = &mut value {
+            if !m.contains_key("type") {
+                m.insert("type".into(), "jwt".into());
+            }
+        }
+        let tagged = Tagged::deserialize(value).map_err(serde::de::Error::custom)?;
+        Ok(match tagged {
+            Tagged::Jwt(a) => RawAuth::Jwt(a),
+            Tagged::ApiKey(a) => RawAuth::ApiKey(a),
+            Tagged::Basic(a) => RawAuth::Basic(a),
+            Tagged::Forward(a) => RawAuth::Forward(a),
+            Tagged::Introspection(a) => RawAuth::Introspection(a),
+        })
+    }
+}
+
+/// In the schema, a JWT policy may leave `type` out, as the file may; `type` is described.
+fn jwt_type_optional(schema: &mut schemars::Schema) {
+    let Some(variants) = schema.get_mut("oneOf").and_then(|v| v.as_array_mut()) else {
+        return;
+    };
+    for variant in variants {
+        if let Some(tag) = variant.pointer_mut("/properties/type") {
+            tag["description"] =
+                "The policy's kind: jwt (the default), api_key, basic, forward or introspection."
+                    .into();
+        }
+        let is_jwt = variant
+            .pointer("/properties/type/const")
+            .is_some_and(|c| c == "jwt");
+        if let (true, Some(required)) = (is_jwt, variant.get_mut("required")) {
+            if let Some(list) = required.as_array_mut() {
+                list.retain(|r| r != "type");
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RawAuth {
+pub struct RawJwt {
     /// HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA:
     /// the only algorithms accepted (pinned; `none` never is).
     #[schemars(inner(pattern(

@@ -1,6 +1,9 @@
-//! JWT authentication and claim-based authorization. Each policy pins its algorithms; keys
-//! come from PEM files, a JWKS file or URL (chosen by `kid`), or an HMAC secret from an env
-//! var or file. The token itself is never logged.
+//! Authentication and claim-based authorization. A policy is one of several kinds, each in
+//! its module: JWT (algorithms pinned; keys from PEM files, a JWKS file or URL chosen by
+//! `kid`, or an HMAC secret), API keys with consumers, HTTP Basic, forward auth and token
+//! introspection. Each yields the request's claims (forward auth: headers to copy), which
+//! `require`, identity headers, claim-keyed limits and cache keys then use alike. No
+//! credential is ever logged.
 
 use super::{ApiDoc, CompileCx, PolicyState, RequestInfo, Stage, Unit};
 use crate::bounded::Bounded;
@@ -23,8 +26,12 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod api_key;
+pub mod basic;
 mod compile;
 mod config;
+pub mod forward;
+pub mod introspection;
 mod jwks;
 mod token_cache;
 mod verify;
@@ -127,51 +134,156 @@ fn insufficient() -> GatewayError {
         .into()
 }
 
-/// An auth policy as a route applies it: the token check plus the route's claim rules.
-pub struct RouteAuth {
-    pub policy: Arc<AuthPolicy>,
-    /// Claim conditions a valid token must meet (403 otherwise).
-    pub require: Vec<ClaimRule>,
+/// A compiled auth policy: the one list of kinds.
+pub enum AuthPolicy {
+    Jwt(Jwt),
+    ApiKey(api_key::ApiKeys),
+    Basic(basic::Basic),
+    Forward(forward::ForwardAuth),
+    Introspection(introspection::Introspection),
 }
 
-impl RouteAuth {
-    /// Verifies the token and the claim rules; the claims are kept for later phases.
-    pub async fn authenticate(
+impl AuthPolicy {
+    pub fn name(&self) -> &Arc<str> {
+        match self {
+            AuthPolicy::Jwt(p) => &p.name,
+            AuthPolicy::ApiKey(p) => &p.name,
+            AuthPolicy::Basic(p) => &p.name,
+            AuthPolicy::Forward(p) => &p.name,
+            AuthPolicy::Introspection(p) => &p.name,
+        }
+    }
+
+    /// The kind, as the file's `type` names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuthPolicy::Jwt(_) => "jwt",
+            AuthPolicy::ApiKey(_) => "api_key",
+            AuthPolicy::Basic(_) => "basic",
+            AuthPolicy::Forward(_) => "forward",
+            AuthPolicy::Introspection(_) => "introspection",
+        }
+    }
+
+    /// (claim, upstream header) pairs made of the verified claims.
+    fn forward(&self) -> &[(String, HeaderName)] {
+        match self {
+            AuthPolicy::Jwt(p) => &p.forward,
+            AuthPolicy::ApiKey(p) => &p.forward,
+            AuthPolicy::Basic(p) => &p.forward,
+            AuthPolicy::Forward(_) => &[],
+            AuthPolicy::Introspection(p) => &p.forward,
+        }
+    }
+
+    /// Its OpenAPI security scheme.
+    pub fn scheme(&self) -> Value {
+        match self {
+            AuthPolicy::Jwt(p) => p.scheme.clone(),
+            AuthPolicy::ApiKey(p) => p.scheme(),
+            AuthPolicy::Basic(p) => p.scheme(),
+            AuthPolicy::Forward(p) => p.scheme(),
+            AuthPolicy::Introspection(p) => p.scheme(),
+        }
+    }
+
+    /// What `/routes` and `portico route` show of the kind (never a secret).
+    fn kind_details(&self) -> Value {
+        match self {
+            AuthPolicy::Jwt(p) => {
+                let algorithms: Vec<String> = p
+                    .validations
+                    .iter()
+                    .map(|(a, _)| format!("{a:?}"))
+                    .collect();
+                serde_json::json!({ "algorithms": algorithms })
+            }
+            AuthPolicy::ApiKey(p) => p.details(),
+            AuthPolicy::Basic(p) => p.details(),
+            AuthPolicy::Forward(p) => p.details(),
+            AuthPolicy::Introspection(p) => p.details(),
+        }
+    }
+
+    /// Headers it makes for the upstream: every client's own copies are removed.
+    pub fn identity_headers(&self) -> Vec<HeaderName> {
+        let mut names: Vec<HeaderName> = self.forward().iter().map(|(_, h)| h.clone()).collect();
+        if let AuthPolicy::Forward(f) = self {
+            names.extend(f.copy.iter().cloned());
+        }
+        names
+    }
+
+    /// Who the request is: its claims (None for forward auth, whose service decided and
+    /// whose headers are noted in `state.forward`).
+    async fn identify(
         &self,
-        req: &RequestHeader,
+        session: &mut pingora::proxy::Session,
+        info: &RequestInfo<'_>,
         state: &mut PolicyState,
-    ) -> Result<(), GatewayError> {
-        let auth = &self.policy;
-        let Ok(token) = auth.token(&req.headers) else {
+    ) -> Result<Option<Arc<Value>>, GatewayError> {
+        let req = session.req_header();
+        match self {
+            AuthPolicy::Jwt(p) => p.identify(req).await.map(Some),
+            AuthPolicy::ApiKey(p) => p.identify(session, info, state).await.map(Some),
+            AuthPolicy::Basic(p) => p.identify(req, info).await.map(Some),
+            AuthPolicy::Forward(p) => p.check(req, info, state).await.map(|()| None),
+            AuthPolicy::Introspection(p) => p.identify(req).await.map(Some),
+        }
+    }
+}
+
+impl Jwt {
+    /// The verified token's claims.
+    async fn identify(&self, req: &RequestHeader) -> Result<Arc<Value>, GatewayError> {
+        let Ok(token) = self.token(&req.headers) else {
             return Err(crate::errors::AMBIGUOUS_HEADER.into());
         };
         let Some(token) = token else {
             return Err(AuthError::Missing.into());
         };
-        match auth.verify(token).await {
-            Err(e) => {
-                tracing::debug!(policy = %auth.name, reason = e.code(), "token refused");
-                Err(e.into())
-            }
-            Ok(claims) if !self.require.iter().all(|rule| rule.holds(&claims)) => {
-                Err(insufficient())
-            }
-            Ok(claims) => {
-                state.forward = forwardable(&claims, &auth.forward)?;
-                state.claims = Some(claims);
-                Ok(())
-            }
+        self.verify(token).await.map_err(|e| {
+            tracing::debug!(policy = %self.name, reason = e.code(), "token refused");
+            e.into()
+        })
+    }
+}
+
+/// An auth policy as a route applies it: the policy's check plus the route's claim rules.
+pub struct RouteAuth {
+    pub policy: Arc<AuthPolicy>,
+    /// Claim conditions the identity must meet (403 otherwise).
+    pub require: Vec<ClaimRule>,
+}
+
+impl RouteAuth {
+    /// Identifies the request and checks the claim rules; the claims are kept for later
+    /// phases, the identity headers noted for the upstream request.
+    pub async fn authenticate(
+        &self,
+        session: &mut pingora::proxy::Session,
+        info: &RequestInfo<'_>,
+        state: &mut PolicyState,
+    ) -> Result<(), GatewayError> {
+        let Some(claims) = self.policy.identify(session, info, state).await? else {
+            return Ok(());
+        };
+        if !self.require.iter().all(|rule| rule.holds(&claims)) {
+            return Err(insufficient());
         }
+        state.forward = forwardable(&claims, self.policy.forward())?;
+        state.claims = Some(claims);
+        Ok(())
     }
 
-    /// Sends the configured claims upstream as headers (the client's copies were removed).
+    /// Sends the identity headers upstream (the client's copies were removed).
     pub fn forward_claims(
         &self,
         req: &mut RequestHeader,
         state: &PolicyState,
     ) -> pingora::Result<()> {
         for (name, value) in &state.forward {
-            req.insert_header(name.clone(), value.clone())?;
+            req.append_header(name.clone(), value.clone())?;
         }
         Ok(())
     }
@@ -184,7 +296,7 @@ impl Unit for RouteAuth {
     }
 
     fn name(&self) -> Option<&str> {
-        Some(&self.policy.name)
+        Some(self.policy.name())
     }
 
     fn stage(&self) -> Stage {
@@ -195,35 +307,49 @@ impl Unit for RouteAuth {
         let rules: Vec<String> = self.require.iter().map(ToString::to_string).collect();
         let forward: Vec<String> = self
             .policy
-            .forward
+            .identity_headers()
             .iter()
-            .map(|(_, h)| h.to_string())
+            .map(ToString::to_string)
             .collect();
-        serde_json::json!({"require": rules.join(" and "), "forward": forward})
+        let mut view = serde_json::json!({"type": self.policy.kind(), "require": rules.join(" and "), "forward": forward});
+        if let (Value::Object(out), Value::Object(more)) = (&mut view, self.policy.kind_details()) {
+            out.extend(more);
+        }
+        view
     }
 
     fn api_doc(&self, _method: &str) -> ApiDoc {
         let rules: Vec<String> = self.require.iter().map(ToString::to_string).collect();
+        let mut errors = vec!["401", "403"];
+        if matches!(
+            *self.policy,
+            AuthPolicy::Forward(_) | AuthPolicy::Introspection(_)
+        ) {
+            errors.push("503");
+        }
+        if matches!(*self.policy, AuthPolicy::Basic(_) | AuthPolicy::ApiKey(_)) {
+            errors.push("429");
+        }
         ApiDoc {
-            security: Some((self.policy.name.to_string(), self.policy.scheme.clone())),
-            errors: vec!["401", "403"],
+            security: Some((self.policy.name().to_string(), self.policy.scheme())),
+            errors,
             parameters: Vec::new(),
             note: (!rules.is_empty())
-                .then(|| format!("The token must also satisfy: {}.", rules.join(" and "))),
+                .then(|| format!("The caller must also satisfy: {}.", rules.join(" and "))),
         }
     }
 
     fn identity_headers(&self) -> Vec<HeaderName> {
-        self.policy.forward.iter().map(|(_, h)| h.clone()).collect()
+        self.policy.identity_headers()
     }
 
     async fn on_request(
         &self,
         session: &mut pingora::proxy::Session,
-        _info: &RequestInfo<'_>,
+        info: &RequestInfo<'_>,
         state: &mut PolicyState,
     ) -> Result<(), GatewayError> {
-        self.authenticate(session.req_header(), state).await
+        self.authenticate(session, info, state).await
     }
 
     fn on_upstream_request(
@@ -233,6 +359,19 @@ impl Unit for RouteAuth {
         state: &PolicyState,
     ) -> pingora::Result<()> {
         self.forward_claims(req, state)
+    }
+
+    /// A consumer's own limit and quota report `RateLimit-*` like a route's.
+    fn on_response(
+        &self,
+        resp: &mut pingora::http::ResponseHeader,
+        _info: &RequestInfo<'_>,
+        state: &PolicyState,
+    ) -> pingora::Result<()> {
+        match *self.policy {
+            AuthPolicy::ApiKey(_) => super::ratelimit::report(resp, state),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -66,12 +66,12 @@ fn compile_pins_algorithms_and_refuses_mixed_families() {
         .contains("`none` is not a supported JWT algorithm")));
 }
 
-fn hs_policy() -> AuthPolicy {
+fn hs_policy() -> Jwt {
     let mut v = Validation::new(Algorithm::HS256);
     v.validate_nbf = true;
     v.validate_aud = false;
     v.set_required_spec_claims(&["exp"]);
-    AuthPolicy {
+    Jwt {
         name: "hs".into(),
         source: TokenSource::Bearer,
         keys: Keys::Single(DecodingKey::from_secret(b"s3cret")),

@@ -69,7 +69,13 @@ pub struct ClaimRule {
 
 impl ClaimRule {
     pub fn holds(&self, claims: &Value) -> bool {
-        let have = claim(claims, &self.claim).map(scalars).unwrap_or_default();
+        let have = match (claim(claims, &self.claim), self.claim.as_str()) {
+            // OAuth scopes are one space-separated string (RFC 6749 §3.3, RFC 7662).
+            (Some(Value::String(s)), "scope" | "scp") => {
+                s.split_whitespace().map(str::to_string).collect()
+            }
+            (v, _) => v.map(scalars).unwrap_or_default(),
+        };
         let has = |v: &String| have.contains(v);
         if self.all {
             self.values.iter().all(has)
@@ -113,7 +119,7 @@ pub fn header_text(v: &Value) -> String {
     }
 }
 
-pub struct AuthPolicy {
+pub struct Jwt {
     pub name: Arc<str>,
     pub source: TokenSource,
     pub keys: Keys,
@@ -156,7 +162,7 @@ pub(super) fn raw_alg(token: &str) -> Option<String> {
     json.get("alg")?.as_str().map(str::to_string)
 }
 
-impl AuthPolicy {
+impl Jwt {
     /// The token, if sent; `Err` when sent more than once.
     pub fn token<'a>(&self, headers: &'a HeaderMap) -> Result<Option<&'a str>, SentTwice> {
         self.source.find(headers)
