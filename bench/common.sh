@@ -80,9 +80,16 @@ hs256_token() {
   echo "$h.$p.$s"
 }
 
+# The API key of the api_key policy in gateway_yaml (its consumer: bench-partner).
+export API_KEY=bench-key-0123456789abcdef
+
 # gateway_yaml PORT ADMIN ORIGIN: Portico with one thread; /gw/ runs the API-gateway policies
-# (HS256 token with a role claim, a limit keyed by its subject, CORS), / is a plain route.
+# (HS256 token with a role claim, a limit keyed by its subject, CORS), / is a plain route;
+# /jwt/ and /key/ authenticate alone (an HS256 token, an API key), each making one
+# identity header.
 gateway_yaml() {
+  printf -- '- { consumer: bench-partner, key_sha256: %s }\n' \
+    "$(printf %s "$API_KEY" | sha256sum | cut -d' ' -f1)" > "$work/keys.yaml"
   cat > "$work/gateway.yaml" <<CONF
 version: 1
 listen: { proxy: 127.0.0.1:$1, admin: 127.0.0.1:$2 }
@@ -93,6 +100,7 @@ upstreams:
 auth:
   rs: { algorithms: [RS256], public_key_file: "$PWD/tests/keys/rsa1.pub.pem" }
   hs: { algorithms: [HS256], secret_env: JWT_SECRET, issuer: https://idp.example.com, audience: api, forward_claims: { sub: X-User-Id } }
+  partners: { type: api_key, keys_file: keys.yaml, forward: { consumer: X-Consumer } }
 rate_limits:
   per_user: { requests: 1000000, per: 1s, burst: 1000000, key: "claim:sub" }
 cors:
@@ -105,6 +113,14 @@ routes:
     require: { claims: { role: [admin, user] } }
     rate_limit: per_user
     cors: web
+  - name: jwt
+    match: { path_prefix: /jwt/ }
+    upstream: origin
+    auth: hs
+  - name: key
+    match: { path_prefix: /key/ }
+    upstream: origin
+    auth: partners
   - name: rs256
     match: { path_prefix: /rs/ }
     upstream: origin

@@ -49,16 +49,19 @@ declare -A PER
 # portico-gw is the same Portico process on its /gw/ route (HS256 token, role claim, a limit
 # keyed by the subject, CORS), portico-split the same process on a route split 9:1 across two
 # upstreams (weighted backends) and portico-single on a one-upstream route at the same depth of
-# the route table (its baseline), and the -big rows the same processes on a 17.7 KB body: each
-# row zeroes the counters first and reads its own dump.
-for name in nginx pingora pingora-mi headers gw-headers portico portico-single portico-split portico-gw pingora-big portico-big; do
+# the route table (its baseline), portico-jwt and portico-key routes that only authenticate (an
+# HS256 token, an API key), and the -big rows the same processes on a 17.7 KB body: each row
+# zeroes the counters first and reads its own dump.
+for name in nginx pingora pingora-mi headers gw-headers portico portico-single portico-split portico-gw portico-jwt portico-key pingora-big portico-big; do
   path=/ hdr=() proc=$name
   case $name in nginx) p=$NGINX;; pingora) p=$PINGORA;; portico) p=$PORTICO;;
     pingora-mi) p=$PINGORA_MI;; headers) p=$HEADERS;; gw-headers) p=$GW_HEADERS;;
     pingora-big) p=$PINGORA proc=pingora path=/big;; portico-big) p=$PORTICO proc=portico path=/big;;
     portico-single) p=$PORTICO proc=portico path=/single/x;;
     portico-split) p=$PORTICO proc=portico path=/split/x;;
-    portico-gw) p=$PORTICO proc=portico path=/gw/x hdr=(-H "Authorization: Bearer $TOKEN" -H 'Origin: https://app.example.com');; esac
+    portico-gw) p=$PORTICO proc=portico path=/gw/x hdr=(-H "Authorization: Bearer $TOKEN" -H 'Origin: https://app.example.com');;
+    portico-jwt) p=$PORTICO proc=portico path=/jwt/x hdr=(-H "Authorization: Bearer $TOKEN");;
+    portico-key) p=$PORTICO proc=portico path=/key/x hdr=(-H "X-API-Key: $API_KEY");; esac
   ready "$p"
   pid=$(pgrep -f "callgrind-out-file=$work/cg/$proc ")
   # A warm-up on the row's own path first: the allocator's pages settle for its pattern
@@ -76,5 +79,6 @@ for name in nginx pingora pingora-mi headers gw-headers portico portico-single p
 done
 echo "instructions per request: pingora/nginx $(ratio "${PER[pingora]}" "${PER[nginx]}")x, portico/pingora $(ratio "${PER[portico]}" "${PER[pingora]}")x (goal <= 1.05), portico-gw/pingora $(ratio "${PER[portico-gw]}" "${PER[pingora]}")x (goal <= 1.15), portico/nginx $(ratio "${PER[portico]}" "${PER[nginx]}")x"
 echo "a split route (backends 9:1) against a single-upstream route as deep in the route table: portico-split/portico-single $(ratio "${PER[portico-split]}" "${PER[portico-single]}" 3)x (goal <= 1.010)"
+echo "authentication alone: portico-key/portico-jwt $(ratio "${PER[portico-key]}" "${PER[portico-jwt]}" 3)x (an API key against an HS256 token; goal <= 1.10)"
 echo "17.7 KB body: portico-big/pingora-big $(ratio "${PER[portico-big]}" "${PER[pingora-big]}")x (goal <= 1.10)"
 echo "with Portico's allocator: headers/pingora-mi $(ratio "${PER[headers]}" "${PER[pingora-mi]}")x and gw-headers/pingora-mi $(ratio "${PER[gw-headers]}" "${PER[pingora-mi]}")x (Pingora's header API alone), portico/headers $(ratio "${PER[portico]}" "${PER[headers]}")x and portico-gw/gw-headers $(ratio "${PER[portico-gw]}" "${PER[gw-headers]}")x (the rest of Portico)"

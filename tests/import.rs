@@ -93,12 +93,12 @@ fn the_fetched_manifests_import_with_a_report_and_pass_check() {
         report
     );
     for line in [
-        "27 object(s) read, 23 translated into 4 file(s).",
+        "27 object(s) read, 23 translated into 5 file(s).",
         "## never executed (2)",
         "- `default/nginx-configuration-snippet` nginx.ingress.kubernetes.io/configuration-snippet: raw nginx configuration: Portico never runs it",
         "- `shop/api` nginx.ingress.kubernetes.io/server-snippet: raw nginx configuration",
-        "- `default/external-auth` routes: its routes answer 503: `auth-url` needs forward, basic or client-certificate authentication",
-        "- `shop/admin` routes: its routes answer 503: `auth-secret` needs forward, basic or client-certificate authentication",
+        "- `default/external-auth` nginx.ingress.kubernetes.io/auth-url: the auth service gets Authorization and Cookie",
+        "- `shop/admin` nginx.ingress.kubernetes.io/auth-secret: the users go in `shop-admin-basic-auth.htpasswd` beside gateway.yaml (empty until filled: every request is refused): kubectl -n shop get secret admin-basic-auth -o json, then its `auth` key",
         "- `docker-registry/docker-registry` spec.rules.host: host `registry.<your domain>` is not a host name",
         "- `docker-registry/docker-registry` nginx.ingress.kubernetes.io/proxy-body-size: `0` (no limit)",
         "- `shop/legacy` backend.service.port: Service `checkout` port `web` is named: give its number with `--port-map shop/checkout:web=NUMBER`",
@@ -196,11 +196,20 @@ fn every_supported_annotation_has_a_case() {
         ip["allow"],
         serde_yaml::from_str::<Value>("[10.0.0.0/8, 127.0.0.1]").unwrap()
     );
-    // The admin Ingress needs basic auth: its routes answer 503 in their place (fail
-    // closed: no wider route takes their requests).
+    // The admin Ingress's basic auth: its users go in a file beside the config, which
+    // refuses every request until it is filled from the Secret.
     let admin = route(&shop, "shop-admin-r0p0");
-    assert_eq!(admin["respond"]["status"], 503);
-    assert!(admin["upstream"].is_null());
+    let auth = &shop["auth"][admin["auth"].as_str().unwrap()];
+    assert_eq!(
+        (&auth["type"], &auth["htpasswd_file"], &auth["realm"]),
+        (
+            &"basic".into(),
+            &"shop-admin-basic-auth.htpasswd".into(),
+            &"Authentication Required".into()
+        )
+    );
+    assert!(admin["respond"].is_null());
+    assert!(out.join("shop-admin-basic-auth.htpasswd").is_file());
     let partners = route(&shop, "shop-partners-r0p0");
     let limit = &shop["rate_limits"][partners["rate_limit"].as_str().unwrap()];
     assert_eq!(

@@ -106,6 +106,7 @@ pub fn compile_with(
     let router = Router::new(matchers);
     warn_shadowed(&mut d, &router, raw, &at);
     warn_unused_upstreams(&mut d, raw);
+    warn_plain_logins(&mut d, raw);
     let access_log = compile_access_log(&mut d, &raw.telemetry.access_log);
     let tracing = compile_tracing(&mut d, &mut state, raw);
     d.items
@@ -361,6 +362,23 @@ fn warn_unused_upstreams(d: &mut Diags, raw: &RawConfig) {
             format!("upstream `{name}` is not used by any route"),
             Some("point a route at it (`upstream: NAME`), or remove it".into()),
         );
+    }
+}
+
+/// An OIDC session cookie is `Secure`: browsers keep it only from https pages.
+fn warn_plain_logins(d: &mut Diags, raw: &RawConfig) {
+    if raw.listen.proxy_tls.is_some() {
+        return;
+    }
+    for (i, r) in raw.routes.iter().enumerate() {
+        let oidc = r.auth.as_ref().and_then(|name| raw.auth.get(name));
+        if let Some(crate::policy::auth::RawAuth::Oidc(_)) = oidc {
+            d.warn(
+                &format!("routes[{i}].auth"),
+                format!("route `{}` logs in with OIDC, but Portico has no TLS listener", r.name),
+                Some("its session cookie is Secure, which browsers keep only over https: add `listen.proxy_tls`, or end TLS in front of Portico (http://localhost is the one exception browsers make)".into()),
+            );
+        }
     }
 }
 

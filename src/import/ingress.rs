@@ -17,6 +17,16 @@ const NGINX: &str = "nginx.ingress.kubernetes.io/";
 
 /// The annotations a translation reads (without the prefix).
 const HANDLED: &[&str] = &[
+    "auth-url",
+    "auth-method",
+    "auth-response-headers",
+    "auth-cache-key",
+    "auth-cache-duration",
+    "auth-signin",
+    "auth-type",
+    "auth-secret",
+    "auth-secret-type",
+    "auth-realm",
     "rewrite-target",
     "use-regex",
     "ssl-redirect",
@@ -93,6 +103,7 @@ struct Route {
 #[derive(Default)]
 struct Team {
     upstreams: BTreeMap<String, Value>,
+    auth: BTreeMap<String, Value>,
     rate_limits: BTreeMap<String, Value>,
     cors: BTreeMap<String, Value>,
     ip_access: BTreeMap<String, Value>,
@@ -230,11 +241,12 @@ impl Translation<'_> {
 
     fn main(&mut self, ing: &Ingress) {
         self.annotation_notes(ing);
-        if let Some(auth) = needs_auth(ing) {
+        if let Some(auth) = untranslatable_auth(ing) {
             // Fail closed: a route that needed authentication answers 503 in its place
-            // (so no wider route takes its requests) until authentication is added.
-            let why = format!("its routes answer 503: `{auth}` needs forward, basic or client-certificate authentication, which Portico does not have yet (the authentication issue), and they must not be exposed without it");
-            self.note(ing, "routes", Outcome::NotYet, why);
+            // (so no wider route takes its requests) until it is protected by hand.
+            let why =
+                format!("its routes answer 503: {auth}, and they must not be exposed without it");
+            self.note(ing, "routes", Outcome::NotTranslated, why);
         }
         self.tls(ing);
         let policies = self.policies(ing);
@@ -311,9 +323,9 @@ impl Translation<'_> {
     }
 
     /// What a route of the Ingress does with a backend: proxy to it, answer with the
-    /// Ingress's redirect, or 503 when the Ingress needs authentication Portico lacks.
+    /// Ingress's redirect, or 503 when its authentication cannot be translated.
     fn action(&mut self, ing: &Ingress, backend: &Value) -> Option<Vec<(&'static str, Value)>> {
-        if needs_auth(ing).is_some() {
+        if untranslatable_auth(ing).is_some() {
             let body = map(vec![("error", "authentication not migrated".into())]);
             return Some(vec![(
                 "respond",
@@ -535,6 +547,11 @@ impl Translation<'_> {
     fn policies(&mut self, ing: &Ingress) -> Vec<(&'static str, Value)> {
         let mut keys = Vec::new();
         let base = name_of(&[&ing.namespace, &ing.name]);
+        if let Some(policy) = self.auth_policy(ing) {
+            let name = self.unique_named(format!("{base}-auth"));
+            self.team(ing).auth.insert(name.clone(), policy);
+            keys.push(("auth", Value::from(name)));
+        }
         if ing.flag("enable-cors") {
             let name = self.unique_named(format!("{base}-cors"));
             let cors = self.cors(ing);
@@ -575,6 +592,96 @@ impl Translation<'_> {
             self.note(ing, "affinity", Outcome::NotTranslated, why);
         }
         keys
+    }
+
+    /// The auth policy of an Ingress's `auth-url` (forward auth) or `auth-type: basic`;
+    /// None without one, or when it cannot be translated (its routes then answer 503).
+    fn auth_policy(&mut self, ing: &Ingress) -> Option<Value> {
+        if untranslatable_auth(ing).is_some() {
+            return None;
+        }
+        if let Some(url) = ing.ann("auth-url") {
+            return Some(self.forward_auth(ing, url));
+        }
+        if ing.ann("auth-type") != Some("basic") {
+            if ing.ann("auth-secret").is_some() {
+                let why = "`auth-secret` without `auth-type: basic`: ingress-nginx applies no authentication either";
+                self.note(ing, "auth-secret", Outcome::NotTranslated, why);
+            }
+            return None;
+        }
+        let secret = ing.ann("auth-secret")?;
+        let (namespace, name) = secret.split_once('/').unwrap_or((&ing.namespace, secret));
+        let file = format!("{}.htpasswd", name_of(&[namespace, name]));
+        let key = match ing.ann("auth-secret-type") {
+            Some("auth-map") => "every key (`user: hash`, written `user:hash`)",
+            _ => "its `auth` key",
+        };
+        let fill = format!("kubectl -n {namespace} get secret {name} -o json, then {key}, one `user:hash` line each");
+        let placeholder = format!("# Users of Secret {namespace}/{name} (portico import). Fill from:\n#   {fill}\n# Only bcrypt (htpasswd -B) and SHA-512-crypt (openssl passwd -6) hashes are accepted.\n");
+        self.out.files.insert(file.clone(), placeholder);
+        let why = format!("the users go in `{file}` beside gateway.yaml (empty until filled: every request is refused): {fill}; apr1-MD5 and crypt hashes, htpasswd's defaults, are refused at check, so hash them again with `htpasswd -B`");
+        self.note(ing, "auth-secret", Outcome::Translated, why);
+        let realm = ing.ann("auth-realm").unwrap_or("Authentication Required");
+        let realm: String = realm
+            .chars()
+            .filter(|c| !matches!(c, '"' | '\\') && !c.is_control())
+            .collect();
+        Some(map(vec![
+            ("type", "basic".into()),
+            ("realm", realm.into()),
+            ("htpasswd_file", file.into()),
+        ]))
+    }
+
+    /// `auth-url` as forward auth: the same service asked, its headers copied.
+    fn forward_auth(&mut self, ing: &Ingress, url: &str) -> Value {
+        let list = |key| -> Vec<Value> {
+            ing.ann(key)
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(Value::from)
+                .collect()
+        };
+        let why = "the auth service gets Authorization and Cookie (nginx sent every header) and X-Forwarded-Method/-Uri/-Host/-Proto/-For; add what else it reads to `send`. It is asked with GET and given 5s";
+        self.note(ing, "auth-url", Outcome::Translated, why);
+        if ing
+            .ann("auth-method")
+            .is_some_and(|m| !m.eq_ignore_ascii_case("GET"))
+        {
+            self.note(
+                ing,
+                "auth-method",
+                Outcome::NotTranslated,
+                "Portico asks the auth service with GET",
+            );
+        }
+        if let Some(signin) = ing.ann("auth-signin") {
+            let why = format!("Portico passes the auth service's own 401, 403 or redirect on: to send browsers to `{signin}`, let the service answer 302 to it");
+            self.note(ing, "auth-signin", Outcome::NotTranslated, why);
+        }
+        let cache = ing
+            .ann("auth-cache-key")
+            .and(ing.ann("auth-cache-duration"))
+            .and_then(|d| d.split_whitespace().last())
+            .filter(|d| crate::units::duration::parse(d).is_ok());
+        if let Some(d) = cache {
+            let why = format!("allows are cached {d} per method, host, path and sent headers (not by `auth-cache-key`); denials never are");
+            self.note(ing, "auth-cache-key", Outcome::Translated, why);
+        }
+        map(vec![
+            ("type", "forward".into()),
+            ("url", url.into()),
+            (
+                "send",
+                Value::Sequence(vec!["Authorization".into(), "Cookie".into()]),
+            ),
+            ("copy", Value::Sequence(list("auth-response-headers"))),
+            ("cache", cache.map_or(Value::Null, Value::from)),
+            ("timeout", "5s".into()),
+        ])
     }
 
     fn team(&mut self, ing: &Ingress) -> &mut Team {
@@ -1049,8 +1156,6 @@ impl Translation<'_> {
         for key in ing.nginx.keys() {
             let (outcome, why) = if key.ends_with("-snippet") {
                 (Outcome::NeverExecuted, "raw nginx configuration: Portico never runs it (such snippets are how IngressNightmare became remote code execution); translate its intent by hand")
-            } else if key.starts_with("auth-") {
-                (Outcome::NotYet, "needs forward or basic authentication, which Portico does not have yet (the authentication issue)")
             } else if HANDLED.contains(&key.as_str()) {
                 continue;
             } else {
@@ -1064,7 +1169,8 @@ impl Translation<'_> {
     }
 
     fn finish(mut self) -> Output {
-        let mut files = BTreeMap::new();
+        // Files made along the way (htpasswd placeholders) come first.
+        let mut files = std::mem::take(&mut self.out.files);
         let redirect = self.redirect_https && !self.certificates.is_empty();
         if redirect {
             self.report_global_redirect();
@@ -1144,6 +1250,7 @@ fn team_value(mut team: Team) -> Value {
     };
     map(vec![
         ("upstreams", section(team.upstreams)),
+        ("auth", section(team.auth)),
         ("rate_limits", section(team.rate_limits)),
         ("cors", section(team.cors)),
         ("ip_access", section(team.ip_access)),
@@ -1173,12 +1280,30 @@ fn captures(target: &str) -> String {
     .into_owned()
 }
 
-/// The authentication annotation an Ingress has (`auth-url`, `auth-type`, `auth-tls-*`...).
-fn needs_auth<'a>(ing: &'a Ingress) -> Option<&'a str> {
-    ing.nginx
-        .keys()
-        .map(String::as_str)
-        .find(|k| k.starts_with("auth-"))
+/// Why an Ingress's authentication cannot be translated: client certificates, digest,
+/// an `auth-url` built of nginx variables.
+fn untranslatable_auth(ing: &Ingress) -> Option<String> {
+    if let Some(key) = ing.nginx.keys().find(|k| k.starts_with("auth-tls-")) {
+        return Some(format!(
+            "`{key}` needs client-certificate authentication, which Portico does not have"
+        ));
+    }
+    if let Some(kind) = ing.ann("auth-type").filter(|t| *t != "basic") {
+        return Some(format!("`auth-type: {kind}` is not available (basic is)"));
+    }
+    if ing.ann("auth-type").is_some()
+        && ing.ann("auth-url").is_none()
+        && ing.ann("auth-secret").is_none()
+    {
+        return Some("`auth-type: basic` names no `auth-secret`".into());
+    }
+    let url = ing.ann("auth-url")?;
+    let plain = (url.starts_with("http://") || url.starts_with("https://")) && !url.contains('$');
+    (!plain).then(|| {
+        format!(
+            "`auth-url` `{url}` is not a fixed http(s) URL (nginx variables are not translated)"
+        )
+    })
 }
 
 /// A DNS name, or `*.` and one.

@@ -67,8 +67,6 @@ pub enum Outcome {
     Translated,
     /// Not translated: Portico has no equivalent, or the value cannot be.
     NotTranslated,
-    /// Needs a Portico feature that has not landed yet.
-    NotYet,
     /// Raw controller configuration: never executed.
     NeverExecuted,
 }
@@ -78,7 +76,6 @@ impl Outcome {
         match self {
             Outcome::Translated => "translated, note",
             Outcome::NotTranslated => "not translated",
-            Outcome::NotYet => "not yet translatable",
             Outcome::NeverExecuted => "never executed",
         }
     }
@@ -119,7 +116,6 @@ impl Output {
         notes.dedup();
         for outcome in [
             Outcome::NeverExecuted,
-            Outcome::NotYet,
             Outcome::NotTranslated,
             Outcome::Translated,
         ] {

@@ -129,6 +129,8 @@ pub struct PolicyState {
     /// An API-key consumer's own rate limit was counted: it replaces the route's limits
     /// keyed by identity.
     pub consumer_limited: bool,
+    /// A refreshed OIDC session, sent back with the answer.
+    pub set_cookie: Option<HeaderValue>,
     /// The cache's path and what it did.
     pub cache: cache::State,
     /// The coding the client accepts, then the encoder of the response body.

@@ -79,6 +79,7 @@ pub fn compile(cx: &mut CompileCx, name: &str, a: &RawAuth) -> Option<AuthPolicy
         RawAuth::Introspection(i) => {
             AuthPolicy::Introspection(introspection::compile(cx, name, i)?)
         }
+        RawAuth::Oidc(o) => AuthPolicy::Oidc(Box::new(oidc::compile(cx, name, o)?)),
     })
 }
 

@@ -19,6 +19,8 @@ pub enum RawAuth {
     Forward(forward::RawForward),
     /// Opaque tokens checked at an OAuth 2.0 introspection endpoint (RFC 7662).
     Introspection(introspection::RawIntrospection),
+    /// A browser login with an OpenID Connect provider, kept in a sealed cookie.
+    Oidc(oidc::RawOidc),
 }
 
 impl<'de> Deserialize<'de> for RawAuth {
@@ -31,6 +33,7 @@ impl<'de> Deserialize<'de> for RawAuth {
             Basic(basic::RawBasic),
             Forward(forward::RawForward),
             Introspection(introspection::RawIntrospection),
+            Oidc(oidc::RawOidc),
         }
         let mut value = serde_yaml::Value::deserialize(d)?;
         if let serde_yaml::Value::Mapping(m) = &mut value {
@@ -45,6 +48,7 @@ impl<'de> Deserialize<'de> for RawAuth {
             Tagged::Basic(a) => RawAuth::Basic(a),
             Tagged::Forward(a) => RawAuth::Forward(a),
             Tagged::Introspection(a) => RawAuth::Introspection(a),
+            Tagged::Oidc(a) => RawAuth::Oidc(a),
         })
     }
 }
@@ -57,7 +61,7 @@ fn jwt_type_optional(schema: &mut schemars::Schema) {
     for variant in variants {
         if let Some(tag) = variant.pointer_mut("/properties/type") {
             tag["description"] =
-                "The policy's kind: jwt (the default), api_key, basic, forward or introspection."
+                "The policy's kind: jwt (the default), api_key, basic, forward, introspection or oidc."
                     .into();
         }
         let is_jwt = variant

@@ -165,7 +165,7 @@ fn inactive() -> GatewayError {
 }
 
 /// What `application/x-www-form-urlencoded` escapes: all but letters, digits and `*-._`.
-const FORM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+pub(super) const FORM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'*')
     .remove(b'-')
     .remove(b'.')
@@ -220,7 +220,7 @@ pub fn compile(cx: &mut CompileCx, name: &str, r: &RawIntrospection) -> Option<I
     })
 }
 
-fn is_loopback(url: &str) -> bool {
+pub(super) fn is_loopback(url: &str) -> bool {
     reqwest::Url::parse(url)
         .is_ok_and(|u| matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")))
 }

@@ -33,6 +33,7 @@ mod config;
 pub mod forward;
 pub mod introspection;
 mod jwks;
+pub mod oidc;
 mod token_cache;
 mod verify;
 
@@ -141,6 +142,8 @@ pub enum AuthPolicy {
     Basic(basic::Basic),
     Forward(forward::ForwardAuth),
     Introspection(introspection::Introspection),
+    // Boxed: its sealing key (an AES key schedule) is larger than every other kind.
+    Oidc(Box<oidc::Oidc>),
 }
 
 impl AuthPolicy {
@@ -151,6 +154,7 @@ impl AuthPolicy {
             AuthPolicy::Basic(p) => &p.name,
             AuthPolicy::Forward(p) => &p.name,
             AuthPolicy::Introspection(p) => &p.name,
+            AuthPolicy::Oidc(p) => &p.name,
         }
     }
 
@@ -162,6 +166,7 @@ impl AuthPolicy {
             AuthPolicy::Basic(_) => "basic",
             AuthPolicy::Forward(_) => "forward",
             AuthPolicy::Introspection(_) => "introspection",
+            AuthPolicy::Oidc(_) => "oidc",
         }
     }
 
@@ -173,6 +178,7 @@ impl AuthPolicy {
             AuthPolicy::Basic(p) => &p.forward,
             AuthPolicy::Forward(_) => &[],
             AuthPolicy::Introspection(p) => &p.forward,
+            AuthPolicy::Oidc(p) => &p.forward,
         }
     }
 
@@ -184,6 +190,7 @@ impl AuthPolicy {
             AuthPolicy::Basic(p) => p.scheme(),
             AuthPolicy::Forward(p) => p.scheme(),
             AuthPolicy::Introspection(p) => p.scheme(),
+            AuthPolicy::Oidc(p) => p.scheme(),
         }
     }
 
@@ -202,6 +209,7 @@ impl AuthPolicy {
             AuthPolicy::Basic(p) => p.details(),
             AuthPolicy::Forward(p) => p.details(),
             AuthPolicy::Introspection(p) => p.details(),
+            AuthPolicy::Oidc(p) => p.details(),
         }
     }
 
@@ -229,6 +237,7 @@ impl AuthPolicy {
             AuthPolicy::Basic(p) => p.identify(req, info).await.map(Some),
             AuthPolicy::Forward(p) => p.check(req, info, state).await.map(|()| None),
             AuthPolicy::Introspection(p) => p.identify(req).await.map(Some),
+            AuthPolicy::Oidc(p) => p.identify(req, info, state).await.map(Some),
         }
     }
 }
@@ -323,7 +332,7 @@ impl Unit for RouteAuth {
         let mut errors = vec!["401", "403"];
         if matches!(
             *self.policy,
-            AuthPolicy::Forward(_) | AuthPolicy::Introspection(_)
+            AuthPolicy::Forward(_) | AuthPolicy::Introspection(_) | AuthPolicy::Oidc(_)
         ) {
             errors.push("503");
         }
@@ -361,7 +370,8 @@ impl Unit for RouteAuth {
         self.forward_claims(req, state)
     }
 
-    /// A consumer's own limit and quota report `RateLimit-*` like a route's.
+    /// A consumer's own limit and quota report `RateLimit-*` like a route's; a refreshed
+    /// OIDC session goes back as a new cookie.
     fn on_response(
         &self,
         resp: &mut pingora::http::ResponseHeader,
@@ -370,6 +380,12 @@ impl Unit for RouteAuth {
     ) -> pingora::Result<()> {
         match *self.policy {
             AuthPolicy::ApiKey(_) => super::ratelimit::report(resp, state),
+            AuthPolicy::Oidc(_) => match &state.set_cookie {
+                Some(cookie) => resp
+                    .append_header(http::header::SET_COOKIE, cookie.clone())
+                    .map(|_| ()),
+                None => Ok(()),
+            },
             _ => Ok(()),
         }
     }
