@@ -242,6 +242,8 @@ pub struct Route {
     /// Where copies of the route's requests go, and how their answers are compared.
     pub mirror: Option<Arc<crate::mirror::Mirror>>,
     pub metrics: RouteMetrics,
+    /// Query parameters holding credentials (API keys): never sent upstream.
+    pub query_secrets: Vec<String>,
 }
 
 impl Route {
@@ -256,6 +258,24 @@ impl Route {
     pub fn cache(&self) -> Option<&crate::policy::cache::CachePolicy> {
         self.policies.iter().find_map(|p| match p {
             Policy::Cache(c) => Some(&**c),
+            _ => None,
+        })
+    }
+
+    /// The query parameters the route's auth policy reads credentials from.
+    pub fn credential_params(policies: &[Policy]) -> Vec<String> {
+        policies
+            .iter()
+            .flat_map(|p| match p {
+                Policy::Auth(a) => a.policy.query_params(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    pub fn auth(&self) -> Option<&crate::policy::auth::RouteAuth> {
+        self.policies.iter().find_map(|p| match p {
+            Policy::Auth(a) => Some(&**a),
             _ => None,
         })
     }
@@ -289,6 +309,8 @@ pub struct Snapshot {
     pub caches: BTreeMap<String, Arc<crate::policy::cache::CachePolicy>>,
     /// Every header some auth policy forwards claims in: removed from every client request.
     pub identity_headers: Vec<HeaderName>,
+    /// Query parameters any policy reads credentials from: redacted in the access log.
+    pub query_secrets: Vec<String>,
     /// Referenced files, and the digest of their contents when compiled.
     pub inputs: Vec<PathBuf>,
     pub inputs_digest: String,

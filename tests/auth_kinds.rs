@@ -11,8 +11,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What an auth service saw of one call: method, path, headers and body.
@@ -24,10 +23,10 @@ struct Call {
 
 type Reply = (u16, Vec<(&'static str, String)>, String);
 
-/// A real HTTP server answering with `reply`, counting its calls.
+/// A real HTTP server answering with `reply`, keeping every call.
 struct AuthService {
     addr: SocketAddr,
-    calls: Arc<AtomicUsize>,
+    calls: Arc<Mutex<Vec<Call>>>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -42,7 +41,7 @@ impl AuthService {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let addr = listener.local_addr().unwrap();
-        let calls = Arc::new(AtomicUsize::new(0));
+        let calls = Arc::new(Mutex::new(Vec::new()));
         let (reply, counted) = (Arc::new(reply), calls.clone());
         runtime.spawn(async move {
             loop {
@@ -55,7 +54,6 @@ impl AuthService {
                         move |req: hyper::Request<hyper::body::Incoming>| {
                             let (reply, counted) = (reply.clone(), counted.clone());
                             async move {
-                                counted.fetch_add(1, Ordering::SeqCst);
                                 let headers = req
                                     .headers()
                                     .iter()
@@ -74,6 +72,7 @@ impl AuthService {
                                     body: String::from_utf8_lossy(&body).into(),
                                 };
                                 let (status, headers, body) = reply(&call);
+                                counted.lock().unwrap().push(call);
                                 if headers.iter().any(|(k, _)| *k == "x-test-delay") {
                                     tokio::time::sleep(Duration::from_secs(3)).await;
                                 }
@@ -101,7 +100,11 @@ impl AuthService {
     }
 
     fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
+        self.calls.lock().unwrap().len()
+    }
+
+    fn last(&self) -> Call {
+        self.calls.lock().unwrap().last().cloned().expect("a call")
     }
 }
 
@@ -210,6 +213,7 @@ auth:
 routes:
   - {{ name: gold, match: {{ path_prefix: /gold/ }}, upstream: svc, auth: partners, require: {{ claims: {{ tier: [gold, silver] }} }} }}
   - {{ name: open, match: {{ path_prefix: /open/ }}, upstream: svc, auth: partners, rate_limit: tight }}
+  - {{ name: moved, match: {{ path_prefix: /v1/ }}, strip_prefix: /v1, upstream: svc, auth: partners }}
 "#,
         up = up.addr
     );
@@ -258,6 +262,16 @@ routes:
         .unwrap();
     assert_eq!(ok.status(), 200);
     assert_eq!(up.last().uri, "/gold/q?page=2");
+    // A route that rewrites the path sends the query on, less the key.
+    let moved = c
+        .get(gw.url("/v1/orders?api_key=beta-key&page=3"))
+        .send()
+        .unwrap();
+    assert_eq!(moved.status(), 200);
+    assert_eq!(up.last().uri, "/orders?page=3");
+    // A request no route takes never reaches a policy: its key is still not logged.
+    let lost = c.get(gw.url("/nowhere?api_key=acme-key-1")).send().unwrap();
+    assert_eq!(lost.status(), 404);
     let twice = c
         .get(gw.url("/gold/q?api_key=acme-key-1&api_key=x"))
         .send()
@@ -301,7 +315,14 @@ routes:
         log.contains("\"path\":\"/gold/q?page=2\""),
         "the logged query lost its key"
     );
-    assert!(!log.contains("acme-key-1"), "a key reached the access log");
+    assert!(
+        !log.contains("acme-key-1") && !log.contains("beta-key"),
+        "a key reached the access log"
+    );
+    assert!(
+        log.contains("\"path\":\"/nowhere?api_key=REDACTED\""),
+        "{log}"
+    );
     assert!(
         log.contains("\"user\":\"acme\""),
         "the consumer is the logged user"
@@ -576,6 +597,35 @@ routes:
         3,
         "another path, another method: asked again"
     );
+    let asked = authz.last().headers;
+    assert_eq!(asked["x-forwarded-method"], "POST");
+    assert_eq!(asked["x-forwarded-uri"], "/app/a?x=1");
+    assert_eq!(asked["x-forwarded-host"], gw.proxy.to_string());
+    assert_eq!(asked["x-forwarded-proto"], "http");
+    assert_eq!(asked["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(asked["authorization"], "Bearer good");
+    assert!(
+        !asked.contains_key("x-user-id"),
+        "only the `send` headers go to the service"
+    );
+
+    // The same request from another address is asked again: the service saw the address.
+    let elsewhere = reqwest::blocking::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let from_two = elsewhere
+        .get(gw.url("/app/a?x=1"))
+        .header("Authorization", "Bearer good")
+        .send()
+        .unwrap();
+    assert_eq!(from_two.status(), 200);
+    assert_eq!(
+        authz.calls(),
+        4,
+        "an allow is not shared across client addresses"
+    );
+    assert_eq!(authz.last().headers["x-forwarded-for"], "127.0.0.2");
 
     let redirect = c.get(gw.url("/app/page")).send().unwrap();
     assert_eq!(redirect.status(), 302);
@@ -597,7 +647,7 @@ routes:
     assert_json_error(send("GET", "/app/a", "slow"), 503, "auth_unavailable");
     let seen_by_upstream = up.count();
     assert_eq!(
-        seen_by_upstream, 4,
+        seen_by_upstream, 5,
         "no denial or failure reached the upstream"
     );
 }
@@ -664,12 +714,19 @@ routes:
     assert_eq!(get("/write/2", "active-token").status(), 200);
     assert_eq!(idp.calls(), 1, "an active token's answer is cached");
     assert_json_error(get("/write/1", "read-only"), 403, "insufficient_claims");
+    let calls = idp.calls();
     let inactive = get("/write/1", "revoked");
     assert!(inactive.headers()["www-authenticate"]
         .to_str()
         .unwrap()
         .contains("invalid_token"));
     assert_json_error(inactive, 401, "token_inactive");
+    assert_json_error(get("/write/2", "revoked"), 401, "token_inactive");
+    assert_eq!(
+        idp.calls(),
+        calls + 1,
+        "an inactive answer is kept briefly too"
+    );
     assert_json_error(
         c.get(gw.url("/write/1")).send().unwrap(),
         401,
@@ -709,4 +766,107 @@ fn every_kind_is_in_the_schema_and_unknown_kinds_are_refused() {
     assert_eq!(code, 1);
     assert!(err.contains("gateway.yaml:4:"), "{err}");
     assert!(err.contains("unknown variant `saml`"), "{err}");
+}
+
+#[test]
+fn quotas_in_redis_are_shared_by_replicas_and_fail_as_configured() {
+    let mut redis = RedisServer::start();
+    let up = TestUpstream::start("svc");
+    let body = format!(
+        r#"server: {{ threads: 1 }}
+redis: {{ url: "{redis}", timeout: 200ms }}
+upstreams:
+  svc: {{ targets: ["{up}"] }}
+quotas:
+  daily: {{ limit: 3, period: day, key: client_ip, on_redis_error: deny }}
+  lenient: {{ limit: 3, period: day, key: route }}
+routes:
+  - {{ name: strict, match: {{ path_prefix: /strict/ }}, upstream: svc, quota: daily }}
+  - {{ name: lenient, match: {{ path_prefix: /lenient/ }}, upstream: svc, quota: lenient }}
+"#,
+        redis = redis.url(),
+        up = up.addr
+    );
+    let (a, b) = (start(&[], &[], &body), start(&[], &[], &body));
+    let c = client();
+    let connected = |gw: &Gateway| metric(gw, "portico_redis_connected") == 1.0;
+    assert!(wait_until(Duration::from_secs(10), || connected(&a) && connected(&b)).is_some());
+    // Two replicas, one count: 3 a day in all.
+    for (i, gw) in [&a, &b, &a].into_iter().enumerate() {
+        let resp = c.get(gw.url("/strict/x")).send().unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(
+            resp.headers()["ratelimit-remaining"],
+            (2 - i).to_string().as_str()
+        );
+    }
+    assert_json_error(
+        c.get(b.url("/strict/x")).send().unwrap(),
+        429,
+        "quota_exceeded",
+    );
+
+    // Redis gone: `deny` refuses, the default lets through; both are counted.
+    redis.kill();
+    assert!(wait_until(Duration::from_secs(10), || !connected(&a)).is_some());
+    assert_json_error(
+        c.get(a.url("/strict/x")).send().unwrap(),
+        503,
+        "quota_unavailable",
+    );
+    assert_eq!(c.get(a.url("/lenient/x")).send().unwrap().status(), 200);
+    assert_eq!(
+        metric(&a, "portico_quota_unchecked_total{quota=\"daily\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&a, "portico_quota_unchecked_total{quota=\"lenient\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn a_changed_htpasswd_file_drops_the_verified_pairs() {
+    let up = TestUpstream::start("svc");
+    let body = format!(
+        r#"server: {{ threads: 1 }}
+upstreams:
+  svc: {{ targets: ["{up}"] }}
+auth:
+  ops: {{ type: basic, htpasswd_file: ops.htpasswd }}
+routes:
+  - {{ name: ops, match: {{ path_prefix: / }}, upstream: svc, auth: ops }}
+"#,
+        up = up.addr
+    );
+    let gw = start(&[("ops.htpasswd", htpasswd())], &[], &body);
+    let c = client();
+    let alice = || {
+        c.get(gw.url("/"))
+            .basic_auth("alice", Some("wonder-land"))
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(alice(), 200);
+    assert_eq!(alice(), 200, "now from the cache of verified pairs");
+    // Alice is removed: the file changes, the config reloads, her cached pair is gone.
+    let without_alice: String = htpasswd()
+        .lines()
+        .filter(|l| !l.starts_with("alice:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(gw.dir.path().join("ops.htpasswd"), without_alice).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || alice() == 401).is_some(),
+        "alice is still let in"
+    );
+    assert_eq!(
+        c.get(gw.url("/"))
+            .basic_auth("bob", Some("builder-pass"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
 }

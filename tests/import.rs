@@ -98,7 +98,7 @@ fn the_fetched_manifests_import_with_a_report_and_pass_check() {
         "- `default/nginx-configuration-snippet` nginx.ingress.kubernetes.io/configuration-snippet: raw nginx configuration: Portico never runs it",
         "- `shop/api` nginx.ingress.kubernetes.io/server-snippet: raw nginx configuration",
         "- `default/external-auth` nginx.ingress.kubernetes.io/auth-url: the auth service gets Authorization and Cookie",
-        "- `shop/admin` nginx.ingress.kubernetes.io/auth-secret: the users go in `shop-admin-basic-auth.htpasswd` beside gateway.yaml (empty until filled: every request is refused): kubectl -n shop get secret admin-basic-auth -o json, then its `auth` key",
+        "- `shop/admin` nginx.ingress.kubernetes.io/auth-secret: the users go in `shop.admin-basic-auth.htpasswd` beside gateway.yaml (empty until filled: every request is refused): kubectl -n shop get secret admin-basic-auth -o json, then its `auth` key",
         "- `docker-registry/docker-registry` spec.rules.host: host `registry.<your domain>` is not a host name",
         "- `docker-registry/docker-registry` nginx.ingress.kubernetes.io/proxy-body-size: `0` (no limit)",
         "- `shop/legacy` backend.service.port: Service `checkout` port `web` is named: give its number with `--port-map shop/checkout:web=NUMBER`",
@@ -204,12 +204,12 @@ fn every_supported_annotation_has_a_case() {
         (&auth["type"], &auth["htpasswd_file"], &auth["realm"]),
         (
             &"basic".into(),
-            &"shop-admin-basic-auth.htpasswd".into(),
+            &"shop.admin-basic-auth.htpasswd".into(),
             &"Authentication Required".into()
         )
     );
     assert!(admin["respond"].is_null());
-    assert!(out.join("shop-admin-basic-auth.htpasswd").is_file());
+    assert!(out.join("shop.admin-basic-auth.htpasswd").is_file());
     let partners = route(&shop, "shop-partners-r0p0");
     let limit = &shop["rate_limits"][partners["rate_limit"].as_str().unwrap()];
     assert_eq!(
@@ -437,6 +437,21 @@ spec:
 ---
 apiVersion: networking.k8s.io/v1
 kind: Ingress
+metadata:
+  name: both
+  namespace: web
+  annotations:
+    nginx.ingress.kubernetes.io/auth-url: "http://authz.web.svc:9000/verify"
+    nginx.ingress.kubernetes.io/auth-type: basic
+    nginx.ingress.kubernetes.io/auth-secret: users
+spec:
+  ingressClassName: nginx
+  rules:
+  - host: app.example.com
+    http: { paths: [{ path: /both, pathType: Prefix, backend: { service: { name: frontend, port: { number: 80 } } } }] }
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
 metadata: { name: grafana, namespace: monitoring }
 spec:
   ingressClassName: nginx-internal
@@ -485,6 +500,10 @@ spec:
     );
     assert!(
         report.contains("- `web/admin` routes: its routes answer 503: `auth-tls-verify-client`"),
+        "{report}"
+    );
+    assert!(
+        report.contains("- `web/both` routes: its routes answer 503: `auth-url` and `auth-type: basic` together"),
         "{report}"
     );
     // The namespace `gateway` does not overwrite the base.

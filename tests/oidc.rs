@@ -573,3 +573,51 @@ fn headless_chromium_logs_in_through_the_provider() {
     );
     assert_eq!(up.last().headers["x-user-email"], ["grace@example.test"]);
 }
+
+#[test]
+fn check_warns_when_the_callback_is_not_routed_to_the_policy_or_tls_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = r#"version: 1
+listen: { proxy: 127.0.0.1:1, admin: 127.0.0.1:2 }
+upstreams:
+  app: { targets: ["127.0.0.1:3"] }
+auth:
+  web:
+    type: oidc
+    issuer: http://127.0.0.1:4
+    client_id_env: OIDC_ID
+    client_secret_env: OIDC_SECRET
+    session: { key_env: SESSION_KEY }
+routes:
+  - { name: app, match: { path_prefix: /app/ }, upstream: app, auth: web }
+  - { name: rest, match: { path_prefix: / }, upstream: app }
+"#;
+    std::fs::write(dir.path().join("gateway.yaml"), config).unwrap();
+    let envs = [
+        ("OIDC_ID", CLIENT_ID),
+        ("OIDC_SECRET", CLIENT_SECRET),
+        ("SESSION_KEY", SESSION_KEY),
+    ];
+    let (code, _, err) = portico_env(&["check", "gateway.yaml"], dir.path(), &envs);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("gateway.yaml:13:70: warning"), "{err}");
+    assert!(
+        err.contains(
+            "warning: `GET /oauth2/callback` goes to route `rest`, which does not apply auth `web`"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: route `app` logs in with OIDC, but Portico has no TLS listener"),
+        "{err}"
+    );
+    let short = [
+        ("OIDC_ID", CLIENT_ID),
+        ("OIDC_SECRET", CLIENT_SECRET),
+        ("SESSION_KEY", "abcd"),
+    ];
+    let (code, _, err) = portico_env(&["check", "gateway.yaml"], dir.path(), &short);
+    assert_eq!(code, 1);
+    assert!(err.contains("gateway.yaml:11:"), "{err}");
+    assert!(err.contains("`SESSION_KEY` is not a 32-byte key"), "{err}");
+}

@@ -11,8 +11,8 @@ use crate::config::{RawConfig, Source};
 use crate::diag::{cidr, inputs_digest, ConfigError, Diags, Inputs};
 use crate::policy::CompileCx;
 use crate::redis_link::RedisLink;
-use crate::router::Router;
-use crate::snapshot::{AccessLogSettings, Settings, Snapshot, ACCESS_FIELDS};
+use crate::router::{Match, Router};
+use crate::snapshot::{AccessLogSettings, Route, Settings, Snapshot, ACCESS_FIELDS};
 use crate::state::{StateCx, Stores};
 use crate::telemetry::{Metrics, RouteMetrics};
 use crate::upstream::Upstream;
@@ -107,6 +107,7 @@ pub fn compile_with(
     warn_shadowed(&mut d, &router, raw, &at);
     warn_unused_upstreams(&mut d, raw);
     warn_plain_logins(&mut d, raw);
+    warn_unrouted_callbacks(&mut d, &router, &routes, &at);
     let access_log = compile_access_log(&mut d, &raw.telemetry.access_log);
     let tracing = compile_tracing(&mut d, &mut state, raw);
     d.items
@@ -132,6 +133,7 @@ pub fn compile_with(
         caches: named.caches.clone(),
         tls,
         identity_headers,
+        query_secrets: named.query_secrets(),
         inputs_digest: inputs_digest(&inputs.files),
         inputs: inputs.files,
         metrics: raw.telemetry.metrics,
@@ -378,6 +380,49 @@ fn warn_plain_logins(d: &mut Diags, raw: &RawConfig) {
                 format!("route `{}` logs in with OIDC, but Portico has no TLS listener", r.name),
                 Some("its session cookie is Secure, which browsers keep only over https: add `listen.proxy_tls`, or end TLS in front of Portico (http://localhost is the one exception browsers make)".into()),
             );
+        }
+    }
+}
+
+/// The provider sends the browser back to an OIDC policy's callback (and logout) path: the
+/// route taking that path on the same host must apply the policy, or the callback is
+/// answered (or proxied) by something else.
+fn warn_unrouted_callbacks(d: &mut Diags, router: &Router, routes: &[Route], at: &[usize]) {
+    let headers = http::HeaderMap::new();
+    for (j, route) in routes.iter().enumerate() {
+        let Some(auth) = route.auth() else { continue };
+        let crate::policy::auth::AuthPolicy::Oidc(oidc) = &*auth.policy else {
+            continue;
+        };
+        let host = match &router.matchers()[j].host {
+            Some(crate::router::HostMatch::Exact(h)) => Some(h.as_str()),
+            _ => None,
+        };
+        for path in oidc.own_paths() {
+            let view = crate::router::RequestView {
+                method: &http::Method::GET,
+                host,
+                path,
+                query: None,
+                headers: &headers,
+            };
+            let taken_by = match router.find(&view) {
+                Match::Route(i) => Some(i),
+                _ => None,
+            };
+            let same = taken_by
+                .and_then(|i| routes[i].auth())
+                .is_some_and(|a| Arc::ptr_eq(&a.policy, &auth.policy));
+            if !same {
+                let other = taken_by.map_or("no route".to_string(), |i| {
+                    format!("route `{}`", routes[i].name)
+                });
+                d.warn(
+                    &format!("routes[{}].auth", at[j]),
+                    format!("`GET {path}` goes to {other}, which does not apply auth `{}`: the login cannot finish there", oidc.name),
+                    Some(format!("add a route for `{path}` that applies auth `{}` (or widen this one to cover it)", oidc.name)),
+                );
+            }
         }
     }
 }

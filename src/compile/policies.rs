@@ -188,6 +188,14 @@ impl Named {
         names
     }
 
+    /// Every query parameter an auth policy reads credentials from.
+    pub(super) fn query_secrets(&self) -> Vec<String> {
+        let mut params: Vec<String> = self.auth.values().flat_map(|a| a.query_params()).collect();
+        params.sort();
+        params.dedup();
+        params
+    }
+
     pub(super) fn remote_jwks(&self) -> Vec<Arc<RemoteJwks>> {
         self.auth
             .values()

@@ -141,6 +141,7 @@ pub(super) fn compile_routes(
                     name: r.name.as_str().into(),
                     action,
                     rewrite,
+                    query_secrets: Route::credential_params(&policies),
                     policies,
                     timeout: r.timeout,
                     max_body: r.max_body.map_or(default_max_body, |b| b.0),

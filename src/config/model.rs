@@ -32,8 +32,8 @@ pub struct RawConfig {
     /// Named rate limits that routes refer to with `rate_limit: NAME`.
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RawRateLimit>,
-    /// Named auth policies (JWT, API keys, Basic, forward auth, introspection) that
-    /// routes refer to with `auth: NAME`.
+    /// Named auth policies (JWT, API keys, Basic, forward auth, introspection, OIDC)
+    /// that routes refer to with `auth: NAME`.
     #[serde(default)]
     pub auth: BTreeMap<String, RawAuth>,
     /// Named quotas (requests per calendar window) that routes apply with `quota: NAME`
@@ -87,8 +87,8 @@ pub struct RawPart {
     /// Named rate limits that routes refer to with `rate_limit: NAME`.
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RawRateLimit>,
-    /// Named auth policies (JWT, API keys, Basic, forward auth, introspection) that
-    /// routes refer to with `auth: NAME`.
+    /// Named auth policies (JWT, API keys, Basic, forward auth, introspection, OIDC)
+    /// that routes refer to with `auth: NAME`.
     #[serde(default)]
     pub auth: BTreeMap<String, RawAuth>,
     /// Named quotas (requests per calendar window) that routes apply with `quota: NAME`

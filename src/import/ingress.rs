@@ -612,7 +612,8 @@ impl Translation<'_> {
         }
         let secret = ing.ann("auth-secret")?;
         let (namespace, name) = secret.split_once('/').unwrap_or((&ing.namespace, secret));
-        let file = format!("{}.htpasswd", name_of(&[namespace, name]));
+        // Namespaces hold no dot, so `NAMESPACE.SECRET` names one Secret only.
+        let file = format!("{namespace}.{name}.htpasswd");
         let key = match ing.ann("auth-secret-type") {
             Some("auth-map") => "every key (`user: hash`, written `user:hash`)",
             _ => "its `auth` key",
@@ -1281,7 +1282,7 @@ fn captures(target: &str) -> String {
 }
 
 /// Why an Ingress's authentication cannot be translated: client certificates, digest,
-/// an `auth-url` built of nginx variables.
+/// forward and basic at once, an `auth-url` built of nginx variables.
 fn untranslatable_auth(ing: &Ingress) -> Option<String> {
     if let Some(key) = ing.nginx.keys().find(|k| k.starts_with("auth-tls-")) {
         return Some(format!(
@@ -1291,10 +1292,10 @@ fn untranslatable_auth(ing: &Ingress) -> Option<String> {
     if let Some(kind) = ing.ann("auth-type").filter(|t| *t != "basic") {
         return Some(format!("`auth-type: {kind}` is not available (basic is)"));
     }
-    if ing.ann("auth-type").is_some()
-        && ing.ann("auth-url").is_none()
-        && ing.ann("auth-secret").is_none()
-    {
+    if ing.ann("auth-type").is_some() && ing.ann("auth-url").is_some() {
+        return Some("`auth-url` and `auth-type: basic` together need both checks, and a Portico route applies one auth policy".into());
+    }
+    if ing.ann("auth-type").is_some() && ing.ann("auth-secret").is_none() {
         return Some("`auth-type: basic` names no `auth-secret`".into());
     }
     let url = ing.ann("auth-url")?;

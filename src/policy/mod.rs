@@ -126,8 +126,8 @@ pub struct PolicyState {
     /// The identity headers made of the verified claims (`forward_claims`), or copied
     /// from a forward-auth answer.
     pub forward: Vec<(http::HeaderName, HeaderValue)>,
-    /// An API-key consumer's own rate limit was counted: it replaces the route's limits
-    /// keyed by identity.
+    /// An API-key consumer's own rate limit was counted: it replaces the route's limit
+    /// keyed by `consumer`.
     pub consumer_limited: bool,
     /// A refreshed OIDC session, sent back with the answer.
     pub set_cookie: Option<HeaderValue>,

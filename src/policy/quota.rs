@@ -3,11 +3,10 @@
 //! `redis:` (every replica shares one count), else in the process. A route applies one with
 //! `quota: NAME`; an API-key consumer's own `quota` is counted when its key is used.
 
-use super::ratelimit::{ceil_secs, Decision, OnRedisError};
+use super::ratelimit::{ceil_secs, Decision, LimitKey, OnRedisError};
 use super::{ApiDoc, CompileCx, PolicyState, RequestInfo, Stage, Unit};
 use crate::bounded::Bounded;
 use crate::errors::{Counted, GatewayError, Refusal};
-use crate::hashing::fnv1a;
 use crate::redis_link::{LinkError, RedisLink};
 use pingora::http::{RequestHeader, ResponseHeader};
 use prometheus::IntCounter;
@@ -105,51 +104,6 @@ fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
     era * 146_097 + doe - 719_468
 }
 
-/// What a request is counted by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QuotaKey {
-    Consumer,
-    ClientIp,
-    Route,
-    Header(http::HeaderName),
-    Claim(String),
-}
-
-impl QuotaKey {
-    fn parse(text: &str) -> Result<QuotaKey, String> {
-        if let Some(h) = text.strip_prefix("header:") {
-            return http::HeaderName::from_bytes(h.trim().as_bytes())
-                .map(QuotaKey::Header)
-                .map_err(|_| format!("`{h}` is not a valid header name"));
-        }
-        if let Some(c) = text.strip_prefix("claim:") {
-            return Ok(QuotaKey::Claim(c.trim().to_string()));
-        }
-        match text {
-            "consumer" => Ok(QuotaKey::Consumer),
-            "client_ip" => Ok(QuotaKey::ClientIp),
-            "route" => Ok(QuotaKey::Route),
-            _ => Err(format!("unknown quota key `{text}`")),
-        }
-    }
-
-    fn identity(&self) -> bool {
-        matches!(self, QuotaKey::Consumer | QuotaKey::Claim(_))
-    }
-}
-
-impl std::fmt::Display for QuotaKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            QuotaKey::Consumer => f.write_str("consumer"),
-            QuotaKey::ClientIp => f.write_str("client_ip"),
-            QuotaKey::Route => f.write_str("route"),
-            QuotaKey::Header(h) => write!(f, "header:{h}"),
-            QuotaKey::Claim(c) => write!(f, "claim:{c}"),
-        }
-    }
-}
-
 /// Counts in the process: per key, the window's start and the count so far.
 pub struct LocalCounts(Bounded<(u64, u64)>);
 
@@ -172,7 +126,7 @@ pub struct Quota {
     pub name: Arc<str>,
     pub limit: u64,
     pub period: Period,
-    pub key: QuotaKey,
+    pub key: LimitKey,
     counter: Counter,
     deny_on_error: bool,
     /// Requests let through (or refused) unchecked while Redis failed.
@@ -186,40 +140,6 @@ const UNAVAILABLE: Refusal = Refusal::fixed(
 );
 
 impl Quota {
-    /// The key a request is counted by (before the window is added).
-    fn key_for(
-        &self,
-        req: &RequestHeader,
-        info: &RequestInfo,
-        state: &PolicyState,
-    ) -> Result<String, GatewayError> {
-        let ip = || info.client_ip.map_or_else(String::new, |ip| ip.to_string());
-        let claim = |name: &str| {
-            state
-                .claims
-                .as_ref()
-                .and_then(|c| super::auth::claim(c, name))
-                .map(super::auth::header_text)
-        };
-        Ok(match &self.key {
-            QuotaKey::ClientIp => format!("ip:{}", ip()),
-            QuotaKey::Route => format!("r:{}", info.route),
-            QuotaKey::Header(name) if req.headers.get_all(name).iter().count() > 1 => {
-                return Err(crate::errors::AMBIGUOUS_HEADER.into());
-            }
-            QuotaKey::Header(name) => match req.headers.get(name) {
-                Some(v) => format!("h#{:x}", fnv1a(v.as_bytes())),
-                None => format!("ip:{}", ip()),
-            },
-            QuotaKey::Consumer => {
-                claim("consumer").map_or_else(|| format!("ip:{}", ip()), |c| format!("c:{c}"))
-            }
-            QuotaKey::Claim(name) => {
-                claim(name).map_or_else(|| format!("ip:{}", ip()), |c| format!("c:{c}"))
-            }
-        })
-    }
-
     /// Counts the request against its window; refuses it past the limit.
     pub async fn count(
         &self,
@@ -227,7 +147,7 @@ impl Quota {
         info: &RequestInfo<'_>,
         state: &mut PolicyState,
     ) -> Result<(), GatewayError> {
-        let key = self.key_for(req, info, state)?;
+        let key = self.key.of(req, info, state)?;
         let now = crate::units::unix_now();
         let (start, end) = self.period.window(now);
         let used = match self.used(&key, start, end).await {
@@ -253,10 +173,7 @@ impl Quota {
                 reset
             },
         };
-        // The tighter of a rate limit and a quota is what the headers report.
-        if state.rate.is_none_or(|r| decision.remaining <= r.remaining) {
-            state.rate = Some(decision);
-        }
+        super::ratelimit::note(state, decision);
         if decision.allowed {
             return Ok(());
         }
@@ -319,7 +236,7 @@ impl Unit for Quota {
     }
 
     fn stage(&self) -> Stage {
-        if self.key.identity() {
+        if self.key.is_identity() {
             Stage::LimitByIdentity
         } else {
             Stage::Limit
@@ -381,7 +298,7 @@ pub fn compile(cx: &mut CompileCx, name: &str, q: &RawQuota) -> Option<Quota> {
         );
         return None;
     }
-    let key = QuotaKey::parse(&q.key)
+    let key = LimitKey::parse(&q.key)
         .map_err(|e| {
             cx.d.error(
                 &format!("{at}.key"),

@@ -77,6 +77,47 @@ pub enum LimitKey {
 }
 
 impl LimitKey {
+    /// Keyed by a claim (a consumer's name among them): known once authenticated.
+    pub fn is_identity(&self) -> bool {
+        matches!(self, LimitKey::Claim(_))
+    }
+
+    /// The key a request is counted by; `Err` when it repeats the header it is keyed on.
+    /// Without the header or claim, the client's address counts.
+    pub fn of(
+        &self,
+        req: &RequestHeader,
+        info: &RequestInfo,
+        state: &PolicyState,
+    ) -> Result<String, GatewayError> {
+        let ip = || info.client_ip.map_or_else(String::new, |ip| ip.to_string());
+        Ok(match self {
+            LimitKey::ClientIp => ip(),
+            LimitKey::Route => info.route.to_string(),
+            LimitKey::Header(name) if req.headers.get_all(name).iter().count() > 1 => {
+                return Err(crate::errors::AMBIGUOUS_HEADER.into());
+            }
+            LimitKey::Header(name) => match req.headers.get(name) {
+                // Long values are hashed so a key never costs more than a few bytes.
+                Some(v) if v.len() <= 128 => {
+                    format!("h:{}", String::from_utf8_lossy(v.as_bytes()))
+                }
+                Some(v) => format!("h#{:x}", fnv1a(v.as_bytes())),
+                None => format!("ip:{}", ip()),
+            },
+            LimitKey::Claim(name) => {
+                match state
+                    .claims
+                    .as_ref()
+                    .and_then(|c| super::auth::claim(c, name))
+                {
+                    Some(v) => format!("c:{}", super::auth::header_text(v)),
+                    None => format!("ip:{}", ip()),
+                }
+            }
+        })
+    }
+
     pub fn parse(text: &str) -> Result<LimitKey, String> {
         match text {
             "client_ip" => Ok(LimitKey::ClientIp),
@@ -282,42 +323,7 @@ pub enum Verdict {
 impl RateLimit {
     /// Keyed by a claim, so it runs after authentication.
     pub fn by_identity(&self) -> bool {
-        matches!(self.key, LimitKey::Claim(_))
-    }
-
-    /// The key a request is counted by; `Err` when it repeats the header it is keyed on.
-    fn key_for(
-        &self,
-        req: &RequestHeader,
-        info: &RequestInfo,
-        state: &PolicyState,
-    ) -> Result<String, GatewayError> {
-        let ip = || info.client_ip.map_or_else(String::new, |ip| ip.to_string());
-        Ok(match &self.key {
-            LimitKey::ClientIp => ip(),
-            LimitKey::Route => info.route.to_string(),
-            LimitKey::Header(name) if req.headers.get_all(name).iter().count() > 1 => {
-                return Err(crate::errors::AMBIGUOUS_HEADER.into());
-            }
-            LimitKey::Header(name) => match req.headers.get(name) {
-                // Long values are hashed so a key never costs more than a few bytes.
-                Some(v) if v.len() <= 128 => {
-                    format!("h:{}", String::from_utf8_lossy(v.as_bytes()))
-                }
-                Some(v) => format!("h#{:x}", fnv1a(v.as_bytes())),
-                None => format!("ip:{}", ip()),
-            },
-            LimitKey::Claim(name) => {
-                match state
-                    .claims
-                    .as_ref()
-                    .and_then(|c| super::auth::claim(c, name))
-                {
-                    Some(v) => format!("c:{}", super::auth::header_text(v)),
-                    None => format!("ip:{}", ip()),
-                }
-            }
-        })
+        self.key.is_identity()
     }
 
     /// Counts the request; refuses it over the limit (or when Redis fails and the policy
@@ -328,13 +334,13 @@ impl RateLimit {
         info: &RequestInfo<'_>,
         state: &mut PolicyState,
     ) -> Result<(), GatewayError> {
-        if state.consumer_limited && self.by_identity() {
+        if state.consumer_limited && self.key == LimitKey::Claim("consumer".into()) {
             return Ok(());
         }
-        let key = self.key_for(req, info, state)?;
+        let key = self.key.of(req, info, state)?;
         match self.check(&key).await {
             Verdict::Allow(d) => {
-                state.rate = Some(d);
+                note(state, d);
                 Ok(())
             }
             Verdict::AllowUnchecked => Ok(()),
@@ -426,6 +432,13 @@ impl Unit for RateLimit {
         state: &PolicyState,
     ) -> pingora::Result<()> {
         report(resp, state)
+    }
+}
+
+/// Notes a limit's decision for the `RateLimit-*` headers: the tightest one checked.
+pub fn note(state: &mut PolicyState, d: Decision) {
+    if state.rate.is_none_or(|r| d.remaining <= r.remaining) {
+        state.rate = Some(d);
     }
 }
 
@@ -574,7 +587,7 @@ mod tests {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("x-key", "k1").unwrap();
         let mut state = PolicyState::default();
-        let key = |l: &str, state: &PolicyState| limit(l).key_for(&req, &info, state).unwrap();
+        let key = |l: &str, state: &PolicyState| limit(l).key.of(&req, &info, state).unwrap();
         assert_eq!(key("client_ip", &state), "192.0.2.1");
         assert_eq!(key("route", &state), "api");
         assert_eq!(key("header:x-key", &state), "h:k1");
@@ -585,7 +598,7 @@ mod tests {
         assert_eq!(key("claim:sub", &state), "c:u1");
         req.append_header("x-key", "k2").unwrap();
         assert_eq!(
-            limit("header:x-key").key_for(&req, &info, &state),
+            limit("header:x-key").key.of(&req, &info, &state),
             Err(crate::errors::AMBIGUOUS_HEADER.into()),
             "a repeated key header is refused, not counted by its first copy"
         );

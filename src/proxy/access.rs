@@ -22,6 +22,26 @@ pub fn record_metrics(metrics: &Metrics, session: &Session, ctx: &Ctx, status: u
     }
 }
 
+/// A query with the values of credential parameters (API keys) replaced by `REDACTED`.
+fn redact_query<'q>(query: &'q str, secrets: &[String]) -> std::borrow::Cow<'q, str> {
+    let secret = |pair: &str| {
+        secrets
+            .iter()
+            .any(|s| pair.split_once('=').map_or(pair, |(k, _)| k) == s)
+    };
+    if !query.split('&').any(secret) {
+        return std::borrow::Cow::Borrowed(query);
+    }
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match secret(pair) {
+            true => format!("{}=REDACTED", pair.split_once('=').map_or(pair, |(k, _)| k)),
+            false => pair.to_string(),
+        })
+        .collect();
+    std::borrow::Cow::Owned(pairs.join("&"))
+}
+
 /// Writes one access-log line: a JSON object with the fields not excluded by the config,
 /// written straight into the log buffer (no intermediate JSON tree or strings) since it
 /// runs for every request.
@@ -54,7 +74,10 @@ pub fn access_line(out: &mut Vec<u8>, session: &Session, ctx: &Ctx, status: u16)
         }
     }
     match (settings.query, req.uri.query()) {
-        (true, Some(q)) => line.str("path", &format!("{}?{q}", req.uri.path())),
+        (true, Some(q)) => {
+            let q = redact_query(q, &ctx.snapshot.query_secrets);
+            line.str("path", &format!("{}?{q}", req.uri.path()))
+        }
         _ => line.str("path", req.uri.path()),
     }
     if let Some(route) = ctx.route() {

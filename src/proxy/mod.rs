@@ -377,8 +377,13 @@ fn find_route<'s>(
         let upstream_path = route.rewrite.apply(&path, &bound);
         // An absolute-form target goes upstream in origin-form, as it was routed.
         if upstream_path != req.uri.path() || !req.raw_path().starts_with(b"/") {
-            // A rewrite with a query of its own gets the client's query after `&`.
-            let uri = match req.uri.query() {
+            // A rewrite with a query of its own gets the client's query after `&`, less any
+            // credential the route's policy reads from it.
+            let kept = req.uri.query().map(|q| {
+                crate::policy::auth::api_key::without_params(q, &route.query_secrets)
+                    .map_or(std::borrow::Cow::Borrowed(q), std::borrow::Cow::Owned)
+            });
+            let uri = match kept.as_deref().filter(|q| !q.is_empty()) {
                 Some(q) if upstream_path.contains('?') => format!("{upstream_path}&{q}"),
                 Some(q) => format!("{upstream_path}?{q}"),
                 None => upstream_path.into_owned(),

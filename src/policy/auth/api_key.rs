@@ -111,15 +111,24 @@ impl ApiKeys {
         Ok(None)
     }
 
-    /// The consumer a key belongs to. The digest is looked up, then compared in constant
-    /// time (`ring::constant_time`), so no comparison stops early on a key's bytes.
+    /// The consumer a key belongs to, looked up by the key's SHA-256: timing-safe by
+    /// construction, since what a comparison's time could reveal is how much of a digest
+    /// matches, which says nothing about any key.
     fn consumer(&self, key: &str) -> Option<&Arc<Consumer>> {
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        let (stored, consumer) = self.by_digest.get_key_value(&digest)?;
-        #[allow(deprecated)]
-        ring::constant_time::verify_slices_are_equal(stored, &digest)
-            .ok()
-            .map(|()| consumer)
+        self.by_digest.get(&digest)
+    }
+
+    /// The query parameters this policy reads keys from: removed from the query sent
+    /// upstream and from the access log, whatever becomes of the request.
+    pub fn query_params(&self) -> Vec<String> {
+        self.from
+            .iter()
+            .filter_map(|s| match s {
+                KeySource::Query(q) => Some(q.clone()),
+                KeySource::Header(_) => None,
+            })
+            .collect()
     }
 
     /// Finds the consumer, removes query keys from the request, and counts the consumer's
@@ -133,12 +142,11 @@ impl ApiKeys {
         let found = self
             .key(session.req_header())
             .map(|found| found.map(|key| self.consumer(key).cloned()));
-        // Query keys leave the request whatever the outcome: neither the access log nor
-        // the upstream sees one, not even a wrong or repeated one.
-        for source in &self.from {
-            if let KeySource::Query(param) = source {
-                strip_query_param(session.req_header_mut(), param);
-            }
+        // Query keys leave the request whatever the outcome: the upstream never sees one,
+        // not even a wrong or repeated one (the access log redacts them on its own).
+        let params = self.query_params();
+        if !params.is_empty() {
+            strip_query_params(session.req_header_mut(), &params);
         }
         let consumer = match found {
             Err(SentTwice) => return Err(crate::errors::AMBIGUOUS_HEADER.into()),
@@ -266,20 +274,33 @@ fn query_values<'q>(query: Option<&'q str>, param: &str) -> Vec<&'q str> {
         .collect()
 }
 
-/// Removes every `param=` pair from the request's query.
-fn strip_query_param(req: &mut RequestHeader, param: &str) {
-    let Some(query) = req.uri.query() else { return };
-    let name = |pair: &&str| pair.split_once('=').map_or(*pair, |(k, _)| k) == param;
+/// The query without the `params` pairs; None when it has none of them.
+pub fn without_params(query: &str, params: &[String]) -> Option<String> {
+    let name = |pair: &&str| {
+        let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+        params.iter().any(|p| p == key)
+    };
     if !query.split('&').any(|pair| name(&pair)) {
-        return;
+        return None;
     }
     let kept: Vec<&str> = query.split('&').filter(|pair| !name(pair)).collect();
+    Some(kept.join("&"))
+}
+
+/// Removes every pair of `params` from the request's query, keeping the rest of its target
+/// (an absolute-form target keeps its scheme and authority).
+fn strip_query_params(req: &mut RequestHeader, params: &[String]) {
+    let Some(kept) = req.uri.query().and_then(|q| without_params(q, params)) else {
+        return;
+    };
     let path = req.uri.path();
     let target = match kept.is_empty() {
         true => path.to_string(),
-        false => format!("{path}?{}", kept.join("&")),
+        false => format!("{path}?{kept}"),
     };
-    if let Ok(uri) = http::Uri::try_from(target) {
+    let mut parts = req.uri.clone().into_parts();
+    parts.path_and_query = target.parse().ok();
+    if let Ok(uri) = http::Uri::from_parts(parts) {
         req.set_uri(uri);
     }
 }
@@ -443,11 +464,14 @@ mod tests {
     fn query_keys_are_found_once_and_stripped() {
         let mut req = RequestHeader::build("GET", b"/a?x=1&api_key=k1&y=2", None).unwrap();
         assert_eq!(query_values(req.uri.query(), "api_key"), ["k1"]);
-        strip_query_param(&mut req, "api_key");
+        strip_query_params(&mut req, &["api_key".into()]);
         assert_eq!(req.uri.to_string(), "/a?x=1&y=2");
-        strip_query_param(&mut req, "x");
-        strip_query_param(&mut req, "y");
+        strip_query_params(&mut req, &["x".into(), "y".into()]);
         assert_eq!(req.uri.to_string(), "/a");
+        let mut absolute = RequestHeader::build("GET", b"/", None).unwrap();
+        absolute.set_uri("http://h.example/a?k=1&b=2".parse().unwrap());
+        strip_query_params(&mut absolute, &["k".into()]);
+        assert_eq!(absolute.uri.to_string(), "http://h.example/a?b=2");
     }
 
     #[test]

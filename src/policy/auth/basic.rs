@@ -1,9 +1,9 @@
 //! HTTP Basic (`type: basic`) against an htpasswd file of bcrypt or SHA-512-crypt hashes.
 //! A bcrypt check costs tens of milliseconds of CPU, so a flood of guesses must not buy
-//! them: failed attempts are counted per client IP and per user, and past the limit a
-//! request is refused before any hash is computed; verified pairs are cached (bounded,
-//! briefly, by a digest of the pair) and the cache is dropped when the file changes.
-//! Hashes are computed off the event loop (`spawn_blocking`).
+//! them: failed attempts are counted per client IP (per /64 for IPv6) and per user, each
+//! charged before its hash runs, and past the limit a request is refused before any hash;
+//! a few hashes at most run at once, off the event loop; verified pairs are cached
+//! (bounded, briefly, by a digest of the pair) and dropped when the file changes.
 
 use super::*;
 use crate::bounded::Bounded;
@@ -67,7 +67,7 @@ impl Failures {
     fn count(&self, key: &str, now: u64) -> u32 {
         let shard = self.0.shard(key.as_bytes());
         match shard.get(key) {
-            Some((start, n)) if now - start < FAILURE_WINDOW => *n,
+            Some((start, n)) if now.saturating_sub(*start) < FAILURE_WINDOW => *n,
             _ => 0,
         }
     }
@@ -75,10 +75,20 @@ impl Failures {
     fn add(&self, key: &str, now: u64) {
         let mut shard = self.0.shard(key.as_bytes());
         let next = match shard.get(key) {
-            Some((start, n)) if now - start < FAILURE_WINDOW => (*start, n + 1),
+            Some((start, n)) if now.saturating_sub(*start) < FAILURE_WINDOW => (*start, n + 1),
             _ => (now, 1),
         };
-        shard.insert(key, next, |(start, _)| now - start >= FAILURE_WINDOW);
+        shard.insert(key, next, |(start, _)| {
+            now.saturating_sub(*start) >= FAILURE_WINDOW
+        });
+    }
+
+    /// Takes back one failure charged before a check that then succeeded.
+    fn refund(&self, key: &str) {
+        let mut shard = self.0.shard(key.as_bytes());
+        if let Some((_, n)) = shard.get_mut(key) {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 
@@ -90,21 +100,24 @@ pub struct Basic {
     failures_allowed: u32,
     failures: Arc<Failures>,
     verified: Arc<Verified>,
+    /// What an unknown user's password is checked against: the file's costliest hash, so
+    /// the answer takes as long as for a known user (no user enumeration by timing).
+    decoy: Hash,
+    /// Hashes computed at once, at most (each holds a blocking thread and a core).
+    hashing: Arc<tokio::sync::Semaphore>,
     /// Every hash computed (`portico_auth_password_checks_total`).
     checks: IntCounter,
 }
 
-/// A bcrypt hash an unknown user's password is checked against, so the answer takes as
-/// long as for a known user (no user enumeration by timing).
-static DECOY: std::sync::LazyLock<Hash> = std::sync::LazyLock::new(|| {
-    Hash::Bcrypt("$2y$10$/Ys/fB8ZHzl84aJPVVNgc.rBWkbnSXEexHR6WpVvEYQNLwUO5LBfm".into())
-});
+/// Hashes one policy computes at once: a flood of checks gets 503s rather than every core.
+const HASHING_AT_ONCE: usize = 4;
 
 enum BasicError {
     Missing,
     Malformed,
     Wrong,
     TooManyFailures,
+    Busy,
 }
 
 impl Basic {
@@ -120,28 +133,33 @@ impl Basic {
             return Ok(identity(&user));
         }
         let now = crate::units::unix_now();
-        let ip_key = format!(
-            "ip:{}",
-            info.client_ip.map_or_else(String::new, |i| i.to_string())
-        );
+        let ip_key = format!("ip:{}", info.client_ip.map_or_else(String::new, network));
         let user_key = format!("u:{user}");
         let over = |k: &str| self.failures.count(k, now) >= self.failures_allowed;
         if over(&ip_key) || over(&user_key) {
             return Err(self.refusal(BasicError::TooManyFailures));
         }
-        let hash = self.users.get(&user).cloned();
+        let Ok(permit) = self.hashing.clone().try_acquire_owned() else {
+            return Err(self.refusal(BasicError::Busy));
+        };
+        // Charged before the hash runs, so concurrent guesses cannot all pass the limit
+        // meanwhile; a success takes the charge back.
+        self.failures.add(&ip_key, now);
+        self.failures.add(&user_key, now);
+        let known = self.users.get(&user).cloned();
+        let hash = known.clone().unwrap_or_else(|| self.decoy.clone());
         self.checks.inc();
         let ok = tokio::task::spawn_blocking(move || {
-            let known = hash.is_some();
-            known & hash.as_ref().unwrap_or(&DECOY).verify(&password)
+            let _permit = permit;
+            hash.verify(&password) && known.is_some()
         })
         .await
         .unwrap_or(false);
         if !ok {
-            self.failures.add(&ip_key, now);
-            self.failures.add(&user_key, now);
             return Err(self.refusal(BasicError::Wrong));
         }
+        self.failures.refund(&ip_key);
+        self.failures.refund(&user_key);
         self.verified
             .0
             .shard(pair.as_bytes())
@@ -176,10 +194,17 @@ impl Basic {
                 "too_many_failed_logins",
                 "too many failed logins from this address or for this user; retry in a minute",
             ),
+            BasicError::Busy => (
+                503,
+                "auth_busy",
+                "too many passwords are being checked at once; retry shortly",
+            ),
         };
         let mut refusal = Refusal::new(status, code, message).counted(Counted::AuthFailure);
-        if status == 429 {
-            refusal = refusal.header(http::header::RETRY_AFTER, FAILURE_WINDOW.into());
+        match status {
+            429 => refusal = refusal.header(http::header::RETRY_AFTER, FAILURE_WINDOW.into()),
+            503 => refusal = refusal.header(http::header::RETRY_AFTER, 1.into()),
+            _ => {}
         }
         let challenge = format!("Basic realm=\"{}\", charset=\"UTF-8\"", self.realm);
         match HeaderValue::try_from(challenge) {
@@ -195,6 +220,40 @@ impl Basic {
     pub fn details(&self) -> Value {
         serde_json::json!({"realm": self.realm, "users": self.users.len(), "failures_per_minute": self.failures_allowed})
     }
+}
+
+/// Failures are counted per address, and per /64 for IPv6 (one host's usual share).
+fn network(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
+/// The costliest hash of the file (bcrypt by cost, then SHA-512-crypt by rounds), or a
+/// bcrypt hash of cost 10 when the file has no user.
+fn costliest(users: &HashMap<String, Hash>) -> Hash {
+    let cost = |h: &Hash| match h {
+        Hash::Bcrypt(t) => (
+            1,
+            t.get(4..6).and_then(|c| c.parse::<u32>().ok()).unwrap_or(0),
+        ),
+        Hash::Sha512(t) => {
+            let rounds = t
+                .strip_prefix("$6$rounds=")
+                .and_then(|r| r.split('$').next()?.parse().ok());
+            (0, rounds.unwrap_or(5000))
+        }
+    };
+    let decoy = "$2y$10$/Ys/fB8ZHzl84aJPVVNgc.rBWkbnSXEexHR6WpVvEYQNLwUO5LBfm";
+    users
+        .values()
+        .max_by_key(|h| cost(h))
+        .cloned()
+        .unwrap_or_else(|| Hash::Bcrypt(decoy.into()))
 }
 
 fn identity(user: &str) -> Arc<Value> {
@@ -241,6 +300,7 @@ pub fn compile(cx: &mut CompileCx, name: &str, b: &RawBasic) -> Option<Basic> {
         .read(cx.d, &format!("{at}.htpasswd_file"), &b.htpasswd_file)?;
     let file = cx.inputs.path_of(&b.htpasswd_file);
     let users = htpasswd(cx.d, &file, &text)?;
+    let decoy = costliest(&users);
     let digest = hex::encode(Sha256::digest(text.as_bytes()));
     let failures = cx
         .state
@@ -259,6 +319,8 @@ pub fn compile(cx: &mut CompileCx, name: &str, b: &RawBasic) -> Option<Basic> {
         failures_allowed: b.failures_per_minute.max(1),
         failures,
         verified,
+        decoy,
+        hashing: Arc::new(tokio::sync::Semaphore::new(HASHING_AT_ONCE)),
         checks: cx.metrics.password_checks.with_label_values(&[name]),
     })
 }
@@ -344,10 +406,16 @@ mod tests {
     }
 
     #[test]
-    fn the_decoy_is_a_well_formed_bcrypt_hash() {
-        let Hash::Bcrypt(decoy) = &*DECOY else {
-            panic!("the decoy is bcrypt")
+    fn the_decoy_is_the_costliest_hash_and_well_formed() {
+        let Hash::Bcrypt(empty) = costliest(&HashMap::new()) else {
+            panic!("a bcrypt decoy")
         };
-        assert_eq!(bcrypt::verify("anything", decoy).ok(), Some(false));
+        assert_eq!(bcrypt::verify("anything", &empty).ok(), Some(false));
+        let users = HashMap::from([
+            ("a".to_string(), Hash::Sha512("$6$rounds=9000$s$h".into())),
+            ("b".to_string(), Hash::Bcrypt("$2y$05$x".into())),
+            ("c".to_string(), Hash::Bcrypt("$2y$12$y".into())),
+        ]);
+        assert!(matches!(costliest(&users), Hash::Bcrypt(h) if h == "$2y$12$y"));
     }
 }

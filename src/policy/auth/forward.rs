@@ -3,8 +3,8 @@
 //! plus `X-Forwarded-Method`, `-Uri`, `-Host`, `-Proto`, `-For`). A 2xx allows it and the
 //! `copy` headers of that answer go upstream; a 401, 403 or 3xx is the client's answer as
 //! the service wrote it (so login redirects work); anything else, or no answer in time, is
-//! a 503: never an allow. Allows may be cached, never across methods, hosts or paths;
-//! denials never are.
+//! a 503: never an allow. Allows may be cached, never across methods, hosts, paths or
+//! clients; denials never are.
 
 use super::*;
 use crate::bounded::Bounded;
@@ -80,7 +80,7 @@ impl ForwardAuth {
         info: &RequestInfo<'_>,
         state: &mut PolicyState,
     ) -> Result<(), GatewayError> {
-        let key = (!self.cache.is_zero()).then(|| self.cache_key(req));
+        let key = (!self.cache.is_zero()).then(|| self.cache_key(req, info));
         if let Some(key) = &key {
             let hit = self.allowed.shard(key.as_bytes()).get(key).cloned();
             if let Some(allow) = hit.filter(|a| a.at.elapsed() < self.cache) {
@@ -89,7 +89,8 @@ impl ForwardAuth {
             }
         }
         let answer = self.ask(req, info).await.map_err(|e| {
-            tracing::warn!(policy = %self.name, error = %e, "auth service failed");
+            let error = e.without_url();
+            tracing::warn!(policy = %self.name, %error, "auth service failed");
             GatewayError::from(UNAVAILABLE)
         })?;
         let status = answer.status().as_u16();
@@ -117,17 +118,15 @@ impl ForwardAuth {
         }
     }
 
-    /// An allow is reused only for the same method, host, path and query, and the same
-    /// values of the headers sent: an auth service may decide per path.
-    fn cache_key(&self, req: &RequestHeader) -> String {
+    /// An allow is reused only for the same method, host, path and query, client address
+    /// and scheme, and the same values of the headers sent: everything the service saw.
+    fn cache_key(&self, req: &RequestHeader, info: &RequestInfo<'_>) -> String {
         let mut h = Sha256::new();
         h.update(req.method.as_str());
         h.update([0]);
-        h.update(
-            req.headers
-                .get(http::header::HOST)
-                .map_or(&b""[..], |v| v.as_bytes()),
-        );
+        h.update(info.client_ip.map(|ip| ip.to_string()).unwrap_or_default());
+        h.update([0, u8::from(info.tls), 0]);
+        h.update(host(req));
         h.update([0]);
         h.update(req.uri.to_string());
         for name in &self.send {
@@ -152,10 +151,7 @@ impl ForwardAuth {
                 ask = ask.header(name, value);
             }
         }
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .map_or(&b""[..], |v| v.as_bytes());
+        let host = host(req);
         let uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
         ask = ask
             .header("x-forwarded-method", req.method.as_str())
@@ -189,6 +185,15 @@ impl ForwardAuth {
         let copy: Vec<&str> = self.copy.iter().map(HeaderName::as_str).collect();
         serde_json::json!({"url": crate::diag::redact_url(&self.url), "send": send, "copy": copy, "cache_s": self.cache.as_secs_f64()})
     }
+}
+
+/// The request's host: its `Host` header, or an HTTP/2 request's authority.
+fn host(req: &RequestHeader) -> &[u8] {
+    req.headers
+        .get(http::header::HOST)
+        .map(|v| v.as_bytes())
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+        .unwrap_or_default()
 }
 
 /// The auth service's denial as the client's answer: its status, the headers a login

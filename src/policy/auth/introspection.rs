@@ -30,6 +30,9 @@ pub struct RawIntrospection {
     /// Claims sent upstream as headers, e.g. `{ sub: X-User-Id }`.
     #[serde(default)]
     pub forward: BTreeMap<String, String>,
+    /// The `aud` a token must carry (this API's identifier at the authorization server):
+    /// tokens issued for other services are refused.
+    pub audience: Option<String>,
 }
 
 fn default_cache() -> Duration {
@@ -49,9 +52,19 @@ pub struct Introspection {
     timeout: Duration,
     pub forward: Vec<(String, HeaderName)>,
     client: reqwest::Client,
-    /// Active tokens' claims by the token's digest, until `exp` or the cache time.
-    known: Bounded<(Arc<Value>, Instant)>,
+    audience: Option<String>,
+    /// Answers by the token's digest: an active token's claims until `exp` or the cache
+    /// time, an inactive one (None) briefly, so a flood of made-up tokens is not a flood
+    /// of calls.
+    known: Bounded<(Option<Arc<Value>>, Instant)>,
+    /// Calls to the endpoint at once, at most.
+    asking: tokio::sync::Semaphore,
 }
+
+/// How long an inactive token's answer is reused.
+const INACTIVE_KEPT: Duration = Duration::from_secs(10);
+/// Calls to the endpoint one policy makes at once.
+const ASKING_AT_ONCE: usize = 32;
 
 const UNAVAILABLE: Refusal = Refusal::fixed(
     503,
@@ -68,29 +81,40 @@ impl Introspection {
             .ok_or(AuthError::Missing)?;
         let digest = hex::encode(Sha256::digest(token.as_bytes()));
         let hit = self.known.shard(digest.as_bytes()).get(&digest).cloned();
-        if let Some((claims, until)) = hit {
-            if Instant::now() < until {
-                return Ok(claims);
-            }
+        match hit {
+            Some((Some(claims), until)) if Instant::now() < until => return Ok(claims),
+            Some((None, until)) if Instant::now() < until => return Err(inactive()),
+            _ => {}
         }
+        let Ok(_permit) = self.asking.try_acquire() else {
+            return Err(UNAVAILABLE.into());
+        };
         let answer = self.ask(token).await.map_err(|e| {
             tracing::warn!(policy = %self.name, error = %e, "introspection failed");
             GatewayError::from(UNAVAILABLE)
         })?;
-        let claims = active_claims(answer)?;
-        let now = unix_now();
+        let remember = |answer: Option<Arc<Value>>, left: Duration| {
+            let until = Instant::now() + left;
+            let mut shard = self.known.shard(digest.as_bytes());
+            shard.insert(&digest, (answer, until), |(_, u)| Instant::now() >= *u);
+        };
+        let claims = match active_claims(answer, self.audience.as_deref()) {
+            Ok(claims) => claims,
+            Err(e) => {
+                if e.code() == "token_inactive" {
+                    remember(None, INACTIVE_KEPT.min(self.cache));
+                }
+                return Err(e);
+            }
+        };
         let exp = claims.get("exp").and_then(Value::as_u64);
         let left = exp.map_or(self.cache, |exp| {
-            self.cache.min(Duration::from_secs(exp - now))
+            self.cache
+                .min(Duration::from_secs(exp.saturating_sub(unix_now())))
         });
         let claims = Arc::new(claims);
         if !left.is_zero() {
-            let until = Instant::now() + left;
-            self.known.shard(digest.as_bytes()).insert(
-                &digest,
-                (claims.clone(), until),
-                |(_, u)| Instant::now() >= *u,
-            );
+            remember(Some(claims.clone()), left);
         }
         Ok(claims)
     }
@@ -133,14 +157,29 @@ impl Introspection {
     }
 }
 
-/// The claims of an introspection answer: refused unless `active` is `true` and an `exp`
-/// it gives is in the future.
-fn active_claims(answer: Value) -> Result<Value, GatewayError> {
+/// The claims of an introspection answer: refused unless `active` is `true`, it is no
+/// refresh token, an `exp` it gives is in the future and (with `audience`) its `aud`
+/// names this API.
+fn active_claims(answer: Value, audience: Option<&str>) -> Result<Value, GatewayError> {
     let Value::Object(mut fields) = answer else {
         return Err(UNAVAILABLE.into());
     };
-    if fields.get("active") != Some(&Value::Bool(true)) {
+    let refresh = fields
+        .get("token_type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.eq_ignore_ascii_case("refresh_token"));
+    if fields.get("active") != Some(&Value::Bool(true)) || refresh {
         return Err(inactive());
+    }
+    if let Some(wanted) = audience {
+        let named = match fields.get("aud") {
+            Some(Value::String(a)) => a == wanted,
+            Some(Value::Array(list)) => list.iter().any(|a| a == wanted),
+            _ => false,
+        };
+        if !named {
+            return Err(AuthError::WrongAudience.into());
+        }
     }
     match fields.get("exp") {
         Some(Value::Number(n)) if n.as_u64().is_some_and(|exp| exp <= unix_now()) => {
@@ -216,7 +255,9 @@ pub fn compile(cx: &mut CompileCx, name: &str, r: &RawIntrospection) -> Option<I
         timeout: r.timeout.max(Duration::from_millis(1)),
         forward,
         client: super::forward::http_client(),
+        audience: r.audience.clone(),
         known: Bounded::new(16, 10_000),
+        asking: tokio::sync::Semaphore::new(ASKING_AT_ONCE),
     })
 }
 
@@ -246,23 +287,24 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn only_active_unexpired_answers_make_claims() {
+    fn only_active_unexpired_access_tokens_for_this_api_make_claims() {
+        let code = |answer: Value, audience: Option<&str>| {
+            active_claims(answer, audience).map_or_else(|e| e.code(), |_| "ok")
+        };
+        assert_eq!(code(json!({"active": false}), None), "token_inactive");
+        assert_eq!(code(json!({"sub": "u"}), None), "token_inactive");
+        let refresh = json!({"active": true, "token_type": "refresh_token"});
+        assert_eq!(code(refresh, None), "token_inactive");
         assert_eq!(
-            active_claims(json!({"active": false})).unwrap_err().code(),
-            "token_inactive"
-        );
-        assert_eq!(
-            active_claims(json!({"sub": "u"})).unwrap_err().code(),
-            "token_inactive"
-        );
-        assert_eq!(
-            active_claims(json!({"active": true, "exp": 1}))
-                .unwrap_err()
-                .code(),
+            code(json!({"active": true, "exp": 1}), None),
             "token_expired"
         );
-        let claims =
-            active_claims(json!({"active": true, "sub": "u", "scope": "read write"})).unwrap();
+        let other = json!({"active": true, "aud": ["billing"]});
+        assert_eq!(code(other, Some("orders")), "token_wrong_audience");
+        let ours = json!({"active": true, "aud": ["billing", "orders"]});
+        assert_eq!(code(ours, Some("orders")), "ok");
+        let answer = json!({"active": true, "sub": "u", "scope": "read write"});
+        let claims = active_claims(answer, None).unwrap();
         assert_eq!(claims, json!({"sub": "u", "scope": "read write"}));
     }
 

@@ -182,6 +182,14 @@ impl AuthPolicy {
         }
     }
 
+    /// Query parameters it reads credentials from (kept from the upstream and the log).
+    pub fn query_params(&self) -> Vec<String> {
+        match self {
+            AuthPolicy::ApiKey(p) => p.query_params(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Its OpenAPI security scheme.
     pub fn scheme(&self) -> Value {
         match self {

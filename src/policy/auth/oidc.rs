@@ -20,7 +20,7 @@ pub struct RawOidc {
     /// The environment variable holding the client secret (never in the file).
     pub client_secret_env: String,
     /// Where the provider sends the browser back (on this host); a route applying this
-    /// policy must match it.
+    /// policy must take it (`check` warns otherwise).
     #[serde(default = "default_redirect_path")]
     pub redirect_path: String,
     /// Scopes asked for; `openid` is always among them.
@@ -93,9 +93,11 @@ struct Discovery {
 pub struct Provider {
     issuer: String,
     found: tokio::sync::OnceCell<(Discovery, Arc<RemoteJwks>)>,
-    last_try: Mutex<Option<Instant>>,
+    last_failure: Mutex<Option<Instant>>,
 }
 
+/// How long a refresh's outcome is reused for the same refresh token.
+const REFRESH_KEPT: Duration = Duration::from_secs(60);
 /// A failed discovery is tried again at most this often.
 const RETRY: Duration = Duration::from_secs(5);
 /// How long a login may take, from the redirect to the provider to the callback.
@@ -113,7 +115,7 @@ struct Flow {
 }
 
 /// The session, sealed in the session cookie.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct LoginSession {
     claims: Value,
     refresh: Option<String>,
@@ -128,6 +130,8 @@ struct LoginSession {
 struct Tokens {
     id_token: Option<String>,
     refresh_token: Option<String>,
+    /// Seconds the access token lasts (what a refresh without an ID token extends).
+    expires_in: Option<u64>,
 }
 
 pub struct Oidc {
@@ -146,7 +150,12 @@ pub struct Oidc {
     timeout: Duration,
     pub forward: Vec<(String, HeaderName)>,
     client: reqwest::Client,
+    /// Refreshes under way or just done, by the refresh token's digest.
+    refreshes: Bounded<Refresh>,
 }
+
+/// A refresh shared by the requests that need it, and when it started.
+type Refresh = (Arc<tokio::sync::OnceCell<Option<LoginSession>>>, Instant);
 
 /// Why a login failed; each is a 401 naming it.
 fn failed(code: &'static str, message: impl Into<std::borrow::Cow<'static, str>>) -> GatewayError {
@@ -183,11 +192,9 @@ impl Oidc {
         if let Some(mut session) = session {
             let left = session.token_expires.saturating_sub(now);
             if left <= self.refresh_before.as_secs() && session.refresh.is_some() {
-                match self.refresh(&mut session).await {
-                    Ok(()) => state.set_cookie = self.session_cookie(&session),
-                    Err(e) => {
-                        tracing::debug!(policy = %self.name, error = e.code(), "session not refreshed")
-                    }
+                if let Some(fresh) = self.refreshed(&session).await {
+                    state.set_cookie = self.session_cookie(&fresh);
+                    session = fresh;
                 }
             }
             if now < session.token_expires {
@@ -208,10 +215,15 @@ impl Oidc {
         info: &RequestInfo<'_>,
     ) -> Result<Arc<Value>, GatewayError> {
         let (discovery, _) = self.found().await?;
+        let (Some(state), Some(nonce), Some(verifier)) =
+            (random_token(), random_token(), random_token())
+        else {
+            return Err(UNAVAILABLE.into());
+        };
         let flow = Flow {
-            state: random_token(),
-            nonce: random_token(),
-            verifier: random_token(),
+            state,
+            nonce,
+            verifier,
             back: return_path(req),
             expires: unix_now() + FLOW_TTL,
         };
@@ -236,10 +248,14 @@ impl Oidc {
     /// made; the browser goes back where it was.
     async fn callback(&self, req: &RequestHeader, info: &RequestInfo<'_>) -> GatewayError {
         match self.finish_login(req, info).await {
-            Ok((session, back)) => {
-                let cookies = [self.session_cookie(&session), self.flow_cookie(None)];
-                redirect(&back, cookies.into_iter().flatten().collect())
-            }
+            Ok((session, back)) => match self.session_cookie(&session) {
+                Some(cookie) => {
+                    let cookies = [Some(cookie), self.flow_cookie(None)];
+                    redirect(&back, cookies.into_iter().flatten().collect())
+                }
+                // Redirecting without a session would only start another login.
+                None => Refusal::new(500, "session_too_large", "the login's claims do not fit in a session cookie; ask the provider for fewer scopes or claims").into(),
+            },
             Err(e) => e,
         }
     }
@@ -325,6 +341,39 @@ impl Oidc {
         redirect(&location, clear.into_iter().collect())
     }
 
+    /// The session refreshed, once per refresh token: the requests a page makes at once
+    /// share one call (a provider that rotates refresh tokens would take a second use of
+    /// one for theft), and a failure is not retried for a minute. None when it failed.
+    async fn refreshed(&self, session: &LoginSession) -> Option<LoginSession> {
+        let token = session.refresh.as_deref()?;
+        let key = hex::encode(Sha256::digest(token.as_bytes()));
+        let cell = {
+            let mut shard = self.refreshes.shard(key.as_bytes());
+            match shard.get(&key) {
+                Some((cell, at)) if at.elapsed() < REFRESH_KEPT => cell.clone(),
+                _ => {
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    let entry = (cell.clone(), Instant::now());
+                    shard.insert(&key, entry, |(_, at)| at.elapsed() >= REFRESH_KEPT);
+                    cell
+                }
+            }
+        };
+        let outcome = cell
+            .get_or_init(|| async {
+                let mut fresh = session.clone();
+                match self.refresh(&mut fresh).await {
+                    Ok(()) => Some(fresh),
+                    Err(e) => {
+                        tracing::debug!(policy = %self.name, error = e.code(), "session not refreshed");
+                        None
+                    }
+                }
+            })
+            .await;
+        outcome.clone()
+    }
+
     /// Trades the refresh token for fresh tokens; the session takes the new claims.
     async fn refresh(&self, session: &mut LoginSession) -> Result<(), GatewayError> {
         let token = session.refresh.clone().unwrap_or_default();
@@ -341,6 +390,8 @@ impl Oidc {
             }
             session.claims = claims;
             session.token_expires = expires;
+        } else if let Some(lasts) = tokens.expires_in {
+            session.token_expires = unix_now() + lasts;
         }
         if tokens.refresh_token.is_some() {
             session.refresh = tokens.refresh_token;
@@ -453,29 +504,31 @@ impl Oidc {
         Ok((claims, expires))
     }
 
-    /// The provider's discovery document and keys, fetched once (retried at most every
-    /// few seconds while it fails).
+    /// The provider's discovery document and keys, fetched once (tried again at most every
+    /// few seconds after a failure).
     async fn found(&self) -> Result<&(Discovery, Arc<RemoteJwks>), GatewayError> {
         if let Some(found) = self.provider.found.get() {
             return Ok(found);
         }
-        {
-            let mut last = self
-                .provider
-                .last_try
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < RETRY) {
-                return Err(UNAVAILABLE.into());
-            }
-            *last = Some(Instant::now());
+        let failed_lately = |p: &Provider| {
+            let last = p.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+            last.is_some_and(|t| t.elapsed() < RETRY)
+        };
+        if failed_lately(&self.provider) {
+            return Err(UNAVAILABLE.into());
         }
+        // Concurrent callers wait for the one discovery under way.
         self.provider
             .found
             .get_or_try_init(|| self.discover())
             .await
             .map_err(|e| {
                 tracing::warn!(policy = %self.name, error = %e, "OIDC discovery failed");
+                *self
+                    .provider
+                    .last_failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 GatewayError::from(UNAVAILABLE)
             })
     }
@@ -608,6 +661,13 @@ impl Oidc {
         format!("{}{}", self.origin(req, info), self.redirect_path)
     }
 
+    /// The paths the policy answers itself: its callback and logout.
+    pub fn own_paths(&self) -> Vec<&str> {
+        let mut paths = vec![self.redirect_path.as_str()];
+        paths.extend(self.logout_path.as_deref());
+        paths
+    }
+
     pub fn scheme(&self) -> Value {
         serde_json::json!({"type": "openIdConnect", "openIdConnectUrl": format!("{}/.well-known/openid-configuration", self.provider.issuer.trim_end_matches('/')), "description": format!("a browser session (cookie {}) from an OpenID Connect login", self.cookie)})
     }
@@ -667,11 +727,11 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .flatten()
 }
 
-/// 32 random bytes, base64url.
-fn random_token() -> String {
+/// 32 random bytes, base64url (None if the system has no randomness to give).
+fn random_token() -> Option<String> {
     let mut bytes = [0u8; 32];
-    let _ = SystemRandom::new().fill(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    SystemRandom::new().fill(&mut bytes).ok()?;
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 fn form_encode(text: &str) -> String {
@@ -790,7 +850,7 @@ pub fn compile(cx: &mut CompileCx, name: &str, o: &RawOidc) -> Option<Oidc> {
     let provider = cx.state.keep("oidc", &issuer, &issuer, || Provider {
         issuer: issuer.clone(),
         found: tokio::sync::OnceCell::new(),
-        last_try: Mutex::new(None),
+        last_failure: Mutex::new(None),
     });
     Some(Oidc {
         name: name.into(),
@@ -807,6 +867,7 @@ pub fn compile(cx: &mut CompileCx, name: &str, o: &RawOidc) -> Option<Oidc> {
         timeout: o.timeout.max(Duration::from_millis(1)),
         forward,
         client: super::forward::http_client(),
+        refreshes: Bounded::new(16, 10_000),
     })
 }
 
@@ -820,7 +881,7 @@ mod tests {
             provider: Arc::new(Provider {
                 issuer: "https://idp.test".into(),
                 found: Default::default(),
-                last_try: Mutex::new(None),
+                last_failure: Mutex::new(None),
             }),
             client_id: "c".into(),
             credentials: HeaderValue::from_static("Basic x"),
@@ -834,6 +895,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             forward: Vec::new(),
             client: reqwest::Client::new(),
+            refreshes: Bounded::new(1, 10),
         }
     }
 
