@@ -2,7 +2,7 @@
 # Debian machine lacks first: cmake (Pingora's zlib-ng build), redis-server and curl (tests),
 # prometheus (its promtool checks the alerting rules), chromium and Node.js (the OIDC login
 # tests: a real provider, oidc-provider, and a real browser, driven by playwright-core, both
-# from npm into tests/oidc) and, from PyPI, kubernetes-validate and openapi-spec-validator
+# from npm into tests/browser) and, from PyPI, kubernetes-validate and openapi-spec-validator
 # (check the manifests and `portico openapi`).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := cmake redis-server curl prometheus chromium
@@ -18,7 +18,7 @@ deps:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	@command -v node >/dev/null && command -v npm >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(NODE_PACKAGES); }
-	@[ -d tests/oidc/node_modules/oidc-provider ] || npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+	@[ -d tests/browser/node_modules/oidc-provider ] || npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 	@for tool in $(PIP_TOOLS); do python3 -m pip show --quiet $$tool >/dev/null 2>&1 || python3 -m pip install --quiet $$tool \
 		|| python3 -m pip install --quiet --break-system-packages $$tool || exit 1; done
 

@@ -15,7 +15,15 @@ use std::fmt::Write;
 /// Sections that are one object each; every other section holds entities keyed by name
 /// (routes are a list, keyed by `name` too), so a new policy's section is compared
 /// without being listed here.
-const SINGLE: [&str; 6] = ["version", "listen", "server", "redis", "tls", "telemetry"];
+const SINGLE: [&str; 7] = [
+    "version",
+    "listen",
+    "server",
+    "redis",
+    "tls",
+    "telemetry",
+    "admin",
+];
 
 /// Where the usual named sections come in a report; any other comes after them.
 const ORDER: [&str; 7] = [

@@ -2,7 +2,6 @@
 //! matches so a team can test its route table in CI.
 
 use crate::config::model::{HeaderCond, RawMatch};
-use crate::config::Source;
 use crate::router::Match;
 use crate::snapshot::{Action, Snapshot};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
@@ -117,8 +116,44 @@ fn describe_match(m: &RawMatch) -> String {
     }
 }
 
+/// The routes whose paths are nearest to `path` (a 404's likely intent), each as
+/// `/path (route NAME)`, with the methods it takes when `method` is not among them.
+pub fn nearest(snapshot: &Snapshot, method: &str, path: &str) -> Vec<String> {
+    let path = path.split('?').next().unwrap_or(path);
+    let mut scored: Vec<(f64, String)> = snapshot
+        .raw
+        .routes
+        .iter()
+        .filter_map(|r| {
+            let m = &r.matcher;
+            let literal = m
+                .path
+                .as_ref()
+                .or(m.path_prefix.as_ref())
+                .or(m.path_template.as_ref())?;
+            let score = strsim::normalized_levenshtein(path, literal);
+            let methods = m
+                .methods
+                .as_ref()
+                .filter(|ms| !ms.iter().any(|x| x.eq_ignore_ascii_case(method)));
+            let note = match methods {
+                Some(ms) => format!(
+                    " (route {}; method {method} not allowed: {})",
+                    r.name,
+                    ms.join(", ")
+                ),
+                None => format!(" (route {})", r.name),
+            };
+            Some((score, format!("{literal}{note}")))
+        })
+        .filter(|(score, _)| *score >= 0.5)
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    scored.into_iter().take(3).map(|(_, s)| s).collect()
+}
+
 /// A human explanation of how `probe` is routed.
-pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
+pub fn explain(snapshot: &Snapshot, probe: &Probe) -> String {
     let mut out = String::new();
     let head = format!("{} {}", probe.method, probe.uri);
     match outcome(snapshot, probe) {
@@ -131,8 +166,8 @@ pub fn explain(src: &Source, snapshot: &Snapshot, probe: &Probe) -> String {
             bound,
         } => {
             let route = &snapshot.routes[index];
-            let raw = &src.raw.routes[index];
-            let place = src.places.describe(&format!("routes[{index}]"));
+            let raw = &snapshot.raw.routes[index];
+            let place = &snapshot.defined_at[index];
             let _ = writeln!(out, "{head} → route `{}` ({place})", route.name);
             let _ = writeln!(out, "  matched because: {}", describe_match(&raw.matcher));
             if !route.policies.is_empty() {

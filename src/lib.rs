@@ -17,6 +17,7 @@ pub mod errors;
 pub mod explain;
 pub mod hashing;
 pub mod import;
+pub mod live;
 pub mod mirror;
 pub mod openapi;
 pub mod otlp;

@@ -508,7 +508,7 @@ fn route(
         );
     };
     let probe = Probe::parse(&method, &path, headers).map_err(anyhow::Error::msg)?;
-    print!("{}", explain::explain(&src, &snap, &probe));
+    print!("{}", explain::explain(&snap, &probe));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -242,6 +242,8 @@ pub struct Route {
     /// Where copies of the route's requests go, and how their answers are compared.
     pub mirror: Option<Arc<crate::mirror::Mirror>>,
     pub metrics: RouteMetrics,
+    /// The route's dashboard figures (None with the dashboard off).
+    pub live: Option<Arc<crate::live::Ring>>,
     /// Query parameters holding credentials (API keys): never sent upstream.
     pub query_secrets: Vec<String>,
 }
@@ -315,6 +317,10 @@ pub struct Snapshot {
     pub inputs: Vec<PathBuf>,
     pub inputs_digest: String,
     pub metrics: bool,
+    /// The dashboard is served and its figures kept (`admin.dashboard`).
+    pub dashboard: bool,
+    /// The bearer token state-changing admin calls need (`admin.token_env`).
+    pub admin_token: Option<String>,
     pub access_log: AccessLogSettings,
     /// The file model it was compiled from (a directory's files merged).
     pub raw: Arc<crate::config::RawConfig>,

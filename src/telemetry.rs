@@ -176,6 +176,8 @@ impl Telemetry {
 /// A gateway's metrics; label values come from config names, never raw request data.
 pub struct Metrics {
     pub registry: Registry,
+    /// The dashboard's figures (`live`): rings and the last failures.
+    pub live: Arc<crate::live::Live>,
     pub requests: IntCounterVec,
     pub duration: HistogramVec,
     pub upstream_duration: HistogramVec,
@@ -427,6 +429,7 @@ impl Metrics {
                 &["cache"],
             ),
             registry: r,
+            live: Arc::default(),
         }
     }
 

@@ -17,6 +17,7 @@ upstreams:
   svc: {{ targets: ["{up}"] }}
 auth:
   hs: {{ algorithms: [HS256], secret_file: "{secret}", forward_claims: {{ sub: X-User }} }}
+admin: {{ token_env: PORTICO_TEST_ADMIN_TOKEN }}
 caches:
   api: {{ max_size: 8MiB, ttl: 60s, max_ttl: 1h, stale_if_error: 5m, vary: [X-Tenant] }}
   users: {{ max_size: 1MiB, key: ["claim:sub"] }}
@@ -41,7 +42,7 @@ fn setup(extra: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("hs.secret");
     std::fs::write(&secret, SECRET).unwrap();
-    let gw = Gateway::start(&config(&up, &secret, extra));
+    let gw = Gateway::start_with_env(ADMIN_ENV, &config(&up, &secret, extra));
     Setup { up, gw, _dir: dir }
 }
 
@@ -406,9 +407,16 @@ fn conditional_requests_get_304_and_stale_entries_are_revalidated() {
     assert_eq!(s.up.count(), seen);
 }
 
+/// Purges need the admin token (`admin.token_env`).
+const ADMIN_ENV: &[(&str, &str)] = &[(
+    "PORTICO_TEST_ADMIN_TOKEN",
+    "purge-token-for-the-cache-tests",
+)];
+
 fn purge(gw: &Gateway, body: Value) -> (u16, Value) {
     let r = client()
         .post(gw.admin_url("/cache/purge"))
+        .bearer_auth(ADMIN_ENV[0].1)
         .json(&body)
         .send()
         .unwrap();
@@ -460,7 +468,10 @@ fn a_purge_reaches_every_replica_through_redis() {
         &secret,
         &format!("redis: {{ url: \"{}\" }}\n", redis.url()),
     );
-    let (a, b) = (Gateway::start(&cfg), Gateway::start(&cfg));
+    let (a, b) = (
+        Gateway::start_with_env(ADMIN_ENV, &cfg),
+        Gateway::start_with_env(ADMIN_ENV, &cfg),
+    );
     for gw in [&a, &b] {
         let subscribed = wait_until(Duration::from_secs(10), || {
             gw.admin_json("/health")["redis"]["cache_purges_subscribed"] == json!(true)

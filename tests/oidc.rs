@@ -1,7 +1,7 @@
 //! OIDC login against a real OpenID Certified provider: `oidc-provider` from npm
-//! (tests/oidc/provider.mjs), driven by an HTTP client that follows the redirects and fills
+//! (tests/browser/provider.mjs), driven by an HTTP client that follows the redirects and fills
 //! in the provider's login and consent forms as a browser would; and once by a real headless
-//! Chromium (tests/oidc/browser_login.mjs, playwright-core).
+//! Chromium (tests/browser/browser_login.mjs, playwright-core).
 
 mod common;
 use common::*;
@@ -15,8 +15,8 @@ const CLIENT_ID: &str = "portico-web";
 const CLIENT_SECRET: &str = "a-client-secret-only-the-tests-know";
 const SESSION_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
-fn oidc_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
+fn browser_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
 }
 
 /// The provider, a node process; it exits when its stdin closes (dropped with the test).
@@ -234,7 +234,7 @@ fn setup(id_token_ttl: u64, refresh_before: &str) -> (TestUpstream, Gateway, Idp
 impl Idp {
     fn start(port: u16, gateway: &str, ttl: u64) -> Idp {
         let mut child = Command::new("node")
-            .current_dir(oidc_dir())
+            .current_dir(browser_dir())
             .arg("provider.mjs")
             .arg(port.to_string())
             .args([CLIENT_ID, CLIENT_SECRET])
@@ -245,7 +245,7 @@ impl Idp {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("node runs tests/oidc/provider.mjs (`make deps` installs it)");
+            .expect("node runs tests/browser/provider.mjs (`make deps` installs it)");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -546,12 +546,12 @@ fn a_session_near_its_tokens_expiry_is_refreshed() {
 fn headless_chromium_logs_in_through_the_provider() {
     let (up, gw, _idp) = setup(3600, "60s");
     let out = Command::new("node")
-        .current_dir(oidc_dir())
+        .current_dir(browser_dir())
         .arg("browser_login.mjs")
         .arg(gw.url("/dashboard/?tab=1"))
         .arg("grace")
         .output()
-        .expect("node runs tests/oidc/browser_login.mjs");
+        .expect("node runs tests/browser/browser_login.mjs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

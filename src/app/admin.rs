@@ -1,7 +1,9 @@
 //! The admin listener: `/health` (liveness, version, config hash, last reload), `/ready`
 //! `/config` (the active config, redacted, and reload status), `/routes`, `/upstreams`,
-//! `/metrics` (Prometheus) and `POST /cache/purge`.
+//! `/metrics` (Prometheus), the dashboard and its JSON (`dashboard.rs`), and `POST
+//! /cache/purge`, the one call that changes state (it needs `admin.token_env`'s token).
 
+use super::dashboard;
 use super::reload::Reloader;
 use super::services::Readiness;
 use crate::policy::cache;
@@ -26,6 +28,9 @@ pub struct Admin {
     pub purges_subscribed: Arc<AtomicBool>,
 }
 
+/// The dashboard's JSON endpoints.
+const DASHBOARD_JSON: [&str; 4] = ["/overview", "/live", "/errors", "/explain"];
+
 /// A purge request body is a small JSON object.
 const MAX_PURGE_BODY: usize = 64 * 1024;
 
@@ -36,7 +41,7 @@ fn admin_error(status: StatusCode, code: &str, message: &str) -> Response<Vec<u8
     )
 }
 
-fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
+pub(super) fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
     let body = body.to_string().into_bytes();
     Response::builder()
         .status(status)
@@ -184,6 +189,9 @@ impl Admin {
                             "ejected_for_ms": t.outlier.ejected_for().map(|d| d.as_millis() as u64),
                             "times_ejected": t.outlier.times_ejected(),
                             "in_flight": t.in_flight(),
+                            "breaker_open_for_ms": t.breaker.open_for_ms(),
+                            "latency_ms": t.latency_ms(),
+                            "last_error": t.last_error().map(|(at_ms, what)| json!({"at_ms": at_ms, "what": what})),
                         })
                     })
                     .collect();
@@ -208,6 +216,9 @@ impl Admin {
     /// Redis when it is configured. A purge that could not reach the replicas is a 502: the
     /// caller must know the other gateways may still serve the old entries.
     async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if let Some(refused) = self.unauthorized(session) {
+            return refused;
+        }
         let mut body = Vec::new();
         loop {
             match session.read_request_body().await {
@@ -252,6 +263,34 @@ impl Admin {
                 admin_error(StatusCode::BAD_GATEWAY, "purge_not_broadcast", &why)
             }
         }
+    }
+
+    /// The refusal of a call that changes state without `Authorization: Bearer` and
+    /// `admin.token_env`'s token (without a token configured, such calls are off); None
+    /// when it may go on.
+    fn unauthorized(&self, session: &ServerSession) -> Option<Response<Vec<u8>>> {
+        let snapshot = self.holder.load();
+        let Some(token) = &snapshot.admin_token else {
+            let why = "cache purges need `admin.token_env` set to a bearer token";
+            return Some(admin_error(
+                StatusCode::FORBIDDEN,
+                "admin_token_required",
+                why,
+            ));
+        };
+        let sent = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        #[allow(deprecated)]
+        let same = ring::constant_time::verify_slices_are_equal(sent.as_bytes(), token.as_bytes());
+        same.is_err().then(|| {
+            let why = "send `Authorization: Bearer TOKEN` with admin.token_env's token";
+            admin_error(StatusCode::UNAUTHORIZED, "admin_token_invalid", why)
+        })
     }
 
     fn ready(&self) -> Response<Vec<u8>> {
@@ -317,7 +356,30 @@ impl ServeHttp for Admin {
             let why = "these admin endpoints are read-only: use GET";
             return admin_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", why);
         }
-        match req.uri.path() {
+        let snapshot = self.holder.load();
+        let path = req.uri.path();
+        if path == "/ui" || path.starts_with("/ui/") || DASHBOARD_JSON.contains(&path) {
+            if !snapshot.dashboard {
+                let why = "the dashboard is off (`admin.dashboard: false`)";
+                return admin_error(StatusCode::NOT_FOUND, "dashboard_off", why);
+            }
+            let live = &self.telemetry.metrics.live;
+            let query = req.uri.query();
+            return match path {
+                "/overview" => json_response(StatusCode::OK, dashboard::overview(self)),
+                "/live" => json_response(StatusCode::OK, dashboard::live(&snapshot, live, query)),
+                "/errors" => json_response(StatusCode::OK, dashboard::errors(&snapshot, live)),
+                "/explain" => dashboard::explain(&snapshot, query),
+                _ => dashboard::asset(path).unwrap_or_else(|| {
+                    admin_error(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        "the dashboard is at /ui/",
+                    )
+                }),
+            };
+        }
+        match path {
             "/health" => self.health(),
             "/ready" => self.ready(),
             "/config" => self.config(),
@@ -331,7 +393,7 @@ impl ServeHttp for Admin {
             "/metrics" => self.metrics(),
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                json!({"error": {"status": 404, "code": "not_found", "message": "admin endpoints: /health, /ready, /config, /routes, /upstreams, /mirrors, /metrics, /openapi.json, POST /cache/purge"}}),
+                json!({"error": {"status": 404, "code": "not_found", "message": "admin endpoints: /health, /ready, /config, /routes, /upstreams, /mirrors, /metrics, /openapi.json, the dashboard at /ui/ and its /overview, /live, /errors, /explain, POST /cache/purge"}}),
             ),
         }
     }

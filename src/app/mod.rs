@@ -3,6 +3,7 @@
 //! loops over the snapshot holder.
 
 pub mod admin;
+mod dashboard;
 pub mod demo;
 mod isolate;
 pub mod reload;

@@ -138,6 +138,27 @@ struct Inner {
     /// against (a change made and then undone needs no restart).
     started: crate::snapshot::Settings,
     files: Mutex<Files>,
+    /// The last reloads, oldest first, at most [`HISTORY`].
+    history: Mutex<std::collections::VecDeque<Reload>>,
+    /// What the reload under way changed (taken when its status is set).
+    changes: Mutex<Option<String>>,
+}
+
+/// Reloads the dashboard lists.
+const HISTORY: usize = 50;
+
+/// One reload as the dashboard shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reload {
+    /// Unix seconds.
+    pub at: u64,
+    pub trigger: String,
+    pub result: String,
+    pub took_ms: u64,
+    /// An applied reload's changes, field by field (`portico diff`'s text).
+    pub changes: Option<String>,
+    /// A refused reload's (or refused files') diagnostics.
+    pub errors: Option<String>,
 }
 
 #[derive(Clone)]
@@ -193,6 +214,15 @@ impl Reloader {
                 busy: tokio::sync::Mutex::new(()),
                 started,
                 files: Mutex::new(files),
+                history: Mutex::new(std::collections::VecDeque::from([Reload {
+                    at: unix_now(),
+                    trigger: "startup".into(),
+                    result: "ok".into(),
+                    took_ms: 0,
+                    changes: None,
+                    errors: None,
+                }])),
+                changes: Mutex::new(None),
             }),
             watch,
         }
@@ -332,7 +362,15 @@ impl Reloader {
         }
         let took_ms = status.took_ms;
         tracing::info!(trigger, hash = %snapshot.hash, routes = snapshot.routes.len(), took_ms, "config reloaded");
+        // What changed, field by field, as `portico diff` says it: for the dashboard.
+        let report = crate::diff::diff(current, &snapshot, None);
+        *self.inner.changes.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(crate::diff::text(&report, false));
         self.inner.stores.remember(&snapshot.state);
+        let metrics = &self.inner.telemetry.metrics;
+        metrics
+            .live
+            .keep_only(snapshot.routes.iter().map(|r| &*r.name));
         self.inner.holder.store(snapshot);
         let metrics = &self.inner.telemetry.metrics;
         if !partial {
@@ -435,7 +473,33 @@ impl Reloader {
     }
 
     fn set_status(&self, status: ReloadStatus) {
+        let changes = self
+            .inner
+            .changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if status.result != "unchanged" {
+            let mut history = self.inner.history.lock().unwrap_or_else(|e| e.into_inner());
+            if history.len() >= HISTORY {
+                history.pop_front();
+            }
+            history.push_back(Reload {
+                at: status.at,
+                trigger: status.trigger.clone(),
+                result: status.result.clone(),
+                took_ms: status.took_ms,
+                changes,
+                errors: status.error.clone(),
+            });
+        }
         *self.inner.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+
+    /// The last reloads (the startup load first while it is among them), newest first.
+    pub fn history(&self) -> Vec<Reload> {
+        let history = self.inner.history.lock().unwrap_or_else(|e| e.into_inner());
+        history.iter().rev().cloned().collect()
     }
 
     /// Directories whose changes may change the config: the config files' own, those where

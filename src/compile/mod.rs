@@ -109,6 +109,20 @@ pub fn compile_with(
     warn_plain_logins(&mut d, raw);
     warn_unrouted_callbacks(&mut d, &router, &routes, &at);
     let access_log = compile_access_log(&mut d, &raw.telemetry.access_log);
+    let admin_token = raw.admin.token_env.as_ref().and_then(|var| {
+        let token = std::env::var(var).ok().filter(|t| t.len() >= 16);
+        if token.is_none() {
+            d.error(
+                "admin.token_env",
+                format!(
+                    "environment variable `{var}` is not set to a token of 16 characters or more"
+                ),
+                Some(format!("export {var}=$(openssl rand -hex 24)")),
+            );
+        }
+        token
+    });
+
     let tracing = compile_tracing(&mut d, &mut state, raw);
     d.items
         .sort_by(|a, b| (&a.file, a.pos.line, a.pos.col).cmp(&(&b.file, b.pos.line, b.pos.col)));
@@ -137,6 +151,8 @@ pub fn compile_with(
         inputs_digest: inputs_digest(&inputs.files),
         inputs: inputs.files,
         metrics: raw.telemetry.metrics,
+        dashboard: raw.admin.dashboard,
+        admin_token,
         access_log,
         raw: src.raw.clone(),
         base: src.base.path.clone(),

@@ -142,6 +142,7 @@ pub(super) fn compile_routes(
                     action,
                     rewrite,
                     query_secrets: Route::credential_params(&policies),
+                    live: raw.admin.dashboard.then(|| cx.metrics.live.ring(&r.name)),
                     policies,
                     timeout: r.timeout,
                     max_body: r.max_body.map_or(default_max_body, |b| b.0),

@@ -57,6 +57,9 @@ pub struct RawConfig {
     /// Metrics and the access log.
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    /// The admin listener's dashboard and the token its state-changing calls need.
+    #[serde(default)]
+    pub admin: RawAdmin,
     /// The routes, tried in file order; the first match takes the request.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
@@ -156,6 +159,26 @@ impl Default for RawTelemetry {
             metrics: true,
             access_log: RawAccessLog::default(),
             tracing: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// The environment variable holding the bearer token that state-changing admin calls
+    /// (cache purges) need; without it, they are refused.
+    pub token_env: Option<String>,
+    /// Serve the read-only dashboard at /ui/ and keep its live figures (default true).
+    #[serde(default = "yes")]
+    pub dashboard: bool,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            token_env: None,
+            dashboard: true,
         }
     }
 }

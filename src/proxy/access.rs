@@ -22,6 +22,63 @@ pub fn record_metrics(metrics: &Metrics, session: &Session, ctx: &Ctx, status: u
     }
 }
 
+/// Counts a finished request in the dashboard's rings; keeps it among the last failures
+/// when it failed (4xx, 5xx, or no answer at all).
+pub fn record_live(live: &crate::live::Live, session: &Session, ctx: &Ctx, status: u16) {
+    let route = ctx.route();
+    live.record(
+        route.and_then(|r| r.live.as_deref()),
+        ctx.request.started,
+        status,
+    );
+    if (200..400).contains(&status) || status == 101 {
+        return;
+    }
+    let req = session.req_header();
+    let reason = match (&ctx.error_reason, ctx.upstream.status) {
+        (Some(why), _) => why.clone(),
+        (None, Some(up)) => format!("the upstream answered {up}"),
+        (None, None) => "the connection ended before an answer".into(),
+    };
+    let reason = match (&ctx.policy.rate, ctx.error_code) {
+        (Some(d), Some("rate_limited" | "quota_exceeded")) => {
+            format!("{reason} ({} of {} left)", d.remaining, d.limit)
+        }
+        _ => reason,
+    };
+    let user = ctx
+        .policy
+        .claims
+        .as_ref()
+        .and_then(|c| c.get("sub"))
+        .map(header_text);
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .map(|h| client_text(h.as_bytes()));
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    live.failed(crate::live::Failure {
+        at_ms,
+        request_id: ctx.request.id.clone(),
+        method: req.method.to_string(),
+        host: host.map(|h| h.into_owned()),
+        path: match req.uri.query() {
+            Some(q) => {
+                let q = redact_query(q, &ctx.snapshot.query_secrets);
+                format!("{}?{q}", req.uri.path())
+            }
+            None => req.uri.path().to_string(),
+        },
+        route: route.map(|r| r.name.to_string()),
+        status,
+        code: ctx.error_code,
+        reason,
+        user,
+    });
+}
+
 /// A query with the values of credential parameters (API keys) replaced by `REDACTED`.
 fn redact_query<'q>(query: &'q str, secrets: &[String]) -> std::borrow::Cow<'q, str> {
     let secret = |pair: &str| {

@@ -69,6 +69,8 @@ pub struct Ctx {
     pub failure: Option<GatewayError>,
     /// The error code of the answer, for the access log.
     pub error_code: Option<&'static str>,
+    /// Why the gateway answered with an error, in words (kept for the dashboard only).
+    pub error_reason: Option<String>,
     /// `name:outcome` of an aggregate route's calls, for the access log.
     pub calls: Option<String>,
     /// The connection was upgraded (101): the request lasts as long as the tunnel.
@@ -106,6 +108,7 @@ impl Ctx {
             upstream: UpstreamTry::default(),
             failure: None,
             error_code: None,
+            error_reason: None,
             trace: None,
             mirror: None,
             calls: None,

@@ -1019,6 +1019,14 @@ impl ProxyHttp for Gateway {
                 (None, None) => None,
             };
             let upstream = ctx.upstream().map_or("", |u| &*u.name);
+            if ctx.snapshot.dashboard {
+                let error = match (outcome, ctx.upstream.status, e) {
+                    (Some(false), Some(status), _) => Some(format!("answered {status}")),
+                    (Some(false), None, Some(e)) => Some(e.etype().as_str().to_string()),
+                    _ => None,
+                };
+                pick.target.observe(ctx.upstream.time, error);
+            }
             pick.finish(outcome, upstream);
         }
         if let Some(capture) = ctx.mirror.take().filter(|_| e.is_none()) {
@@ -1027,6 +1035,9 @@ impl ProxyHttp for Gateway {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if ctx.snapshot.metrics {
             access::record_metrics(&self.telemetry.metrics, session, ctx, status);
+        }
+        if ctx.snapshot.dashboard {
+            access::record_live(&self.telemetry.metrics.live, session, ctx, status);
         }
         let log = &ctx.snapshot.access_log;
         if log.enabled && (log.sample >= 1.0 || fastrand::f64() < log.sample) {

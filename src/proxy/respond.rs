@@ -85,6 +85,9 @@ pub async fn reject(
     reusable: bool,
 ) -> Result<()> {
     ctx.error_code = Some(error.code());
+    if ctx.snapshot.dashboard {
+        ctx.error_reason = Some(error.message());
+    }
     if ctx.snapshot.metrics {
         if let (Some(route), GatewayError::Refused(r)) = (ctx.route(), error) {
             match r.counted {

@@ -91,6 +91,12 @@ impl Breaker {
         }
     }
 
+    /// How long the breaker has been open (or half-open), in ms; None while closed.
+    pub fn open_for_ms(&self) -> Option<u64> {
+        let opened = self.opened_at.load(Ordering::Acquire);
+        (self.state() != State::Closed).then(|| self.millis().saturating_sub(opened))
+    }
+
     fn millis(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }

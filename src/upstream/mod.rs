@@ -13,7 +13,7 @@ use health::{Health, HealthConfig};
 use arc_swap::ArcSwap;
 use http::HeaderName;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,9 +93,44 @@ pub struct Target {
     pub health: Health,
     pub breaker: Breaker,
     pub outlier: outlier::Outlier,
+    /// What the dashboard shows: the time to a response head, smoothed (µs), and the last
+    /// failure (unix ms, what).
+    latency_us: AtomicU64,
+    last_error: std::sync::Mutex<Option<(u64, String)>>,
 }
 
 impl Target {
+    /// Notes a finished try: its time to the response head and, if it failed, why.
+    pub fn observe(&self, head: Option<std::time::Duration>, error: Option<String>) {
+        if let Some(t) = head {
+            let us = t.as_micros().min(u128::from(u64::MAX / 8)) as u64;
+            let old = self.latency_us.load(Ordering::Relaxed);
+            // An exponential average with weight 1/8: a few slow answers show, one does not.
+            let new = if old == 0 { us } else { old - old / 8 + us / 8 };
+            self.latency_us.store(new, Ordering::Relaxed);
+        }
+        if let Some(what) = error {
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((at, what));
+        }
+    }
+
+    /// The smoothed time to a response head, in ms (None before the first answer).
+    pub fn latency_ms(&self) -> Option<f64> {
+        let us = self.latency_us.load(Ordering::Relaxed);
+        (us > 0).then(|| us as f64 / 1000.0)
+    }
+
+    /// The last failure: unix ms and what happened.
+    pub fn last_error(&self) -> Option<(u64, String)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Parses `host:port`; an IP literal is resolved at once, a DNS name by [`resolve`].
     pub fn parse(text: &str) -> Result<Target, String> {
         let (host, port) = text
@@ -124,6 +159,8 @@ impl Target {
             health: Health::default(),
             breaker: Breaker::default(),
             outlier: outlier::Outlier::default(),
+            latency_us: AtomicU64::new(0),
+            last_error: std::sync::Mutex::new(None),
         })
     }
 
