@@ -13,11 +13,18 @@ install_missing nginx-light wrk valgrind libmimalloc2.0
 cargo build --release --quiet --bin portico --example bare_pingora
 
 ORIGIN=$(port); NGINX=$(port); PINGORA=$(port); PORTICO=$(port); ADMIN=$(port)
+NODASH=$(port); NODASH_ADMIN=$(port)
 PINGORA_MI=$(port); HEADERS=$(port); GW_HEADERS=$(port)
 origin_conf "$ORIGIN"
 # One process (no master), so callgrind counts the worker itself.
 nginx_conf "$NGINX" "$ORIGIN" "master_process off;"
 gateway_yaml "$PORTICO" "$ADMIN" "$ORIGIN"
+# The same gateway with the dashboard off: what keeping its figures costs.
+mkdir "$work/nodash"
+sed -e "s/127.0.0.1:$PORTICO,/127.0.0.1:$NODASH,/" -e "s/127.0.0.1:$ADMIN }/127.0.0.1:$NODASH_ADMIN }/" \
+  "$work/gateway.yaml" > "$work/nodash/gateway.yaml"
+echo "admin: { dashboard: false }" >> "$work/nodash/gateway.yaml"
+cp "$work/keys.yaml" "$work/nodash/"
 
 nginx -c "$work/origin.conf" & pids+=($!)
 # Dumps and valgrind's messages go to a folder of their own: Portico watches its config's
@@ -34,6 +41,7 @@ LD_PRELOAD=$MIMALLOC grind pingora-mi target/release/examples/bare_pingora "127.
 LD_PRELOAD=$MIMALLOC grind headers target/release/examples/bare_pingora "127.0.0.1:$HEADERS" "127.0.0.1:$ORIGIN" headers
 LD_PRELOAD=$MIMALLOC grind gw-headers target/release/examples/bare_pingora "127.0.0.1:$GW_HEADERS" "127.0.0.1:$ORIGIN" gw-headers
 PORTICO_LOG=warn grind portico target/release/portico run -c "$work/gateway.yaml"
+PORTICO_LOG=warn grind portico-nodash target/release/portico run -c "$work/nodash/gateway.yaml"
 
 ready() { for _ in $(seq 300); do curl -sf "http://127.0.0.1:$1/" >/dev/null && return 0; sleep 0.2; done; echo "port $1 did not answer" >&2; exit 1; }
 # valgrind takes a command only while the program runs, so an idle server is woken with
@@ -46,17 +54,19 @@ control() {
 TOKEN=$(hs256_token)
 printf '%-11s %10s %14s\n' server requests 'instr/request'
 declare -A PER
-# portico-gw is the same Portico process on its /gw/ route (HS256 token, role claim, a limit
+# portico-nodash is a second Portico process on the same config with `admin.dashboard: false`;
+# portico-gw is the same Portico process as portico on its /gw/ route (HS256 token, role claim, a limit
 # keyed by the subject, CORS), portico-split the same process on a route split 9:1 across two
 # upstreams (weighted backends) and portico-single on a one-upstream route at the same depth of
 # the route table (its baseline), portico-jwt and portico-key routes that only authenticate (an
 # HS256 token, an API key), and the -big rows the same processes on a 17.7 KB body: each row
 # zeroes the counters first and reads its own dump.
-for name in nginx pingora pingora-mi headers gw-headers portico portico-single portico-split portico-gw portico-jwt portico-key pingora-big portico-big; do
+for name in nginx pingora pingora-mi headers gw-headers portico portico-nodash portico-single portico-split portico-gw portico-jwt portico-key pingora-big portico-big; do
   path=/ hdr=() proc=$name
   case $name in nginx) p=$NGINX;; pingora) p=$PINGORA;; portico) p=$PORTICO;;
     pingora-mi) p=$PINGORA_MI;; headers) p=$HEADERS;; gw-headers) p=$GW_HEADERS;;
     pingora-big) p=$PINGORA proc=pingora path=/big;; portico-big) p=$PORTICO proc=portico path=/big;;
+    portico-nodash) p=$NODASH;;
     portico-single) p=$PORTICO proc=portico path=/single/x;;
     portico-split) p=$PORTICO proc=portico path=/split/x;;
     portico-gw) p=$PORTICO proc=portico path=/gw/x hdr=(-H "Authorization: Bearer $TOKEN" -H 'Origin: https://app.example.com');;
@@ -79,6 +89,7 @@ for name in nginx pingora pingora-mi headers gw-headers portico portico-single p
 done
 echo "instructions per request: pingora/nginx $(ratio "${PER[pingora]}" "${PER[nginx]}")x, portico/pingora $(ratio "${PER[portico]}" "${PER[pingora]}")x (goal <= 1.05), portico-gw/pingora $(ratio "${PER[portico-gw]}" "${PER[pingora]}")x (goal <= 1.15), portico/nginx $(ratio "${PER[portico]}" "${PER[nginx]}")x"
 echo "a split route (backends 9:1) against a single-upstream route as deep in the route table: portico-split/portico-single $(ratio "${PER[portico-split]}" "${PER[portico-single]}" 3)x (goal <= 1.010)"
+echo "the dashboard's figures: portico/portico-nodash $(ratio "${PER[portico]}" "${PER[portico-nodash]}" 3)x (the plain route with the dashboard on and off; goal <= 1.02)"
 echo "authentication alone: portico-key/portico-jwt $(ratio "${PER[portico-key]}" "${PER[portico-jwt]}" 3)x (an API key against an HS256 token; goal <= 1.10)"
 echo "17.7 KB body: portico-big/pingora-big $(ratio "${PER[portico-big]}" "${PER[pingora-big]}")x (goal <= 1.10)"
 echo "with Portico's allocator: headers/pingora-mi $(ratio "${PER[headers]}" "${PER[pingora-mi]}")x and gw-headers/pingora-mi $(ratio "${PER[gw-headers]}" "${PER[pingora-mi]}")x (Pingora's header API alone), portico/headers $(ratio "${PER[portico]}" "${PER[headers]}")x and portico-gw/gw-headers $(ratio "${PER[portico-gw]}" "${PER[gw-headers]}")x (the rest of Portico)"

@@ -62,7 +62,8 @@ function chart(series, cls, height, labelled) {
   const n = Math.max(...series.map((s) => s.values.length), 2);
   const max = Math.max(1, ...series.flatMap((s) => s.values.map((v) => v || 0)));
   const node = svg('svg', { class: cls, viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: 'none' });
-  for (const s of series) {
+  // A series that is zero throughout would only hide the baseline of the others.
+  for (const s of series.filter((x) => x.values.some((v) => v))) {
     const points = s.values.map((v, i) => `${(i * width) / (n - 1)},${height - 4 - ((v || 0) * (height - 16)) / max}`);
     node.append(svg('polyline', { class: s.cls, points: points.join(' ') }));
   }
@@ -129,7 +130,7 @@ function policyText(p) {
 }
 
 async function routes() {
-  const [table_, live] = await Promise.all([get('/routes'), get('/live?minutes=5')]);
+  const [table_, live, mirrors] = await Promise.all([get('/routes'), get('/live?minutes=5'), get('/mirrors')]);
   const rows = table_.routes.map((r) => {
     const f = live.routes[r.name] || { rps: 0, error_pct: 0, series: [] };
     const errCls = f.error_pct > 5 ? 'bad' : f.error_pct > 0 ? 'warn' : '';
@@ -144,9 +145,14 @@ async function routes() {
       el('td', { class: 'num p99' }, fmt.ms(f.p99_ms)),
       el('td', {}, chart([0, 1, 2, 3].map((c) => ({ cls: `c${c + 2}`, values: byClass(f.series, c) })), 'spark', 32)));
   });
+  const shadows = Object.entries(mirrors.routes).map(([name, m]) =>
+    el('tr', {}, el('td', {}, name), el('td', {}, `${m.upstream} (${m.percent} %)`), el('td', { class: 'num' }, m.in_flight),
+      el('td', { class: 'num' }, m.differences.length),
+      el('td', {}, m.differences.length ? el('code', {}, JSON.stringify(m.differences[0])) : '–')));
   return [
     el('p', { class: 'muted' }, 'Figures over the last 5 minutes; the chart shows requests/s by status class (2xx green, 3xx blue, 4xx orange, 5xx red).'),
     table(['route', 'match', 'action', 'policies', 'req/s', 'errors', 'p50', 'p99', 'last 5 min'], rows, 'routes'),
+    shadows.length ? [el('h2', {}, 'Shadow traffic'), table(['route', 'shadow', 'in flight', 'differences kept', 'latest difference'], shadows, 'mirrors')] : [],
   ];
 }
 

@@ -2,7 +2,8 @@
 // Usage: node dashboard.mjs ADMIN_URL SCREENSHOT_DIR PROBE_METHOD PROBE_PATH
 // 1. Opens the Upstreams page, prints "watching" and waits (up to 30 s) for a breaker to
 //    show open on the page by itself (the test stops an upstream meanwhile).
-// 2. Visits every page, waits for its content, takes a screenshot of each.
+// 2. Waits for a line on stdin (the test's traffic is all recorded), then visits every
+//    page, waits for its content, takes a screenshot of each.
 // 3. Submits the Explain form with the probe.
 // Prints one JSON line: each page's text, the explanation, console errors and CSP
 // violations seen.
@@ -29,6 +30,8 @@ try {
   await page.waitForSelector('main[data-page="upstreams"] table#upstreams tbody tr');
   console.log('watching');
   await page.waitForSelector('td.breaker.bad');
+  console.log('open');
+  await new Promise((resolve) => process.stdin.once('data', resolve));
 
   const texts = {};
   for (const name of ['overview', 'routes', 'upstreams', 'traffic', 'errors']) {
@@ -49,4 +52,5 @@ try {
   console.log(JSON.stringify({ texts, explanation, problems, violations }));
 } finally {
   await browser.close();
+  process.stdin.destroy();
 }

@@ -285,11 +285,13 @@ impl RouteAuth {
         let Some(claims) = self.policy.identify(session, info, state).await? else {
             return Ok(());
         };
+        // Kept before the rules are checked: a 403's user is known (the access log and the
+        // dashboard name it).
+        state.claims = Some(claims.clone());
         if !self.require.iter().all(|rule| rule.holds(&claims)) {
             return Err(insufficient());
         }
         state.forward = forwardable(&claims, self.policy.forward())?;
-        state.claims = Some(claims);
         Ok(())
     }
 
