@@ -141,6 +141,7 @@ async function routes() {
       el('td', {}, r.policy_details.map((p) => el('div', { class: 'policy' }, policyText(p)))),
       el('td', { class: 'num rps' }, fmt.num(f.rps, 2)),
       el('td', { class: `num errors ${errCls}` }, `${fmt.num(f.error_pct)} %`),
+      el('td', { class: 'num client-errors' }, `${fmt.num(f.client_error_pct)} %`),
       el('td', { class: 'num p50' }, fmt.ms(f.p50_ms)),
       el('td', { class: 'num p99' }, fmt.ms(f.p99_ms)),
       el('td', {}, chart([0, 1, 2, 3].map((c) => ({ cls: `c${c + 2}`, values: byClass(f.series, c) })), 'spark', 32)));
@@ -151,7 +152,7 @@ async function routes() {
       el('td', {}, m.differences.length ? el('code', {}, JSON.stringify(m.differences[0])) : '–')));
   return [
     el('p', { class: 'muted' }, 'Figures over the last 5 minutes; the chart shows requests/s by status class (2xx green, 3xx blue, 4xx orange, 5xx red).'),
-    table(['route', 'match', 'action', 'policies', 'req/s', 'errors', 'p50', 'p99', 'last 5 min'], rows, 'routes'),
+    table(['route', 'match', 'action', 'policies', 'req/s', '5xx', '4xx', 'p50', 'p99', 'last 5 min'], rows, 'routes'),
     shadows.length ? [el('h2', {}, 'Shadow traffic'), table(['route', 'shadow', 'in flight', 'differences kept', 'latest difference'], shadows, 'mirrors')] : [],
   ];
 }
