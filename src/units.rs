@@ -9,6 +9,13 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+/// Unix milliseconds, now.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A size in bytes, written as a number or with a unit: `512KiB`, `10MB`, `1GiB`.

@@ -60,6 +60,12 @@ fn the_json_endpoints_report_figures_failures_and_explanations() {
     let up = TestUpstream::start("orders");
     let gw = start(&up);
     traffic(&gw);
+    // The logging phase records a request after its answer is sent: wait for all seven.
+    let all = wait_until(Duration::from_secs(10), || {
+        gw.admin_json("/live?minutes=1")["gateway"]["requests"] == 7
+            && gw.admin_json("/errors")["errors"].as_array().map(Vec::len) == Some(2)
+    });
+    assert!(all.is_some());
     let live = gw.admin_json("/live?minutes=1");
     assert_eq!(live["minutes"], 1);
     assert_eq!(live["routes"]["orders"]["requests"], 5);
@@ -129,6 +135,33 @@ fn the_json_endpoints_report_figures_failures_and_explanations() {
         purge(Some(TOKEN)),
         400,
         "authorized; the body names no cache"
+    );
+    // Only by address: a rebound name (DNS rebinding) gets nothing; `/ui` goes to `/ui/`.
+    let rebound = c
+        .get(gw.admin_url("/errors"))
+        .header("Host", "attacker.example:80")
+        .send()
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+    let local = c
+        .get(gw.admin_url("/live"))
+        .header("Host", "localhost")
+        .send()
+        .unwrap();
+    assert_eq!(local.status(), 200);
+    let bare = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(gw.admin_url("/ui"))
+        .send()
+        .unwrap();
+    assert_eq!(
+        (
+            bare.status().as_u16(),
+            bare.headers()["location"].to_str().unwrap()
+        ),
+        (308, "/ui/")
     );
     let page = c.get(gw.admin_url("/ui/")).send().unwrap();
     let csp = page.headers()["content-security-policy"]

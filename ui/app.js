@@ -7,6 +7,8 @@ const REFRESH_MS = 2000;
 const pages = { overview, routes, upstreams, traffic, errors, explain };
 let timer = null;
 let shown = null;
+// Bumped when the page changes: an answer for the page left behind is dropped.
+let generation = 0;
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -234,12 +236,13 @@ async function explain() {
 // The loop: the page named by the URL's hash, fetched now and every REFRESH_MS (but the
 // Explain form, which changes only when asked).
 async function refresh() {
+  const asked = generation;
   const name = (location.hash || '#overview').slice(1);
   const page = pages[name] || overview;
   document.querySelectorAll('nav a').forEach((a) => a.classList.toggle('active', a.getAttribute('href') === `#${name}`));
   try {
     const content = await page();
-    if (shown === name && name === 'explain') return;
+    if (asked !== generation || (shown === name && name === 'explain')) return;
     const main = document.getElementById('page');
     main.replaceChildren(...[content].flat(3).filter(Boolean));
     main.dataset.page = name;
@@ -251,6 +254,7 @@ async function refresh() {
 }
 
 function start() {
+  generation += 1;
   clearInterval(timer);
   shown = null;
   refresh();

@@ -15,6 +15,7 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
+use sha2::Digest;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -283,10 +284,14 @@ impl Admin {
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, t)| t.trim());
+        // Digests of equal length, compared in constant time: neither the token's bytes
+        // nor its length show in the timing.
+        let digest = |t: &str| sha2::Sha256::digest(t.as_bytes());
         #[allow(deprecated)]
-        let same = ring::constant_time::verify_slices_are_equal(sent.as_bytes(), token.as_bytes());
+        let same = ring::constant_time::verify_slices_are_equal(&digest(sent), &digest(token));
         same.is_err().then(|| {
             let why = "send `Authorization: Bearer TOKEN` with admin.token_env's token";
             admin_error(StatusCode::UNAUTHORIZED, "admin_token_invalid", why)
@@ -362,6 +367,10 @@ impl ServeHttp for Admin {
             if !snapshot.dashboard {
                 let why = "the dashboard is off (`admin.dashboard: false`)";
                 return admin_error(StatusCode::NOT_FOUND, "dashboard_off", why);
+            }
+            if !dashboard::addressed_directly(req) {
+                let why = "open the dashboard by the admin listener's IP address or localhost";
+                return admin_error(StatusCode::FORBIDDEN, "dashboard_host", why);
             }
             let live = &self.telemetry.metrics.live;
             let query = req.uri.query();

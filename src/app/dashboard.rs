@@ -19,10 +19,20 @@ const STYLE: &str = include_str!("../../ui/app.css");
 /// No inline script or style, nothing from elsewhere, no framing.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// A dashboard asset, or None for another path.
+/// A dashboard asset, or None for another path. `/ui` goes to `/ui/`, where the page's
+/// relative links resolve.
 pub fn asset(path: &str) -> Option<Response<Vec<u8>>> {
+    if path == "/ui" {
+        let moved = Response::builder()
+            .status(StatusCode::PERMANENT_REDIRECT)
+            .header(http::header::LOCATION, "/ui/")
+            .header(http::header::CONTENT_LENGTH, 0)
+            .body(Vec::new())
+            .expect("static parts are valid");
+        return Some(moved);
+    }
     let (body, kind) = match path {
-        "/ui" | "/ui/" | "/ui/index.html" => (INDEX, "text/html; charset=utf-8"),
+        "/ui/" | "/ui/index.html" => (INDEX, "text/html; charset=utf-8"),
         "/ui/app.js" => (SCRIPT, "text/javascript; charset=utf-8"),
         "/ui/app.css" => (STYLE, "text/css; charset=utf-8"),
         _ => return None,
@@ -54,7 +64,10 @@ pub fn overview(admin: &Admin) -> Value {
             (name.clone(), json!({"size_bytes": size}))
         })
         .collect();
-    let (hits, lookups) = cache_hits(metrics);
+    let (hits, lookups) = match snapshot.caches.is_empty() {
+        true => (0.0, 0.0),
+        false => cache_hits(metrics),
+    };
     json!({
         "version": VERSION,
         "config_hash": snapshot.hash,
@@ -121,16 +134,25 @@ pub fn live(snapshot: &Snapshot, live: &Live, query: Option<&str>) -> Value {
     })
 }
 
-/// `/errors`: the last failed requests, newest first, each with why. A 404's reason names
-/// the routes nearest to its path (worked out now, not on the request's time).
+/// 404s whose nearest routes `/errors` works out (the newest ones): a page of them costs a
+/// few milliseconds of the admin thread, whatever clients sent.
+const NEAREST_FOR: usize = 20;
+/// How much of a 404's path is compared with the routes'.
+const NEAREST_CHARS: usize = 128;
+
+/// `/errors`: the last failed requests, newest first, each with why. A recent 404's reason
+/// names the routes nearest to its path (worked out now, not on the request's time).
 pub fn errors(snapshot: &Snapshot, live: &Live) -> Value {
+    let mut near_left = NEAREST_FOR;
     let list: Vec<Value> = live
         .failures()
         .iter()
         .map(|f| {
             let mut view = f.view();
-            if f.code == Some("route_not_found") {
-                let near = explain::nearest(snapshot, &f.method, &f.path);
+            if f.code == Some("route_not_found") && near_left > 0 {
+                near_left -= 1;
+                let path: String = f.path.chars().take(NEAREST_CHARS).collect();
+                let near = explain::nearest(snapshot, &f.method, &path);
                 let reason = match near.is_empty() {
                     true => "no route matches, and none is near".to_string(),
                     false => format!("no route: nearest candidates {}", near.join("; ")),
@@ -166,6 +188,24 @@ pub fn explain(snapshot: &Snapshot, query: Option<&str>) -> Response<Vec<u8>> {
             json!({"error": {"status": 400, "code": "invalid_probe", "message": why}}),
         ),
     }
+}
+
+/// Whether a request is addressed to the admin listener by an IP address or `localhost`:
+/// a page elsewhere that rebinds its own name to this address (DNS rebinding) cannot read
+/// the dashboard's data, whose answers its browser would otherwise hand it.
+pub fn addressed_directly(req: &http::request::Parts) -> bool {
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or(req.uri.authority().map(|a| a.as_str()));
+    let Some(host) = host else { return true };
+    // `[::1]:9901`, `127.0.0.1:9901`, `localhost`: the name without its port.
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// A query parameter's value, percent-decoded.

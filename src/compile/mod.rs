@@ -110,19 +110,20 @@ pub fn compile_with(
     warn_unrouted_callbacks(&mut d, &router, &routes, &at);
     let access_log = compile_access_log(&mut d, &raw.telemetry.access_log);
     let admin_token = raw.admin.token_env.as_ref().and_then(|var| {
-        let token = std::env::var(var).ok().filter(|t| t.len() >= 16);
+        let token = std::env::var(var)
+            .ok()
+            .filter(|t| t.len() >= 16 && t.bytes().all(|b| b.is_ascii_graphic()));
         if token.is_none() {
             d.error(
                 "admin.token_env",
                 format!(
-                    "environment variable `{var}` is not set to a token of 16 characters or more"
+                    "environment variable `{var}` is not set to a token of 16 or more visible characters"
                 ),
                 Some(format!("export {var}=$(openssl rand -hex 24)")),
             );
         }
         token
     });
-
     let tracing = compile_tracing(&mut d, &mut state, raw);
     d.items
         .sort_by(|a, b| (&a.file, a.pos.line, a.pos.col).cmp(&(&b.file, b.pos.line, b.pos.col)));

@@ -56,27 +56,30 @@ pub fn record_live(live: &crate::live::Live, session: &Session, ctx: &Ctx, statu
         .headers
         .get(http::header::HOST)
         .map(|h| client_text(h.as_bytes()));
-    let at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
     live.failed(crate::live::Failure {
-        at_ms,
+        at_ms: crate::units::unix_ms(),
         request_id: ctx.request.id.clone(),
         method: req.method.to_string(),
         host: host.map(|h| h.into_owned()),
-        path: match req.uri.query() {
-            Some(q) => {
-                let q = redact_query(q, &ctx.snapshot.query_secrets);
-                format!("{}?{q}", req.uri.path())
-            }
-            None => req.uri.path().to_string(),
-        },
+        path: logged_path(req, ctx).into_owned(),
         route: route.map(|r| r.name.to_string()),
         status,
         code: ctx.error_code,
         reason,
         user,
     });
+}
+
+/// The path as the access log (and the dashboard) shows it: with the query only when
+/// `access_log.query` is on (queries often carry tokens), its credentials redacted.
+fn logged_path<'r>(req: &'r pingora::http::RequestHeader, ctx: &Ctx) -> std::borrow::Cow<'r, str> {
+    match (ctx.snapshot.access_log.query, req.uri.query()) {
+        (true, Some(q)) => {
+            let q = redact_query(q, &ctx.snapshot.query_secrets);
+            format!("{}?{q}", req.uri.path()).into()
+        }
+        _ => req.uri.path().into(),
+    }
 }
 
 /// A query with the values of credential parameters (API keys) replaced by `REDACTED`.
@@ -130,13 +133,7 @@ pub fn access_line(out: &mut Vec<u8>, session: &Session, ctx: &Ctx, status: u16)
             line.str(field, &client_text(value.as_bytes()));
         }
     }
-    match (settings.query, req.uri.query()) {
-        (true, Some(q)) => {
-            let q = redact_query(q, &ctx.snapshot.query_secrets);
-            line.str("path", &format!("{}?{q}", req.uri.path()))
-        }
-        _ => line.str("path", req.uri.path()),
-    }
+    line.str("path", &logged_path(req, ctx));
     if let Some(route) = ctx.route() {
         line.str("route", &route.name);
     }

@@ -57,6 +57,8 @@ pub struct Breaker {
     state: AtomicU8,
     consecutive: AtomicU32,
     opened_at: AtomicU64,
+    /// When it last left the closed state (ms), kept through half-open probes that fail.
+    tripped_at: AtomicU64,
     probes: AtomicU32,
     window: Mutex<Window>,
     transition: Mutex<()>,
@@ -70,6 +72,7 @@ impl Default for Breaker {
             state: AtomicU8::new(State::Closed as u8),
             consecutive: AtomicU32::new(0),
             opened_at: AtomicU64::new(0),
+            tripped_at: AtomicU64::new(0),
             probes: AtomicU32::new(0),
             window: Mutex::new(Window {
                 start: now,
@@ -91,9 +94,10 @@ impl Breaker {
         }
     }
 
-    /// How long the breaker has been open (or half-open), in ms; None while closed.
+    /// How long the breaker has not been closed (open, or half-open between probes), in
+    /// ms; None while closed.
     pub fn open_for_ms(&self) -> Option<u64> {
-        let opened = self.opened_at.load(Ordering::Acquire);
+        let opened = self.tripped_at.load(Ordering::Acquire);
         (self.state() != State::Closed).then(|| self.millis().saturating_sub(opened))
     }
 
@@ -197,6 +201,9 @@ impl Breaker {
     fn open(&self, who: Who) {
         if self.state() != State::Open {
             tracing::warn!(upstream = who.upstream, addr = who.addr, "circuit opened");
+        }
+        if self.state() == State::Closed {
+            self.tripped_at.store(self.millis(), Ordering::Relaxed);
         }
         self.opened_at.store(self.millis(), Ordering::Relaxed);
         self.state.store(State::Open as u8, Ordering::Release);

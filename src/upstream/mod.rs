@@ -110,9 +110,7 @@ impl Target {
             self.latency_us.store(new, Ordering::Relaxed);
         }
         if let Some(what) = error {
-            let at = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            let at = crate::units::unix_ms();
             *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((at, what));
         }
     }
