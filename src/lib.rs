@@ -25,6 +25,7 @@ pub mod policy;
 pub mod proxy;
 pub mod redirect;
 pub mod redis_link;
+pub mod reference;
 pub mod retry;
 pub mod router;
 pub mod snapshot;
