@@ -92,6 +92,9 @@ pub fn init(format: LogFormat) {
 /// (the output is stuck), lines are dropped and counted.
 pub struct AccessLog {
     buffer: Arc<Mutex<Vec<u8>>>,
+    /// Held by whoever is writing lines out (the writer thread, or `flush` at exit), so
+    /// exiting waits for lines the writer has taken but not yet written.
+    writing: Arc<Mutex<()>>,
     writer: Once,
     dropped: IntCounter,
 }
@@ -107,6 +110,7 @@ impl AccessLog {
     pub fn new(metrics: &Metrics) -> AccessLog {
         AccessLog {
             buffer: Arc::default(),
+            writing: Arc::default(),
             writer: Once::new(),
             dropped: metrics.access_log_dropped.clone(),
         }
@@ -115,10 +119,10 @@ impl AccessLog {
     /// Appends one line, which `write` puts into the buffer, to the access log on stdout.
     pub fn line(&self, write: impl FnOnce(&mut Vec<u8>)) {
         self.writer.call_once(|| {
-            let buffer = self.buffer.clone();
+            let (buffer, writing) = (self.buffer.clone(), self.writing.clone());
             std::thread::Builder::new()
                 .name("access-log".into())
-                .spawn(move || write_lines(&buffer))
+                .spawn(move || write_lines(&buffer, &writing))
                 .expect("spawn the access-log writer");
         });
         let mut buffer = lock(&self.buffer);
@@ -131,16 +135,30 @@ impl AccessLog {
     }
 
     /// Writes out what is buffered; called at exit so the last requests are logged too.
+    /// It waits (a second at most: a stuck output must not hold the exit) for a write the
+    /// writer thread has under way.
     pub fn flush(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        let _writing = loop {
+            match self.writing.try_lock() {
+                Ok(guard) => break Some(guard),
+                Err(std::sync::TryLockError::Poisoned(e)) => break Some(e.into_inner()),
+                Err(_) if std::time::Instant::now() >= deadline => break None,
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
         let mut pending = std::mem::take(&mut *lock(&self.buffer));
         write_out(&mut pending);
     }
 }
 
-fn write_lines(buffer: &Mutex<Vec<u8>>) {
+fn write_lines(buffer: &Mutex<Vec<u8>>, writing: &Mutex<()>) {
     let mut spare = Vec::with_capacity(64 * 1024);
     loop {
         std::thread::sleep(FLUSH_EVERY);
+        // Requests append under `buffer` only; `writing` spans the swap and the write, so
+        // a flush at exit never misses lines taken here.
+        let _writing = writing.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::swap(&mut *lock(buffer), &mut spare);
         write_out(&mut spare);
     }
