@@ -33,17 +33,24 @@ routes:
 }
 
 fn start(up: &TestUpstream) -> Gateway {
-    Gateway::start_env(
-        &["run"],
-        &[("ADMIN_TOKEN", TOKEN)],
-        &config(up),
-        |dir, text| {
-            std::fs::write(dir.join("partners.yaml"), "[]\n").unwrap();
-            let config = dir.join("gateway.yaml");
-            std::fs::write(&config, text).unwrap();
-            config
-        },
-    )
+    start_body(&config(up))
+}
+
+/// The gateway on `body`, with the admin token and an empty keys file beside it.
+fn start_body(body: &str) -> Gateway {
+    Gateway::start_env(&["run"], &[("ADMIN_TOKEN", TOKEN)], body, |dir, text| {
+        std::fs::write(dir.join("partners.yaml"), "[]\n").unwrap();
+        let config = dir.join("gateway.yaml");
+        std::fs::write(&config, text).unwrap();
+        config
+    })
+}
+
+/// What `portico route` says of the probe the tests explain, on the gateway's own config.
+fn portico_route(gw: &Gateway) -> (i32, String, String) {
+    let config = gw.config.to_str().unwrap();
+    let args = ["route", "-c", config, "GET", "/api/orders/7"];
+    portico_env(&args, gw.dir.path(), &[("ADMIN_TOKEN", TOKEN)])
 }
 
 fn traffic(gw: &Gateway) {
@@ -106,17 +113,7 @@ fn the_json_endpoints_report_figures_failures_and_explanations() {
     );
 
     let explained = gw.admin_json("/explain?method=GET&path=/api/orders/7");
-    let (code, cli, err) = portico_env(
-        &[
-            "route",
-            "-c",
-            gw.config.to_str().unwrap(),
-            "GET",
-            "/api/orders/7",
-        ],
-        gw.dir.path(),
-        &[("ADMIN_TOKEN", TOKEN)],
-    );
+    let (code, cli, err) = portico_route(&gw);
     assert_eq!(code, 0, "{err}");
     assert_eq!(explained["explanation"], cli.as_str());
 
@@ -258,17 +255,7 @@ fn the_pages_show_live_figures_reasons_and_a_breaker_opening_in_chromium() {
     ] {
         assert!(errors.contains(seen), "{seen} in {errors}");
     }
-    let (_, cli, _) = portico_env(
-        &[
-            "route",
-            "-c",
-            gw.config.to_str().unwrap(),
-            "GET",
-            "/api/orders/7",
-        ],
-        gw.dir.path(),
-        &[("ADMIN_TOKEN", TOKEN)],
-    );
+    let (_, cli, _) = portico_route(&gw);
     assert_eq!(result["explanation"], cli.as_str());
     for page in [
         "overview",
@@ -293,12 +280,7 @@ fn with_the_dashboard_off_its_pages_and_endpoints_are_gone() {
         "admin: { token_env: ADMIN_TOKEN }",
         "admin: { token_env: ADMIN_TOKEN, dashboard: false }",
     );
-    let gw = Gateway::start_env(&["run"], &[("ADMIN_TOKEN", TOKEN)], &body, |dir, text| {
-        std::fs::write(dir.join("partners.yaml"), "[]\n").unwrap();
-        let config = dir.join("gateway.yaml");
-        std::fs::write(&config, text).unwrap();
-        config
-    });
+    let gw = start_body(&body);
     for path in ["/ui/", "/live", "/errors", "/overview"] {
         let resp = client().get(gw.admin_url(path)).send().unwrap();
         assert_eq!(resp.status(), 404, "{path}");

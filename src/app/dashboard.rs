@@ -174,9 +174,8 @@ pub fn explain(snapshot: &Snapshot, query: Option<&str>) -> Response<Vec<u8>> {
     };
     let headers: Vec<String> = query
         .into_iter()
-        .flat_map(|q| q.split('&'))
-        .filter_map(|pair| pair.strip_prefix("header="))
-        .map(decode)
+        .flat_map(|q| crate::router::query_values(q, "header"))
+        .map(std::borrow::Cow::into_owned)
         .collect();
     match Probe::parse(&method, &path, &headers) {
         Ok(probe) => json_response(
@@ -208,16 +207,9 @@ pub fn addressed_directly(req: &http::request::Parts) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
-/// A query parameter's value, percent-decoded.
+/// A query parameter's first value, decoded.
 fn param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| decode(v))
-    })
-}
-
-fn decode(v: &str) -> String {
-    percent_encoding::percent_decode_str(&v.replace('+', " "))
-        .decode_utf8_lossy()
-        .into_owned()
+    crate::router::query_values(query?, name)
+        .next()
+        .map(std::borrow::Cow::into_owned)
 }

@@ -111,8 +111,8 @@ impl QueryMatch {
     }
 }
 
-/// Every value of parameter `name` in a query string, decoded.
-fn query_values<'q>(query: &'q str, name: &'q str) -> impl Iterator<Item = Cow<'q, str>> {
+/// Every value of parameter `name` in a query string, decoded (`+` as a space).
+pub fn query_values<'q>(query: &'q str, name: &'q str) -> impl Iterator<Item = Cow<'q, str>> {
     let decode = |s: &'q str| -> Cow<'q, str> {
         if !s.contains(['%', '+']) {
             return Cow::Borrowed(s);

@@ -266,7 +266,11 @@ impl Oidc {
         info: &RequestInfo<'_>,
     ) -> Result<(LoginSession, String), GatewayError> {
         let query = req.uri.query().unwrap_or_default();
-        let param = |name: &str| form_value(query, name);
+        let param = |name: &str| {
+            crate::router::query_values(query, name)
+                .next()
+                .map(std::borrow::Cow::into_owned)
+        };
         let flow = cookie(&req.headers, &self.flow_name())
             .and_then(|text| self.open::<Flow>(&self.flow_name(), text))
             .filter(|f| unix_now() < f.expires)
@@ -745,18 +749,6 @@ fn with_query(base: &str, pairs: &[(&str, &str)]) -> String {
         .collect();
     let join = if base.contains('?') { '&' } else { '?' };
     format!("{base}{join}{}", query.join("&"))
-}
-
-/// A query parameter's value, percent-decoded.
-fn form_value(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| {
-            percent_encoding::percent_decode_str(&v.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-    })
 }
 
 /// The session key: 32 bytes, as 64 hex digits or base64.
