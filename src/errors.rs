@@ -12,6 +12,106 @@ use std::borrow::Cow;
 /// allocates; a `&'static str` is kept as written).
 pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
+/// Every error code Portico answers with, on the proxy and on the admin listener. The
+/// codes are one closed list, so `portico reference errors` (the book's error-code page)
+/// cannot miss one, and a new code cannot ship without its status and meaning.
+macro_rules! codes {
+    ($($variant:ident = $text:literal, $status:literal, $meaning:literal;)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Code { $($variant),* }
+
+        impl Code {
+            pub const ALL: &'static [Code] = &[$(Code::$variant),*];
+
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Code::$variant => $text),* }
+            }
+
+            /// The status (or statuses) it is answered with, as the reference writes it.
+            pub const fn status(self) -> &'static str {
+                match self { $(Code::$variant => $status),* }
+            }
+
+            pub const fn meaning(self) -> &'static str {
+                match self { $(Code::$variant => $meaning),* }
+            }
+        }
+    };
+}
+
+codes! {
+    BadPath = "bad_path", "400", "The path cannot be normalized safely: an encoded `/`, `\\` or control character, a `..` above the root, a `;` parameter on a route without `allow_path_params`, or a segment ending in `.` or a space.";
+    BadRequest = "bad_request", "400", "The request is malformed in a way no other code names (an invalid `Host`, an unreadable body).";
+    BadFraming = "bad_framing", "400", "The request's framing could be read two ways (two `Content-Length`s, `Transfer-Encoding` other than `chunked`, both together, bare LF line ends, a malformed chunk): refused before anything reaches an upstream.";
+    AmbiguousHeader = "ambiguous_header", "400", "The request repeats a header or cookie the route reads (a token, a key, a sticky or hash header): which copy counts would be a guess.";
+    ValidationFailed = "validation_failed", "400", "The request breaks the route's `validate` rules; `violations` lists each one.";
+    InvalidJson = "invalid_json", "400", "A body the route validates is not valid JSON.";
+    TokenMissing = "token_missing", "401", "A JWT route got no token where its policy's `token` says to look.";
+    TokenMalformed = "token_malformed", "401", "The token is not a well-formed JWT.";
+    TokenAlgorithmNotAllowed = "token_algorithm_not_allowed", "401", "The token's `alg` is not in the policy's `algorithms` (`none` never is).";
+    TokenUnknownKey = "token_unknown_key", "401", "No key of the policy has the token's `kid` (a JWKS URL is refetched first, at most every 10 s).";
+    TokenBadSignature = "token_bad_signature", "401", "The token's signature does not verify.";
+    TokenExpired = "token_expired", "401", "The token's `exp` has passed (beyond `leeway`).";
+    TokenNotYetValid = "token_not_yet_valid", "401", "The token's `nbf` is in the future (beyond `leeway`).";
+    TokenWrongIssuer = "token_wrong_issuer", "401", "The token's `iss` is not the policy's `issuer`.";
+    TokenWrongAudience = "token_wrong_audience", "401", "The token's `aud` does not name the policy's `audience`.";
+    TokenMissingClaim = "token_missing_claim", "401", "A claim in `required_claims` (or `exp`) is absent.";
+    TokenKeysUnavailable = "token_keys_unavailable", "401", "The policy's keys could not be loaded (a JWKS URL unreachable since start).";
+    TokenUnsupportedCrit = "token_unsupported_crit", "401", "The token lists critical header extensions (`crit`); Portico implements none.";
+    TokenBadTimeClaim = "token_bad_time_claim", "401", "A time claim (`exp`, `nbf`, `iat`) is not a number.";
+    TokenBadClaim = "token_bad_claim", "401", "A claim to forward upstream has no unambiguous header form.";
+    TokenInactive = "token_inactive", "401", "The introspection endpoint says the token is not active (revoked, expired or unknown).";
+    ApiKeyMissing = "api_key_missing", "401", "An API-key route got no key in the header or query parameter its policy reads.";
+    ApiKeyInvalid = "api_key_invalid", "401", "The API key is not one of the policy's keys.";
+    CredentialsMissing = "credentials_missing", "401", "A Basic-auth route got no `Authorization: Basic` credentials.";
+    CredentialsMalformed = "credentials_malformed", "401", "The `Authorization` header is not well-formed Basic credentials.";
+    CredentialsInvalid = "credentials_invalid", "401", "The Basic-auth user name or password is wrong.";
+    LoginRequired = "login_required", "401", "An OIDC route's request has no session and is not one a browser can be redirected for (not a `GET` of a page).";
+    LoginExpired = "login_expired", "401", "An OIDC callback arrived with no login in progress from this browser (or one older than 10 minutes).";
+    LoginStateMismatch = "login_state_mismatch", "401", "An OIDC callback's `state` is not the one this browser's login sent.";
+    LoginRefused = "login_refused", "401", "The identity provider refused the login, or sent no code or ID token.";
+    IdTokenInvalid = "id_token_invalid", "401", "The identity provider's ID token did not verify (signature, issuer, audience, nonce, times).";
+    AuthRedirect = "auth_redirect", "the auth service's 3xx", "A forward-auth service answered with a redirect (a login page); its status, `Location` and body go to the client.";
+    AuthDenied = "auth_denied", "401 or 403 (the auth service's)", "A forward-auth service refused the request; its status, challenge headers and body go to the client (any other status of its is `auth_unavailable`).";
+    LoginRedirect = "login_redirect", "302", "An OIDC route sends a browser without a session to the identity provider (or back after the callback).";
+    InsufficientClaims = "insufficient_claims", "403", "The identity is valid but lacks what the route's `require` asks for.";
+    CorsRejected = "cors_rejected", "403", "A CORS preflight whose origin, method or headers the route's `cors` policy does not allow.";
+    IpForbidden = "ip_forbidden", "403", "The client address is not allowed by the route's `ip_access` policy.";
+    RouteNotFound = "route_not_found", "404", "No route matches the request's host, path and conditions.";
+    MethodNotAllowed = "method_not_allowed", "405", "Routes match the path but not the method; `Allow` lists the methods they take.";
+    LengthRequired = "length_required", "411", "A chunked request body over 64 KiB on a route without `stream_request_body`: send `Content-Length`.";
+    BodyTooLarge = "body_too_large", "413", "The request body is over the route's `max_body` (or `validate.max_body_bytes`).";
+    UnsupportedMediaType = "unsupported_media_type", "415", "A route validating a JSON body got another `Content-Type`.";
+    RateLimited = "rate_limited", "429", "Over the route's rate limit; `Retry-After` says when to retry.";
+    QuotaExceeded = "quota_exceeded", "429", "The caller's quota for the period is used up; `Retry-After` says when it resets.";
+    TooManyFailedLogins = "too_many_failed_logins", "429", "Too many failed Basic-auth logins from this address or for this user in the last minute.";
+    InternalError = "internal_error", "500", "A bug in Portico; the log has the request id.";
+    SessionTooLarge = "session_too_large", "500", "An OIDC login's claims do not fit in a session cookie: ask the provider for fewer scopes or claims.";
+    UpstreamUnreachable = "upstream_unreachable", "502", "The upstream refused or reset the connection and no retry was left.";
+    UpstreamTlsFailed = "upstream_tls_failed", "502", "The TLS handshake with the upstream failed (its certificate did not verify).";
+    UpstreamBadResponse = "upstream_bad_response", "502", "The upstream answered, but not with well-formed HTTP.";
+    AggregateCallFailed = "aggregate_call_failed", "502", "A required call of an aggregate route failed; `call` names it.";
+    NoUpstreamAvailable = "no_upstream_available", "503", "No target of the upstream has an address (DNS has not resolved any).";
+    NoHealthyUpstream = "no_healthy_upstream", "503", "Every target of the upstream fails its health checks.";
+    CircuitOpen = "circuit_open", "503", "Every target's circuit breaker is open.";
+    GatewayOverloaded = "gateway_overloaded", "503", "The upstream connections' share of file descriptors is taken.";
+    RateLimitUnavailable = "rate_limit_unavailable", "503", "Redis is unreachable and the limit has `on_redis_error: deny`.";
+    QuotaUnavailable = "quota_unavailable", "503", "The quota store is unreachable and the quota denies unchecked requests.";
+    AuthUnavailable = "auth_unavailable", "503", "A forward-auth, introspection or OIDC service could not be reached.";
+    AuthBusy = "auth_busy", "503", "Too many Basic-auth passwords are being checked at once; retry shortly.";
+    UpstreamTimeout = "upstream_timeout", "504", "The upstream did not connect, accept the request or answer within its timeouts.";
+    RouteTimeout = "route_timeout", "504", "The route's `timeout` passed before the answer was complete.";
+    AggregateCallTimeout = "aggregate_call_timeout", "504", "A required call of an aggregate route timed out; `call` names it.";
+    AdminTokenRequired = "admin_token_required", "403 (admin)", "`POST /cache/purge` with no `admin.token_env` configured: purges are off.";
+    AdminTokenInvalid = "admin_token_invalid", "401 (admin)", "`POST /cache/purge` without the bearer token `admin.token_env` names.";
+    InvalidPurge = "invalid_purge", "400 (admin)", "A purge naming an unknown cache, or a malformed purge body.";
+    PurgeNotBroadcast = "purge_not_broadcast", "502 (admin)", "This replica purged, but Redis could not be reached to tell the others: retry.";
+    DashboardOff = "dashboard_off", "404 (admin)", "The dashboard and its JSON endpoints are off (`admin.dashboard: false`).";
+    DashboardHost = "dashboard_host", "403 (admin)", "The dashboard was asked by a host name: open it by the admin listener's IP address or `localhost`.";
+    InvalidProbe = "invalid_probe", "400 (admin)", "`/explain` without a `path`, or with a malformed `method` or `header`.";
+    NotFound = "not_found", "404 (admin)", "No admin endpoint has this path.";
+}
+
 /// What a refusal counts toward in the route's metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counted {
@@ -28,7 +128,7 @@ pub enum Counted {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub status: u16,
-    pub code: &'static str,
+    pub code: Code,
     pub message: Cow<'static, str>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// An extra field of the JSON error (`violations`).
@@ -41,7 +141,7 @@ pub struct Refusal {
 
 impl Refusal {
     /// A refusal with a fixed message and no extra header.
-    pub const fn fixed(status: u16, code: &'static str, message: &'static str) -> Refusal {
+    pub const fn fixed(status: u16, code: Code, message: &'static str) -> Refusal {
         Refusal {
             status,
             code,
@@ -53,7 +153,7 @@ impl Refusal {
         }
     }
 
-    pub fn new(status: u16, code: &'static str, message: impl Into<Cow<'static, str>>) -> Refusal {
+    pub fn new(status: u16, code: Code, message: impl Into<Cow<'static, str>>) -> Refusal {
         Refusal {
             message: message.into(),
             ..Refusal::fixed(status, code, "")
@@ -86,7 +186,7 @@ impl From<Refusal> for GatewayError {
 /// a guess, and the upstream would see them all.
 pub const AMBIGUOUS_HEADER: Refusal = Refusal::fixed(
     400,
-    "ambiguous_header",
+    Code::AmbiguousHeader,
     "the request repeats a header or cookie this route reads; send it once",
 );
 
@@ -151,26 +251,30 @@ impl GatewayError {
     }
 
     pub fn code(&self) -> &'static str {
+        self.catalogued().as_str()
+    }
+
+    fn catalogued(&self) -> Code {
         match self {
             GatewayError::Refused(r) => r.code,
-            GatewayError::AggregateFailed { timeout: true, .. } => "aggregate_call_timeout",
-            GatewayError::AggregateFailed { .. } => "aggregate_call_failed",
-            GatewayError::BadPath(_) => "bad_path",
-            GatewayError::BadRequest => "bad_request",
-            GatewayError::BadFraming(_) => "bad_framing",
-            GatewayError::RouteNotFound => "route_not_found",
-            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
-            GatewayError::BodyTooLarge { .. } => "body_too_large",
-            GatewayError::NoUpstreamAvailable => "no_upstream_available",
-            GatewayError::NoHealthyUpstream => "no_healthy_upstream",
-            GatewayError::CircuitOpen => "circuit_open",
-            GatewayError::UpstreamUnreachable => "upstream_unreachable",
-            GatewayError::UpstreamTls => "upstream_tls_failed",
-            GatewayError::UpstreamBadResponse => "upstream_bad_response",
-            GatewayError::UpstreamTimeout => "upstream_timeout",
-            GatewayError::RouteTimeout => "route_timeout",
-            GatewayError::Overloaded => "gateway_overloaded",
-            GatewayError::Internal => "internal_error",
+            GatewayError::AggregateFailed { timeout: true, .. } => Code::AggregateCallTimeout,
+            GatewayError::AggregateFailed { .. } => Code::AggregateCallFailed,
+            GatewayError::BadPath(_) => Code::BadPath,
+            GatewayError::BadRequest => Code::BadRequest,
+            GatewayError::BadFraming(_) => Code::BadFraming,
+            GatewayError::RouteNotFound => Code::RouteNotFound,
+            GatewayError::MethodNotAllowed { .. } => Code::MethodNotAllowed,
+            GatewayError::BodyTooLarge { .. } => Code::BodyTooLarge,
+            GatewayError::NoUpstreamAvailable => Code::NoUpstreamAvailable,
+            GatewayError::NoHealthyUpstream => Code::NoHealthyUpstream,
+            GatewayError::CircuitOpen => Code::CircuitOpen,
+            GatewayError::UpstreamUnreachable => Code::UpstreamUnreachable,
+            GatewayError::UpstreamTls => Code::UpstreamTlsFailed,
+            GatewayError::UpstreamBadResponse => Code::UpstreamBadResponse,
+            GatewayError::UpstreamTimeout => Code::UpstreamTimeout,
+            GatewayError::RouteTimeout => Code::RouteTimeout,
+            GatewayError::Overloaded => Code::GatewayOverloaded,
+            GatewayError::Internal => Code::InternalError,
         }
     }
 

@@ -17,8 +17,8 @@ const ANY_METHOD: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
 /// What the gateway routes in a path segment: no control characters, no `\`, no `;`
-/// parameters, and no segment ending in `.` or a space (some servers drop those; see README, *Path
-/// normalization*).
+/// parameters, and no segment ending in `.` or a space (some servers drop those; see the book,
+/// docs/book/src/configuration/requests.md).
 const ONE_SEGMENT: &str = r"^[^\u0000-\u001F\u007F/;\\]*[^\u0000-\u001F\u007F/;\\. ]$";
 /// The same for a value spanning segments (a prefix's rest, `{rest...}`).
 const MANY_SEGMENTS: &str = r"^([^\u0000-\u001F\u007F/;\\]*[^\u0000-\u001F\u007F/;\\. ]/)*[^\u0000-\u001F\u007F/;\\]*[^\u0000-\u001F\u007F/;\\. ]$";

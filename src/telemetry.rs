@@ -194,6 +194,8 @@ impl Telemetry {
 /// A gateway's metrics; label values come from config names, never raw request data.
 pub struct Metrics {
     pub registry: Registry,
+    /// Every metric registered here, for the reference.
+    pub catalog: Vec<MetricDoc>,
     /// The dashboard's figures (`live`): rings and the last failures.
     pub live: Arc<crate::live::Live>,
     pub requests: IntCounterVec,
@@ -230,11 +232,44 @@ pub struct Metrics {
     pub cache_evictions: IntCounterVec,
 }
 
-fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are unique");
-    metric
+/// What the metrics reference says of one metric (`portico reference metrics`).
+#[derive(Debug, Clone)]
+pub struct MetricDoc {
+    pub name: String,
+    pub kind: &'static str,
+    pub labels: Vec<String>,
+    pub help: String,
+}
+
+/// Registers metrics and notes each one for the reference: a registry cannot list what a
+/// vector without children holds.
+struct Registrar {
+    registry: Registry,
+    catalog: std::cell::RefCell<Vec<MetricDoc>>,
+}
+
+impl Registrar {
+    fn add<T: prometheus::core::Collector + Clone + 'static>(&self, metric: T) -> T {
+        use prometheus::proto::MetricType;
+        for (desc, family) in metric.desc().iter().zip(metric.collect()) {
+            let kind = match family.get_field_type() {
+                MetricType::COUNTER => "counter",
+                MetricType::GAUGE => "gauge",
+                MetricType::HISTOGRAM => "histogram",
+                _ => "untyped",
+            };
+            self.catalog.borrow_mut().push(MetricDoc {
+                name: desc.fq_name.clone(),
+                kind,
+                labels: desc.variable_labels.clone(),
+                help: desc.help.clone(),
+            });
+        }
+        self.registry
+            .register(Box::new(metric.clone()))
+            .expect("metric names are unique");
+        metric
+    }
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -248,26 +283,23 @@ const DIFFERENCE_BUCKETS: [f64; 14] = [
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let r = Registry::new();
+        let r = Registrar {
+            registry: Registry::new(),
+            catalog: Default::default(),
+        };
         // CPU, memory, open file descriptors and threads of this process.
-        let _ = r.register(Box::new(
+        let _ = r.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                &r,
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid"),
-            )
+            r.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid"))
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                &r,
-                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid"),
-            )
+            r.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid"))
         };
         let histogram = |name: &str, help: &str, labels: &[&str]| {
             let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
-            register(&r, HistogramVec::new(opts, labels).expect("valid"))
+            r.add(HistogramVec::new(opts, labels).expect("valid"))
         };
         Metrics {
             requests: counter(
@@ -285,8 +317,7 @@ impl Metrics {
                 "Time from sending the request upstream to its response head.",
                 &["route", "upstream"],
             ),
-            in_flight: register(
-                &r,
+            in_flight: r.add(
                 IntGauge::new("portico_requests_in_flight", "Requests being handled.")
                     .expect("valid"),
             ),
@@ -330,8 +361,7 @@ impl Metrics {
                 "Config reloads by result (ok, failed).",
                 &["result"],
             ),
-            last_reload_success: register(
-                &r,
+            last_reload_success: r.add(
                 Gauge::new(
                     "portico_config_last_reload_success_timestamp_seconds",
                     "Unix time of the last successful config load.",
@@ -348,8 +378,7 @@ impl Metrics {
                 "Always 1; labels carry the version and active config hash.",
                 &["version", "config_hash"],
             ),
-            access_log_dropped: register(
-                &r,
+            access_log_dropped: r.add(
                 IntCounter::new(
                     "portico_access_log_dropped_total",
                     "Access-log lines dropped because the writer fell behind.",
@@ -382,26 +411,23 @@ impl Metrics {
                     "The shadow's time to its answer's head minus the primary's, by route (negative: the shadow was faster).",
                 )
                 .buckets(DIFFERENCE_BUCKETS.to_vec());
-                register(&r, HistogramVec::new(opts, &["route"]).expect("valid"))
+                r.add(HistogramVec::new(opts, &["route"]).expect("valid"))
             },
-            redis_connected: register(
-                &r,
+            redis_connected: r.add(
                 IntGauge::new(
                     "portico_redis_connected",
                     "1 while the Redis link for rate limits is connected (0 when down or unused).",
                 )
                 .expect("valid"),
             ),
-            connections_open: register(
-                &r,
+            connections_open: r.add(
                 IntGauge::new(
                     "portico_downstream_connections",
                     "Client connections open now.",
                 )
                 .expect("valid"),
             ),
-            connections_refused: register(
-                &r,
+            connections_refused: r.add(
                 IntCounter::new(
                     "portico_downstream_connections_refused_total",
                     "Client connections closed at accept because max_connections were open.",
@@ -418,8 +444,7 @@ impl Metrics {
                 "Requests on cache routes by route and result (HIT, MISS, STALE, REVALIDATED, BYPASS).",
                 &["route", "result"],
             ),
-            upgraded_open: register(
-                &r,
+            upgraded_open: r.add(
                 IntGauge::new(
                     "portico_upgraded_connections",
                     "Upgraded connections (WebSocket) open now.",
@@ -446,7 +471,8 @@ impl Metrics {
                 "Entries evicted to keep a cache within max_size.",
                 &["cache"],
             ),
-            registry: r,
+            catalog: r.catalog.take(),
+            registry: r.registry,
             live: Arc::default(),
         }
     }

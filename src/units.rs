@@ -90,7 +90,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 }
 
 /// Durations: whole numbers with a unit (`ms`, `s`, `m`, `h`, `d`), several joined by
-/// spaces (`1h 30m`). Nothing else (`5 seconds`, `1.5s`) is accepted, so what the README
+/// spaces (`1h 30m`). Nothing else (`5 seconds`, `1.5s`) is accepted, so what the book
 /// says is the whole grammar. Used as `#[serde(with = "crate::units::duration")]`.
 pub mod duration {
     use serde::{Deserializer, Serializer};

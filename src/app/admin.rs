@@ -6,6 +6,7 @@
 use super::dashboard;
 use super::reload::Reloader;
 use super::services::Readiness;
+use crate::errors::Code;
 use crate::policy::cache;
 use crate::snapshot::{Action, Snapshot, SnapshotHolder};
 use crate::telemetry::Telemetry;
@@ -35,10 +36,10 @@ const DASHBOARD_JSON: [&str; 4] = ["/overview", "/live", "/errors", "/explain"];
 /// A purge request body is a small JSON object.
 const MAX_PURGE_BODY: usize = 64 * 1024;
 
-fn admin_error(status: StatusCode, code: &str, message: &str) -> Response<Vec<u8>> {
+fn admin_error(status: StatusCode, code: Code, message: &str) -> Response<Vec<u8>> {
     json_response(
         status,
-        json!({"error": {"status": status.as_u16(), "code": code, "message": message}}),
+        json!({"error": {"status": status.as_u16(), "code": code.as_str(), "message": message}}),
     )
 }
 
@@ -228,12 +229,12 @@ impl Admin {
                 }
                 Ok(Some(_)) => {
                     let why = "a purge is a small JSON object";
-                    return admin_error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", why);
+                    return admin_error(StatusCode::PAYLOAD_TOO_LARGE, Code::BodyTooLarge, why);
                 }
                 Ok(None) => break,
                 Err(_) => {
                     let why = "the request body could not be read";
-                    return admin_error(StatusCode::BAD_REQUEST, "bad_request", why);
+                    return admin_error(StatusCode::BAD_REQUEST, Code::BadRequest, why);
                 }
             }
         }
@@ -242,13 +243,13 @@ impl Admin {
             Err(e) => {
                 let why =
                     format!("expected {{\"cache\": NAME, \"path\" or \"prefix\": \"/...\"}}: {e}");
-                return admin_error(StatusCode::BAD_REQUEST, "invalid_purge", &why);
+                return admin_error(StatusCode::BAD_REQUEST, Code::InvalidPurge, &why);
             }
         };
         let snapshot = self.holder.load();
         let purged = match purge.apply(&snapshot.caches) {
             Ok(n) => n,
-            Err(why) => return admin_error(StatusCode::BAD_REQUEST, "invalid_purge", &why),
+            Err(why) => return admin_error(StatusCode::BAD_REQUEST, Code::InvalidPurge, &why),
         };
         let Some(link) = snapshot.redis.clone() else {
             return json_response(StatusCode::OK, json!({"purged": purged, "replicas": false}));
@@ -261,7 +262,7 @@ impl Admin {
                 let why = format!(
                     "purged {purged} entries here, but the purge could not be sent to the other replicas ({e}); retry"
                 );
-                admin_error(StatusCode::BAD_GATEWAY, "purge_not_broadcast", &why)
+                admin_error(StatusCode::BAD_GATEWAY, Code::PurgeNotBroadcast, &why)
             }
         }
     }
@@ -275,7 +276,7 @@ impl Admin {
             let why = "cache purges need `admin.token_env` set to a bearer token";
             return Some(admin_error(
                 StatusCode::FORBIDDEN,
-                "admin_token_required",
+                Code::AdminTokenRequired,
                 why,
             ));
         };
@@ -294,7 +295,7 @@ impl Admin {
         let same = ring::constant_time::verify_slices_are_equal(&digest(sent), &digest(token));
         same.is_err().then(|| {
             let why = "send `Authorization: Bearer TOKEN` with admin.token_env's token";
-            admin_error(StatusCode::UNAUTHORIZED, "admin_token_invalid", why)
+            admin_error(StatusCode::UNAUTHORIZED, Code::AdminTokenInvalid, why)
         })
     }
 
@@ -353,24 +354,24 @@ impl ServeHttp for Admin {
         if req.uri.path() == "/cache/purge" {
             if req.method != http::Method::POST {
                 let why = "purge with POST and a JSON body";
-                return admin_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", why);
+                return admin_error(StatusCode::METHOD_NOT_ALLOWED, Code::MethodNotAllowed, why);
             }
             return self.purge(session).await;
         }
         if req.method != http::Method::GET && req.method != http::Method::HEAD {
             let why = "these admin endpoints are read-only: use GET";
-            return admin_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", why);
+            return admin_error(StatusCode::METHOD_NOT_ALLOWED, Code::MethodNotAllowed, why);
         }
         let snapshot = self.holder.load();
         let path = req.uri.path();
         if path == "/ui" || path.starts_with("/ui/") || DASHBOARD_JSON.contains(&path) {
             if !snapshot.dashboard {
                 let why = "the dashboard is off (`admin.dashboard: false`)";
-                return admin_error(StatusCode::NOT_FOUND, "dashboard_off", why);
+                return admin_error(StatusCode::NOT_FOUND, Code::DashboardOff, why);
             }
             if !dashboard::addressed_directly(req) {
                 let why = "open the dashboard by the admin listener's IP address or localhost";
-                return admin_error(StatusCode::FORBIDDEN, "dashboard_host", why);
+                return admin_error(StatusCode::FORBIDDEN, Code::DashboardHost, why);
             }
             let live = &self.telemetry.metrics.live;
             let query = req.uri.query();
@@ -382,7 +383,7 @@ impl ServeHttp for Admin {
                 _ => dashboard::asset(path).unwrap_or_else(|| {
                     admin_error(
                         StatusCode::NOT_FOUND,
-                        "not_found",
+                        Code::NotFound,
                         "the dashboard is at /ui/",
                     )
                 }),
@@ -402,7 +403,7 @@ impl ServeHttp for Admin {
             "/metrics" => self.metrics(),
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                json!({"error": {"status": 404, "code": "not_found", "message": "admin endpoints: /health, /ready, /config, /routes, /upstreams, /mirrors, /metrics, /openapi.json, the dashboard at /ui/ and its /overview, /live, /errors, /explain, POST /cache/purge"}}),
+                json!({"error": {"status": 404, "code": Code::NotFound.as_str(), "message": "admin endpoints: /health, /ready, /config, /routes, /upstreams, /mirrors, /metrics, /openapi.json, the dashboard at /ui/ and its /overview, /live, /errors, /explain, POST /cache/purge"}}),
             ),
         }
     }

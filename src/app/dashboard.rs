@@ -5,6 +5,7 @@
 //! redacted ones, paths lose their credential parameters.
 
 use super::admin::{json_response, Admin};
+use crate::errors::Code;
 use crate::explain::{self, Probe};
 use crate::live::Live;
 use crate::snapshot::Snapshot;
@@ -169,7 +170,7 @@ pub fn errors(snapshot: &Snapshot, live: &Live) -> Value {
 pub fn explain(snapshot: &Snapshot, query: Option<&str>) -> Response<Vec<u8>> {
     let method = param(query, "method").unwrap_or_else(|| "GET".into());
     let Some(path) = param(query, "path") else {
-        let why = json!({"error": {"status": 400, "code": "invalid_probe", "message": "give `path` (and `method`, `header`)"}});
+        let why = json!({"error": {"status": 400, "code": Code::InvalidProbe.as_str(), "message": "give `path` (and `method`, `header`)"}});
         return json_response(StatusCode::BAD_REQUEST, why);
     };
     let headers: Vec<String> = query
@@ -184,7 +185,7 @@ pub fn explain(snapshot: &Snapshot, query: Option<&str>) -> Response<Vec<u8>> {
         ),
         Err(why) => json_response(
             StatusCode::BAD_REQUEST,
-            json!({"error": {"status": 400, "code": "invalid_probe", "message": why}}),
+            json!({"error": {"status": 400, "code": Code::InvalidProbe.as_str(), "message": why}}),
         ),
     }
 }

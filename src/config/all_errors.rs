@@ -185,7 +185,7 @@ fn diagnostic(
     e: ValidationError<'_>,
 ) -> Diagnostic {
     let at = dotted(instance, e.instance_path.as_str());
-    let reference = "the config reference in README.md lists every key";
+    let reference = "docs/book/src/reference/config.md lists every key";
     let (path, message, help) = match &e.kind {
         ValidationErrorKind::AdditionalProperties { unexpected } => {
             let key = unexpected.first().cloned().unwrap_or_default();
@@ -207,7 +207,7 @@ fn diagnostic(
         ValidationErrorKind::Required { property } => (
             at,
             format!("missing field {property}"),
-            "add the field; the config reference in README.md lists what each section needs"
+            "add the field; docs/book/src/reference/config.md lists every key"
                 .to_string(),
         ),
         ValidationErrorKind::Pattern { pattern } if pattern.contains("(ms|s|m|h|d)") => (

@@ -311,15 +311,13 @@ fn did_you_mean(message: &str) -> Option<String> {
 /// Hints for the serde messages users meet most.
 fn yaml_help(message: &str) -> Option<String> {
     if message.contains("unknown field") {
-        let reference = "the config reference in README.md lists every key";
+        let reference = "docs/book/src/reference/config.md lists every key";
         Some(match did_you_mean(message) {
             Some(near) => format!("{near} ({reference})"),
             None => format!("check the spelling: {reference}"),
         })
     } else if message.contains("missing field") {
-        Some(
-            "add the field; the config reference in README.md lists what each section needs".into(),
-        )
+        Some("add the field; docs/book/src/reference/config.md lists every key".into())
     } else if message.contains("invalid type") {
         Some(
             "quote strings, write numbers without quotes, and durations like 500ms, 2s or 1m"

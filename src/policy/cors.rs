@@ -4,7 +4,7 @@
 
 use super::{ApiDoc, CompileCx, PolicyState, RequestInfo, Stage, Unit};
 use crate::diag::parse_methods;
-use crate::errors::{GatewayError, Refusal};
+use crate::errors::{Code, GatewayError, Refusal};
 use http::header::{
     ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, UPGRADE, VARY,
 };
@@ -308,7 +308,7 @@ impl CorsPolicy {
 /// An origin, method or header the route's CORS policy does not allow.
 pub const REJECTED: Refusal = Refusal::fixed(
     403,
-    "cors_rejected",
+    Code::CorsRejected,
     "this origin, method or header is not allowed by the route's CORS policy",
 );
 

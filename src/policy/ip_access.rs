@@ -4,7 +4,7 @@
 
 use super::{ApiDoc, CompileCx, PolicyState, RequestInfo, Stage, Unit};
 use crate::diag::cidr;
-use crate::errors::{GatewayError, Refusal};
+use crate::errors::{Code, GatewayError, Refusal};
 use http::HeaderName;
 use ipnet::IpNet;
 use schemars::JsonSchema;
@@ -32,7 +32,7 @@ pub struct IpAccess {
 
 const FORBIDDEN: Refusal = Refusal::fixed(
     403,
-    "ip_forbidden",
+    Code::IpForbidden,
     "requests from this address are not allowed on this route",
 );
 

@@ -6,7 +6,7 @@
 use super::ratelimit::{ceil_secs, Decision, LimitKey, OnRedisError};
 use super::{ApiDoc, CompileCx, PolicyState, RequestInfo, Stage, Unit};
 use crate::bounded::Bounded;
-use crate::errors::{Counted, GatewayError, Refusal};
+use crate::errors::{Code, Counted, GatewayError, Refusal};
 use crate::redis_link::{LinkError, RedisLink};
 use pingora::http::{RequestHeader, ResponseHeader};
 use prometheus::IntCounter;
@@ -135,7 +135,7 @@ pub struct Quota {
 
 const UNAVAILABLE: Refusal = Refusal::fixed(
     503,
-    "quota_unavailable",
+    Code::QuotaUnavailable,
     "the quota store is unavailable and this quota denies unchecked requests",
 );
 
@@ -184,7 +184,7 @@ impl Quota {
             self.limit,
             self.period.noun()
         );
-        Err(Refusal::new(429, "quota_exceeded", message)
+        Err(Refusal::new(429, Code::QuotaExceeded, message)
             .header(http::header::RETRY_AFTER, secs.into())
             .counted(Counted::RateLimited)
             .into())

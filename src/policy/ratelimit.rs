@@ -5,7 +5,7 @@
 
 use super::{ApiDoc, CompileCx, PolicyState, RequestInfo, Stage, Unit};
 use crate::bounded::Bounded;
-use crate::errors::{Counted, GatewayError, Refusal};
+use crate::errors::{Code, Counted, GatewayError, Refusal};
 use crate::hashing::fnv1a;
 use crate::redis_link::{LinkError, RedisLink};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -298,7 +298,7 @@ pub struct RateLimit {
 /// The 429 a client over its limit gets, with when to retry.
 fn too_many(retry_after: u64) -> GatewayError {
     let message = format!("too many requests; retry in {retry_after} s");
-    Refusal::new(429, "rate_limited", message)
+    Refusal::new(429, Code::RateLimited, message)
         .header(http::header::RETRY_AFTER, retry_after.into())
         .counted(Counted::RateLimited)
         .into()
@@ -306,7 +306,7 @@ fn too_many(retry_after: u64) -> GatewayError {
 
 const UNAVAILABLE: Refusal = Refusal::fixed(
     503,
-    "rate_limit_unavailable",
+    Code::RateLimitUnavailable,
     "the rate limiter is unavailable and this route denies unchecked requests",
 );
 

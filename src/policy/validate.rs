@@ -5,7 +5,7 @@
 
 use super::{ApiDoc, CompileCx, PolicyState, RequestInfo, Stage, Unit};
 use crate::diag::parse_methods;
-use crate::errors::{GatewayError, Refusal};
+use crate::errors::{Code, GatewayError, Refusal};
 use crate::units::ByteSize;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, Method};
@@ -59,14 +59,14 @@ fn failed(violations: Vec<Violation>) -> GatewayError {
         violations.len()
     );
     let list = serde_json::to_value(&violations).unwrap_or_default();
-    Refusal::new(400, "validation_failed", message)
+    Refusal::new(400, Code::ValidationFailed, message)
         .detail("violations", list)
         .into()
 }
 
 const NOT_JSON: Refusal = Refusal::fixed(
     415,
-    "unsupported_media_type",
+    Code::UnsupportedMediaType,
     "this route takes a JSON body (Content-Type: application/json)",
 );
 
@@ -133,7 +133,7 @@ impl RequestValidation {
             Ok(()) => Ok(()),
             Err(BodyError::InvalidJson(why)) => {
                 let message = format!("the body is not valid JSON: {why}");
-                Err(Refusal::new(400, "invalid_json", message).into())
+                Err(Refusal::new(400, Code::InvalidJson, message).into())
             }
             Err(BodyError::Invalid(violations)) => Err(failed(violations)),
         }

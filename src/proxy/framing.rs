@@ -7,7 +7,7 @@
 //! `Content-Length` beside `Transfer-Encoding`. A chunked body's own framing (chunk sizes,
 //! CRLFs) is judged by reading it whole before the upstream is contacted.
 
-use crate::errors::{GatewayError, Refusal};
+use crate::errors::{Code, GatewayError, Refusal};
 use http::header::{EXPECT, TRANSFER_ENCODING};
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
@@ -19,7 +19,7 @@ pub const CHUNKED_BUFFER: u64 = 64 * 1024;
 /// A chunked body too large to read whole before the upstream is contacted.
 pub const CHUNKED_TOO_LARGE: Refusal = Refusal::fixed(
     411,
-    "length_required",
+    Code::LengthRequired,
     "a chunked request body over 64 KiB is not accepted on this route: send \
               Content-Length, or set `stream_request_body: true` on the route",
 );

@@ -169,8 +169,8 @@ impl ApiKeys {
 
     fn refusal(&self, e: KeyError) -> GatewayError {
         let (code, message) = match e {
-            KeyError::Missing => ("api_key_missing", "no API key was sent"),
-            KeyError::Unknown => ("api_key_invalid", "the API key is not valid"),
+            KeyError::Missing => (Code::ApiKeyMissing, "no API key was sent"),
+            KeyError::Unknown => (Code::ApiKeyInvalid, "the API key is not valid"),
         };
         let challenge = format!("ApiKey realm=\"{}\"", self.name);
         let refusal = Refusal::new(401, code, message).counted(Counted::AuthFailure);

@@ -176,27 +176,27 @@ impl Basic {
         let (status, code, message) = match e {
             BasicError::Missing => (
                 401,
-                "credentials_missing",
+                Code::CredentialsMissing,
                 "no user name and password were sent",
             ),
             BasicError::Malformed => (
                 401,
-                "credentials_malformed",
+                Code::CredentialsMalformed,
                 "the Authorization header is not well-formed Basic credentials",
             ),
             BasicError::Wrong => (
                 401,
-                "credentials_invalid",
+                Code::CredentialsInvalid,
                 "the user name or password is wrong",
             ),
             BasicError::TooManyFailures => (
                 429,
-                "too_many_failed_logins",
+                Code::TooManyFailedLogins,
                 "too many failed logins from this address or for this user; retry in a minute",
             ),
             BasicError::Busy => (
                 503,
-                "auth_busy",
+                Code::AuthBusy,
                 "too many passwords are being checked at once; retry shortly",
             ),
         };

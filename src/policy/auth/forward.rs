@@ -68,7 +68,7 @@ pub struct ForwardAuth {
 
 const UNAVAILABLE: Refusal = Refusal::fixed(
     503,
-    "auth_unavailable",
+    Code::AuthUnavailable,
     "the auth service could not be asked; try again later",
 );
 
@@ -201,9 +201,9 @@ fn host(req: &RequestHeader) -> &[u8] {
 async fn denial(mut answer: reqwest::Response) -> GatewayError {
     let status = answer.status().as_u16();
     let code = if status < 400 {
-        "auth_redirect"
+        Code::AuthRedirect
     } else {
-        "auth_denied"
+        Code::AuthDenied
     };
     let mut refusal = Refusal::new(status, code, "the auth service refused the request")
         .counted(Counted::AuthFailure);

@@ -68,7 +68,7 @@ const ASKING_AT_ONCE: usize = 32;
 
 const UNAVAILABLE: Refusal = Refusal::fixed(
     503,
-    "auth_unavailable",
+    Code::AuthUnavailable,
     "the token could not be checked; try again later",
 );
 
@@ -194,7 +194,7 @@ fn active_claims(answer: Value, audience: Option<&str>) -> Result<Value, Gateway
 
 fn inactive() -> GatewayError {
     let message = "the token is not active (revoked, expired or unknown)";
-    Refusal::new(401, "token_inactive", message)
+    Refusal::new(401, Code::TokenInactive, message)
         .header(
             http::header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"portico\", error=\"invalid_token\""),

@@ -8,7 +8,7 @@
 use super::{ApiDoc, CompileCx, PolicyState, RequestInfo, Stage, Unit};
 use crate::bounded::Bounded;
 use crate::diag::{Diags, Inputs};
-use crate::errors::{Counted, GatewayError, Refusal};
+use crate::errors::{Code, Counted, GatewayError, Refusal};
 use crate::state::StateCx;
 use crate::units::unix_now;
 use arc_swap::ArcSwap;
@@ -66,22 +66,22 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            AuthError::Missing => "token_missing",
-            AuthError::Malformed => "token_malformed",
-            AuthError::AlgorithmNotAllowed => "token_algorithm_not_allowed",
-            AuthError::UnknownKey => "token_unknown_key",
-            AuthError::BadSignature => "token_bad_signature",
-            AuthError::Expired => "token_expired",
-            AuthError::NotYetValid => "token_not_yet_valid",
-            AuthError::WrongIssuer => "token_wrong_issuer",
-            AuthError::WrongAudience => "token_wrong_audience",
-            AuthError::MissingClaim(_) => "token_missing_claim",
-            AuthError::KeysUnavailable => "token_keys_unavailable",
-            AuthError::CriticalExtension => "token_unsupported_crit",
-            AuthError::BadTimeClaim(_) => "token_bad_time_claim",
-            AuthError::BadClaim(_) => "token_bad_claim",
+            AuthError::Missing => Code::TokenMissing,
+            AuthError::Malformed => Code::TokenMalformed,
+            AuthError::AlgorithmNotAllowed => Code::TokenAlgorithmNotAllowed,
+            AuthError::UnknownKey => Code::TokenUnknownKey,
+            AuthError::BadSignature => Code::TokenBadSignature,
+            AuthError::Expired => Code::TokenExpired,
+            AuthError::NotYetValid => Code::TokenNotYetValid,
+            AuthError::WrongIssuer => Code::TokenWrongIssuer,
+            AuthError::WrongAudience => Code::TokenWrongAudience,
+            AuthError::MissingClaim(_) => Code::TokenMissingClaim,
+            AuthError::KeysUnavailable => Code::TokenKeysUnavailable,
+            AuthError::CriticalExtension => Code::TokenUnsupportedCrit,
+            AuthError::BadTimeClaim(_) => Code::TokenBadTimeClaim,
+            AuthError::BadClaim(_) => Code::TokenBadClaim,
         }
     }
 
@@ -130,7 +130,7 @@ impl From<AuthError> for GatewayError {
 /// A valid token whose claims do not meet the route's `require`.
 fn insufficient() -> GatewayError {
     let message = "the token lacks the claims this route requires";
-    Refusal::new(403, "insufficient_claims", message)
+    Refusal::new(403, Code::InsufficientClaims, message)
         .counted(Counted::AuthFailure)
         .into()
 }
@@ -260,7 +260,7 @@ impl Jwt {
             return Err(AuthError::Missing.into());
         };
         self.verify(token).await.map_err(|e| {
-            tracing::debug!(policy = %self.name, reason = e.code(), "token refused");
+            tracing::debug!(policy = %self.name, reason = e.code().as_str(), "token refused");
             e.into()
         })
     }

@@ -158,7 +158,7 @@ pub struct Oidc {
 type Refresh = (Arc<tokio::sync::OnceCell<Option<LoginSession>>>, Instant);
 
 /// Why a login failed; each is a 401 naming it.
-fn failed(code: &'static str, message: impl Into<std::borrow::Cow<'static, str>>) -> GatewayError {
+fn failed(code: Code, message: impl Into<std::borrow::Cow<'static, str>>) -> GatewayError {
     Refusal::new(401, code, message)
         .counted(Counted::AuthFailure)
         .into()
@@ -166,7 +166,7 @@ fn failed(code: &'static str, message: impl Into<std::borrow::Cow<'static, str>>
 
 const UNAVAILABLE: Refusal = Refusal::fixed(
     503,
-    "auth_unavailable",
+    Code::AuthUnavailable,
     "the identity provider could not be reached; try again later",
 );
 
@@ -203,7 +203,7 @@ impl Oidc {
         }
         if !navigation(req) {
             let message = "this route needs a login session; sign in with a browser first";
-            return Err(failed("login_required", message));
+            return Err(failed(Code::LoginRequired, message));
         }
         self.login(req, info).await
     }
@@ -254,7 +254,7 @@ impl Oidc {
                     redirect(&back, cookies.into_iter().flatten().collect())
                 }
                 // Redirecting without a session would only start another login.
-                None => Refusal::new(500, "session_too_large", "the login's claims do not fit in a session cookie; ask the provider for fewer scopes or claims").into(),
+                None => Refusal::new(500, Code::SessionTooLarge, "the login's claims do not fit in a session cookie; ask the provider for fewer scopes or claims").into(),
             },
             Err(e) => e,
         }
@@ -274,7 +274,7 @@ impl Oidc {
         let flow = cookie(&req.headers, &self.flow_name())
             .and_then(|text| self.open::<Flow>(&self.flow_name(), text))
             .filter(|f| unix_now() < f.expires)
-            .ok_or_else(|| failed("login_expired", "no login is in progress from this browser (or it took over 10 minutes); start again"))?;
+            .ok_or_else(|| failed(Code::LoginExpired, "no login is in progress from this browser (or it took over 10 minutes); start again"))?;
         let sent_state = param("state").unwrap_or_default();
         #[allow(deprecated)]
         let same = ring::constant_time::verify_slices_are_equal(
@@ -284,7 +284,7 @@ impl Oidc {
         .is_ok();
         if !same {
             return Err(failed(
-                "login_state_mismatch",
+                Code::LoginStateMismatch,
                 "the login's state does not match this browser's: start again",
             ));
         }
@@ -295,12 +295,12 @@ impl Oidc {
                 .take(64)
                 .collect();
             return Err(failed(
-                "login_refused",
+                Code::LoginRefused,
                 format!("the identity provider refused the login: {error}"),
             ));
         }
         let code = param("code")
-            .ok_or_else(|| failed("login_refused", "the identity provider sent no code"))?;
+            .ok_or_else(|| failed(Code::LoginRefused, "the identity provider sent no code"))?;
         let form = [
             ("grant_type", "authorization_code"),
             ("code", &code),
@@ -310,7 +310,7 @@ impl Oidc {
         let tokens = self.token_call(&form).await?;
         let id_token = tokens
             .id_token
-            .ok_or_else(|| failed("login_refused", "the identity provider sent no ID token"))?;
+            .ok_or_else(|| failed(Code::LoginRefused, "the identity provider sent no ID token"))?;
         let (claims, expires) = self.verify(&id_token, Some(&flow.nonce)).await?;
         let session = LoginSession {
             claims,
@@ -388,7 +388,7 @@ impl Oidc {
             let (claims, expires) = self.verify(&id_token, None).await?;
             if claims.get("sub") != session.claims.get("sub") {
                 return Err(failed(
-                    "login_refused",
+                    Code::LoginRefused,
                     "the refreshed ID token is another user's",
                 ));
             }
@@ -427,7 +427,7 @@ impl Oidc {
         if status.is_client_error() {
             // A used, expired or forged code (or refresh token): the provider said no.
             return Err(failed(
-                "login_refused",
+                Code::LoginRefused,
                 "the identity provider refused the code",
             ));
         }
@@ -447,7 +447,7 @@ impl Oidc {
     async fn verify(&self, token: &str, nonce: Option<&str>) -> Result<(Value, u64), GatewayError> {
         let bad = |why: &str| {
             failed(
-                "id_token_invalid",
+                Code::IdTokenInvalid,
                 format!("the ID token is not valid: {why}"),
             )
         };
@@ -683,7 +683,7 @@ impl Oidc {
 
 /// A redirect the gateway answers with, with the cookies it sets.
 fn redirect(location: &str, cookies: Vec<HeaderValue>) -> GatewayError {
-    let mut answer = Refusal::new(302, "login_redirect", "continue at the location given");
+    let mut answer = Refusal::new(302, Code::LoginRedirect, "continue at the location given");
     if let Ok(v) = HeaderValue::from_str(location) {
         answer = answer.header(http::header::LOCATION, v);
     }
