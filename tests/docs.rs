@@ -281,6 +281,34 @@ fn every_page_is_in_the_summary() {
     assert!(missing.is_empty(), "pages not in SUMMARY.md: {missing:?}");
 }
 
+/// The runbook has a section for each shipped alert and each status it promises.
+#[test]
+fn the_runbook_covers_every_shipped_alert() {
+    let runbook = read(&book().join("operations/runbook.md"));
+    let headings: BTreeSet<&str> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("### ").or_else(|| l.strip_prefix("## ")))
+        .collect();
+    let alerts = read(&root().join("deploy/observability/alerts.yaml"));
+    let shipped: Vec<&str> = alerts
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert!(shipped.len() >= 8, "{shipped:?}");
+    let missing: Vec<_> = shipped.iter().filter(|a| !headings.contains(*a)).collect();
+    assert!(
+        missing.is_empty(),
+        "alerts without a runbook section: {missing:?}"
+    );
+    for status in [401, 403, 404, 405, 413, 429, 502, 503, 504] {
+        let prefix = format!("{status} ");
+        assert!(
+            headings.iter().any(|h| h.starts_with(&prefix)),
+            "no runbook section for {status}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------- YAML examples
 
 fn fixtures() -> PathBuf {
