@@ -36,7 +36,7 @@ const DASHBOARD_JSON: [&str; 4] = ["/overview", "/live", "/errors", "/explain"];
 /// A purge request body is a small JSON object.
 const MAX_PURGE_BODY: usize = 64 * 1024;
 
-fn admin_error(status: StatusCode, code: Code, message: &str) -> Response<Vec<u8>> {
+pub(super) fn admin_error(status: StatusCode, code: Code, message: &str) -> Response<Vec<u8>> {
     json_response(
         status,
         json!({"error": {"status": status.as_u16(), "code": code.as_str(), "message": message}}),
@@ -401,9 +401,10 @@ impl ServeHttp for Admin {
             "/upstreams" => self.upstreams(),
             "/mirrors" => self.mirrors(),
             "/metrics" => self.metrics(),
-            _ => json_response(
+            _ => admin_error(
                 StatusCode::NOT_FOUND,
-                json!({"error": {"status": 404, "code": Code::NotFound.as_str(), "message": "admin endpoints: /health, /ready, /config, /routes, /upstreams, /mirrors, /metrics, /openapi.json, the dashboard at /ui/ and its /overview, /live, /errors, /explain, POST /cache/purge"}}),
+                Code::NotFound,
+                "admin endpoints: /health, /ready, /config, /routes, /upstreams, /mirrors, /metrics, /openapi.json, the dashboard at /ui/ and its /overview, /live, /errors, /explain, POST /cache/purge",
             ),
         }
     }

@@ -4,7 +4,7 @@
 //! `/mirrors`). Nothing here changes state, and nothing shows a secret: configs are the
 //! redacted ones, paths lose their credential parameters.
 
-use super::admin::{json_response, Admin};
+use super::admin::{admin_error, json_response, Admin};
 use crate::errors::Code;
 use crate::explain::{self, Probe};
 use crate::live::Live;
@@ -170,8 +170,8 @@ pub fn errors(snapshot: &Snapshot, live: &Live) -> Value {
 pub fn explain(snapshot: &Snapshot, query: Option<&str>) -> Response<Vec<u8>> {
     let method = param(query, "method").unwrap_or_else(|| "GET".into());
     let Some(path) = param(query, "path") else {
-        let why = json!({"error": {"status": 400, "code": Code::InvalidProbe.as_str(), "message": "give `path` (and `method`, `header`)"}});
-        return json_response(StatusCode::BAD_REQUEST, why);
+        let why = "give `path` (and `method`, `header`)";
+        return admin_error(StatusCode::BAD_REQUEST, Code::InvalidProbe, why);
     };
     let headers: Vec<String> = query
         .into_iter()
@@ -183,10 +183,7 @@ pub fn explain(snapshot: &Snapshot, query: Option<&str>) -> Response<Vec<u8>> {
             StatusCode::OK,
             json!({"request": format!("{} {path}", probe.method), "explanation": explain::explain(snapshot, &probe)}),
         ),
-        Err(why) => json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"error": {"status": 400, "code": Code::InvalidProbe.as_str(), "message": why}}),
-        ),
+        Err(why) => admin_error(StatusCode::BAD_REQUEST, Code::InvalidProbe, &why),
     }
 }
 
