@@ -9,8 +9,9 @@ ARG RUNTIME_IMAGE=debian:12.12-slim
 FROM ${RUST_IMAGE} AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Dependencies first: this layer is reused until Cargo.toml or Cargo.lock changes.
+# Dependencies first: this layer is reused until Cargo.toml, Cargo.lock or vendor/ changes.
 COPY Cargo.toml Cargo.lock ./
+COPY vendor ./vendor
 RUN --mount=type=cache,target=/usr/local/cargo/registry cargo fetch --locked
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
