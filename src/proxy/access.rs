@@ -6,6 +6,13 @@ use crate::telemetry::Metrics;
 use pingora::proxy::Session;
 use std::time::Duration;
 
+/// A field's key as written after another field, `,"name":`: one copy per field.
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":")
+    };
+}
+
 /// Counts a finished request on its route's handles (resolved at compile time).
 pub fn record_metrics(metrics: &Metrics, session: &Session, ctx: &Ctx, status: u16) {
     metrics.in_flight.dec();
@@ -109,66 +116,69 @@ pub fn access_line(out: &mut Vec<u8>, session: &Session, ctx: &Ctx, status: u16)
     let settings = &ctx.snapshot.access_log;
     let req = session.req_header();
     let mut line = JsonLine::new(out, &settings.exclude);
-    line.time("time", std::time::SystemTime::now());
-    line.plain("request_id", &ctx.request.id);
-    line.plain("trace_id", ctx.request.trace_id());
+    line.time(key!("time"), std::time::SystemTime::now());
+    line.plain(key!("request_id"), &ctx.request.id);
+    line.plain(key!("trace_id"), ctx.request.trace_id());
     if let Some(span) = super::forwarding::span_id(&ctx.request.traceparent) {
-        line.plain("span_id", span);
+        line.plain(key!("span_id"), span);
     }
     if let Some(ip) = ctx.request.client_ip {
-        line.ip("client_ip", ip);
+        line.ip(key!("client_ip"), ip);
     }
-    line.plain("method", req.method.as_str());
-    line.plain("protocol", protocol(req.version));
+    line.plain(key!("method"), req.method.as_str());
+    line.plain(key!("protocol"), protocol(req.version));
     let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
     let authority = req.uri.authority().map(|a| a.as_str().as_bytes());
     if let Some(host) = host.or(authority) {
-        line.str("host", &client_text(host));
+        line.str(key!("host"), &client_text(host));
     }
     for (field, name) in [
-        ("user_agent", http::header::USER_AGENT),
-        ("referer", http::header::REFERER),
+        (key!("user_agent"), http::header::USER_AGENT),
+        (key!("referer"), http::header::REFERER),
     ] {
         if let Some(value) = req.headers.get(name) {
             line.str(field, &client_text(value.as_bytes()));
         }
     }
-    line.str("path", &logged_path(req, ctx));
+    line.str(key!("path"), &logged_path(req, ctx));
     if let Some(route) = ctx.route() {
-        line.str("route", &route.name);
+        line.str(key!("route"), &route.name);
     }
     if let Some(upstream) = ctx.upstream() {
-        line.str("upstream", &upstream.name);
+        line.str(key!("upstream"), &upstream.name);
     }
     if let Some(target) = &ctx.upstream.target {
-        line.str("target", &target.label);
+        line.str(key!("target"), &target.label);
     }
     // Tries beyond the first: retries and failovers.
     if ctx.upstream.tried.len() > 1 {
-        line.num("tries", ctx.upstream.tried.len());
+        line.num(key!("tries"), ctx.upstream.tried.len());
     }
-    line.num("status", status);
-    line.millis("duration_ms", ctx.request.started.elapsed());
+    line.num(key!("status"), status);
+    line.millis(key!("duration_ms"), ctx.request.started.elapsed());
     if let Some(t) = ctx.upstream.time {
-        line.millis("upstream_ms", t);
+        line.millis(key!("upstream_ms"), t);
     }
     // Every body byte read, also when the request was refused after its body was read.
-    line.num("bytes_in", session.body_bytes_read() as u64);
-    line.num("bytes_out", session.body_bytes_sent());
+    line.num(key!("bytes_in"), session.body_bytes_read() as u64);
+    line.num(key!("bytes_out"), session.body_bytes_sent());
     if let Some(sub) = ctx.policy.claims.as_ref().and_then(|c| c.get("sub")) {
-        line.str("user", &header_text(sub));
+        line.str(key!("user"), &header_text(sub));
     }
     if let Some(code) = ctx.error_code {
-        line.str("error", code);
+        line.str(key!("error"), code);
     }
     if let Some(calls) = &ctx.calls {
-        line.str("calls", calls);
+        line.str(key!("calls"), calls);
     }
     if ctx.upgraded {
         // Written when the tunnel closes: duration_ms and the bytes cover all of it.
         let protocol = session.req_header().headers.get(http::header::UPGRADE);
         let websocket = protocol.is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
-        line.str("upgraded", if websocket { "websocket" } else { "other" });
+        line.str(
+            key!("upgraded"),
+            if websocket { "websocket" } else { "other" },
+        );
     }
     line.finish();
 }
@@ -217,21 +227,25 @@ impl<'a> JsonLine<'a> {
         }
     }
 
-    fn key(&mut self, name: &str) -> bool {
+    /// Writes a field's key, made by [`key!`], unless the field is excluded.
+    fn key(&mut self, key: &'static str) -> bool {
+        let name = &key[2..key.len() - 2];
         if self.exclude.iter().any(|x| x == name) {
             return false;
         }
-        let lead: &[u8] = if self.empty { b"{\"" } else { b",\"" };
-        self.empty = false;
-        self.out.extend_from_slice(lead);
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.extend_from_slice(b"\":");
+        if self.empty {
+            self.empty = false;
+            self.out.push(b'{');
+            self.out.extend_from_slice(&key.as_bytes()[1..]);
+        } else {
+            self.out.extend_from_slice(key.as_bytes());
+        }
         true
     }
 
     /// A value that never needs escaping (request ids are checked to be `[A-Za-z0-9._:-]`,
     /// trace ids are hex, methods are tokens, IPs are digits): copied without the scan.
-    fn plain(&mut self, name: &str, value: &str) {
+    fn plain(&mut self, name: &'static str, value: &str) {
         debug_assert!(!needs_escape(value), "{name} must be plain: {value:?}");
         if self.key(name) {
             self.out.push(b'"');
@@ -241,7 +255,7 @@ impl<'a> JsonLine<'a> {
     }
 
     /// An IP, written in place.
-    fn ip(&mut self, name: &str, ip: std::net::IpAddr) {
+    fn ip(&mut self, name: &'static str, ip: std::net::IpAddr) {
         if self.key(name) {
             self.out.push(b'"');
             super::forwarding::push_ip(self.out, ip);
@@ -249,7 +263,7 @@ impl<'a> JsonLine<'a> {
         }
     }
 
-    fn str(&mut self, name: &str, value: &str) {
+    fn str(&mut self, name: &'static str, value: &str) {
         if !self.key(name) {
             return;
         }
@@ -264,7 +278,7 @@ impl<'a> JsonLine<'a> {
         }
     }
 
-    fn num(&mut self, name: &str, value: impl itoa::Integer) {
+    fn num(&mut self, name: &'static str, value: impl itoa::Integer) {
         if self.key(name) {
             self.out
                 .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
@@ -273,7 +287,7 @@ impl<'a> JsonLine<'a> {
 
     /// An RFC 3339 time with milliseconds. The text up to the second is formatted once a
     /// second per thread and reused (every line needs it; formatting it is not cheap).
-    fn time(&mut self, name: &str, now: std::time::SystemTime) {
+    fn time(&mut self, name: &'static str, now: std::time::SystemTime) {
         thread_local! {
             static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
         }
@@ -304,7 +318,7 @@ impl<'a> JsonLine<'a> {
     }
 
     /// Milliseconds with three decimals, from integer microseconds (no float formatting).
-    fn millis(&mut self, name: &str, d: Duration) {
+    fn millis(&mut self, name: &'static str, d: Duration) {
         if self.key(name) {
             let micros = d.as_micros();
             let frac = (micros % 1000) as u16 + 1000; // "1xyz": keeps the leading zeros
@@ -347,11 +361,11 @@ mod tests {
         let mut out = Vec::new();
         let exclude = ["client_ip".to_string()];
         let mut line = JsonLine::new(&mut out, &exclude);
-        line.str("path", "/a\"b");
-        line.ip("client_ip", "10.0.0.1".parse().unwrap());
-        line.num("status", 200u16);
-        line.millis("duration_ms", Duration::from_micros(1_002_003));
-        line.millis("upstream_ms", Duration::from_micros(7));
+        line.str(key!("path"), "/a\"b");
+        line.ip(key!("client_ip"), "10.0.0.1".parse().unwrap());
+        line.num(key!("status"), 200u16);
+        line.millis(key!("duration_ms"), Duration::from_micros(1_002_003));
+        line.millis(key!("upstream_ms"), Duration::from_micros(7));
         line.finish();
         assert_eq!(
             String::from_utf8(out).unwrap(),
@@ -359,8 +373,8 @@ mod tests {
         );
         let mut ips = Vec::new();
         let mut line = JsonLine::new(&mut ips, &[]);
-        line.ip("v4", "192.0.2.10".parse().unwrap());
-        line.ip("v6", "2001:db8::1".parse().unwrap());
+        line.ip(key!("v4"), "192.0.2.10".parse().unwrap());
+        line.ip(key!("v6"), "2001:db8::1".parse().unwrap());
         line.finish();
         assert_eq!(ips, br#"{"v4":"192.0.2.10","v6":"2001:db8::1"}"#);
         let mut empty = Vec::new();
@@ -369,8 +383,8 @@ mod tests {
         let mut timed = Vec::new();
         let mut line = JsonLine::new(&mut timed, &[]);
         let t = std::time::UNIX_EPOCH + Duration::from_millis(1_795_999_257_042);
-        line.time("time", t);
-        line.time("again", t + Duration::from_millis(5));
+        line.time(key!("time"), t);
+        line.time(key!("again"), t + Duration::from_millis(5));
         line.finish();
         assert_eq!(
             String::from_utf8(timed).unwrap(),
