@@ -231,9 +231,9 @@ impl Live {
         at.saturating_duration_since(self.started).as_secs() / BUCKET_SECS + 1
     }
 
-    /// Counts a finished request that started at `started` (on `ring`, its route's).
-    pub fn record(&self, ring: Option<&Ring>, started: Instant, status: u16) {
-        let elapsed = started.elapsed();
+    /// Counts a finished request that started at `started` and took `elapsed` (on `ring`,
+    /// its route's).
+    pub fn record(&self, ring: Option<&Ring>, started: Instant, elapsed: Duration, status: u16) {
         let number = self.number(started + elapsed);
         let latency = (status != 101).then_some(elapsed);
         self.all.record(number, status, latency);
@@ -381,7 +381,12 @@ mod tests {
         let started = Instant::now();
         let before = live.footprint();
         for i in 0..100_000u32 {
-            live.record(Some(&ring), started, if i % 3 == 0 { 404 } else { 200 });
+            live.record(
+                Some(&ring),
+                started,
+                started.elapsed(),
+                if i % 3 == 0 { 404 } else { 200 },
+            );
             if i % 3 == 0 {
                 live.failed(Failure {
                     at_ms: u64::from(i),

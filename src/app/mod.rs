@@ -173,6 +173,7 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
         tls_listener,
         descriptors,
     );
+    let stopped_accepting = guarded.stopped_accepting();
     let mut proxy = Service::new("portico".to_string(), guarded);
     if let Some(addr) = &proxy_addr {
         proxy.add_tcp(addr);
@@ -211,6 +212,7 @@ pub fn build(opts: &RunOptions) -> anyhow::Result<Built> {
     server.add_service(background_service("readiness", readiness.clone()));
     let drain = Drain {
         in_flight,
+        stopped_accepting,
         holder: holder.clone(),
         telemetry: telemetry.clone(),
     };

@@ -136,11 +136,14 @@ impl BackgroundService for JwksRefresher {
 }
 
 /// Once shutdown has begun (SIGTERM, or the end of an upgrade's handover), ends the process
-/// as soon as no request is in flight, instead of waiting out the whole grace period
-/// (Pingora still ends it when the grace period is over). A connection still awaiting its
-/// first head counts as a request (the guard holds it), so its client is answered.
+/// as soon as no request is in flight and none can arrive, instead of waiting out the whole
+/// grace period (Pingora still ends it when the grace period is over). A connection still
+/// awaiting its first head counts as a request (the guard holds it), so its client is
+/// answered.
 pub struct Drain {
     pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// The proxy's listeners have stopped accepting (see `Guarded::stopped_accepting`).
+    pub stopped_accepting: Arc<AtomicBool>,
     pub holder: SnapshotHolder,
     pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
@@ -149,8 +152,14 @@ pub struct Drain {
 impl BackgroundService for Drain {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let _ = shutdown.changed().await;
-        while self.in_flight.load(Ordering::SeqCst) > 0 {
+        // Once the listeners have stopped, a connection they accepted last is counted when
+        // its task first runs: two looks a tick apart that find nothing in flight.
+        let mut quiet = 0;
+        while quiet < 2 {
             tokio::time::sleep(Duration::from_millis(20)).await;
+            let stopped = self.stopped_accepting.load(Ordering::SeqCst);
+            let idle = stopped && self.in_flight.load(Ordering::SeqCst) == 0;
+            quiet = if idle { quiet + 1 } else { 0 };
         }
         tracing::info!("drained: no request in flight");
         super::finish(&self.telemetry, &self.holder);

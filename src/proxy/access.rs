@@ -23,7 +23,7 @@ pub fn record_metrics(metrics: &Metrics, session: &Session, ctx: &Ctx, status: u
         (None, None) => &ctx.snapshot.unrouted,
     };
     route.request(&session.req_header().method, status);
-    route.duration(ctx.request.started.elapsed().as_secs_f64());
+    route.duration(ctx.request.duration().as_secs_f64());
     if let Some(t) = ctx.upstream.time {
         route.upstream_duration(t.as_secs_f64());
     }
@@ -36,6 +36,7 @@ pub fn record_live(live: &crate::live::Live, session: &Session, ctx: &Ctx, statu
     live.record(
         route.and_then(|r| r.live.as_deref()),
         ctx.request.started,
+        ctx.request.duration(),
         status,
     );
     if (200..400).contains(&status) || status == 101 {
@@ -155,7 +156,7 @@ pub fn access_line(out: &mut Vec<u8>, session: &Session, ctx: &Ctx, status: u16)
         line.num(key!("tries"), ctx.upstream.tried.len());
     }
     line.num(key!("status"), status);
-    line.millis(key!("duration_ms"), ctx.request.started.elapsed());
+    line.millis(key!("duration_ms"), ctx.request.duration());
     if let Some(t) = ctx.upstream.time {
         line.millis(key!("upstream_ms"), t);
     }

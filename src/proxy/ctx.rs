@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 /// Facts about the client request, known once its head is read.
 pub struct RequestFacts {
     pub id: String,
+    /// `id` as a header value, made once: the upstream request and the answer carry it.
+    pub id_header: http::HeaderValue,
     /// The connection's peer.
     pub peer: Option<IpAddr>,
     /// The client, as `trusted_proxies` decides it.
@@ -24,12 +26,29 @@ pub struct RequestFacts {
     /// This hop's `traceparent`, which holds the trace id.
     pub traceparent: String,
     pub started: Instant,
+    /// When the request ended (set as it is logged): metrics, the dashboard and the log
+    /// line read one clock and tell the same duration.
+    pub ended: Option<Instant>,
     /// Request body bytes seen so far.
     pub body_seen: u64,
     /// The client connection is TLS.
     pub tls: bool,
     /// This request's place on its HTTP/1.1 connection (1 for the first; 0 on HTTP/2).
     pub nth_on_connection: usize,
+}
+
+impl RequestFacts {
+    /// Sets the request id (checked to be `[A-Za-z0-9._:-]`, or made here).
+    pub fn set_id(&mut self, id: String) {
+        self.id_header =
+            http::HeaderValue::from_str(&id).unwrap_or(http::HeaderValue::from_static(""));
+        self.id = id;
+    }
+
+    /// How long the request took: until it ended, or until now.
+    pub fn duration(&self) -> Duration {
+        self.ended.unwrap_or_else(Instant::now) - self.started
+    }
 }
 
 /// The upstream side: the path sent, the tries made, and their timing.
@@ -93,12 +112,14 @@ impl Ctx {
             snapshot,
             request: RequestFacts {
                 id: String::new(),
+                id_header: http::HeaderValue::from_static(""),
                 peer: None,
                 client_ip: None,
                 trusted_peer: false,
                 forwarded_for: None,
                 traceparent: String::new(),
                 started: Instant::now(),
+                ended: None,
                 body_seen: 0,
                 tls: false,
                 nth_on_connection: 0,

@@ -136,9 +136,9 @@ impl Drop for Registered {
 }
 
 /// Called by the proxy when a request is done (its log line written).
-pub fn request_done() {
+pub fn request_done(ended: Instant) {
     let _ = SIGNALS.try_with(|s| {
-        let waited_from = s.epoch.elapsed().as_millis() as u64 + 1;
+        let waited_from = ended.saturating_duration_since(s.epoch).as_millis() as u64 + 1;
         s.state.store(waited_from, Ordering::Relaxed);
         s.served.store(true, Ordering::Relaxed);
     });
@@ -170,6 +170,8 @@ pub struct Guarded<A> {
     h2c: bool,
     /// Requests in flight, which a shutdown's drain waits for (see `Signals`).
     in_flight: Arc<AtomicUsize>,
+    /// Set once every listener has stopped accepting (see [`Guarded::stopped_accepting`]).
+    stopped_accepting: Arc<AtomicBool>,
 }
 
 impl<A> Guarded<A> {
@@ -190,7 +192,15 @@ impl<A> Guarded<A> {
             descriptors,
             h2c,
             in_flight,
+            stopped_accepting: Arc::default(),
         }
+    }
+
+    /// True once no listener accepts: a connection is counted in flight only when its task
+    /// first runs, just after its accept, so a drain that finds nothing in flight before
+    /// the listeners have stopped could end the process under a client just accepted.
+    pub fn stopped_accepting(&self) -> Arc<AtomicBool> {
+        self.stopped_accepting.clone()
     }
 }
 
@@ -434,7 +444,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         }
     }
 
+    /// Pingora calls this once every listener of the service has stopped accepting.
     async fn cleanup(&self) {
+        self.stopped_accepting.store(true, Ordering::SeqCst);
         self.inner.cleanup().await
     }
 }

@@ -549,7 +549,11 @@ fn prepare_upstream_request(upstream_request: &mut RequestHeader, ctx: &Ctx) -> 
     }
     if !(trusted && upstream_request.headers.contains_key(&X_FORWARDED_PROTO)) {
         let proto = if ctx.request.tls { "https" } else { "http" };
-        upstream_request.insert_header(X_FORWARDED_PROTO.as_str(), proto)?;
+        // Static: no copy of the value per request.
+        upstream_request.insert_header(
+            X_FORWARDED_PROTO.as_str(),
+            http::HeaderValue::from_static(proto),
+        )?;
     }
     if !(trusted && upstream_request.headers.contains_key(&X_FORWARDED_HOST)) {
         match upstream_request.headers.get(HOST).cloned() {
@@ -559,7 +563,7 @@ fn prepare_upstream_request(upstream_request: &mut RequestHeader, ctx: &Ctx) -> 
             }
         }
     }
-    upstream_request.insert_header(X_REQUEST_ID.as_str(), ctx.request.id.as_str())?;
+    upstream_request.insert_header(X_REQUEST_ID.as_str(), ctx.request.id_header.clone())?;
     upstream_request.insert_header(TRACEPARENT.as_str(), ctx.request.traceparent.as_str())?;
     // Identity headers come only from a verified token, never from the client.
     for name in &ctx.snapshot.identity_headers {
@@ -611,7 +615,9 @@ impl ProxyHttp for Gateway {
         facts_tls(session, ctx);
         let req = session.req_header();
         let facts = &mut ctx.request;
-        facts.id = forwarding::request_id(req.headers.get(&X_REQUEST_ID).map(|v| v.as_bytes()));
+        facts.set_id(forwarding::request_id(
+            req.headers.get(&X_REQUEST_ID).map(|v| v.as_bytes()),
+        ));
         facts.peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -1033,6 +1039,8 @@ impl ProxyHttp for Gateway {
             self.mirror(ctx, capture);
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let ended = Instant::now();
+        ctx.request.ended = Some(ended);
         if ctx.snapshot.metrics {
             access::record_metrics(&self.telemetry.metrics, session, ctx, status);
         }
@@ -1052,7 +1060,7 @@ impl ProxyHttp for Gateway {
             tracing.export(trace, &access::span_summary(session, ctx, status));
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        guard::request_done();
+        guard::request_done(ended);
     }
 
     fn response_body_filter(
@@ -1133,7 +1141,7 @@ impl ProxyHttp for Gateway {
             };
         };
         if ctx.request.id.is_empty() {
-            ctx.request.id = forwarding::request_id(None);
+            ctx.request.set_id(forwarding::request_id(None));
         }
         if let Err(err) = respond::reject(session, ctx, &failure, false).await {
             tracing::debug!(error = %err, "could not send the error response");

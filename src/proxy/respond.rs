@@ -20,7 +20,7 @@ const LINGER: Duration = Duration::from_secs(1);
 
 /// What every response gets, the upstream's and the gateway's own.
 pub fn decorate(header: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
-    header.insert_header(X_REQUEST_ID.as_str(), ctx.request.id.as_str())?;
+    header.insert_header(X_REQUEST_ID.as_str(), ctx.request.id_header.clone())?;
     if let Some(route) = ctx.route() {
         let info = ctx.info(route);
         for policy in &route.policies {
