@@ -231,10 +231,10 @@ impl Live {
         at.saturating_duration_since(self.started).as_secs() / BUCKET_SECS + 1
     }
 
-    /// Counts a finished request that started at `started` and took `elapsed` (on `ring`,
-    /// its route's).
-    pub fn record(&self, ring: Option<&Ring>, started: Instant, elapsed: Duration, status: u16) {
-        let number = self.number(started + elapsed);
+    /// Counts a finished request that ended at `ended` and took `elapsed` (on `ring`, its
+    /// route's).
+    pub fn record(&self, ring: Option<&Ring>, ended: Instant, elapsed: Duration, status: u16) {
+        let number = self.number(ended);
         let latency = (status != 101).then_some(elapsed);
         self.all.record(number, status, latency);
         if let Some(ring) = ring {
@@ -383,7 +383,7 @@ mod tests {
         for i in 0..100_000u32 {
             live.record(
                 Some(&ring),
-                started,
+                Instant::now(),
                 started.elapsed(),
                 if i % 3 == 0 { 404 } else { 200 },
             );

@@ -147,22 +147,23 @@ pub struct TraceContext {
 pub fn traceparent(incoming: Option<&str>) -> TraceContext {
     let parsed = incoming.and_then(parse_traceparent);
     let span = fastrand::u64(1..);
-    let mut header = String::with_capacity(55);
-    header.push_str("00-");
+    let mut header = Vec::with_capacity(55);
+    header.extend_from_slice(b"00-");
     match parsed {
-        Some((id, _, _)) => header.push_str(id),
+        Some((id, _, _)) => header.extend_from_slice(id.as_bytes()),
         None => push_hex(&mut header, fastrand::u128(1..), 32),
     }
-    header.push('-');
+    header.push(b'-');
     push_hex(&mut header, span.into(), 16);
-    header.push('-');
+    header.push(b'-');
     push_hex(
         &mut header,
         parsed.map_or(1, |(_, _, flags)| flags).into(),
         2,
     );
     TraceContext {
-        header,
+        // ASCII throughout: the trace id was checked to be hex.
+        header: String::from_utf8(header).unwrap_or_default(),
         span,
         caller: parsed.map(|(_, parent, flags)| (parent, flags)),
     }
@@ -187,12 +188,13 @@ pub fn mark_unsampled(traceparent: &mut String) {
 /// `value`'s low `digits` hex digits, zero-padded (ids are made per request, so this
 /// avoids the formatting machinery).
 fn hex_string(value: u128, digits: usize) -> String {
-    let mut s = String::with_capacity(digits);
+    let mut s = Vec::with_capacity(digits);
     push_hex(&mut s, value, digits);
-    s
+    String::from_utf8(s).unwrap_or_default()
 }
 
-fn push_hex(out: &mut String, value: u128, digits: usize) {
+/// Appends `value`'s last `digits` hex digits (ASCII; text is made once by the caller).
+fn push_hex(out: &mut Vec<u8>, value: u128, digits: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     // Two digits per byte from the low bytes up, then the last `digits` (u128 shifts by a
     // variable amount per digit cost several times more).
@@ -207,8 +209,7 @@ fn push_hex(out: &mut String, value: u128, digits: usize) {
         pair[0] = HEX[usize::from(byte >> 4)];
         pair[1] = HEX[usize::from(byte & 0xf)];
     }
-    // Hex digits are ASCII: one append instead of a push per character.
-    out.push_str(std::str::from_utf8(&buf[32 - digits..]).unwrap_or_default());
+    out.extend_from_slice(&buf[32 - digits..]);
 }
 
 /// The hop-by-hop headers of RFC 9110 §7.6.1 and their legacy forms.
