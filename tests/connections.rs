@@ -376,3 +376,31 @@ fn upstream_connections_keep_to_their_share_of_descriptors() {
     assert!(!gw.log().contains("Too many open files"), "{}", gw.log());
     drop(rt);
 }
+
+/// A burst of pipelined requests answered in one go spends the connection task's tokio
+/// budget; the connection's idle deadline must still be kept afterwards (a timer polled
+/// on a spent budget is never registered, and the connection would stay open for good).
+#[test]
+fn a_connection_that_goes_quiet_after_a_pipelined_burst_is_closed_at_the_idle_deadline() {
+    let gw = Gateway::start(
+        "server: { threads: 1, timeouts: { idle: 1s } }\nroutes:\n  \
+         - { name: hi, match: { path_prefix: / }, respond: { text: hi } }\n",
+    );
+    let mut c = TcpStream::connect(gw.proxy).unwrap();
+    let burst = "GET /x HTTP/1.1\r\nHost: a\r\n\r\n".repeat(400);
+    c.write_all(burst.as_bytes()).unwrap();
+    // Every answer read before the quiet starts (the bound only stops a broken test).
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut seen, mut buf) = (Vec::new(), [0u8; 16384]);
+    let answers = |seen: &[u8]| seen.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+    while answers(&seen) < 400 {
+        match c.read(&mut buf) {
+            Ok(n @ 1..) => seen.extend_from_slice(&buf[..n]),
+            other => panic!("after {} answers: {other:?}", answers(&seen)),
+        }
+    }
+    assert!(
+        closed_within(&mut c, Duration::from_secs(10)),
+        "the quiet connection stayed open past its 1 s idle deadline"
+    );
+}

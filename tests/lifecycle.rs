@@ -125,11 +125,11 @@ fn graceful_binary_upgrade_hands_over_the_sockets_without_failing_a_request() {
         .collect();
     drop(new);
     assert!(statuses.len() > 20);
-    let failed = statuses.iter().filter(|s| **s != 200).count();
-    assert_eq!(
-        failed,
-        0,
-        "of {} requests during the upgrade",
+    // 0 is a request that got no answer (its connection was dropped).
+    let failed: Vec<_> = statuses.iter().filter(|s| **s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "of {} requests during the upgrade, these failed: {failed:?}",
         statuses.len()
     );
 }

@@ -153,9 +153,9 @@ impl BackgroundService for Drain {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let _ = shutdown.changed().await;
         // Once the listeners have stopped, a connection they accepted last is counted when
-        // its task first runs: two looks a tick apart that find nothing in flight.
+        // its task first runs: five looks in a row (100 ms) that find nothing in flight.
         let mut quiet = 0;
-        while quiet < 2 {
+        while quiet < 5 {
             tokio::time::sleep(Duration::from_millis(20)).await;
             let stopped = self.stopped_accepting.load(Ordering::SeqCst);
             let idle = stopped && self.in_flight.load(Ordering::SeqCst) == 0;

@@ -253,7 +253,10 @@ async fn work_or_timer<F: Future>(
             return Poll::Pending;
         }
         registered = Some(cx.waker().clone());
-        timer.as_mut().poll(cx).map(|()| None)
+        // Outside the task's budget: a spent budget would return Pending before the timer
+        // is registered, and it would then never be polled again.
+        let timer = tokio::task::coop::unconstrained(timer.as_mut());
+        std::pin::pin!(timer).poll(cx).map(|()| None)
     })
     .await
 }
@@ -368,6 +371,18 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             telemetry: &self.telemetry,
         };
         let (header, idle) = (settings.header_timeout, settings.idle_timeout);
+        // In flight from the task's first run, TLS handshake included, until its first
+        // head (or its end): a drain waits for a client accepted as the listeners stop.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let signals = Arc::new(Signals {
+            epoch: Instant::now(),
+            state: AtomicU64::new(1),
+            served: AtomicBool::new(false),
+            requests: AtomicUsize::new(0),
+            awaiting_first: AtomicBool::new(true),
+            in_flight: self.in_flight.clone(),
+        });
+        let first_head = FirstHead(signals.clone());
         let mut stream = self.tls_handshake(stream, header).await?;
         if let Some(digest) = stream.get_ssl_digest() {
             let snapshot = self.holder.load();
@@ -380,16 +395,6 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 return None;
             }
         }
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let signals = Arc::new(Signals {
-            epoch: Instant::now(),
-            state: AtomicU64::new(1),
-            served: AtomicBool::new(false),
-            requests: AtomicUsize::new(0),
-            awaiting_first: AtomicBool::new(true),
-            in_flight: self.in_flight.clone(),
-        });
-        let first_head = FirstHead(signals.clone());
         match first_bytes(&mut stream, self.h2c, header).await {
             Some(true) => {
                 // HTTP/2 streams are counted by the proxy, each on its own task.
