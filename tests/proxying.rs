@@ -377,13 +377,7 @@ fn chunked_bodies_are_read_whole_before_the_upstream_is_contacted() {
 
 /// Reads one response with a Content-Length body from a kept-alive connection.
 fn read_one(s: &mut std::net::TcpStream) -> (u16, String) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
+    let head = read_head(s);
     let len: usize = head
         .lines()
         .find_map(|l| {

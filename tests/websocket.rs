@@ -346,17 +346,6 @@ fn eager_upgrade_server() -> (SocketAddr, std::thread::JoinHandle<()>) {
 
 const UPGRADES: usize = 24;
 
-/// Reads up to and including the blank line that ends an HTTP head.
-fn read_head(s: &mut std::net::TcpStream) -> String {
-    use std::io::Read;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
-        head.push(byte[0]);
-    }
-    String::from_utf8_lossy(&head).into_owned()
-}
-
 #[test]
 fn a_tunnel_opens_when_the_upstreams_101_is_read_before_the_request_ends() {
     use std::io::{Read, Write};

@@ -9,9 +9,13 @@ use std::time::{Duration, Instant};
 /// A field's key as written after another field, `,"name":`: one copy per field.
 macro_rules! key {
     ($name:literal) => {
-        concat!(",\"", $name, "\":")
+        Key(concat!(",\"", $name, "\":"))
     };
 }
+
+/// A log field's key, made only by [`key!`] (so it always has its `,"` and `":`).
+#[derive(Clone, Copy)]
+struct Key(&'static str);
 
 /// Counts a finished request on its route's handles (resolved at compile time).
 pub fn record_metrics(metrics: &Metrics, session: &Session, ctx: &Ctx, status: u16) {
@@ -66,7 +70,7 @@ pub fn record_live(live: &crate::live::Live, session: &Session, ctx: &Ctx, statu
         .map(|h| client_text(h.as_bytes()));
     live.failed(crate::live::Failure {
         at_ms: crate::units::unix_ms(),
-        request_id: ctx.request.id.clone(),
+        request_id: ctx.request.id().to_string(),
         method: req.method.to_string(),
         host: host.map(|h| h.into_owned()),
         path: logged_path(req, ctx).into_owned(),
@@ -118,7 +122,7 @@ pub fn access_line(out: &mut Vec<u8>, session: &Session, ctx: &Ctx, status: u16)
     let req = session.req_header();
     let mut line = JsonLine::new(out, &settings.exclude);
     line.time(key!("time"), std::time::SystemTime::now());
-    line.plain(key!("request_id"), &ctx.request.id);
+    line.plain(key!("request_id"), ctx.request.id());
     line.plain(key!("trace_id"), ctx.request.trace_id());
     if let Some(span) = super::forwarding::span_id(&ctx.request.traceparent) {
         line.plain(key!("span_id"), span);
@@ -228,8 +232,8 @@ impl<'a> JsonLine<'a> {
         }
     }
 
-    /// Writes a field's key, made by [`key!`], unless the field is excluded.
-    fn key(&mut self, key: &'static str) -> bool {
+    /// Writes a field's key unless the field is excluded.
+    fn key(&mut self, Key(key): Key) -> bool {
         // Most configs exclude nothing: the name is cut out of the key only when needed.
         if !self.exclude.is_empty() && self.exclude.iter().any(|x| *x == key[2..key.len() - 2]) {
             return false;
@@ -246,8 +250,8 @@ impl<'a> JsonLine<'a> {
 
     /// A value that never needs escaping (request ids are checked to be `[A-Za-z0-9._:-]`,
     /// trace ids are hex, methods are tokens, IPs are digits): copied without the scan.
-    fn plain(&mut self, name: &'static str, value: &str) {
-        debug_assert!(!needs_escape(value), "{name} must be plain: {value:?}");
+    fn plain(&mut self, name: Key, value: &str) {
+        debug_assert!(!needs_escape(value), "{} must be plain: {value:?}", name.0);
         if self.key(name) {
             self.out.push(b'"');
             self.out.extend_from_slice(value.as_bytes());
@@ -256,7 +260,7 @@ impl<'a> JsonLine<'a> {
     }
 
     /// An IP, written in place.
-    fn ip(&mut self, name: &'static str, ip: std::net::IpAddr) {
+    fn ip(&mut self, name: Key, ip: std::net::IpAddr) {
         if self.key(name) {
             self.out.push(b'"');
             super::forwarding::push_ip(self.out, ip);
@@ -264,7 +268,7 @@ impl<'a> JsonLine<'a> {
         }
     }
 
-    fn str(&mut self, name: &'static str, value: &str) {
+    fn str(&mut self, name: Key, value: &str) {
         if !self.key(name) {
             return;
         }
@@ -279,7 +283,7 @@ impl<'a> JsonLine<'a> {
         }
     }
 
-    fn num(&mut self, name: &'static str, value: impl itoa::Integer) {
+    fn num(&mut self, name: Key, value: impl itoa::Integer) {
         if self.key(name) {
             self.out
                 .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
@@ -288,7 +292,7 @@ impl<'a> JsonLine<'a> {
 
     /// An RFC 3339 time with milliseconds. The text up to the second is formatted once a
     /// second per thread and reused (every line needs it; formatting it is not cheap).
-    fn time(&mut self, name: &'static str, now: std::time::SystemTime) {
+    fn time(&mut self, name: Key, now: std::time::SystemTime) {
         thread_local! {
             static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
         }
@@ -319,7 +323,7 @@ impl<'a> JsonLine<'a> {
     }
 
     /// Milliseconds with three decimals, from integer microseconds (no float formatting).
-    fn millis(&mut self, name: &'static str, d: Duration) {
+    fn millis(&mut self, name: Key, d: Duration) {
         if self.key(name) {
             let micros = d.as_micros();
             let frac = (micros % 1000) as u16 + 1000; // "1xyz": keeps the leading zeros
@@ -347,7 +351,7 @@ pub fn span_summary(session: &Session, ctx: &Ctx, status: u16) -> crate::otlp::R
         path: req.uri.path().to_string(),
         route: ctx.route().map(|r| r.name.to_string()),
         status,
-        request_id: ctx.request.id.clone(),
+        request_id: ctx.request.id().to_string(),
         client_ip: ctx.request.client_ip.map(|ip| ip.to_string()),
         error: ctx.error_code,
     }

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 /// Facts about the client request, known once its head is read.
 pub struct RequestFacts {
-    pub id: String,
-    /// `id` as a header value, made once: the upstream request and the answer carry it.
-    pub id_header: http::HeaderValue,
+    /// Set together by [`RequestFacts::set_id`]: the header value is made once, and the
+    /// upstream request and the answer carry it.
+    id: String,
+    id_header: http::HeaderValue,
     /// The connection's peer.
     pub peer: Option<IpAddr>,
     /// The client, as `trusted_proxies` decides it.
@@ -43,6 +44,14 @@ impl RequestFacts {
         self.id_header =
             http::HeaderValue::from_str(&id).unwrap_or(http::HeaderValue::from_static(""));
         self.id = id;
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn id_header(&self) -> &http::HeaderValue {
+        &self.id_header
     }
 
     /// How long the request took: until it ended, or until now.
@@ -167,7 +176,7 @@ impl Ctx {
         RequestInfo {
             client_ip: self.request.client_ip,
             trusted_peer: self.request.trusted_peer,
-            request_id: &self.request.id,
+            request_id: self.request.id(),
             route: &route.name,
             tls: self.request.tls,
         }

@@ -236,7 +236,7 @@ impl Gateway {
             status,
             head_time: ctx.upstream.time.unwrap_or_default(),
         };
-        capture.send(&sender, primary, &route.name, &ctx.request.id);
+        capture.send(&sender, primary, &route.name, ctx.request.id());
     }
 
     /// Answers an aggregate route: its calls carry the headers this request would carry
@@ -271,7 +271,7 @@ impl Gateway {
         let answer = tokio::select! {
             answer = agg.run(&link, &base, &values) => answer,
             () = client_gone(session) => {
-                tracing::debug!(request_id = %ctx.request.id, "client gone: aggregate calls cancelled");
+                tracing::debug!(request_id = %ctx.request.id(), "client gone: aggregate calls cancelled");
                 let gone = Error::explain(pingora::ErrorType::ConnectionClosed, "client gone");
                 return Err(gone.into_down());
             }
@@ -320,7 +320,7 @@ impl Gateway {
         }
         if let Some(mirror) = route.mirror.as_ref().filter(|_| !session.is_upgrade_req()) {
             let req = session.req_header();
-            ctx.mirror = mirror.capture(&ctx.request.id, req.uri.path(), content_length(req));
+            ctx.mirror = mirror.capture(ctx.request.id(), req.uri.path(), content_length(req));
         }
         if let Err(refusal) = ready_body(session, ctx, route).await {
             return refuse(session, ctx, refusal).await;
@@ -336,7 +336,7 @@ type Bound = Vec<(String, String)>;
 /// Refuses a head whose framing could be read two ways, and a target that is not a path.
 fn check_head(session: &Session, ctx: &Ctx) -> Result<(), GatewayError> {
     if let Some(why) = framing::ambiguity(session) {
-        tracing::warn!(request_id = %ctx.request.id, why, "ambiguous request framing refused");
+        tracing::warn!(request_id = %ctx.request.id(), why, "ambiguous request framing refused");
         return Err(GatewayError::BadFraming(why));
     }
     let raw_target = session.req_header().raw_path();
@@ -403,7 +403,7 @@ async fn run_policies(
     let info = RequestInfo {
         client_ip: ctx.request.client_ip,
         trusted_peer: ctx.request.trusted_peer,
-        request_id: &ctx.request.id,
+        request_id: ctx.request.id(),
         route: &route.name,
         tls: ctx.request.tls,
     };
@@ -435,7 +435,7 @@ async fn ready_body(session: &mut Session, ctx: &Ctx, route: &Route) -> Result<(
         .await
         .inspect_err(|error| {
             if let GatewayError::BadFraming(why) = error {
-                tracing::warn!(request_id = %ctx.request.id, why, "malformed chunked body refused");
+                tracing::warn!(request_id = %ctx.request.id(), why, "malformed chunked body refused");
             }
         })
 }
@@ -452,7 +452,7 @@ fn log_failure(ctx: &Ctx, e: &Error) {
         .target
         .as_ref()
         .map_or("none", |t| t.label.as_str());
-    let id = &ctx.request.id;
+    let id = ctx.request.id();
     if let pingora::ErrorType::HTTPStatus(_) = e.etype() {
         // The gateway's own decision: its code says it all.
         tracing::warn!(request_id = %id, route, upstream, addr, code, "request failed");
@@ -563,7 +563,7 @@ fn prepare_upstream_request(upstream_request: &mut RequestHeader, ctx: &Ctx) -> 
             }
         }
     }
-    upstream_request.insert_header(X_REQUEST_ID.as_str(), ctx.request.id_header.clone())?;
+    upstream_request.insert_header(X_REQUEST_ID.as_str(), ctx.request.id_header().clone())?;
     upstream_request.insert_header(TRACEPARENT.as_str(), ctx.request.traceparent.as_str())?;
     // Identity headers come only from a verified token, never from the client.
     for name in &ctx.snapshot.identity_headers {
@@ -1007,7 +1007,7 @@ impl ProxyHttp for Gateway {
             "{} {}, request id {}",
             req.method,
             req.uri.path(),
-            ctx.request.id
+            ctx.request.id()
         )
     }
 
@@ -1140,7 +1140,7 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         };
-        if ctx.request.id.is_empty() {
+        if ctx.request.id().is_empty() {
             ctx.request.set_id(forwarding::request_id(None));
         }
         if let Err(err) = respond::reject(session, ctx, &failure, false).await {

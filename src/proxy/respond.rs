@@ -20,7 +20,7 @@ const LINGER: Duration = Duration::from_secs(1);
 
 /// What every response gets, the upstream's and the gateway's own.
 pub fn decorate(header: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
-    header.insert_header(X_REQUEST_ID.as_str(), ctx.request.id_header.clone())?;
+    header.insert_header(X_REQUEST_ID.as_str(), ctx.request.id_header().clone())?;
     if let Some(route) = ctx.route() {
         let info = ctx.info(route);
         for policy in &route.policies {
@@ -98,9 +98,9 @@ pub async fn reject(
         }
     }
     if is_grpc(session.req_header()) {
-        let header = error.grpc_response(&ctx.request.id);
+        let header = error.grpc_response(ctx.request.id());
         return answer(session, ctx, header, Bytes::new(), reusable).await;
     }
-    let (header, body) = error.response(&ctx.request.id);
+    let (header, body) = error.response(ctx.request.id());
     answer(session, ctx, header, body, reusable).await
 }

@@ -400,6 +400,17 @@ impl Drop for Successor {
     }
 }
 
+/// Reads up to and including the blank line that ends an HTTP head (less if the
+/// connection ends first).
+pub fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 pub struct RawResponse {
     pub status: u16,
     pub head: String,
